@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Backs up each day of a workload (from workload.sh) with Cairn, restic and borg, one tool
+# at a time, and writes WORK_DIR/results.json and WORK_DIR/results.md.
+#
+# Usage: benches/e2e/compare.sh WORK_DIR [--days N] [--tools cairn,restic,borg]
+#                               [--cairn PATH_TO_BINARY] [--drop-caches]
+#   WORK_DIR      holds day01/ .. dayNN/ from workload.sh; the run adds current/ (the staged
+#                 day, the one path every tool backs up), repos/, cache/, restore/, logs/
+#                 and the results (a previous run's are removed first)
+#   --days N      only the first N days [default: all dayNN dirs]
+#   --tools LIST  comma-separated, run in this order every day [default: cairn,restic,borg]
+#   --cairn PATH  the cairn binary [default: target/release/cairn of this repository]
+#   --drop-caches drop the page cache before every measured command (root only); by
+#                 default the staged input is read once before every backup instead, so
+#                 every tool starts from a warm cache
+set -euo pipefail
+
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+[[ $# -ge 1 && $1 != -* ]] || usage
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+WORK=$(cd "$1" && pwd); shift
+DAYS="" TOOLS="cairn,restic,borg" CAIRN="$ROOT/target/release/cairn" DROP=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --days) DAYS=$2; shift 2 ;;
+    --tools) TOOLS=$2; shift 2 ;;
+    --cairn) CAIRN=$2; shift 2 ;;
+    --drop-caches) DROP=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "compare.sh: unknown argument $1" >&2; usage ;;
+  esac
+done
+
+TIME=/usr/bin/time
+[[ -x $TIME ]] || { echo "compare.sh: $TIME missing; run benches/e2e/setup.sh" >&2; exit 1; }
+if ((DROP)) && ! { [[ -w /proc/sys/vm/drop_caches ]] && sync && echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+  echo "compare.sh: cannot write /proc/sys/vm/drop_caches; --drop-caches needs root" >&2; exit 1
+fi
+
+# ---- the days
+ALL_DAYS=()
+for d in "$WORK"/day[0-9][0-9]; do [[ -d $d ]] && ALL_DAYS+=("$(basename "$d")"); done
+((${#ALL_DAYS[@]})) || { echo "compare.sh: no dayNN/ dirs in $WORK (run workload.sh first)" >&2; exit 1; }
+[[ -z $DAYS ]] || ALL_DAYS=("${ALL_DAYS[@]:0:$DAYS}")
+NDAYS=${#ALL_DAYS[@]}
+
+# ---- the tools (a missing binary skips that tool)
+export RESTIC_PASSWORD=cairn-bench BORG_PASSPHRASE=cairn-bench
+export BORG_BASE_DIR=$WORK/cache/borg BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+RUN=()
+IFS=, read -r -a WANT <<<"$TOOLS"
+for t in "${WANT[@]}"; do
+  case $t in
+    cairn) bin=$CAIRN ;;
+    restic|borg) bin=$(command -v "$t" || true) ;;
+    *) echo "compare.sh: unknown tool $t (cairn, restic, borg)" >&2; exit 2 ;;
+  esac
+  if [[ -n $bin && -x $bin ]]; then
+    RUN+=("$t")
+  else
+    echo "compare.sh: SKIPPING $t: binary not found${bin:+ at $bin}" \
+      "$([[ $t == cairn ]] && echo '(build it: cargo build --release, or pass --cairn PATH)' || echo '(run benches/e2e/setup.sh)')" >&2
+  fi
+done
+((${#RUN[@]})) || { echo "compare.sh: no tool to run" >&2; exit 1; }
+
+REPOS=$WORK/repos CACHE=$WORK/cache LOGS=$WORK/logs CUR=$WORK/current RESTORE=$WORK/restore
+JSONL=$LOGS/records.jsonl
+rm -rf "$REPOS" "$CACHE" "$LOGS" "$RESTORE" "$CUR" "$WORK/results.json" "$WORK/results.md"
+mkdir -p "$REPOS" "$CACHE" "$LOGS" "$RESTORE"
+declare -A FAILED=()
+
+json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
+record() { echo "$1" >>"$JSONL"; }
+
+version_of() {
+  case $1 in
+    cairn) "$CAIRN" --version 2>/dev/null | head -1 || echo unknown ;;
+    restic) restic version | head -1 ;;
+    borg) borg --version | head -1 ;;
+  esac
+}
+
+record "$(printf '{"kind":"meta","days":%d,"tools":%s,"drop_caches":%s,"host":%s,"cpus":%d,"mem_kib":%d,"started":%s}' \
+  "$NDAYS" "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "${RUN[@]}")" \
+  "$( ((DROP)) && echo true || echo false)" "$(json_str "$(uname -sr)")" "$(nproc)" \
+  "$(awk '/MemTotal/ {print $2}' /proc/meminfo)" "$(json_str "$(date -u +%FT%TZ)")")"
+for t in "${RUN[@]}"; do
+  record "$(printf '{"kind":"version","tool":"%s","version":%s}' "$t" "$(json_str "$(version_of "$t")")")"
+done
+
+# Called before every measured command, in the same way for every tool.
+settle() {
+  sync
+  if ((DROP)); then echo 3 >/proc/sys/vm/drop_caches; fi
+}
+warm_input() { ((DROP)) || find "$CUR" -type f -print0 | xargs -0 -r cat >/dev/null; }
+
+# measure TOOL OP DAY BYTES CMD... : runs CMD under /usr/bin/time, logs its output, records
+# wall/user/sys/max RSS. Returns CMD's status.
+measure() {
+  local tool=$1 op=$2 day=$3 bytes=$4; shift 4
+  local tag; tag=$(printf '%s-day%02d-%s' "$tool" "$day" "$op")
+  settle
+  local rc=0
+  "$TIME" -f '%e %U %S %M' -o "$LOGS/$tag.time" "$@" >"$LOGS/$tag.out" 2>"$LOGS/$tag.err" || rc=$?
+  local wall user sys rss
+  read -r wall user sys rss < <(tail -n1 "$LOGS/$tag.time")
+  record "$(printf '{"kind":"measure","tool":"%s","op":"%s","day":%d,"bytes":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"max_rss_kib":%s,"exit":%d}' \
+    "$tool" "$op" "$day" "$bytes" "$wall" "$user" "$sys" "$rss" "$rc")"
+  awk -v t="$tool" -v o="$op" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v b="$bytes" -v rc="$rc" 'BEGIN {
+    printf "  %-6s %-8s %8.2f s wall %8.2f s cpu %7.1f MiB rss %8.1f MB/s%s\n", t, o, w, u + s, r / 1024,
+      (w > 0 ? b / 1e6 / w : 0), (rc ? "  FAILED (exit " rc ")" : "") }'
+  if ((rc)); then
+    FAILED[$tool]="$op on day $day (exit $rc, see logs/$tag.err)"
+    tail -n 20 "$LOGS/$tag.err" | sed 's/^/    | /' >&2
+  fi
+  return $rc
+}
+
+# ---- per-tool commands (run with the cwd = WORK_DIR; they back up the relative path "current")
+repo() { echo "$REPOS/$1"; }
+RESTIC=(restic --cache-dir "$CACHE/restic" --compression auto)
+CAIRN_ENV=(env XDG_CACHE_HOME="$CACHE/cairn" XDG_CONFIG_HOME="$CACHE/cairn")
+
+tool_init() {  # TOOL
+  case $1 in
+    cairn)
+      mkdir -p "$CACHE/cairn"
+      "${CAIRN_ENV[@]}" "$CAIRN" key generate --output "$CACHE/cairn/backup.key" >"$LOGS/cairn-key.out" 2>&1
+      measure cairn init 1 0 "${CAIRN_ENV[@]}" "$CAIRN" init --repo "$(repo cairn)" ;;
+    restic) measure restic init 1 0 "${RESTIC[@]}" -r "$(repo restic)" init --repository-version 2 ;;
+    borg) measure borg init 1 0 borg init --encryption=authenticated-blake2 "$(repo borg)" ;;
+  esac
+}
+
+tool_backup() {  # TOOL DAY BYTES
+  local archive; archive=$(printf 'day%02d' "$2")
+  case $1 in
+    cairn) measure cairn backup "$2" "$3" "${CAIRN_ENV[@]}" "$CAIRN" backup --repo "$(repo cairn)" \
+             --key "$CACHE/cairn/backup.key" --json current ;;
+    restic) measure restic backup "$2" "$3" "${RESTIC[@]}" -r "$(repo restic)" backup --host cairn-bench current ;;
+    borg) measure borg backup "$2" "$3" borg create --compression zstd,3 "$(repo borg)::$archive" current ;;
+  esac
+}
+
+tool_restore() {  # TOOL DAY BYTES TARGET
+  local archive; archive=$(printf 'day%02d' "$2")
+  case $1 in
+    cairn) measure cairn restore "$2" "$3" "${CAIRN_ENV[@]}" "$CAIRN" restore --repo "$(repo cairn)" latest --target "$4" ;;
+    restic) measure restic restore "$2" "$3" "${RESTIC[@]}" -r "$(repo restic)" restore latest --target "$4" ;;
+    borg) measure borg restore "$2" "$3" env -C "$4" borg extract "$(repo borg)::$archive" ;;
+  esac
+}
+
+tool_check() {  # TOOL DAY
+  local bytes; bytes=$(du -sb "$(repo "$1")" | cut -f1)
+  case $1 in
+    cairn) measure cairn check "$2" "$bytes" "${CAIRN_ENV[@]}" "$CAIRN" verify --repo "$(repo cairn)" --read-data ;;
+    restic) measure restic check "$2" "$bytes" "${RESTIC[@]}" -r "$(repo restic)" check --read-data ;;
+    borg) measure borg check "$2" "$bytes" borg check --verify-data "$(repo borg)" ;;
+  esac
+}
+
+# Compares a restored tree with current/ (not timed). Tools nest the tree differently
+# (restic keeps the absolute path, borg the relative one), so find it by its couchdb/ dir.
+check_restored() {  # TOOL DAY TARGET
+  local found root ok=false
+  found=$(find "$3" -type d -name couchdb -print -quit)
+  root=${found%/couchdb}
+  if [[ -n $found ]] && diff -rq "$root" "$CUR" >"$LOGS/$1-day$(printf %02d "$2")-restore.diff" 2>&1; then
+    ok=true
+  else
+    echo "  $1: RESTORED TREE DIFFERS from current/ (see logs/)" >&2
+  fi
+  record "$(printf '{"kind":"restore_check","tool":"%s","day":%d,"identical":%s}' "$1" "$2" "$ok")"
+}
+
+active() { [[ -z ${FAILED[$1]:-} ]]; }
+
+cd "$WORK"
+echo "compare: ${RUN[*]} over $NDAYS days in $WORK"
+for t in "${RUN[@]}"; do
+  tool_init "$t" || true
+done
+
+for ((i = 0; i < NDAYS; i++)); do
+  day=$((i + 1)) src=$WORK/${ALL_DAYS[$i]}
+  # stage the day at the same path: a fresh tree of hard links to that day's files
+  rm -rf "$CUR"
+  cp -al "$src" "$CUR"
+  bytes=$(du -sb "$CUR" | cut -f1)
+  files=$(find "$CUR" -type f | wc -l)
+  record "$(printf '{"kind":"input","day":%d,"bytes":%d,"files":%d}' "$day" "$bytes" "$files")"
+  awk -v d="${ALL_DAYS[$i]}" -v f="$files" -v b="$bytes" 'BEGIN { printf "== %s: %d files, %.1f MB\n", d, f, b / 1e6 }'
+
+  for t in "${RUN[@]}"; do
+    active "$t" || continue
+    warm_input
+    if tool_backup "$t" "$day" "$bytes"; then
+      size=$(du -sb "$(repo "$t")" | cut -f1)
+      record "$(printf '{"kind":"repo_size","tool":"%s","day":%d,"bytes":%d}' "$t" "$day" "$size")"
+      if [[ $t == cairn ]]; then  # sanity: the contract's snapshot listing
+        if "${CAIRN_ENV[@]}" "$CAIRN" snapshots --repo "$(repo cairn)" --json >"$LOGS/cairn-day$(printf %02d "$day")-snapshots.json" 2>&1; then
+          n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$LOGS/cairn-day$(printf %02d "$day")-snapshots.json" 2>/dev/null || echo "?")
+          [[ $n == "$day" ]] || echo "  cairn: snapshots --json lists $n snapshots after day $day" >&2
+        else
+          echo "  cairn: snapshots --json failed (see logs/)" >&2
+        fi
+      fi
+    fi
+  done
+
+  if ((day == 1 || day == NDAYS)); then
+    for t in "${RUN[@]}"; do
+      active "$t" || continue
+      target=$RESTORE/$t
+      rm -rf "$target"; mkdir -p "$target"
+      tool_restore "$t" "$day" "$bytes" "$target" && check_restored "$t" "$day" "$target"
+      rm -rf "$target"
+      active "$t" || continue
+      tool_check "$t" "$day" || true
+    done
+  fi
+done
+rm -rf "$CUR" "$RESTORE"
+
+for t in "${!FAILED[@]}"; do
+  record "$(printf '{"kind":"failure","tool":"%s","what":%s}' "$t" "$(json_str "${FAILED[$t]}")")"
+done
+python3 "$HERE/report.py" "$JSONL" --json "$WORK/results.json" --md "$WORK/results.md"
+echo "compare: wrote $WORK/results.json and $WORK/results.md"
+cat "$WORK/results.md"

@@ -1,0 +1,155 @@
+//! The one error type of the store.
+//!
+//! Each variant says what the caller can do about it, carries the object it
+//! concerns, and its message ends with the next step for the operator. The
+//! CLI maps [`ErrorKind`] to exit codes; nothing else inspects messages.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What kind of failure this is: decides the exit code and whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// An argument or input the user gave is malformed.
+    InvalidInput,
+    /// The repository, a snapshot or a requested object does not exist.
+    NotFound,
+    /// Data in the repository is damaged or missing.
+    Corrupt,
+    /// A snapshot's signature does not verify, or its signer is not trusted.
+    BadSignature,
+    /// A key file is missing, unreadable or malformed.
+    Key,
+    /// The backup source failed: a command exited non-zero, a file was unreadable.
+    Source,
+    /// A write failed because the storage is full or over quota.
+    StorageFull,
+    /// The storage refused the credentials.
+    AccessDenied,
+    /// The storage could not be reached or failed while answering.
+    Unreachable,
+    /// Something that must be created fresh already exists.
+    AlreadyExists,
+    /// The storage or the repository needs a feature this build lacks.
+    Unsupported,
+    /// Local I/O failed outside the repository (restore target, source file).
+    Io,
+}
+
+/// A store error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{detail}")]
+    InvalidInput { detail: String },
+
+    #[error("no Cairn repository at {url}: {detail}; create one with `cairn init --repo {url}`")]
+    RepositoryNotFound { url: String, detail: String },
+
+    #[error("{what} not found; {hint}")]
+    NotFound { what: String, hint: String },
+
+    #[error("{object} is missing{context}; run `cairn verify` to list the affected snapshots")]
+    Missing { object: String, context: String },
+
+    #[error(
+        "{object} is corrupt: {detail}; run `cairn verify --read-data` to list the affected snapshots"
+    )]
+    Corrupt { object: String, detail: String },
+
+    #[error("snapshot {snapshot}: signature check failed: {detail}; do not trust its contents")]
+    BadSignature { snapshot: String, detail: String },
+
+    #[error(
+        "snapshot {snapshot} is signed by key {key}, which is not trusted here; \
+         if that key is yours, pass it with --trust or add it when initialising the repository"
+    )]
+    UntrustedKey { snapshot: String, key: String },
+
+    #[error("key file {}: {detail}", path.display())]
+    Key { path: PathBuf, detail: String },
+
+    #[error("source {item}: {detail}")]
+    Source { item: String, detail: String },
+
+    #[error("no space left writing {object}: {detail}; free space or raise the quota, then run the command again (what is already stored is intact)")]
+    StorageFull { object: String, detail: String },
+
+    #[error("{url}: access denied: {detail}; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their permissions")]
+    AccessDenied { url: String, detail: String },
+
+    #[error("{url}: storage unreachable while {doing}: {detail}; check the address and the network, then run the command again")]
+    Unreachable {
+        url: String,
+        doing: String,
+        detail: String,
+    },
+
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+
+    #[error("{what}")]
+    Unsupported { what: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Error::RepositoryNotFound { .. } | Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Missing { .. } | Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::BadSignature { .. } | Error::UntrustedKey { .. } => ErrorKind::BadSignature,
+            Error::Key { .. } => ErrorKind::Key,
+            Error::Source { .. } => ErrorKind::Source,
+            Error::StorageFull { .. } => ErrorKind::StorageFull,
+            Error::AccessDenied { .. } => ErrorKind::AccessDenied,
+            Error::Unreachable { .. } => ErrorKind::Unreachable,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Io { source, .. } if is_storage_full(source) => ErrorKind::StorageFull,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// A corrupt-object error.
+    pub fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Corrupt {
+            object: object.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// A local I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// An invalid-input error.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Whether an I/O error means "no space": ENOSPC or EDQUOT.
+pub fn is_storage_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// The store's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

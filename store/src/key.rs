@@ -1,0 +1,263 @@
+//! Signing keys: ed25519 secret key files and public keys as text.
+//!
+//! A public key is written `ed25519:` followed by 64 hex characters. A secret
+//! key file is a small JSON document holding the 32-byte seed and the public
+//! key derived from it (checked on load, so a damaged file is caught before it
+//! signs anything). Files are created with mode 0600 and never overwritten.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Prefix of a public key's text form.
+pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
+
+/// An ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(pub(crate) VerifyingKey);
+
+impl PublicKey {
+    /// The 32 key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// From 32 bytes; fails for bytes that are not a curve point.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self> {
+        VerifyingKey::from_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|_| Error::invalid("not a valid ed25519 public key"))
+    }
+
+    /// Verifies with `verify_strict`: no malleable or small-order signatures.
+    pub fn verify_strict(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.0
+            .verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PUBLIC_KEY_PREFIX}{}", hex::encode(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let hex_part = s.strip_prefix(PUBLIC_KEY_PREFIX).unwrap_or(s);
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| {
+            Error::invalid(format!(
+                "{s:?} is not a public key: expected `{PUBLIC_KEY_PREFIX}` and 64 hex characters \
+                 (as printed by `cairn key generate` or `cairn key public`)"
+            ))
+        })?;
+        PublicKey::from_bytes(&bytes)
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An ed25519 signing key.
+pub struct SecretKey(SigningKey);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey({})", self.public())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    kind: String,
+    version: u32,
+    algorithm: String,
+    secret: String,
+    public: PublicKey,
+}
+
+const KEY_FILE_KIND: &str = "cairn-secret-key";
+
+impl SecretKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<Self> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::invalid(format!("no randomness: {e}")))?;
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// The key for a 32-byte seed (test vectors use a fixed one).
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        SecretKey(SigningKey::from_bytes(seed))
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    /// Signs `message`.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
+    }
+
+    /// The key file's text.
+    pub fn encode_file(&self) -> String {
+        let file = KeyFile {
+            kind: KEY_FILE_KIND.into(),
+            version: 1,
+            algorithm: "ed25519".into(),
+            secret: hex::encode(self.0.to_bytes()),
+            public: self.public(),
+        };
+        let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    /// Parses a key file's text; `path` names it in errors.
+    pub fn decode_file(text: &str, path: &Path) -> Result<Self> {
+        let bad = |detail: String| Error::Key {
+            path: path.to_owned(),
+            detail,
+        };
+        let file: KeyFile = serde_json::from_str(text)
+            .map_err(|e| bad(format!("not a Cairn secret key file ({e})")))?;
+        if file.kind != KEY_FILE_KIND || file.version != 1 || file.algorithm != "ed25519" {
+            return Err(bad(format!(
+                "unsupported key file (kind {:?}, version {}, algorithm {:?})",
+                file.kind, file.version, file.algorithm
+            )));
+        }
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(&file.secret, &mut seed)
+            .map_err(|_| bad("secret is not 64 hex characters".into()))?;
+        let key = Self::from_seed(&seed);
+        if key.public() != file.public {
+            return Err(bad(
+                "the secret does not match the recorded public key; the file is damaged".into(),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Writes a new key file with mode 0600; refuses to overwrite.
+    pub fn write_new_file(&self, path: &Path) -> Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(path).map_err(|e| Error::Key {
+            path: path.to_owned(),
+            detail: if e.kind() == std::io::ErrorKind::AlreadyExists {
+                "already exists; refusing to overwrite a key (move it away first)".into()
+            } else {
+                format!("cannot create: {e}")
+            },
+        })?;
+        f.write_all(self.encode_file().as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::Key {
+                path: path.to_owned(),
+                detail: format!("cannot write: {e}"),
+            })
+    }
+
+    /// Reads a key file.
+    pub fn read_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Key {
+            path: path.to_owned(),
+            detail: if e.kind() == std::io::ErrorKind::NotFound {
+                "does not exist; create one with `cairn key generate --output FILE`".into()
+            } else {
+                format!("cannot read: {e}")
+            },
+        })?;
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "key file {} is readable by group or others; `chmod 600` it",
+                    path.display()
+                );
+            }
+        }
+        Self::decode_file(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_round_trip_and_detect_damage() {
+        let key = SecretKey::from_seed(&[7u8; 32]);
+        let text = key.encode_file();
+        let back = SecretKey::decode_file(&text, Path::new("k")).unwrap();
+        assert_eq!(back.public(), key.public());
+
+        let damaged = text.replacen("\"secret\": \"07", "\"secret\": \"08", 1);
+        let err = SecretKey::decode_file(&damaged, Path::new("k")).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Key);
+        assert!(SecretKey::decode_file("{}", Path::new("k")).is_err());
+    }
+
+    #[test]
+    fn public_keys_parse_with_or_without_prefix() {
+        let public = SecretKey::from_seed(&[1u8; 32]).public();
+        let text = public.to_string();
+        assert!(text.starts_with("ed25519:"));
+        assert_eq!(text.parse::<PublicKey>().unwrap(), public);
+        assert_eq!(text["ed25519:".len()..].parse::<PublicKey>().unwrap(), public);
+        assert!("ed25519:abcd".parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn new_key_files_are_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let key = SecretKey::generate().unwrap();
+        key.write_new_file(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let err = SecretKey::generate().unwrap().write_new_file(&path).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Key);
+        assert_eq!(SecretKey::read_file(&path).unwrap().public(), key.public());
+    }
+}

@@ -1,0 +1,370 @@
+//! Snapshot manifests, signed with ed25519.
+//!
+//! ```text
+//! "CAIRNSN\x01" | body_len u32 | body (UTF-8 JSON) | public key [32] | signature [64]
+//! signature = ed25519(secret, "cairn snapshot v1\0" | repository id [32] | body)
+//! ```
+//! The signature covers the body bytes exactly as stored, so nothing is ever
+//! re-serialised to check it. The snapshot's id is the BLAKE3 of the whole
+//! object. A reader checks, in order: the id, the framing, the signature
+//! (`verify_strict`), the signer against the trusted keys, then parses the
+//! body and checks it names this repository.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, RepoId, SnapshotId};
+use crate::key::{PublicKey, SecretKey};
+use crate::wire::{Put, Reader, len_u32};
+
+/// First bytes of every manifest.
+pub const MANIFEST_MAGIC: [u8; 8] = *b"CAIRNSN\x01";
+/// Domain separation for snapshot signatures.
+pub const SIGNATURE_DOMAIN: &[u8] = b"cairn snapshot v1\0";
+/// The largest manifest body a reader accepts.
+pub const MAX_BODY_LEN: u32 = 64 << 20;
+/// The manifest body version this build writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Body format version (1).
+    pub version: u32,
+    /// The repository this snapshot belongs to.
+    pub repository: RepoId,
+    /// When the backup started, UTC.
+    pub time: Timestamp,
+    /// The host that made it.
+    pub host: String,
+    /// Free-form labels.
+    pub tags: Vec<String>,
+    /// Where the data came from.
+    pub source: SourceInfo,
+    /// The items, in name order.
+    pub items: Vec<Item>,
+}
+
+/// Where a snapshot's data came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceInfo {
+    /// `files`, `stdin` or `command`.
+    pub kind: SourceKind,
+    /// The command line, for `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The command's exit status, for `command` (always 0: a failure writes no snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+}
+
+/// The kind of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Files and directories.
+    Files,
+    /// Standard input.
+    Stdin,
+    /// A command's standard output.
+    Command,
+}
+
+/// One named thing in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    /// Relative path with `/` separators.
+    pub name: String,
+    /// File, directory or symlink.
+    pub kind: ItemKind,
+    /// Content length (0 for directories and symlinks).
+    pub len: u64,
+    /// Root of the content tree (files only): commits to every chunk id in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<BlobId>,
+    /// Number of chunks (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u64>,
+    /// Unix permission bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Modification time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<Timestamp>,
+    /// Symlink target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// The kind of an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    /// A byte stream.
+    File,
+    /// A directory (its content is the items under it).
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// Which signers a reader accepts.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Any key whose signature verifies (the repository names no trusted keys).
+    AnyValidSignature,
+    /// Only these keys.
+    Keys(Vec<PublicKey>),
+}
+
+impl Trust {
+    /// Whether `key` may sign snapshots.
+    pub fn accepts(&self, key: &PublicKey) -> bool {
+        match self {
+            Trust::AnyValidSignature => true,
+            Trust::Keys(keys) => keys.contains(key),
+        }
+    }
+}
+
+/// A manifest whose signature and trust were checked.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Who signed it.
+    pub signer: PublicKey,
+    /// What it holds.
+    pub manifest: Manifest,
+}
+
+fn signed_message(repository: &RepoId, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNATURE_DOMAIN.len() + 32 + body.len());
+    m.put_bytes(SIGNATURE_DOMAIN);
+    m.put_bytes(repository.as_bytes());
+    m.put_bytes(body);
+    m
+}
+
+impl Manifest {
+    /// Checks what a reader relies on: version and item names.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.version != MANIFEST_VERSION {
+            return Err(format!("manifest version {} (this cairn reads {MANIFEST_VERSION})", self.version));
+        }
+        let mut previous: Option<&str> = None;
+        for item in &self.items {
+            validate_item_name(&item.name)?;
+            if previous.is_some_and(|p| p >= item.name.as_str()) {
+                return Err(format!("items not in strict name order at {:?}", item.name));
+            }
+            previous = Some(&item.name);
+            if (item.kind == ItemKind::File) != item.tree.is_some() {
+                return Err(format!("item {:?}: a file needs a tree, nothing else has one", item.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes and signs.
+    pub fn encode_signed(&self, key: &SecretKey) -> Result<(SnapshotId, Vec<u8>)> {
+        self.validate().map_err(Error::invalid)?;
+        let body = serde_json::to_vec(self).map_err(|e| Error::invalid(e.to_string()))?;
+        if body.len() > MAX_BODY_LEN as usize {
+            return Err(Error::invalid(format!(
+                "manifest of {} bytes exceeds the {MAX_BODY_LEN}-byte limit (too many items)",
+                body.len()
+            )));
+        }
+        let signature = key.sign(&signed_message(&self.repository, &body));
+        let mut out = Vec::with_capacity(body.len() + 108);
+        out.put_bytes(&MANIFEST_MAGIC);
+        out.put_u32(len_u32(body.len()));
+        out.put_bytes(&body);
+        out.put_bytes(key.public().as_bytes());
+        out.put_bytes(&signature);
+        Ok((SnapshotId::of(&out), out))
+    }
+
+    /// Index of the item called `name`.
+    pub fn item(&self, name: &str) -> Option<&Item> {
+        self.items
+            .binary_search_by(|i| i.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.items[i])
+    }
+
+    /// Total content bytes.
+    pub fn total_len(&self) -> u64 {
+        self.items.iter().map(|i| i.len).sum()
+    }
+}
+
+/// Decodes a manifest object named `expected`, checking hash, signature, trust
+/// and repository.
+pub fn decode_manifest(
+    bytes: &[u8],
+    expected: SnapshotId,
+    repository: &RepoId,
+    trust: &Trust,
+) -> Result<Snapshot> {
+    let object = format!("snapshot {expected}");
+    let actual = SnapshotId::of(bytes);
+    if actual != expected {
+        return Err(Error::corrupt(&object, format!("content hash is {actual}")));
+    }
+    let bad = |d: String| Error::corrupt(&object, d);
+    let mut r = Reader::new(bytes);
+    if r.array::<8>().map_err(|e| bad(e.to_string()))? != MANIFEST_MAGIC {
+        return Err(bad("not a snapshot manifest (magic)".into()));
+    }
+    let body_len = r.u32().map_err(|e| bad(e.to_string()))?;
+    if body_len > MAX_BODY_LEN || r.remaining() != body_len as usize + 96 {
+        return Err(bad(format!(
+            "body length {body_len} does not fit an object of {} bytes",
+            bytes.len()
+        )));
+    }
+    let body = r.bytes(body_len as usize).map_err(|e| bad(e.to_string()))?;
+    let key_bytes: [u8; 32] = r.array().map_err(|e| bad(e.to_string()))?;
+    let signature: [u8; 64] = r.array().map_err(|e| bad(e.to_string()))?;
+    let signer = PublicKey::from_bytes(&key_bytes).map_err(|_| Error::BadSignature {
+        snapshot: expected.to_hex(),
+        detail: "the signer field is not a valid public key".into(),
+    })?;
+    if !signer.verify_strict(&signed_message(repository, body), &signature) {
+        return Err(Error::BadSignature {
+            snapshot: expected.to_hex(),
+            detail: format!(
+                "the signature by {signer} does not verify over this content for repository {}",
+                repository.short()
+            ),
+        });
+    }
+    if !trust.accepts(&signer) {
+        return Err(Error::UntrustedKey {
+            snapshot: expected.to_hex(),
+            key: signer.to_string(),
+        });
+    }
+    let manifest: Manifest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
+    if manifest.repository != *repository {
+        return Err(bad(format!("belongs to repository {}", manifest.repository)));
+    }
+    manifest.validate().map_err(bad)?;
+    Ok(Snapshot {
+        id: expected,
+        signer,
+        manifest,
+    })
+}
+
+/// Checks an item name: a relative path of plain components joined by `/`.
+pub fn validate_item_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 4096
+        && !name.contains('\0')
+        && !name.contains('\\')
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "item name {name:?} is not a relative path of plain components (no `..`, `.`, empty parts, leading `/` or backslashes)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(repository: RepoId) -> Manifest {
+        Manifest {
+            version: 1,
+            repository,
+            time: "2026-11-21T02:00:00Z".parse().unwrap(),
+            host: "node4".into(),
+            tags: vec!["nightly".into()],
+            source: SourceInfo {
+                kind: SourceKind::Stdin,
+                command: None,
+                exit_status: None,
+            },
+            items: vec![Item {
+                name: "couchdb/lms.json".into(),
+                kind: ItemKind::File,
+                len: 5,
+                tree: Some(BlobId::of(b"tree")),
+                chunks: Some(1),
+                mode: None,
+                mtime: None,
+                target: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn signed_manifests_round_trip_and_bind_the_repository() {
+        let repo = RepoId([9; 32]);
+        let key = SecretKey::from_seed(&[3; 32]);
+        let m = sample(repo);
+        let (id, bytes) = m.encode_signed(&key).unwrap();
+        let s = decode_manifest(&bytes, id, &repo, &Trust::AnyValidSignature).unwrap();
+        assert_eq!(s.manifest, m);
+        assert_eq!(s.signer, key.public());
+
+        let other_repo = RepoId([8; 32]);
+        let err = decode_manifest(&bytes, id, &other_repo, &Trust::AnyValidSignature).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::BadSignature);
+    }
+
+    #[test]
+    fn tampering_and_untrusted_signers_are_refused() {
+        let repo = RepoId([9; 32]);
+        let key = SecretKey::from_seed(&[3; 32]);
+        let (_, bytes) = sample(repo).encode_signed(&key).unwrap();
+
+        // Change the body and rename the object to its new hash: the id
+        // matches, the signature does not.
+        let mut tampered = bytes.clone();
+        let at = tampered.windows(5).position(|w| w == b"node4").unwrap();
+        tampered[at + 4] = b'5';
+        let tid = SnapshotId::of(&tampered);
+        let err = decode_manifest(&tampered, tid, &repo, &Trust::AnyValidSignature).unwrap_err();
+        assert!(matches!(err, Error::BadSignature { .. }), "{err}");
+
+        // In place (the name no longer matches): corrupt.
+        let err =
+            decode_manifest(&tampered, SnapshotId::of(&bytes), &repo, &Trust::AnyValidSignature)
+                .unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Corrupt);
+
+        let stranger = SecretKey::from_seed(&[4; 32]).public();
+        let err = decode_manifest(
+            &bytes,
+            SnapshotId::of(&bytes),
+            &repo,
+            &Trust::Keys(vec![stranger]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::UntrustedKey { .. }));
+    }
+
+    #[test]
+    fn unsafe_item_names_are_refused() {
+        for bad in ["", "/etc/passwd", "a/../b", "..", "a//b", "./a", "a/", "a\\b"] {
+            assert!(validate_item_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "couchdb/lms.json", "volumes/x y/z.tar", "...dots"] {
+            assert!(validate_item_name(good).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Pack files: frames of blobs, then a hashed trailer saying what is inside.
+//!
+//! ```text
+//! "CAIRNPK\x01" | frame 0 | frame 1 | ... | trailer | footer (44 bytes)
+//! footer = trailer_len u32 | BLAKE3(trailer) [32] | "CAIRNPKE"
+//! ```
+//! The pack's id is the BLAKE3 of all its bytes. The trailer is hashed on its
+//! own too, so a reader (GC, above all) can learn what a pack holds from a
+//! range read of its tail, without trusting any index. Every byte of a pack
+//! is accounted for: frames are contiguous from offset 8 to the trailer, and
+//! the blobs of a frame cover its raw bytes exactly, in order.
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::frame::{Codec, Frame, MAX_FRAME_RAW_LEN};
+use crate::id::{BlobId, PackId};
+use crate::wire::{Put, Reader, len_u32};
+
+/// First bytes of every pack.
+pub const PACK_MAGIC: [u8; 8] = *b"CAIRNPK\x01";
+/// Last bytes of every pack.
+pub const PACK_END_MAGIC: [u8; 8] = *b"CAIRNPKE";
+/// Length of the fixed footer.
+pub const FOOTER_LEN: usize = 4 + 32 + 8;
+/// The largest pack a reader accepts: offsets are u32.
+pub const MAX_PACK_LEN: u64 = u32::MAX as u64;
+/// The largest trailer a reader accepts.
+pub const MAX_TRAILER_LEN: u32 = 64 << 20;
+const FRAME_DESC_LEN: usize = 13;
+const BLOB_ENTRY_LEN: usize = 32 + 12;
+
+/// Where a frame lies in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameDesc {
+    /// Offset of its first stored byte from the start of the pack.
+    pub offset: u32,
+    /// Stored (compressed) length.
+    pub stored_len: u32,
+    /// Length once decoded.
+    pub raw_len: u32,
+    /// How it is stored.
+    pub codec: Codec,
+}
+
+/// Where a blob lies: in which frame, and where in its raw bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobEntry {
+    /// The blob.
+    pub id: BlobId,
+    /// Index into the pack's frames.
+    pub frame: u32,
+    /// Offset in the raw frame.
+    pub offset: u32,
+    /// Length.
+    pub len: u32,
+}
+
+/// What a pack contains: its frames and blobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackTrailer {
+    /// Frames in pack order.
+    pub frames: Vec<FrameDesc>,
+    /// Blobs ordered by (frame, offset).
+    pub blobs: Vec<BlobEntry>,
+}
+
+impl PackTrailer {
+    /// The trailer's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            8 + self.frames.len() * FRAME_DESC_LEN + self.blobs.len() * BLOB_ENTRY_LEN,
+        );
+        out.put_u32(len_u32(self.frames.len()));
+        out.put_u32(len_u32(self.blobs.len()));
+        for f in &self.frames {
+            out.put_u32(f.offset);
+            out.put_u32(f.stored_len);
+            out.put_u32(f.raw_len);
+            out.put_u8(f.codec as u8);
+        }
+        for b in &self.blobs {
+            out.put_bytes(b.id.as_bytes());
+            out.put_u32(b.frame);
+            out.put_u32(b.offset);
+            out.put_u32(b.len);
+        }
+        out
+    }
+
+    /// Parses and checks a trailer of a pack whose trailer starts at
+    /// `trailer_offset`. `object` names the pack in errors.
+    pub fn decode(bytes: &[u8], trailer_offset: u64, object: &str) -> Result<PackTrailer> {
+        let bad = |detail: String| Error::corrupt(object, format!("trailer: {detail}"));
+        let mut r = Reader::new(bytes);
+        let frame_count = r.u32().map_err(|e| bad(e.to_string()))? as usize;
+        let blob_count = r.u32().map_err(|e| bad(e.to_string()))? as usize;
+        let expected = 8u64
+            + frame_count as u64 * FRAME_DESC_LEN as u64
+            + blob_count as u64 * BLOB_ENTRY_LEN as u64;
+        if expected != bytes.len() as u64 {
+            return Err(bad(format!(
+                "{frame_count} frames and {blob_count} blobs need {expected} bytes, trailer has {}",
+                bytes.len()
+            )));
+        }
+        let mut frames = Vec::with_capacity(frame_count);
+        let mut next_offset = PACK_MAGIC.len() as u64;
+        for i in 0..frame_count {
+            let offset = r.u32().map_err(|e| bad(e.to_string()))?;
+            let stored_len = r.u32().map_err(|e| bad(e.to_string()))?;
+            let raw_len = r.u32().map_err(|e| bad(e.to_string()))?;
+            let codec_byte = r.u8().map_err(|e| bad(e.to_string()))?;
+            let codec = Codec::from_u8(codec_byte)
+                .ok_or_else(|| bad(format!("frame {i}: unknown codec {codec_byte}")))?;
+            if u64::from(offset) != next_offset {
+                return Err(bad(format!(
+                    "frame {i} starts at {offset}, expected {next_offset}"
+                )));
+            }
+            if raw_len > MAX_FRAME_RAW_LEN || raw_len == 0 {
+                return Err(bad(format!("frame {i}: raw length {raw_len} out of range")));
+            }
+            if codec == Codec::Raw && stored_len != raw_len {
+                return Err(bad(format!("raw frame {i}: stored {stored_len} != raw {raw_len}")));
+            }
+            next_offset += u64::from(stored_len);
+            frames.push(FrameDesc {
+                offset,
+                stored_len,
+                raw_len,
+                codec,
+            });
+        }
+        if next_offset != trailer_offset {
+            return Err(bad(format!(
+                "frames end at {next_offset} but the trailer starts at {trailer_offset}"
+            )));
+        }
+        let mut blobs = Vec::with_capacity(blob_count);
+        let (mut frame, mut next_in_frame) = (0u32, 0u32);
+        for i in 0..blob_count {
+            let id = BlobId(r.id().map_err(|e| bad(e.to_string()))?);
+            let f = r.u32().map_err(|e| bad(e.to_string()))?;
+            let offset = r.u32().map_err(|e| bad(e.to_string()))?;
+            let len = r.u32().map_err(|e| bad(e.to_string()))?;
+            if f != frame {
+                // Moving on: the previous frame must be covered exactly.
+                let covered = frames.get(frame as usize).map(|d| d.raw_len);
+                if f != frame + 1 || covered != Some(next_in_frame) {
+                    return Err(bad(format!("blob {i}: frames not covered in order")));
+                }
+                frame = f;
+                next_in_frame = 0;
+            }
+            if offset != next_in_frame || len == 0 {
+                return Err(bad(format!("blob {i}: offset {offset} length {len} out of order")));
+            }
+            next_in_frame = offset
+                .checked_add(len)
+                .ok_or_else(|| bad(format!("blob {i}: length overflows")))?;
+            blobs.push(BlobEntry {
+                id,
+                frame: f,
+                offset,
+                len,
+            });
+        }
+        let last_ok = match frames.len() {
+            0 => blobs.is_empty(),
+            n => frame as usize == n - 1 && frames[n - 1].raw_len == next_in_frame,
+        };
+        if !last_ok {
+            return Err(bad("blobs do not cover the frames exactly".into()));
+        }
+        Ok(PackTrailer { frames, blobs })
+    }
+}
+
+/// The footer: where the trailer is and its hash.
+#[derive(Debug, Clone, Copy)]
+pub struct PackFooter {
+    /// Trailer length.
+    pub trailer_len: u32,
+    /// BLAKE3 of the trailer.
+    pub trailer_hash: [u8; 32],
+}
+
+impl PackFooter {
+    /// Parses the last [`FOOTER_LEN`] bytes of a pack.
+    pub fn decode(tail: &[u8], object: &str) -> Result<PackFooter> {
+        if tail.len() != FOOTER_LEN || tail[FOOTER_LEN - 8..] != PACK_END_MAGIC {
+            return Err(Error::corrupt(object, "footer: end magic missing (truncated?)"));
+        }
+        let mut r = Reader::new(tail);
+        let trailer_len = r.u32().map_err(|e| Error::corrupt(object, e.to_string()))?;
+        let trailer_hash = r.id().map_err(|e| Error::corrupt(object, e.to_string()))?;
+        if trailer_len > MAX_TRAILER_LEN {
+            return Err(Error::corrupt(object, format!("trailer length {trailer_len} over the limit")));
+        }
+        Ok(PackFooter {
+            trailer_len,
+            trailer_hash,
+        })
+    }
+
+    /// Where the trailer starts in a pack of `pack_len` bytes.
+    pub fn trailer_offset(&self, pack_len: u64, object: &str) -> Result<u64> {
+        let fixed = (PACK_MAGIC.len() + FOOTER_LEN) as u64 + u64::from(self.trailer_len);
+        if pack_len < fixed || pack_len > MAX_PACK_LEN {
+            return Err(Error::corrupt(
+                object,
+                format!("length {pack_len} cannot hold a {}-byte trailer", self.trailer_len),
+            ));
+        }
+        Ok(pack_len - FOOTER_LEN as u64 - u64::from(self.trailer_len))
+    }
+}
+
+/// Reads and checks a trailer given the pack's length and its tail (the last
+/// `tail.len()` bytes, at least the footer). `Ok(None)`: the tail is too
+/// short to hold the trailer; read more.
+pub fn decode_trailer_from_tail(pack_len: u64, tail: &[u8], object: &str) -> Result<Option<PackTrailer>> {
+    if tail.len() < FOOTER_LEN {
+        return Err(Error::corrupt(object, "shorter than a pack footer"));
+    }
+    let footer = PackFooter::decode(&tail[tail.len() - FOOTER_LEN..], object)?;
+    let trailer_offset = footer.trailer_offset(pack_len, object)?;
+    let need = FOOTER_LEN + footer.trailer_len as usize;
+    if tail.len() < need {
+        return Ok(None);
+    }
+    let trailer = &tail[tail.len() - need..tail.len() - FOOTER_LEN];
+    if blake3::hash(trailer).as_bytes() != &footer.trailer_hash {
+        return Err(Error::corrupt(object, "trailer hash mismatch"));
+    }
+    PackTrailer::decode(trailer, trailer_offset, object).map(Some)
+}
+
+/// Parses a whole pack: checks its id, magic, footer and trailer.
+pub fn decode_pack(bytes: &[u8], expected: PackId) -> Result<PackTrailer> {
+    let object = format!("pack {expected}");
+    let actual = PackId::of(bytes);
+    if actual != expected {
+        return Err(Error::corrupt(
+            &object,
+            format!("content hash is {actual} (length {})", bytes.len()),
+        ));
+    }
+    if bytes.len() < PACK_MAGIC.len() + FOOTER_LEN || bytes[..8] != PACK_MAGIC {
+        return Err(Error::corrupt(&object, "not a pack (magic)"));
+    }
+    decode_trailer_from_tail(bytes.len() as u64, bytes, &object)?
+        .ok_or_else(|| Error::corrupt(&object, "trailer longer than the pack"))
+}
+
+/// Builds one pack in memory.
+#[derive(Debug)]
+pub struct PackWriter {
+    buf: Vec<u8>,
+    trailer: PackTrailer,
+}
+
+impl Default for PackWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackWriter {
+    /// An empty pack.
+    pub fn new() -> Self {
+        PackWriter {
+            buf: PACK_MAGIC.to_vec(),
+            trailer: PackTrailer::default(),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no frame was added.
+    pub fn is_empty(&self) -> bool {
+        self.trailer.frames.is_empty()
+    }
+
+    /// Appends a frame.
+    pub fn add_frame(&mut self, frame: Frame) {
+        let index = len_u32(self.trailer.frames.len());
+        self.trailer.frames.push(FrameDesc {
+            offset: len_u32(self.buf.len()),
+            stored_len: len_u32(frame.payload.len()),
+            raw_len: frame.raw_len,
+            codec: frame.codec,
+        });
+        self.buf.extend_from_slice(&frame.payload);
+        self.trailer
+            .blobs
+            .extend(frame.blobs.iter().map(|b| BlobEntry {
+                id: b.id,
+                frame: index,
+                offset: b.offset,
+                len: b.len,
+            }));
+    }
+
+    /// Finishes the pack: its id, bytes and trailer.
+    pub fn finish(self) -> (PackId, Bytes, PackTrailer) {
+        let mut buf = self.buf;
+        let trailer = self.trailer.encode();
+        let trailer_len = len_u32(trailer.len());
+        let hash = blake3::hash(&trailer);
+        buf.put_bytes(&trailer);
+        buf.put_u32(trailer_len);
+        buf.put_bytes(hash.as_bytes());
+        buf.put_bytes(&PACK_END_MAGIC);
+        (PackId::of(&buf), Bytes::from(buf), self.trailer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FrameBuilder, decode_frame};
+
+    fn sample_pack() -> (PackId, Bytes, PackTrailer, Vec<Vec<u8>>) {
+        let blobs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + usize::from(i) * 37]).collect();
+        let mut w = PackWriter::new();
+        for group in blobs.chunks(7) {
+            let mut f = FrameBuilder::default();
+            for b in group {
+                f.push(BlobId::of(b), b);
+            }
+            w.add_frame(f.compress(3).unwrap());
+        }
+        let (id, bytes, trailer) = w.finish();
+        (id, bytes, trailer, blobs)
+    }
+
+    #[test]
+    fn reader_returns_every_blob_the_writer_added() {
+        let (id, bytes, trailer, blobs) = sample_pack();
+        let parsed = decode_pack(&bytes, id).unwrap();
+        assert_eq!(parsed, trailer);
+        assert_eq!(parsed.blobs.len(), blobs.len());
+        for (entry, original) in parsed.blobs.iter().zip(&blobs) {
+            let f = parsed.frames[entry.frame as usize];
+            let stored = &bytes[f.offset as usize..][..f.stored_len as usize];
+            let raw = decode_frame(f.codec, stored, f.raw_len).unwrap();
+            let got = &raw[entry.offset as usize..][..entry.len as usize];
+            assert_eq!(got, &original[..]);
+            assert_eq!(BlobId::of(got), entry.id);
+        }
+    }
+
+    #[test]
+    fn tail_reads_find_the_trailer() {
+        let (_, bytes, trailer, _) = sample_pack();
+        let short_tail = &bytes[bytes.len() - FOOTER_LEN..];
+        assert_eq!(decode_trailer_from_tail(bytes.len() as u64, short_tail, "p").unwrap(), None);
+        let tail = &bytes[8..];
+        assert_eq!(
+            decode_trailer_from_tail(bytes.len() as u64, tail, "p").unwrap(),
+            Some(trailer)
+        );
+    }
+
+    #[test]
+    fn every_single_bit_flip_and_truncation_is_detected() {
+        let (id, bytes, _, _) = sample_pack();
+        for pos in (0..bytes.len()).step_by(97) {
+            let mut damaged = bytes.to_vec();
+            damaged[pos] ^= 0x10;
+            assert!(decode_pack(&damaged, id).is_err(), "flip at {pos}");
+        }
+        for cut in [1, 10, FOOTER_LEN, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode_pack(&bytes[..bytes.len() - cut], id).is_err());
+        }
+    }
+
+    #[test]
+    fn structurally_inconsistent_trailers_are_rejected() {
+        let (_, bytes, trailer, _) = sample_pack();
+        let offset = (bytes.len() - FOOTER_LEN - trailer.encode().len()) as u64;
+        let mut t = trailer.clone();
+        t.blobs[3].len += 1;
+        assert!(PackTrailer::decode(&t.encode(), offset, "p").is_err());
+        let mut t = trailer.clone();
+        t.frames[1].offset += 1;
+        assert!(PackTrailer::decode(&t.encode(), offset, "p").is_err());
+        let mut t = trailer.clone();
+        t.blobs.pop();
+        assert!(PackTrailer::decode(&t.encode(), offset, "p").is_err());
+        assert!(PackTrailer::decode(&trailer.encode(), offset + 1, "p").is_err());
+        assert!(PackTrailer::decode(&trailer.encode(), offset, "p").is_ok());
+    }
+}
