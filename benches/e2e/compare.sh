@@ -15,7 +15,7 @@
 #                 every tool starts from a warm cache
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
 [[ $# -ge 1 && $1 != -* ]] || usage
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -32,6 +32,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+[[ -z $DAYS || $DAYS =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --days needs a positive number" >&2; exit 2; }
 TIME=/usr/bin/time
 [[ -x $TIME ]] || { echo "compare.sh: $TIME missing; run benches/e2e/setup.sh" >&2; exit 1; }
 if ((DROP)) && ! { [[ -w /proc/sys/vm/drop_caches ]] && sync && echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
@@ -69,7 +70,7 @@ REPOS=$WORK/repos CACHE=$WORK/cache LOGS=$WORK/logs CUR=$WORK/current RESTORE=$W
 JSONL=$LOGS/records.jsonl
 rm -rf "$REPOS" "$CACHE" "$LOGS" "$RESTORE" "$CUR" "$WORK/results.json" "$WORK/results.md"
 mkdir -p "$REPOS" "$CACHE" "$LOGS" "$RESTORE"
-declare -A FAILED=()
+declare -A FAILED=()  # tool -> why it stopped (a failed init or backup stops that tool)
 
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 record() { echo "$1" >>"$JSONL"; }
@@ -113,7 +114,9 @@ measure() {
     printf "  %-6s %-8s %8.2f s wall %8.2f s cpu %7.1f MiB rss %8.1f MB/s%s\n", t, o, w, u + s, r / 1024,
       (w > 0 ? b / 1e6 / w : 0), (rc ? "  FAILED (exit " rc ")" : "") }'
   if ((rc)); then
-    FAILED[$tool]="$op on day $day (exit $rc, see logs/$tag.err)"
+    record "$(printf '{"kind":"failure","tool":"%s","op":"%s","day":%d,"what":%s}' "$tool" "$op" "$day" \
+      "$(json_str "$op on day $day exited $rc (see logs/$tag.err)")")"
+    [[ $op != init && $op != backup ]] || FAILED[$tool]="$op on day $day"
     tail -n 20 "$LOGS/$tag.err" | sed 's/^/    | /' >&2
   fi
   return $rc
@@ -173,8 +176,33 @@ check_restored() {  # TOOL DAY TARGET
     ok=true
   else
     echo "  $1: RESTORED TREE DIFFERS from current/ (see logs/)" >&2
+    record "$(printf '{"kind":"failure","tool":"%s","op":"restore","day":%d,"what":%s}' "$1" "$2" \
+      "$(json_str "restored tree of day $2 differs from the input (see logs/$1-day$(printf %02d "$2")-restore.diff)")")"
   fi
   record "$(printf '{"kind":"restore_check","tool":"%s","day":%d,"identical":%s}' "$1" "$2" "$ok")"
+}
+
+# Not timed: keeps `backup --json`'s summary and checks `snapshots --json` (newest last).
+cairn_sanity() {  # DAY
+  local tag; tag=$(printf 'cairn-day%02d' "$1")
+  "${CAIRN_ENV[@]}" "$CAIRN" snapshots --repo "$(repo cairn)" --json >"$LOGS/$tag-snapshots.json" 2>"$LOGS/$tag-snapshots.err" || true
+  python3 - "$1" "$LOGS/$tag-backup.out" "$LOGS/$tag-snapshots.json" >>"$JSONL" <<'PY' || echo "  cairn: could not read its JSON output (see logs/)" >&2
+import json, sys
+day, backup_out, snaps = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+try:
+    summary = json.load(open(backup_out))
+except ValueError:
+    summary = None
+    print(f"  cairn: backup --json did not print one JSON document on day {day}", file=sys.stderr)
+try:
+    listing = json.load(open(snaps))
+except ValueError:
+    listing = None
+if not isinstance(listing, list) or len(listing) != day or not all("id" in s and "time" in s for s in listing):
+    print(f"  cairn: snapshots --json after day {day} is not a list of {day} snapshots with id and time", file=sys.stderr)
+newest = listing[-1].get("id") if isinstance(listing, list) and listing and isinstance(listing[-1], dict) else None
+print(json.dumps({"kind": "cairn_summary", "day": day, "backup_json": summary, "snapshots": len(listing) if isinstance(listing, list) else None, "newest_id": newest}))
+PY
 }
 
 active() { [[ -z ${FAILED[$1]:-} ]]; }
@@ -201,14 +229,7 @@ for ((i = 0; i < NDAYS; i++)); do
     if tool_backup "$t" "$day" "$bytes"; then
       size=$(du -sb "$(repo "$t")" | cut -f1)
       record "$(printf '{"kind":"repo_size","tool":"%s","day":%d,"bytes":%d}' "$t" "$day" "$size")"
-      if [[ $t == cairn ]]; then  # sanity: the contract's snapshot listing
-        if "${CAIRN_ENV[@]}" "$CAIRN" snapshots --repo "$(repo cairn)" --json >"$LOGS/cairn-day$(printf %02d "$day")-snapshots.json" 2>&1; then
-          n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$LOGS/cairn-day$(printf %02d "$day")-snapshots.json" 2>/dev/null || echo "?")
-          [[ $n == "$day" ]] || echo "  cairn: snapshots --json lists $n snapshots after day $day" >&2
-        else
-          echo "  cairn: snapshots --json failed (see logs/)" >&2
-        fi
-      fi
+      [[ $t != cairn ]] || cairn_sanity "$day"
     fi
   done
 
@@ -219,16 +240,12 @@ for ((i = 0; i < NDAYS; i++)); do
       rm -rf "$target"; mkdir -p "$target"
       tool_restore "$t" "$day" "$bytes" "$target" && check_restored "$t" "$day" "$target"
       rm -rf "$target"
-      active "$t" || continue
       tool_check "$t" "$day" || true
     done
   fi
 done
 rm -rf "$CUR" "$RESTORE"
 
-for t in "${!FAILED[@]}"; do
-  record "$(printf '{"kind":"failure","tool":"%s","what":%s}' "$t" "$(json_str "${FAILED[$t]}")")"
-done
 python3 "$HERE/report.py" "$JSONL" --json "$WORK/results.json" --md "$WORK/results.md"
 echo "compare: wrote $WORK/results.json and $WORK/results.md"
 cat "$WORK/results.md"

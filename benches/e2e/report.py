@@ -65,7 +65,7 @@ def summarize(records):
             "restore_identical": rchk,
             "check_mb_s": {d: mbps(m) for d, m in checks.items()},
             "check_wall_s": {d: (m["wall_s"] if m else None) for d, m in checks.items()},
-            "failure": next((r["what"] for r in records if r["kind"] == "failure" and r["tool"] == t), None),
+            "failures": [r["what"] for r in records if r["kind"] == "failure" and r["tool"] == t],
         }
     ratios = {}
     base = summary.get("restic")
@@ -162,11 +162,13 @@ def markdown(meta, tools, inputs, last_day, summary, ratios, records):
         L.append(f"| {d} | " + " | ".join(cells) + " |")
     L.append("")
 
-    fails = [(t, summary[t]["failure"]) for t in tools if summary[t]["failure"]]
+    fails = [(t, what) for t in tools for what in summary[t]["failures"]]
     if fails:
         L.append("## Failures\n")
+        L.append("A failed init or backup stops that tool for the rest of the run; a failed restore or "
+                 "check is recorded and the run goes on.\n")
         for t, what in fails:
-            L.append(f"- **{t}** stopped: {what}")
+            L.append(f"- **{t}**: {what}")
         L.append("")
     return "\n".join(L)
 

@@ -1,1 +1,41 @@
-fn main() {}
+//! `cairn`: content-addressed, deduplicating, signed backups.
+
+mod cmd;
+mod exit;
+mod progress;
+mod repo_args;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cmd::Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return exit::report(anyhow::Error::new(e).context("starting the runtime")),
+    };
+    match runtime.block_on(cmd::run(cli.command)) {
+        Ok(code) => code.into(),
+        Err(e) => exit::report(e),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,cairn_store=info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

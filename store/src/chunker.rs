@@ -168,7 +168,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                (x >> 24) as u8
+                x.to_le_bytes()[3]
             })
             .collect()
     }

@@ -84,7 +84,10 @@ impl Config {
     /// Parses a stored config.
     pub fn decode(bytes: &[u8]) -> Result<Config> {
         if bytes.len() > MAX_CONFIG_LEN {
-            return Err(Error::corrupt("config", format!("{} bytes, over the limit", bytes.len())));
+            return Err(Error::corrupt(
+                "config",
+                format!("{} bytes, over the limit", bytes.len()),
+            ));
         }
         // Read the version first so a newer format gets a clear message.
         #[derive(Deserialize)]
@@ -102,8 +105,8 @@ impl Config {
                 ),
             });
         }
-        let config: Config = serde_json::from_slice(bytes)
-            .map_err(|e| Error::corrupt("config", e.to_string()))?;
+        let config: Config =
+            serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
         config
             .validate()
             .map_err(|e| Error::corrupt("config", e.to_string()))?;

@@ -72,13 +72,19 @@ pub enum Error {
     #[error("source {item}: {detail}")]
     Source { item: String, detail: String },
 
-    #[error("no space left writing {object}: {detail}; free space or raise the quota, then run the command again (what is already stored is intact)")]
+    #[error(
+        "no space left writing {object}: {detail}; free space or raise the quota, then run the command again (what is already stored is intact)"
+    )]
     StorageFull { object: String, detail: String },
 
-    #[error("{url}: access denied: {detail}; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their permissions")]
+    #[error(
+        "{url}: access denied: {detail}; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their permissions"
+    )]
     AccessDenied { url: String, detail: String },
 
-    #[error("{url}: storage unreachable while {doing}: {detail}; check the address and the network, then run the command again")]
+    #[error(
+        "{url}: storage unreachable while {doing}: {detail}; check the address and the network, then run the command again"
+    )]
     Unreachable {
         url: String,
         doing: String,

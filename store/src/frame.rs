@@ -131,7 +131,9 @@ impl FrameBuilder {
                     .map_err(|e| Error::invalid(format!("zstd level {level}: {e}")))?;
                 *c = (level, Some(z));
             }
-            let z = c.1.as_mut().ok_or_else(|| Error::invalid("zstd compressor"))?;
+            let z =
+                c.1.as_mut()
+                    .ok_or_else(|| Error::invalid("zstd compressor"))?;
             z.compress(&self.raw)
                 .map_err(|e| Error::invalid(format!("zstd compression failed: {e}")))
         })?;
@@ -170,7 +172,11 @@ pub struct Frame {
 }
 
 /// Decodes a stored frame into exactly `raw_len` bytes.
-pub fn decode_frame(codec: Codec, stored: &[u8], raw_len: u32) -> std::result::Result<Vec<u8>, String> {
+pub fn decode_frame(
+    codec: Codec,
+    stored: &[u8],
+    raw_len: u32,
+) -> std::result::Result<Vec<u8>, String> {
     if raw_len > MAX_FRAME_RAW_LEN {
         return Err(format!("frame claims {raw_len} raw bytes, over the limit"));
     }

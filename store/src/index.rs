@@ -59,7 +59,10 @@ pub fn decode_index(bytes: &[u8], expected: IndexId) -> Result<Vec<IndexedPack>>
     let count = r.u32().map_err(|e| bad(e.to_string()))?;
     // Each pack takes at least 44 bytes + an 8-byte trailer: bound before allocating.
     if u64::from(count) * 52 > r.remaining() as u64 {
-        return Err(bad(format!("claims {count} packs in {} bytes", r.remaining())));
+        return Err(bad(format!(
+            "claims {count} packs in {} bytes",
+            r.remaining()
+        )));
     }
     let mut packs = Vec::with_capacity(count as usize);
     for i in 0..count {
@@ -73,7 +76,9 @@ pub fn decode_index(bytes: &[u8], expected: IndexId) -> Result<Vec<IndexedPack>>
             .checked_sub((FOOTER_LEN + PACK_MAGIC.len()) as u64 + u64::from(trailer_len))
             .ok_or_else(|| bad(format!("pack {id}: length {len} too short for its trailer")))?
             + PACK_MAGIC.len() as u64;
-        let trailer_bytes = r.bytes(trailer_len as usize).map_err(|e| bad(e.to_string()))?;
+        let trailer_bytes = r
+            .bytes(trailer_len as usize)
+            .map_err(|e| bad(e.to_string()))?;
         let trailer = PackTrailer::decode(trailer_bytes, trailer_offset, &object)?;
         packs.push(IndexedPack { id, len, trailer });
     }

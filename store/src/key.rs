@@ -240,7 +240,10 @@ mod tests {
         let text = public.to_string();
         assert!(text.starts_with("ed25519:"));
         assert_eq!(text.parse::<PublicKey>().unwrap(), public);
-        assert_eq!(text["ed25519:".len()..].parse::<PublicKey>().unwrap(), public);
+        assert_eq!(
+            text["ed25519:".len()..].parse::<PublicKey>().unwrap(),
+            public
+        );
         assert!("ed25519:abcd".parse::<PublicKey>().is_err());
     }
 
@@ -256,7 +259,10 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let err = SecretKey::generate().unwrap().write_new_file(&path).unwrap_err();
+        let err = SecretKey::generate()
+            .unwrap()
+            .write_new_file(&path)
+            .unwrap_err();
         assert_eq!(err.kind(), crate::error::ErrorKind::Key);
         assert_eq!(SecretKey::read_file(&path).unwrap().public(), key.public());
     }

@@ -4,15 +4,20 @@
 //! [`tree`], [`manifest`], [`key`], [`config`]. Everything that touches
 //! storage goes through [`backend`].
 
+pub mod backend;
+pub mod blob_reader;
 pub mod chunker;
 pub mod config;
+mod cpu;
 pub mod error;
 pub mod frame;
 pub mod id;
 pub mod index;
 pub mod key;
 pub mod manifest;
+pub mod ops;
 pub mod pack;
+pub mod repo;
 pub mod tree;
 mod wire;
 

@@ -154,7 +154,10 @@ impl Manifest {
     /// Checks what a reader relies on: version and item names.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.version != MANIFEST_VERSION {
-            return Err(format!("manifest version {} (this cairn reads {MANIFEST_VERSION})", self.version));
+            return Err(format!(
+                "manifest version {} (this cairn reads {MANIFEST_VERSION})",
+                self.version
+            ));
         }
         let mut previous: Option<&str> = None;
         for item in &self.items {
@@ -164,7 +167,10 @@ impl Manifest {
             }
             previous = Some(&item.name);
             if (item.kind == ItemKind::File) != item.tree.is_some() {
-                return Err(format!("item {:?}: a file needs a tree, nothing else has one", item.name));
+                return Err(format!(
+                    "item {:?}: a file needs a tree, nothing else has one",
+                    item.name
+                ));
             }
         }
         Ok(())
@@ -251,10 +257,12 @@ pub fn decode_manifest(
             key: signer.to_string(),
         });
     }
-    let manifest: Manifest =
-        serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
     if manifest.repository != *repository {
-        return Err(bad(format!("belongs to repository {}", manifest.repository)));
+        return Err(bad(format!(
+            "belongs to repository {}",
+            manifest.repository
+        )));
     }
     manifest.validate().map_err(bad)?;
     Ok(Snapshot {
@@ -342,9 +350,13 @@ mod tests {
         assert!(matches!(err, Error::BadSignature { .. }), "{err}");
 
         // In place (the name no longer matches): corrupt.
-        let err =
-            decode_manifest(&tampered, SnapshotId::of(&bytes), &repo, &Trust::AnyValidSignature)
-                .unwrap_err();
+        let err = decode_manifest(
+            &tampered,
+            SnapshotId::of(&bytes),
+            &repo,
+            &Trust::AnyValidSignature,
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), crate::error::ErrorKind::Corrupt);
 
         let stranger = SecretKey::from_seed(&[4; 32]).public();
@@ -360,7 +372,16 @@ mod tests {
 
     #[test]
     fn unsafe_item_names_are_refused() {
-        for bad in ["", "/etc/passwd", "a/../b", "..", "a//b", "./a", "a/", "a\\b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "..",
+            "a//b",
+            "./a",
+            "a/",
+            "a\\b",
+        ] {
             assert!(validate_item_name(bad).is_err(), "{bad:?}");
         }
         for good in ["a", "couchdb/lms.json", "volumes/x y/z.tar", "...dots"] {

@@ -122,7 +122,9 @@ impl PackTrailer {
                 return Err(bad(format!("frame {i}: raw length {raw_len} out of range")));
             }
             if codec == Codec::Raw && stored_len != raw_len {
-                return Err(bad(format!("raw frame {i}: stored {stored_len} != raw {raw_len}")));
+                return Err(bad(format!(
+                    "raw frame {i}: stored {stored_len} != raw {raw_len}"
+                )));
             }
             next_offset += u64::from(stored_len);
             frames.push(FrameDesc {
@@ -154,7 +156,9 @@ impl PackTrailer {
                 next_in_frame = 0;
             }
             if offset != next_in_frame || len == 0 {
-                return Err(bad(format!("blob {i}: offset {offset} length {len} out of order")));
+                return Err(bad(format!(
+                    "blob {i}: offset {offset} length {len} out of order"
+                )));
             }
             next_in_frame = offset
                 .checked_add(len)
@@ -190,13 +194,19 @@ impl PackFooter {
     /// Parses the last [`FOOTER_LEN`] bytes of a pack.
     pub fn decode(tail: &[u8], object: &str) -> Result<PackFooter> {
         if tail.len() != FOOTER_LEN || tail[FOOTER_LEN - 8..] != PACK_END_MAGIC {
-            return Err(Error::corrupt(object, "footer: end magic missing (truncated?)"));
+            return Err(Error::corrupt(
+                object,
+                "footer: end magic missing (truncated?)",
+            ));
         }
         let mut r = Reader::new(tail);
         let trailer_len = r.u32().map_err(|e| Error::corrupt(object, e.to_string()))?;
         let trailer_hash = r.id().map_err(|e| Error::corrupt(object, e.to_string()))?;
         if trailer_len > MAX_TRAILER_LEN {
-            return Err(Error::corrupt(object, format!("trailer length {trailer_len} over the limit")));
+            return Err(Error::corrupt(
+                object,
+                format!("trailer length {trailer_len} over the limit"),
+            ));
         }
         Ok(PackFooter {
             trailer_len,
@@ -210,7 +220,10 @@ impl PackFooter {
         if pack_len < fixed || pack_len > MAX_PACK_LEN {
             return Err(Error::corrupt(
                 object,
-                format!("length {pack_len} cannot hold a {}-byte trailer", self.trailer_len),
+                format!(
+                    "length {pack_len} cannot hold a {}-byte trailer",
+                    self.trailer_len
+                ),
             ));
         }
         Ok(pack_len - FOOTER_LEN as u64 - u64::from(self.trailer_len))
@@ -220,7 +233,11 @@ impl PackFooter {
 /// Reads and checks a trailer given the pack's length and its tail (the last
 /// `tail.len()` bytes, at least the footer). `Ok(None)`: the tail is too
 /// short to hold the trailer; read more.
-pub fn decode_trailer_from_tail(pack_len: u64, tail: &[u8], object: &str) -> Result<Option<PackTrailer>> {
+pub fn decode_trailer_from_tail(
+    pack_len: u64,
+    tail: &[u8],
+    object: &str,
+) -> Result<Option<PackTrailer>> {
     if tail.len() < FOOTER_LEN {
         return Err(Error::corrupt(object, "shorter than a pack footer"));
     }
@@ -326,7 +343,9 @@ mod tests {
     use crate::frame::{FrameBuilder, decode_frame};
 
     fn sample_pack() -> (PackId, Bytes, PackTrailer, Vec<Vec<u8>>) {
-        let blobs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + usize::from(i) * 37]).collect();
+        let blobs: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| vec![i; 1000 + usize::from(i) * 37])
+            .collect();
         let mut w = PackWriter::new();
         for group in blobs.chunks(7) {
             let mut f = FrameBuilder::default();
@@ -359,7 +378,10 @@ mod tests {
     fn tail_reads_find_the_trailer() {
         let (_, bytes, trailer, _) = sample_pack();
         let short_tail = &bytes[bytes.len() - FOOTER_LEN..];
-        assert_eq!(decode_trailer_from_tail(bytes.len() as u64, short_tail, "p").unwrap(), None);
+        assert_eq!(
+            decode_trailer_from_tail(bytes.len() as u64, short_tail, "p").unwrap(),
+            None
+        );
         let tail = &bytes[8..];
         assert_eq!(
             decode_trailer_from_tail(bytes.len() as u64, tail, "p").unwrap(),

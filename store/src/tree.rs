@@ -54,7 +54,9 @@ impl TreeParams {
             || self.avg_fanout > self.max_fanout
             || self.max_fanout > MAX_FANOUT
         {
-            return Err(Error::invalid(format!("tree parameters {self:?} out of range")));
+            return Err(Error::invalid(format!(
+                "tree parameters {self:?} out of range"
+            )));
         }
         Ok(())
     }
@@ -115,7 +117,10 @@ impl TreeNode {
         let level = r.u8().map_err(|e| bad(e.to_string()))?;
         let count = r.u32().map_err(|e| bad(e.to_string()))?;
         if level > MAX_LEVEL || count > MAX_FANOUT || r.remaining() != count as usize * ENTRY_LEN {
-            return Err(bad(format!("level {level}, {count} entries in {} bytes", r.remaining())));
+            return Err(bad(format!(
+                "level {level}, {count} entries in {} bytes",
+                r.remaining()
+            )));
         }
         let mut entries = Vec::with_capacity(count as usize);
         for _ in 0..count {
@@ -128,7 +133,9 @@ impl TreeNode {
 
     /// Content length beneath this node.
     pub fn content_len(&self) -> Option<u64> {
-        self.entries.iter().try_fold(0u64, |acc, e| acc.checked_add(e.len))
+        self.entries
+            .iter()
+            .try_fold(0u64, |acc, e| acc.checked_add(e.len))
     }
 }
 
@@ -263,7 +270,12 @@ mod tests {
         let (root, nodes) = build_tree(TreeParams::DEFAULT, &[]);
         assert_eq!(nodes.len(), 1);
         assert_eq!(root, nodes[0].id);
-        assert!(TreeNode::decode(&nodes[0].bytes, "t").unwrap().entries.is_empty());
+        assert!(
+            TreeNode::decode(&nodes[0].bytes, "t")
+                .unwrap()
+                .entries
+                .is_empty()
+        );
 
         let (root, nodes) = build_tree(TreeParams::DEFAULT, &[chunk(1)]);
         assert_eq!(flatten(root, &nodes), vec![chunk(1)]);

@@ -45,7 +45,11 @@ pub(crate) struct Short {
 
 impl std::fmt::Display for Short {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "truncated: {} bytes needed at offset {}", self.needed, self.offset)
+        write!(
+            f,
+            "truncated: {} bytes needed at offset {}",
+            self.needed, self.offset
+        )
     }
 }
 

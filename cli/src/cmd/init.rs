@@ -1,0 +1,53 @@
+//! `cairn init`.
+
+use std::process::ExitCode;
+
+use cairn_store::key::PublicKey;
+use cairn_store::repo::Repository;
+use clap::Args;
+
+use crate::repo_args::RepoArgs;
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Accept only snapshots signed by this public key (repeatable). Without
+    /// it, any valid signature is accepted.
+    #[arg(long = "trust", value_name = "PUBKEY", value_delimiter = ',')]
+    trust: Vec<PublicKey>,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let repo = Repository::init(args.repo.backend(true)?, args.trust).await?;
+    let config = repo.config();
+    if args.json {
+        super::print_json(&serde_json::json!({
+            "repository": config.id,
+            "url": args.repo.repo,
+            "trusted_keys": config.trusted_keys,
+            "chunker": config.chunker,
+            "compression": config.compression,
+        }))?;
+    } else {
+        println!(
+            "created repository {} at {}",
+            config.id.short(),
+            args.repo.repo
+        );
+        match config.trusted_keys.as_slice() {
+            [] => println!(
+                "no trusted keys: any valid signature is accepted (pass --trust to pin keys)"
+            ),
+            keys => {
+                for k in keys {
+                    println!("trusted key: {k}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

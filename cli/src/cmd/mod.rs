@@ -1,0 +1,61 @@
+//! The subcommands, one file each.
+
+mod backup;
+mod init;
+mod key;
+mod restore;
+mod snapshots;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Content-addressed, deduplicating, signed backups.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// More log output on stderr (-v, -vv); CAIRN_LOG=debug also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or show signing keys.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Create a repository.
+    Init(init::InitArgs),
+    /// Back up files, standard input or a command's output as one signed snapshot.
+    Backup(backup::BackupArgs),
+    /// List snapshots (only those whose signatures check out).
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Restore a snapshot into a directory, or one item to stdout.
+    Restore(restore::RestoreArgs),
+    /// Check signatures, structure and (with --read-data) every chunk.
+    Verify(verify::VerifyArgs),
+}
+
+/// Runs a command; the exit code on success (verify may report damage).
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Key(c) => key::run(c),
+        Command::Init(a) => init::run(a).await,
+        Command::Backup(a) => backup::run(a).await,
+        Command::Snapshots(a) => snapshots::run(a).await,
+        Command::Restore(a) => restore::run(a).await,
+        Command::Verify(a) => verify::run(a).await,
+    }
+}
+
+/// Prints a value as JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

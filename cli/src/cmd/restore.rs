@@ -1,0 +1,151 @@
+//! `cairn restore`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use cairn_store::manifest::ItemKind;
+use cairn_store::ops::select::{Selector, SnapshotFilter, parse_time, select};
+use clap::Args;
+
+use crate::progress::{Bar, human_bytes};
+use crate::repo_args::{RepoArgs, TrustArgs};
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["target", "stdout"])))]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// `latest`, a snapshot id or id prefix.
+    #[arg(value_name = "SNAPSHOT", required_unless_present = "before")]
+    snapshot: Option<String>,
+    /// Instead of SNAPSHOT: the newest snapshot at or before this RFC 3339 time (with offset, e.g. 2026-11-20T23:00:00Z).
+    #[arg(long, value_name = "TIME", conflicts_with = "snapshot")]
+    before: Option<String>,
+    /// Only consider snapshots from this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only consider snapshots with this tag (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Restore only this item (and, for a directory, what is under it).
+    #[arg(long, value_name = "NAME")]
+    item: Option<String>,
+    /// Restore into this directory (new or empty).
+    #[arg(long, value_name = "DIR")]
+    target: Option<PathBuf>,
+    /// Write one file item's content to standard output.
+    #[arg(long, conflicts_with = "json")]
+    stdout: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let selector = match (&args.snapshot, &args.before) {
+        (_, Some(t)) => Selector::Before(parse_time(t)?),
+        (Some(s), None) => Selector::parse(s)?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let repo = args.repo.open().await?;
+    let trust = repo.trust(&args.trust.keys);
+    let list = repo.load_snapshots(&trust).await?;
+    for (id, e) in &list.rejected {
+        eprintln!(
+            "cairn: warning: snapshot {} not considered: {e}",
+            id.short()
+        );
+    }
+    let filter = SnapshotFilter {
+        host: args.host.clone(),
+        tags: args.tags.clone(),
+    };
+    let snapshot = select(&list.snapshots, &selector, &filter)?.clone();
+    let repo = repo.load_index().await?;
+    let started = Instant::now();
+
+    if args.stdout {
+        let files: Vec<_> = snapshot
+            .manifest
+            .items
+            .iter()
+            .filter(|i| i.kind == ItemKind::File)
+            .collect();
+        let item = match (&args.item, files.as_slice()) {
+            (Some(name), _) => {
+                files
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .copied()
+                    .ok_or_else(|| cairn_store::Error::NotFound {
+                        what: format!("file item {name:?} in snapshot {}", snapshot.id.short()),
+                        hint: "list the items with `cairn snapshots --json`".into(),
+                    })?
+            }
+            (None, [one]) => *one,
+            (None, _) => {
+                return Err(cairn_store::Error::invalid(format!(
+                    "snapshot {} has {} file items; choose one with --item (e.g. {:?})",
+                    snapshot.id.short(),
+                    files.len(),
+                    files.first().map(|i| i.name.as_str()).unwrap_or_default()
+                ))
+                .into());
+            }
+        };
+        let bar = Bar::bytes(Some(item.len), args.quiet);
+        let result = cairn_store::ops::restore::restore_item_to(
+            &repo,
+            &snapshot,
+            item,
+            std::io::stdout(),
+            &bar,
+        )
+        .await;
+        bar.finish();
+        result?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let target = args
+        .target
+        .clone()
+        .context("--target or --stdout is required")?;
+    let total = cairn_store::ops::restore::select_items(&snapshot, args.item.as_deref())?
+        .iter()
+        .map(|i| i.len)
+        .sum();
+    let bar = Bar::bytes(Some(total), args.quiet || args.json);
+    let summary = repo
+        .restore_to_dir(&snapshot, &target, args.item.as_deref(), &bar)
+        .await;
+    bar.finish();
+    let summary = summary?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let mut value = serde_json::to_value(&summary)?;
+        value["snapshot"] = snapshot.id.to_hex().into();
+        value["duration_secs"] = seconds.into();
+        super::print_json(&value)?;
+    } else {
+        println!(
+            "restored snapshot {} ({}) into {}: {} files, {} directories, {} symlinks, {} in {:.1} s",
+            snapshot.id.short(),
+            snapshot.manifest.time,
+            target.display(),
+            summary.files,
+            summary.dirs,
+            summary.symlinks,
+            human_bytes(summary.bytes),
+            seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

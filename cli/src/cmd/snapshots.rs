@@ -1,0 +1,76 @@
+//! `cairn snapshots`.
+
+use std::process::ExitCode;
+
+use cairn_store::ops::select::SnapshotFilter;
+use clap::Args;
+
+use crate::progress::human_bytes;
+use crate::repo_args::{RepoArgs, TrustArgs};
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Only snapshots from this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Print JSON: an array, oldest first, with every item.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
+    let repo = args.repo.open().await?;
+    let trust = repo.trust(&args.trust.keys);
+    let list = repo.load_snapshots(&trust).await?;
+    for (id, e) in &list.rejected {
+        eprintln!("cairn: warning: snapshot {} skipped: {e}", id.short());
+    }
+    let filter = SnapshotFilter {
+        host: args.host,
+        tags: args.tags,
+    };
+    let shown: Vec<_> = list
+        .snapshots
+        .iter()
+        .filter(|s| filter.matches(s))
+        .collect();
+    if args.json {
+        let values: Vec<serde_json::Value> = shown
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(&s.manifest).unwrap_or_default();
+                v["id"] = s.id.to_hex().into();
+                v["signer"] = s.signer.to_string().into();
+                v["total_len"] = s.manifest.total_len().into();
+                v
+            })
+            .collect();
+        super::print_json(&values)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<10} {:<20} {:<16} {:>6} {:>10}  TAGS",
+        "ID", "TIME (UTC)", "HOST", "ITEMS", "SIZE"
+    );
+    for s in &shown {
+        let m = &s.manifest;
+        println!(
+            "{:<10} {:<20} {:<16} {:>6} {:>10}  {}",
+            s.id.short(),
+            m.time.strftime("%Y-%m-%d %H:%M:%S"),
+            m.host,
+            m.items.len(),
+            human_bytes(m.total_len()),
+            m.tags.join(",")
+        );
+    }
+    println!("{} snapshots", shown.len());
+    Ok(ExitCode::SUCCESS)
+}

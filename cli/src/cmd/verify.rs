@@ -1,0 +1,114 @@
+//! `cairn verify`: exit 0 when clean, 3 when damage was found, 4 when the
+//! check could not be done.
+
+use std::process::ExitCode;
+
+use cairn_store::ops::verify::{ReadData, VerifyOptions};
+use clap::Args;
+
+use crate::exit;
+use crate::progress::human_bytes;
+use crate::repo_args::{RepoArgs, TrustArgs};
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Read every pack and re-hash every chunk.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    read_data: bool,
+    /// Read a random PCT percent of the packs.
+    #[arg(long, value_name = "PCT")]
+    read_data_subset: Option<f64>,
+    /// Packs read at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let read_data = match (args.read_data, args.read_data_subset) {
+        (true, _) => ReadData::All,
+        (false, Some(p)) if (0.0..=100.0).contains(&p) => ReadData::Subset(p),
+        (false, Some(p)) => {
+            return Err(cairn_store::Error::invalid(format!(
+                "--read-data-subset {p}: give a percentage between 0 and 100"
+            ))
+            .into());
+        }
+        (false, None) => ReadData::None,
+    };
+    let options = VerifyOptions {
+        read_data,
+        concurrency: args.concurrency,
+    };
+    let report = match check(&args, &options).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cairn: could not check the repository: {e}");
+            return Ok(ExitCode::from(exit::UNREACHABLE));
+        }
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["clean"] = report.is_clean().into();
+        super::print_json(&value)?;
+    } else {
+        for p in &report.problems {
+            println!("problem: {}: {}", p.object, p.detail);
+        }
+        for s in &report.damaged_snapshots {
+            let when = s.time.map(|t| format!(" ({t})")).unwrap_or_default();
+            println!("damaged snapshot {}{when}", s.id);
+            if let Some(reason) = &s.reason {
+                println!("  {reason}");
+            }
+            for item in &s.items {
+                println!("  item {}:", item.name);
+                for p in &item.problems {
+                    println!("    {p}");
+                }
+            }
+        }
+        println!(
+            "{} snapshots ({} intact, {} damaged), {} packs, {} read, {} chunks hashed{}",
+            report.snapshots,
+            report.snapshots_intact,
+            report.damaged_snapshots.len(),
+            report.packs,
+            human_bytes(report.bytes_read),
+            report.blobs_checked,
+            if report.unindexed_packs > 0 {
+                format!(", {} unreferenced packs (run gc)", report.unindexed_packs)
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "{}",
+            if report.is_clean() {
+                "no damage found"
+            } else {
+                "DAMAGE FOUND"
+            }
+        );
+    }
+    Ok(ExitCode::from(if report.is_clean() {
+        exit::OK
+    } else {
+        exit::DAMAGE
+    }))
+}
+
+async fn check(
+    args: &VerifyArgs,
+    options: &VerifyOptions,
+) -> cairn_store::Result<cairn_store::ops::verify::VerifyReport> {
+    let repo = args.repo.open().await?;
+    let trust = repo.trust(&args.trust.keys);
+    repo.verify(&trust, options).await
+}

@@ -1,0 +1,656 @@
+//! The one seam to storage.
+//!
+//! Everything Cairn stores or fetches goes through [`Backend`], a thin layer
+//! over `object_store::ObjectStore`: local disk and S3 are configurations of
+//! it, and wrappers (fault injection, counting) are `ObjectStore`s stacked
+//! beneath it. The backend knows the key layout and turns storage errors into
+//! [`Error`]s that name the object; it knows nothing of formats.
+//!
+//! What Cairn relies on from the store (see `format-spec/`): a PUT is atomic
+//! (all or nothing), a PUT with "create only" (`If-None-Match: *` on S3, a
+//! hard link on local disk) fails if the key exists, and a successful PUT is
+//! visible to every later GET and LIST. Local writes are fsynced (file and
+//! directory) before they are acknowledged.
+
+pub mod fault;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use jiff::Timestamp;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+use crate::error::{Error, Result, is_storage_full};
+use crate::id::{IndexId, PackId, SnapshotId};
+
+/// A stored object's name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ObjectKey {
+    /// `config`
+    Config,
+    /// `packs/<first two hex>/<id>`
+    Pack(PackId),
+    /// `index/<id>`
+    Index(IndexId),
+    /// `snapshots/<id>`
+    Snapshot(SnapshotId),
+    /// `probe/<random>`: written and deleted to test conditional create.
+    Probe(String),
+}
+
+/// A directory of objects of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectDir {
+    /// Packs.
+    Packs,
+    /// Index objects.
+    Index,
+    /// Snapshot manifests.
+    Snapshots,
+}
+
+impl ObjectDir {
+    fn prefix(self) -> &'static str {
+        match self {
+            ObjectDir::Packs => "packs",
+            ObjectDir::Index => "index",
+            ObjectDir::Snapshots => "snapshots",
+        }
+    }
+}
+
+impl ObjectKey {
+    /// The key's path in the store.
+    pub fn path(&self) -> Path {
+        Path::from(match self {
+            ObjectKey::Config => "config".to_string(),
+            ObjectKey::Pack(id) => {
+                let hex = id.to_hex();
+                format!("packs/{}/{hex}", &hex[..2])
+            }
+            ObjectKey::Index(id) => format!("index/{id}"),
+            ObjectKey::Snapshot(id) => format!("snapshots/{id}"),
+            ObjectKey::Probe(name) => format!("probe/{name}"),
+        })
+    }
+
+    /// Parses a listed path of `dir`; `None` for anything that is not ours.
+    pub fn parse(dir: ObjectDir, path: &Path) -> Option<ObjectKey> {
+        let parts: Vec<&str> = path.as_ref().split('/').collect();
+        match (dir, parts.as_slice()) {
+            (ObjectDir::Packs, ["packs", fan, name]) if name.starts_with(fan) && fan.len() == 2 => {
+                PackId::from_hex(name).ok().map(ObjectKey::Pack)
+            }
+            (ObjectDir::Index, ["index", name]) => {
+                IndexId::from_hex(name).ok().map(ObjectKey::Index)
+            }
+            (ObjectDir::Snapshots, ["snapshots", name]) => {
+                SnapshotId::from_hex(name).ok().map(ObjectKey::Snapshot)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectKey::Config => f.write_str("config"),
+            ObjectKey::Pack(id) => write!(f, "pack {id}"),
+            ObjectKey::Index(id) => write!(f, "index {id}"),
+            ObjectKey::Snapshot(id) => write!(f, "snapshot {id}"),
+            ObjectKey::Probe(name) => write!(f, "probe {name}"),
+        }
+    }
+}
+
+/// A listed object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    /// Its key.
+    pub key: ObjectKey,
+    /// Its length.
+    pub len: u64,
+    /// When the store last wrote it, by the store's clock.
+    pub last_modified: Timestamp,
+}
+
+/// The outcome of a create-only write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The object was written.
+    New,
+    /// An object of the same name and length was there already.
+    Existed,
+}
+
+/// Where a repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local directory.
+    Local(PathBuf),
+    /// An S3 bucket and key prefix.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix, without leading or trailing `/` (may be empty).
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// Parses a repository URL: a path, `file://PATH` or `s3://BUCKET[/PREFIX]`.
+    pub fn parse(url: &str) -> Result<Location> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{url:?}: no bucket; use s3://BUCKET/PREFIX"
+                )));
+            }
+            return Ok(Location::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        if let Some(path) = url.strip_prefix("file://") {
+            return Ok(Location::Local(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "repository URL scheme {scheme:?} is not supported; use a path, file://PATH or s3://BUCKET/PREFIX"
+                ),
+            });
+        }
+        if url.is_empty() {
+            return Err(Error::invalid("empty repository URL"));
+        }
+        Ok(Location::Local(PathBuf::from(url)))
+    }
+}
+
+/// How to reach remote stores.
+#[derive(Debug, Clone)]
+pub struct BackendOptions {
+    /// S3 endpoint, e.g. `http://127.0.0.1:8333`; else `AWS_ENDPOINT_URL` / AWS.
+    pub s3_endpoint: Option<String>,
+    /// S3 region; else `AWS_REGION` / `AWS_DEFAULT_REGION` / `us-east-1`.
+    pub s3_region: Option<String>,
+    /// Give up on a request (retries included) after this long.
+    pub retry_timeout: Duration,
+    /// Retries of a failed request.
+    pub max_retries: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        BackendOptions {
+            s3_endpoint: None,
+            s3_region: None,
+            retry_timeout: Duration::from_secs(60),
+            max_retries: 4,
+        }
+    }
+}
+
+/// A repository's storage.
+#[derive(Clone)]
+pub struct Backend {
+    store: Arc<dyn ObjectStore>,
+    url: Arc<str>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Backend({})", self.url)
+    }
+}
+
+impl Backend {
+    /// Wraps any object store; `url` names it in messages.
+    pub fn new(store: Arc<dyn ObjectStore>, url: impl Into<String>) -> Backend {
+        Backend {
+            store,
+            url: url.into().into(),
+        }
+    }
+
+    /// Connects to the store at `url`. With `create`, a missing local
+    /// directory is created; without it, a missing one is an error.
+    pub fn connect(url: &str, options: &BackendOptions, create: bool) -> Result<Backend> {
+        match Location::parse(url)? {
+            Location::Local(path) => Self::connect_local(url, &path, create),
+            Location::S3 { bucket, prefix } => Self::connect_s3(url, &bucket, &prefix, options),
+        }
+    }
+
+    fn connect_local(url: &str, path: &FsPath, create: bool) -> Result<Backend> {
+        if create {
+            std::fs::create_dir_all(path)
+                .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        } else if !path.is_dir() {
+            return Err(Error::RepositoryNotFound {
+                url: url.to_string(),
+                detail: "no such directory".into(),
+            });
+        }
+        let store = object_store::local::LocalFileSystem::new_with_prefix(path)
+            .map_err(|e| {
+                Error::io(
+                    format!("opening {}", path.display()),
+                    std::io::Error::other(e),
+                )
+            })?
+            .with_fsync(true);
+        Ok(Backend::new(Arc::new(store), url))
+    }
+
+    fn connect_s3(
+        url: &str,
+        bucket: &str,
+        prefix: &str,
+        options: &BackendOptions,
+    ) -> Result<Backend> {
+        use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+        use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(10),
+                    base: 2.0,
+                },
+                max_retries: options.max_retries,
+                retry_timeout: options.retry_timeout,
+            });
+        let endpoint = options
+            .s3_endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        let mut client = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(120));
+        if let Some(endpoint) = endpoint {
+            // A custom endpoint (SeaweedFS, MinIO, Ceph) wants path-style requests.
+            client = client.with_allow_http(endpoint.starts_with("http://"));
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        let region = options
+            .s3_region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into());
+        let s3 = builder
+            .with_region(region)
+            .with_client_options(client)
+            .build()
+            .map_err(|e| Error::invalid(format!("{url}: cannot configure S3: {e}")))?;
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+        };
+        Ok(Backend::new(store, url))
+    }
+
+    /// The URL, for messages.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The underlying store (to stack wrappers in tests).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Writes `bytes` under `key` unless something is there already. For
+    /// content-addressed keys an existing object of the same length is the
+    /// same object, so that is success too ([`Created::Existed`]).
+    pub async fn put_new(&self, key: &ObjectKey, bytes: Bytes) -> Result<Created> {
+        let len = bytes.len() as u64;
+        let result = self
+            .store
+            .put_opts(
+                &key.path(),
+                PutPayload::from_bytes(bytes),
+                PutMode::Create.into(),
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(Created::New),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self.head(key).await?;
+                if existing.len == len || matches!(key, ObjectKey::Config | ObjectKey::Probe(_)) {
+                    Ok(Created::Existed)
+                } else {
+                    Err(Error::corrupt(
+                        key.to_string(),
+                        format!(
+                            "already stored with length {}, expected {len}",
+                            existing.len
+                        ),
+                    ))
+                }
+            }
+            Err(e) => Err(self.classify(e, key, "writing")),
+        }
+    }
+
+    /// Reads a whole object.
+    pub async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        let result = self.store.get(&key.path()).await;
+        match result {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|e| self.classify(e, key, "reading")),
+            Err(e) => Err(self.classify(e, key, "reading")),
+        }
+    }
+
+    /// Reads a byte range of an object.
+    pub async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
+        let want = range.end - range.start;
+        let bytes = self
+            .store
+            .get_range(&key.path(), range.clone())
+            .await
+            .map_err(|e| self.classify(e, key, "reading"))?;
+        if bytes.len() as u64 != want {
+            return Err(Error::corrupt(
+                key.to_string(),
+                format!(
+                    "bytes {}..{} requested, {} returned (truncated?)",
+                    range.start,
+                    range.end,
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// An object's length and time.
+    pub async fn head(&self, key: &ObjectKey) -> Result<ObjectInfo> {
+        let meta = self
+            .store
+            .head(&key.path())
+            .await
+            .map_err(|e| self.classify(e, key, "reading"))?;
+        Ok(ObjectInfo {
+            key: key.clone(),
+            len: meta.size,
+            last_modified: to_timestamp(&meta),
+        })
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &ObjectKey) -> Result<bool> {
+        match self.head(key).await {
+            Ok(_) => Ok(true),
+            Err(Error::Missing { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists the objects of one kind, skipping names that are not Cairn's.
+    pub async fn list(&self, dir: ObjectDir) -> Result<Vec<ObjectInfo>> {
+        let prefix = Path::from(dir.prefix());
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.classify_listing(e, dir))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|meta| {
+                let key = ObjectKey::parse(dir, &meta.location);
+                if key.is_none() {
+                    tracing::debug!("ignoring foreign object {}", meta.location);
+                }
+                key.map(|key| ObjectInfo {
+                    key,
+                    len: meta.size,
+                    last_modified: to_timestamp(&meta),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes an object; deleting a missing one is not an error.
+    pub async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        match self.store.delete(&key.path()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.classify(e, key, "deleting")),
+        }
+    }
+
+    /// Checks that the store honours create-only writes, which every Cairn
+    /// write relies on; says clearly when it does not.
+    pub async fn probe_conditional_create(&self) -> Result<()> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| Error::invalid(format!("no randomness: {e}")))?;
+        let key = ObjectKey::Probe(hex::encode(nonce));
+        let first = self.put_new(&key, Bytes::from_static(b"first")).await;
+        let unsupported = |detail: String| Error::Unsupported {
+            what: format!(
+                "{}: the object store does not support create-only writes ({detail}); Cairn needs \
+                 them so that concurrent writers never overwrite each other. Use a store with \
+                 conditional PUT (If-None-Match: *), such as AWS S3, SeaweedFS, MinIO or Ceph RGW",
+                self.url
+            ),
+        };
+        match first {
+            Ok(Created::New) => {}
+            Ok(Created::Existed) => {
+                return Err(unsupported("a fresh key reported as existing".into()));
+            }
+            Err(Error::Unsupported { what }) => return Err(unsupported(what)),
+            Err(e) => return Err(e),
+        }
+        let second = self.put_new(&key, Bytes::from_static(b"second")).await;
+        let outcome = match second {
+            Ok(Created::Existed) => Ok(()),
+            Ok(Created::New) => Err(unsupported(
+                "a second create of the same key succeeded".into(),
+            )),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self.delete(&key).await {
+            tracing::debug!("could not remove probe object {key}: {e}");
+        }
+        outcome
+    }
+
+    fn classify_listing(&self, e: object_store::Error, dir: ObjectDir) -> Error {
+        self.classify(
+            e,
+            &ObjectKey::Probe(format!("{}/", dir.prefix())),
+            "listing",
+        )
+    }
+
+    /// Turns a storage error into an [`Error`] naming `key`.
+    fn classify(&self, e: object_store::Error, key: &ObjectKey, doing: &str) -> Error {
+        let object = key.to_string();
+        let doing = format!("{doing} {object}");
+        match e {
+            object_store::Error::NotFound { .. } => Error::Missing {
+                object,
+                context: String::new(),
+            },
+            object_store::Error::AlreadyExists { .. } => Error::AlreadyExists { what: object },
+            object_store::Error::PermissionDenied { source, .. }
+            | object_store::Error::Unauthenticated { source, .. } => Error::AccessDenied {
+                url: self.url.to_string(),
+                detail: format!("{doing}: {source}"),
+            },
+            object_store::Error::NotSupported { source } => Error::Unsupported {
+                what: format!("{}: {doing}: {source}", self.url),
+            },
+            object_store::Error::NotImplemented { operation, .. } => Error::Unsupported {
+                what: format!("{}: {operation} is not implemented by this store", self.url),
+            },
+            other => classify_cause(&self.url, &object, &doing, &other),
+        }
+    }
+}
+
+/// Classifies an error by its causes: no space, refused, or unavailable.
+fn classify_cause(
+    url: &str,
+    object: &str,
+    doing: &str,
+    e: &(dyn std::error::Error + 'static),
+) -> Error {
+    let text = error_chain(e);
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if is_storage_full(io) {
+                return Error::StorageFull {
+                    object: object.to_string(),
+                    detail: text,
+                };
+            }
+            if io.kind() == std::io::ErrorKind::PermissionDenied {
+                return Error::AccessDenied {
+                    url: url.to_string(),
+                    detail: format!("{doing}: {text}"),
+                };
+            }
+        }
+        cause = c.source();
+    }
+    // S3-compatible stores report a full disk or quota by error code.
+    if [
+        "QuotaExceeded",
+        "InsufficientStorage",
+        "507 Insufficient Storage",
+        "No space left",
+    ]
+    .iter()
+    .any(|code| text.contains(code))
+    {
+        return Error::StorageFull {
+            object: object.to_string(),
+            detail: text,
+        };
+    }
+    Error::Unreachable {
+        url: url.to_string(),
+        doing: doing.to_string(),
+        detail: text,
+    }
+}
+
+/// An error and its causes on one line, without repeats.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cause = c.source();
+    }
+    parts.join(": ")
+}
+
+fn to_timestamp(meta: &object_store::ObjectMeta) -> Timestamp {
+    let t = meta.last_modified;
+    Timestamp::new(
+        t.timestamp(),
+        i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    )
+    .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_stable_paths_and_parse_back() {
+        let id = PackId::of(b"p");
+        let key = ObjectKey::Pack(id);
+        let path = key.path();
+        assert_eq!(path.as_ref(), format!("packs/{}/{}", &id.to_hex()[..2], id));
+        assert_eq!(ObjectKey::parse(ObjectDir::Packs, &path), Some(key));
+        assert_eq!(
+            ObjectKey::parse(ObjectDir::Packs, &Path::from("packs/zz/nothex")),
+            None
+        );
+        let wrong_fan = Path::from(format!("packs/00/{id}"));
+        if !id.to_hex().starts_with("00") {
+            assert_eq!(ObjectKey::parse(ObjectDir::Packs, &wrong_fan), None);
+        }
+        let s = ObjectKey::Snapshot(SnapshotId::of(b"s"));
+        assert_eq!(ObjectKey::parse(ObjectDir::Snapshots, &s.path()), Some(s));
+    }
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(
+            Location::parse("s3://bucket/a/b/").unwrap(),
+            Location::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("/srv/repo").unwrap(),
+            Location::Local("/srv/repo".into())
+        );
+        assert_eq!(
+            Location::parse("file:///srv/repo").unwrap(),
+            Location::Local("/srv/repo".into())
+        );
+        assert!(Location::parse("s3://").is_err());
+        assert_eq!(
+            Location::parse("gopher://x").unwrap_err().kind(),
+            crate::error::ErrorKind::Unsupported
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_store_honours_create_only() {
+        let b = Backend::new(Arc::new(object_store::memory::InMemory::new()), "memory:");
+        b.probe_conditional_create().await.unwrap();
+        let key = ObjectKey::Index(IndexId::of(b"x"));
+        assert_eq!(
+            b.put_new(&key, Bytes::from_static(b"x")).await.unwrap(),
+            Created::New
+        );
+        assert_eq!(
+            b.put_new(&key, Bytes::from_static(b"x")).await.unwrap(),
+            Created::Existed
+        );
+        let err = b
+            .put_new(&key, Bytes::from_static(b"xy"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Corrupt);
+        assert_eq!(b.list(ObjectDir::Index).await.unwrap().len(), 1);
+        let missing = b
+            .get(&ObjectKey::Index(IndexId::of(b"y")))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind(), crate::error::ErrorKind::Corrupt);
+    }
+}

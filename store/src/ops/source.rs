@@ -1,0 +1,350 @@
+//! What a backup reads: files and directories, standard input, or a command's output.
+//!
+//! A source becomes a sorted list of entries; file entries are opened one at
+//! a time as the backup reaches them. A command's failure surfaces as a read
+//! error at the end of its output, so it is handled like any broken stream.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use jiff::Timestamp;
+
+use crate::error::{Error, Result};
+use crate::manifest::{ItemKind, SourceInfo, SourceKind, validate_item_name};
+
+/// Keep this much of a command's stderr for the error message.
+const STDERR_TAIL_LEN: usize = 4096;
+
+/// What to back up.
+pub enum Source {
+    /// Files and directories; each file is an item named by its path below
+    /// the argument's parent (`/srv/volumes` gives `volumes/...`).
+    Paths(Vec<PathBuf>),
+    /// Standard input as one item.
+    Stdin {
+        /// The item's name.
+        name: String,
+    },
+    /// A shell command's standard output as one item (`sh -c COMMAND`).
+    Command {
+        /// The command line.
+        command: String,
+        /// The item's name.
+        name: String,
+    },
+    /// Any reader as one item (for library users and tests).
+    Reader {
+        /// The item's name.
+        name: String,
+        /// The content.
+        reader: Box<dyn Read + Send>,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Paths(p) => write!(f, "Paths({p:?})"),
+            Source::Stdin { name } => write!(f, "Stdin({name})"),
+            Source::Command { command, name } => write!(f, "Command({command:?} as {name})"),
+            Source::Reader { name, .. } => write!(f, "Reader({name})"),
+        }
+    }
+}
+
+/// One thing to store, in name order.
+pub(crate) struct Entry {
+    pub name: String,
+    pub kind: ItemKind,
+    pub mode: Option<u32>,
+    pub mtime: Option<Timestamp>,
+    pub target: Option<String>,
+    pub content: Option<Content>,
+}
+
+/// Where an entry's bytes come from.
+pub(crate) enum Content {
+    File(PathBuf),
+    Stdin,
+    Command(String),
+    Reader(Box<dyn Read + Send>),
+}
+
+impl Content {
+    /// Opens the content for reading.
+    pub fn open(self, item: &str) -> Result<Box<dyn Read + Send>> {
+        let fail = |detail: String| Error::Source {
+            item: item.to_string(),
+            detail,
+        };
+        Ok(match self {
+            Content::File(path) => Box::new(
+                std::fs::File::open(&path)
+                    .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?,
+            ),
+            Content::Stdin => Box::new(io::stdin()),
+            Content::Command(command) => Box::new(
+                CommandReader::spawn(&command)
+                    .map_err(|e| fail(format!("cannot start `{command}`: {e}")))?,
+            ),
+            Content::Reader(r) => r,
+        })
+    }
+}
+
+impl Source {
+    /// What the manifest records of this source.
+    pub(crate) fn info(&self) -> SourceInfo {
+        match self {
+            Source::Paths(_) => SourceInfo {
+                kind: SourceKind::Files,
+                command: None,
+                exit_status: None,
+            },
+            Source::Stdin { .. } | Source::Reader { .. } => SourceInfo {
+                kind: SourceKind::Stdin,
+                command: None,
+                exit_status: None,
+            },
+            Source::Command { command, .. } => SourceInfo {
+                kind: SourceKind::Command,
+                command: Some(command.clone()),
+                exit_status: Some(0),
+            },
+        }
+    }
+
+    /// The entries to store, sorted by name; fails before anything is stored
+    /// if a name is unusable or two arguments would give the same name.
+    pub(crate) fn into_entries(self) -> Result<Vec<Entry>> {
+        let single = |name: String, content: Content| -> Result<Vec<Entry>> {
+            validate_item_name(&name).map_err(Error::invalid)?;
+            Ok(vec![Entry {
+                name,
+                kind: ItemKind::File,
+                mode: None,
+                mtime: None,
+                target: None,
+                content: Some(content),
+            }])
+        };
+        let mut entries = match self {
+            Source::Stdin { name } => return single(name, Content::Stdin),
+            Source::Command { command, name } => return single(name, Content::Command(command)),
+            Source::Reader { name, reader } => return single(name, Content::Reader(reader)),
+            Source::Paths(paths) => {
+                if paths.is_empty() {
+                    return Err(Error::invalid(
+                        "nothing to back up: give paths, `-` or --command",
+                    ));
+                }
+                let mut entries = Vec::new();
+                for path in &paths {
+                    let base = base_name(path)?;
+                    walk(path, &base, &mut entries)?;
+                }
+                entries
+            }
+        };
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = entries.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(Error::invalid(format!(
+                "two arguments would both be stored as {:?}; back them up separately or from their parent directory",
+                w[0].name
+            )));
+        }
+        Ok(entries)
+    }
+}
+
+/// The name an argument is stored under: its last component.
+fn base_name(path: &Path) -> Result<String> {
+    let absolute = std::fs::canonicalize(path).map_err(|e| Error::Source {
+        item: path.display().to_string(),
+        detail: format!("cannot read: {e}"),
+    })?;
+    let name = match std::fs::symlink_metadata(path) {
+        // A symlink argument is stored as itself, under its own name.
+        Ok(m) if m.file_type().is_symlink() => path.file_name().map(|n| n.to_os_string()),
+        _ => absolute.file_name().map(|n| n.to_os_string()),
+    };
+    let name = name.ok_or_else(|| {
+        Error::invalid(format!(
+            "cannot back up {} itself; name its contents",
+            path.display()
+        ))
+    })?;
+    name.into_string()
+        .map_err(|n| Error::invalid(format!("file name {n:?} is not UTF-8")))
+}
+
+fn walk(path: &Path, name: &str, out: &mut Vec<Entry>) -> Result<()> {
+    let fail = |detail: String| Error::Source {
+        item: name.to_string(),
+        detail,
+    };
+    validate_item_name(name).map_err(Error::invalid)?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| Timestamp::try_from(t).ok());
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        Some(meta.permissions().mode() & 0o7777)
+    };
+    #[cfg(not(unix))]
+    let mode = None;
+    let ft = meta.file_type();
+    let mut entry = Entry {
+        name: name.to_string(),
+        kind: ItemKind::File,
+        mode,
+        mtime,
+        target: None,
+        content: None,
+    };
+    if ft.is_dir() {
+        entry.kind = ItemKind::Dir;
+        out.push(entry);
+        let mut children: Vec<(String, PathBuf)> = Vec::new();
+        for child in std::fs::read_dir(path).map_err(|e| fail(format!("cannot list: {e}")))? {
+            let child = child.map_err(|e| fail(format!("cannot list: {e}")))?;
+            let child_name = child
+                .file_name()
+                .into_string()
+                .map_err(|n| fail(format!("contains a file name that is not UTF-8: {n:?}")))?;
+            children.push((child_name, child.path()));
+        }
+        children.sort();
+        for (child_name, child_path) in children {
+            walk(&child_path, &format!("{name}/{child_name}"), out)?;
+        }
+    } else if ft.is_symlink() {
+        let target =
+            std::fs::read_link(path).map_err(|e| fail(format!("cannot read link: {e}")))?;
+        entry.kind = ItemKind::Symlink;
+        entry.target = Some(
+            target
+                .into_os_string()
+                .into_string()
+                .map_err(|t| fail(format!("link target {t:?} is not UTF-8")))?,
+        );
+        out.push(entry);
+    } else if ft.is_file() {
+        entry.content = Some(Content::File(path.to_owned()));
+        out.push(entry);
+    } else {
+        tracing::warn!(
+            "skipping {}: not a regular file, directory or symlink",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// A command's standard output; at its end, the command's exit status is
+/// checked and a failure becomes a read error carrying its stderr tail.
+struct CommandReader {
+    command: String,
+    child: Child,
+    stdout: ChildStdout,
+    stderr_tail: Arc<Mutex<VecDeque<u8>>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
+    finished: bool,
+}
+
+impl CommandReader {
+    fn spawn(command: &str) -> io::Result<CommandReader> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout"))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| io::Error::other("no stderr"))?;
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = Arc::clone(&stderr_tail);
+        let stderr_thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                t.extend(&buf[..n]);
+                let excess = t.len().saturating_sub(STDERR_TAIL_LEN);
+                t.drain(..excess);
+            }
+        });
+        Ok(CommandReader {
+            command: command.to_string(),
+            child,
+            stdout,
+            stderr_tail,
+            stderr_thread: Some(stderr_thread),
+            finished: false,
+        })
+    }
+
+    fn stderr_tail(&mut self) -> String {
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes: Vec<u8> = tail.iter().copied().collect();
+        String::from_utf8_lossy(&bytes).trim_end().to_string()
+    }
+}
+
+impl Read for CommandReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.finished {
+            return Ok(0);
+        }
+        let n = self.stdout.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        self.finished = true;
+        let status = self.child.wait()?;
+        if status.success() {
+            return Ok(0);
+        }
+        let how = match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "was killed by a signal".to_string(),
+        };
+        let tail = self.stderr_tail();
+        let tail = if tail.is_empty() {
+            "; it wrote nothing to stderr".to_string()
+        } else {
+            format!("; its stderr ended with:\n{tail}")
+        };
+        Err(io::Error::other(format!(
+            "command `{}` {how}{tail}",
+            self.command
+        )))
+    }
+}
+
+impl Drop for CommandReader {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The repository, typed by what has been loaded.
+//!
+//! [`Repository`] has read and checked the config: it can list snapshots.
+//! [`IndexedRepository`] has also loaded every index object: only it can back
+//! up (dedup needs the index), restore or verify, so "forgot to load the
+//! index" is a type error rather than a silent full re-upload.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::backend::{Backend, ObjectDir, ObjectKey};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::id::{IndexId, SnapshotId};
+use crate::index::{Index, decode_index};
+use crate::key::PublicKey;
+use crate::manifest::{Snapshot, Trust, decode_manifest};
+
+/// How many objects are fetched at once when listing snapshots or loading the index.
+const METADATA_CONCURRENCY: usize = 16;
+
+/// An opened repository: config read and checked.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    backend: Backend,
+    config: Arc<Config>,
+}
+
+/// A repository with its index loaded.
+#[derive(Debug, Clone)]
+pub struct IndexedRepository {
+    repo: Repository,
+    index: Arc<Index>,
+}
+
+/// Snapshots as listed: the ones that checked out, and the ones that did not.
+#[derive(Debug, Default)]
+pub struct SnapshotList {
+    /// Verified snapshots, oldest first.
+    pub snapshots: Vec<Snapshot>,
+    /// Snapshots that failed a check, with why.
+    pub rejected: Vec<(SnapshotId, Error)>,
+}
+
+impl Repository {
+    /// Creates a repository: checks the store honours create-only writes,
+    /// then writes the config (create-only, so two `init`s cannot both win).
+    pub async fn init(backend: Backend, trusted_keys: Vec<PublicKey>) -> Result<Repository> {
+        backend.probe_conditional_create().await?;
+        let config = Config::new(trusted_keys)?;
+        config.validate()?;
+        match backend
+            .put_new(&ObjectKey::Config, Bytes::from(config.encode()))
+            .await?
+        {
+            crate::backend::Created::New => Ok(Repository {
+                backend,
+                config: Arc::new(config),
+            }),
+            crate::backend::Created::Existed => Err(Error::AlreadyExists {
+                what: format!("a repository at {}", backend.url()),
+            }),
+        }
+    }
+
+    /// Opens an existing repository.
+    pub async fn open(backend: Backend) -> Result<Repository> {
+        let bytes = match backend.get(&ObjectKey::Config).await {
+            Ok(b) => b,
+            Err(Error::Missing { .. }) => {
+                return Err(Error::RepositoryNotFound {
+                    url: backend.url().to_string(),
+                    detail: "it has no config object".into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let config = Config::decode(&bytes)?;
+        Ok(Repository {
+            backend,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The storage.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The trust policy: `override_keys` when given, else the config's.
+    pub fn trust(&self, override_keys: &[PublicKey]) -> Trust {
+        if override_keys.is_empty() {
+            self.config.trust()
+        } else {
+            Trust::Keys(override_keys.to_vec())
+        }
+    }
+
+    /// Lists every snapshot and checks each (hash, signature, trust).
+    pub async fn load_snapshots(&self, trust: &Trust) -> Result<SnapshotList> {
+        let listed = self.backend.list(ObjectDir::Snapshots).await?;
+        let results: Vec<(SnapshotId, Result<Snapshot>)> = futures::stream::iter(listed)
+            .map(|info| async move {
+                let ObjectKey::Snapshot(id) = info.key else {
+                    unreachable!("listing snapshots yields snapshot keys")
+                };
+                (id, self.load_snapshot(id, trust).await)
+            })
+            .buffer_unordered(METADATA_CONCURRENCY)
+            .collect()
+            .await;
+        let mut list = SnapshotList::default();
+        for (id, result) in results {
+            match result {
+                Ok(s) => list.snapshots.push(s),
+                // The store failing is not the snapshot's fault: stop.
+                Err(e @ (Error::Unreachable { .. } | Error::AccessDenied { .. })) => return Err(e),
+                Err(e) => list.rejected.push((id, e)),
+            }
+        }
+        list.snapshots.sort_by_key(|s| (s.manifest.time, s.id));
+        list.rejected.sort_by_key(|(id, _)| *id);
+        Ok(list)
+    }
+
+    /// Reads and checks one snapshot.
+    pub async fn load_snapshot(&self, id: SnapshotId, trust: &Trust) -> Result<Snapshot> {
+        let bytes = self.backend.get(&ObjectKey::Snapshot(id)).await?;
+        let config = Arc::clone(&self.config);
+        let trust = trust.clone();
+        crate::cpu::run(move || decode_manifest(&bytes, id, &config.id, &trust)).await
+    }
+
+    /// Loads every index object. A damaged index object is an error here:
+    /// `verify` is the command that reads past damage.
+    pub async fn load_index(self) -> Result<IndexedRepository> {
+        let (index, damaged) = self.load_index_tolerant().await?;
+        if let Some((id, e)) = damaged.into_iter().next() {
+            return Err(match e {
+                Error::Corrupt { detail, .. } => Error::Corrupt {
+                    object: format!("index {id}"),
+                    detail,
+                },
+                other => other,
+            });
+        }
+        Ok(IndexedRepository {
+            repo: self,
+            index: Arc::new(index),
+        })
+    }
+
+    /// Loads every index object it can, returning the damaged ones apart.
+    pub async fn load_index_tolerant(&self) -> Result<(Index, Vec<(IndexId, Error)>)> {
+        let listed = self.backend.list(ObjectDir::Index).await?;
+        let mut loaded: Vec<(IndexId, Result<Vec<crate::index::IndexedPack>>)> =
+            futures::stream::iter(listed)
+                .map(|info| async move {
+                    let ObjectKey::Index(id) = info.key else {
+                        unreachable!("listing index yields index keys")
+                    };
+                    let result = match self.backend.get(&info.key).await {
+                        Ok(bytes) => crate::cpu::run(move || decode_index(&bytes, id)).await,
+                        Err(e) => Err(e),
+                    };
+                    Ok::<_, Error>((id, result))
+                })
+                .buffer_unordered(METADATA_CONCURRENCY)
+                .try_collect()
+                .await?;
+        // Deterministic: the same repository always yields the same index.
+        loaded.sort_by_key(|(id, _)| *id);
+        let mut index = Index::new();
+        let mut damaged = Vec::new();
+        for (id, result) in loaded {
+            match result {
+                Ok(packs) => index.add(Some(id), &packs),
+                Err(e @ (Error::Unreachable { .. } | Error::AccessDenied { .. })) => return Err(e),
+                Err(e) => damaged.push((id, e)),
+            }
+        }
+        Ok((index, damaged))
+    }
+
+    /// Attaches an index loaded elsewhere (verify loads it tolerantly).
+    pub fn with_index(self, index: Index) -> IndexedRepository {
+        IndexedRepository {
+            repo: self,
+            index: Arc::new(index),
+        }
+    }
+}
+
+impl IndexedRepository {
+    /// The repository.
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// The storage.
+    pub fn backend(&self) -> &Backend {
+        &self.repo.backend
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.repo.config
+    }
+
+    /// The index.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+}

@@ -1,0 +1,248 @@
+//! Shared test harness: repositories on local disk and, when configured, on a
+//! real S3-compatible server (`CAIRN_TEST_S3`, set by `tests/run`).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use cairn_store::backend::fault::FaultStore;
+use cairn_store::backend::{Backend, BackendOptions};
+use cairn_store::key::SecretKey;
+use cairn_store::manifest::Snapshot;
+use cairn_store::ops::backup::{BackupOptions, BackupSummary, NoProgress};
+use cairn_store::ops::restore::NoRestoreProgress;
+use cairn_store::ops::source::Source;
+use cairn_store::repo::{IndexedRepository, Repository};
+
+/// Where a test repository lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Local,
+    S3,
+}
+
+/// The kinds to run every store test against: local always; S3 when
+/// `CAIRN_TEST_S3` names a bucket URL (and required when
+/// `CAIRN_TEST_REQUIRE_S3=1`, as `tests/run` sets).
+pub fn kinds() -> Vec<Kind> {
+    let mut kinds = vec![Kind::Local];
+    if std::env::var("CAIRN_TEST_S3").is_ok() {
+        kinds.push(Kind::S3);
+    } else if std::env::var("CAIRN_TEST_REQUIRE_S3").as_deref() == Ok("1") {
+        panic!(
+            "CAIRN_TEST_REQUIRE_S3=1 but CAIRN_TEST_S3 is not set: start the services with tests/run"
+        );
+    } else {
+        eprintln!("note: S3 tests skipped (CAIRN_TEST_S3 unset); `tests/run` runs them");
+    }
+    kinds
+}
+
+/// A fresh, empty location for a repository, removed when dropped (local).
+pub struct Place {
+    pub kind: Kind,
+    pub url: String,
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl Place {
+    pub fn new(kind: Kind) -> Place {
+        match kind {
+            Kind::Local => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = dir.path().join("repo").to_str().unwrap().to_string();
+                Place {
+                    kind,
+                    url,
+                    dir: Some(dir),
+                }
+            }
+            Kind::S3 => {
+                let base = std::env::var("CAIRN_TEST_S3").unwrap();
+                let mut nonce = [0u8; 8];
+                getrandom_fill(&mut nonce);
+                let url = format!("{}/t-{}", base.trim_end_matches('/'), hex(&nonce));
+                Place {
+                    kind,
+                    url,
+                    dir: None,
+                }
+            }
+        }
+    }
+
+    /// The local repository directory (local places only).
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(&self.url)
+    }
+
+    pub fn backend(&self) -> Backend {
+        Backend::connect(&self.url, &test_backend_options(), true).unwrap()
+    }
+
+    /// The backend with a fault injector stacked under it.
+    pub fn faulty_backend(&self) -> (Backend, Arc<FaultStore>) {
+        let plain = self.backend();
+        let fault = FaultStore::new(Arc::clone(plain.store()));
+        (Backend::new(fault.clone(), plain.url()), fault)
+    }
+}
+
+pub fn test_backend_options() -> BackendOptions {
+    BackendOptions {
+        retry_timeout: std::time::Duration::from_secs(5),
+        max_retries: 1,
+        ..BackendOptions::default()
+    }
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let h = blake3_like(&format!(
+        "{t}-{:?}-{}",
+        std::thread::current().id(),
+        std::process::id()
+    ));
+    buf.copy_from_slice(&h[..buf.len()]);
+}
+
+fn blake3_like(s: &str) -> [u8; 32] {
+    *cairn_store::id::BlobId::of(s.as_bytes()).as_bytes()
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn key() -> SecretKey {
+    SecretKey::from_seed(&[42; 32])
+}
+
+pub async fn init(place: &Place) -> Repository {
+    Repository::init(place.backend(), vec![key().public()])
+        .await
+        .unwrap()
+}
+
+pub async fn open(backend: Backend) -> IndexedRepository {
+    Repository::open(backend)
+        .await
+        .unwrap()
+        .load_index()
+        .await
+        .unwrap()
+}
+
+pub fn options() -> BackupOptions {
+    BackupOptions {
+        host: "test".into(),
+        ..BackupOptions::default()
+    }
+}
+
+/// Backs up `data` as one item called `name`.
+pub async fn backup_bytes(backend: &Backend, name: &str, data: Vec<u8>) -> BackupSummary {
+    backup_reader(backend, name, Box::new(std::io::Cursor::new(data))).await
+}
+
+pub async fn backup_reader(
+    backend: &Backend,
+    name: &str,
+    reader: Box<dyn Read + Send>,
+) -> BackupSummary {
+    let repo = open(backend.clone()).await;
+    repo.backup(
+        Source::Reader {
+            name: name.into(),
+            reader,
+        },
+        &key(),
+        &options(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap()
+}
+
+/// Restores the single item of `snapshot` into memory.
+pub async fn restore_bytes(backend: &Backend, snapshot: &Snapshot) -> cairn_store::Result<Vec<u8>> {
+    let repo = Repository::open(backend.clone())
+        .await?
+        .load_index()
+        .await?;
+    let item = &snapshot.manifest.items[0];
+    let reader = repo.blob_reader();
+    let (out, _) = repo
+        .restore_item(&reader, snapshot, item, Vec::new(), &NoRestoreProgress)
+        .await?;
+    Ok(out)
+}
+
+pub async fn snapshots(backend: &Backend) -> Vec<Snapshot> {
+    let repo = Repository::open(backend.clone()).await.unwrap();
+    let trust = repo.trust(&[]);
+    let list = repo.load_snapshots(&trust).await.unwrap();
+    assert!(list.rejected.is_empty(), "{:?}", list.rejected);
+    list.snapshots
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut h = blake3_xof(seed);
+    h.read_exact(&mut out).unwrap();
+    out
+}
+
+fn blake3_xof(seed: u64) -> impl Read {
+    struct Xof(u64, Vec<u8>, usize);
+    impl Read for Xof {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.2 >= self.1.len() {
+                self.1 = cairn_store::id::BlobId::of(
+                    &[
+                        self.0.to_le_bytes(),
+                        (self.1.len() as u64 + self.2 as u64).to_le_bytes(),
+                    ]
+                    .concat(),
+                )
+                .as_bytes()
+                .to_vec();
+                self.0 = self.0.wrapping_add(1);
+                self.2 = 0;
+            }
+            let n = buf.len().min(self.1.len() - self.2);
+            buf[..n].copy_from_slice(&self.1[self.2..self.2 + n]);
+            self.2 += n;
+            Ok(n)
+        }
+    }
+    Xof(seed, Vec::new(), 0)
+}
+
+/// A CouchDB `_all_docs?include_docs=true`-style dump with `docs` documents.
+pub fn json_dump(docs: usize, seed: u64, changed_every: Option<usize>) -> Vec<u8> {
+    let mut out = Vec::new();
+    write!(out, "{{\"total_rows\":{docs},\"offset\":0,\"rows\":[\r\n").unwrap();
+    for i in 0..docs {
+        let id =
+            hex(&cairn_store::id::BlobId::of(&(i as u64 ^ seed).to_le_bytes()).as_bytes()[..16]);
+        let rev = if changed_every.is_some_and(|n| i % n == 0) {
+            2
+        } else {
+            1
+        };
+        let body = "lorem ipsum dolor sit amet ".repeat(5 + i % 20);
+        write!(
+            out,
+            "{{\"id\":\"{id}\",\"key\":\"{id}\",\"value\":{{\"rev\":\"{rev}-abc\"}},\"doc\":{{\"_id\":\"{id}\",\"_rev\":\"{rev}-abc\",\"n\":{i},\"text\":\"{body}\"}}}}{}",
+            if i + 1 < docs { ",\r\n" } else { "\r\n" }
+        )
+        .unwrap();
+    }
+    out.extend_from_slice(b"]}\n");
+    out
+}
