@@ -44,6 +44,38 @@ pub struct SnapshotList {
     pub rejected: Vec<(SnapshotId, Error)>,
 }
 
+impl SnapshotList {
+    /// Picks a snapshot; naming a rejected one by id gives the reason it was
+    /// rejected (a bad signature, say), not "not found".
+    pub fn select(
+        &self,
+        selector: &crate::ops::select::Selector,
+        filter: &crate::ops::select::SnapshotFilter,
+    ) -> Result<&Snapshot> {
+        let chosen = crate::ops::select::select(&self.snapshots, selector, filter);
+        if let (Err(Error::NotFound { .. }), crate::ops::select::Selector::IdPrefix(prefix)) =
+            (&chosen, selector)
+            && let Some((_, e)) = self
+                .rejected
+                .iter()
+                .find(|(id, _)| id.to_hex().starts_with(prefix.as_str()))
+        {
+            return Err(match e {
+                Error::BadSignature { snapshot, detail } => Error::BadSignature {
+                    snapshot: snapshot.clone(),
+                    detail: detail.clone(),
+                },
+                Error::UntrustedKey { snapshot, key } => Error::UntrustedKey {
+                    snapshot: snapshot.clone(),
+                    key: key.clone(),
+                },
+                other => Error::corrupt(format!("snapshot {prefix}"), other.to_string()),
+            });
+        }
+        chosen
+    }
+}
+
 impl Repository {
     /// Creates a repository: checks the store honours create-only writes,
     /// then writes the config (create-only, so two `init`s cannot both win).

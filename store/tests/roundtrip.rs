@@ -42,3 +42,122 @@ async fn sizes_around_the_chunk_limits_round_trip() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_dumps_and_tarballs_round_trip_and_a_second_backup_stores_nothing() {
+    for kind in kinds() {
+        let place = Place::new(kind);
+        init(&place).await;
+        let backend = place.backend();
+        let dump = json_dump(20_000, 7, None);
+        let tarball = std::process::Command::new("tar")
+            .args([
+                "-cf",
+                "-",
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "src",
+                "Cargo.toml",
+            ])
+            .output()
+            .unwrap()
+            .stdout;
+        assert!(tarball.len() > 100_000);
+        for (name, data) in [("lms.json", dump), ("volumes.tar", tarball)] {
+            let first = backup_bytes(&backend, name, data.clone()).await;
+            assert!(first.new_blobs > 0);
+            let objects_before = everything(&backend).await.len();
+            let second = backup_bytes(&backend, name, data.clone()).await;
+            assert_eq!((second.new_blobs, second.packs), (0, 0), "{kind:?} {name}");
+            // Only the new manifest was written: no pack, no index object.
+            assert_eq!(everything(&backend).await.len(), objects_before + 1);
+            for id in [first.snapshot, second.snapshot] {
+                let s = snapshots(&backend)
+                    .await
+                    .into_iter()
+                    .find(|s| s.id == id)
+                    .unwrap();
+                assert!(restore_bytes(&backend, &s).await.unwrap() == data, "{name}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_of_scattered_changes_to_a_dump_stores_a_fraction_of_it() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let day1 = json_dump(50_000, 9, None);
+    let day2 = json_dump(50_000, 9, Some(50)); // 2 % of documents changed
+    let first = backup_bytes(&backend, "lms.json", day1).await;
+    let second = backup_bytes(&backend, "lms.json", day2.clone()).await;
+    assert!(
+        second.stored_bytes * 4 < first.stored_bytes,
+        "day 2 stored {} bytes, day 1 {}",
+        second.stored_bytes,
+        first.stored_bytes
+    );
+    let s = snapshots(&backend)
+        .await
+        .into_iter()
+        .find(|s| s.id == second.snapshot)
+        .unwrap();
+    assert!(restore_bytes(&backend, &s).await.unwrap() == day2);
+}
+
+/// A reader of `len` zero bytes that never holds them in memory.
+fn zeros(len: u64) -> Box<dyn std::io::Read + Send> {
+    Box::new(std::io::Read::take(std::io::repeat(0), len))
+}
+
+/// A writer that only hashes what it is given.
+#[derive(Default)]
+struct HashingWriter(blake3::Hasher, u64);
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        self.1 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gibibyte_of_zeros_round_trips_in_one_chunk() {
+    for kind in kinds() {
+        let place = Place::new(kind);
+        init(&place).await;
+        let backend = place.backend();
+        let len = 1u64 << 30;
+        let summary = backup_reader(&backend, "zeros", zeros(len)).await;
+        assert_eq!(summary.bytes_read, len);
+        // One distinct chunk plus a handful of tree nodes.
+        assert!(summary.new_blobs < 20, "{summary:?}");
+        assert!(summary.stored_bytes < 100_000, "{summary:?}");
+        let s = snapshots(&backend)
+            .await
+            .into_iter()
+            .find(|s| s.id == summary.snapshot)
+            .unwrap();
+        let repo = open(backend.clone()).await;
+        let reader = repo.blob_reader();
+        let (out, n) = repo
+            .restore_item(
+                &reader,
+                &s,
+                &s.manifest.items[0],
+                HashingWriter::default(),
+                &cairn_store::ops::restore::NoRestoreProgress,
+            )
+            .await
+            .unwrap();
+        assert_eq!((n, out.1), (len, len));
+        let mut expected = blake3::Hasher::new();
+        std::io::copy(&mut zeros(len), &mut expected).unwrap();
+        assert_eq!(out.0.finalize(), expected.finalize());
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use cairn_store::manifest::ItemKind;
-use cairn_store::ops::select::{Selector, SnapshotFilter, parse_time, select};
+use cairn_store::ops::select::{Selector, SnapshotFilter, parse_time};
 use clap::Args;
 
 use crate::progress::{Bar, human_bytes};
@@ -67,7 +67,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         host: args.host.clone(),
         tags: args.tags.clone(),
     };
-    let snapshot = select(&list.snapshots, &selector, &filter)?.clone();
+    let snapshot = list.select(&selector, &filter)?.clone();
     let repo = repo.load_index().await?;
     let started = Instant::now();
 

@@ -364,11 +364,28 @@ impl Backend {
     /// Reads a byte range of an object.
     pub async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
         let want = range.end - range.start;
-        let bytes = self
-            .store
-            .get_range(&key.path(), range.clone())
-            .await
-            .map_err(|e| self.classify(e, key, "reading"))?;
+        let bytes = match self.store.get_range(&key.path(), range.clone()).await {
+            Ok(bytes) => bytes,
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                return Err(self.classify(e, key, "reading"));
+            }
+            Err(e) => {
+                // A range past the end (local: "invalid range", S3: 416) means
+                // the object is shorter than its index says: truncated.
+                if let Ok(info) = self.head(key).await
+                    && info.len < range.end
+                {
+                    return Err(Error::corrupt(
+                        key.to_string(),
+                        format!(
+                            "is {} bytes, but bytes {}..{} were expected (truncated)",
+                            info.len, range.start, range.end
+                        ),
+                    ));
+                }
+                return Err(self.classify(e, key, "reading"));
+            }
+        };
         if bytes.len() as u64 != want {
             return Err(Error::corrupt(
                 key.to_string(),

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
+
 use std::sync::Arc;
 
 use cairn_store::backend::fault::FaultStore;
@@ -189,60 +190,132 @@ pub async fn snapshots(backend: &Backend) -> Vec<Snapshot> {
     list.snapshots
 }
 
-/// Deterministic pseudo-random bytes.
+/// Deterministic pseudo-random bytes: independent streams per seed.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    let mut h = blake3_xof(seed);
-    h.read_exact(&mut out).unwrap();
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     out
 }
 
-fn blake3_xof(seed: u64) -> impl Read {
-    struct Xof(u64, Vec<u8>, usize);
-    impl Read for Xof {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            if self.2 >= self.1.len() {
-                self.1 = cairn_store::id::BlobId::of(
-                    &[
-                        self.0.to_le_bytes(),
-                        (self.1.len() as u64 + self.2 as u64).to_le_bytes(),
-                    ]
-                    .concat(),
-                )
-                .as_bytes()
-                .to_vec();
-                self.0 = self.0.wrapping_add(1);
-                self.2 = 0;
-            }
-            let n = buf.len().min(self.1.len() - self.2);
-            buf[..n].copy_from_slice(&self.1[self.2..self.2 + n]);
-            self.2 += n;
-            Ok(n)
-        }
-    }
-    Xof(seed, Vec::new(), 0)
-}
-
-/// A CouchDB `_all_docs?include_docs=true`-style dump with `docs` documents.
+/// A CouchDB `_all_docs?include_docs=true`-style dump with `docs`
+/// documents of varied, realistic-looking text; with `changed_every`, every
+/// n-th document has a new revision and a changed field.
 pub fn json_dump(docs: usize, seed: u64, changed_every: Option<usize>) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "course",
+        "learner",
+        "module",
+        "video",
+        "quiz",
+        "answer",
+        "progress",
+        "grade",
+        "forum",
+        "thread",
+        "comment",
+        "submission",
+        "problem",
+        "state",
+        "attempt",
+        "score",
+        "weight",
+        "section",
+        "unit",
+        "block",
+        "enrollment",
+        "certificate",
+        "cohort",
+        "team",
+        "discussion",
+        "vote",
+        "flag",
+        "draft",
+        "published",
+        "deadline",
+        "extension",
+        "feedback",
+        "rubric",
+        "the",
+        "a",
+        "of",
+        "to",
+        "and",
+        "in",
+        "is",
+        "for",
+        "on",
+        "with",
+        "this",
+        "that",
+        "was",
+    ];
     let mut out = Vec::new();
     write!(out, "{{\"total_rows\":{docs},\"offset\":0,\"rows\":[\r\n").unwrap();
     for i in 0..docs {
-        let id =
-            hex(&cairn_store::id::BlobId::of(&(i as u64 ^ seed).to_le_bytes()).as_bytes()[..16]);
-        let rev = if changed_every.is_some_and(|n| i % n == 0) {
-            2
-        } else {
-            1
-        };
-        let body = "lorem ipsum dolor sit amet ".repeat(5 + i % 20);
+        let h =
+            *cairn_store::id::BlobId::of(&[(i as u64).to_le_bytes(), seed.to_le_bytes()].concat())
+                .as_bytes();
+        let id = hex(&h[..16]);
+        let changed = changed_every.is_some_and(|n| i % n == 0);
+        let rev = if changed { 2 } else { 1 };
+        let n_words = 20 + usize::from(h[16]) % 120;
+        let text: Vec<&str> = (0..n_words)
+            .map(|w| {
+                WORDS[usize::from(h[(w % 15) + 17] ^ (w as u8).wrapping_mul(31)) % WORDS.len()]
+            })
+            .collect();
+        let score = u32::from_le_bytes([h[20], h[21], h[22], 0]) % 1000 + u32::from(changed);
         write!(
             out,
-            "{{\"id\":\"{id}\",\"key\":\"{id}\",\"value\":{{\"rev\":\"{rev}-abc\"}},\"doc\":{{\"_id\":\"{id}\",\"_rev\":\"{rev}-abc\",\"n\":{i},\"text\":\"{body}\"}}}}{}",
-            if i + 1 < docs { ",\r\n" } else { "\r\n" }
+            "{{\"id\":\"{id}\",\"key\":\"{id}\",\"value\":{{\"rev\":\"{rev}-{r}\"}},\"doc\":{{\"_id\":\"{id}\",\"_rev\":\"{rev}-{r}\",\"user\":{u},\"score\":{score},\"text\":\"{t}\"}}}}{sep}",
+            r = hex(&h[4..20]),
+            u = u16::from_le_bytes([h[1], h[2]]),
+            t = text.join(" "),
+            sep = if i + 1 < docs { ",\r\n" } else { "\r\n" }
         )
         .unwrap();
     }
     out.extend_from_slice(b"]}\n");
     out
+}
+
+/// Every object key of a kind.
+pub async fn keys(
+    backend: &Backend,
+    dir: cairn_store::backend::ObjectDir,
+) -> Vec<cairn_store::backend::ObjectKey> {
+    let mut k: Vec<_> = backend
+        .list(dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    k.sort_by_key(|k| k.path().to_string());
+    k
+}
+
+/// Every object (key, bytes) in the repository, for "nothing changed" checks.
+pub async fn everything(backend: &Backend) -> Vec<(String, bytes::Bytes)> {
+    use cairn_store::backend::ObjectDir;
+    let mut out = Vec::new();
+    for dir in [ObjectDir::Packs, ObjectDir::Index, ObjectDir::Snapshots] {
+        for key in keys(backend, dir).await {
+            out.push((key.path().to_string(), backend.get(&key).await.unwrap()));
+        }
+    }
+    out
+}
+
+/// Overwrites an object behind Cairn's back (tests of damage only).
+pub async fn raw_put(backend: &Backend, key: &cairn_store::backend::ObjectKey, bytes: Vec<u8>) {
+    use object_store::ObjectStoreExt;
+    backend
+        .store()
+        .put(&key.path(), bytes.into())
+        .await
+        .unwrap();
 }
