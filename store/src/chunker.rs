@@ -11,8 +11,93 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use fastcdc::v2020 as cdc;
 
-/// Chunking parameters, recorded in the repository config.
+/// How each item's chunk size is chosen; recorded in the repository config.
+///
+/// Small chunks pay off only where a chunk's stored (compressed) size is well
+/// above the ~110 bytes of index, trailer and tree entry every chunk costs:
+/// scattered edits to a JSON dump want 2 KiB chunks, a pg_dump that
+/// compresses 60× wants 32 KiB, a tarball of binaries 64 KiB. So each item
+/// gets an average length of about `target_stored_len` × its compression
+/// ratio, measured on its first bytes ([`ChunkingPolicy::choose`]), as a
+/// power of two within `min_avg_len..=max_avg_len`; content with NUL bytes
+/// (binary) gets `max_avg_len`. A backup reuses the choice recorded for the
+/// same item name in the newest snapshot, so an item's chunks never change
+/// size from one day to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingPolicy {
+    /// Always `"fastcdc-2020"`.
+    pub algorithm: ChunkerAlgorithm,
+    /// FastCDC normalisation level (0-3).
+    pub normalization: u8,
+    /// The smallest average chunk length an item may get.
+    pub min_avg_len: u32,
+    /// The largest average chunk length an item may get.
+    pub max_avg_len: u32,
+    /// Aim for chunks that compress to about this many bytes.
+    pub target_stored_len: u32,
+}
+
+/// Bytes at the start of an item that decide its chunk size.
+pub const SAMPLE_LEN: usize = 4 << 20;
+
+impl ChunkingPolicy {
+    /// The default for new repositories (see the README for the measurements).
+    pub const DEFAULT: ChunkingPolicy = ChunkingPolicy {
+        algorithm: ChunkerAlgorithm::FastCdc2020,
+        normalization: 1,
+        min_avg_len: 2 * 1024,
+        max_avg_len: 64 * 1024,
+        target_stored_len: 512,
+    };
+
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.min_avg_len.is_power_of_two()
+            && self.max_avg_len.is_power_of_two()
+            && self.min_avg_len <= self.max_avg_len
+            && self.target_stored_len > 0;
+        if !ok {
+            return Err(Error::invalid(format!(
+                "chunking policy {self:?} out of range"
+            )));
+        }
+        self.params(self.min_avg_len).validate()?;
+        self.params(self.max_avg_len).validate()
+    }
+
+    /// The parameters for an average length: minimum a quarter, maximum eight times.
+    pub fn params(&self, avg_len: u32) -> ChunkerParams {
+        ChunkerParams {
+            algorithm: self.algorithm,
+            min_len: avg_len / 4,
+            avg_len,
+            max_len: avg_len.saturating_mul(8),
+            normalization: self.normalization,
+        }
+    }
+
+    /// Chooses an item's parameters from its first bytes (up to
+    /// [`SAMPLE_LEN`]; all of it when shorter): binary content (any NUL
+    /// byte) gets the largest chunks; text gets `target_stored_len` times its
+    /// zstd (level 1) compression ratio, rounded to a power of two and clamped.
+    pub fn choose(&self, sample: &[u8]) -> ChunkerParams {
+        let sample = &sample[..sample.len().min(SAMPLE_LEN)];
+        if sample.is_empty() || sample.contains(&0) {
+            return self.params(self.max_avg_len);
+        }
+        let compressed = zstd::bulk::compress(sample, 1).map_or(sample.len(), |c| c.len().max(1));
+        let ideal = f64::from(self.target_stored_len) * sample.len() as f64 / compressed as f64;
+        // Nearest power of two, in log scale.
+        let exponent = ideal.max(1.0).log2().round().clamp(0.0, 31.0) as u32;
+        let avg = (1u32 << exponent).clamp(self.min_avg_len, self.max_avg_len);
+        self.params(avg)
+    }
+}
+
+/// One item's chunking parameters (chosen by the [`ChunkingPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChunkerParams {
     /// Always `"fastcdc-2020"`.
     pub algorithm: ChunkerAlgorithm,
@@ -36,13 +121,12 @@ pub enum ChunkerAlgorithm {
 }
 
 impl ChunkerParams {
-    /// The default for new repositories, chosen by measurement on database
-    /// dumps with scattered daily changes (see the README).
+    /// The smallest chunks of the default policy: 512 B / 2 KiB / 16 KiB.
     pub const DEFAULT: ChunkerParams = ChunkerParams {
         algorithm: ChunkerAlgorithm::FastCdc2020,
-        min_len: 2 * 1024,
-        avg_len: 8 * 1024,
-        max_len: 64 * 1024,
+        min_len: 512,
+        avg_len: 2 * 1024,
+        max_len: 16 * 1024,
         normalization: 1,
     };
 
@@ -195,7 +279,7 @@ mod tests {
         assert!(c.cut_points(&[]).is_empty());
         let zeros = vec![0u8; 200_000];
         let cuts = c.cut_points(&zeros);
-        assert_eq!(cuts[0], 65536);
+        assert_eq!(cuts[0], 16384);
         assert_eq!(*cuts.last().unwrap(), 200_000);
     }
 
@@ -207,6 +291,32 @@ mod tests {
         p = ChunkerParams::DEFAULT;
         p.max_len = 32 << 20;
         assert!(Chunker::new(p).is_err());
+    }
+
+    #[test]
+    fn the_policy_sizes_chunks_by_compressibility() {
+        let policy = ChunkingPolicy::DEFAULT;
+        // Binary (a tar header has NULs): the largest chunks.
+        let mut tar = vec![b'a'; 100_000];
+        tar[10] = 0;
+        assert_eq!(policy.choose(&tar).avg_len, 65536);
+        // Random text barely compresses: the smallest.
+        let text: Vec<u8> = pseudo_random(1 << 20, 3)
+            .iter()
+            .map(|b| b'a' + b % 26)
+            .collect();
+        assert_eq!(policy.choose(&text).avg_len, 2048);
+        // Very repetitive text compresses hugely: large chunks.
+        let rows: Vec<u8> = (0..20_000)
+            .flat_map(|i| {
+                format!("{i}\t1\t0\t                                                    \n")
+                    .into_bytes()
+            })
+            .collect();
+        assert!(policy.choose(&rows).avg_len >= 16384);
+        assert_eq!(policy.choose(&[]).avg_len, 65536);
+        policy.validate().unwrap();
+        assert_eq!(policy.params(2048), ChunkerParams::DEFAULT);
     }
 
     proptest! {

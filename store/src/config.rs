@@ -1,14 +1,14 @@
 //! The repository config: identity, format parameters, trusted keys.
 //!
 //! Stored once, create-only, as pretty JSON at the key `config`. Readers need
-//! only `version` and `id`; the chunker, compression and tree parameters tell
+//! only `version` and `id`; the chunking, compression and tree parameters tell
 //! writers how to cut and pack so that their data deduplicates with what is
 //! already stored.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::chunker::ChunkerParams;
+use crate::chunker::ChunkingPolicy;
 use crate::error::{Error, Result};
 use crate::frame::CompressionParams;
 use crate::id::RepoId;
@@ -31,8 +31,8 @@ pub struct Config {
     pub id: RepoId,
     /// When `init` ran.
     pub created: Timestamp,
-    /// How content is cut into chunks.
-    pub chunker: ChunkerParams,
+    /// How each item's chunk size is chosen.
+    pub chunking: ChunkingPolicy,
     /// How frames are compressed.
     pub compression: CompressionParams,
     /// How chunk lists are split into tree nodes.
@@ -52,7 +52,7 @@ impl Config {
             version: REPO_VERSION,
             id: RepoId(id),
             created: Timestamp::now(),
-            chunker: ChunkerParams::DEFAULT,
+            chunking: ChunkingPolicy::DEFAULT,
             compression: CompressionParams::DEFAULT,
             tree: TreeParams::DEFAULT,
             pack_target_len: 16 << 20,
@@ -62,7 +62,7 @@ impl Config {
 
     /// Checks every parameter.
     pub fn validate(&self) -> Result<()> {
-        self.chunker.validate()?;
+        self.chunking.validate()?;
         self.compression.validate()?;
         self.tree.validate()?;
         if self.pack_target_len < 1 << 16 || self.pack_target_len > 1 << 30 {

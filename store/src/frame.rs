@@ -56,7 +56,7 @@ impl CompressionParams {
     pub const DEFAULT: CompressionParams = CompressionParams {
         algorithm: CompressionAlgorithm::Zstd,
         level: 3,
-        frame_target_len: 128 * 1024,
+        frame_target_len: 512 * 1024,
     };
 
     /// Checks the ranges.

@@ -89,6 +89,10 @@ pub struct Item {
     /// Number of chunks (files only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<u64>,
+    /// How the content was cut (files only); the next backup of the same
+    /// name cuts the same way so that its chunks deduplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunker: Option<crate::chunker::ChunkerParams>,
     /// Unix permission bits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
@@ -312,6 +316,7 @@ mod tests {
                 len: 5,
                 tree: Some(BlobId::of(b"tree")),
                 chunks: Some(1),
+                chunker: None,
                 mode: None,
                 mtime: None,
                 target: None,

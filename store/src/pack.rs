@@ -2,8 +2,14 @@
 //!
 //! ```text
 //! "CAIRNPK\x01" | frame 0 | frame 1 | ... | trailer | footer (44 bytes)
-//! footer = trailer_len u32 | BLAKE3(trailer) [32] | "CAIRNPKE"
+//! trailer = frame_count u32 | blob_count u32
+//!           | frame_count × (stored_len u32 | codec u8 | blob_count u32)
+//!           | blob_count × (id [32] | len u32)
+//! footer  = trailer_len u32 | BLAKE3(trailer) [32] | "CAIRNPKE"
 //! ```
+//! Nothing derivable is stored: frames follow each other from offset 8,
+//! a frame's blobs follow each other in it, and its raw length is the sum
+//! of theirs.
 //! The pack's id is the BLAKE3 of all its bytes. The trailer is hashed on its
 //! own too, so a reader (GC, above all) can learn what a pack holds from a
 //! range read of its tail, without trusting any index. Every byte of a pack
@@ -27,8 +33,8 @@ pub const FOOTER_LEN: usize = 4 + 32 + 8;
 pub const MAX_PACK_LEN: u64 = u32::MAX as u64;
 /// The largest trailer a reader accepts.
 pub const MAX_TRAILER_LEN: u32 = 64 << 20;
-const FRAME_DESC_LEN: usize = 13;
-const BLOB_ENTRY_LEN: usize = 32 + 12;
+const FRAME_DESC_LEN: usize = 9;
+const BLOB_ENTRY_LEN: usize = 32 + 4;
 
 /// Where a frame lies in its pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,35 +72,35 @@ pub struct PackTrailer {
 }
 
 impl PackTrailer {
-    /// The trailer's bytes.
+    /// The trailer's bytes. The frames and blobs must be consistent (as
+    /// [`PackWriter`] and [`PackTrailer::decode`] make them).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             8 + self.frames.len() * FRAME_DESC_LEN + self.blobs.len() * BLOB_ENTRY_LEN,
         );
         out.put_u32(len_u32(self.frames.len()));
         out.put_u32(len_u32(self.blobs.len()));
-        for f in &self.frames {
-            out.put_u32(f.offset);
+        for (i, f) in self.frames.iter().enumerate() {
+            let in_frame = self.blobs.iter().filter(|b| b.frame as usize == i).count();
             out.put_u32(f.stored_len);
-            out.put_u32(f.raw_len);
             out.put_u8(f.codec as u8);
+            out.put_u32(len_u32(in_frame));
         }
         for b in &self.blobs {
             out.put_bytes(b.id.as_bytes());
-            out.put_u32(b.frame);
-            out.put_u32(b.offset);
             out.put_u32(b.len);
         }
         out
     }
 
     /// Parses and checks a trailer of a pack whose trailer starts at
-    /// `trailer_offset`. `object` names the pack in errors.
+    /// `trailer_offset`, deriving every offset. `object` names the pack in errors.
     pub fn decode(bytes: &[u8], trailer_offset: u64, object: &str) -> Result<PackTrailer> {
         let bad = |detail: String| Error::corrupt(object, format!("trailer: {detail}"));
+        let short = |e: crate::wire::Short| bad(e.to_string());
         let mut r = Reader::new(bytes);
-        let frame_count = r.u32().map_err(|e| bad(e.to_string()))? as usize;
-        let blob_count = r.u32().map_err(|e| bad(e.to_string()))? as usize;
+        let frame_count = r.u32().map_err(short)? as usize;
+        let blob_count = r.u32().map_err(short)? as usize;
         let expected = 8u64
             + frame_count as u64 * FRAME_DESC_LEN as u64
             + blob_count as u64 * BLOB_ENTRY_LEN as u64;
@@ -105,77 +111,65 @@ impl PackTrailer {
             )));
         }
         let mut frames = Vec::with_capacity(frame_count);
-        let mut next_offset = PACK_MAGIC.len() as u64;
+        let mut blobs_per_frame = Vec::with_capacity(frame_count);
+        let mut offset = PACK_MAGIC.len() as u64;
         for i in 0..frame_count {
-            let offset = r.u32().map_err(|e| bad(e.to_string()))?;
-            let stored_len = r.u32().map_err(|e| bad(e.to_string()))?;
-            let raw_len = r.u32().map_err(|e| bad(e.to_string()))?;
-            let codec_byte = r.u8().map_err(|e| bad(e.to_string()))?;
+            let stored_len = r.u32().map_err(short)?;
+            let codec_byte = r.u8().map_err(short)?;
+            let in_frame = r.u32().map_err(short)?;
             let codec = Codec::from_u8(codec_byte)
                 .ok_or_else(|| bad(format!("frame {i}: unknown codec {codec_byte}")))?;
-            if u64::from(offset) != next_offset {
-                return Err(bad(format!(
-                    "frame {i} starts at {offset}, expected {next_offset}"
-                )));
+            if in_frame == 0 {
+                return Err(bad(format!("frame {i} holds no blob")));
             }
-            if raw_len > MAX_FRAME_RAW_LEN || raw_len == 0 {
-                return Err(bad(format!("frame {i}: raw length {raw_len} out of range")));
-            }
-            if codec == Codec::Raw && stored_len != raw_len {
-                return Err(bad(format!(
-                    "raw frame {i}: stored {stored_len} != raw {raw_len}"
-                )));
-            }
-            next_offset += u64::from(stored_len);
             frames.push(FrameDesc {
-                offset,
+                offset: u32::try_from(offset).map_err(|_| bad("pack over 4 GiB".into()))?,
                 stored_len,
-                raw_len,
+                raw_len: 0,
                 codec,
             });
+            blobs_per_frame.push(in_frame);
+            offset += u64::from(stored_len);
         }
-        if next_offset != trailer_offset {
+        if offset != trailer_offset {
             return Err(bad(format!(
-                "frames end at {next_offset} but the trailer starts at {trailer_offset}"
+                "frames end at {offset} but the trailer starts at {trailer_offset}"
             )));
         }
+        if blobs_per_frame.iter().map(|&n| u64::from(n)).sum::<u64>() != blob_count as u64 {
+            return Err(bad(
+                "frame blob counts do not add up to the blob count".into()
+            ));
+        }
         let mut blobs = Vec::with_capacity(blob_count);
-        let (mut frame, mut next_in_frame) = (0u32, 0u32);
-        for i in 0..blob_count {
-            let id = BlobId(r.id().map_err(|e| bad(e.to_string()))?);
-            let f = r.u32().map_err(|e| bad(e.to_string()))?;
-            let offset = r.u32().map_err(|e| bad(e.to_string()))?;
-            let len = r.u32().map_err(|e| bad(e.to_string()))?;
-            if f != frame {
-                // Moving on: the previous frame must be covered exactly.
-                let covered = frames.get(frame as usize).map(|d| d.raw_len);
-                if f != frame + 1 || covered != Some(next_in_frame) {
-                    return Err(bad(format!("blob {i}: frames not covered in order")));
+        for (i, (frame, &in_frame)) in frames.iter_mut().zip(&blobs_per_frame).enumerate() {
+            let mut raw_len = 0u32;
+            for _ in 0..in_frame {
+                let id = BlobId(r.id().map_err(short)?);
+                let len = r.u32().map_err(short)?;
+                if len == 0 {
+                    return Err(bad(format!("blob {id} in frame {i} is empty")));
                 }
-                frame = f;
-                next_in_frame = 0;
+                blobs.push(BlobEntry {
+                    id,
+                    frame: len_u32(i),
+                    offset: raw_len,
+                    len,
+                });
+                raw_len = raw_len
+                    .checked_add(len)
+                    .filter(|&l| l <= MAX_FRAME_RAW_LEN)
+                    .ok_or_else(|| {
+                        bad(format!("frame {i} is over {MAX_FRAME_RAW_LEN} raw bytes"))
+                    })?;
             }
-            if offset != next_in_frame || len == 0 {
+            if frame.codec == Codec::Raw && frame.stored_len != raw_len {
                 return Err(bad(format!(
-                    "blob {i}: offset {offset} length {len} out of order"
+                    "raw frame {i}: stored {} bytes but its blobs are {raw_len}",
+                    frame.stored_len
                 )));
             }
-            next_in_frame = offset
-                .checked_add(len)
-                .ok_or_else(|| bad(format!("blob {i}: length overflows")))?;
-            blobs.push(BlobEntry {
-                id,
-                frame: f,
-                offset,
-                len,
-            });
-        }
-        let last_ok = match frames.len() {
-            0 => blobs.is_empty(),
-            n => frame as usize == n - 1 && frames[n - 1].raw_len == next_in_frame,
-        };
-        if !last_ok {
-            return Err(bad("blobs do not cover the frames exactly".into()));
+            frame.raw_len = raw_len;
         }
         Ok(PackTrailer { frames, blobs })
     }
@@ -407,14 +401,14 @@ mod tests {
         let (_, bytes, trailer, _) = sample_pack();
         let offset = (bytes.len() - FOOTER_LEN - trailer.encode().len()) as u64;
         let mut t = trailer.clone();
-        t.blobs[3].len += 1;
+        t.frames[1].stored_len += 1;
         assert!(PackTrailer::decode(&t.encode(), offset, "p").is_err());
-        let mut t = trailer.clone();
-        t.frames[1].offset += 1;
-        assert!(PackTrailer::decode(&t.encode(), offset, "p").is_err());
-        let mut t = trailer.clone();
-        t.blobs.pop();
-        assert!(PackTrailer::decode(&t.encode(), offset, "p").is_err());
+        let mut bytes = trailer.encode();
+        bytes[0..4].copy_from_slice(&9u32.to_le_bytes()); // frame count vs length
+        assert!(PackTrailer::decode(&bytes, offset, "p").is_err());
+        let mut bytes = trailer.encode();
+        bytes[8 + 5..8 + 9].copy_from_slice(&0u32.to_le_bytes()); // frame 0 holds no blob
+        assert!(PackTrailer::decode(&bytes, offset, "p").is_err());
         assert!(PackTrailer::decode(&trailer.encode(), offset + 1, "p").is_err());
         assert!(PackTrailer::decode(&trailer.encode(), offset, "p").is_ok());
     }

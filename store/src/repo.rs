@@ -80,9 +80,13 @@ impl Repository {
     /// Creates a repository: checks the store honours create-only writes,
     /// then writes the config (create-only, so two `init`s cannot both win).
     pub async fn init(backend: Backend, trusted_keys: Vec<PublicKey>) -> Result<Repository> {
-        backend.probe_conditional_create().await?;
-        let config = Config::new(trusted_keys)?;
+        Self::init_with_config(backend, Config::new(trusted_keys)?).await
+    }
+
+    /// Creates a repository with a config chosen by the caller (parameter studies, tests).
+    pub async fn init_with_config(backend: Backend, config: Config) -> Result<Repository> {
         config.validate()?;
+        backend.probe_conditional_create().await?;
         match backend
             .put_new(&ObjectKey::Config, Bytes::from(config.encode()))
             .await?

@@ -4,43 +4,95 @@ mod support;
 
 use support::*;
 
+/// Random letters: text that barely compresses, so the smallest chunks.
+fn random_text(len: usize, seed: u64) -> Vec<u8> {
+    random_bytes(len, seed)
+        .iter()
+        .map(|b| b'a' + b % 26)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sizes_around_the_chunk_limits_round_trip() {
+    let policy = cairn_store::chunker::ChunkingPolicy::DEFAULT;
+    let binary = policy.params(policy.max_avg_len);
+    let text = policy.params(policy.min_avg_len);
     for kind in kinds() {
         let place = Place::new(kind);
         init(&place).await;
         let backend = place.backend();
-        let p = cairn_store::chunker::ChunkerParams::DEFAULT;
-        let (min, max) = (p.min_len as usize, p.max_len as usize);
-        let sizes = [
-            0,
-            1,
-            min - 1,
-            min,
-            min + 1,
-            max - 1,
-            max,
-            max + 1,
-            2 * max,
-            3 * max + 7,
-            5 << 20,
-        ];
-        for (i, &size) in sizes.iter().enumerate() {
-            let data = random_bytes(size, i as u64);
-            let summary = backup_bytes(&backend, "data.bin", data.clone()).await;
-            let snapshot = snapshots(&backend)
-                .await
-                .into_iter()
-                .find(|s| s.id == summary.snapshot)
-                .unwrap();
-            assert_eq!(snapshot.manifest.items[0].len, size as u64);
-            let restored = restore_bytes(&backend, &snapshot).await.unwrap();
-            assert!(
-                restored == data,
-                "{kind:?}: size {size} differs after restore"
-            );
+        for (params, make) in [
+            (binary, random_bytes as fn(usize, u64) -> Vec<u8>),
+            (text, random_text as fn(usize, u64) -> Vec<u8>),
+        ] {
+            let (min, max) = (params.min_len as usize, params.max_len as usize);
+            let sizes = [
+                0,
+                1,
+                min - 1,
+                min,
+                min + 1,
+                max - 1,
+                max,
+                max + 1,
+                2 * max,
+                3 * max + 7,
+                5 << 20,
+            ];
+            for (i, &size) in sizes.iter().enumerate() {
+                let data = make(size, i as u64);
+                // A new name each time: the chunk size is chosen afresh.
+                let name = format!("data-{}-{size}", params.avg_len);
+                let summary = backup_bytes(&backend, &name, data.clone()).await;
+                let snapshot = snapshots(&backend)
+                    .await
+                    .into_iter()
+                    .find(|s| s.id == summary.snapshot)
+                    .unwrap();
+                let item = &snapshot.manifest.items[0];
+                assert_eq!(item.len, size as u64);
+                if size >= 65536 {
+                    // (A few random bytes may hold no NUL and pass for text.)
+                    assert_eq!(item.chunker, Some(params), "{kind:?} size {size}");
+                }
+                let restored = restore_bytes(&backend, &snapshot).await.unwrap();
+                assert!(
+                    restored == data,
+                    "{kind:?}: size {size} differs after restore"
+                );
+            }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_keeps_its_chunk_size_from_one_backup_to_the_next() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let text = random_text(1 << 20, 1);
+    backup_bytes(&backend, "dump", text.clone()).await;
+    // Now the same name holds binary data: the policy alone would pick 64 KiB.
+    let mut binary = text.clone();
+    binary[1000] = 0;
+    let second = backup_bytes(&backend, "dump", binary.clone()).await;
+    let s = snapshots(&backend)
+        .await
+        .into_iter()
+        .find(|s| s.id == second.snapshot)
+        .unwrap();
+    assert_eq!(s.manifest.items[0].chunker.unwrap().avg_len, 2048);
+    // Only the chunk around the change is new.
+    assert!(second.new_blob_bytes < 64 * 1024, "{second:?}");
+    assert!(restore_bytes(&backend, &s).await.unwrap() == binary);
+    // Under another name the policy decides.
+    let third = backup_bytes(&backend, "other", binary).await;
+    let s = snapshots(&backend)
+        .await
+        .into_iter()
+        .find(|s| s.id == third.snapshot)
+        .unwrap();
+    assert_eq!(s.manifest.items[0].chunker.unwrap().avg_len, 65536);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

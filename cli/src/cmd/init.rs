@@ -29,7 +29,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
             "repository": config.id,
             "url": args.repo.repo,
             "trusted_keys": config.trusted_keys,
-            "chunker": config.chunker,
+            "chunking": config.chunking,
             "compression": config.compression,
         }))?;
     } else {

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::backend::{Backend, Created, ObjectKey};
-use crate::chunker::Chunker;
+use crate::chunker::{Chunker, ChunkerParams, ChunkingPolicy};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::frame::{Frame, FrameBuilder};
@@ -95,6 +95,8 @@ pub struct BackupSummary {
     pub new_blobs: u64,
     /// Their uncompressed size.
     pub new_blob_bytes: u64,
+    /// Of which tree nodes (chunk lists).
+    pub new_tree_bytes: u64,
     /// Bytes written to the repository: packs, index and manifest.
     pub stored_bytes: u64,
     /// Packs written.
@@ -114,6 +116,7 @@ struct IngestStats {
     chunks: u64,
     new_blobs: u64,
     new_blob_bytes: u64,
+    new_tree_bytes: u64,
 }
 
 impl IndexedRepository {
@@ -133,6 +136,7 @@ impl IndexedRepository {
             });
         }
         let source_info = source.info();
+        let previous = self.previous_chunking().await?;
 
         let concurrency = options.upload_concurrency.max(1);
         let (pack_tx, pack_rx) = mpsc::channel::<FinishedPack>(1);
@@ -141,7 +145,7 @@ impl IndexedRepository {
         let index = Arc::clone(self.index());
         let ingest = tokio::task::spawn_blocking(move || {
             let entries = source.into_entries()?;
-            let mut ingest = Ingest::new(&config, &index, pack_tx)?;
+            let mut ingest = Ingest::new(&config, &index, previous, pack_tx)?;
             let items = entries
                 .into_iter()
                 .map(|entry| ingest.entry(entry, progress.as_ref()))
@@ -195,9 +199,26 @@ impl IndexedRepository {
             chunks: stats.chunks,
             new_blobs: stats.new_blobs,
             new_blob_bytes: stats.new_blob_bytes,
+            new_tree_bytes: stats.new_tree_bytes,
             stored_bytes,
             packs: pack_count,
         })
+    }
+}
+
+impl IndexedRepository {
+    /// How each item name was chunked in the newest snapshot that has it.
+    async fn previous_chunking(&self) -> Result<std::collections::HashMap<String, ChunkerParams>> {
+        let list = self.repo().load_snapshots(&self.config().trust()).await?;
+        let mut previous = std::collections::HashMap::new();
+        for snapshot in list.snapshots.iter().rev() {
+            for item in &snapshot.manifest.items {
+                if let Some(params) = item.chunker {
+                    previous.entry(item.name.clone()).or_insert(params);
+                }
+            }
+        }
+        Ok(previous)
     }
 }
 
@@ -233,7 +254,9 @@ async fn upload_packs(
 
 /// The ingest thread's state: dedup, frames being filled, the open pack.
 struct Ingest<'a> {
-    chunker: Chunker,
+    policy: ChunkingPolicy,
+    /// Chunk parameters by item name from the newest snapshots.
+    previous: std::collections::HashMap<String, ChunkerParams>,
     config: &'a Config,
     index: &'a Index,
     /// Blobs added by this backup (not yet in any index object).
@@ -256,10 +279,12 @@ impl<'a> Ingest<'a> {
     fn new(
         config: &'a Config,
         index: &'a Index,
+        previous: std::collections::HashMap<String, ChunkerParams>,
         pack_tx: mpsc::Sender<FinishedPack>,
     ) -> Result<Self> {
         Ok(Ingest {
-            chunker: Chunker::new(config.chunker)?,
+            policy: config.chunking,
+            previous,
             config,
             index,
             pending: IdSet::default(),
@@ -280,6 +305,7 @@ impl<'a> Ingest<'a> {
             len: 0,
             tree: None,
             chunks: None,
+            chunker: None,
             mode: entry.mode,
             mtime: entry.mtime,
             target: entry.target,
@@ -288,25 +314,31 @@ impl<'a> Ingest<'a> {
             debug_assert_eq!(item.kind, ItemKind::File);
             progress.item(&item.name, None);
             let reader = content.open(&item.name)?;
-            let (len, chunks, root) = self.stream(&item.name, reader, progress)?;
+            let (len, chunks, root, params) = self.stream(&item.name, reader, progress)?;
             item.len = len;
             item.chunks = Some(chunks);
             item.tree = Some(root);
+            item.chunker = Some(params);
         }
         Ok(item)
     }
 
-    /// Chunks, hashes and stores one stream; returns (length, chunks, tree root).
+    /// Chunks, hashes and stores one stream; returns (length, chunks, tree
+    /// root, chunk parameters).
     fn stream(
         &mut self,
         name: &str,
         reader: Box<dyn Read + Send>,
         progress: &dyn Progress,
-    ) -> Result<(u64, u64, BlobId)> {
+    ) -> Result<(u64, u64, BlobId, ChunkerParams)> {
         let (tx, rx) = crossbeam_channel::bounded::<Result<Segment>>(SEGMENTS_AHEAD);
-        let chunker = self.chunker;
+        let choice = match self.previous.get(name) {
+            Some(&params) => Choice::Fixed(params),
+            None => Choice::Policy(self.policy),
+        };
         std::thread::scope(|scope| {
-            scope.spawn(move || read_segments(reader, chunker, name, &tx, progress));
+            let reader_thread =
+                scope.spawn(move || read_segments(reader, choice, name, &tx, progress));
             let mut tree = TreeBuilder::new(self.config.tree);
             let mut nodes = Vec::new();
             let (mut len, mut chunks) = (0u64, 0u64);
@@ -336,7 +368,10 @@ impl<'a> Ingest<'a> {
             }
             self.stats.bytes_read += len;
             self.stats.chunks += chunks;
-            Ok((len, chunks, root))
+            let params = reader_thread
+                .join()
+                .map_err(|_| Error::invalid("the reader thread panicked"))??;
+            Ok((len, chunks, root, params))
         })
     }
 
@@ -347,6 +382,9 @@ impl<'a> Ingest<'a> {
         }
         self.stats.new_blobs += 1;
         self.stats.new_blob_bytes += bytes.len() as u64;
+        if is_tree {
+            self.stats.new_tree_bytes += bytes.len() as u64;
+        }
         let frame = if is_tree {
             &mut self.tree_frame
         } else {
@@ -412,15 +450,26 @@ fn ranges(lens: &[u32]) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// Reads the source in segments of whole chunks until EOF or an error.
+/// How an item's chunk parameters are decided.
+#[derive(Clone, Copy)]
+enum Choice {
+    /// As the previous snapshot's item of the same name.
+    Fixed(ChunkerParams),
+    /// By the policy, from the first segment.
+    Policy(ChunkingPolicy),
+}
+
+/// Reads the source in segments of whole chunks until EOF or an error;
+/// returns the chunk parameters used.
 fn read_segments(
     mut reader: Box<dyn Read + Send>,
-    chunker: Chunker,
+    choice: Choice,
     name: &str,
     tx: &crossbeam_channel::Sender<Result<Segment>>,
     progress: &dyn Progress,
-) {
-    let mut buf: Vec<u8> = Vec::with_capacity(SEGMENT_LEN + chunker.max_len());
+) -> Result<ChunkerParams> {
+    let mut buf: Vec<u8> = Vec::with_capacity(SEGMENT_LEN);
+    let mut chunker: Option<(ChunkerParams, Chunker)> = None;
     loop {
         // Fill the buffer to SEGMENT_LEN or EOF.
         let mut eof = false;
@@ -439,25 +488,40 @@ fn read_segments(
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(filled),
                 Err(e) => {
+                    let e = Error::Source {
+                        item: name.to_string(),
+                        detail: e.to_string(),
+                    };
                     let _ = tx.send(Err(Error::Source {
                         item: name.to_string(),
                         detail: e.to_string(),
                     }));
-                    return;
+                    return Err(e);
                 }
             }
         }
-        let mut lens = Vec::with_capacity(SEGMENT_LEN / 4096);
+        // The first segment (the policy's sample) decides the chunk size.
+        let (params, chunker) = match chunker {
+            Some(c) => c,
+            None => {
+                let params = match choice {
+                    Choice::Fixed(p) => p,
+                    Choice::Policy(policy) => policy.choose(&buf),
+                };
+                *chunker.insert((params, Chunker::new(params)?))
+            }
+        };
+        let mut lens = Vec::with_capacity(SEGMENT_LEN / 1024);
         let used = chunker.split(&buf, eof, &mut lens);
         let mut next = Vec::with_capacity(SEGMENT_LEN + chunker.max_len());
         next.extend_from_slice(&buf[used..]);
         buf.truncate(used);
         if !lens.is_empty() && tx.send(Ok(Segment { data: buf, lens })).is_err() {
-            return; // the ingest thread stopped
+            return Ok(params); // the ingest thread stopped; it reports why
         }
         buf = next;
         if eof {
-            return;
+            return Ok(params);
         }
     }
 }
