@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => return exit::report(anyhow::Error::new(e).context("starting the runtime")),
     };
     match runtime.block_on(cmd::run(cli.command)) {
-        Ok(code) => code.into(),
+        Ok(code) => code,
         Err(e) => exit::report(e),
     }
 }

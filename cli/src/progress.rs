@@ -70,3 +70,11 @@ impl cairn_store::ops::restore::RestoreProgress for Bar {
 pub fn human_bytes(n: u64) -> String {
     indicatif::BinaryBytes(n).to_string()
 }
+
+/// A throughput for humans: 123.4 MiB/s.
+pub fn rate(bytes: u64, seconds: f64) -> String {
+    format!(
+        "{:.1} MiB/s",
+        bytes as f64 / 1_048_576.0 / seconds.max(1e-9)
+    )
+}

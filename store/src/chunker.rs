@@ -89,6 +89,7 @@ impl ChunkingPolicy {
         let compressed = zstd::bulk::compress(sample, 1).map_or(sample.len(), |c| c.len().max(1));
         let ideal = f64::from(self.target_stored_len) * sample.len() as f64 / compressed as f64;
         // Nearest power of two, in log scale.
+        #[allow(clippy::cast_possible_truncation)] // clamped to 0..=31 first
         let exponent = ideal.max(1.0).log2().round().clamp(0.0, 31.0) as u32;
         let avg = (1u32 << exponent).clamp(self.min_avg_len, self.max_avg_len);
         self.params(avg)

@@ -9,6 +9,7 @@ pub mod blob_reader;
 pub mod chunker;
 pub mod config;
 mod cpu;
+pub mod cutter;
 pub mod error;
 pub mod frame;
 pub mod id;

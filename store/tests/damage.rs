@@ -1,6 +1,6 @@
 //! Damaged repositories: verify names exactly the affected snapshots and
 //! items; restoring them fails loudly; everything else still restores.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 mod support;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,6 @@
 //! Bad input and failing storage: each gives its own error kind and leaves
 //! everything already stored exactly as it was.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 mod support;
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! Backup → restore round trips, byte for byte, on every backend.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 mod support;
 
 use support::*;

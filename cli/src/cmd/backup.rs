@@ -11,7 +11,7 @@ use cairn_store::ops::backup::BackupOptions;
 use cairn_store::ops::source::Source;
 use clap::Args;
 
-use crate::progress::{Bar, human_bytes};
+use crate::progress::{Bar, human_bytes, rate};
 use crate::repo_args::RepoArgs;
 
 #[derive(Debug, Args)]
@@ -97,14 +97,14 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         super::print_json(&value)?;
     } else {
         println!(
-            "snapshot {} saved: {} items, {} read, {} new, {} stored, in {:.1} s ({}/s)",
+            "snapshot {} saved: {} items, {} read, {} new, {} stored, in {:.1} s ({})",
             summary.snapshot.short(),
             summary.items,
             human_bytes(summary.bytes_read),
             human_bytes(summary.new_blob_bytes),
             human_bytes(summary.stored_bytes),
             seconds,
-            human_bytes((summary.bytes_read as f64 / seconds.max(1e-9)) as u64),
+            rate(summary.bytes_read, seconds),
         );
     }
     Ok(ExitCode::SUCCESS)

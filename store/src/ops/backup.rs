@@ -12,27 +12,30 @@
 //! manifest. A failed or interrupted backup leaves at most unreferenced packs
 //! (garbage for `gc`), never a snapshot pointing at missing data.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use rayon::prelude::*;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::backend::{Backend, Created, ObjectKey};
+use crate::blob_reader::BlobReader;
 use crate::chunker::{Chunker, ChunkerParams, ChunkingPolicy};
 use crate::config::Config;
+use crate::cutter::{Cutter, ParentChunks};
 use crate::error::{Error, Result};
-use crate::frame::{Frame, FrameBuilder};
-use crate::id::{BlobId, IdSet, IndexId, PackId, SnapshotId};
+use crate::frame::FrameBuilder;
+use crate::id::{BlobId, IdSet, IndexId, SnapshotId};
 use crate::index::{Index, IndexedPack, encode_index};
 use crate::key::SecretKey;
 use crate::manifest::{Item, ItemKind, MANIFEST_VERSION, Manifest};
+use crate::ops::packer::{FinishedPack, Packer};
+use crate::ops::restore::TreeWalker;
 use crate::ops::source::{Entry, Source};
-use crate::pack::{PackTrailer, PackWriter};
 use crate::repo::IndexedRepository;
 use crate::tree::TreeBuilder;
 
@@ -40,6 +43,8 @@ use crate::tree::TreeBuilder;
 const SEGMENT_LEN: usize = 4 << 20;
 /// Segments read ahead of the ingest thread.
 const SEGMENTS_AHEAD: usize = 2;
+/// Frames compressing or waiting to be packed at once.
+const FRAMES_IN_FLIGHT: usize = 8;
 
 /// How to run a backup.
 #[derive(Debug, Clone)]
@@ -103,13 +108,6 @@ pub struct BackupSummary {
     pub packs: u64,
 }
 
-/// A finished pack on its way to the uploader.
-struct FinishedPack {
-    id: PackId,
-    bytes: Bytes,
-    trailer: PackTrailer,
-}
-
 #[derive(Debug, Default, Clone, Copy)]
 struct IngestStats {
     bytes_read: u64,
@@ -136,7 +134,11 @@ impl IndexedRepository {
             });
         }
         let source_info = source.info();
-        let previous = self.previous_chunking().await?;
+        let previous = self.previous_items().await?;
+        let parents = ParentLoader {
+            reader: BlobReader::new(self.clone(), 4, 64),
+            runtime: tokio::runtime::Handle::current(),
+        };
 
         let concurrency = options.upload_concurrency.max(1);
         let (pack_tx, pack_rx) = mpsc::channel::<FinishedPack>(1);
@@ -145,7 +147,7 @@ impl IndexedRepository {
         let index = Arc::clone(self.index());
         let ingest = tokio::task::spawn_blocking(move || {
             let entries = source.into_entries()?;
-            let mut ingest = Ingest::new(&config, &index, previous, pack_tx)?;
+            let mut ingest = Ingest::new(&config, &index, previous, parents, pack_tx)?;
             let items = entries
                 .into_iter()
                 .map(|entry| ingest.entry(entry, progress.as_ref()))
@@ -206,19 +208,69 @@ impl IndexedRepository {
     }
 }
 
+/// An item of an earlier snapshot with the same name: how it was cut, and
+/// its chunks (to predict this backup's cuts).
+#[derive(Debug, Clone, Copy)]
+struct PreviousItem {
+    params: ChunkerParams,
+    tree: BlobId,
+    len: u64,
+}
+
 impl IndexedRepository {
-    /// How each item name was chunked in the newest snapshot that has it.
-    async fn previous_chunking(&self) -> Result<std::collections::HashMap<String, ChunkerParams>> {
+    /// Each file item name's newest version in the repository.
+    async fn previous_items(&self) -> Result<HashMap<String, PreviousItem>> {
         let list = self.repo().load_snapshots(&self.config().trust()).await?;
-        let mut previous = std::collections::HashMap::new();
+        let mut previous = HashMap::new();
         for snapshot in list.snapshots.iter().rev() {
             for item in &snapshot.manifest.items {
-                if let Some(params) = item.chunker {
-                    previous.entry(item.name.clone()).or_insert(params);
+                if let (Some(params), Some(tree)) = (item.chunker, item.tree) {
+                    previous.entry(item.name.clone()).or_insert(PreviousItem {
+                        params,
+                        tree,
+                        len: item.len,
+                    });
                 }
             }
         }
         Ok(previous)
+    }
+}
+
+/// Reads a previous item's chunk list from the ingest thread.
+struct ParentLoader {
+    reader: BlobReader,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ParentLoader {
+    /// The chunks of `previous`, or `None` (with a warning) when they cannot
+    /// be read: a damaged parent only makes this backup slower.
+    fn load(&self, name: &str, previous: &PreviousItem) -> Option<ParentChunks> {
+        let loaded = self.runtime.block_on(async {
+            let mut walker = TreeWalker::new(&self.reader, previous.tree, previous.len).await?;
+            let (mut chunks, mut window) = (Vec::new(), Vec::new());
+            loop {
+                walker.next_window(u64::MAX, &mut window).await?;
+                if window.is_empty() {
+                    return Ok::<_, Error>(chunks);
+                }
+                chunks.extend(
+                    window
+                        .iter()
+                        .map(|e| (e.id, u32::try_from(e.len).unwrap_or(u32::MAX))),
+                );
+            }
+        });
+        match loaded {
+            Ok(chunks) => Some(ParentChunks::new(chunks)),
+            Err(e) => {
+                tracing::warn!(
+                    "{name}: cannot read its previous version ({e}); chunking it from scratch"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -255,44 +307,49 @@ async fn upload_packs(
 /// The ingest thread's state: dedup, frames being filled, the open pack.
 struct Ingest<'a> {
     policy: ChunkingPolicy,
-    /// Chunk parameters by item name from the newest snapshots.
-    previous: std::collections::HashMap<String, ChunkerParams>,
+    /// Earlier versions by item name.
+    previous: HashMap<String, PreviousItem>,
+    parents: ParentLoader,
     config: &'a Config,
     index: &'a Index,
     /// Blobs added by this backup (not yet in any index object).
     pending: IdSet<BlobId>,
     data_frame: FrameBuilder,
     tree_frame: FrameBuilder,
-    full_frames: Vec<FrameBuilder>,
-    pack: PackWriter,
-    pack_tx: mpsc::Sender<FinishedPack>,
+    packer: Packer,
     stats: IngestStats,
 }
 
-/// A run of whole chunks read from the source.
+/// A run of whole chunks read from the source, with their ids.
 struct Segment {
     data: Vec<u8>,
     lens: Vec<u32>,
+    ids: Vec<BlobId>,
 }
 
 impl<'a> Ingest<'a> {
     fn new(
         config: &'a Config,
         index: &'a Index,
-        previous: std::collections::HashMap<String, ChunkerParams>,
+        previous: HashMap<String, PreviousItem>,
+        parents: ParentLoader,
         pack_tx: mpsc::Sender<FinishedPack>,
     ) -> Result<Self> {
         Ok(Ingest {
             policy: config.chunking,
             previous,
+            parents,
             config,
             index,
             pending: IdSet::default(),
             data_frame: FrameBuilder::default(),
             tree_frame: FrameBuilder::default(),
-            full_frames: Vec::new(),
-            pack: PackWriter::new(),
-            pack_tx,
+            packer: Packer::start(
+                config.compression.level,
+                config.pack_target_len as usize,
+                FRAMES_IN_FLIGHT,
+                pack_tx,
+            ),
             stats: IngestStats::default(),
         })
     }
@@ -332,39 +389,37 @@ impl<'a> Ingest<'a> {
         progress: &dyn Progress,
     ) -> Result<(u64, u64, BlobId, ChunkerParams)> {
         let (tx, rx) = crossbeam_channel::bounded::<Result<Segment>>(SEGMENTS_AHEAD);
-        let choice = match self.previous.get(name) {
-            Some(&params) => Choice::Fixed(params),
-            None => Choice::Policy(self.policy),
+        let (choice, parent) = match self.previous.get(name) {
+            Some(previous) => (
+                Choice::Fixed(previous.params),
+                self.parents.load(name, previous),
+            ),
+            None => (Choice::Policy(self.policy), None),
         };
         std::thread::scope(|scope| {
             let reader_thread =
-                scope.spawn(move || read_segments(reader, choice, name, &tx, progress));
+                scope.spawn(move || read_segments(reader, choice, parent, name, &tx, progress));
             let mut tree = TreeBuilder::new(self.config.tree);
             let mut nodes = Vec::new();
             let (mut len, mut chunks) = (0u64, 0u64);
             for segment in rx {
                 let segment = segment?;
-                let ranges = ranges(&segment.lens);
-                let ids: Vec<BlobId> = ranges
-                    .par_iter()
-                    .with_min_len(8)
-                    .map(|r| BlobId::of(&segment.data[r.clone()]))
-                    .collect();
-                for (id, r) in ids.into_iter().zip(ranges) {
-                    let chunk_len = (r.end - r.start) as u64;
-                    self.add_blob(id, &segment.data[r], false);
-                    tree.push(id, chunk_len, &mut nodes);
-                    len += chunk_len;
+                let mut at = 0usize;
+                for (&chunk_len, &id) in segment.lens.iter().zip(&segment.ids) {
+                    let end = at + chunk_len as usize;
+                    self.add_blob(id, &segment.data[at..end], false)?;
+                    tree.push(id, u64::from(chunk_len), &mut nodes);
+                    at = end;
+                    len += u64::from(chunk_len);
                     chunks += 1;
                 }
                 for node in nodes.drain(..) {
-                    self.add_blob(node.id, &node.bytes, true);
+                    self.add_blob(node.id, &node.bytes, true)?;
                 }
-                self.flush_full_frames()?;
             }
             let root = tree.finish(&mut nodes);
             for node in nodes.drain(..) {
-                self.add_blob(node.id, &node.bytes, true);
+                self.add_blob(node.id, &node.bytes, true)?;
             }
             self.stats.bytes_read += len;
             self.stats.chunks += chunks;
@@ -376,9 +431,9 @@ impl<'a> Ingest<'a> {
     }
 
     /// Queues a blob for storage unless it is stored or queued already.
-    fn add_blob(&mut self, id: BlobId, bytes: &[u8], is_tree: bool) {
+    fn add_blob(&mut self, id: BlobId, bytes: &[u8], is_tree: bool) -> Result<()> {
         if self.index.contains(&id) || !self.pending.insert(id) {
-            return;
+            return Ok(());
         }
         self.stats.new_blobs += 1;
         self.stats.new_blob_bytes += bytes.len() as u64;
@@ -393,61 +448,18 @@ impl<'a> Ingest<'a> {
         frame.push(id, bytes);
         if frame.raw_len() >= self.config.compression.frame_target_len as usize {
             let full = frame.take();
-            self.full_frames.push(full);
-        }
-    }
-
-    /// Compresses the full frames in parallel and appends them to packs.
-    fn flush_full_frames(&mut self) -> Result<()> {
-        if self.full_frames.is_empty() {
-            return Ok(());
-        }
-        let level = self.config.compression.level;
-        let frames: Vec<Frame> = std::mem::take(&mut self.full_frames)
-            .into_par_iter()
-            .map(|f| f.compress(level))
-            .collect::<Result<_>>()?;
-        for frame in frames {
-            self.pack.add_frame(frame);
-            if self.pack.len() >= self.config.pack_target_len as usize {
-                self.send_pack()?;
-            }
+            self.packer.submit(full)?;
         }
         Ok(())
     }
 
-    fn send_pack(&mut self) -> Result<()> {
-        let (id, bytes, trailer) = std::mem::take(&mut self.pack).finish();
-        self.pack_tx
-            .blocking_send(FinishedPack { id, bytes, trailer })
-            .map_err(|_| Error::invalid("the pack uploader stopped"))
-    }
-
-    /// Flushes partial frames and the last pack.
+    /// Flushes partial frames and waits for the last pack to be handed over.
     fn finish(mut self) -> Result<IngestStats> {
-        for frame in [self.data_frame.take(), self.tree_frame.take()] {
-            if !frame.is_empty() {
-                self.full_frames.push(frame);
-            }
-        }
-        self.flush_full_frames()?;
-        if !self.pack.is_empty() {
-            self.send_pack()?;
-        }
+        self.packer.submit(self.data_frame.take())?;
+        self.packer.submit(self.tree_frame.take())?;
+        self.packer.finish()?;
         Ok(self.stats)
     }
-}
-
-/// Byte ranges of consecutive chunks of the given lengths.
-fn ranges(lens: &[u32]) -> Vec<std::ops::Range<usize>> {
-    let mut start = 0;
-    lens.iter()
-        .map(|&l| {
-            let r = start..start + l as usize;
-            start = r.end;
-            r
-        })
-        .collect()
 }
 
 /// How an item's chunk parameters are decided.
@@ -459,69 +471,76 @@ enum Choice {
     Policy(ChunkingPolicy),
 }
 
-/// Reads the source in segments of whole chunks until EOF or an error;
-/// returns the chunk parameters used.
+/// Reads the source in segments of whole, identified chunks until EOF or an
+/// error; returns the chunk parameters used.
 fn read_segments(
     mut reader: Box<dyn Read + Send>,
     choice: Choice,
+    parent: Option<ParentChunks>,
     name: &str,
     tx: &crossbeam_channel::Sender<Result<Segment>>,
     progress: &dyn Progress,
 ) -> Result<ChunkerParams> {
+    let fail = |e: std::io::Error| Error::Source {
+        item: name.to_string(),
+        detail: e.to_string(),
+    };
+    let mut parent = parent;
+    let mut cutter: Option<(ChunkerParams, Cutter)> = None;
     let mut buf: Vec<u8> = Vec::with_capacity(SEGMENT_LEN);
-    let mut chunker: Option<(ChunkerParams, Chunker)> = None;
     loop {
-        // Fill the buffer to SEGMENT_LEN or EOF.
-        let mut eof = false;
-        while buf.len() < SEGMENT_LEN {
-            let filled = buf.len();
-            buf.resize(SEGMENT_LEN, 0);
-            match reader.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    buf.truncate(filled);
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    buf.truncate(filled + n);
-                    progress.read(n as u64);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(filled),
-                Err(e) => {
-                    let e = Error::Source {
-                        item: name.to_string(),
-                        detail: e.to_string(),
-                    };
-                    let _ = tx.send(Err(Error::Source {
-                        item: name.to_string(),
-                        detail: e.to_string(),
-                    }));
-                    return Err(e);
-                }
+        // Fill the buffer to SEGMENT_LEN or EOF (read_to_end reads into the
+        // spare capacity without zeroing it first).
+        let want = SEGMENT_LEN.saturating_sub(buf.len()) as u64;
+        let before = buf.len();
+        let read = loop {
+            match reader.by_ref().take(want).read_to_end(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
             }
+        };
+        if let Err(e) = read {
+            let _ = tx.send(Err(fail(std::io::Error::new(e.kind(), e.to_string()))));
+            return Err(fail(e));
         }
+        let n = buf.len() - before;
+        progress.read(n as u64);
+        let eof = (n as u64) < want;
         // The first segment (the policy's sample) decides the chunk size.
-        let (params, chunker) = match chunker {
-            Some(c) => c,
+        let (params, cutter) = match cutter {
+            Some(ref mut c) => c,
             None => {
                 let params = match choice {
                     Choice::Fixed(p) => p,
                     Choice::Policy(policy) => policy.choose(&buf),
                 };
-                *chunker.insert((params, Chunker::new(params)?))
+                cutter.insert((params, Cutter::new(Chunker::new(params)?, parent.take())))
             }
         };
-        let mut lens = Vec::with_capacity(SEGMENT_LEN / 1024);
-        let used = chunker.split(&buf, eof, &mut lens);
-        let mut next = Vec::with_capacity(SEGMENT_LEN + chunker.max_len());
+        let (mut lens, mut ids) = (Vec::with_capacity(4096), Vec::with_capacity(4096));
+        let used = cutter.cut(&buf, eof, &mut lens, &mut ids);
+        let mut next = Vec::with_capacity(SEGMENT_LEN);
         next.extend_from_slice(&buf[used..]);
         buf.truncate(used);
-        if !lens.is_empty() && tx.send(Ok(Segment { data: buf, lens })).is_err() {
-            return Ok(params); // the ingest thread stopped; it reports why
+        if !lens.is_empty()
+            && tx
+                .send(Ok(Segment {
+                    data: buf,
+                    lens,
+                    ids,
+                }))
+                .is_err()
+        {
+            return Ok(*params); // the ingest thread stopped; it reports why
         }
         buf = next;
         if eof {
-            return Ok(params);
+            tracing::debug!(
+                "{name}: {} chunks predicted from the previous version, {} found by CDC",
+                cutter.stats.predicted,
+                cutter.stats.scanned
+            );
+            return Ok(*params);
         }
     }
 }

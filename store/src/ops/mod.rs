@@ -2,6 +2,7 @@
 //! or report, and does its I/O through the repository's backend.
 
 pub mod backup;
+mod packer;
 pub mod restore;
 pub mod select;
 pub mod source;

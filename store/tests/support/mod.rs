@@ -1,6 +1,6 @@
 //! Shared test harness: repositories on local disk and, when configured, on a
 //! real S3-compatible server (`CAIRN_TEST_S3`, set by `tests/run`).
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::io::{Read, Write};
 
