@@ -41,7 +41,9 @@ pub struct BlobReader {
 
 #[derive(Debug)]
 struct FrameCache {
+    /// Decoded bytes kept at most.
     capacity: usize,
+    held: usize,
     frames: IdMapByFrame,
     order: VecDeque<FrameKey>,
 }
@@ -54,12 +56,16 @@ impl FrameCache {
     }
 
     fn insert(&mut self, key: FrameKey, frame: Arc<CachedFrame>) {
+        let len = frame.raw.len();
         if self.frames.insert(key, frame).is_none() {
             self.order.push_back(key);
+            self.held += len;
         }
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.frames.remove(&old);
+        while self.held > self.capacity && self.order.len() > 1 {
+            if let Some(old) = self.order.pop_front()
+                && let Some(f) = self.frames.remove(&old)
+            {
+                self.held -= f.raw.len();
             }
         }
     }
@@ -75,13 +81,14 @@ struct RangeRead {
 }
 
 impl BlobReader {
-    /// A reader keeping up to `cache_frames` decoded frames.
-    pub fn new(repo: IndexedRepository, concurrency: usize, cache_frames: usize) -> BlobReader {
+    /// A reader keeping up to `cache_bytes` of decoded frames.
+    pub fn new(repo: IndexedRepository, concurrency: usize, cache_bytes: usize) -> BlobReader {
         BlobReader {
             repo,
             concurrency: concurrency.max(1),
             cache: Mutex::new(FrameCache {
-                capacity: cache_frames.max(1),
+                capacity: cache_bytes,
+                held: 0,
                 frames: IdMapByFrame::new(),
                 order: VecDeque::new(),
             }),

@@ -18,6 +18,9 @@ use crate::tree::TreeParams;
 
 /// The repository format version this build writes and reads.
 pub const REPO_VERSION: u32 = 1;
+/// The largest pack target a writer accepts (packs stay well within the
+/// trailer and offset limits readers enforce).
+pub const MAX_PACK_TARGET_LEN: u32 = 32 << 20;
 /// The largest config a reader accepts.
 pub const MAX_CONFIG_LEN: usize = 1 << 20;
 
@@ -55,7 +58,7 @@ impl Config {
             chunking: ChunkingPolicy::DEFAULT,
             compression: CompressionParams::DEFAULT,
             tree: TreeParams::DEFAULT,
-            pack_target_len: 16 << 20,
+            pack_target_len: 8 << 20,
             trusted_keys,
         })
     }
@@ -65,9 +68,11 @@ impl Config {
         self.chunking.validate()?;
         self.compression.validate()?;
         self.tree.validate()?;
-        if self.pack_target_len < 1 << 16 || self.pack_target_len > 1 << 30 {
+        // A pack is closed once it reaches the target, so it is at most the
+        // target plus one frame: within what readers accept.
+        if self.pack_target_len < 1 << 16 || self.pack_target_len > MAX_PACK_TARGET_LEN {
             return Err(Error::invalid(format!(
-                "pack target length {} out of range (64 KiB..=1 GiB)",
+                "pack target length {} out of range (64 KiB..={MAX_PACK_TARGET_LEN})",
                 self.pack_target_len
             )));
         }
@@ -105,12 +110,9 @@ impl Config {
                 ),
             });
         }
-        let config: Config =
-            serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))?;
-        config
-            .validate()
-            .map_err(|e| Error::corrupt("config", e.to_string()))?;
-        Ok(config)
+        // Writer parameters are checked by writers (`validate`), not here: a
+        // reader needs only the version and the id.
+        serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e.to_string()))
     }
 
     /// The trust policy the config states.

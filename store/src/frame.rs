@@ -34,6 +34,7 @@ impl Codec {
 
 /// Compression settings, recorded in the repository config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompressionParams {
     /// Always `"zstd"`.
     pub algorithm: CompressionAlgorithm,

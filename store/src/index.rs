@@ -3,8 +3,12 @@
 //! An index object lists packs, each with its length and a copy of its
 //! trailer, so one format describes "what a pack holds" in both places:
 //! ```text
-//! "CAIRNIX\x01" | pack_count u32 | pack_count × (pack id [32] | pack_len u64 | trailer_len u32 | trailer)
+//! "CAIRNIX\x01" | nonce u64 | pack_count u32
+//!   | pack_count × (pack id [32] | pack_len u64 | trailer_len u32 | trailer)
 //! ```
+//! The nonce is 0, except when a writer must store an index whose name is
+//! taken by a damaged copy (create-only writes cannot replace it): it then
+//! picks another nonce, hence another name. Readers ignore it.
 //! The index object's id is the BLAKE3 of its bytes. A backup writes one
 //! index object for the packs it wrote, after they are stored and before its
 //! snapshot, so whatever an index names exists.
@@ -30,8 +34,9 @@ pub struct IndexedPack {
 }
 
 /// Encodes an index object.
-pub fn encode_index(packs: &[IndexedPack]) -> Vec<u8> {
+pub fn encode_index(packs: &[IndexedPack], nonce: u64) -> Vec<u8> {
     let mut out = INDEX_MAGIC.to_vec();
+    out.put_u64(nonce);
     out.put_u32(len_u32(packs.len()));
     for p in packs {
         let trailer = p.trailer.encode();
@@ -56,6 +61,7 @@ pub fn decode_index(bytes: &[u8], expected: IndexId) -> Result<Vec<IndexedPack>>
     if magic != INDEX_MAGIC {
         return Err(bad("not an index object (magic)".into()));
     }
+    let _nonce = r.u64().map_err(|e| bad(e.to_string()))?;
     let count = r.u32().map_err(|e| bad(e.to_string()))?;
     // Each pack takes at least 44 bytes + an 8-byte trailer: bound before allocating.
     if u64::from(count) * 52 > r.remaining() as u64 {
@@ -247,7 +253,7 @@ mod tests {
     #[test]
     fn index_objects_round_trip_and_locate_blobs() {
         let packs = vec![pack_of(&[b"alpha", b"beta"]), pack_of(&[b"gamma"])];
-        let bytes = encode_index(&packs);
+        let bytes = encode_index(&packs, 0);
         let id = IndexId::of(&bytes);
         let decoded = decode_index(&bytes, id).unwrap();
         assert_eq!(decoded, packs);
@@ -263,14 +269,14 @@ mod tests {
 
     #[test]
     fn damaged_index_objects_are_rejected() {
-        let bytes = encode_index(&[pack_of(&[b"alpha"])]);
+        let bytes = encode_index(&[pack_of(&[b"alpha"])], 0);
         let id = IndexId::of(&bytes);
         let mut flipped = bytes.clone();
         flipped[20] ^= 1;
         assert!(decode_index(&flipped, id).is_err());
         // A consistent hash but a lying count must not allocate wildly or panic.
         let mut lying = bytes.clone();
-        lying[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        lying[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_index(&lying, IndexId::of(&lying)).is_err());
         let truncated = &bytes[..bytes.len() - 3];
         assert!(decode_index(truncated, IndexId::of(truncated)).is_err());

@@ -170,9 +170,19 @@ impl Manifest {
                 return Err(format!("items not in strict name order at {:?}", item.name));
             }
             previous = Some(&item.name);
-            if (item.kind == ItemKind::File) != item.tree.is_some() {
+            let file = item.kind == ItemKind::File;
+            if file != item.tree.is_some() || file != item.chunks.is_some() {
                 return Err(format!(
-                    "item {:?}: a file needs a tree, nothing else has one",
+                    "item {:?}: a file needs a tree and a chunk count, nothing else has them",
+                    item.name
+                ));
+            }
+            if !file && (item.len != 0 || item.chunker.is_some()) {
+                return Err(format!("item {:?}: only files have content", item.name));
+            }
+            if (item.kind == ItemKind::Symlink) != item.target.is_some() {
+                return Err(format!(
+                    "item {:?}: a symlink needs a target, nothing else has one",
                     item.name
                 ));
             }

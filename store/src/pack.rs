@@ -287,9 +287,13 @@ impl PackWriter {
         }
     }
 
-    /// Bytes written so far.
+    /// The pack's length if finished now: frames, trailer and footer.
     pub fn len(&self) -> usize {
         self.buf.len()
+            + 8
+            + self.trailer.frames.len() * FRAME_DESC_LEN
+            + self.trailer.blobs.len() * BLOB_ENTRY_LEN
+            + FOOTER_LEN
     }
 
     /// Whether no frame was added.

@@ -33,6 +33,8 @@ pub struct Repository {
 pub struct IndexedRepository {
     repo: Repository,
     index: Arc<Index>,
+    /// Index objects that could not be read (their packs are unknown).
+    damaged_index: Arc<Vec<(IndexId, String)>>,
 }
 
 /// Snapshots as listed: the ones that checked out, and the ones that did not.
@@ -174,22 +176,23 @@ impl Repository {
         crate::cpu::run(move || decode_manifest(&bytes, id, &config.id, &trust)).await
     }
 
-    /// Loads every index object. A damaged index object is an error here:
-    /// `verify` is the command that reads past damage.
+    /// Loads every index object it can. A damaged one does not stop
+    /// restores or backups: its packs are unknown, so what they held counts
+    /// as missing (a backup stores it again) and `verify` reports it; it is
+    /// logged here and kept in [`IndexedRepository::damaged_index`].
     pub async fn load_index(self) -> Result<IndexedRepository> {
         let (index, damaged) = self.load_index_tolerant().await?;
-        if let Some((id, e)) = damaged.into_iter().next() {
-            return Err(match e {
-                Error::Corrupt { detail, .. } => Error::Corrupt {
-                    object: format!("index {id}"),
-                    detail,
-                },
-                other => other,
-            });
+        let damaged: Vec<(IndexId, String)> = damaged
+            .into_iter()
+            .map(|(id, e)| (id, e.to_string()))
+            .collect();
+        for (id, e) in &damaged {
+            tracing::warn!("index {id} is unreadable and ignored ({e}); run `cairn verify`");
         }
         Ok(IndexedRepository {
             repo: self,
             index: Arc::new(index),
+            damaged_index: Arc::new(damaged),
         })
     }
 
@@ -230,6 +233,7 @@ impl Repository {
         IndexedRepository {
             repo: self,
             index: Arc::new(index),
+            damaged_index: Arc::default(),
         }
     }
 }
@@ -253,5 +257,10 @@ impl IndexedRepository {
     /// The index.
     pub fn index(&self) -> &Arc<Index> {
         &self.index
+    }
+
+    /// Index objects that could not be read when the index was loaded.
+    pub fn damaged_index(&self) -> &[(IndexId, String)] {
+        &self.damaged_index
     }
 }

@@ -29,6 +29,7 @@ pub const MAX_LEVEL: u8 = 32;
 
 /// Tree shape parameters, recorded in the repository config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TreeParams {
     /// Expected entries per node; a power of two.
     pub avg_fanout: u32,

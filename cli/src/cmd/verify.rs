@@ -83,7 +83,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             human_bytes(report.bytes_read),
             report.blobs_checked,
             if report.unindexed_packs > 0 {
-                format!(", {} unreferenced packs (run gc)", report.unindexed_packs)
+                format!(
+                    ", {} unreferenced packs (left by interrupted backups; harmless)",
+                    report.unindexed_packs
+                )
             } else {
                 String::new()
             }

@@ -40,7 +40,7 @@ pub enum ObjectKey {
     Index(IndexId),
     /// `snapshots/<id>`
     Snapshot(SnapshotId),
-    /// `probe/<random>`: written and deleted to test conditional create.
+    /// `probe-<random>`: written and deleted to test conditional create.
     Probe(String),
 }
 
@@ -76,14 +76,14 @@ impl ObjectKey {
             }
             ObjectKey::Index(id) => format!("index/{id}"),
             ObjectKey::Snapshot(id) => format!("snapshots/{id}"),
-            ObjectKey::Probe(name) => format!("probe/{name}"),
+            ObjectKey::Probe(name) => format!("probe-{name}"),
         })
     }
 
     /// Parses a listed path of `dir`; `None` for anything that is not ours.
     pub fn parse(dir: ObjectDir, path: &Path) -> Option<ObjectKey> {
         let parts: Vec<&str> = path.as_ref().split('/').collect();
-        match (dir, parts.as_slice()) {
+        let key = match (dir, parts.as_slice()) {
             (ObjectDir::Packs, ["packs", fan, name]) if name.starts_with(fan) && fan.len() == 2 => {
                 PackId::from_hex(name).ok().map(ObjectKey::Pack)
             }
@@ -94,7 +94,9 @@ impl ObjectKey {
                 SnapshotId::from_hex(name).ok().map(ObjectKey::Snapshot)
             }
             _ => None,
-        }
+        };
+        // Only the canonical (lowercase) name is ours: it is the one read back.
+        key.filter(|k| k.path() == *path)
     }
 }
 
@@ -316,11 +318,11 @@ impl Backend {
         &self.store
     }
 
-    /// Writes `bytes` under `key` unless something is there already. For
-    /// content-addressed keys an existing object of the same length is the
-    /// same object, so that is success too ([`Created::Existed`]).
+    /// Writes `bytes` under `key` unless something is there already. An
+    /// existing object under a content-addressed name (pack, index,
+    /// snapshot) is read back and hashed: if it is intact it is the same
+    /// object, and that is success too ([`Created::Existed`]).
     pub async fn put_new(&self, key: &ObjectKey, bytes: Bytes) -> Result<Created> {
-        let len = bytes.len() as u64;
         let result = self
             .store
             .put_opts(
@@ -332,18 +334,23 @@ impl Backend {
         match result {
             Ok(_) => Ok(Created::New),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = self.head(key).await?;
-                if existing.len == len || matches!(key, ObjectKey::Config | ObjectKey::Probe(_)) {
-                    Ok(Created::Existed)
-                } else {
-                    Err(Error::corrupt(
-                        key.to_string(),
-                        format!(
-                            "already stored with length {}, expected {len}",
-                            existing.len
-                        ),
-                    ))
+                let expected = match key {
+                    ObjectKey::Pack(id) => Some(id.0),
+                    ObjectKey::Index(id) => Some(id.0),
+                    ObjectKey::Snapshot(id) => Some(id.0),
+                    ObjectKey::Config | ObjectKey::Probe(_) => None,
+                };
+                if let Some(expected) = expected {
+                    let existing = self.get(key).await?;
+                    if blake3::hash(&existing).as_bytes() != &expected {
+                        return Err(Error::corrupt(
+                            key.to_string(),
+                            "is already stored, but its content does not match its name; \
+                             delete that damaged object, then run the command again",
+                        ));
+                    }
                 }
+                Ok(Created::Existed)
             }
             Err(e) => Err(self.classify(e, key, "writing")),
         }
@@ -494,16 +501,17 @@ impl Backend {
     }
 
     fn classify_listing(&self, e: object_store::Error, dir: ObjectDir) -> Error {
-        self.classify(
-            e,
-            &ObjectKey::Probe(format!("{}/", dir.prefix())),
-            "listing",
-        )
+        self.classify_object(e, &format!("{}/", dir.prefix()), "listing")
     }
 
     /// Turns a storage error into an [`Error`] naming `key`.
     fn classify(&self, e: object_store::Error, key: &ObjectKey, doing: &str) -> Error {
-        let object = key.to_string();
+        self.classify_object(e, &key.to_string(), doing)
+    }
+
+    /// Turns a storage error into an [`Error`] naming `object`.
+    fn classify_object(&self, e: object_store::Error, object: &str, doing: &str) -> Error {
+        let object = object.to_string();
         let doing = format!("{doing} {object}");
         match e {
             object_store::Error::NotFound { .. } => Error::Missing {
@@ -658,12 +666,19 @@ mod tests {
             b.put_new(&key, Bytes::from_static(b"x")).await.unwrap(),
             Created::Existed
         );
+        // A damaged object under a content-addressed name is not reused.
+        let damaged = ObjectKey::Index(IndexId::of(b"z"));
+        b.store()
+            .put(&damaged.path(), Bytes::from_static(b"rotten").into())
+            .await
+            .unwrap();
         let err = b
-            .put_new(&key, Bytes::from_static(b"xy"))
+            .put_new(&damaged, Bytes::from_static(b"z"))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), crate::error::ErrorKind::Corrupt);
-        assert_eq!(b.list(ObjectDir::Index).await.unwrap().len(), 1);
+        assert!(err.to_string().contains("does not match its name"));
+        assert_eq!(b.list(ObjectDir::Index).await.unwrap().len(), 2);
         let missing = b
             .get(&ObjectKey::Index(IndexId::of(b"y")))
             .await

@@ -10,7 +10,7 @@
 //! input size. Write order is the crash-safety invariant: every pack is
 //! stored before the index object naming it, and the index before the signed
 //! manifest. A failed or interrupted backup leaves at most unreferenced packs
-//! (garbage for `gc`), never a snapshot pointing at missing data.
+//! (harmless garbage), never a snapshot pointing at missing data.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -42,7 +42,9 @@ use crate::tree::TreeBuilder;
 /// Bytes read from the source per segment.
 const SEGMENT_LEN: usize = 4 << 20;
 /// Segments read ahead of the ingest thread.
-const SEGMENTS_AHEAD: usize = 2;
+const SEGMENTS_AHEAD: usize = 1;
+/// Index objects are split to stay under this size.
+const MAX_INDEX_LEN: usize = 32 << 20;
 /// Frames compressing or waiting to be packed at once.
 const FRAMES_IN_FLIGHT: usize = 8;
 
@@ -136,7 +138,7 @@ impl IndexedRepository {
         let source_info = source.info();
         let previous = self.previous_items().await?;
         let parents = ParentLoader {
-            reader: BlobReader::new(self.clone(), 4, 64),
+            reader: BlobReader::new(self.clone(), 4, 8 << 20),
             runtime: tokio::runtime::Handle::current(),
         };
 
@@ -171,12 +173,24 @@ impl IndexedRepository {
 
         let mut stored_bytes: u64 = packs.iter().map(|p| p.len).sum();
         let pack_count = packs.len() as u64;
-        if !packs.is_empty() {
-            packs.sort_by_key(|p| p.id);
-            let bytes = encode_index(&packs);
-            stored_bytes += bytes.len() as u64;
-            let key = ObjectKey::Index(IndexId::of(&bytes));
-            self.backend().put_new(&key, Bytes::from(bytes)).await?;
+        packs.sort_by_key(|p| p.id);
+        for group in index_groups(&packs) {
+            match self.store_index(group, 0).await {
+                // The same index object exists but is damaged: it cannot be
+                // replaced (create-only), and deleting it first would orphan
+                // the snapshots that rely on it. Store it under another name.
+                Err(Error::Corrupt { object, .. }) => {
+                    tracing::warn!(
+                        "{object} is damaged; storing that index anew under another nonce"
+                    );
+                    let mut nonce = [0u8; 8];
+                    getrandom::fill(&mut nonce).map_err(|e| Error::invalid(e.to_string()))?;
+                    stored_bytes += self
+                        .store_index(group, u64::from_le_bytes(nonce) | 1)
+                        .await?;
+                }
+                other => stored_bytes += other?,
+            }
         }
 
         let manifest = Manifest {
@@ -218,6 +232,15 @@ struct PreviousItem {
 }
 
 impl IndexedRepository {
+    /// Writes one index object naming `packs`; returns its length.
+    async fn store_index(&self, packs: &[IndexedPack], nonce: u64) -> Result<u64> {
+        let bytes = encode_index(packs, nonce);
+        let len = bytes.len() as u64;
+        let key = ObjectKey::Index(IndexId::of(&bytes));
+        self.backend().put_new(&key, Bytes::from(bytes)).await?;
+        Ok(len)
+    }
+
     /// Each file item name's newest version in the repository.
     async fn previous_items(&self) -> Result<HashMap<String, PreviousItem>> {
         let list = self.repo().load_snapshots(&self.config().trust()).await?;
@@ -272,6 +295,25 @@ impl ParentLoader {
             }
         }
     }
+}
+
+/// Splits packs into runs whose index objects stay under [`MAX_INDEX_LEN`].
+fn index_groups(packs: &[IndexedPack]) -> Vec<&[IndexedPack]> {
+    let mut groups = Vec::new();
+    let (mut start, mut len) = (0, 0usize);
+    for (i, p) in packs.iter().enumerate() {
+        let entry = 44 + 8 + p.trailer.frames.len() * 9 + p.trailer.blobs.len() * 36;
+        // pack id, length, trailer length, then the trailer (see `encode_index`)
+        if i > start && len + entry > MAX_INDEX_LEN {
+            groups.push(&packs[start..i]);
+            (start, len) = (i, 0);
+        }
+        len += entry;
+    }
+    if start < packs.len() {
+        groups.push(&packs[start..]);
+    }
+    groups
 }
 
 /// Uploads packs as they arrive, up to `concurrency` at once, and returns
@@ -389,12 +431,13 @@ impl<'a> Ingest<'a> {
         progress: &dyn Progress,
     ) -> Result<(u64, u64, BlobId, ChunkerParams)> {
         let (tx, rx) = crossbeam_channel::bounded::<Result<Segment>>(SEGMENTS_AHEAD);
+        // A parent whose recorded parameters are unusable is ignored.
         let (choice, parent) = match self.previous.get(name) {
-            Some(previous) => (
+            Some(previous) if previous.params.validate().is_ok() => (
                 Choice::Fixed(previous.params),
                 self.parents.load(name, previous),
             ),
-            None => (Choice::Policy(self.policy), None),
+            _ => (Choice::Policy(self.policy), None),
         };
         std::thread::scope(|scope| {
             let reader_thread =

@@ -23,7 +23,9 @@ use crate::repo::IndexedRepository;
 use crate::tree::{TreeEntry, TreeNode};
 
 /// Content fetched per window.
-const WINDOW_LEN: u64 = 16 << 20;
+const WINDOW_LEN: u64 = 8 << 20;
+/// Bytes gathered before each write call.
+const WRITE_BUFFER_LEN: usize = 1 << 20;
 /// Child nodes fetched at once when expanding a tree.
 const NODES_PER_FETCH: usize = 64;
 
@@ -163,9 +165,11 @@ impl IndexedRepository {
                 item.name, item.kind
             ))
         })?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(1);
         let writer_thread = std::thread::spawn(move || -> std::io::Result<(W, u64)> {
-            let mut writer = writer;
+            // Chunks are small (2 KiB for dumps): one write call per chunk
+            // would cost more than the copying.
+            let mut writer = std::io::BufWriter::with_capacity(WRITE_BUFFER_LEN, writer);
             let mut written = 0u64;
             while let Some(batch) = rx.blocking_recv() {
                 for b in batch {
@@ -173,7 +177,7 @@ impl IndexedRepository {
                     written += b.len() as u64;
                 }
             }
-            writer.flush()?;
+            let writer = writer.into_inner().map_err(|e| e.into_error())?;
             Ok((writer, written))
         });
 
@@ -249,7 +253,7 @@ impl IndexedRepository {
     ) -> Result<RestoreSummary> {
         let items: Vec<&Item> = select_items(snapshot, only)?;
         prepare_target(target)?;
-        let reader = BlobReader::new(self.clone(), 8, 256);
+        let reader = self.blob_reader();
         let mut summary = RestoreSummary::default();
         let path_of = |item: &Item| -> PathBuf { target.join(&item.name) };
 
@@ -309,7 +313,7 @@ impl IndexedRepository {
 
     /// A reader sized for restoring.
     pub fn blob_reader(&self) -> BlobReader {
-        BlobReader::new(self.clone(), 8, 256)
+        BlobReader::new(self.clone(), 8, 32 << 20)
     }
 }
 
@@ -370,7 +374,8 @@ fn apply_metadata(file: &std::fs::File, item: &Item, path: &Path) -> Result<()> 
     #[cfg(unix)]
     if let Some(mode) = item.mode {
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
+        // Permission bits and the sticky bit; never set-user/group-id.
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o1777))
             .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
     }
     if let Some(mtime) = item.mtime {

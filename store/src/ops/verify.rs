@@ -103,7 +103,8 @@ pub struct VerifyReport {
     pub bytes_read: u64,
     /// Blobs hashed while reading packs.
     pub blobs_checked: u64,
-    /// Packs present but named by no index (left by interrupted backups; `gc` removes them).
+    /// Packs present but named by no index (left by interrupted or failed
+    /// backups): harmless garbage, reclaimable by garbage collection.
     pub unindexed_packs: u64,
     /// Repository-level problems.
     pub problems: Vec<Problem>,
@@ -255,11 +256,11 @@ impl Repository {
 
         // 4. Walk every snapshot.
         let repo = self.clone().with_index(index);
-        let reader = BlobReader::new(repo.clone(), 8, 512);
+        let reader = BlobReader::new(repo.clone(), 8, 32 << 20);
         let mut walker = Walker {
             reader: &reader,
             damage: &damage,
-            memo: IdMap::default(),
+            memo: std::collections::HashMap::new(),
         };
         for snapshot in &list.snapshots {
             let items = walker.snapshot(snapshot).await?;
@@ -378,8 +379,9 @@ fn check_pack(pack: &PackInfo, blobs: Vec<(BlobId, u32, u32, u32)>, bytes: &[u8]
 struct Walker<'a> {
     reader: &'a BlobReader,
     damage: &'a Damage,
-    /// Problems found under each node checked so far (empty: intact).
-    memo: IdMap<BlobId, Arc<Vec<String>>>,
+    /// Problems found under each node checked so far (empty: intact), by
+    /// node, expected level and expected length.
+    memo: std::collections::HashMap<(BlobId, Option<u8>, u64), Arc<Vec<String>>>,
 }
 
 impl Walker<'_> {
@@ -414,7 +416,7 @@ impl Walker<'_> {
         len: u64,
     ) -> futures::future::BoxFuture<'s, Result<Arc<Vec<String>>>> {
         Box::pin(async move {
-            if let Some(found) = self.memo.get(&id) {
+            if let Some(found) = self.memo.get(&(id, level, len)) {
                 return Ok(Arc::clone(found));
             }
             let problems = match self.read_node(id).await? {
@@ -429,11 +431,23 @@ impl Walker<'_> {
                         node.content_len()
                     )]
                 }
-                Ok(node) if node.level == 0 => node
-                    .entries
-                    .iter()
-                    .filter_map(|e| self.damage.of_chunk(self.reader.repo().index(), &e.id))
-                    .collect(),
+                Ok(node) if node.level == 0 => {
+                    let index = self.reader.repo().index();
+                    node.entries
+                        .iter()
+                        .filter_map(|e| {
+                            self.damage.of_chunk(index, &e.id).or_else(|| {
+                                let stored = index.get(&e.id).map(|l| u64::from(l.len));
+                                (stored != Some(e.len)).then(|| {
+                                    format!(
+                                        "chunk {}: the tree says {} bytes, the index {:?}",
+                                        e.id, e.len, stored
+                                    )
+                                })
+                            })
+                        })
+                        .collect()
+                }
                 Ok(node) => {
                     let mut problems = Vec::new();
                     for e in &node.entries {
@@ -448,7 +462,7 @@ impl Walker<'_> {
                 }
             };
             let problems = Arc::new(problems);
-            self.memo.insert(id, Arc::clone(&problems));
+            self.memo.insert((id, level, len), Arc::clone(&problems));
             Ok(problems)
         })
     }
