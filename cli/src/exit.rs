@@ -14,7 +14,7 @@ pub const INTERNAL: u8 = 1;
 pub const USAGE: u8 = 2;
 /// Data in the repository is damaged or missing.
 pub const DAMAGE: u8 = 3;
-/// The storage could not be reached; for `verify`, the check could not be done.
+/// The storage could not be reached or failed.
 pub const UNREACHABLE: u8 = 4;
 /// No repository, snapshot or item by that name.
 pub const NOT_FOUND: u8 = 5;

@@ -10,8 +10,13 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse();
     init_logging(cli.verbose);
+    // CPU work on rayon, one thread per core; waiting on tokio.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("cairn-cpu-{i}"))
+        .build_global();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("cairn-io")
         .enable_all()
         .build()
     {
@@ -35,6 +40,7 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

@@ -18,9 +18,13 @@ use crate::wire::len_u32;
 
 /// The most chunks hashed per prediction or CDC batch.
 const BATCH: usize = 256;
-/// Batches start this small after a change (a mismatch wastes the rest of a
-/// batch) and double while predictions hold.
-const FIRST_BATCH: usize = 4;
+/// Prediction batches start this small after a change (a mismatch wastes
+/// the rest of a batch) and double while predictions hold.
+const FIRST_BATCH: usize = 8;
+/// Runs at least this long are hashed on the rayon pool.
+const PARALLEL_RUN: usize = 32;
+/// After this many chunks scanned out of step, scan in parallel batches.
+const LONG_LOSS: u32 = 64;
 
 /// The previous version's chunk list.
 #[derive(Debug, Default)]
@@ -70,8 +74,10 @@ pub struct Cutter {
     parent: Option<ParentChunks>,
     /// The parent chunk expected next, while in step with the parent.
     next: Option<usize>,
-    /// Chunks to predict or scan in the next batch.
+    /// Chunks to predict in the next batch.
     batch: usize,
+    /// Chunks scanned since the cutter was last in step.
+    lost_run: u32,
     /// Counters.
     pub stats: CutStats,
 }
@@ -81,12 +87,12 @@ impl Cutter {
     pub fn new(chunker: Chunker, parent: Option<ParentChunks>) -> Cutter {
         let parent = parent.filter(|p| !p.is_empty());
         let next = parent.as_ref().map(|_| 0);
-        let batch = if parent.is_some() { FIRST_BATCH } else { BATCH };
         Cutter {
             chunker,
             parent,
             next,
-            batch,
+            batch: FIRST_BATCH,
+            lost_run: 0,
             stats: CutStats::default(),
         }
     }
@@ -127,6 +133,8 @@ impl Cutter {
     /// is the parent's as well: when the next chunk matches too (its first
     /// byte is that byte), when the chunk was cut at the maximum length (no
     /// decision read past it), or when it ends exactly at the end of stream.
+    /// Otherwise (the last match before a change, or of a batch) the CDC
+    /// decision is simply run on that one chunk: no byte is hashed twice.
     fn predict(
         &mut self,
         buf: &[u8],
@@ -166,32 +174,43 @@ impl Cutter {
             p += len;
             k += 1;
         }
-        let matched: Vec<bool> = run
-            .par_iter()
-            .enumerate()
-            .with_min_len(16)
-            .map(|(i, &(at, len))| BlobId::of(&buf[at..at + len]) == parent.chunks[start + i].0)
-            .collect();
+        // Hash until the first mismatch (short-circuiting: after a change,
+        // the rest of the run is not hashed for nothing).
+        let differs = |(i, &(at, len)): (usize, &(usize, usize))| {
+            BlobId::of(&buf[at..at + len]) != parent.chunks[start + i].0
+        };
+        // Short runs (right after a change) are hashed here: handing them
+        // to the pool would cost more than the hashing.
+        let matching = if run.len() < PARALLEL_RUN {
+            run.iter().enumerate().position(differs)
+        } else {
+            run.par_iter()
+                .enumerate()
+                .with_min_len(16)
+                .position_first(differs)
+        }
+        .unwrap_or(run.len());
         let max_len = self.chunker.max_len();
         let mut p = pos;
         for (i, &(at, len)) in run.iter().enumerate() {
-            let proven = matched[i]
-                && (len == max_len
-                    || (eof && at + len == buf.len())
-                    || matched.get(i + 1).copied().unwrap_or(false));
+            if i == matching {
+                self.next = None;
+                return Predicted::Lost(p);
+            }
+            let proven = len == max_len || (eof && at + len == buf.len()) || i + 1 < matching;
             if !proven {
-                let unsure_last = matched[i] && i + 1 == run.len();
-                self.next = Some(start + i);
-                return match (unsure_last, stop) {
-                    // Matched, and its successor is not looked at yet: retry it with more.
-                    (true, Stop::Batch) => Predicted::Advanced(p),
-                    (true, Stop::Data) => Predicted::NeedMore(p),
-                    _ => {
+                match self.chunker.next_len(&buf[at..], eof) {
+                    Some(cut) if cut == len => {}
+                    Some(_) => {
+                        // The byte after it differs and moves the cut.
                         self.next = None;
-                        self.batch = FIRST_BATCH;
-                        Predicted::Lost(p)
+                        return Predicted::Lost(p);
                     }
-                };
+                    None => {
+                        self.next = Some(start + i);
+                        return Predicted::NeedMore(p);
+                    }
+                }
             }
             lens.push(len_u32(len));
             ids.push(parent.chunks[start + i].0);
@@ -213,9 +232,12 @@ impl Cutter {
         }
     }
 
-    /// Runs CDC from `pos`: one batch of chunks, hashed in parallel; stops
-    /// after the first chunk that is one of the parent's. Returns the new
-    /// position, or `None` when more data is needed to cut at all.
+    /// Runs CDC from `pos` and hashes what it cuts. Out of step with a
+    /// parent, it goes one chunk at a time and stops at the first chunk that
+    /// is one of the parent's (a change is usually a chunk or two long);
+    /// without a parent, or after a long unmatched stretch, it cuts a batch
+    /// and hashes it in parallel. Returns the new position, or `None` when
+    /// more data is needed to cut at all.
     fn scan(
         &mut self,
         buf: &[u8],
@@ -224,9 +246,11 @@ impl Cutter {
         lens: &mut Vec<u32>,
         ids: &mut Vec<BlobId>,
     ) -> Option<usize> {
+        let one_by_one = self.parent.is_some() && self.lost_run < LONG_LOSS;
+        let want = if one_by_one { 1 } else { BATCH };
         let mut cuts: Vec<(usize, usize)> = Vec::new();
         let mut p = pos;
-        while cuts.len() < self.batch {
+        while cuts.len() < want {
             let Some(len) = self.chunker.next_len(&buf[p..], eof) else {
                 break;
             };
@@ -236,28 +260,34 @@ impl Cutter {
         if cuts.is_empty() {
             return None;
         }
-        let hashes: Vec<BlobId> = cuts
-            .par_iter()
-            .with_min_len(8)
-            .map(|&(at, len)| BlobId::of(&buf[at..at + len]))
-            .collect();
+        let hashes: Vec<BlobId> = if one_by_one {
+            cuts.iter()
+                .map(|&(at, len)| BlobId::of(&buf[at..at + len]))
+                .collect()
+        } else {
+            cuts.par_iter()
+                .with_min_len(8)
+                .map(|&(at, len)| BlobId::of(&buf[at..at + len]))
+                .collect()
+        };
         let mut end = pos;
         for (&(at, len), id) in cuts.iter().zip(hashes) {
             lens.push(len_u32(len));
             ids.push(id);
             end = at + len;
             self.stats.scanned += 1;
+            self.lost_run += 1;
             if let Some(parent) = &self.parent
                 && let Some(&j) = parent.positions.get(&id)
             {
-                // Back in step: predict from the parent's next chunk. The
-                // rest of this batch is cut again, by prediction if it can be.
+                // Back in step: predict from the parent's next chunk (the
+                // rest of a parallel batch is cut again, by prediction).
                 self.next = Some(j as usize + 1);
                 self.batch = FIRST_BATCH;
+                self.lost_run = 0;
                 return Some(end);
             }
         }
-        self.batch = (self.batch * 2).min(BATCH);
         Some(end)
     }
 }

@@ -91,8 +91,15 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("{what} already exists")]
-    AlreadyExists { what: String },
+    #[error("{what}; {hint}")]
+    AlreadyExists { what: String, hint: String },
+
+    #[error(
+        "the signing key {key} is not one of this repository's trusted keys, so readers would \
+         reject its snapshots; sign with a trusted key (`cairn key public FILE` shows a key file's \
+         public key, `cairn init --trust` sets the trusted keys)"
+    )]
+    SigningKeyNotTrusted { key: String },
 
     #[error("{what}")]
     Unsupported { what: String },
@@ -112,7 +119,9 @@ impl Error {
             Error::InvalidInput { .. } => ErrorKind::InvalidInput,
             Error::RepositoryNotFound { .. } | Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Missing { .. } | Error::Corrupt { .. } => ErrorKind::Corrupt,
-            Error::BadSignature { .. } | Error::UntrustedKey { .. } => ErrorKind::BadSignature,
+            Error::BadSignature { .. }
+            | Error::UntrustedKey { .. }
+            | Error::SigningKeyNotTrusted { .. } => ErrorKind::BadSignature,
             Error::Key { .. } => ErrorKind::Key,
             Error::Source { .. } => ErrorKind::Source,
             Error::StorageFull { .. } => ErrorKind::StorageFull,
@@ -138,6 +147,33 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// The same error again (errors are not `Clone`: I/O errors are not).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Corrupt { object, detail } => Error::Corrupt {
+                object: object.clone(),
+                detail: detail.clone(),
+            },
+            Error::Missing { object, context } => Error::Missing {
+                object: object.clone(),
+                context: context.clone(),
+            },
+            Error::BadSignature { snapshot, detail } => Error::BadSignature {
+                snapshot: snapshot.clone(),
+                detail: detail.clone(),
+            },
+            Error::UntrustedKey { snapshot, key } => Error::UntrustedKey {
+                snapshot: snapshot.clone(),
+                key: key.clone(),
+            },
+            Error::Unsupported { what } => Error::Unsupported { what: what.clone() },
+            other => Error::Corrupt {
+                object: "snapshot".into(),
+                detail: other.to_string(),
+            },
         }
     }
 

@@ -80,11 +80,16 @@ impl PackTrailer {
         );
         out.put_u32(len_u32(self.frames.len()));
         out.put_u32(len_u32(self.blobs.len()));
-        for (i, f) in self.frames.iter().enumerate() {
-            let in_frame = self.blobs.iter().filter(|b| b.frame as usize == i).count();
+        let mut in_frame = vec![0u32; self.frames.len()];
+        for b in &self.blobs {
+            if let Some(n) = in_frame.get_mut(b.frame as usize) {
+                *n += 1;
+            }
+        }
+        for (f, n) in self.frames.iter().zip(in_frame) {
             out.put_u32(f.stored_len);
             out.put_u8(f.codec as u8);
-            out.put_u32(len_u32(in_frame));
+            out.put_u32(n);
         }
         for b in &self.blobs {
             out.put_bytes(b.id.as_bytes());
@@ -281,8 +286,15 @@ impl Default for PackWriter {
 impl PackWriter {
     /// An empty pack.
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty pack with room for `len` bytes.
+    pub fn with_capacity(len: usize) -> Self {
+        let mut buf = Vec::with_capacity(len.max(PACK_MAGIC.len()));
+        buf.extend_from_slice(&PACK_MAGIC);
         PackWriter {
-            buf: PACK_MAGIC.to_vec(),
+            buf,
             trailer: PackTrailer::default(),
         }
     }

@@ -62,17 +62,7 @@ impl SnapshotList {
                 .iter()
                 .find(|(id, _)| id.to_hex().starts_with(prefix.as_str()))
         {
-            return Err(match e {
-                Error::BadSignature { snapshot, detail } => Error::BadSignature {
-                    snapshot: snapshot.clone(),
-                    detail: detail.clone(),
-                },
-                Error::UntrustedKey { snapshot, key } => Error::UntrustedKey {
-                    snapshot: snapshot.clone(),
-                    key: key.clone(),
-                },
-                other => Error::corrupt(format!("snapshot {prefix}"), other.to_string()),
-            });
+            return Err(e.duplicate());
         }
         chosen
     }
@@ -98,7 +88,8 @@ impl Repository {
                 config: Arc::new(config),
             }),
             crate::backend::Created::Existed => Err(Error::AlreadyExists {
-                what: format!("a repository at {}", backend.url()),
+                what: format!("a repository already exists at {}", backend.url()),
+                hint: "use it as it is, or choose another --repo".into(),
             }),
         }
     }

@@ -221,6 +221,7 @@ async fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
 async fn an_unreachable_s3_endpoint_is_a_clear_error() {
     let options = BackendOptions {
         s3_endpoint: Some("http://127.0.0.1:9".into()),
+        s3_credentials: Some(("key".into(), "secret".into())),
         retry_timeout: std::time::Duration::from_secs(3),
         max_retries: 1,
         ..BackendOptions::default()

@@ -1,5 +1,6 @@
-//! `cairn verify`: exit 0 when clean, 3 when damage was found, 4 when the
-//! check could not be done.
+//! `cairn verify`: exit 0 when clean, 3 when damage was found, and the code
+//! of the failure (4 unreachable, 5 no repository, ...) when the check could
+//! not be done.
 
 use std::process::ExitCode;
 
@@ -50,7 +51,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cairn: could not check the repository: {e}");
-            return Ok(ExitCode::from(exit::UNREACHABLE));
+            return Ok(ExitCode::from(exit::code_for(e.kind())));
         }
     };
     if args.json {

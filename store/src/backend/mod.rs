@@ -185,6 +185,9 @@ pub struct BackendOptions {
     pub s3_endpoint: Option<String>,
     /// S3 region; else `AWS_REGION` / `AWS_DEFAULT_REGION` / `us-east-1`.
     pub s3_region: Option<String>,
+    /// S3 access key id and secret; else the standard `AWS_*` variables and
+    /// credential sources.
+    pub s3_credentials: Option<(String, String)>,
     /// Give up on a request (retries included) after this long.
     pub retry_timeout: Duration,
     /// Retries of a failed request.
@@ -196,6 +199,7 @@ impl Default for BackendOptions {
         BackendOptions {
             s3_endpoint: None,
             s3_region: None,
+            s3_credentials: None,
             retry_timeout: Duration::from_secs(60),
             max_retries: 4,
         }
@@ -288,6 +292,11 @@ impl Backend {
             builder = builder
                 .with_endpoint(endpoint)
                 .with_virtual_hosted_style_request(false);
+        }
+        if let Some((id, secret)) = &options.s3_credentials {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
         }
         let region = options
             .s3_region
@@ -518,7 +527,10 @@ impl Backend {
                 object,
                 context: String::new(),
             },
-            object_store::Error::AlreadyExists { .. } => Error::AlreadyExists { what: object },
+            object_store::Error::AlreadyExists { .. } => Error::AlreadyExists {
+                what: format!("{object} already exists"),
+                hint: "objects are never overwritten".into(),
+            },
             object_store::Error::PermissionDenied { source, .. }
             | object_store::Error::Unauthenticated { source, .. } => Error::AccessDenied {
                 url: self.url.to_string(),
@@ -560,6 +572,13 @@ fn classify_cause(
             }
         }
         cause = c.source();
+    }
+    // No credentials: the AWS client asked the instance metadata service.
+    if text.contains("169.254.169.254") || text.contains("Error getting credentials") {
+        return Error::AccessDenied {
+            url: url.to_string(),
+            detail: format!("no S3 credentials found ({doing}): {text}"),
+        };
     }
     // S3-compatible stores report a full disk or quota by error code.
     if [

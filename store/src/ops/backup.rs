@@ -130,8 +130,7 @@ impl IndexedRepository {
     ) -> Result<BackupSummary> {
         let time = options.time.unwrap_or_else(Timestamp::now);
         if !self.config().trust().accepts(&key.public()) {
-            return Err(Error::UntrustedKey {
-                snapshot: "(new)".into(),
+            return Err(Error::SigningKeyNotTrusted {
                 key: key.public().to_string(),
             });
         }
@@ -391,7 +390,7 @@ impl<'a> Ingest<'a> {
                 config.pack_target_len as usize,
                 FRAMES_IN_FLIGHT,
                 pack_tx,
-            ),
+            )?,
             stats: IngestStats::default(),
         })
     }
@@ -440,8 +439,12 @@ impl<'a> Ingest<'a> {
             _ => (Choice::Policy(self.policy), None),
         };
         std::thread::scope(|scope| {
-            let reader_thread =
-                scope.spawn(move || read_segments(reader, choice, parent, name, &tx, progress));
+            let reader_thread = std::thread::Builder::new()
+                .name("cairn-reader".into())
+                .spawn_scoped(scope, move || {
+                    read_segments(reader, choice, parent, name, &tx, progress)
+                })
+                .map_err(|e| Error::io("starting the reader thread", e))?;
             let mut tree = TreeBuilder::new(self.config.tree);
             let mut nodes = Vec::new();
             let (mut len, mut chunks) = (0u64, 0u64);
@@ -561,7 +564,9 @@ fn read_segments(
             }
         };
         let (mut lens, mut ids) = (Vec::with_capacity(4096), Vec::with_capacity(4096));
-        let used = cutter.cut(&buf, eof, &mut lens, &mut ids);
+        // Cut on a rayon worker: its parallel hashing then spreads by work
+        // stealing instead of a hand-off per run.
+        let used = rayon::scope(|_| cutter.cut(&buf, eof, &mut lens, &mut ids));
         let mut next = Vec::with_capacity(SEGMENT_LEN);
         next.extend_from_slice(&buf[used..]);
         buf.truncate(used);

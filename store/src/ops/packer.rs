@@ -45,7 +45,7 @@ impl Packer {
         pack_target_len: usize,
         in_flight: usize,
         packs: mpsc::Sender<FinishedPack>,
-    ) -> Packer {
+    ) -> Result<Packer> {
         let (token_tx, tokens) = bounded(in_flight);
         for _ in 0..in_flight {
             let _ = token_tx.send(());
@@ -53,17 +53,18 @@ impl Packer {
         let (done, done_rx) = unbounded();
         let failed = Arc::new(AtomicBool::new(false));
         let thread_failed = Arc::clone(&failed);
-        let thread = std::thread::spawn(move || {
-            pack_in_order(done_rx, token_tx, pack_target_len, packs, thread_failed)
-        });
-        Packer {
+        let thread = std::thread::Builder::new()
+            .name("cairn-packer".into())
+            .spawn(move || pack_in_order(done_rx, token_tx, pack_target_len, packs, thread_failed))
+            .map_err(|e| Error::io("starting the packer thread", e))?;
+        Ok(Packer {
             level,
             next_seq: 0,
             tokens,
             done,
             failed,
             thread,
-        }
+        })
     }
 
     /// Queues a frame for compression; waits while too many are in flight.
@@ -100,7 +101,9 @@ fn pack_in_order(
 ) -> Result<()> {
     let mut waiting: BTreeMap<u64, Result<Frame>> = BTreeMap::new();
     let mut next = 0u64;
-    let mut pack = PackWriter::new();
+    // Room for a full pack and the frame that closes it.
+    let capacity = pack_target_len + (1 << 20);
+    let mut pack = PackWriter::with_capacity(capacity);
     let mut error: Option<Error> = None;
     let send = |pack: PackWriter| -> Result<()> {
         let (id, bytes, trailer) = pack.finish();
@@ -119,7 +122,10 @@ fn pack_in_order(
             let outcome = frame.and_then(|frame| {
                 pack.add_frame(frame);
                 if pack.len() >= pack_target_len {
-                    send(std::mem::take(&mut pack))
+                    send(std::mem::replace(
+                        &mut pack,
+                        PackWriter::with_capacity(capacity),
+                    ))
                 } else {
                     Ok(())
                 }

@@ -350,10 +350,8 @@ fn prepare_target(target: &Path) -> Result<()> {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(Error::AlreadyExists {
-                    what: format!(
-                        "{} is not empty; restore into a new or empty directory",
-                        target.display()
-                    ),
+                    what: format!("{} is not empty", target.display()),
+                    hint: "restore into a new or empty directory".into(),
                 });
             }
             Ok(())

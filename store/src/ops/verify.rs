@@ -318,7 +318,10 @@ fn check_pack(pack: &PackInfo, blobs: Vec<(BlobId, u32, u32, u32)>, bytes: &[u8]
     if let Err(e) = decode_pack(bytes, pack.id) {
         check.problems.push(Problem {
             object: format!("pack {}", pack.id),
-            detail: e.to_string(),
+            detail: match e {
+                Error::Corrupt { detail, .. } => detail,
+                other => other.to_string(),
+            },
         });
     }
     // The index says which blobs are where; check each of them.
