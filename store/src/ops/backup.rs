@@ -43,6 +43,9 @@ use crate::tree::TreeBuilder;
 const SEGMENT_LEN: usize = 4 << 20;
 /// Segments read ahead of the ingest thread.
 const SEGMENTS_AHEAD: usize = 1;
+/// Parents with more chunks than this are not loaded for prediction (each
+/// costs about 80 bytes of memory while its item is backed up).
+const MAX_PARENT_CHUNKS: u64 = 1 << 20;
 /// Index objects are split to stay under this size.
 const MAX_INDEX_LEN: usize = 32 << 20;
 /// Frames compressing or waiting to be packed at once.
@@ -135,6 +138,8 @@ impl IndexedRepository {
             });
         }
         let source_info = source.info();
+        // Every write below relies on create-only PUTs: check before writing.
+        self.backend().probe_conditional_create().await?;
         let previous = self.previous_items().await?;
         let parents = ParentLoader {
             reader: BlobReader::new(self.clone(), 4, 8 << 20),
@@ -228,6 +233,7 @@ struct PreviousItem {
     params: ChunkerParams,
     tree: BlobId,
     len: u64,
+    chunks: u64,
 }
 
 impl IndexedRepository {
@@ -246,11 +252,14 @@ impl IndexedRepository {
         let mut previous = HashMap::new();
         for snapshot in list.snapshots.iter().rev() {
             for item in &snapshot.manifest.items {
-                if let (Some(params), Some(tree)) = (item.chunker, item.tree) {
+                if let (Some(params), Some(tree), Some(chunks)) =
+                    (item.chunker, item.tree, item.chunks)
+                {
                     previous.entry(item.name.clone()).or_insert(PreviousItem {
                         params,
                         tree,
                         len: item.len,
+                        chunks,
                     });
                 }
             }
@@ -269,6 +278,11 @@ impl ParentLoader {
     /// The chunks of `previous`, or `None` (with a warning) when they cannot
     /// be read: a damaged parent only makes this backup slower.
     fn load(&self, name: &str, previous: &PreviousItem) -> Option<ParentChunks> {
+        // Memory stays bounded: a very large item is cut without prediction.
+        if previous.chunks > MAX_PARENT_CHUNKS {
+            tracing::debug!("{name}: too large to predict its cuts from its previous version");
+            return None;
+        }
         let loaded = self.runtime.block_on(async {
             let mut walker = TreeWalker::new(&self.reader, previous.tree, previous.len).await?;
             let (mut chunks, mut window) = (Vec::new(), Vec::new());
