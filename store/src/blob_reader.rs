@@ -19,6 +19,8 @@ use crate::repo::IndexedRepository;
 
 /// Frames closer than this in one pack are fetched in one range read.
 const COALESCE_GAP: u64 = 256 * 1024;
+/// Work on fewer bytes than this is done on the calling thread.
+const INLINE_LEN: usize = 64 * 1024;
 /// No single range read is longer than this.
 const MAX_RANGE_LEN: u64 = 16 << 20;
 
@@ -179,12 +181,19 @@ impl BlobReader {
                 .iter()
                 .map(|(i, _)| (ids[*i], out[*i].clone()))
                 .collect();
-            let hashes_match: Vec<bool> = crate::cpu::run(move || {
+            let check = move || -> Vec<bool> {
                 work.par_iter()
                     .map(|(id, bytes)| BlobId::of(bytes) == *id)
                     .collect()
-            })
-            .await;
+            };
+            // A few small blobs (tree nodes) are hashed right here: handing
+            // them to rayon and back would cost more than the hashing.
+            let small: usize = to_check.iter().map(|(i, _)| out[*i].len()).sum();
+            let hashes_match = if small <= INLINE_LEN {
+                check()
+            } else {
+                crate::cpu::run(check).await
+            };
             for ((i, key), ok) in to_check.into_iter().zip(hashes_match) {
                 if !ok {
                     return Err(self.corrupt_blob(
@@ -269,7 +278,11 @@ impl BlobReader {
                             },
                             (e, _) => e,
                         })?;
-                    crate::cpu::run(move || decode_range(&index, &read, &bytes)).await
+                    if bytes.len() <= INLINE_LEN {
+                        decode_range(&index, &read, &bytes)
+                    } else {
+                        crate::cpu::run(move || decode_range(&index, &read, &bytes)).await
+                    }
                 }
             })
             .buffer_unordered(self.concurrency)

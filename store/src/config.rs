@@ -58,7 +58,7 @@ impl Config {
             chunking: ChunkingPolicy::DEFAULT,
             compression: CompressionParams::DEFAULT,
             tree: TreeParams::DEFAULT,
-            pack_target_len: 8 << 20,
+            pack_target_len: 4 << 20,
             trusted_keys,
         })
     }

@@ -148,6 +148,15 @@ impl Index {
         Self::default()
     }
 
+    /// An empty index with room for `blobs` blobs (sized once: a hash table
+    /// that doubles while it is filled briefly holds two copies of itself).
+    pub fn with_capacity(blobs: usize) -> Self {
+        Index {
+            blobs: IdMap::with_capacity_and_hasher(blobs, Default::default()),
+            ..Self::default()
+        }
+    }
+
     /// Adds the packs of one index object. A blob already known keeps its
     /// first location (any copy is as good: it is checked by hash on read).
     pub fn add(&mut self, index_id: Option<IndexId>, packs: &[IndexedPack]) {
@@ -176,7 +185,6 @@ impl Index {
                     .collect(),
                 blob_count: len_u32(p.trailer.blobs.len()),
             });
-            self.blobs.reserve(p.trailer.blobs.len());
             for b in &p.trailer.blobs {
                 self.blobs.entry(b.id).or_insert(BlobLocation {
                     pack: position,

@@ -207,7 +207,13 @@ impl Repository {
                 .await?;
         // Deterministic: the same repository always yields the same index.
         loaded.sort_by_key(|(id, _)| *id);
-        let mut index = Index::new();
+        let blobs: usize = loaded
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flatten()
+            .map(|p| p.trailer.blobs.len())
+            .sum();
+        let mut index = Index::with_capacity(blobs);
         let mut damaged = Vec::new();
         for (id, result) in loaded {
             match result {

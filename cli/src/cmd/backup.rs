@@ -36,7 +36,7 @@ pub struct BackupArgs {
     /// Files or directories to back up, or `-` for standard input.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
-    /// Packs uploaded at once (each holds up to 8 MiB in memory; raise it for S3).
+    /// Packs uploaded at once (each holds up to 4 MiB in memory; raise it for S3).
     #[arg(long, default_value_t = 2)]
     upload_concurrency: usize,
     /// Print a JSON summary.

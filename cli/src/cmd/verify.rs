@@ -24,7 +24,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "PCT")]
     read_data_subset: Option<f64>,
     /// Packs read at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     concurrency: usize,
     /// Print the report as JSON.
     #[arg(long)]

@@ -142,7 +142,7 @@ impl IndexedRepository {
         self.backend().probe_conditional_create().await?;
         let previous = self.previous_items().await?;
         let parents = ParentLoader {
-            reader: BlobReader::new(self.clone(), 4, 8 << 20),
+            reader: BlobReader::new(self.clone(), 4, 4 << 20),
             runtime: tokio::runtime::Handle::current(),
         };
 
@@ -372,7 +372,37 @@ struct Ingest<'a> {
     data_frame: FrameBuilder,
     tree_frame: FrameBuilder,
     packer: Packer,
+    buffers: BufferPool,
     stats: IngestStats,
+}
+
+/// Segment buffers, handed back by the ingest thread for the reader to
+/// fill again: multi-MiB buffers allocated on one thread and freed on
+/// another make the allocator keep far more memory than is in use.
+#[derive(Clone)]
+struct BufferPool(
+    crossbeam_channel::Sender<Vec<u8>>,
+    crossbeam_channel::Receiver<Vec<u8>>,
+);
+
+impl BufferPool {
+    fn new() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(SEGMENTS_AHEAD + 3);
+        BufferPool(tx, rx)
+    }
+
+    /// An empty buffer with room for a segment.
+    fn take(&self) -> Vec<u8> {
+        self.1
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(SEGMENT_LEN))
+    }
+
+    /// Gives a buffer back (dropped if the pool is full).
+    fn put(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let _ = self.0.try_send(buf);
+    }
 }
 
 /// A run of whole chunks read from the source, with their ids.
@@ -405,6 +435,7 @@ impl<'a> Ingest<'a> {
                 FRAMES_IN_FLIGHT,
                 pack_tx,
             )?,
+            buffers: BufferPool::new(),
             stats: IngestStats::default(),
         })
     }
@@ -444,6 +475,7 @@ impl<'a> Ingest<'a> {
         progress: &dyn Progress,
     ) -> Result<(u64, u64, BlobId, ChunkerParams)> {
         let (tx, rx) = crossbeam_channel::bounded::<Result<Segment>>(SEGMENTS_AHEAD);
+        let buffers = self.buffers.clone();
         // A parent whose recorded parameters are unusable is ignored.
         let (choice, parent) = match self.previous.get(name) {
             Some(previous) if previous.params.validate().is_ok() => (
@@ -456,14 +488,14 @@ impl<'a> Ingest<'a> {
             let reader_thread = std::thread::Builder::new()
                 .name("cairn-reader".into())
                 .spawn_scoped(scope, move || {
-                    read_segments(reader, choice, parent, name, &tx, progress)
+                    read_segments(reader, choice, parent, name, &tx, buffers, progress)
                 })
                 .map_err(|e| Error::io("starting the reader thread", e))?;
             let mut tree = TreeBuilder::new(self.config.tree);
             let mut nodes = Vec::new();
             let (mut len, mut chunks) = (0u64, 0u64);
             for segment in rx {
-                let segment = segment?;
+                let mut segment = segment?;
                 let mut at = 0usize;
                 for (&chunk_len, &id) in segment.lens.iter().zip(&segment.ids) {
                     let end = at + chunk_len as usize;
@@ -476,6 +508,7 @@ impl<'a> Ingest<'a> {
                 for node in nodes.drain(..) {
                     self.add_blob(node.id, &node.bytes, true)?;
                 }
+                self.buffers.put(std::mem::take(&mut segment.data));
             }
             let root = tree.finish(&mut nodes);
             for node in nodes.drain(..) {
@@ -539,6 +572,7 @@ fn read_segments(
     parent: Option<ParentChunks>,
     name: &str,
     tx: &crossbeam_channel::Sender<Result<Segment>>,
+    buffers: BufferPool,
     progress: &dyn Progress,
 ) -> Result<ChunkerParams> {
     let fail = |e: std::io::Error| Error::Source {
@@ -547,7 +581,7 @@ fn read_segments(
     };
     let mut parent = parent;
     let mut cutter: Option<(ChunkerParams, Cutter)> = None;
-    let mut buf: Vec<u8> = Vec::with_capacity(SEGMENT_LEN);
+    let mut buf = buffers.take();
     loop {
         // Fill the buffer to SEGMENT_LEN or EOF (read_to_end reads into the
         // spare capacity without zeroing it first).
@@ -581,7 +615,7 @@ fn read_segments(
         // Cut on a rayon worker: its parallel hashing then spreads by work
         // stealing instead of a hand-off per run.
         let used = rayon::scope(|_| cutter.cut(&buf, eof, &mut lens, &mut ids));
-        let mut next = Vec::with_capacity(SEGMENT_LEN);
+        let mut next = buffers.take();
         next.extend_from_slice(&buf[used..]);
         buf.truncate(used);
         if !lens.is_empty()

@@ -313,7 +313,7 @@ impl IndexedRepository {
 
     /// A reader sized for restoring.
     pub fn blob_reader(&self) -> BlobReader {
-        BlobReader::new(self.clone(), 8, 32 << 20)
+        BlobReader::new(self.clone(), 8, 16 << 20)
     }
 }
 

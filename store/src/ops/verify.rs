@@ -256,7 +256,7 @@ impl Repository {
 
         // 4. Walk every snapshot.
         let repo = self.clone().with_index(index);
-        let reader = BlobReader::new(repo.clone(), 8, 32 << 20);
+        let reader = BlobReader::new(repo.clone(), 8, 16 << 20);
         let mut walker = Walker {
             reader: &reader,
             damage: &damage,
@@ -452,6 +452,23 @@ impl Walker<'_> {
                         .collect()
                 }
                 Ok(node) => {
+                    // Fetch the children not seen yet in one batch (coalesced
+                    // reads, one hash check); a failure there is found again,
+                    // child by child, below.
+                    let unseen: Vec<BlobId> = node
+                        .entries
+                        .iter()
+                        .filter(|e| !self.memo.contains_key(&(e.id, Some(node.level - 1), e.len)))
+                        .map(|e| e.id)
+                        .filter(|id| {
+                            self.damage
+                                .of_chunk(self.reader.repo().index(), id)
+                                .is_none()
+                        })
+                        .collect();
+                    if unseen.len() > 1 {
+                        let _ = self.reader.read_blobs(&unseen).await;
+                    }
                     let mut problems = Vec::new();
                     for e in &node.entries {
                         problems.extend(
