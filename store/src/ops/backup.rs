@@ -48,6 +48,10 @@ const SEGMENTS_AHEAD: usize = 1;
 const MAX_PARENT_CHUNKS: u64 = 1 << 20;
 /// Index objects are split to stay under this size.
 const MAX_INDEX_LEN: usize = 32 << 20;
+/// Tree nodes go to smaller frames than content: a node (a few hundred
+/// bytes) is read on its own, when walking a tree or predicting cuts, and
+/// the whole frame is decoded for it; chunk lists barely compress anyway.
+const TREE_FRAME_TARGET_LEN: usize = 64 * 1024;
 /// Frames compressing or waiting to be packed at once.
 const FRAMES_IN_FLIGHT: usize = 8;
 
@@ -533,13 +537,16 @@ impl<'a> Ingest<'a> {
         if is_tree {
             self.stats.new_tree_bytes += bytes.len() as u64;
         }
-        let frame = if is_tree {
-            &mut self.tree_frame
+        let (frame, target) = if is_tree {
+            (&mut self.tree_frame, TREE_FRAME_TARGET_LEN)
         } else {
-            &mut self.data_frame
+            (
+                &mut self.data_frame,
+                self.config.compression.frame_target_len as usize,
+            )
         };
         frame.push(id, bytes);
-        if frame.raw_len() >= self.config.compression.frame_target_len as usize {
+        if frame.raw_len() >= target {
             let full = frame.take();
             self.packer.submit(full)?;
         }
