@@ -259,6 +259,29 @@ fn stdin_and_command_backups_restore_exact_bytes_to_stdout() {
         b"alpha\nbeta\ntail"
     );
 
+    // --output: to a new file, never over an existing one.
+    let out = f.path("restored.dump");
+    let summary = ok(f
+        .cmd("restore")
+        .args([&stdin_id[..], "--item", "db.dump", "--json", "--output"])
+        .arg(&out))
+    .json();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(summary["bytes"], 100_000);
+    let again = f
+        .cmd("restore")
+        .args([&stdin_id[..], "--item", "db.dump", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(13),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
     let list = f.snapshots(&[]);
     let cmd_snapshot = list.iter().find(|s| s["id"] == command_id).unwrap();
     assert_eq!(cmd_snapshot["source"]["kind"], "command");

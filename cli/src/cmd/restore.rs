@@ -13,7 +13,7 @@ use crate::progress::{Bar, human_bytes};
 use crate::repo_args::{RepoArgs, TrustArgs};
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("destination").required(true).args(["target", "stdout"])))]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["target", "stdout", "output"])))]
 pub struct RestoreArgs {
     #[command(flatten)]
     repo: RepoArgs,
@@ -40,6 +40,10 @@ pub struct RestoreArgs {
     /// Write one file item's content to standard output.
     #[arg(long, conflicts_with = "json")]
     stdout: bool,
+    /// Write one file item's content to this new file (never overwritten;
+    /// removed again if the restore fails).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
@@ -71,7 +75,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let repo = repo.load_index().await?;
     let started = Instant::now();
 
-    if args.stdout {
+    if args.stdout || args.output.is_some() {
         let files: Vec<_> = snapshot
             .manifest
             .items
@@ -100,17 +104,44 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                 .into());
             }
         };
-        let bar = Bar::bytes(Some(item.len), args.quiet);
-        let result = cairn_store::ops::restore::restore_item_to(
-            &repo,
-            &snapshot,
-            item,
-            std::io::stdout(),
-            &bar,
-        )
-        .await;
+        let bar = Bar::bytes(Some(item.len), args.quiet || args.json);
+        let result = match &args.output {
+            None => {
+                cairn_store::ops::restore::restore_item_to(
+                    &repo,
+                    &snapshot,
+                    item,
+                    std::io::stdout(),
+                    &bar,
+                )
+                .await
+            }
+            Some(path) => {
+                let file = std::fs::File::create_new(path).map_err(|e| {
+                    cairn_store::Error::io(
+                        format!("creating {} (it must not exist)", path.display()),
+                        e,
+                    )
+                })?;
+                let result =
+                    cairn_store::ops::restore::restore_item_to(&repo, &snapshot, item, file, &bar)
+                        .await;
+                if result.is_err() {
+                    let _ = std::fs::remove_file(path);
+                }
+                result
+            }
+        };
         bar.finish();
-        result?;
+        let bytes = result?;
+        if args.json {
+            super::print_json(&serde_json::json!({
+                "snapshot": snapshot.id,
+                "item": item.name,
+                "bytes": bytes,
+                "duration_secs": started.elapsed().as_secs_f64(),
+            }))?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
 
