@@ -92,9 +92,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let summary = summary?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
-        let mut value = serde_json::to_value(&summary)?;
-        value["duration_secs"] = seconds.into();
-        super::print_json(&value)?;
+        super::print_summary(&summary, &[("duration_secs", seconds.into())])?;
     } else {
         println!(
             "snapshot {} saved: {} items, {} read, {} new, {} stored, in {:.1} s ({})",

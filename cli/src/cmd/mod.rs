@@ -51,6 +51,18 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints an operation's summary as JSON, with extra fields (durations, ids).
+pub fn print_summary<T: serde::Serialize>(
+    summary: &T,
+    extra: &[(&str, serde_json::Value)],
+) -> anyhow::Result<()> {
+    let mut value = serde_json::to_value(summary)?;
+    for (key, v) in extra {
+        value[*key] = v.clone();
+    }
+    print_json(&value)
+}
+
 /// Prints a value as JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     use std::io::Write;

@@ -161,10 +161,13 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let summary = summary?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
-        let mut value = serde_json::to_value(&summary)?;
-        value["snapshot"] = snapshot.id.to_hex().into();
-        value["duration_secs"] = seconds.into();
-        super::print_json(&value)?;
+        super::print_summary(
+            &summary,
+            &[
+                ("snapshot", snapshot.id.to_hex().into()),
+                ("duration_secs", seconds.into()),
+            ],
+        )?;
     } else {
         println!(
             "restored snapshot {} ({}) into {}: {} files, {} directories, {} symlinks, {} in {:.1} s",

@@ -55,9 +55,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        value["clean"] = report.is_clean().into();
-        super::print_json(&value)?;
+        super::print_summary(&report, &[("clean", report.is_clean().into())])?;
     } else {
         for p in &report.problems {
             println!("problem: {}: {}", p.object, p.detail);
