@@ -63,8 +63,8 @@ pub fn decode_index(bytes: &[u8], expected: IndexId) -> Result<Vec<IndexedPack>>
     }
     let _nonce = r.u64().map_err(|e| bad(e.to_string()))?;
     let count = r.u32().map_err(|e| bad(e.to_string()))?;
-    // Each pack takes at least 44 bytes + an 8-byte trailer: bound before allocating.
-    if u64::from(count) * 52 > r.remaining() as u64 {
+    // Each pack takes at least 44 bytes + a 16-byte trailer: bound before allocating.
+    if u64::from(count) * 60 > r.remaining() as u64 {
         return Err(bad(format!(
             "claims {count} packs in {} bytes",
             r.remaining()

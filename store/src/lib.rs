@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod ops;
 pub mod pack;
 pub mod repo;
+pub mod retention;
 pub mod tree;
 mod wire;
 

@@ -218,6 +218,18 @@ impl Manifest {
             .map(|i| &self.items[i])
     }
 
+    /// The snapshot's name, for grouping: its items' top-level names, sorted
+    /// and joined with commas (`couchdb,postgres.sql`).
+    pub fn name(&self) -> String {
+        let mut tops: Vec<&str> = self
+            .items
+            .iter()
+            .map(|i| i.name.split('/').next().unwrap_or_default())
+            .collect();
+        tops.dedup(); // items are sorted by name, so equal tops are adjacent
+        tops.join(",")
+    }
+
     /// Total content bytes.
     pub fn total_len(&self) -> u64 {
         self.items.iter().map(|i| i.len).sum()

@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! "CAIRNPK\x01" | frame 0 | frame 1 | ... | trailer | footer (44 bytes)
-//! trailer = frame_count u32 | blob_count u32
+//! trailer = nonce u64 | frame_count u32 | blob_count u32
 //!           | frame_count × (stored_len u32 | codec u8 | blob_count u32)
 //!           | blob_count × (id [32] | len u32)
 //! footer  = trailer_len u32 | BLAKE3(trailer) [32] | "CAIRNPKE"
 //! ```
 //! Nothing derivable is stored: frames follow each other from offset 8,
 //! a frame's blobs follow each other in it, and its raw length is the sum
-//! of theirs.
+//! of theirs. The nonce is 0, except when a writer must store a pack whose
+//! name is taken by a damaged pack or one garbage collection has condemned:
+//! the same content with another nonce has another name. Readers ignore it.
 //! The pack's id is the BLAKE3 of all its bytes. The trailer is hashed on its
 //! own too, so a reader (GC, above all) can learn what a pack holds from a
 //! range read of its tail, without trusting any index. Every byte of a pack
@@ -33,6 +35,7 @@ pub const FOOTER_LEN: usize = 4 + 32 + 8;
 pub const MAX_PACK_LEN: u64 = u32::MAX as u64;
 /// The largest trailer a reader accepts.
 pub const MAX_TRAILER_LEN: u32 = 64 << 20;
+const TRAILER_HEADER_LEN: usize = 16;
 const FRAME_DESC_LEN: usize = 9;
 const BLOB_ENTRY_LEN: usize = 32 + 4;
 
@@ -65,6 +68,8 @@ pub struct BlobEntry {
 /// What a pack contains: its frames and blobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PackTrailer {
+    /// 0, or a value chosen to give the pack another name.
+    pub nonce: u64,
     /// Frames in pack order.
     pub frames: Vec<FrameDesc>,
     /// Blobs ordered by (frame, offset).
@@ -76,8 +81,9 @@ impl PackTrailer {
     /// [`PackWriter`] and [`PackTrailer::decode`] make them).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            8 + self.frames.len() * FRAME_DESC_LEN + self.blobs.len() * BLOB_ENTRY_LEN,
+            TRAILER_HEADER_LEN + self.frames.len() * FRAME_DESC_LEN + self.blobs.len() * BLOB_ENTRY_LEN,
         );
+        out.put_u64(self.nonce);
         out.put_u32(len_u32(self.frames.len()));
         out.put_u32(len_u32(self.blobs.len()));
         let mut in_frame = vec![0u32; self.frames.len()];
@@ -104,9 +110,10 @@ impl PackTrailer {
         let bad = |detail: String| Error::corrupt(object, format!("trailer: {detail}"));
         let short = |e: crate::wire::Short| bad(e.to_string());
         let mut r = Reader::new(bytes);
+        let nonce = r.u64().map_err(short)?;
         let frame_count = r.u32().map_err(short)? as usize;
         let blob_count = r.u32().map_err(short)? as usize;
-        let expected = 8u64
+        let expected = TRAILER_HEADER_LEN as u64
             + frame_count as u64 * FRAME_DESC_LEN as u64
             + blob_count as u64 * BLOB_ENTRY_LEN as u64;
         if expected != bytes.len() as u64 {
@@ -176,7 +183,11 @@ impl PackTrailer {
             }
             frame.raw_len = raw_len;
         }
-        Ok(PackTrailer { frames, blobs })
+        Ok(PackTrailer {
+            nonce,
+            frames,
+            blobs,
+        })
     }
 }
 
@@ -302,7 +313,7 @@ impl PackWriter {
     /// The pack's length if finished now: frames, trailer and footer.
     pub fn len(&self) -> usize {
         self.buf.len()
-            + 8
+            + TRAILER_HEADER_LEN
             + self.trailer.frames.len() * FRAME_DESC_LEN
             + self.trailer.blobs.len() * BLOB_ENTRY_LEN
             + FOOTER_LEN
@@ -347,6 +358,24 @@ impl PackWriter {
     }
 }
 
+/// The same pack under another name: its frames with `nonce` in the trailer.
+pub fn renonce(bytes: &[u8], trailer: &PackTrailer, nonce: u64) -> (PackId, Bytes, PackTrailer) {
+    let frames_end = trailer
+        .frames
+        .last()
+        .map_or(PACK_MAGIC.len(), |f| f.offset as usize + f.stored_len as usize);
+    let mut trailer = trailer.clone();
+    trailer.nonce = nonce;
+    let encoded = trailer.encode();
+    let mut buf = Vec::with_capacity(frames_end + encoded.len() + FOOTER_LEN);
+    buf.put_bytes(&bytes[..frames_end]);
+    buf.put_bytes(&encoded);
+    buf.put_u32(len_u32(encoded.len()));
+    buf.put_bytes(blake3::hash(&encoded).as_bytes());
+    buf.put_bytes(&PACK_END_MAGIC);
+    (PackId::of(&buf), Bytes::from(buf), trailer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +414,18 @@ mod tests {
     }
 
     #[test]
+    fn another_nonce_gives_the_same_pack_another_name() {
+        let (id, bytes, trailer, _) = sample_pack();
+        let (other, other_bytes, other_trailer) = renonce(&bytes, &trailer, 7);
+        assert_ne!(other, id);
+        let parsed = decode_pack(&other_bytes, other).unwrap();
+        assert_eq!(parsed.nonce, 7);
+        assert_eq!((parsed.frames.clone(), parsed.blobs.clone()), (trailer.frames, trailer.blobs));
+        assert_eq!(parsed, other_trailer);
+        assert_eq!(other_bytes[..100], bytes[..100]);
+    }
+
+    #[test]
     fn tail_reads_find_the_trailer() {
         let (_, bytes, trailer, _) = sample_pack();
         let short_tail = &bytes[bytes.len() - FOOTER_LEN..];
@@ -420,10 +461,10 @@ mod tests {
         t.frames[1].stored_len += 1;
         assert!(PackTrailer::decode(&t.encode(), offset, "p").is_err());
         let mut bytes = trailer.encode();
-        bytes[0..4].copy_from_slice(&9u32.to_le_bytes()); // frame count vs length
+        bytes[8..12].copy_from_slice(&9u32.to_le_bytes()); // frame count vs length
         assert!(PackTrailer::decode(&bytes, offset, "p").is_err());
         let mut bytes = trailer.encode();
-        bytes[8 + 5..8 + 9].copy_from_slice(&0u32.to_le_bytes()); // frame 0 holds no blob
+        bytes[16 + 5..16 + 9].copy_from_slice(&0u32.to_le_bytes()); // frame 0 holds no blob
         assert!(PackTrailer::decode(&bytes, offset, "p").is_err());
         assert!(PackTrailer::decode(&trailer.encode(), offset + 1, "p").is_err());
         assert!(PackTrailer::decode(&trailer.encode(), offset, "p").is_ok());

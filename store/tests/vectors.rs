@@ -802,13 +802,14 @@ fn spec_parse_pack(pack: &[u8]) -> (Vec<PackFrameVector>, Vec<PackBlobVector>, u
         blake3::hash(trailer).as_bytes(),
         &pack[footer + 4..footer + 36]
     );
-    let frame_count = u32_at(trailer, 0) as usize;
-    let blob_count = u32_at(trailer, 4) as usize;
-    assert_eq!(trailer.len(), 8 + 9 * frame_count + 36 * blob_count);
+    assert_eq!(u64_at(trailer, 0), 0, "the nonce of an ordinary pack");
+    let frame_count = u32_at(trailer, 8) as usize;
+    let blob_count = u32_at(trailer, 12) as usize;
+    assert_eq!(trailer.len(), 16 + 9 * frame_count + 36 * blob_count);
     let mut frames = Vec::new();
     let mut offset = 8u32;
     for i in 0..frame_count {
-        let at = 8 + 9 * i;
+        let at = 16 + 9 * i;
         let stored_len = u32_at(trailer, at);
         frames.push(PackFrameVector {
             offset,
@@ -824,7 +825,7 @@ fn spec_parse_pack(pack: &[u8]) -> (Vec<PackFrameVector>, Vec<PackBlobVector>, u
         "frames are contiguous up to the trailer"
     );
     let mut blobs = Vec::new();
-    let mut at = 8 + 9 * frame_count;
+    let mut at = 16 + 9 * frame_count;
     for (i, f) in frames.iter_mut().enumerate() {
         for _ in 0..f.blob_count {
             let len = u32_at(trailer, at + 32);

@@ -319,7 +319,7 @@ fn index_groups(packs: &[IndexedPack]) -> Vec<&[IndexedPack]> {
     let mut groups = Vec::new();
     let (mut start, mut len) = (0, 0usize);
     for (i, p) in packs.iter().enumerate() {
-        let entry = 44 + 8 + p.trailer.frames.len() * 9 + p.trailer.blobs.len() * 36;
+        let entry = 44 + 16 + p.trailer.frames.len() * 9 + p.trailer.blobs.len() * 36;
         // pack id, length, trailer length, then the trailer (see `encode_index`)
         if i > start && len + entry > MAX_INDEX_LEN {
             groups.push(&packs[start..i]);
