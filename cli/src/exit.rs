@@ -34,6 +34,9 @@ pub const ALREADY_EXISTS: u8 = 11;
 pub const UNSUPPORTED: u8 = 12;
 /// Local I/O failed (restore target, source file).
 pub const IO: u8 = 13;
+/// Another operation holds the repository (a garbage collection is running),
+/// or this writer lost its lease.
+pub const LOCKED: u8 = 14;
 /// The output pipe closed before everything was written.
 pub const BROKEN_PIPE: u8 = 141;
 
@@ -52,6 +55,7 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         ErrorKind::AlreadyExists => ALREADY_EXISTS,
         ErrorKind::Unsupported => UNSUPPORTED,
         ErrorKind::Io => IO,
+        ErrorKind::Locked => LOCKED,
     }
 }
 

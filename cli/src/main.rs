@@ -2,6 +2,7 @@
 
 mod cmd;
 mod exit;
+mod pause;
 mod progress;
 mod repo_args;
 

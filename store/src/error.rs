@@ -35,6 +35,9 @@ pub enum ErrorKind {
     Unsupported,
     /// Local I/O failed outside the repository (restore target, source file).
     Io,
+    /// Another operation holds the repository (a running garbage
+    /// collection), or this writer lost its lease.
+    Locked,
 }
 
 /// A store error.
@@ -104,6 +107,9 @@ pub enum Error {
     #[error("{what}")]
     Unsupported { what: String },
 
+    #[error("{what}; {hint}")]
+    Locked { what: String, hint: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -129,6 +135,7 @@ impl Error {
             Error::Unreachable { .. } => ErrorKind::Unreachable,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Locked { .. } => ErrorKind::Locked,
             Error::Io { source, .. } if is_storage_full(source) => ErrorKind::StorageFull,
             Error::Io { .. } => ErrorKind::Io,
         }

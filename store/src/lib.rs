@@ -12,14 +12,18 @@ mod cpu;
 pub mod cutter;
 pub mod error;
 pub mod frame;
+pub mod gc;
 pub mod id;
 pub mod index;
 pub mod key;
+pub mod lease;
 pub mod manifest;
 pub mod ops;
 pub mod pack;
+pub mod pause;
 pub mod repo;
 pub mod retention;
+pub mod session;
 pub mod tree;
 mod wire;
 

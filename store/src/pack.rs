@@ -81,7 +81,9 @@ impl PackTrailer {
     /// [`PackWriter`] and [`PackTrailer::decode`] make them).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            TRAILER_HEADER_LEN + self.frames.len() * FRAME_DESC_LEN + self.blobs.len() * BLOB_ENTRY_LEN,
+            TRAILER_HEADER_LEN
+                + self.frames.len() * FRAME_DESC_LEN
+                + self.blobs.len() * BLOB_ENTRY_LEN,
         );
         out.put_u64(self.nonce);
         out.put_u32(len_u32(self.frames.len()));
@@ -360,10 +362,9 @@ impl PackWriter {
 
 /// The same pack under another name: its frames with `nonce` in the trailer.
 pub fn renonce(bytes: &[u8], trailer: &PackTrailer, nonce: u64) -> (PackId, Bytes, PackTrailer) {
-    let frames_end = trailer
-        .frames
-        .last()
-        .map_or(PACK_MAGIC.len(), |f| f.offset as usize + f.stored_len as usize);
+    let frames_end = trailer.frames.last().map_or(PACK_MAGIC.len(), |f| {
+        f.offset as usize + f.stored_len as usize
+    });
     let mut trailer = trailer.clone();
     trailer.nonce = nonce;
     let encoded = trailer.encode();
@@ -420,7 +421,10 @@ mod tests {
         assert_ne!(other, id);
         let parsed = decode_pack(&other_bytes, other).unwrap();
         assert_eq!(parsed.nonce, 7);
-        assert_eq!((parsed.frames.clone(), parsed.blobs.clone()), (trailer.frames, trailer.blobs));
+        assert_eq!(
+            (parsed.frames.clone(), parsed.blobs.clone()),
+            (trailer.frames, trailer.blobs)
+        );
         assert_eq!(parsed, other_trailer);
         assert_eq!(other_bytes[..100], bytes[..100]);
     }

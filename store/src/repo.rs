@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::backend::{Backend, ObjectDir, ObjectKey};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::id::{IndexId, SnapshotId};
+use crate::id::{IdSet, IndexId, PackId, SnapshotId};
 use crate::index::{Index, decode_index};
 use crate::key::PublicKey;
 use crate::manifest::{Snapshot, Trust, decode_manifest};
@@ -172,7 +172,13 @@ impl Repository {
     /// as missing (a backup stores it again) and `verify` reports it; it is
     /// logged here and kept in [`IndexedRepository::damaged_index`].
     pub async fn load_index(self) -> Result<IndexedRepository> {
-        let (index, damaged) = self.load_index_tolerant().await?;
+        self.load_index_excluding(&IdSet::default()).await
+    }
+
+    /// Loads the index without the packs in `exclude` (the ones garbage
+    /// collection condemned: writers must not rely on them).
+    pub async fn load_index_excluding(self, exclude: &IdSet<PackId>) -> Result<IndexedRepository> {
+        let (index, damaged) = self.load_index_tolerant_excluding(exclude).await?;
         let damaged: Vec<(IndexId, String)> = damaged
             .into_iter()
             .map(|(id, e)| (id, e.to_string()))
@@ -189,6 +195,14 @@ impl Repository {
 
     /// Loads every index object it can, returning the damaged ones apart.
     pub async fn load_index_tolerant(&self) -> Result<(Index, Vec<(IndexId, Error)>)> {
+        self.load_index_tolerant_excluding(&IdSet::default()).await
+    }
+
+    /// [`Repository::load_index_tolerant`] without the packs in `exclude`.
+    pub async fn load_index_tolerant_excluding(
+        &self,
+        exclude: &IdSet<PackId>,
+    ) -> Result<(Index, Vec<(IndexId, Error)>)> {
         let listed = self.backend.list(ObjectDir::Index).await?;
         let mut loaded: Vec<(IndexId, Result<Vec<crate::index::IndexedPack>>)> =
             futures::stream::iter(listed)
@@ -217,7 +231,10 @@ impl Repository {
         let mut damaged = Vec::new();
         for (id, result) in loaded {
             match result {
-                Ok(packs) => index.add(Some(id), &packs),
+                Ok(mut packs) => {
+                    packs.retain(|p| !exclude.contains(&p.id));
+                    index.add(Some(id), &packs)
+                }
                 Err(e @ (Error::Unreachable { .. } | Error::AccessDenied { .. })) => return Err(e),
                 Err(e) => damaged.push((id, e)),
             }

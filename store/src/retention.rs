@@ -275,7 +275,11 @@ enum Calendar {
 
 /// Computes the plan. `force` allows a group where no rule keeps anything
 /// (only its newest snapshot would stay).
-pub fn plan_forget(snapshots: &[SnapshotInfo], policy: &ForgetPolicy, force: bool) -> Result<ForgetPlan> {
+pub fn plan_forget(
+    snapshots: &[SnapshotInfo],
+    policy: &ForgetPolicy,
+    force: bool,
+) -> Result<ForgetPlan> {
     if policy.is_empty() {
         return Err(Error::invalid(
             "the policy is empty: give at least one --keep-* rule (e.g. --keep-daily 7 --keep-weekly 4 --keep-monthly 12)",
@@ -283,12 +287,19 @@ pub fn plan_forget(snapshots: &[SnapshotInfo], policy: &ForgetPolicy, force: boo
     }
     for tag in &policy.tags {
         if !snapshots.iter().any(|s| s.tags.contains(tag)) {
-            let mut present: Vec<&str> = snapshots.iter().flat_map(|s| s.tags.iter().map(String::as_str)).collect();
+            let mut present: Vec<&str> = snapshots
+                .iter()
+                .flat_map(|s| s.tags.iter().map(String::as_str))
+                .collect();
             present.sort_unstable();
             present.dedup();
             return Err(Error::invalid(format!(
                 "--keep-tag {tag:?}: no snapshot has that tag (tags in use: {})",
-                if present.is_empty() { "none".to_string() } else { present.join(", ") }
+                if present.is_empty() {
+                    "none".to_string()
+                } else {
+                    present.join(", ")
+                }
             )));
         }
     }
@@ -310,7 +321,7 @@ pub fn plan_forget(snapshots: &[SnapshotInfo], policy: &ForgetPolicy, force: boo
     let mut plans = Vec::new();
     for (group, mut members) in groups {
         // Newest first; ties broken by id so the plan is deterministic.
-        members.sort_by(|a, b| (b.time, b.id).cmp(&(a.time, a.id)));
+        members.sort_by_key(|s| std::cmp::Reverse((s.time, s.id)));
         let reasons = keep_reasons(&members, policy)?;
         if !force && members.len() > 1 && reasons.iter().all(Vec::is_empty) {
             return Err(Error::invalid(format!(
@@ -329,7 +340,10 @@ pub fn plan_forget(snapshots: &[SnapshotInfo], policy: &ForgetPolicy, force: boo
                 why.push(KeepReason::Newest);
             }
             if why.is_empty() {
-                plan.remove.push(Removed { id: s.id, time: s.time });
+                plan.remove.push(Removed {
+                    id: s.id,
+                    time: s.time,
+                });
             } else {
                 plan.keep.push(Kept {
                     id: s.id,
@@ -351,7 +365,8 @@ fn keep_reasons(members: &[&SnapshotInfo], policy: &ForgetPolicy) -> Result<Vec<
             r.push(KeepReason::Last);
         }
     }
-    let calendar: [(Option<u32>, Calendar, fn(String) -> KeepReason); 5] = [
+    type Rule = (Option<u32>, Calendar, fn(String) -> KeepReason);
+    let calendar: [Rule; 5] = [
         (policy.hourly, Calendar::Hour, KeepReason::Hourly),
         (policy.daily, Calendar::Day, KeepReason::Daily),
         (policy.weekly, Calendar::Week, KeepReason::Weekly),
@@ -424,7 +439,10 @@ mod tests {
     }
 
     fn kept(plan: &ForgetPlan) -> BTreeSet<SnapshotId> {
-        plan.groups.iter().flat_map(|g| g.keep.iter().map(|k| k.id)).collect()
+        plan.groups
+            .iter()
+            .flat_map(|g| g.keep.iter().map(|k| k.id))
+            .collect()
     }
 
     fn policy(daily: u32, weekly: u32, monthly: u32) -> ForgetPolicy {
@@ -441,7 +459,14 @@ mod tests {
         // Nightly at 02:00 UTC, 2025-11-22 to 2026-11-21 (a Saturday).
         let first: Timestamp = "2025-11-22T02:00:00Z".parse().unwrap();
         let all: Vec<SnapshotInfo> = (0..365)
-            .map(|d| snap(d, first + Span::new().hours(24 * i64::from(d)), "node4", &[]))
+            .map(|d| {
+                snap(
+                    d,
+                    first + Span::new().hours(24 * i64::from(d)),
+                    "node4",
+                    &[],
+                )
+            })
             .collect();
         let plan = plan_forget(&all, &policy(7, 4, 12), false).unwrap();
         let dates: BTreeSet<String> = plan.groups[0]
@@ -451,13 +476,28 @@ mod tests {
             .collect();
         let expected: BTreeSet<String> = [
             // daily: the last 7 days
-            "2026-11-15", "2026-11-16", "2026-11-17", "2026-11-18", "2026-11-19", "2026-11-20",
+            "2026-11-15",
+            "2026-11-16",
+            "2026-11-17",
+            "2026-11-18",
+            "2026-11-19",
+            "2026-11-20",
             "2026-11-21",
             // weekly: Sundays ending ISO weeks 45 and 44 (weeks 47 and 46 are already kept)
-            "2026-11-08", "2026-11-01",
+            "2026-11-08",
+            "2026-11-01",
             // monthly: the last day of each month back to December 2025
-            "2026-10-31", "2026-09-30", "2026-08-31", "2026-07-31", "2026-06-30", "2026-05-31",
-            "2026-04-30", "2026-03-31", "2026-02-28", "2026-01-31", "2025-12-31",
+            "2026-10-31",
+            "2026-09-30",
+            "2026-08-31",
+            "2026-07-31",
+            "2026-06-30",
+            "2026-05-31",
+            "2026-04-30",
+            "2026-03-31",
+            "2026-02-28",
+            "2026-01-31",
+            "2025-12-31",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -483,7 +523,11 @@ mod tests {
         };
         let plan = plan_forget(&all, &only_tag, false).unwrap();
         assert_eq!(plan.groups.len(), 2);
-        let pc = plan.groups.iter().find(|g| g.group.host.as_deref() == Some("pc")).unwrap();
+        let pc = plan
+            .groups
+            .iter()
+            .find(|g| g.group.host.as_deref() == Some("pc"))
+            .unwrap();
         assert_eq!(pc.keep[0].reasons, vec![KeepReason::Newest]);
         assert_eq!(kept(&plan).len(), 3);
     }
@@ -491,7 +535,10 @@ mod tests {
     #[test]
     fn bad_policies_are_refused_with_a_clear_message() {
         let t: Timestamp = "2026-11-21T02:00:00Z".parse().unwrap();
-        let all = vec![snap(1, t, "a", &["x"]), snap(2, t - Span::new().hours(1), "a", &[])];
+        let all = vec![
+            snap(1, t, "a", &["x"]),
+            snap(2, t - Span::new().hours(1), "a", &[]),
+        ];
         let err = plan_forget(&all, &ForgetPolicy::default(), false).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
         let unknown = ForgetPolicy {
@@ -499,7 +546,10 @@ mod tests {
             ..ForgetPolicy::default()
         };
         let err = plan_forget(&all, &unknown, false).unwrap_err();
-        assert!(err.to_string().contains("no snapshot has that tag") && err.to_string().contains('x'), "{err}");
+        assert!(
+            err.to_string().contains("no snapshot has that tag") && err.to_string().contains('x'),
+            "{err}"
+        );
         // A policy that keeps nothing in a group is refused unless forced.
         let nothing = ForgetPolicy {
             within: Some(parse_span("0s").unwrap()),
@@ -507,7 +557,10 @@ mod tests {
             ..ForgetPolicy::default()
         };
         let both_older = vec![snap(1, t, "a", &[]), snap(2, t, "a", &[])];
-        assert!(plan_forget(&both_older, &nothing, false).is_ok(), "within 0 keeps ties at the newest time");
+        assert!(
+            plan_forget(&both_older, &nothing, false).is_ok(),
+            "within 0 keeps ties at the newest time"
+        );
         let hourly_zero = ForgetPolicy {
             hourly: Some(0),
             ..ForgetPolicy::default()
@@ -524,7 +577,9 @@ mod tests {
     #[test]
     fn keep_within_counts_back_from_the_newest_snapshot() {
         let t: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
-        let all: Vec<SnapshotInfo> = (0..10).map(|d| snap(d, t - Span::new().hours(24 * i64::from(d)), "a", &[])).collect();
+        let all: Vec<SnapshotInfo> = (0..10)
+            .map(|d| snap(d, t - Span::new().hours(24 * i64::from(d)), "a", &[]))
+            .collect();
         let within = ForgetPolicy {
             within: Some(parse_span("3d").unwrap()),
             ..ForgetPolicy::default()
@@ -536,7 +591,9 @@ mod tests {
             within: Some(parse_span("1mo").unwrap()),
             ..ForgetPolicy::default()
         };
-        let all: Vec<SnapshotInfo> = (0..40).map(|d| snap(d, t - Span::new().hours(24 * i64::from(d)), "a", &[])).collect();
+        let all: Vec<SnapshotInfo> = (0..40)
+            .map(|d| snap(d, t - Span::new().hours(24 * i64::from(d)), "a", &[]))
+            .collect();
         assert_eq!(kept(&plan_forget(&all, &month, false).unwrap()).len(), 29);
     }
 
@@ -545,7 +602,10 @@ mod tests {
     fn reference(all: &[SnapshotInfo], policy: &ForgetPolicy) -> BTreeSet<SnapshotId> {
         let mut by_group: HashMap<(String, String), Vec<&SnapshotInfo>> = HashMap::new();
         for s in all {
-            by_group.entry((s.host.clone(), s.name.clone())).or_default().push(s);
+            by_group
+                .entry((s.host.clone(), s.name.clone()))
+                .or_default()
+                .push(s);
         }
         let mut keep = BTreeSet::new();
         for members in by_group.values() {
@@ -595,7 +655,7 @@ mod tests {
                 .map(|(i, &t)| {
                     // Cluster some near month ends and leap day.
                     let t = if i % 5 == 0 { t - t % (86_400 * 29) } else { t };
-                    snap(i as u32, base + Span::new().seconds(t), if hosts[i] == 0 { "a" } else { "b" }, &[])
+                    snap(u32::try_from(i).unwrap(), base + Span::new().seconds(t), if hosts[i] == 0 { "a" } else { "b" }, &[])
                 })
                 .collect();
             let (hourly, daily, weekly, monthly, yearly, last) = rules;

@@ -44,7 +44,7 @@ async fn fixture(kind: Kind) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.bin"), &data[0]).unwrap();
     std::fs::write(dir.path().join("c.bin"), &data[2]).unwrap();
-    let repo = open(backend.clone()).await;
+    let repo = writer(backend.clone()).await;
     let c = repo
         .backup(
             cairn_store::ops::source::Source::Paths(vec![

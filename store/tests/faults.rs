@@ -60,7 +60,7 @@ async fn an_untrusted_signing_key_is_refused_before_anything_is_written() {
     for kind in kinds() {
         let (_place, backend, before, data) = repo_with_one_snapshot(kind).await;
         let stranger = SecretKey::from_seed(&[9; 32]);
-        let repo = open(backend.clone()).await;
+        let repo = writer(backend.clone()).await;
         let err = repo
             .backup(
                 Source::Reader {
@@ -84,7 +84,7 @@ async fn an_untrusted_signing_key_is_refused_before_anything_is_written() {
 async fn a_failing_command_writes_no_snapshot_and_reports_its_stderr() {
     for kind in kinds() {
         let (_place, backend, before, data) = repo_with_one_snapshot(kind).await;
-        let repo = open(backend.clone()).await;
+        let repo = writer(backend.clone()).await;
         let command =
             "head -c 3000000 /dev/urandom; echo 'pg_dump: error: connection refused' >&2; exit 3";
         let err = repo
@@ -143,7 +143,7 @@ impl std::io::Read for BreaksAfter {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_stream_writes_no_snapshot() {
     let (_place, backend, before, data) = repo_with_one_snapshot(Kind::Local).await;
-    let repo = open(backend.clone()).await;
+    let repo = writer(backend.clone()).await;
     let err = repo
         .backup(
             Source::Reader {
@@ -168,7 +168,7 @@ async fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
         let (backend, fault) = place.faulty_backend();
         // Room for a few packs of a 40 MiB backup, not all of it.
         fault.fill_disk_after(20 << 20);
-        let repo = open(backend.clone()).await;
+        let repo = writer(backend.clone()).await;
         let err = repo
             .backup(
                 Source::Reader {
@@ -199,7 +199,7 @@ async fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
         assert!(report.is_clean(), "{report:#?}");
         // A failure while writing the manifest (the last step) also leaves no snapshot.
         fault.fail(cairn_store::backend::fault::Op::Put, "snapshots/");
-        let err = open(backend.clone())
+        let err = writer(backend.clone())
             .await
             .backup(
                 Source::Reader {

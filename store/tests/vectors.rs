@@ -1810,15 +1810,18 @@ async fn create_fixture(dir: &Path) {
     let backup = |n: usize, source: Source| {
         let backend = backend.clone();
         async move {
-            let repo = Repository::open(backend)
+            let session = Repository::open(backend)
                 .await
                 .unwrap()
-                .load_index()
+                .begin_write(&cairn_store::session::WriteOptions::default())
                 .await
                 .unwrap();
-            repo.backup(source, &key(), &options(n), Arc::new(NoProgress))
+            let summary = session
+                .backup(source, &key(), &options(n), Arc::new(NoProgress))
                 .await
-                .unwrap()
+                .unwrap();
+            session.finish().await.unwrap();
+            summary
         }
     };
     // 1: one item read from a stream.

@@ -65,14 +65,14 @@ async fn main() {
                 .map(|s| day.join(s))
                 .filter(|p| p.exists())
                 .collect();
-            let repo = Repository::open(backend.clone())
+            let session = Repository::open(backend.clone())
                 .await
                 .unwrap()
-                .load_index()
+                .begin_write(&Default::default())
                 .await
                 .unwrap();
             let started = std::time::Instant::now();
-            let s = repo
+            let s = session
                 .backup(
                     Source::Paths(paths),
                     &key,
@@ -81,6 +81,7 @@ async fn main() {
                 )
                 .await
                 .unwrap();
+            session.finish().await.unwrap();
             total += s.stored_bytes;
             println!(
                 "{set:<12} {:>3} {:>8.1} {:>10.2} {:>8.2} {:>7} {:>5.1}",

@@ -8,7 +8,9 @@ use std::time::Instant;
 use anyhow::bail;
 use cairn_store::key::SecretKey;
 use cairn_store::ops::backup::BackupOptions;
+use cairn_store::ops::select::parse_time;
 use cairn_store::ops::source::Source;
+use cairn_store::session::WriteOptions;
 use clap::Args;
 
 use crate::progress::{Bar, human_bytes, rate};
@@ -30,6 +32,10 @@ pub struct BackupArgs {
     /// Host name to record (default: this machine's; set it in containers, whose names change).
     #[arg(long, env = "CAIRN_HOST")]
     host: Option<String>,
+    /// The snapshot's time (RFC 3339 with offset; default: now). For importing
+    /// old dumps under the date they were made.
+    #[arg(long, value_name = "TIME")]
+    time: Option<String>,
     /// Back up the standard output of this shell command; a non-zero exit writes no snapshot.
     #[arg(long, value_name = "CMD", conflicts_with = "paths")]
     command: Option<String>,
@@ -76,20 +82,32 @@ fn source(args: &BackupArgs) -> anyhow::Result<Source> {
 pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let source = source(&args)?;
     let key = SecretKey::read_file(&args.key)?;
-    let repo = args.repo.open().await?.load_index().await?;
+    let time = args.time.as_deref().map(parse_time).transpose()?;
+    let session = args
+        .repo
+        .open()
+        .await?
+        .begin_write(&WriteOptions {
+            kind: "backup",
+            lease_ttl: crate::pause::lease_ttl(),
+            pauses: crate::pause::from_env(),
+        })
+        .await?;
     let options = BackupOptions {
         host: args.host.clone().unwrap_or_else(cairn_store::ops::hostname),
         tags: args.tags.clone(),
-        time: None,
+        time,
         upload_concurrency: args.upload_concurrency,
     };
     let started = Instant::now();
     let bar = Bar::bytes(None, args.quiet || args.json);
-    let summary = repo
+    let summary = session
         .backup(source, &key, &options, Arc::new(bar.clone()))
         .await;
     bar.finish();
+    let released = session.finish().await;
     let summary = summary?;
+    released?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         super::print_summary(&summary, &[("duration_secs", seconds.into())])?;

@@ -1,10 +1,13 @@
 //! The subcommands, one file each.
 
 mod backup;
+mod forget;
+mod gc;
 mod init;
 mod key;
 mod restore;
 mod snapshots;
+mod stats;
 mod verify;
 
 use std::process::ExitCode;
@@ -37,6 +40,12 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Check signatures, structure and (with --read-data) every chunk.
     Verify(verify::VerifyArgs),
+    /// Remove snapshots by retention policy (--keep-*) or by id; data stays until `gc`.
+    Forget(forget::ForgetArgs),
+    /// Delete data no snapshot needs (two-phase, safe beside running backups).
+    Gc(gc::GcArgs),
+    /// Snapshots, logical and stored bytes, deduplication, what gc can reclaim.
+    Stats(stats::StatsArgs),
 }
 
 /// Runs a command; the exit code on success (verify may report damage).
@@ -48,6 +57,9 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Snapshots(a) => snapshots::run(a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Verify(a) => verify::run(a).await,
+        Command::Forget(a) => forget::run(a).await,
+        Command::Gc(a) => gc::run(a).await,
+        Command::Stats(a) => stats::run(a).await,
     }
 }
 

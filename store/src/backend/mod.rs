@@ -42,6 +42,10 @@ pub enum ObjectKey {
     Snapshot(SnapshotId),
     /// `probe-<random>`: written and deleted to test conditional create.
     Probe(String),
+    /// `locks/<name>`: a writer's lease (the only objects ever overwritten).
+    Lock(String),
+    /// `gc/<name>`: garbage collection's condemned lists and logs.
+    Gc(String),
 }
 
 /// A directory of objects of one kind.
@@ -53,6 +57,10 @@ pub enum ObjectDir {
     Index,
     /// Snapshot manifests.
     Snapshots,
+    /// Leases.
+    Locks,
+    /// Garbage collection state.
+    Gc,
 }
 
 impl ObjectDir {
@@ -61,8 +69,19 @@ impl ObjectDir {
             ObjectDir::Packs => "packs",
             ObjectDir::Index => "index",
             ObjectDir::Snapshots => "snapshots",
+            ObjectDir::Locks => "locks",
+            ObjectDir::Gc => "gc",
         }
     }
+}
+
+/// Whether `name` is usable as a lock or GC object name: `[a-z0-9.-]`, 1-128 characters.
+pub fn valid_state_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
 }
 
 impl ObjectKey {
@@ -77,6 +96,8 @@ impl ObjectKey {
             ObjectKey::Index(id) => format!("index/{id}"),
             ObjectKey::Snapshot(id) => format!("snapshots/{id}"),
             ObjectKey::Probe(name) => format!("probe-{name}"),
+            ObjectKey::Lock(name) => format!("locks/{name}"),
+            ObjectKey::Gc(name) => format!("gc/{name}"),
         })
     }
 
@@ -93,6 +114,12 @@ impl ObjectKey {
             (ObjectDir::Snapshots, ["snapshots", name]) => {
                 SnapshotId::from_hex(name).ok().map(ObjectKey::Snapshot)
             }
+            (ObjectDir::Locks, ["locks", name]) if valid_state_name(name) => {
+                Some(ObjectKey::Lock(name.to_string()))
+            }
+            (ObjectDir::Gc, ["gc", name]) if valid_state_name(name) => {
+                Some(ObjectKey::Gc(name.to_string()))
+            }
             _ => None,
         };
         // Only the canonical (lowercase) name is ours: it is the one read back.
@@ -108,6 +135,8 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Index(id) => write!(f, "index {id}"),
             ObjectKey::Snapshot(id) => write!(f, "snapshot {id}"),
             ObjectKey::Probe(name) => write!(f, "probe {name}"),
+            ObjectKey::Lock(name) => write!(f, "lock {name}"),
+            ObjectKey::Gc(name) => write!(f, "gc state {name}"),
         }
     }
 }
@@ -347,7 +376,10 @@ impl Backend {
                     ObjectKey::Pack(id) => Some(id.0),
                     ObjectKey::Index(id) => Some(id.0),
                     ObjectKey::Snapshot(id) => Some(id.0),
-                    ObjectKey::Config | ObjectKey::Probe(_) => None,
+                    ObjectKey::Config
+                    | ObjectKey::Probe(_)
+                    | ObjectKey::Lock(_)
+                    | ObjectKey::Gc(_) => None,
                 };
                 if let Some(expected) = expected {
                     let existing = self.get(key).await?;
@@ -363,6 +395,27 @@ impl Backend {
             }
             Err(e) => Err(self.classify(e, key, "writing")),
         }
+    }
+
+    /// Overwrites a lease's heartbeat: the one kind of object Cairn ever
+    /// replaces (an atomic PUT, so readers see the old or the new).
+    pub async fn put_overwrite(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
+        debug_assert!(
+            matches!(key, ObjectKey::Lock(_)),
+            "only leases are overwritten"
+        );
+        if !matches!(key, ObjectKey::Lock(_)) {
+            return Err(Error::invalid(format!("{key} may not be overwritten")));
+        }
+        self.store
+            .put_opts(
+                &key.path(),
+                PutPayload::from_bytes(bytes),
+                PutMode::Overwrite.into(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify(e, key, "writing"))
     }
 
     /// Reads a whole object.

@@ -17,26 +17,26 @@ use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, Created, ObjectKey};
+use crate::backend::ObjectKey;
 use crate::blob_reader::BlobReader;
 use crate::chunker::{Chunker, ChunkerParams, ChunkingPolicy};
 use crate::config::Config;
 use crate::cutter::{Cutter, ParentChunks};
 use crate::error::{Error, Result};
 use crate::frame::FrameBuilder;
-use crate::id::{BlobId, IdSet, IndexId, SnapshotId};
-use crate::index::{Index, IndexedPack, encode_index};
+use crate::id::{BlobId, IdSet, SnapshotId};
+use crate::index::Index;
 use crate::key::SecretKey;
 use crate::manifest::{Item, ItemKind, MANIFEST_VERSION, Manifest};
-use crate::ops::packer::{FinishedPack, Packer};
+use crate::ops::packer::{FinishedPack, Packer, store_index, upload_packs};
 use crate::ops::restore::TreeWalker;
 use crate::ops::source::{Entry, Source};
 use crate::repo::IndexedRepository;
+use crate::session::WriteSession;
 use crate::tree::TreeBuilder;
 
 /// Bytes read from the source per segment.
@@ -46,8 +46,6 @@ const SEGMENTS_AHEAD: usize = 1;
 /// Parents with more chunks than this are not loaded for prediction (each
 /// costs about 80 bytes of memory while its item is backed up).
 const MAX_PARENT_CHUNKS: u64 = 1 << 20;
-/// Index objects are split to stay under this size.
-const MAX_INDEX_LEN: usize = 32 << 20;
 /// Tree nodes go to smaller frames than content: a node (a few hundred
 /// bytes) is read on its own, when walking a tree or predicting cuts, and
 /// the whole frame is decoded for it; chunk lists barely compress anyway.
@@ -126,7 +124,7 @@ struct IngestStats {
     new_tree_bytes: u64,
 }
 
-impl IndexedRepository {
+impl WriteSession {
     /// Backs `source` up as one snapshot signed with `key`.
     pub async fn backup(
         &self,
@@ -142,19 +140,23 @@ impl IndexedRepository {
             });
         }
         let source_info = source.info();
-        // Every write below relies on create-only PUTs: check before writing.
-        self.backend().probe_conditional_create().await?;
-        let previous = self.previous_items().await?;
+        let previous = self.repo().previous_items().await?;
         let parents = ParentLoader {
-            reader: BlobReader::new(self.clone(), 4, 4 << 20),
+            reader: BlobReader::new(self.repo().clone(), 4, 4 << 20),
             runtime: tokio::runtime::Handle::current(),
         };
 
         let concurrency = options.upload_concurrency.max(1);
         let (pack_tx, pack_rx) = mpsc::channel::<FinishedPack>(1);
-        let uploader = tokio::spawn(upload_packs(self.backend().clone(), pack_rx, concurrency));
+        let uploader = tokio::spawn(upload_packs(
+            self.backend().clone(),
+            pack_rx,
+            concurrency,
+            Arc::clone(self.condemned()),
+            self.pauses().clone(),
+        ));
         let config = self.config().clone();
-        let index = Arc::clone(self.index());
+        let index = Arc::clone(self.repo().index());
         let ingest = tokio::task::spawn_blocking(move || {
             let entries = source.into_entries()?;
             let mut ingest = Ingest::new(&config, &index, previous, parents, pack_tx)?;
@@ -173,7 +175,7 @@ impl IndexedRepository {
             .map_err(|e| Error::invalid(format!("upload task failed: {e}")))?;
         // An upload failure closes the channel and so also fails ingest:
         // report the cause, not the symptom.
-        let (items, stats, mut packs) = match (ingested, uploaded) {
+        let (items, stats, packs) = match (ingested, uploaded) {
             (Ok((items, stats)), Ok(packs)) => (items, stats, packs),
             (_, Err(upload_error)) => return Err(upload_error),
             (Err(e), Ok(_)) => return Err(e),
@@ -181,25 +183,9 @@ impl IndexedRepository {
 
         let mut stored_bytes: u64 = packs.iter().map(|p| p.len).sum();
         let pack_count = packs.len() as u64;
-        packs.sort_by_key(|p| p.id);
-        for group in index_groups(&packs) {
-            match self.store_index(group, 0).await {
-                // The same index object exists but is damaged: it cannot be
-                // replaced (create-only), and deleting it first would orphan
-                // the snapshots that rely on it. Store it under another name.
-                Err(Error::Corrupt { object, .. }) => {
-                    tracing::warn!(
-                        "{object} is damaged; storing that index anew under another nonce"
-                    );
-                    let mut nonce = [0u8; 8];
-                    getrandom::fill(&mut nonce).map_err(|e| Error::invalid(e.to_string()))?;
-                    stored_bytes += self
-                        .store_index(group, u64::from_le_bytes(nonce) | 1)
-                        .await?;
-                }
-                other => stored_bytes += other?,
-            }
-        }
+        self.pauses().at("backup:packs-stored").await;
+        self.lease().check()?;
+        stored_bytes += store_index(self.backend(), packs).await?;
 
         let manifest = Manifest {
             version: MANIFEST_VERSION,
@@ -212,6 +198,10 @@ impl IndexedRepository {
         };
         let (snapshot, bytes) = manifest.encode_signed(key)?;
         stored_bytes += bytes.len() as u64;
+        self.pauses().at("backup:before-manifest").await;
+        // A writer whose lease lapsed writes no snapshot: garbage collection
+        // may have stopped waiting for it.
+        self.lease().check()?;
         self.backend()
             .put_new(&ObjectKey::Snapshot(snapshot), Bytes::from(bytes))
             .await?;
@@ -241,15 +231,6 @@ struct PreviousItem {
 }
 
 impl IndexedRepository {
-    /// Writes one index object naming `packs`; returns its length.
-    async fn store_index(&self, packs: &[IndexedPack], nonce: u64) -> Result<u64> {
-        let bytes = encode_index(packs, nonce);
-        let len = bytes.len() as u64;
-        let key = ObjectKey::Index(IndexId::of(&bytes));
-        self.backend().put_new(&key, Bytes::from(bytes)).await?;
-        Ok(len)
-    }
-
     /// Each file item name's newest version in the repository.
     async fn previous_items(&self) -> Result<HashMap<String, PreviousItem>> {
         let list = self.repo().load_snapshots(&self.config().trust()).await?;
@@ -312,55 +293,6 @@ impl ParentLoader {
             }
         }
     }
-}
-
-/// Splits packs into runs whose index objects stay under [`MAX_INDEX_LEN`].
-fn index_groups(packs: &[IndexedPack]) -> Vec<&[IndexedPack]> {
-    let mut groups = Vec::new();
-    let (mut start, mut len) = (0, 0usize);
-    for (i, p) in packs.iter().enumerate() {
-        let entry = 44 + 16 + p.trailer.frames.len() * 9 + p.trailer.blobs.len() * 36;
-        // pack id, length, trailer length, then the trailer (see `encode_index`)
-        if i > start && len + entry > MAX_INDEX_LEN {
-            groups.push(&packs[start..i]);
-            (start, len) = (i, 0);
-        }
-        len += entry;
-    }
-    if start < packs.len() {
-        groups.push(&packs[start..]);
-    }
-    groups
-}
-
-/// Uploads packs as they arrive, up to `concurrency` at once, and returns
-/// what the index object must record of them.
-async fn upload_packs(
-    backend: Backend,
-    rx: mpsc::Receiver<FinishedPack>,
-    concurrency: usize,
-) -> Result<Vec<IndexedPack>> {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) })
-        .map(|pack| {
-            let backend = backend.clone();
-            async move {
-                let len = pack.bytes.len() as u64;
-                let created = backend
-                    .put_new(&ObjectKey::Pack(pack.id), pack.bytes)
-                    .await?;
-                if created == Created::Existed {
-                    tracing::debug!("pack {} was already stored", pack.id);
-                }
-                Ok(IndexedPack {
-                    id: pack.id,
-                    len,
-                    trailer: pack.trailer,
-                })
-            }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await
 }
 
 /// The ingest thread's state: dedup, frames being filled, the open pack.

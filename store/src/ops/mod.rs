@@ -2,10 +2,14 @@
 //! or report, and does its I/O through the repository's backend.
 
 pub mod backup;
+pub mod forget;
+pub mod gc;
+mod mark;
 mod packer;
 pub mod restore;
 pub mod select;
 pub mod source;
+pub mod stats;
 pub mod verify;
 
 /// This machine's host name, for snapshots (override it with `--host` where

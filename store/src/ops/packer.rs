@@ -13,12 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
+use crate::backend::{Backend, Created, ObjectKey};
 use crate::error::{Error, Result};
 use crate::frame::{Frame, FrameBuilder};
-use crate::id::PackId;
-use crate::pack::{PackTrailer, PackWriter};
+use crate::id::{IdSet, IndexId, PackId};
+use crate::index::{IndexedPack, encode_index};
+use crate::pack::{PackTrailer, PackWriter, renonce};
+use crate::pause::Pauses;
 
 /// A finished pack on its way to the uploader.
 pub(crate) struct FinishedPack {
@@ -141,4 +145,123 @@ fn pack_in_order(
         None if !pack.is_empty() => send(pack),
         None => Ok(()),
     }
+}
+
+/// Index objects are split to stay under this size.
+const MAX_INDEX_LEN: usize = 32 << 20;
+
+/// A random non-zero nonce.
+fn random_nonce() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| Error::invalid(format!("no randomness: {e}")))?;
+    Ok(u64::from_le_bytes(b) | 1)
+}
+
+/// Uploads packs as they arrive, up to `concurrency` at once, and returns
+/// what the index objects must record of them. A pack whose name is taken
+/// by a pack garbage collection condemned (`avoid`), or by a damaged copy,
+/// is stored again under another nonce: the write protocol never relies on
+/// a pack that may be deleted.
+pub(crate) async fn upload_packs(
+    backend: Backend,
+    rx: mpsc::Receiver<FinishedPack>,
+    concurrency: usize,
+    avoid: Arc<IdSet<PackId>>,
+    pauses: Pauses,
+) -> Result<Vec<IndexedPack>> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) })
+        .map(|pack| {
+            let backend = backend.clone();
+            let avoid = Arc::clone(&avoid);
+            let pauses = pauses.clone();
+            async move {
+                let FinishedPack {
+                    mut id,
+                    mut bytes,
+                    mut trailer,
+                } = pack;
+                for attempt in 0..3 {
+                    let outcome = if avoid.contains(&id) {
+                        Ok(Created::Existed)
+                    } else {
+                        backend.put_new(&ObjectKey::Pack(id), bytes.clone()).await
+                    };
+                    match outcome {
+                        Ok(Created::New) => break,
+                        Ok(Created::Existed) if !avoid.contains(&id) => {
+                            tracing::debug!("pack {id} was already stored");
+                            break;
+                        }
+                        Ok(Created::Existed) | Err(Error::Corrupt { .. }) if attempt < 2 => {
+                            tracing::debug!(
+                                "pack {id} is condemned or damaged; storing it under another nonce"
+                            );
+                            (id, bytes, trailer) = renonce(&bytes, &trailer, random_nonce()?);
+                        }
+                        Ok(_) => return Err(Error::invalid(format!("pack {id}: no usable name"))),
+                        Err(e) => return Err(e),
+                    }
+                }
+                pauses.at("backup:pack-stored").await;
+                Ok(IndexedPack {
+                    id,
+                    len: bytes.len() as u64,
+                    trailer,
+                })
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await
+}
+
+/// Writes index objects naming `packs` (split to stay under 32 MiB each);
+/// returns the bytes written. An index object whose name is taken by a
+/// damaged copy cannot be replaced (create-only), and deleting it first
+/// would orphan the snapshots that rely on it: it is stored under another
+/// nonce instead.
+pub(crate) async fn store_index(backend: &Backend, mut packs: Vec<IndexedPack>) -> Result<u64> {
+    packs.sort_by_key(|p| p.id);
+    let mut written = 0u64;
+    for group in index_groups(&packs) {
+        let mut nonce = 0;
+        loop {
+            let bytes = encode_index(group, nonce);
+            let len = bytes.len() as u64;
+            let key = ObjectKey::Index(IndexId::of(&bytes));
+            match backend.put_new(&key, Bytes::from(bytes)).await {
+                Ok(_) => {
+                    written += len;
+                    break;
+                }
+                Err(Error::Corrupt { object, .. }) if nonce == 0 => {
+                    tracing::warn!(
+                        "{object} is damaged; storing that index anew under another nonce"
+                    );
+                    nonce = random_nonce()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// Splits packs into runs whose index objects stay under [`MAX_INDEX_LEN`].
+fn index_groups(packs: &[IndexedPack]) -> Vec<&[IndexedPack]> {
+    let mut groups = Vec::new();
+    let (mut start, mut len) = (0, 0usize);
+    for (i, p) in packs.iter().enumerate() {
+        // pack id, length, trailer length, then the trailer (see `encode_index`)
+        let entry = 44 + 16 + p.trailer.frames.len() * 9 + p.trailer.blobs.len() * 36;
+        if i > start && len + entry > MAX_INDEX_LEN {
+            groups.push(&packs[start..i]);
+            (start, len) = (i, 0);
+        }
+        len += entry;
+    }
+    if start < packs.len() {
+        groups.push(&packs[start..]);
+    }
+    groups
 }

@@ -154,18 +154,31 @@ pub async fn backup_reader(
     name: &str,
     reader: Box<dyn Read + Send>,
 ) -> BackupSummary {
-    let repo = open(backend.clone()).await;
-    repo.backup(
-        Source::Reader {
-            name: name.into(),
-            reader,
-        },
-        &key(),
-        &options(),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap()
+    let session = writer(backend.clone()).await;
+    let summary = session
+        .backup(
+            Source::Reader {
+                name: name.into(),
+                reader,
+            },
+            &key(),
+            &options(),
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    session.finish().await.unwrap();
+    summary
+}
+
+/// A write session (a lease, the index without condemned packs).
+pub async fn writer(backend: Backend) -> cairn_store::session::WriteSession {
+    Repository::open(backend)
+        .await
+        .unwrap()
+        .begin_write(&cairn_store::session::WriteOptions::default())
+        .await
+        .unwrap()
 }
 
 /// Restores the single item of `snapshot` into memory.

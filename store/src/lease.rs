@@ -1,0 +1,326 @@
+//! Leases: writers announce themselves, so garbage collection can wait for them.
+//!
+//! A lease is two objects: `locks/<id>`, written once when the writer starts
+//! (its `last_modified` is the start, on the store's clock, and its body says
+//! who holds it), and `locks/<id>.alive`, the heartbeat the holder rewrites
+//! every `ttl / 4`. A lease is **alive** while its heartbeat (or, before the
+//! first one, its start object) is younger than `ttl` by the store's clock.
+//! The holder stops trusting its lease when it has not renewed it for
+//! `ttl / 2` by its own clock, and then writes nothing more: a backup whose
+//! lease lapsed writes no snapshot. Between `ttl / 2` and `ttl` lies the
+//! margin for the two clocks' rates and for requests in flight.
+//!
+//! Garbage collection holds `locks/gc`, created create-only so that only one
+//! runs at a time; a dead one may be taken over.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, Created, ObjectDir, ObjectKey};
+use crate::error::{Error, Result};
+
+/// The default lease time-to-live.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
+/// The name of garbage collection's exclusive lease.
+pub const GC_LEASE: &str = "gc";
+const ALIVE_SUFFIX: &str = ".alive";
+
+/// Who holds a lease (the body of `locks/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// What the holder does: `backup`, `gc`, ...
+    pub kind: String,
+    /// Its host.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it started, by its own clock (informative).
+    pub started: Timestamp,
+    /// The lease's time-to-live in seconds.
+    pub ttl_secs: u64,
+    /// A unique id for this holder (a GC run id, say).
+    pub holder: String,
+}
+
+struct LeaseState {
+    last_renewed: Instant,
+    error: Option<String>,
+}
+
+/// A held lease, renewed in the background until released.
+pub struct Lease {
+    backend: Backend,
+    id: String,
+    ttl: Duration,
+    record: LeaseRecord,
+    state: Arc<Mutex<LeaseState>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lease({})", self.id)
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| Error::invalid(format!("no randomness: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+impl Lease {
+    /// Takes a new lease of `kind` (a writer's: many may be held at once).
+    pub async fn acquire(backend: &Backend, kind: &str, ttl: Duration) -> Result<Lease> {
+        let id = format!("{kind}-{}", random_hex(8)?);
+        let record = Self::new_record(kind, ttl, &id);
+        match backend
+            .put_new(&ObjectKey::Lock(id.clone()), Bytes::from(encode(&record)))
+            .await?
+        {
+            Created::New => Ok(Self::start(backend, id, ttl, record)),
+            Created::Existed => Err(Error::invalid(format!("lease id {id} collided"))),
+        }
+    }
+
+    /// Takes garbage collection's exclusive lease, taking over a dead one.
+    pub async fn acquire_gc(backend: &Backend, ttl: Duration, run: &str) -> Result<Lease> {
+        let key = ObjectKey::Lock(GC_LEASE.into());
+        let record = Self::new_record("gc", ttl, run);
+        for attempt in 0..2 {
+            if backend.put_new(&key, Bytes::from(encode(&record))).await? == Created::New {
+                return Ok(Self::start(backend, GC_LEASE.into(), ttl, record));
+            }
+            let now = store_now(backend).await?;
+            let holder = list_leases(backend)
+                .await?
+                .into_iter()
+                .find(|l| l.id == GC_LEASE);
+            match holder {
+                Some(h) if h.is_alive(now) || attempt == 1 => {
+                    let who = h
+                        .record
+                        .as_ref()
+                        .map(|r| {
+                            format!(
+                                "{} (pid {}) on {}, since {}",
+                                r.holder, r.pid, r.host, h.started
+                            )
+                        })
+                        .unwrap_or_else(|| "an unknown holder".into());
+                    return Err(Error::Locked {
+                        what: format!("another garbage collection is running: {who}"),
+                        hint: "wait for it to finish (a dead one is taken over once its lease expires)".into(),
+                    });
+                }
+                _ => {
+                    tracing::warn!("taking over a dead garbage collection lease");
+                    release_objects(backend, GC_LEASE).await?;
+                }
+            }
+        }
+        Err(Error::Locked {
+            what: "could not take the garbage collection lease".into(),
+            hint: "run the command again".into(),
+        })
+    }
+
+    fn new_record(kind: &str, ttl: Duration, holder: &str) -> LeaseRecord {
+        LeaseRecord {
+            kind: kind.into(),
+            host: crate::ops::hostname(),
+            pid: std::process::id(),
+            started: Timestamp::now(),
+            ttl_secs: ttl.as_secs().max(1),
+            holder: holder.into(),
+        }
+    }
+
+    fn start(backend: &Backend, id: String, ttl: Duration, record: LeaseRecord) -> Lease {
+        let state = Arc::new(Mutex::new(LeaseState {
+            last_renewed: Instant::now(),
+            error: None,
+        }));
+        let renewer = tokio::spawn(renew(backend.clone(), id.clone(), ttl, Arc::clone(&state)));
+        Lease {
+            backend: backend.clone(),
+            id,
+            ttl,
+            record,
+            state,
+            renewer,
+        }
+    }
+
+    /// The lease's id (`locks/<id>`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Who holds it.
+    pub fn record(&self) -> &LeaseRecord {
+        &self.record
+    }
+
+    /// Fails if the lease may have lapsed: not renewed for `ttl / 2`.
+    pub fn check(&self) -> Result<()> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let age = state.last_renewed.elapsed();
+        if age >= self.ttl / 2 {
+            let why = state
+                .error
+                .clone()
+                .unwrap_or_else(|| "no renewal succeeded".into());
+            return Err(Error::Locked {
+                what: format!(
+                    "lease {} lapsed: not renewed for {} s of its {} s ({why})",
+                    self.id,
+                    age.as_secs(),
+                    self.ttl.as_secs()
+                ),
+                hint:
+                    "nothing more is written (garbage collection may no longer wait for this run); \
+                       check the storage and run the command again"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Renews the lease now (when a long step is about to start).
+    pub async fn renew_now(&self) -> Result<()> {
+        heartbeat(&self.backend, &self.id).await?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.last_renewed = Instant::now();
+        state.error = None;
+        Ok(())
+    }
+
+    /// Ends the lease: stops renewing and deletes its objects.
+    pub async fn release(self) -> Result<()> {
+        self.renewer.abort();
+        release_objects(&self.backend, &self.id).await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Without `release` (an error path), the lease simply expires.
+        self.renewer.abort();
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+async fn heartbeat(backend: &Backend, id: &str) -> Result<()> {
+    let key = ObjectKey::Lock(format!("{id}{ALIVE_SUFFIX}"));
+    let body = encode(&serde_json::json!({ "renewed": Timestamp::now() }));
+    backend.put_overwrite(&key, Bytes::from(body)).await
+}
+
+async fn renew(backend: Backend, id: String, ttl: Duration, state: Arc<Mutex<LeaseState>>) {
+    let period = (ttl / 4).max(Duration::from_millis(100));
+    loop {
+        let outcome = heartbeat(&backend, &id).await;
+        {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            match outcome {
+                Ok(()) => {
+                    s.last_renewed = Instant::now();
+                    s.error = None;
+                }
+                Err(e) => {
+                    tracing::warn!("could not renew lease {id}: {e}");
+                    s.error = Some(e.to_string());
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+async fn release_objects(backend: &Backend, id: &str) -> Result<()> {
+    backend
+        .delete(&ObjectKey::Lock(format!("{id}{ALIVE_SUFFIX}")))
+        .await?;
+    backend.delete(&ObjectKey::Lock(id.to_string())).await
+}
+
+/// A lease found in the repository.
+#[derive(Debug, Clone)]
+pub struct LeaseStatus {
+    /// Its id.
+    pub id: String,
+    /// Who holds it (when its start object could be read).
+    pub record: Option<LeaseRecord>,
+    /// When it started, by the store's clock.
+    pub started: Timestamp,
+    /// When it was last renewed, by the store's clock.
+    pub renewed: Timestamp,
+}
+
+impl LeaseStatus {
+    /// Whether it is alive at `now` (the store's clock).
+    pub fn is_alive(&self, now: Timestamp) -> bool {
+        let ttl = self
+            .record
+            .as_ref()
+            .map_or(DEFAULT_TTL.as_secs(), |r| r.ttl_secs);
+        let ttl = jiff::SignedDuration::from_secs(i64::try_from(ttl).unwrap_or(i64::MAX));
+        now.duration_since(self.renewed) < ttl
+    }
+}
+
+/// Every lease in the repository.
+pub async fn list_leases(backend: &Backend) -> Result<Vec<LeaseStatus>> {
+    let objects = backend.list(ObjectDir::Locks).await?;
+    let mut leases: std::collections::BTreeMap<String, LeaseStatus> = Default::default();
+    let mut heartbeats: std::collections::HashMap<String, Timestamp> = Default::default();
+    for o in objects {
+        let ObjectKey::Lock(name) = &o.key else {
+            continue;
+        };
+        match name.strip_suffix(ALIVE_SUFFIX) {
+            Some(id) => {
+                heartbeats.insert(id.to_string(), o.last_modified);
+            }
+            None => {
+                leases.insert(
+                    name.clone(),
+                    LeaseStatus {
+                        id: name.clone(),
+                        record: None,
+                        started: o.last_modified,
+                        renewed: o.last_modified,
+                    },
+                );
+            }
+        }
+    }
+    for lease in leases.values_mut() {
+        if let Some(&t) = heartbeats.get(&lease.id) {
+            lease.renewed = lease.renewed.max(t);
+        }
+        match backend.get(&ObjectKey::Lock(lease.id.clone())).await {
+            Ok(bytes) => lease.record = serde_json::from_slice(&bytes).ok(),
+            Err(Error::Missing { .. }) => {} // released meanwhile
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(leases.into_values().collect())
+}
+
+/// The store's clock now: write a probe and read its `last_modified`.
+pub async fn store_now(backend: &Backend) -> Result<Timestamp> {
+    let key = ObjectKey::Probe(format!("clock-{}", random_hex(8)?));
+    backend.put_new(&key, Bytes::from_static(b"{}")).await?;
+    let now = backend.head(&key).await?.last_modified;
+    backend.delete(&key).await?;
+    Ok(now)
+}

@@ -1,0 +1,810 @@
+//! Garbage collection: reclaim what no snapshot needs, safely beside writers.
+//!
+//! **The protocol.** Deletion is two-phase, and every decision to delete is
+//! made again, from the packs themselves, just before deleting.
+//!
+//! *Writers* (backups) first take a lease (`locks/<id>`, renewed; see
+//! [`crate::lease`]), then read the condemned lists (`gc/condemned-*`), then
+//! load the index *without* the condemned packs: they never deduplicate
+//! against a condemned pack, and a pack they write whose name is taken by a
+//! condemned one is stored under another nonce. A writer whose lease lapsed
+//! writes no snapshot.
+//!
+//! *Phase 1* (under the exclusive `locks/gc` lease): mark every blob the
+//! snapshots reach, listing the snapshots again at the end until no new one
+//! appears (a snapshot committed meanwhile protects its chunks); refuse if
+//! anything reachable is missing; condemn packs nothing live is in, packs
+//! less than half live (after copying their live blobs to new packs, within
+//! `--max-repack`), and packs no index names that are older than the grace
+//! period and than every running writer. Publish the list as
+//! `gc/condemned-<run>` (time T1: its `last_modified`, the store's clock),
+//! *then* list the live leases and record them as `gc/writers-<run>`.
+//!
+//! *Phase 2* (the same run, or a later one), for each condemned list, only
+//! once the grace period has passed since T1 (store clock) and none of the
+//! recorded writers is alive: every writer that could have loaded the index
+//! before the list was public has finished (committed, failed or lapsed).
+//! Mark again over the snapshots *now*; read each condemned pack's trailer
+//! from the pack (not from an index); rescue any condemned pack holding a
+//! live blob no surviving pack holds (a writer that started before T1 may
+//! have deduplicated against it); write an index naming the surviving packs
+//! of every index object that names a doomed pack; write the deletion log
+//! `gc/log-<run>-<n>`; delete those index objects; delete the doomed packs;
+//! delete the list.
+//!
+//! *Interrupted* anywhere (kill -9), the repository verifies clean: index
+//! objects are replaced before the packs they name are deleted, so an index
+//! never names a deleted pack, and nothing is deleted before its log. The
+//! condemned list stays until its deletions are done, so the next run
+//! finishes the job.
+//!
+//! | beside ↓ while → runs | backup | restore, verify, snapshots | forget | gc |
+//! |---|---|---|---|---|
+//! | **backup** | yes | yes | yes | yes: waits for phase 2 (a writer older than the list), or avoids condemned packs (a newer one) |
+//! | **restore, verify** | yes | yes | yes: a snapshot may vanish mid-read and its restore fails cleanly | yes: a forgotten snapshot may vanish mid-read |
+//! | **forget** | yes | yes | yes | yes: the next mark sees the change |
+//! | **gc** | yes | yes | yes | no: `locks/gc` is exclusive |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::backend::{Backend, ObjectDir, ObjectKey};
+use crate::blob_reader::BlobReader;
+use crate::error::{Error, Result};
+use crate::frame::FrameBuilder;
+use crate::gc::{
+    CondemnReason, CondemnedList, CondemnedPack, DeletionLog, LoggedDeletion, PackContents,
+    UnindexedPack, WritersAtCondemnation, plan_condemnation, plan_deletion,
+};
+use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId};
+use crate::index::{IndexedPack, decode_index};
+use crate::lease::{DEFAULT_TTL, Lease, list_leases, store_now};
+use crate::manifest::Snapshot;
+use crate::ops::mark::mark;
+use crate::ops::packer::{FinishedPack, store_index, upload_packs};
+use crate::ops::stats::StatsReport;
+use crate::pack::{FOOTER_LEN, PackWriter, decode_trailer_from_tail};
+use crate::pause::Pauses;
+use crate::repo::Repository;
+
+/// How to collect garbage.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Plan and report only.
+    pub dry_run: bool,
+    /// Condemned packs are deleted no sooner than this after their list is
+    /// public (store clock), and packs no index names are condemned only
+    /// once this old.
+    pub grace: Duration,
+    /// Repack at most this share (percent) of the repository's bytes per run.
+    pub max_repack_pct: f64,
+    /// GC's own lease time-to-live.
+    pub lease_ttl: Duration,
+    /// Pause points (tests).
+    pub pauses: Pauses,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            grace: Duration::from_secs(3600),
+            max_repack_pct: 10.0,
+            lease_ttl: DEFAULT_TTL,
+            pauses: Pauses::default(),
+        }
+    }
+}
+
+/// A condemned list not yet finished, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waiting {
+    /// The run that condemned it.
+    pub run: String,
+    /// Packs in it.
+    pub packs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// What it waits for.
+    pub reason: String,
+}
+
+/// What a garbage collection did (or, dry, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// This run's id.
+    pub run: String,
+    /// Nothing was written or deleted.
+    pub dry_run: bool,
+    /// Snapshots marked.
+    pub snapshots: u64,
+    /// Indexed packs.
+    pub packs: u64,
+    /// Their bytes.
+    pub pack_bytes: u64,
+    /// Raw bytes of live blobs.
+    pub live_bytes: u64,
+    /// Raw bytes no snapshot needs.
+    pub dead_bytes: u64,
+    /// Packs condemned by this run.
+    pub condemned: Vec<CondemnedPack>,
+    /// New packs written by repacking.
+    pub repacked_into: u64,
+    /// Packs deleted (this run, finishing earlier lists too).
+    pub deleted_packs: u64,
+    /// Their bytes.
+    pub deleted_bytes: u64,
+    /// Index objects replaced.
+    pub deleted_index: u64,
+    /// Condemned packs kept after all (pack, a live blob in it).
+    pub rescued: Vec<(PackId, BlobId)>,
+    /// Condemned lists still waiting.
+    pub waiting: Vec<Waiting>,
+}
+
+/// The condemned packs in every list: what writers must not rely on.
+pub async fn load_condemned(backend: &Backend) -> Result<IdSet<PackId>> {
+    Ok(load_lists(backend)
+        .await?
+        .into_iter()
+        .flat_map(|l| l.list.packs.into_iter().map(|p| p.id))
+        .collect())
+}
+
+/// A condemned list as found.
+struct Pending {
+    list: CondemnedList,
+    /// When it became public (store clock).
+    published: Timestamp,
+    writers: Option<WritersAtCondemnation>,
+}
+
+async fn load_lists(backend: &Backend) -> Result<Vec<Pending>> {
+    let objects = backend.list(ObjectDir::Gc).await?;
+    let mut writers: BTreeMap<String, WritersAtCondemnation> = BTreeMap::new();
+    let mut lists = Vec::new();
+    for o in &objects {
+        let ObjectKey::Gc(name) = &o.key else {
+            continue;
+        };
+        if name.starts_with("writers-") {
+            let body = backend.get(&o.key).await?;
+            let w: WritersAtCondemnation = serde_json::from_slice(&body)
+                .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
+            writers.insert(w.run.clone(), w);
+        }
+    }
+    for o in objects {
+        let ObjectKey::Gc(name) = &o.key else {
+            continue;
+        };
+        if name.starts_with("condemned-") {
+            let body = match backend.get(&o.key).await {
+                Ok(b) => b,
+                Err(Error::Missing { .. }) => continue, // finished meanwhile
+                Err(e) => return Err(e),
+            };
+            let list: CondemnedList = serde_json::from_slice(&body)
+                .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
+            lists.push(Pending {
+                writers: writers.remove(&list.run),
+                list,
+                published: o.last_modified,
+            });
+        }
+    }
+    lists.sort_by(|a, b| a.list.run.cmp(&b.list.run));
+    Ok(lists)
+}
+
+/// Everything the index objects say, kept per object (GC rewrites them).
+struct IndexObjects {
+    objects: Vec<(IndexId, Vec<IndexedPack>)>,
+}
+
+impl IndexObjects {
+    async fn load(repo: &Repository) -> Result<IndexObjects> {
+        let (_, damaged) = repo.load_index_tolerant().await?;
+        if let Some((id, e)) = damaged.into_iter().next() {
+            return Err(Error::Corrupt {
+                object: format!("index {id}"),
+                detail: format!(
+                    "{e}; garbage collection refuses to run on a repository with a damaged index (run `cairn verify`)"
+                ),
+            });
+        }
+        let backend = repo.backend();
+        let mut objects = Vec::new();
+        for info in backend.list(ObjectDir::Index).await? {
+            let ObjectKey::Index(id) = info.key else {
+                continue;
+            };
+            match backend.get(&info.key).await {
+                Ok(bytes) => objects.push((id, decode_index(&bytes, id)?)),
+                Err(Error::Missing { .. }) => {} // replaced meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        objects.sort_by_key(|(id, _)| *id);
+        Ok(IndexObjects { objects })
+    }
+
+    /// Each indexed pack with its blobs (once, however many objects name it).
+    fn packs(&self) -> Vec<PackContents> {
+        let mut seen = IdSet::default();
+        let mut out = Vec::new();
+        for (_, packs) in &self.objects {
+            for p in packs {
+                if seen.insert(p.id) {
+                    out.push(PackContents {
+                        id: p.id,
+                        len: p.len,
+                        blobs: p.trailer.blobs.iter().map(|b| (b.id, b.len)).collect(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+fn new_run_id() -> Result<String> {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| Error::invalid(format!("no randomness: {e}")))?;
+    Ok(format!(
+        "{}-{}",
+        Timestamp::now().strftime("%Y%m%d-%H%M%S"),
+        hex::encode(b)
+    ))
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+impl Repository {
+    /// Collects garbage; see the module docs for the protocol.
+    pub async fn gc(&self, options: &GcOptions) -> Result<GcReport> {
+        let run = new_run_id()?;
+        let mut report = GcReport {
+            run: run.clone(),
+            dry_run: options.dry_run,
+            ..GcReport::default()
+        };
+        let backend = self.backend().clone();
+        let lease = if options.dry_run {
+            None
+        } else {
+            Some(Lease::acquire_gc(&backend, options.lease_ttl, &run).await?)
+        };
+        let outcome = self
+            .collect(options, &run, lease.as_ref(), &mut report)
+            .await;
+        if let Some(lease) = lease {
+            let released = lease.release().await;
+            outcome?;
+            released?;
+        } else {
+            outcome?;
+        }
+        Ok(report)
+    }
+
+    async fn collect(
+        &self,
+        options: &GcOptions,
+        run: &str,
+        lease: Option<&Lease>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let backend = self.backend();
+        // Finish what earlier runs condemned.
+        for pending in load_lists(backend).await? {
+            self.finish_list(pending, options, lease, report).await?;
+        }
+
+        // Phase 1: mark.
+        let (snapshots, live) = self.mark_all().await?;
+        report.snapshots = snapshots.len() as u64;
+        let index = IndexObjects::load(self).await?;
+        let packs = index.packs();
+        let present: IdMap<PackId, (u64, Timestamp)> = backend
+            .list(ObjectDir::Packs)
+            .await?
+            .into_iter()
+            .filter_map(|o| match o.key {
+                ObjectKey::Pack(id) => Some((id, (o.len, o.last_modified))),
+                _ => None,
+            })
+            .collect();
+        refuse_if_reachable_missing(&packs, &present, &live)?;
+        options.pauses.at("gc:marked").await;
+
+        // Phase 1: decide.
+        let now = store_now(backend).await?;
+        let leases = list_leases(backend).await?;
+        let oldest_writer = leases
+            .iter()
+            .filter(|l| l.is_alive(now) && lease.is_none_or(|own| own.id() != l.id))
+            .map(|l| l.started)
+            .min();
+        let cutoff = oldest_writer.map_or(now - signed(options.grace), |w| {
+            w.min(now - signed(options.grace))
+        });
+        let indexed: IdSet<PackId> = packs.iter().map(|p| p.id).collect();
+        let unindexed: Vec<UnindexedPack> = present
+            .iter()
+            .filter(|(id, _)| !indexed.contains(*id))
+            .map(|(id, &(len, stored))| UnindexedPack {
+                id: *id,
+                len,
+                stored,
+            })
+            .collect();
+        let already = load_condemned(backend).await?;
+        let total: u64 = packs.iter().map(|p| p.len).sum();
+        #[allow(clippy::cast_possible_truncation)] // clamped to 0..=10000 first
+        let basis_points = (options.max_repack_pct.clamp(0.0, 100.0) * 100.0).round() as u64;
+        let budget = u64::try_from(u128::from(total) * u128::from(basis_points) / 10_000)
+            .unwrap_or(u64::MAX);
+        let plan = plan_condemnation(&packs, &live, &unindexed, &already, cutoff, budget);
+        report.packs = plan.packs;
+        report.pack_bytes = plan.pack_bytes;
+        report.live_bytes = plan.live_bytes;
+        report.dead_bytes = plan.dead_bytes;
+        report.condemned = plan.condemn.clone();
+        if options.dry_run || plan.condemn.is_empty() {
+            return Ok(());
+        }
+        let Some(lease) = lease else { return Ok(()) };
+
+        // Phase 1: copy the live blobs out of the packs to repack.
+        if !plan.repack.is_empty() {
+            lease.check()?;
+            report.repacked_into = self.repack(&plan.repack, &already).await?;
+        }
+
+        // Phase 1: publish the list, then record the writers that may not have seen it.
+        lease.check()?;
+        let list = CondemnedList {
+            version: 1,
+            run: run.to_string(),
+            packs: plan.condemn,
+        };
+        let list_key = ObjectKey::Gc(format!("condemned-{run}"));
+        backend
+            .put_new(
+                &list_key,
+                Bytes::from(serde_json::to_vec(&list).unwrap_or_default()),
+            )
+            .await?;
+        let published = backend.head(&list_key).await?.last_modified;
+        let writers = self.record_writers(run, Some(lease)).await?;
+        options.pauses.at("gc:condemned").await;
+
+        // Phase 2 right away when nothing needs waiting for.
+        let pending = Pending {
+            list,
+            published,
+            writers: Some(writers),
+        };
+        self.finish_list(pending, options, Some(lease), report)
+            .await
+    }
+
+    /// Marks everything the snapshots reach, listing them again until no
+    /// new one appears. Refuses when a snapshot cannot be read.
+    async fn mark_all(&self) -> Result<(Vec<Snapshot>, IdSet<BlobId>)> {
+        let repo = self.clone().load_index().await?;
+        let trust = self.config().trust();
+        let mut live = IdSet::default();
+        let mut marked: IdSet<crate::id::SnapshotId> = IdSet::default();
+        let mut all = Vec::new();
+        loop {
+            let list = self.load_snapshots(&trust).await?;
+            if let Some((id, e)) = list.rejected.first() {
+                return Err(Error::Corrupt {
+                    object: format!("snapshot {id}"),
+                    detail: format!(
+                        "{e}; garbage collection cannot tell what it needs, so it refuses to run \
+                         (remove a bogus snapshot with `cairn forget {id}`)"
+                    ),
+                });
+            }
+            let new: Vec<Snapshot> = list
+                .snapshots
+                .into_iter()
+                .filter(|s| marked.insert(s.id))
+                .collect();
+            if new.is_empty() {
+                return Ok((all, live));
+            }
+            // The index may have grown (a backup committed): reload it.
+            let repo = if all.is_empty() {
+                repo.clone()
+            } else {
+                self.clone().load_index().await?
+            };
+            mark(&repo, &new, &mut live).await.map_err(refusal)?;
+            all.extend(new);
+        }
+    }
+
+    /// Lists the leases alive now (but GC's own) and records them for `run`.
+    async fn record_writers(
+        &self,
+        run: &str,
+        own: Option<&Lease>,
+    ) -> Result<WritersAtCondemnation> {
+        let backend = self.backend();
+        let now = store_now(backend).await?;
+        let writers = WritersAtCondemnation {
+            run: run.to_string(),
+            writers: list_leases(backend)
+                .await?
+                .into_iter()
+                .filter(|l| l.is_alive(now) && own.is_none_or(|o| o.id() != l.id))
+                .map(|l| l.id)
+                .collect(),
+        };
+        backend
+            .put_new(
+                &ObjectKey::Gc(format!("writers-{run}")),
+                Bytes::from(serde_json::to_vec(&writers).unwrap_or_default()),
+            )
+            .await?;
+        Ok(writers)
+    }
+
+    /// Phase 2 for one condemned list, if its time has come.
+    async fn finish_list(
+        &self,
+        pending: Pending,
+        options: &GcOptions,
+        lease: Option<&Lease>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let backend = self.backend();
+        let run = pending.list.run.clone();
+        let bytes: u64 = pending.list.packs.iter().map(|p| p.len).sum();
+        let mut wait = |reason: String| {
+            report.waiting.push(Waiting {
+                run: run.clone(),
+                packs: pending.list.packs.len() as u64,
+                bytes,
+                reason,
+            });
+        };
+        let Some(lease) = lease.filter(|_| !options.dry_run) else {
+            wait("not deleted in a dry run".into());
+            return Ok(());
+        };
+        let now = store_now(backend).await?;
+        let age = now.duration_since(pending.published);
+        if age < signed(options.grace) {
+            let left = signed(options.grace) - age;
+            wait(format!("grace period: {} s left", left.as_secs()));
+            return Ok(());
+        }
+        let writers = match pending.writers {
+            Some(w) => w,
+            // Interrupted before recording them: all writers alive now is a superset.
+            None => self.record_writers(&run, Some(lease)).await?,
+        };
+        let leases = list_leases(backend).await?;
+        if let Some(alive) = leases
+            .iter()
+            .find(|l| writers.writers.contains(&l.id) && l.is_alive(now))
+        {
+            let who = alive
+                .record
+                .as_ref()
+                .map(|r| format!("{} on {} (pid {})", r.kind, r.host, r.pid))
+                .unwrap_or_else(|| alive.id.clone());
+            wait(format!(
+                "a writer that started before the list was public is still running: {who}"
+            ));
+            return Ok(());
+        }
+
+        // Mark again over the snapshots as they are now.
+        let (_, live) = self.mark_all().await?;
+        // What each condemned pack holds, from the pack itself.
+        let mut doomed = Vec::new();
+        for c in &pending.list.packs {
+            if let Some(contents) = read_pack_contents(backend, c.id).await? {
+                doomed.push(contents);
+            }
+        }
+        let doomed_ids: IdSet<PackId> = doomed.iter().map(|p| p.id).collect();
+        let index = IndexObjects::load(self).await?;
+        let surviving: IdSet<BlobId> = index
+            .packs()
+            .iter()
+            .filter(|p| !doomed_ids.contains(&p.id))
+            .flat_map(|p| p.blobs.iter().map(|(b, _)| *b))
+            .collect();
+        let decision = plan_deletion(&doomed, &surviving, &live);
+        options.pauses.at("gc:before-delete").await;
+        lease.check()?;
+
+        // Replace the index objects that name a doomed pack.
+        let delete: IdSet<PackId> = decision.delete.iter().copied().collect();
+        let affected: Vec<&(IndexId, Vec<IndexedPack>)> = index
+            .objects
+            .iter()
+            .filter(|(_, packs)| packs.iter().any(|p| delete.contains(&p.id)))
+            .collect();
+        let keep: Vec<IndexedPack> = {
+            let mut seen = IdSet::default();
+            affected
+                .iter()
+                .flat_map(|(_, packs)| packs.iter())
+                .filter(|p| !delete.contains(&p.id) && seen.insert(p.id))
+                .cloned()
+                .collect()
+        };
+        if !keep.is_empty() {
+            store_index(backend, keep).await?;
+        }
+        let reason_of: IdMap<PackId, CondemnReason> = pending
+            .list
+            .packs
+            .iter()
+            .map(|p| (p.id, p.reason))
+            .collect();
+        let log = DeletionLog {
+            run: run.clone(),
+            time: Timestamp::now(),
+            deleted: affected
+                .iter()
+                .map(|(id, _)| LoggedDeletion {
+                    object: format!("index {id}"),
+                    reason: "replaced by an index without the deleted packs".into(),
+                })
+                .chain(decision.delete.iter().map(|id| {
+                    LoggedDeletion {
+                        object: format!("pack {id}"),
+                        reason: format!(
+                            "{:?}",
+                            reason_of
+                                .get(id)
+                                .copied()
+                                .unwrap_or(CondemnReason::Unreferenced)
+                        )
+                        .to_lowercase(),
+                    }
+                }))
+                .collect(),
+            rescued: decision
+                .rescue
+                .iter()
+                .map(|(pack, blob)| LoggedDeletion {
+                    object: format!("pack {pack}"),
+                    reason: format!("kept: it holds live chunk {blob}, found nowhere else"),
+                })
+                .collect(),
+        };
+        let log_key = ObjectKey::Gc(format!("log-{run}-{}", Timestamp::now().as_millisecond()));
+        backend
+            .put_new(
+                &log_key,
+                Bytes::from(serde_json::to_vec(&log).unwrap_or_default()),
+            )
+            .await?;
+        for (id, _) in &affected {
+            lease.check()?;
+            backend.delete(&ObjectKey::Index(*id)).await?;
+            report.deleted_index += 1;
+        }
+        options.pauses.at("gc:index-replaced").await;
+        let lens: IdMap<PackId, u64> = doomed.iter().map(|p| (p.id, p.len)).collect();
+        for (n, id) in decision.delete.iter().enumerate() {
+            lease.check()?;
+            backend.delete(&ObjectKey::Pack(*id)).await?;
+            report.deleted_packs += 1;
+            report.deleted_bytes += lens.get(id).copied().unwrap_or_default();
+            if n == 0 {
+                options.pauses.at("gc:deleting").await;
+            }
+        }
+        report.rescued.extend(decision.rescue);
+        backend
+            .delete(&ObjectKey::Gc(format!("writers-{run}")))
+            .await?;
+        backend
+            .delete(&ObjectKey::Gc(format!("condemned-{run}")))
+            .await?;
+        options.pauses.at("gc:finished").await;
+        Ok(())
+    }
+
+    /// Copies the given live blobs into new packs and indexes them; returns
+    /// how many packs were written.
+    async fn repack(
+        &self,
+        repack: &BTreeMap<PackId, Vec<BlobId>>,
+        avoid: &IdSet<PackId>,
+    ) -> Result<u64> {
+        let repo = self.clone().load_index().await?;
+        let reader = BlobReader::new(repo, 4, 16 << 20);
+        let config = self.config().clone();
+        let (tx, rx) = mpsc::channel::<FinishedPack>(1);
+        let uploader = tokio::spawn(upload_packs(
+            self.backend().clone(),
+            rx,
+            2,
+            Arc::new(avoid.clone()),
+            Pauses::default(),
+        ));
+        let mut pack = PackWriter::new();
+        let mut frame = FrameBuilder::default();
+        let ids: Vec<BlobId> = repack.values().flatten().copied().collect();
+        let mut written = 0u64;
+        for batch in ids.chunks(1024) {
+            let blobs = reader.read_blobs(batch).await?;
+            for (id, bytes) in batch.iter().zip(blobs) {
+                frame.push(*id, &bytes);
+                if frame.raw_len() >= config.compression.frame_target_len as usize {
+                    let level = config.compression.level;
+                    let full = frame.take();
+                    pack.add_frame(crate::cpu::run(move || full.compress(level)).await?);
+                }
+                if pack.len() >= config.pack_target_len as usize {
+                    let (id, bytes, trailer) = std::mem::take(&mut pack).finish();
+                    written += 1;
+                    if tx.send(FinishedPack { id, bytes, trailer }).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if !frame.is_empty() {
+            let level = config.compression.level;
+            pack.add_frame(crate::cpu::run(move || frame.compress(level)).await?);
+        }
+        if !pack.is_empty() {
+            let (id, bytes, trailer) = pack.finish();
+            written += 1;
+            let _ = tx.send(FinishedPack { id, bytes, trailer }).await;
+        }
+        drop(tx);
+        let packs = uploader
+            .await
+            .map_err(|e| Error::invalid(format!("upload task failed: {e}")))??;
+        store_index(self.backend(), packs).await?;
+        Ok(written)
+    }
+}
+
+impl Repository {
+    /// The statistics `cairn stats` shows (see [`StatsReport`]).
+    pub(crate) async fn gc_stats(&self) -> Result<StatsReport> {
+        let backend = self.backend();
+        let (snapshots, live) = self.mark_all().await?;
+        let index = IndexObjects::load(self).await?;
+        let packs = index.packs();
+        let indexed: IdSet<PackId> = packs.iter().map(|p| p.id).collect();
+        let mut stored = 0u64;
+        let mut unindexed = Vec::new();
+        for dir in [ObjectDir::Packs, ObjectDir::Index, ObjectDir::Snapshots] {
+            for o in backend.list(dir).await? {
+                stored += o.len;
+                if let ObjectKey::Pack(id) = o.key
+                    && !indexed.contains(&id)
+                {
+                    unindexed.push(UnindexedPack {
+                        id,
+                        len: o.len,
+                        stored: o.last_modified,
+                    });
+                }
+            }
+        }
+        let condemned = load_condemned(backend).await?;
+        let now = Timestamp::now();
+        // Everything that could go now: no grace, no budget limit.
+        let plan = plan_condemnation(&packs, &live, &unindexed, &condemned, now, u64::MAX);
+        let mut report = StatsReport {
+            snapshots: snapshots.len() as u64,
+            logical_bytes: snapshots.iter().map(|s| s.manifest.total_len()).sum(),
+            unique_bytes: plan.live_bytes,
+            stored_bytes: stored,
+            unreferenced_bytes: plan.dead_bytes,
+            ..StatsReport::default()
+        };
+        report.dedup_ratio = report.logical_bytes as f64 / (stored.max(1)) as f64;
+        for c in &plan.condemn {
+            match c.reason {
+                CondemnReason::Repacked => report.repackable_bytes += c.len,
+                _ => report.reclaimable_bytes += c.len,
+            }
+        }
+        let lens: IdMap<PackId, u64> = packs.iter().map(|p| (p.id, p.len)).collect();
+        report.condemned_bytes = condemned.iter().filter_map(|id| lens.get(id)).sum();
+        Ok(report)
+    }
+}
+
+/// Says that garbage collection refuses because referenced data is damaged.
+fn refusal(e: Error) -> Error {
+    const WHY: &str =
+        "; garbage collection refuses to run while referenced data is missing or damaged";
+    match e {
+        Error::Missing { object, context } => Error::Missing {
+            object,
+            context: context + WHY,
+        },
+        Error::Corrupt { object, detail } => Error::Corrupt {
+            object,
+            detail: detail + WHY,
+        },
+        other => other,
+    }
+}
+
+/// Refuses when a live blob has no copy in a pack that exists.
+fn refuse_if_reachable_missing(
+    packs: &[PackContents],
+    present: &IdMap<PackId, (u64, Timestamp)>,
+    live: &IdSet<BlobId>,
+) -> Result<()> {
+    let mut found: IdSet<BlobId> = IdSet::default();
+    let mut missing_pack: IdMap<BlobId, PackId> = IdMap::default();
+    for p in packs {
+        let exists = present.get(&p.id).is_some_and(|&(len, _)| len == p.len);
+        for (b, _) in &p.blobs {
+            if exists {
+                found.insert(*b);
+            } else {
+                missing_pack.insert(*b, p.id);
+            }
+        }
+    }
+    if let Some(b) = live.iter().find(|b| !found.contains(*b)) {
+        let why = missing_pack
+            .get(b)
+            .map(|p| format!("pack {p} is missing or truncated"))
+            .unwrap_or_else(|| "no index names it".into());
+        return Err(Error::Missing {
+            object: format!("chunk {b}, which snapshots need"),
+            context: format!(
+                " ({why}); garbage collection refuses to run while referenced data is missing"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A pack's blobs from its own trailer (a range read of its tail), or
+/// `None` if it is gone already.
+async fn read_pack_contents(backend: &Backend, id: PackId) -> Result<Option<PackContents>> {
+    let key = ObjectKey::Pack(id);
+    let len = match backend.head(&key).await {
+        Ok(info) => info.len,
+        Err(Error::Missing { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let object = format!("pack {id}");
+    let mut tail_len = (64 * 1024).min(len);
+    loop {
+        let tail = backend.get_range(&key, len - tail_len..len).await?;
+        if let Some(trailer) = decode_trailer_from_tail(len, &tail, &object)? {
+            return Ok(Some(PackContents {
+                id,
+                len,
+                blobs: trailer.blobs.iter().map(|b| (b.id, b.len)).collect(),
+            }));
+        }
+        if tail_len == len || tail_len < FOOTER_LEN as u64 {
+            return Err(Error::corrupt(&object, "its trailer does not fit in it"));
+        }
+        tail_len = len.min(tail_len * 16);
+    }
+}
