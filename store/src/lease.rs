@@ -58,7 +58,8 @@ pub struct Lease {
     ttl: Duration,
     record: LeaseRecord,
     state: Arc<Mutex<LeaseState>>,
-    renewer: tokio::task::JoinHandle<()>,
+    stop: Arc<tokio::sync::Notify>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -145,14 +146,22 @@ impl Lease {
             last_renewed: Instant::now(),
             error: None,
         }));
-        let renewer = tokio::spawn(renew(backend.clone(), id.clone(), ttl, Arc::clone(&state)));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let renewer = tokio::spawn(renew(
+            backend.clone(),
+            id.clone(),
+            ttl,
+            Arc::clone(&state),
+            Arc::clone(&stop),
+        ));
         Lease {
             backend: backend.clone(),
             id,
             ttl,
             record,
             state,
-            renewer,
+            stop,
+            renewer: Some(renewer),
         }
     }
 
@@ -200,9 +209,13 @@ impl Lease {
         Ok(())
     }
 
-    /// Ends the lease: stops renewing and deletes its objects.
-    pub async fn release(self) -> Result<()> {
-        self.renewer.abort();
+    /// Ends the lease: stops renewing (after any renewal in flight, which
+    /// could otherwise land after the delete) and deletes its objects.
+    pub async fn release(mut self) -> Result<()> {
+        self.stop.notify_one();
+        if let Some(renewer) = self.renewer.take() {
+            let _ = renewer.await;
+        }
         release_objects(&self.backend, &self.id).await
     }
 }
@@ -210,7 +223,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         // Without `release` (an error path), the lease simply expires.
-        self.renewer.abort();
+        if let Some(renewer) = &self.renewer {
+            renewer.abort();
+        }
     }
 }
 
@@ -224,7 +239,13 @@ async fn heartbeat(backend: &Backend, id: &str) -> Result<()> {
     backend.put_overwrite(&key, Bytes::from(body)).await
 }
 
-async fn renew(backend: Backend, id: String, ttl: Duration, state: Arc<Mutex<LeaseState>>) {
+async fn renew(
+    backend: Backend,
+    id: String,
+    ttl: Duration,
+    state: Arc<Mutex<LeaseState>>,
+    stop: Arc<tokio::sync::Notify>,
+) {
     let period = (ttl / 4).max(Duration::from_millis(100));
     loop {
         let outcome = heartbeat(&backend, &id).await;
@@ -241,7 +262,10 @@ async fn renew(backend: Backend, id: String, ttl: Duration, state: Arc<Mutex<Lea
                 }
             }
         }
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = stop.notified() => return,
+        }
     }
 }
 
