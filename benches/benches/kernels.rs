@@ -1096,6 +1096,7 @@ fn manifest(c: &mut Criterion) {
             kind: SourceKind::Files,
             command: None,
             exit_status: None,
+            url: None,
         },
         items,
     };

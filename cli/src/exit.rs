@@ -37,6 +37,10 @@ pub const IO: u8 = 13;
 /// Another operation holds the repository (a garbage collection is running),
 /// or this writer lost its lease.
 pub const LOCKED: u8 = 14;
+/// A database server rejected what was sent (a document, a setting).
+pub const REJECTED: u8 = 15;
+/// A restored database differs from its snapshot.
+pub const MISMATCH: u8 = 16;
 /// The output pipe closed before everything was written.
 pub const BROKEN_PIPE: u8 = 141;
 
@@ -56,6 +60,8 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         ErrorKind::Unsupported => UNSUPPORTED,
         ErrorKind::Io => IO,
         ErrorKind::Locked => LOCKED,
+        ErrorKind::Rejected => REJECTED,
+        ErrorKind::Mismatch => MISMATCH,
     }
 }
 

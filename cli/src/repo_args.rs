@@ -11,8 +11,10 @@ use clap::Args;
 #[derive(Debug, Args)]
 pub struct RepoArgs {
     /// Repository: a path, file://PATH or s3://BUCKET/PREFIX.
-    #[arg(long, env = "CAIRN_REPO", value_name = "URL")]
-    pub repo: String,
+    // Optional in type only: clap requires it, except where a subcommand
+    // (`backup couchdb`) takes its own.
+    #[arg(long, env = "CAIRN_REPO", value_name = "URL", required = true)]
+    pub repo: Option<String>,
     /// S3 endpoint for S3-compatible stores (else AWS_ENDPOINT_URL, else AWS).
     #[arg(long, env = "CAIRN_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,
@@ -38,7 +40,14 @@ impl RepoArgs {
             retry_timeout: Duration::from_secs(self.timeout),
             ..BackendOptions::default()
         };
-        Backend::connect(&self.repo, &options, create)
+        Backend::connect(self.url()?, &options, create)
+    }
+
+    /// The repository's URL.
+    pub fn url(&self) -> cairn_store::Result<&str> {
+        self.repo
+            .as_deref()
+            .ok_or_else(|| cairn_store::Error::invalid("--repo is required"))
     }
 
     /// Opens the repository.

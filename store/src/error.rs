@@ -38,6 +38,11 @@ pub enum ErrorKind {
     /// Another operation holds the repository (a running garbage
     /// collection), or this writer lost its lease.
     Locked,
+    /// A database server refused a request for what it contained (not for
+    /// credentials, not for being unreachable).
+    Rejected,
+    /// A restored database differs from its snapshot.
+    Mismatch,
 }
 
 /// A store error.
@@ -86,7 +91,7 @@ pub enum Error {
     AccessDenied { url: String, detail: String },
 
     #[error(
-        "{url}: storage unreachable while {doing}: {detail}; check the address and the network, then run the command again"
+        "{url}: unreachable while {doing}: {detail}; check the address and the network, then run the command again"
     )]
     Unreachable {
         url: String,
@@ -96,6 +101,35 @@ pub enum Error {
 
     #[error("{what}; {hint}")]
     AlreadyExists { what: String, hint: String },
+
+    #[error(
+        "{url}: CouchDB refused the credentials ({detail}); give a server admin's name and \
+         password in the URL (http://USER:PASSWORD@HOST:5984), in a --netrc file, or in \
+         COUCHDB_USER and COUCHDB_PASSWORD"
+    )]
+    CouchAuth { url: String, detail: String },
+
+    #[error("{url}: CouchDB forbids {doing} ({detail}); back up and restore as a server admin")]
+    CouchForbidden {
+        url: String,
+        doing: String,
+        detail: String,
+    },
+
+    #[error("{url}: the server rejected {what}: {detail}; {hint}")]
+    Rejected {
+        url: String,
+        what: String,
+        detail: String,
+        hint: String,
+    },
+
+    #[error("{what} does not match the snapshot: {detail}; {hint}")]
+    Mismatch {
+        what: String,
+        detail: String,
+        hint: String,
+    },
 
     #[error(
         "the signing key {key} is not one of this repository's trusted keys, so readers would \
@@ -131,7 +165,11 @@ impl Error {
             Error::Key { .. } => ErrorKind::Key,
             Error::Source { .. } => ErrorKind::Source,
             Error::StorageFull { .. } => ErrorKind::StorageFull,
-            Error::AccessDenied { .. } => ErrorKind::AccessDenied,
+            Error::AccessDenied { .. } | Error::CouchAuth { .. } | Error::CouchForbidden { .. } => {
+                ErrorKind::AccessDenied
+            }
+            Error::Rejected { .. } => ErrorKind::Rejected,
+            Error::Mismatch { .. } => ErrorKind::Mismatch,
             Error::Unreachable { .. } => ErrorKind::Unreachable,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::Unsupported { .. } => ErrorKind::Unsupported,

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod blob_reader;
 pub mod chunker;
 pub mod config;
+pub mod couch;
 mod cpu;
 pub mod cutter;
 pub mod error;

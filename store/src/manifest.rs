@@ -59,6 +59,9 @@ pub struct SourceInfo {
     /// The command's exit status, for `command` (always 0: a failure writes no snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
+    /// The server, for `couchdb` (never with credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// The kind of source.
@@ -71,6 +74,10 @@ pub enum SourceKind {
     Stdin,
     /// A command's standard output.
     Command,
+    /// CouchDB databases (see `couch::format`).
+    Couchdb,
+    /// CouchDB `_all_docs` dump files imported (winning revisions only).
+    CouchdbImport,
 }
 
 /// One named thing in a snapshot.
@@ -331,6 +338,7 @@ mod tests {
                 kind: SourceKind::Stdin,
                 command: None,
                 exit_status: None,
+                url: None,
             },
             items: vec![Item {
                 name: "couchdb/lms.json".into(),

@@ -1378,6 +1378,7 @@ fn vector_manifest() -> Manifest {
             kind: SourceKind::Command,
             command: Some("pg_dump app".into()),
             exit_status: Some(0),
+            url: None,
         },
         items: vec![
             Item {

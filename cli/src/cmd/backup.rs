@@ -16,41 +16,90 @@ use clap::Args;
 use crate::progress::{Bar, human_bytes, rate};
 use crate::repo_args::RepoArgs;
 
+/// What every backup takes: where to, signed by what, labelled how.
 #[derive(Debug, Args)]
-pub struct BackupArgs {
+pub struct WriteArgs {
     #[command(flatten)]
-    repo: RepoArgs,
+    pub repo: RepoArgs,
     /// Secret key file that signs the snapshot.
-    #[arg(long, env = "CAIRN_KEY_FILE", value_name = "FILE")]
-    key: PathBuf,
-    /// Item name for `-` (default "stdin") or --command (default "command").
-    #[arg(long)]
-    name: Option<String>,
+    #[arg(long, env = "CAIRN_KEY_FILE", value_name = "FILE", required = true)]
+    pub key: Option<PathBuf>,
     /// Label the snapshot (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
-    tags: Vec<String>,
+    pub tags: Vec<String>,
     /// Host name to record (default: this machine's; set it in containers, whose names change).
     #[arg(long, env = "CAIRN_HOST")]
-    host: Option<String>,
+    pub host: Option<String>,
     /// The snapshot's time (RFC 3339 with offset; default: now). For importing
     /// old dumps under the date they were made.
     #[arg(long, value_name = "TIME")]
-    time: Option<String>,
+    pub time: Option<String>,
+    /// Packs uploaded at once (each holds up to 4 MiB in memory; raise it for S3).
+    #[arg(long, default_value_t = 2)]
+    pub upload_concurrency: usize,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl WriteArgs {
+    /// Opens a write session and the options of the snapshot.
+    pub async fn begin(
+        &self,
+    ) -> anyhow::Result<(cairn_store::session::WriteSession, SecretKey, BackupOptions)> {
+        let path = self
+            .key
+            .as_deref()
+            .ok_or_else(|| cairn_store::Error::invalid("--key is required"))?;
+        let key = SecretKey::read_file(path)?;
+        let time = self.time.as_deref().map(parse_time).transpose()?;
+        let session = self
+            .repo
+            .open()
+            .await?
+            .begin_write(&WriteOptions {
+                kind: "backup",
+                lease_ttl: crate::pause::lease_ttl(),
+                pauses: crate::pause::from_env(),
+            })
+            .await?;
+        let options = BackupOptions {
+            host: self.host.clone().unwrap_or_else(cairn_store::ops::hostname),
+            tags: self.tags.clone(),
+            time,
+            upload_concurrency: self.upload_concurrency,
+        };
+        Ok((session, key, options))
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    source: Option<BackupSource>,
+    #[command(flatten)]
+    write: WriteArgs,
+    /// Item name for `-` (default "stdin") or --command (default "command").
+    #[arg(long)]
+    name: Option<String>,
     /// Back up the standard output of this shell command; a non-zero exit writes no snapshot.
     #[arg(long, value_name = "CMD", conflicts_with = "paths")]
     command: Option<String>,
     /// Files or directories to back up, or `-` for standard input.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
-    /// Packs uploaded at once (each holds up to 4 MiB in memory; raise it for S3).
-    #[arg(long, default_value_t = 2)]
-    upload_concurrency: usize,
-    /// Print a JSON summary.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BackupSource {
+    /// Back up CouchDB databases (every leaf revision, with history,
+    /// attachments, design and local documents, settings); or import
+    /// `_all_docs` dump files.
+    Couchdb(super::couch::CouchBackupArgs),
 }
 
 fn source(args: &BackupArgs) -> anyhow::Result<Source> {
@@ -79,26 +128,14 @@ fn source(args: &BackupArgs) -> anyhow::Result<Source> {
     })
 }
 
-pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(mut args: BackupArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BackupSource::Couchdb(couch)) = args.source.take() {
+        return super::couch::backup(couch).await;
+    }
     let source = source(&args)?;
-    let key = SecretKey::read_file(&args.key)?;
-    let time = args.time.as_deref().map(parse_time).transpose()?;
-    let session = args
-        .repo
-        .open()
-        .await?
-        .begin_write(&WriteOptions {
-            kind: "backup",
-            lease_ttl: crate::pause::lease_ttl(),
-            pauses: crate::pause::from_env(),
-        })
-        .await?;
-    let options = BackupOptions {
-        host: args.host.clone().unwrap_or_else(cairn_store::ops::hostname),
-        tags: args.tags.clone(),
-        time,
-        upload_concurrency: args.upload_concurrency,
-    };
+    let write = &args.write;
+    let (session, key, options) = write.begin().await?;
+    let args = write;
     let started = Instant::now();
     let bar = Bar::bytes(None, args.quiet || args.json);
     let summary = session

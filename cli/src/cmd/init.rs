@@ -33,7 +33,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         super::print_json(&serde_json::json!({
             "repository": config.id,
-            "url": args.repo.repo,
+            "url": args.repo.url()?,
             "trusted_keys": config.trusted_keys,
             "chunking": config.chunking,
             "compression": config.compression,
@@ -42,7 +42,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         println!(
             "created repository {} at {}",
             config.id.short(),
-            args.repo.repo
+            args.repo.url()?
         );
         match config.trusted_keys.as_slice() {
             [] => println!(

@@ -1,6 +1,7 @@
 //! The subcommands, one file each.
 
 mod backup;
+mod couch;
 mod forget;
 mod gc;
 mod init;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_store::manifest::ItemKind;
+use cairn_store::manifest::{ItemKind, Snapshot};
 use cairn_store::ops::select::{Selector, SnapshotFilter, parse_time};
+use cairn_store::repo::IndexedRepository;
 use clap::Args;
 
 use crate::progress::{Bar, human_bytes};
@@ -14,23 +15,14 @@ use crate::repo_args::{RepoArgs, TrustArgs};
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("destination").required(true).args(["target", "stdout", "output"])))]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RestoreArgs {
+    #[command(subcommand)]
+    into: Option<RestoreInto>,
     #[command(flatten)]
     repo: RepoArgs,
     #[command(flatten)]
-    trust: TrustArgs,
-    /// `latest`, a snapshot id or id prefix.
-    #[arg(value_name = "SNAPSHOT", required_unless_present = "before")]
-    snapshot: Option<String>,
-    /// Instead of SNAPSHOT: the newest snapshot at or before this RFC 3339 time (with offset, e.g. 2026-11-20T23:00:00Z).
-    #[arg(long, value_name = "TIME", conflicts_with = "snapshot")]
-    before: Option<String>,
-    /// Only consider snapshots from this host.
-    #[arg(long)]
-    host: Option<String>,
-    /// Only consider snapshots with this tag (repeatable).
-    #[arg(long = "tag")]
-    tags: Vec<String>,
+    pick: PickArgs,
     /// Restore only this item (and, for a directory, what is under it).
     #[arg(long, value_name = "NAME")]
     item: Option<String>,
@@ -52,27 +44,64 @@ pub struct RestoreArgs {
     quiet: bool,
 }
 
-pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let selector = match (&args.snapshot, &args.before) {
-        (_, Some(t)) => Selector::Before(parse_time(t)?),
-        (Some(s), None) => Selector::parse(s)?,
-        (None, None) => unreachable!("clap requires one"),
-    };
-    let repo = args.repo.open().await?;
-    let trust = repo.trust(&args.trust.keys);
-    let list = repo.load_snapshots(&trust).await?;
-    for (id, e) in &list.rejected {
-        eprintln!(
-            "cairn: warning: snapshot {} not considered: {e}",
-            id.short()
-        );
+#[derive(Debug, clap::Subcommand)]
+enum RestoreInto {
+    /// Restore CouchDB databases into a server, revisions intact.
+    Couchdb(super::couch::CouchRestoreArgs),
+}
+
+/// Which snapshot.
+#[derive(Debug, Args)]
+pub struct PickArgs {
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// `latest`, a snapshot id or id prefix.
+    #[arg(value_name = "SNAPSHOT", required_unless_present = "before")]
+    snapshot: Option<String>,
+    /// Instead of SNAPSHOT: the newest snapshot at or before this RFC 3339 time (with offset, e.g. 2026-11-20T23:00:00Z).
+    #[arg(long, value_name = "TIME", conflicts_with = "snapshot")]
+    before: Option<String>,
+    /// Only consider snapshots from this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only consider snapshots with this tag (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+}
+
+impl PickArgs {
+    /// Opens the repository and finds the snapshot.
+    pub async fn pick(&self, repo: &RepoArgs) -> anyhow::Result<(IndexedRepository, Snapshot)> {
+        let selector = match (&self.snapshot, &self.before) {
+            (_, Some(t)) => Selector::Before(parse_time(t)?),
+            (Some(s), None) => Selector::parse(s)?,
+            (None, None) => {
+                return Err(cairn_store::Error::invalid("name a SNAPSHOT (or `latest`)").into());
+            }
+        };
+        let repo = repo.open().await?;
+        let trust = repo.trust(&self.trust.keys);
+        let list = repo.load_snapshots(&trust).await?;
+        for (id, e) in &list.rejected {
+            eprintln!(
+                "cairn: warning: snapshot {} not considered: {e}",
+                id.short()
+            );
+        }
+        let filter = SnapshotFilter {
+            host: self.host.clone(),
+            tags: self.tags.clone(),
+        };
+        let snapshot = list.select(&selector, &filter)?.clone();
+        Ok((repo.load_index().await?, snapshot))
     }
-    let filter = SnapshotFilter {
-        host: args.host.clone(),
-        tags: args.tags.clone(),
-    };
-    let snapshot = list.select(&selector, &filter)?.clone();
-    let repo = repo.load_index().await?;
+}
+
+pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    if let Some(RestoreInto::Couchdb(couch)) = args.into.take() {
+        return super::couch::restore(couch).await;
+    }
+    let (repo, snapshot) = args.pick.pick(&args.repo).await?;
     let started = Instant::now();
 
     if args.stdout || args.output.is_some() {

@@ -160,10 +160,12 @@ impl WriteSession {
         let ingest = tokio::task::spawn_blocking(move || {
             let entries = source.into_entries()?;
             let mut ingest = Ingest::new(&config, &index, previous, parents, pack_tx)?;
-            let items = entries
+            let mut items = entries
                 .into_iter()
                 .map(|entry| ingest.entry(entry, progress.as_ref()))
                 .collect::<Result<Vec<Item>>>()?;
+            // Prepared sources store in their own order; manifests list by name.
+            items.sort_by(|a, b| a.name.cmp(&b.name));
             let stats = ingest.finish()?;
             Ok::<_, Error>((items, stats))
         });

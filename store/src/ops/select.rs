@@ -127,6 +127,7 @@ mod tests {
                     kind: SourceKind::Files,
                     command: None,
                     exit_status: None,
+                    url: None,
                 },
                 items: vec![],
             },

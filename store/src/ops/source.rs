@@ -42,6 +42,26 @@ pub enum Source {
         /// The content.
         reader: Box<dyn Read + Send>,
     },
+    /// Entries made by another part of the store (a CouchDB dump), stored
+    /// in the order given and listed by name in the manifest.
+    Prepared(Prepared),
+}
+
+/// Entries and the source description for [`Source::Prepared`].
+pub struct Prepared {
+    pub(crate) info: SourceInfo,
+    pub(crate) entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Prepared({:?}, {} entries)",
+            self.info.kind,
+            self.entries.len()
+        )
+    }
 }
 
 impl std::fmt::Debug for Source {
@@ -51,6 +71,7 @@ impl std::fmt::Debug for Source {
             Source::Stdin { name } => write!(f, "Stdin({name})"),
             Source::Command { command, name } => write!(f, "Command({command:?} as {name})"),
             Source::Reader { name, .. } => write!(f, "Reader({name})"),
+            Source::Prepared(p) => p.fmt(f),
         }
     }
 }
@@ -103,17 +124,21 @@ impl Source {
                 kind: SourceKind::Files,
                 command: None,
                 exit_status: None,
+                url: None,
             },
             Source::Stdin { .. } | Source::Reader { .. } => SourceInfo {
                 kind: SourceKind::Stdin,
                 command: None,
                 exit_status: None,
+                url: None,
             },
             Source::Command { command, .. } => SourceInfo {
                 kind: SourceKind::Command,
                 command: Some(command.clone()),
                 exit_status: Some(0),
+                url: None,
             },
+            Source::Prepared(p) => p.info.clone(),
         }
     }
 
@@ -135,6 +160,12 @@ impl Source {
             Source::Stdin { name } => return single(name, Content::Stdin),
             Source::Command { command, name } => return single(name, Content::Command(command)),
             Source::Reader { name, reader } => return single(name, Content::Reader(reader)),
+            Source::Prepared(p) => {
+                for e in &p.entries {
+                    validate_item_name(&e.name).map_err(Error::invalid)?;
+                }
+                return Ok(p.entries);
+            }
             Source::Paths(paths) => {
                 if paths.is_empty() {
                     return Err(Error::invalid(

@@ -1,0 +1,378 @@
+//! `cairn backup couchdb` and `cairn restore couchdb` against a real
+//! CouchDB-compatible server (pouchdb-server on loopback, from tests/run).
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/couch.rs"]
+mod couch;
+mod support;
+
+use std::time::Instant;
+
+use couch::Couch;
+use serde_json::{Value, json};
+use support::{Fixture, ok, run};
+
+/// `cairn backup couchdb --repo R --key K --url URL --json ARGS...`.
+fn backup(f: &Fixture, url: &str, args: &[&str]) -> assert_cmd::Command {
+    let mut c = support::cairn();
+    c.args(["backup", "couchdb", "--repo"])
+        .arg(&f.repo)
+        .arg("--key")
+        .arg(&f.key)
+        .args(["--host", "test", "--json", "--url", url])
+        .args(args);
+    c
+}
+
+/// `cairn restore couchdb --repo R SNAPSHOT --url URL --json ARGS...`.
+fn restore(f: &Fixture, snapshot: &str, url: &str, args: &[&str]) -> assert_cmd::Command {
+    let mut c = support::cairn();
+    c.args(["restore", "couchdb", "--repo"])
+        .arg(&f.repo)
+        .args([snapshot, "--json", "--url", url])
+        .args(args);
+    c
+}
+
+fn db_stats<'a>(summary: &'a Value, db: &str) -> &'a Value {
+    summary["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["db"] == db)
+        .unwrap()
+}
+
+#[test]
+fn backup_drop_restore_gives_back_every_revision_attachment_view_and_setting() {
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let f = Fixture::new();
+    let db = couch.new_db("faithful");
+    couch.populate(&db, 300);
+    let before = couch.fingerprint(&db);
+    assert!(before["docs"].as_object().unwrap().len() > 300);
+
+    let summary = ok(&mut backup(&f, &couch.url, &["--db", &db])).json();
+    let stats = db_stats(&summary, &db);
+    assert_eq!(stats["counts"]["docs"], 300 + 1 + 2 + 1, "{stats}");
+    assert_eq!(stats["counts"]["conflicted_docs"], 1);
+    assert_eq!(stats["counts"]["deleted_leaves"], 3);
+    assert_eq!(stats["counts"]["design_leaves"], 1);
+    assert_eq!(stats["counts"]["attachments"], 2);
+
+    couch.delete_db(&db);
+    let report = ok(&mut restore(&f, "latest", &couch.url, &["--db", &db])).json();
+    assert_eq!(report["clean"], true, "{report}");
+    let restored = &report["databases"][0];
+    assert_eq!(restored["created"], true);
+    assert_eq!(restored["comparison"]["missing"], 0);
+    assert_eq!(restored["comparison"]["extra"], 0);
+    couch::assert_same(&couch.fingerprint(&db), &before, "restored");
+
+    // The design document is live again: its validation rejects bad writes.
+    let (status, _) = couch.req("PUT", &format!("{db}/no-v"), Some(&json!({"x": 1})));
+    assert_eq!(status, 403);
+    // A second restore into the now non-empty database is refused.
+    run(&mut restore(&f, "latest", &couch.url, &["--db", &db])).expect_code(11);
+    couch.delete_db(&db);
+}
+
+#[test]
+fn second_backup_fetches_only_changed_documents_and_stores_little() {
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let f = Fixture::new();
+    let db = couch.new_db("incremental");
+    couch.create_db(&db);
+    let n = 3000;
+    let docs: Vec<Value> = (0..n).map(|i| couch::body(i, 0)).collect();
+    let revs = couch.write(&db, &docs);
+    let first = ok(&mut backup(&f, &couch.url, &["--db", &db])).json();
+    let first_db = db_stats(&first, &db);
+    assert_eq!(first_db["fetched_leaves"], n as u64);
+
+    // Change 2 %: 60 documents.
+    let changed: Vec<Value> = (0..n)
+        .step_by(50)
+        .map(|i| {
+            let mut d = couch::body(i, 1);
+            d["_rev"] = json!(revs[d["_id"].as_str().unwrap()]);
+            d
+        })
+        .collect();
+    couch.write(&db, &changed);
+    let second = ok(&mut backup(&f, &couch.url, &["--db", &db])).json();
+    let second_db = db_stats(&second, &db);
+    assert_eq!(
+        second_db["fetched_leaves"],
+        changed.len() as u64,
+        "{second_db}"
+    );
+    assert_eq!(second_db["reused_leaves"], (n - changed.len()) as u64);
+    let (stored1, stored2) = (
+        first["stored_bytes"].as_u64().unwrap(),
+        second["stored_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        stored2 * 10 < stored1,
+        "second backup stored {stored2} bytes, the first {stored1}: {second}"
+    );
+    // Only the changes list and 60 documents travelled.
+    let (got1, got2) = (
+        first["bytes_received"].as_u64().unwrap(),
+        second["bytes_received"].as_u64().unwrap(),
+    );
+    assert!(
+        got2 * 3 < got1,
+        "received {got2} bytes, the first time {got1}"
+    );
+
+    // The second snapshot is complete on its own.
+    let copy = format!("{db}_copy");
+    let report = ok(&mut restore(
+        &f,
+        second["snapshot"].as_str().unwrap(),
+        &couch.url,
+        &["--db", &format!("{db}:{copy}")],
+    ))
+    .json();
+    assert_eq!(report["clean"], true);
+    couch::assert_same(
+        &couch.fingerprint(&copy),
+        &couch.fingerprint(&db),
+        "second snapshot",
+    );
+    eprintln!(
+        "2 % changed: second backup stored {stored2} bytes, {:.1} % of the first's {stored1}",
+        stored2 as f64 * 100.0 / stored1 as f64
+    );
+
+    // Documents that vanish (the database recreated with fewer) leave the
+    // overlay as removals; the third snapshot restores exactly.
+    couch.delete_db(&db);
+    couch.create_db(&db);
+    let fewer: Vec<Value> = (0..n - 100).map(|i| couch::body(i, 2)).collect();
+    couch.write(&db, &fewer);
+    let third = ok(&mut backup(&f, &couch.url, &["--db", &db])).json();
+    assert_eq!(db_stats(&third, &db)["counts"]["docs"], (n - 100) as u64);
+    couch.delete_db(&copy);
+    let report = ok(&mut restore(
+        &f,
+        third["snapshot"].as_str().unwrap(),
+        &couch.url,
+        &["--db", &format!("{db}:{copy}")],
+    ))
+    .json();
+    assert_eq!(report["clean"], true, "{report}");
+    couch::assert_same(
+        &couch.fingerprint(&copy),
+        &couch.fingerprint(&db),
+        "third snapshot",
+    );
+    couch.delete_db(&db);
+    couch.delete_db(&copy);
+}
+
+#[test]
+fn restore_refuses_a_non_empty_database_and_changes_nothing() {
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let f = Fixture::new();
+    let db = couch.new_db("refuse");
+    couch.create_db(&db);
+    couch.write(&db, &[couch::body(1, 0), couch::body(2, 0)]);
+    ok(&mut backup(&f, &couch.url, &["--db", &db]));
+
+    let target = couch.new_db("busy");
+    couch.create_db(&target);
+    couch.write(&target, &[json!({"_id": "mine", "v": 0})]);
+    let before = couch.fingerprint(&target);
+    run(&mut restore(
+        &f,
+        "latest",
+        &couch.url,
+        &["--db", &format!("{db}:{target}")],
+    ))
+    .expect_code(11)
+    .stderr_has(&["not empty", "--merge", "nothing was changed"]);
+    couch::assert_same(&couch.fingerprint(&target), &before, "refused");
+
+    // --merge adds the snapshot's documents beside what is there.
+    let report = ok(&mut restore(
+        &f,
+        "latest",
+        &couch.url,
+        &["--db", &format!("{db}:{target}"), "--merge"],
+    ))
+    .json();
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(couch.leaves(&target).len(), 3);
+    couch.delete_db(&db);
+    couch.delete_db(&target);
+}
+
+#[test]
+fn restore_killed_anywhere_and_run_again_gives_the_same_database() {
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let f = Fixture::new();
+    let db = couch.new_db("crash");
+    couch.populate(&db, 2000);
+    let want = couch.fingerprint(&db);
+    ok(&mut backup(&f, &couch.url, &["--db", &db]));
+    let slow = ["--batch-docs", "40", "--requests", "1"];
+
+    // How long an uninterrupted restore takes, to spread the kills over it.
+    let probe = couch.new_db("crash_probe");
+    let started = Instant::now();
+    let mut args = vec!["--db".to_string(), format!("{db}:{probe}")];
+    args.extend(slow.iter().map(|s| s.to_string()));
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&mut restore(&f, "latest", &couch.url, &args_ref));
+    let full = started.elapsed();
+    couch.delete_db(&probe);
+
+    let bin = assert_cmd::cargo::cargo_bin("cairn");
+    for seed in [1u64, 2, 3, 4] {
+        let target = couch.new_db(&format!("crash{seed}"));
+        let mapping = format!("{db}:{target}");
+        // Kill at a seeded point between 2 % and 95 % of a full run.
+        let fraction = 0.02 + (seed.wrapping_mul(0x9E37_79B9) % 93) as f64 / 100.0;
+        let mut child = std::process::Command::new(&bin)
+            .args(["restore", "couchdb", "--repo"])
+            .arg(&f.repo)
+            .args(["latest", "--quiet", "--url", &couch.url, "--db", &mapping])
+            .args(slow)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(fraction));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let report = ok(&mut restore(&f, "latest", &couch.url, &["--db", &mapping])).json();
+        assert_eq!(report["clean"], true, "seed {seed}: {report}");
+        couch::assert_same(&couch.fingerprint(&target), &want, &format!("seed {seed}"));
+        // The marker is gone once the restore is complete.
+        let (status, _) = couch.req("GET", &format!("{target}/_local/cairn-restore"), None);
+        assert_eq!(status, 404, "seed {seed}");
+        couch.delete_db(&target);
+    }
+    couch.delete_db(&db);
+}
+
+#[test]
+fn an_imported_all_docs_dump_restores_with_the_same_revisions() {
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let f = Fixture::new();
+    let db = couch.new_db("legacy");
+    couch.populate(&db, 120);
+    // Today's dumps: _all_docs?include_docs=true, one file per database.
+    let dump = couch.bytes(&format!("{db}/_all_docs?include_docs=true"));
+    let dir = f.path("dumps");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join(format!("{db}.json")), &dump).unwrap();
+    std::fs::write(
+        dir.join("backup_manifest.json"),
+        json!({"databases": [{"db": db, "file": format!("{db}.json")}]}).to_string(),
+    )
+    .unwrap();
+
+    let mut c = support::cairn();
+    c.args(["backup", "couchdb", "--repo"])
+        .arg(&f.repo)
+        .arg("--key")
+        .arg(&f.key)
+        .args(["--json", "--import"])
+        .arg(&dir);
+    let summary = ok(&mut c).json();
+    assert_eq!(db_stats(&summary, &db)["counts"]["design_leaves"], 1);
+
+    let target = couch.new_db("legacy_restored");
+    let report = ok(&mut restore(
+        &f,
+        "latest",
+        &couch.url,
+        &["--db", &format!("{db}:{target}")],
+    ))
+    .json();
+    assert_eq!(report["clean"], true, "{report}");
+    let dump: Value = serde_json::from_slice(&dump).unwrap();
+    let rows = dump["rows"].as_array().unwrap();
+    assert!(rows.len() > 120);
+    for row in rows {
+        let id = row["id"].as_str().unwrap();
+        let got = couch.ok("GET", &format!("{target}/{}", encode(id)), None);
+        let mut want = row["doc"].clone();
+        want.as_object_mut().unwrap().remove("_attachments");
+        assert_eq!(got, want, "{id}");
+    }
+    couch.delete_db(&db);
+    couch.delete_db(&target);
+}
+
+fn encode(id: &str) -> String {
+    match id.strip_prefix("_design/") {
+        Some(rest) => format!("_design/{rest}"),
+        None => id.replace('/', "%2F"),
+    }
+}
+
+#[test]
+fn failures_have_clear_messages_and_distinct_exit_codes() {
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let f = Fixture::new();
+    let db = couch.new_db("errors");
+    couch.create_db(&db);
+    couch.write(&db, &[couch::body(1, 0)]);
+
+    // Wrong credentials: 10, and the password is never printed.
+    let wrong = couch.url.replace(":s3cret@", ":wrong-secret@");
+    run(&mut backup(&f, &wrong, &["--db", &db]))
+        .expect_code(10)
+        .stderr_has(&["refused the credentials", "COUCHDB_USER"]);
+    let r = run(&mut backup(&f, &wrong, &["--db", &db]));
+    assert!(!r.stderr.contains("wrong-secret"), "{}", r.stderr);
+    // Unreachable: 4.
+    run(&mut backup(
+        &f,
+        "http://admin:x@127.0.0.1:1",
+        &["--db", &db, "--attempts", "2"],
+    ))
+    .expect_code(4)
+    .stderr_has(&["unreachable"]);
+    // A database that does not exist: 5.
+    run(&mut backup(&f, &couch.url, &["--db", "no_such_db"])).expect_code(5);
+    // A dump line that is not JSON: 8, and no snapshot.
+    let bad = f.path("broken.json");
+    std::fs::write(
+        &bad,
+        "{\"_id\":\"a\",\"_rev\":\"1-a\"}\n{\"_id\":\"b\",\"_rev\":\"1-b\"\nthis is not json\n",
+    )
+    .unwrap();
+    let mut c = support::cairn();
+    c.args(["backup", "couchdb", "--repo"])
+        .arg(&f.repo)
+        .arg("--key")
+        .arg(&f.key)
+        .arg("--import")
+        .arg(&bad);
+    run(&mut c)
+        .expect_code(8)
+        .stderr_has(&["broken.json", "line"]);
+    assert!(f.snapshots(&[]).is_empty());
+    // Restoring a snapshot that is not a CouchDB backup: usage error.
+    f.backup_bytes("plain", b"data", &[]);
+    run(&mut restore(&f, "latest", &couch.url, &["--db", &db])).expect_code(2);
+    couch.delete_db(&db);
+}

@@ -1,0 +1,1290 @@
+//! Backing up CouchDB databases.
+//!
+//! ```text
+//! per database (a thread each, `jobs` at once)                       ingest
+//! _changes?style=all_docs ─▶ sort ids ─┬▶ design.ndjson ───────────┐
+//!    (spills to disk)                  ├▶ docs.ndjson  ◀─ merge ─ previous docs.ndjson
+//!                                      │     _bulk_get?revs=true for changed leaves only
+//!                                      ├▶ attachments.bin ◀─ merge ─ previous attachments.bin
+//!                                      │     GET attachment for new ones only
+//!                                      ├▶ local.ndjson              ├─ pipes ─▶ chunk, dedup, pack
+//!                                      └▶ meta.json ────────────────┘
+//! ```
+//! A database's five streams are produced in the order the backup stores
+//! them, each through a bounded pipe, so memory stays bounded whatever the
+//! database's size and no copy of it lands on disk. A document whose leaf
+//! revisions are the same as in the previous snapshot has its lines copied
+//! from that snapshot; only changed documents are fetched. Each snapshot is
+//! still complete on its own.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{BufReader, Write};
+use std::sync::{Arc, Mutex};
+
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::couch::client::{Body, CouchClient, db_path, doc_path, query_value};
+use crate::couch::format::{self, AttHeader, AttKey, Counts, Meta};
+use crate::couch::merge::{Group, GroupReader, Merged, encode_gone};
+use crate::couch::pipe::{Lines, PipeReader, PipeWriter, pipe};
+use crate::couch::sort::ExternalSorter;
+use crate::couch::stream_item;
+use crate::error::{Error, Result};
+use crate::key::SecretKey;
+use crate::manifest::{Item, ItemKind, Snapshot, SourceInfo, SourceKind};
+use crate::ops::backup::{BackupOptions, BackupSummary, Progress};
+use crate::ops::source::{Content, Entry, Prepared, Source};
+use crate::repo::IndexedRepository;
+use crate::session::WriteSession;
+
+/// Which databases to back up.
+#[derive(Debug, Clone)]
+pub enum DbSelection {
+    /// These, by name.
+    Named(Vec<String>),
+    /// Every database the server lists, except these.
+    All {
+        /// Names to leave out.
+        exclude: Vec<String>,
+    },
+}
+
+/// How to back up CouchDB.
+#[derive(Debug, Clone)]
+pub struct CouchBackupOptions {
+    /// The databases.
+    pub dbs: DbSelection,
+    /// Databases fetched at once.
+    pub jobs: usize,
+    /// Requests in flight per database.
+    pub requests: usize,
+    /// Leaf revisions per `_bulk_get`.
+    pub batch: usize,
+    /// Rows per `_changes` page.
+    pub changes_page: usize,
+    /// Memory for sorting ids before spilling to temporary files.
+    pub sort_memory: usize,
+    /// Write every database's documents anew (no overlay on the previous base).
+    pub full: bool,
+}
+
+impl Default for CouchBackupOptions {
+    fn default() -> Self {
+        CouchBackupOptions {
+            dbs: DbSelection::All {
+                exclude: Vec::new(),
+            },
+            jobs: 2,
+            requests: 4,
+            batch: 500,
+            changes_page: 10_000,
+            sort_memory: 64 << 20,
+            full: false,
+        }
+    }
+}
+
+/// What the backup of one database did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DbBackupStats {
+    /// The database.
+    pub db: String,
+    /// What its dump holds.
+    pub counts: Counts,
+    /// Leaf revisions fetched from the server.
+    pub fetched_leaves: u64,
+    /// Leaf revisions copied from the previous snapshot.
+    pub reused_leaves: u64,
+    /// Attachments fetched from the server.
+    pub fetched_attachments: u64,
+    /// Attachments copied from the previous snapshot.
+    pub reused_attachments: u64,
+    /// The snapshot the unchanged documents were copied from.
+    pub previous: Option<String>,
+    /// Whether docs.ndjson was written anew (else the previous one was kept
+    /// and the changes went to docs.delta.ndjson).
+    pub rewrote_base: bool,
+}
+
+/// What a CouchDB backup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CouchBackupSummary {
+    /// The snapshot.
+    #[serde(flatten)]
+    pub backup: BackupSummary,
+    /// Per database.
+    pub databases: Vec<DbBackupStats>,
+    /// HTTP requests made to the server.
+    pub requests: u64,
+    /// Of which retries.
+    pub retries: u64,
+    /// Response bytes received.
+    pub bytes_received: u64,
+}
+
+impl WriteSession {
+    /// Backs up CouchDB databases as one snapshot.
+    pub async fn backup_couchdb(
+        &self,
+        client: Arc<CouchClient>,
+        options: &CouchBackupOptions,
+        key: &SecretKey,
+        backup: &BackupOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<CouchBackupSummary> {
+        let dbs = list_dbs(&client, &options.dbs).await?;
+        let server: serde_json::Value = client
+            .get_json("", "the server's welcome")
+            .await?
+            .unwrap_or_default();
+        let snapshots = self
+            .repo()
+            .repo()
+            .load_snapshots(&self.config().trust())
+            .await?;
+
+        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let mut entries = Vec::new();
+        let mut jobs = Vec::new();
+        for db in &dbs {
+            let (writers, readers): (Vec<_>, Vec<_>) =
+                (0..format::FILES.len()).map(|_| pipe(16)).unzip();
+            for (file, reader) in format::FILES.iter().zip(readers) {
+                entries.push(Entry {
+                    name: format::item_name(db, file),
+                    kind: ItemKind::File,
+                    mode: None,
+                    mtime: None,
+                    target: None,
+                    content: Some(Content::Reader(Box::new(reader))),
+                });
+            }
+            jobs.push(DbJob {
+                db: db.clone(),
+                previous: previous_of(self.repo(), &snapshots.snapshots, db),
+                writers,
+            });
+        }
+
+        let context = Arc::new(JobContext {
+            client: Arc::clone(&client),
+            runtime: Handle::current(),
+            options: options.clone(),
+            server,
+            failure: Arc::clone(&failure),
+        });
+        let runner = std::thread::spawn(move || run_jobs(context, jobs));
+        let source = Source::Prepared(Prepared {
+            info: SourceInfo {
+                kind: SourceKind::Couchdb,
+                command: None,
+                exit_status: None,
+                url: Some(client.url()),
+            },
+            entries,
+        });
+        let result = self.backup(source, key, backup, progress).await;
+        let stats = runner
+            .join()
+            .map_err(|_| Error::invalid("CouchDB backup thread panicked"))?;
+        // A producer's error is the cause; the ingest only saw a broken pipe.
+        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        let backup = result?;
+        let wire = &client.stats;
+        use std::sync::atomic::Ordering::Relaxed;
+        Ok(CouchBackupSummary {
+            backup,
+            databases: stats,
+            requests: wire.requests.load(Relaxed),
+            retries: wire.retries.load(Relaxed),
+            bytes_received: wire.bytes_received.load(Relaxed),
+        })
+    }
+}
+
+/// The databases to back up, checked to exist.
+async fn list_dbs(client: &CouchClient, selection: &DbSelection) -> Result<Vec<String>> {
+    let mut dbs = match selection {
+        DbSelection::Named(names) => {
+            for name in names {
+                if client
+                    .get_json::<serde_json::Value>(&db_path(name), "database info")
+                    .await?
+                    .is_none()
+                {
+                    return Err(Error::NotFound {
+                        what: format!("database {name:?} on {}", client.url()),
+                        hint: "check --db against `curl URL/_all_dbs`".into(),
+                    });
+                }
+            }
+            names.clone()
+        }
+        DbSelection::All { exclude } => {
+            let all: Vec<String> = client
+                .get_json("_all_dbs", "the list of databases")
+                .await?
+                .unwrap_or_default();
+            all.into_iter().filter(|d| !exclude.contains(d)).collect()
+        }
+    };
+    dbs.sort();
+    dbs.dedup();
+    if dbs.is_empty() {
+        return Err(Error::invalid(format!(
+            "no databases to back up on {}",
+            client.url()
+        )));
+    }
+    Ok(dbs)
+}
+
+/// The newest earlier dump of `db`: its documents and attachments.
+fn previous_of(repo: &IndexedRepository, snapshots: &[Snapshot], db: &str) -> Option<PreviousDb> {
+    let docs_name = format::item_name(db, format::DOCS_FILE);
+    let atts_name = format::item_name(db, format::ATTACHMENTS_FILE);
+    snapshots.iter().rev().find_map(|s| {
+        if s.manifest.source.kind != SourceKind::Couchdb {
+            return None;
+        }
+        let find = |name: &str| s.manifest.items.iter().find(|i| i.name == name).cloned();
+        Some(PreviousDb {
+            repo: repo.clone(),
+            snapshot: s.clone(),
+            docs: find(&docs_name)?,
+            delta: find(&format::item_name(db, format::DELTA_FILE)),
+            attachments: find(&atts_name)?,
+        })
+    })
+}
+
+struct PreviousDb {
+    repo: IndexedRepository,
+    snapshot: Snapshot,
+    docs: Item,
+    delta: Option<Item>,
+    attachments: Item,
+}
+
+impl PreviousDb {
+    fn open(&self, runtime: &Handle, item: &Item) -> Lines<BufReader<PipeReader>> {
+        stream_item(runtime, &self.repo, &self.snapshot, item)
+    }
+}
+
+struct DbJob {
+    db: String,
+    previous: Option<PreviousDb>,
+    /// One per file of [`format::FILES`], in that order.
+    writers: Vec<PipeWriter>,
+}
+
+struct JobContext {
+    client: Arc<CouchClient>,
+    runtime: Handle,
+    options: CouchBackupOptions,
+    server: serde_json::Value,
+    failure: Arc<Mutex<Option<Error>>>,
+}
+
+/// Runs the databases' producers, `jobs` at once, started in the order the
+/// backup reads them (so the one being read always runs).
+fn run_jobs(context: Arc<JobContext>, jobs: Vec<DbJob>) -> Vec<DbBackupStats> {
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
+    let mut running = 0usize;
+    let mut handles = Vec::new();
+    for mut job in jobs {
+        if running >= context.options.jobs.max(1) {
+            let _ = done_rx.recv();
+            running -= 1;
+        }
+        let failed = context
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if failed {
+            for w in &mut job.writers {
+                w.fail("another database's backup failed".into());
+            }
+            continue;
+        }
+        running += 1;
+        let (context, done) = (Arc::clone(&context), done_tx.clone());
+        handles.push(std::thread::spawn(move || {
+            let stats = produce(&context, &mut job);
+            let _ = done.send(());
+            stats
+        }));
+    }
+    handles.into_iter().filter_map(|h| h.join().ok()).collect()
+}
+
+/// Produces one database's streams; on failure records the error and fails
+/// the streams not yet finished.
+fn produce(context: &JobContext, job: &mut DbJob) -> DbBackupStats {
+    let mut producer = Producer {
+        context,
+        db: &job.db,
+        previous: job.previous.as_ref(),
+        stats: DbBackupStats {
+            db: job.db.clone(),
+            previous: job.previous.as_ref().map(|p| p.snapshot.id.to_string()),
+            ..DbBackupStats::default()
+        },
+        attachments: Vec::new(),
+    };
+    if let Err(e) = producer.run(&mut job.writers) {
+        let gone = matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe);
+        let detail = format!("database {:?}: {e}", job.db);
+        if !gone {
+            let mut slot = context.failure.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+        }
+        for w in &mut job.writers {
+            w.fail(detail.clone());
+        }
+    }
+    producer.stats
+}
+
+/// `_changes` rows.
+#[derive(Deserialize)]
+struct ChangesPage {
+    results: Vec<ChangeRow>,
+    last_seq: serde_json::Value,
+    #[serde(default)]
+    pending: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ChangeRow {
+    id: String,
+    changes: Vec<ChangeRev>,
+}
+
+#[derive(Deserialize)]
+struct ChangeRev {
+    rev: String,
+}
+
+/// `_bulk_get` answers.
+#[derive(Deserialize)]
+struct BulkGet {
+    results: Vec<BulkGetResult>,
+}
+
+#[derive(Deserialize)]
+struct BulkGetResult {
+    id: String,
+    docs: Vec<BulkGetDoc>,
+}
+
+#[derive(Deserialize)]
+struct BulkGetDoc {
+    #[serde(default)]
+    ok: Option<Box<RawValue>>,
+}
+
+/// The fields of a document the dump needs to know.
+#[derive(Deserialize)]
+struct DocHead {
+    #[serde(rename = "_rev")]
+    rev: String,
+    #[serde(rename = "_deleted", default)]
+    deleted: bool,
+}
+
+/// Fetched leaves by document id.
+type Fetched = HashMap<String, Vec<Box<RawValue>>>;
+
+/// `POST _bulk_get?revs=true` of explicit leaves.
+async fn bulk_get(
+    client: Arc<CouchClient>,
+    db: String,
+    leaves: Vec<(String, String)>,
+    attachments: bool,
+) -> Result<Fetched> {
+    let docs: Vec<_> = leaves
+        .iter()
+        .map(|(id, rev)| serde_json::json!({"id": id, "rev": rev}))
+        .collect();
+    let body = serde_json::json!({ "docs": docs }).to_string();
+    let path = format!(
+        "{}/_bulk_get?revs=true{}",
+        db_path(&db),
+        if attachments { "&attachments=true" } else { "" }
+    );
+    let response = client
+        .request(Method::POST, &path, Some(Body::json(body)))
+        .await?;
+    if !response.status.is_success() {
+        return Err(client.rejected(&path, "fetching documents", &response));
+    }
+    let answer: BulkGet = response.json(&client.url_of(&path), "_bulk_get")?;
+    let mut fetched = Fetched::new();
+    for result in answer.results {
+        let docs = fetched.entry(result.id).or_default();
+        docs.extend(result.docs.into_iter().filter_map(|d| d.ok));
+    }
+    Ok(fetched)
+}
+
+/// A document's current leaves, for one whose enumerated leaves vanished.
+async fn open_revs_all(client: Arc<CouchClient>, db: String, id: String) -> Result<Fetched> {
+    let path = format!("{}?open_revs=all&revs=true", doc_path(&db, &id));
+    let response = client.request(Method::GET, &path, None).await?;
+    let mut fetched = Fetched::new();
+    if response.status == StatusCode::NOT_FOUND {
+        return Ok(fetched); // purged meanwhile
+    }
+    if !response.status.is_success() {
+        return Err(client.rejected(&path, "fetching a document", &response));
+    }
+    let docs: Vec<BulkGetDoc> = response.json(&client.url_of(&path), "open_revs")?;
+    fetched.insert(id, docs.into_iter().filter_map(|d| d.ok).collect());
+    Ok(fetched)
+}
+
+/// A document line awaiting output, in id order.
+enum Slot {
+    /// Lines from the previous snapshot: counted, and written unless they
+    /// stay in the base.
+    Ready { lines: Vec<u8>, write: bool },
+    /// An id the server no longer has.
+    Gone(String),
+    /// Lines to come from fetch batch `batch`.
+    Fetch {
+        batch: u64,
+        id: String,
+        revs: Vec<String>,
+    },
+}
+
+/// Fetch batches in flight, by number.
+struct Batches {
+    next: u64,
+    filling: Vec<(String, String)>,
+    in_flight: VecDeque<(u64, JoinHandle<Result<Fetched>>)>,
+    done: HashMap<u64, Fetched>,
+}
+
+struct Producer<'a> {
+    context: &'a JobContext,
+    db: &'a str,
+    previous: Option<&'a PreviousDb>,
+    stats: DbBackupStats,
+    /// Attachments the document lines name: key, a leaf that has it, length.
+    attachments: Vec<(AttKey, String, u64)>,
+}
+
+type PrevReader = BufReader<PipeReader>;
+
+/// The previous dump of the database, merged (base and overlay), read in
+/// step with the current ids.
+struct PrevView {
+    merged: Option<Merged<PrevReader, PrevReader>>,
+    pending: Option<Group>,
+    /// Whether this backup rewrites the base (else it copies the previous
+    /// base, which must then be read whole).
+    compact: bool,
+    db: String,
+}
+
+impl PrevView {
+    /// Reads on; a read error drops the previous dump (documents are then
+    /// fetched) when rewriting the base, and fails otherwise.
+    fn next(&mut self) -> Result<Option<Group>> {
+        if let Some(g) = self.pending.take() {
+            return Ok(Some(g));
+        }
+        let Some(merged) = self.merged.as_mut() else {
+            return Ok(None);
+        };
+        match merged.next_group() {
+            Ok(g) => Ok(g),
+            Err(e) if self.compact => {
+                tracing::warn!(
+                    "database {:?}: cannot read its previous dump ({e}); fetching the rest from the server",
+                    self.db
+                );
+                self.merged = None;
+                Ok(None)
+            }
+            Err(e) => Err(Error::corrupt(
+                format!("the previous dump of database {:?}", self.db),
+                format!("{e}; back up with --full to fetch every document again"),
+            )),
+        }
+    }
+
+    /// Base bytes read so far (to copy when not rewriting the base).
+    fn take_base_bytes(&mut self) -> Vec<u8> {
+        self.merged
+            .as_mut()
+            .and_then(|m| m.base_bytes.as_mut())
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The previous group for `id`; ids before it go to `skipped`.
+    fn group_for(&mut self, id: &str, skipped: &mut Vec<Group>) -> Result<Option<Group>> {
+        while let Some(g) = self.next()? {
+            match g.id.as_bytes().cmp(id.as_bytes()) {
+                std::cmp::Ordering::Less => skipped.push(g),
+                std::cmp::Ordering::Equal => return Ok(Some(g)),
+                std::cmp::Ordering::Greater => {
+                    self.pending = Some(g);
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The overlay's lines until the base is written: in memory, or in a
+/// temporary file when large.
+enum DeltaBuffer {
+    Memory(Vec<u8>),
+    File(std::io::BufWriter<std::fs::File>),
+}
+
+/// Overlay bytes kept in memory before spilling to a temporary file.
+const DELTA_MEMORY: usize = 32 << 20;
+
+impl Write for DeltaBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            DeltaBuffer::Memory(buf) if buf.len() + data.len() > DELTA_MEMORY => {
+                let mut file = std::io::BufWriter::new(tempfile::tempfile()?);
+                file.write_all(buf)?;
+                file.write_all(data)?;
+                *self = DeltaBuffer::File(file);
+            }
+            DeltaBuffer::Memory(buf) => buf.extend_from_slice(data),
+            DeltaBuffer::File(file) => file.write_all(data)?,
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            DeltaBuffer::Memory(_) => Ok(()),
+            DeltaBuffer::File(f) => f.flush(),
+        }
+    }
+}
+
+impl DeltaBuffer {
+    /// Copies everything into `out`.
+    fn copy_to(self, out: &mut impl Write) -> std::io::Result<()> {
+        match self {
+            DeltaBuffer::Memory(buf) => out.write_all(&buf),
+            DeltaBuffer::File(file) => {
+                let mut file = file.into_inner().map_err(|e| e.into_error())?;
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
+                std::io::copy(&mut file, out).map(|_| ())
+            }
+        }
+    }
+}
+
+/// Bytes of lines held while waiting for a fetch before output stalls.
+const WINDOW_BYTES: usize = 32 << 20;
+
+impl Producer<'_> {
+    fn io(&self, file: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+        let name = format::item_name(self.db, file);
+        move |e| Error::io(format!("writing {name}"), e)
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.context.runtime.block_on(f)
+    }
+
+    fn run(&mut self, writers: &mut [PipeWriter]) -> Result<()> {
+        let client = Arc::clone(&self.context.client);
+        let db = self.db.to_string();
+        let base = db_path(&db);
+        let info: serde_json::Value = self
+            .block_on(client.get_json(&base, "database info"))?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("database {db:?} on {}", client.url()),
+                hint: "it was deleted while the backup ran".into(),
+            })?;
+        let security: serde_json::Value = self
+            .block_on(client.get_json(&format!("{base}/_security"), "_security"))?
+            .unwrap_or_else(|| serde_json::json!({}));
+        let revs_limit = self.optional_get(&format!("{base}/_revs_limit"))?;
+
+        let (sorted, design, last_seq) = self.enumerate()?;
+        let [design_w, docs_w, delta_w, atts_w, local_w, meta_w] = writers else {
+            return Err(Error::invalid("a database has six streams"));
+        };
+        self.write_design(design, design_w)?;
+        self.write_docs(sorted, docs_w, delta_w)?;
+        self.write_attachments(atts_w)?;
+        let local_listed = self.write_local(local_w)?;
+
+        let meta = Meta {
+            format: format::FORMAT.to_string(),
+            db: db.clone(),
+            server: self.context.server.clone(),
+            props: info
+                .get("props")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
+            db_info: info,
+            security,
+            revs_limit,
+            local_listed,
+            last_seq,
+            method: "changes".into(),
+            counts: self.stats.counts.clone(),
+        };
+        let mut bytes = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| Error::invalid(format!("encoding meta.json: {e}")))?;
+        bytes.push(b'\n');
+        meta_w
+            .write_all(&bytes)
+            .and_then(|()| meta_w.finish())
+            .map_err(self.io(format::META_FILE))?;
+        Ok(())
+    }
+
+    /// A GET whose endpoint the server may lack (404, 400, 405 give `None`).
+    fn optional_get(&self, path: &str) -> Result<Option<serde_json::Value>> {
+        let client = &self.context.client;
+        let response = self.block_on(client.request(Method::GET, path, None))?;
+        match response.status {
+            s if s.is_success() => response.json(&client.url_of(path), path).map(Some),
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => {
+                Ok(None)
+            }
+            _ => Err(client.rejected(path, path, &response)),
+        }
+    }
+
+    /// Every id's leaves from `_changes?style=all_docs`: other documents
+    /// sorted (spilling to disk), design documents apart, and the last seq.
+    #[allow(clippy::type_complexity)]
+    fn enumerate(
+        &mut self,
+    ) -> Result<(
+        crate::couch::sort::Sorted,
+        BTreeMap<String, Vec<String>>,
+        serde_json::Value,
+    )> {
+        let client = Arc::clone(&self.context.client);
+        let page = self.context.options.changes_page.max(1);
+        let mut sorter = ExternalSorter::new(self.context.options.sort_memory, None);
+        let mut design = BTreeMap::new();
+        let mut since = serde_json::json!(0);
+        loop {
+            let since_param = match &since {
+                serde_json::Value::String(s) => query_value(s),
+                other => query_value(&other.to_string()),
+            };
+            let path = format!(
+                "{}/_changes?style=all_docs&limit={page}&since={since_param}",
+                db_path(self.db)
+            );
+            let response = self.block_on(client.request(Method::GET, &path, None))?;
+            if !response.status.is_success() {
+                return Err(client.rejected(&path, "listing changes", &response));
+            }
+            let changes: ChangesPage = response.json(&client.url_of(&path), "_changes")?;
+            let rows = changes.results.len();
+            for row in changes.results {
+                let mut revs: Vec<String> = row.changes.into_iter().map(|c| c.rev).collect();
+                format::sort_revs(&mut revs);
+                if row.id.starts_with("_design/") {
+                    design.insert(row.id, revs);
+                } else {
+                    sorter
+                        .push(row.id.as_bytes(), revs.join("\n").as_bytes())
+                        .map_err(|e| Error::io("sorting document ids", e))?;
+                }
+            }
+            since = changes.last_seq;
+            let more = match changes.pending {
+                Some(pending) => pending > 0 && rows > 0,
+                None => rows >= page,
+            };
+            if !more {
+                break;
+            }
+        }
+        if sorter.spilled_runs() > 0 {
+            tracing::debug!(
+                "{}: sorted ids in {} runs on disk",
+                self.db,
+                sorter.spilled_runs()
+            );
+        }
+        let sorted = sorter
+            .finish()
+            .map_err(|e| Error::io("sorting document ids", e))?;
+        Ok((sorted, design, since))
+    }
+
+    fn write_design(
+        &mut self,
+        design: BTreeMap<String, Vec<String>>,
+        out: &mut PipeWriter,
+    ) -> Result<()> {
+        let leaves: Vec<(String, String)> = design
+            .iter()
+            .flat_map(|(id, revs)| revs.iter().map(move |r| (id.clone(), r.clone())))
+            .collect();
+        let mut fetched = Fetched::new();
+        for chunk in leaves.chunks(50) {
+            let got = self.block_on(bulk_get(
+                Arc::clone(&self.context.client),
+                self.db.to_string(),
+                chunk.to_vec(),
+                true,
+            ))?;
+            for (id, docs) in got {
+                fetched.entry(id).or_default().extend(docs);
+            }
+        }
+        let mut buf = Vec::new();
+        for id in design.keys() {
+            let docs = fetched.remove(id).unwrap_or_default();
+            let lines = self.lines_of(id, docs, &mut buf)?;
+            self.stats.counts.design_leaves += lines;
+        }
+        out.write_all(&buf)
+            .and_then(|()| out.finish())
+            .map_err(self.io(format::DESIGN_FILE))
+    }
+
+    /// Encodes a document's fetched leaves as lines in rev order; returns
+    /// how many.
+    fn lines_of(&self, id: &str, docs: Vec<Box<RawValue>>, out: &mut Vec<u8>) -> Result<u64> {
+        let mut leaves = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let head: DocHead = serde_json::from_str(doc.get()).map_err(|e| Error::Rejected {
+                url: self.context.client.url(),
+                what: format!("document {id:?} of {:?}", self.db),
+                detail: format!("not a document: {e}"),
+                hint: "check the server".into(),
+            })?;
+            leaves.push((head, doc));
+        }
+        leaves.sort_by(|a, b| format::rev_order(&a.0.rev, &b.0.rev));
+        leaves.dedup_by(|a, b| a.0.rev == b.0.rev);
+        for (head, doc) in &leaves {
+            format::encode_doc_line(id, &head.rev, head.deleted, doc, out);
+        }
+        Ok(leaves.len() as u64)
+    }
+
+    /// Writes the documents: a new base (first backup, `--full`, or when
+    /// the overlay has grown past an eighth of the base), or the previous
+    /// base again, unchanged, and an overlay of every id that differs from
+    /// it. Either way the lines of unchanged documents are copied, not
+    /// fetched; the overlay keeps day-to-day storage proportional to change.
+    fn write_docs(
+        &mut self,
+        sorted: crate::couch::sort::Sorted,
+        base_out: &mut PipeWriter,
+        delta_out: &mut PipeWriter,
+    ) -> Result<()> {
+        let previous = self.previous.map(|p| {
+            let base = GroupReader::new(
+                p.open(&self.context.runtime, &p.docs),
+                format!("previous {}", format::DOCS_FILE),
+            );
+            let delta = p.delta.as_ref().map(|d| {
+                GroupReader::new(
+                    p.open(&self.context.runtime, d),
+                    format!("previous {}", format::DELTA_FILE),
+                )
+            });
+            let compact = delta.is_none()
+                || p.delta.as_ref().map_or(0, |d| d.len) > p.docs.len / 8
+                || self.context.options.full;
+            (Merged::new(base, delta), compact)
+        });
+        let compact = previous.as_ref().is_none_or(|(_, c)| *c);
+        let mut previous = PrevView {
+            merged: previous.map(|(mut m, _)| {
+                if !compact {
+                    m.base_bytes = Some(Vec::new());
+                }
+                m
+            }),
+            pending: None,
+            compact,
+            db: self.db.to_string(),
+        };
+        self.stats.rewrote_base = compact;
+        let mut delta = DeltaBuffer::Memory(Vec::new());
+        let batch_len = self.context.options.batch.max(1);
+        let requests = self.context.options.requests.max(1);
+        let mut window: VecDeque<Slot> = VecDeque::new();
+        let mut window_bytes = 0usize;
+        let mut batches = Batches {
+            next: 0,
+            filling: Vec::new(),
+            in_flight: VecDeque::new(),
+            done: HashMap::new(),
+        };
+        let mut skipped = Vec::new();
+        let sorted = sorted.map(Some).chain(std::iter::once(None));
+        for record in sorted {
+            let current = match record {
+                Some(r) => {
+                    let (id, revs) = r.map_err(|e| Error::io("sorting document ids", e))?;
+                    let id = String::from_utf8(id)
+                        .map_err(|_| Error::invalid("a document id is not UTF-8"))?;
+                    let revs: Vec<String> = String::from_utf8_lossy(&revs)
+                        .split('\n')
+                        .map(str::to_string)
+                        .collect();
+                    Some((id, revs))
+                }
+                None => None,
+            };
+            let group = match &current {
+                Some((id, _)) => previous.group_for(id, &mut skipped)?,
+                None => {
+                    // The end: what is left of the previous dump is gone.
+                    while let Some(g) = previous.next()? {
+                        skipped.push(g);
+                    }
+                    None
+                }
+            };
+            // Ids the server no longer has (purged): the overlay removes
+            // them from the base.
+            for g in skipped.drain(..) {
+                if !compact && g.in_base {
+                    window.push_back(Slot::Gone(g.id));
+                }
+            }
+            if !compact {
+                let bytes = previous.take_base_bytes();
+                base_out
+                    .write_all(&bytes)
+                    .map_err(self.io(format::DOCS_FILE))?;
+            }
+            let Some((id, revs)) = current else { break };
+            match group {
+                Some(group) if !group.gone && group.revs == revs => {
+                    self.stats.reused_leaves += revs.len() as u64;
+                    window_bytes += group.lines.len();
+                    // Unchanged from the base: counted, not written again.
+                    let write = compact || group.from_delta;
+                    window.push_back(Slot::Ready {
+                        lines: group.lines,
+                        write,
+                    });
+                }
+                _ => {
+                    batches
+                        .filling
+                        .extend(revs.iter().map(|r| (id.clone(), r.clone())));
+                    window.push_back(Slot::Fetch {
+                        batch: batches.next,
+                        id,
+                        revs,
+                    });
+                    if batches.filling.len() >= batch_len {
+                        self.dispatch(&mut batches);
+                    }
+                }
+            }
+            // Write what is ready; wait for the oldest fetch when too much is held.
+            loop {
+                let must_wait = window_bytes > WINDOW_BYTES || batches.in_flight.len() > requests;
+                let out: &mut dyn Write = if compact { base_out } else { &mut delta };
+                if !self.drain_front(
+                    &mut window,
+                    &mut window_bytes,
+                    &mut batches,
+                    must_wait,
+                    out,
+                )? {
+                    break;
+                }
+            }
+        }
+        self.dispatch(&mut batches);
+        loop {
+            let out: &mut dyn Write = if compact { base_out } else { &mut delta };
+            if !self.drain_front(&mut window, &mut window_bytes, &mut batches, true, out)? {
+                break;
+            }
+        }
+        base_out.finish().map_err(self.io(format::DOCS_FILE))?;
+        delta
+            .copy_to(delta_out)
+            .and_then(|()| delta_out.finish())
+            .map_err(self.io(format::DELTA_FILE))
+    }
+
+    fn dispatch(&self, batches: &mut Batches) {
+        if batches.filling.is_empty() {
+            return;
+        }
+        let leaves = std::mem::take(&mut batches.filling);
+        let task = self.context.runtime.spawn(bulk_get(
+            Arc::clone(&self.context.client),
+            self.db.to_string(),
+            leaves,
+            false,
+        ));
+        batches.in_flight.push_back((batches.next, task));
+        batches.next += 1;
+    }
+
+    /// Writes the front slot if it is ready (or, with `wait`, after waiting
+    /// for its batch); false when nothing was written.
+    fn drain_front(
+        &mut self,
+        window: &mut VecDeque<Slot>,
+        window_bytes: &mut usize,
+        batches: &mut Batches,
+        wait: bool,
+        out: &mut dyn Write,
+    ) -> Result<bool> {
+        let Some(front) = window.front() else {
+            return Ok(false);
+        };
+        if let Slot::Fetch { batch, .. } = front {
+            let batch = *batch;
+            if !batches.done.contains_key(&batch) {
+                let finished = batches
+                    .in_flight
+                    .front()
+                    .is_some_and(|(n, task)| *n == batch && task.is_finished());
+                if !wait && !finished {
+                    return Ok(false);
+                }
+                if batch == batches.next {
+                    self.dispatch(batches); // the front needs the batch still filling
+                }
+                while let Some((n, task)) = batches.in_flight.pop_front() {
+                    let fetched = self
+                        .block_on(task)
+                        .map_err(|e| Error::invalid(format!("fetch task failed: {e}")))??;
+                    batches.done.insert(n, fetched);
+                    if n == batch {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        match window.pop_front() {
+            Some(Slot::Ready { lines: l, write }) => {
+                *window_bytes -= l.len();
+                self.account(&l)?;
+                if write {
+                    out.write_all(&l).map_err(self.io(format::DOCS_FILE))?;
+                }
+                return Ok(true);
+            }
+            Some(Slot::Gone(id)) => {
+                encode_gone(&id, &mut lines);
+                out.write_all(&lines).map_err(self.io(format::DOCS_FILE))?;
+                return Ok(true);
+            }
+            Some(Slot::Fetch { batch, id, revs }) => {
+                let mut docs = batches
+                    .done
+                    .get_mut(&batch)
+                    .and_then(|f| f.remove(&id))
+                    .unwrap_or_default();
+                if docs.len() < revs.len() {
+                    // A leaf vanished since the enumeration: take what is there now.
+                    docs = self
+                        .block_on(open_revs_all(
+                            Arc::clone(&self.context.client),
+                            self.db.to_string(),
+                            id.clone(),
+                        ))?
+                        .remove(&id)
+                        .unwrap_or_default();
+                }
+                let n = self.lines_of(&id, docs, &mut lines)?;
+                self.stats.fetched_leaves += n;
+                if batches.done.get(&batch).is_some_and(HashMap::is_empty)
+                    && !window
+                        .iter()
+                        .any(|s| matches!(s, Slot::Fetch { batch: b, .. } if *b == batch))
+                {
+                    batches.done.remove(&batch);
+                }
+            }
+            None => return Ok(false),
+        }
+        self.account(&lines)?;
+        out.write_all(&lines).map_err(self.io(format::DOCS_FILE))?;
+        Ok(true)
+    }
+
+    /// Counts one document's lines and notes the attachments they name.
+    fn account(&mut self, lines: &[u8]) -> Result<()> {
+        let mut keys: Vec<(AttKey, String, u64)> = Vec::new();
+        let mut id_seen = false;
+        let mut leaves = 0u64;
+        for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let parsed = format::parse_doc_line(line)
+                .map_err(|e| Error::corrupt(format!("a line of {}", self.db), e.to_string()))?;
+            leaves += 1;
+            if parsed.del {
+                self.stats.counts.deleted_leaves += 1;
+            }
+            if !id_seen {
+                id_seen = true;
+                self.stats.counts.docs += 1;
+            }
+            let stubs = format::stubs(parsed.doc)
+                .map_err(|e| Error::corrupt(format!("document {:?}", parsed.id), e.to_string()))?;
+            for (name, stub) in stubs {
+                let (Some(revpos), Some(digest)) = (stub.revpos, stub.digest) else {
+                    continue;
+                };
+                keys.push((
+                    AttKey {
+                        id: parsed.id.to_string(),
+                        name,
+                        revpos,
+                        digest,
+                    },
+                    parsed.rev.to_string(),
+                    stub.length.unwrap_or(0),
+                ));
+            }
+        }
+        self.stats.counts.doc_leaves += leaves;
+        if leaves > 1 {
+            self.stats.counts.conflicted_docs += 1;
+        }
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.dedup_by(|a, b| a.0 == b.0);
+        self.attachments.extend(keys);
+        Ok(())
+    }
+
+    fn write_attachments(&mut self, out: &mut PipeWriter) -> Result<()> {
+        let wanted = std::mem::take(&mut self.attachments);
+        let mut previous = self
+            .previous
+            .map(|p| p.open(&self.context.runtime, &p.attachments));
+        let mut prev_header: Option<AttHeader> = None;
+        let mut line = Vec::new();
+        let mut data = Vec::new();
+        let requests = self.context.options.requests.max(1);
+        let mut in_flight: VecDeque<JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
+        let mut ready: VecDeque<Option<Vec<u8>>> = VecDeque::new(); // None: the next in flight
+        for (key, rev, _len) in wanted {
+            // Advance the previous attachments to this key.
+            let mut reused = None;
+            while let Some(lines) = previous.as_mut() {
+                if prev_header.is_none() {
+                    match next_header(lines, &mut line) {
+                        Ok(Some(h)) => prev_header = Some(h),
+                        Ok(None) => {
+                            previous = None;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "database {:?}: cannot read its previous attachments ({e}); fetching the rest",
+                                self.db
+                            );
+                            previous = None;
+                            break;
+                        }
+                    }
+                }
+                let Some(h) = prev_header.as_ref() else { break };
+                let order = h.key().cmp(&key);
+                if order == std::cmp::Ordering::Greater {
+                    break;
+                }
+                let h = prev_header.take().unwrap_or_else(|| unreachable!());
+                if let Err(e) = lines.read_blob(h.len, &mut data) {
+                    tracing::warn!(
+                        "database {:?}: cannot read its previous attachments ({e}); fetching the rest",
+                        self.db
+                    );
+                    previous = None;
+                    break;
+                }
+                if order == std::cmp::Ordering::Equal {
+                    let mut record = Vec::with_capacity(data.len() + 200);
+                    format::encode_attachment(&h, &data, &mut record);
+                    reused = Some(record);
+                    break;
+                }
+            }
+            match reused {
+                Some(record) => {
+                    self.stats.reused_attachments += 1;
+                    ready.push_back(Some(record));
+                }
+                None => {
+                    self.stats.fetched_attachments += 1;
+                    in_flight.push_back(self.context.runtime.spawn(fetch_attachment(
+                        Arc::clone(&self.context.client),
+                        self.db.to_string(),
+                        key,
+                        rev,
+                    )));
+                    ready.push_back(None);
+                }
+            }
+            while ready.front().is_some_and(Option::is_some) || in_flight.len() >= requests {
+                self.write_next_attachment(&mut ready, &mut in_flight, out)?;
+            }
+        }
+        while !ready.is_empty() {
+            self.write_next_attachment(&mut ready, &mut in_flight, out)?;
+        }
+        out.finish().map_err(self.io(format::ATTACHMENTS_FILE))
+    }
+
+    fn write_next_attachment(
+        &mut self,
+        ready: &mut VecDeque<Option<Vec<u8>>>,
+        in_flight: &mut VecDeque<JoinHandle<Result<Vec<u8>>>>,
+        out: &mut PipeWriter,
+    ) -> Result<()> {
+        let record = match ready.pop_front() {
+            Some(Some(record)) => record,
+            Some(None) => {
+                let task = in_flight
+                    .pop_front()
+                    .ok_or_else(|| Error::invalid("attachment queue out of step"))?;
+                self.block_on(task)
+                    .map_err(|e| Error::invalid(format!("attachment task failed: {e}")))??
+            }
+            None => return Ok(()),
+        };
+        // The header line says how long the data is.
+        let header_end = memchr::memchr(b'\n', &record).unwrap_or(0);
+        let header: AttHeader = serde_json::from_slice(&record[..header_end])
+            .map_err(|e| Error::invalid(format!("attachment header: {e}")))?;
+        self.stats.counts.attachments += 1;
+        self.stats.counts.attachment_bytes += header.len;
+        out.write_all(&record)
+            .map_err(self.io(format::ATTACHMENTS_FILE))
+    }
+
+    /// `_local` documents, where the server lists them; false where it does not.
+    fn write_local(&mut self, out: &mut PipeWriter) -> Result<bool> {
+        #[derive(Deserialize)]
+        struct LocalDocs {
+            rows: Vec<LocalRow>,
+        }
+        #[derive(Deserialize)]
+        struct LocalRow {
+            id: String,
+            #[serde(default)]
+            doc: Option<Box<RawValue>>,
+        }
+        let path = format!("{}/_local_docs?include_docs=true", db_path(self.db));
+        let listed = self.optional_get(&path)?;
+        let mut buf = Vec::new();
+        if let Some(value) = &listed {
+            let mut docs: LocalDocs =
+                serde_json::from_str(&value.to_string()).map_err(|e| Error::Rejected {
+                    url: self.context.client.url_of(&path),
+                    what: "_local_docs".into(),
+                    detail: e.to_string(),
+                    hint: "check the server".into(),
+                })?;
+            docs.rows.sort_by(|a, b| a.id.cmp(&b.id));
+            for row in docs.rows {
+                let Some(doc) = row.doc else { continue };
+                serde_json::to_writer(
+                    &mut buf,
+                    &format::LocalLine {
+                        id: row.id,
+                        doc: &doc,
+                    },
+                )
+                .map_err(|e| Error::invalid(e.to_string()))?;
+                buf.push(b'\n');
+                self.stats.counts.local_docs += 1;
+            }
+        }
+        out.write_all(&buf)
+            .and_then(|()| out.finish())
+            .map_err(self.io(format::LOCAL_FILE))?;
+        Ok(listed.is_some())
+    }
+}
+
+fn next_header(
+    lines: &mut Lines<BufReader<PipeReader>>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<AttHeader>> {
+    if !lines.next_into(buf)? {
+        return Ok(None);
+    }
+    serde_json::from_slice(buf)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Fetches one attachment and returns its record; checks length and digest.
+async fn fetch_attachment(
+    client: Arc<CouchClient>,
+    db: String,
+    key: AttKey,
+    rev: String,
+) -> Result<Vec<u8>> {
+    let path = format!(
+        "{}/{}?rev={}",
+        doc_path(&db, &key.id),
+        crate::couch::client::query_value(&key.name),
+        query_value(&rev)
+    );
+    let mut last = String::new();
+    // A digest mismatch is retried once: a connection cut mid-body.
+    for _ in 0..2 {
+        let response = client.request(Method::GET, &path, None).await?;
+        if !response.status.is_success() {
+            return Err(client.rejected(&path, "fetching an attachment", &response));
+        }
+        let digest = format::md5_digest(&response.body);
+        if digest == key.digest {
+            let header = AttHeader {
+                id: key.id.clone(),
+                name: key.name.clone(),
+                revpos: key.revpos,
+                digest: key.digest.clone(),
+                len: response.body.len() as u64,
+            };
+            let mut record = Vec::with_capacity(response.body.len() + 200);
+            format::encode_attachment(&header, &response.body, &mut record);
+            return Ok(record);
+        }
+        last = format!(
+            "its bytes have digest {digest}, the document says {}",
+            key.digest
+        );
+    }
+    Err(Error::Rejected {
+        url: client.url_of(&path),
+        what: format!("attachment {:?} of {:?}", key.name, key.id),
+        detail: last,
+        hint: "the attachment changed or is damaged on the server; run the backup again".into(),
+    })
+}

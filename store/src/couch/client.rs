@@ -1,0 +1,583 @@
+//! A small CouchDB HTTP client: one session, retries, and errors that say
+//! what to do.
+//!
+//! Authentication is a cookie session (`POST /_session`): one password check
+//! per run instead of one per request (CouchDB hashes the password on every
+//! basic-auth request). A server without `_session` gets basic auth. A 401 on
+//! a request logs in again once; a second 401, or any 403, stops.
+//!
+//! Transient failures (connection errors, timeouts, 408, 429, 5xx) are
+//! retried with exponential backoff and jitter. Every write this module is
+//! used for is idempotent (`new_edits:false`, settings PUTs), so a retry is
+//! always safe. Bodies are read whole: callers keep requests small (a page of
+//! `_changes`, 500 documents of `_bulk_get`, one attachment).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use reqwest::{Method, StatusCode, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Characters left as they are in a path segment: RFC 3986's unreserved set.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A CouchDB name and password. Never printed, never stored.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ***)", self.user)
+    }
+}
+
+/// Where a CouchDB server is and who to be there.
+#[derive(Debug, Clone)]
+pub struct CouchTarget {
+    /// The server's base URL without credentials, ending in `/`.
+    pub base: url::Url,
+    /// The credentials, if any.
+    pub credentials: Option<Credentials>,
+}
+
+impl CouchTarget {
+    /// Parses `url`; credentials come from the URL, else from `netrc` (the
+    /// text of a netrc-style file), else from `env` (`COUCHDB_USER`,
+    /// `COUCHDB_PASSWORD`).
+    pub fn parse(
+        url: &str,
+        netrc: Option<&str>,
+        env: Option<(String, String)>,
+    ) -> Result<CouchTarget> {
+        let mut base = url::Url::parse(url)
+            .map_err(|e| Error::invalid(format!("--url {}: {e}", redact(url))))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(Error::invalid(format!(
+                "--url {}: a CouchDB URL starts with http:// or https://",
+                redact(url)
+            )));
+        }
+        let from_url = (!base.username().is_empty()).then(|| Credentials {
+            user: decode(base.username()),
+            password: decode(base.password().unwrap_or("")),
+        });
+        let host = base.host_str().unwrap_or("").to_string();
+        let credentials = from_url
+            .or_else(|| netrc.and_then(|text| netrc_lookup(text, &host)))
+            .or_else(|| env.map(|(user, password)| Credentials { user, password }));
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(CouchTarget { base, credentials })
+    }
+
+    /// The URL as shown to people: never with credentials.
+    pub fn display(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_string()
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// `url` with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(unparsable URL)".to_string(),
+    }
+}
+
+/// The credentials a netrc-style text gives `host`: its `machine` entry,
+/// else the `default` entry.
+pub fn netrc_lookup(text: &str, host: &str) -> Option<Credentials> {
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    let (mut found, mut default) = (None, None);
+    let mut i = 0;
+    while i < tokens.len() {
+        let (matches, is_default) = match tokens[i] {
+            "machine" => {
+                i += 1;
+                (tokens.get(i) == Some(&host), false)
+            }
+            "default" => (false, true),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        i += 1;
+        let (mut user, mut password) = (None, None);
+        while i < tokens.len() && !matches!(tokens[i], "machine" | "default") {
+            match tokens[i] {
+                "login" => user = tokens.get(i + 1).map(|s| s.to_string()),
+                "password" => password = tokens.get(i + 1).map(|s| s.to_string()),
+                _ => {}
+            }
+            i += 2;
+        }
+        let entry = user.map(|user| Credentials {
+            user,
+            password: password.unwrap_or_default(),
+        });
+        if matches && found.is_none() {
+            found = entry;
+        } else if is_default && default.is_none() {
+            default = entry;
+        }
+    }
+    found.or(default)
+}
+
+/// How hard to try before giving up on a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts per request, the first included.
+    pub attempts: u32,
+    /// Delay before the first retry; doubled each time.
+    pub first_delay: Duration,
+    /// The longest delay.
+    pub max_delay: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 7,
+            first_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(15),
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counters of what went over the wire, for summaries and tests.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    /// Requests answered (retries included).
+    pub requests: AtomicU64,
+    /// Retries after a transient failure.
+    pub retries: AtomicU64,
+    /// Response body bytes received.
+    pub bytes_received: AtomicU64,
+    /// Request body bytes sent.
+    pub bytes_sent: AtomicU64,
+}
+
+/// A response: status and whole body.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Response {
+    /// CouchDB's `{"error","reason"}`, as one line.
+    pub fn reason(&self) -> String {
+        #[derive(Deserialize)]
+        struct CouchError {
+            error: Option<String>,
+            reason: Option<String>,
+        }
+        match serde_json::from_slice::<CouchError>(&self.body) {
+            Ok(CouchError {
+                error: Some(e),
+                reason: Some(r),
+            }) => format!("{} {e}: {r}", self.status.as_u16()),
+            Ok(CouchError { error: Some(e), .. }) => format!("{} {e}", self.status.as_u16()),
+            _ => {
+                let text = String::from_utf8_lossy(&self.body);
+                let text: String = text.chars().take(200).collect();
+                format!("{} {}", self.status.as_u16(), text.trim())
+            }
+        }
+    }
+
+    /// The body as JSON.
+    pub fn json<T: DeserializeOwned>(&self, url: &str, what: &str) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::Rejected {
+            url: url.to_string(),
+            what: what.to_string(),
+            detail: format!("unexpected answer ({e})"),
+            hint: "is this a CouchDB server?".to_string(),
+        })
+    }
+}
+
+/// A request body with its content type.
+#[derive(Debug, Clone)]
+pub(crate) struct Body {
+    pub bytes: Bytes,
+    pub content_type: String,
+}
+
+impl Body {
+    /// A JSON body.
+    pub fn json(bytes: impl Into<Bytes>) -> Body {
+        Body {
+            bytes: bytes.into(),
+            content_type: "application/json".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Auth {
+    None,
+    Basic,
+    Cookie(String),
+}
+
+/// A logged-in connection pool to one CouchDB server.
+#[derive(Debug)]
+pub struct CouchClient {
+    http: reqwest::Client,
+    target: CouchTarget,
+    auth: Mutex<Auth>,
+    retry: RetryPolicy,
+    /// What went over the wire.
+    pub stats: WireStats,
+}
+
+impl CouchClient {
+    /// Connects: checks the server answers and logs in.
+    pub async fn connect(target: CouchTarget, retry: RetryPolicy) -> Result<CouchClient> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(20))
+            .timeout(retry.timeout)
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(|e| Error::invalid(format!("cannot build an HTTP client: {e}")))?;
+        let client = CouchClient {
+            http,
+            target,
+            auth: Mutex::new(Auth::None),
+            retry,
+            stats: WireStats::default(),
+        };
+        client.login().await?;
+        Ok(client)
+    }
+
+    /// The server's URL without credentials.
+    pub fn url(&self) -> String {
+        self.target.display()
+    }
+
+    /// The URL of a path below the server, without credentials.
+    pub fn url_of(&self, path: &str) -> String {
+        format!("{}/{}", self.url(), path.split('?').next().unwrap_or(path))
+    }
+
+    async fn login(&self) -> Result<()> {
+        let Some(credentials) = self.target.credentials.clone() else {
+            return Ok(());
+        };
+        let body = serde_json::json!({"name": credentials.user, "password": credentials.password});
+        let response = self
+            .send_once(
+                Method::POST,
+                "_session",
+                Some(&Body::json(body.to_string())),
+                &Auth::None,
+            )
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(Attempt::Transient(detail)) | Err(Attempt::Fatal(detail)) => {
+                return Err(Error::Unreachable {
+                    url: self.url(),
+                    doing: "logging in".into(),
+                    detail,
+                });
+            }
+        };
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let auth = match response.0.status {
+            s if s.is_success() => match response.1 {
+                Some(cookie) => Auth::Cookie(cookie),
+                None => Auth::Basic,
+            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(Error::CouchAuth {
+                    url: self.url(),
+                    detail: response.0.reason(),
+                });
+            }
+            // No session endpoint (a proxy, an old server): basic auth.
+            _ => Auth::Basic,
+        };
+        *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = auth;
+        Ok(())
+    }
+
+    /// One request, retried on transient failures; 401 logs in again once,
+    /// 403 fails. Other statuses are the caller's to judge.
+    pub(crate) async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<Response> {
+        let mut relogged = false;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let auth = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let outcome = self
+                .send_once(method.clone(), path, body.as_ref(), &auth)
+                .await;
+            let detail = match outcome {
+                Ok((response, _)) => {
+                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .bytes_received
+                        .fetch_add(response.body.len() as u64, Ordering::Relaxed);
+                    if let Some(b) = &body {
+                        self.stats
+                            .bytes_sent
+                            .fetch_add(b.bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    match response.status {
+                        StatusCode::UNAUTHORIZED if !relogged => {
+                            relogged = true;
+                            self.login().await?;
+                            continue;
+                        }
+                        StatusCode::UNAUTHORIZED => {
+                            return Err(Error::CouchAuth {
+                                url: self.url(),
+                                detail: response.reason(),
+                            });
+                        }
+                        StatusCode::FORBIDDEN => {
+                            return Err(Error::CouchForbidden {
+                                url: self.url_of(path),
+                                doing: format!("{method}"),
+                                detail: response.reason(),
+                            });
+                        }
+                        s if is_transient(s) => response.reason(),
+                        _ => return Ok(response),
+                    }
+                }
+                Err(Attempt::Transient(detail)) => detail,
+                Err(Attempt::Fatal(detail)) => {
+                    return Err(Error::Unreachable {
+                        url: self.url_of(path),
+                        doing: format!("{method}"),
+                        detail,
+                    });
+                }
+            };
+            if attempt >= self.retry.attempts {
+                return Err(Error::Unreachable {
+                    url: self.url_of(path),
+                    doing: format!("{method} (tried {attempt} times)"),
+                    detail,
+                });
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("{method} {}: {detail}; retrying", self.url_of(path));
+            tokio::time::sleep(self.backoff(attempt)).await;
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry
+            .first_delay
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(self.retry.max_delay);
+        // Full jitter in the upper half, so retries of parallel requests spread out.
+        let mut byte = [0u8; 1];
+        let _ = getrandom::fill(&mut byte);
+        exp.mul_f64(0.5 + f64::from(byte[0]) / 510.0)
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Body>,
+        auth: &Auth,
+    ) -> std::result::Result<(Response, Option<String>), Attempt> {
+        let url = format!("{}{}", self.target.base, path);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header(header::ACCEPT, "application/json");
+        match (auth, &self.target.credentials) {
+            (Auth::Cookie(cookie), _) => request = request.header(header::COOKIE, cookie),
+            (Auth::Basic, Some(c)) => request = request.basic_auth(&c.user, Some(&c.password)),
+            _ => {}
+        }
+        if let Some(body) = body {
+            request = request
+                .header(header::CONTENT_TYPE, &body.content_type)
+                .body(body.bytes.clone());
+        }
+        let response = request.send().await.map_err(classify)?;
+        let status = response.status();
+        let cookie = response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("AuthSession="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
+        let body = response.bytes().await.map_err(classify)?;
+        Ok((Response { status, body }, cookie))
+    }
+
+    /// GET a JSON document; `None` on 404.
+    pub(crate) async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<Option<T>> {
+        let response = self.request(Method::GET, path, None).await?;
+        match response.status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => response.json(&self.url_of(path), what).map(Some),
+            _ => Err(self.rejected(path, what, &response)),
+        }
+    }
+
+    /// The error for an unexpected status.
+    pub(crate) fn rejected(&self, path: &str, what: &str, response: &Response) -> Error {
+        let hint = match response.status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                "raise the server's max_http_request_size / max_document_size".to_string()
+            }
+            _ => "check the server's log for the cause".to_string(),
+        };
+        Error::Rejected {
+            url: self.url_of(path),
+            what: what.to_string(),
+            detail: response.reason(),
+            hint,
+        }
+    }
+}
+
+enum Attempt {
+    /// Worth retrying: the connection dropped, a timeout.
+    Transient(String),
+    /// Not worth retrying: a malformed URL, a TLS configuration error.
+    Fatal(String),
+}
+
+fn classify(e: reqwest::Error) -> Attempt {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    if e.is_builder() {
+        Attempt::Fatal(detail)
+    } else {
+        Attempt::Transient(detail)
+    }
+}
+
+fn is_transient(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+/// A database name as a path segment (`a/b` → `a%2Fb`).
+pub(crate) fn db_path(db: &str) -> String {
+    utf8_percent_encode(db, SEGMENT).to_string()
+}
+
+/// A document's path below its database: `_design/` and `_local/` keep
+/// their literal prefix, the rest is one encoded segment.
+pub(crate) fn doc_path(db: &str, id: &str) -> String {
+    let encoded = ["_design/", "_local/"]
+        .iter()
+        .find_map(|prefix| {
+            id.strip_prefix(prefix)
+                .map(|rest| format!("{prefix}{}", utf8_percent_encode(rest, SEGMENT)))
+        })
+        .unwrap_or_else(|| utf8_percent_encode(id, SEGMENT).to_string());
+    format!("{}/{encoded}", db_path(db))
+}
+
+/// A query parameter value, encoded.
+pub(crate) fn query_value(value: &str) -> String {
+    utf8_percent_encode(value, SEGMENT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_encoded_but_keep_special_prefixes() {
+        assert_eq!(db_path("a/b+c"), "a%2Fb%2Bc");
+        assert_eq!(doc_path("db", "_design/app"), "db/_design/app");
+        assert_eq!(doc_path("db", "_local/x y"), "db/_local/x%20y");
+        assert_eq!(doc_path("db", "a/b?c#é"), "db/a%2Fb%3Fc%23%C3%A9");
+    }
+
+    #[test]
+    fn credentials_come_from_the_url_then_netrc_then_env() {
+        let t = CouchTarget::parse("http://ad%40m:p%3Ass@h:5984/x?q=1", None, None).unwrap();
+        let c = t.credentials.clone().unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("ad@m", "p:ss"));
+        assert_eq!(t.display(), "http://h:5984/x");
+        assert!(!format!("{t:?}").contains("p:ss"), "never printed");
+
+        let netrc = "machine other login o password p\ndefault login d password dp\nmachine h login n password np";
+        let t = CouchTarget::parse("http://h:5984", Some(netrc), None).unwrap();
+        assert_eq!(t.credentials.unwrap().user, "n");
+        let t = CouchTarget::parse("http://z:5984", Some(netrc), None).unwrap();
+        assert_eq!(t.credentials.unwrap().user, "d");
+        let t = CouchTarget::parse("http://z", None, Some(("e".into(), "ep".into()))).unwrap();
+        assert_eq!(t.credentials.unwrap().password, "ep");
+        assert!(
+            CouchTarget::parse("http://z", None, None)
+                .unwrap()
+                .credentials
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_passwords() {
+        let e = CouchTarget::parse("ftp://u:secret@h/", None, None).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(CouchTarget::parse("not a url", None, None).is_err());
+    }
+}

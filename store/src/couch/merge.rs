@@ -1,0 +1,272 @@
+//! Reading a database's documents as one sorted sequence of groups (all
+//! leaves of one id), merged from the base (`docs.ndjson`) and its overlay
+//! (`docs.delta.ndjson`): an id in the overlay replaces the base's lines, or
+//! removes them with `{"id":…,"gone":true}`.
+
+use std::io::{self, BufRead};
+
+use serde::Deserialize;
+
+use crate::couch::format;
+use crate::couch::pipe::Lines;
+
+/// All lines of one document id.
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    pub id: String,
+    /// Leaf revisions, in line order.
+    pub revs: Vec<String>,
+    /// The lines, each with its `\n`.
+    pub lines: Vec<u8>,
+    /// The overlay removes this id.
+    pub gone: bool,
+    /// The base has this id.
+    pub in_base: bool,
+    /// The lines come from the overlay.
+    pub from_delta: bool,
+}
+
+#[derive(Deserialize)]
+struct Gone {
+    id: String,
+    gone: bool,
+}
+
+/// One line: its id, its revision (`None` for a removal), its bytes.
+type Line = (String, Option<String>, Vec<u8>);
+
+/// Groups of one sorted stream of lines.
+pub(crate) struct GroupReader<R> {
+    lines: Lines<R>,
+    pending: Option<Line>,
+    buf: Vec<u8>,
+    what: String,
+}
+
+fn invalid(what: &str, line: u64, detail: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{what} line {line}: {detail}"),
+    )
+}
+
+impl<R: BufRead> GroupReader<R> {
+    /// Reads `lines`; `what` names the stream in errors.
+    pub fn new(lines: Lines<R>, what: String) -> Self {
+        GroupReader {
+            lines,
+            pending: None,
+            buf: Vec::new(),
+            what,
+        }
+    }
+
+    fn next_line(&mut self) -> io::Result<Option<Line>> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        if !self.lines.next_into(&mut self.buf)? {
+            return Ok(None);
+        }
+        let n = self.lines.number;
+        let (id, rev) = match format::parse_doc_line(&self.buf) {
+            Ok(line) => (line.id.into_owned(), Some(line.rev.into_owned())),
+            Err(e) => match serde_json::from_slice::<Gone>(&self.buf) {
+                Ok(g) if g.gone => (g.id, None),
+                _ => return Err(invalid(&self.what, n, e)),
+            },
+        };
+        let mut line = self.buf.clone();
+        line.push(b'\n');
+        Ok(Some((id, rev, line)))
+    }
+
+    /// The next group; ids must ascend.
+    pub fn next_group(&mut self) -> io::Result<Option<Group>> {
+        let Some((id, rev, line)) = self.next_line()? else {
+            return Ok(None);
+        };
+        let mut group = Group {
+            id,
+            gone: rev.is_none(),
+            revs: rev.into_iter().collect(),
+            lines: line,
+            ..Group::default()
+        };
+        while let Some((id, rev, line)) = self.next_line()? {
+            if id != group.id {
+                if id.as_bytes() < group.id.as_bytes() {
+                    return Err(invalid(
+                        &self.what,
+                        self.lines.number,
+                        format!("id {id:?} comes after {:?}: not sorted", group.id),
+                    ));
+                }
+                self.pending = Some((id, rev, line));
+                break;
+            }
+            match rev {
+                Some(rev) if !group.gone => group.revs.push(rev),
+                _ => {
+                    return Err(invalid(
+                        &self.what,
+                        self.lines.number,
+                        format!("id {id:?} is both removed and present"),
+                    ));
+                }
+            }
+            group.lines.extend_from_slice(&line);
+        }
+        Ok(Some(group))
+    }
+}
+
+/// The base and its overlay as one sequence of groups.
+pub(crate) struct Merged<A, B> {
+    base: GroupReader<A>,
+    delta: Option<GroupReader<B>>,
+    next_base: Option<Group>,
+    next_delta: Option<Group>,
+    started: bool,
+    /// Bytes of base groups read so far, when asked to keep them.
+    pub base_bytes: Option<Vec<u8>>,
+}
+
+impl<A: BufRead, B: BufRead> Merged<A, B> {
+    /// Merges `base` with `delta`.
+    pub fn new(base: GroupReader<A>, delta: Option<GroupReader<B>>) -> Self {
+        Merged {
+            base,
+            delta,
+            next_base: None,
+            next_delta: None,
+            started: false,
+            base_bytes: None,
+        }
+    }
+
+    fn pull_base(&mut self) -> io::Result<()> {
+        self.next_base = self.base.next_group()?;
+        Ok(())
+    }
+
+    fn pull_delta(&mut self) -> io::Result<()> {
+        self.next_delta = match &mut self.delta {
+            Some(d) => d.next_group()?,
+            None => None,
+        };
+        Ok(())
+    }
+
+    fn take_base(&mut self) -> io::Result<Option<Group>> {
+        let group = self.next_base.take();
+        if let (Some(g), Some(keep)) = (&group, &mut self.base_bytes) {
+            keep.extend_from_slice(&g.lines);
+        }
+        self.pull_base()?;
+        Ok(group)
+    }
+
+    /// The next group, removals included (`gone`).
+    pub fn next_group(&mut self) -> io::Result<Option<Group>> {
+        if !self.started {
+            self.started = true;
+            self.pull_base()?;
+            self.pull_delta()?;
+        }
+        let order = match (&self.next_base, &self.next_delta) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(b), Some(d)) => b.id.as_bytes().cmp(d.id.as_bytes()),
+        };
+        Ok(match order {
+            std::cmp::Ordering::Less => self.take_base()?.map(|mut g| {
+                g.in_base = true;
+                g
+            }),
+            std::cmp::Ordering::Greater => {
+                let g = self.next_delta.take();
+                self.pull_delta()?;
+                g.map(|mut g| {
+                    g.from_delta = true;
+                    g
+                })
+            }
+            std::cmp::Ordering::Equal => {
+                self.take_base()?;
+                let g = self.next_delta.take();
+                self.pull_delta()?;
+                g.map(|mut g| {
+                    g.from_delta = true;
+                    g.in_base = true;
+                    g
+                })
+            }
+        })
+    }
+}
+
+/// Appends a removal line.
+pub(crate) fn encode_gone(id: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"id\":");
+    let _ = serde_json::to_writer(&mut *out, id);
+    out.extend_from_slice(b",\"gone\":true}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str, rev: &str) -> String {
+        format!(
+            "{{\"id\":\"{id}\",\"rev\":\"{rev}\",\"doc\":{{\"_id\":\"{id}\",\"_rev\":\"{rev}\"}}}}\n"
+        )
+    }
+
+    fn reader(text: &str) -> GroupReader<&[u8]> {
+        GroupReader::new(Lines::new(text.as_bytes()), "test".into())
+    }
+
+    #[test]
+    fn the_overlay_replaces_and_removes() {
+        let base = [
+            line("a", "1-a"),
+            line("b", "1-b"),
+            line("b", "1-c"),
+            line("c", "1-c"),
+        ]
+        .concat();
+        let mut gone = Vec::new();
+        encode_gone("c", &mut gone);
+        let delta = [
+            line("b", "2-b"),
+            line("bb", "1-x"),
+            String::from_utf8(gone).unwrap(),
+        ]
+        .concat();
+        let mut merged = Merged::new(reader(&base), Some(reader(&delta)));
+        merged.base_bytes = Some(Vec::new());
+        let mut seen = Vec::new();
+        while let Some(g) = merged.next_group().unwrap() {
+            seen.push((g.id, g.revs, g.gone, g.in_base, g.from_delta));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("a".into(), vec!["1-a".to_string()], false, true, false),
+                ("b".into(), vec!["2-b".into()], false, true, true),
+                ("bb".into(), vec!["1-x".into()], false, false, true),
+                ("c".into(), vec![], true, true, true),
+            ]
+        );
+        assert_eq!(merged.base_bytes.unwrap(), base.as_bytes());
+    }
+
+    #[test]
+    fn unsorted_or_bad_lines_are_errors() {
+        let text = [line("b", "1-b"), line("a", "1-a")].concat();
+        assert!(reader(&text).next_group().is_err());
+        assert!(reader("not json\n").next_group().is_err());
+    }
+}

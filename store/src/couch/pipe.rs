@@ -1,0 +1,247 @@
+//! A bounded byte pipe between threads that tells a finished stream from a
+//! broken one: the writer must say [`PipeWriter::finish`], so a writer that
+//! failed or vanished is an error at the reader, never a silent short read.
+
+use std::io::{self, BufRead, Read, Write};
+
+use bytes::Bytes;
+
+/// Bytes gathered before a chunk is sent.
+const CHUNK_LEN: usize = 256 * 1024;
+
+enum Msg {
+    Data(Bytes),
+    End,
+    Fail(String),
+}
+
+/// Creates a pipe holding at most `chunks` chunks of 256 KiB in transit.
+pub(crate) fn pipe(chunks: usize) -> (PipeWriter, PipeReader) {
+    let (tx, rx) = crossbeam_channel::bounded(chunks.max(1));
+    (
+        PipeWriter {
+            tx: Some(tx),
+            buf: Vec::with_capacity(CHUNK_LEN),
+        },
+        PipeReader {
+            rx,
+            current: Bytes::new(),
+            done: false,
+        },
+    )
+}
+
+/// The sending end; implements [`Write`].
+pub(crate) struct PipeWriter {
+    tx: Option<crossbeam_channel::Sender<Msg>>,
+    buf: Vec<u8>,
+}
+
+/// Fails a pipe from elsewhere (a task that owns the writer by then).
+#[derive(Clone)]
+pub(crate) struct PipeFailer(crossbeam_channel::Sender<Msg>);
+
+impl PipeFailer {
+    /// Makes the reader fail with `detail` once it has read what came before.
+    pub fn fail(&self, detail: String) {
+        let _ = self.0.send(Msg::Fail(detail));
+    }
+}
+
+impl PipeWriter {
+    fn sender(&self) -> io::Result<&crossbeam_channel::Sender<Msg>> {
+        self.tx
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "pipe already closed"))
+    }
+
+    fn send(&self, msg: Msg) -> io::Result<()> {
+        self.sender()?
+            .send(msg)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader went away"))
+    }
+
+    /// A handle that can fail this pipe.
+    pub fn failer(&self) -> Option<PipeFailer> {
+        self.tx.as_ref().map(|tx| PipeFailer(tx.clone()))
+    }
+
+    /// Sends what is buffered and marks the end: the reader sees EOF.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if self.tx.is_none() {
+            return Ok(());
+        }
+        self.flush()?;
+        self.send(Msg::End)?;
+        self.tx = None;
+        Ok(())
+    }
+
+    /// Makes the reader fail with `detail` (after what was sent before).
+    pub fn fail(&mut self, detail: String) {
+        if self.tx.is_some() {
+            let _ = self.send(Msg::Fail(detail));
+            self.tx = None;
+        }
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.sender()?;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_LEN {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = Bytes::from(std::mem::replace(
+                &mut self.buf,
+                Vec::with_capacity(CHUNK_LEN),
+            ));
+            self.send(Msg::Data(chunk))?;
+        }
+        Ok(())
+    }
+}
+
+/// The receiving end; implements [`Read`] and [`BufRead`].
+pub(crate) struct PipeReader {
+    rx: crossbeam_channel::Receiver<Msg>,
+    current: Bytes,
+    done: bool,
+}
+
+impl PipeReader {
+    fn refill(&mut self) -> io::Result<()> {
+        while self.current.is_empty() && !self.done {
+            match self.rx.recv() {
+                Ok(Msg::Data(b)) => self.current = b,
+                Ok(Msg::End) => self.done = true,
+                Ok(Msg::Fail(detail)) => return Err(io::Error::other(detail)),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream's producer stopped before its end",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.refill()?;
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}
+
+impl BufRead for PipeReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.refill()?;
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
+        bytes::Buf::advance(&mut self.current, n);
+    }
+}
+
+/// Reads `\n`-terminated lines; the last line must be terminated too.
+pub(crate) struct Lines<R> {
+    reader: R,
+    /// Lines read so far, for error messages.
+    pub number: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// Wraps a reader.
+    pub fn new(reader: R) -> Self {
+        Lines { reader, number: 0 }
+    }
+
+    /// The next line without its `\n` into `buf`; false at the end.
+    pub fn next_into(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+        buf.clear();
+        if self.reader.read_until(b'\n', buf)? == 0 {
+            return Ok(false);
+        }
+        self.number += 1;
+        if buf.pop() != Some(b'\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("line {} is not terminated (truncated?)", self.number),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Reads exactly `len` bytes and a `\n`.
+    pub fn read_blob(&mut self, len: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        out.clear();
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        out.resize(len + 1, 0);
+        self.reader.read_exact(out)?;
+        if out.pop() != Some(b'\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "attachment record is not terminated",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_streams_end_and_broken_ones_fail() {
+        let (mut w, mut r) = pipe(2);
+        let t = std::thread::spawn(move || {
+            w.write_all(b"a\nbb\n").unwrap();
+            w.finish().unwrap();
+        });
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        t.join().unwrap();
+        assert_eq!(s, "a\nbb\n");
+
+        let (mut w, mut r) = pipe(2);
+        w.write_all(b"partial").unwrap();
+        w.flush().unwrap();
+        drop(w);
+        let mut s = String::new();
+        assert_eq!(
+            r.read_to_string(&mut s).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+
+        let (mut w, mut r) = pipe(2);
+        w.fail("boom".into());
+        assert!(
+            r.read(&mut [0; 4])
+                .unwrap_err()
+                .to_string()
+                .contains("boom")
+        );
+    }
+
+    #[test]
+    fn lines_must_be_terminated() {
+        let mut lines = Lines::new(&b"x\ny"[..]);
+        let mut buf = Vec::new();
+        assert!(lines.next_into(&mut buf).unwrap());
+        assert_eq!(buf, b"x");
+        assert!(lines.next_into(&mut buf).is_err());
+    }
+}
