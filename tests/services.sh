@@ -70,3 +70,64 @@ JSON
   export CAIRN_TEST_S3=s3://test
   log "SeaweedFS S3 at $AWS_ENDPOINT_URL (bucket test)"
 }
+
+install_pouchdb() {
+  POUCHDB_SERVER="$CAIRN_ROOT/.ci/pouch/node_modules/.bin/pouchdb-server"
+  if [ ! -x "$POUCHDB_SERVER" ]; then
+    log "installing pouchdb-server 4.2.0 (npm) into .ci/pouch"
+    mkdir -p "$CAIRN_ROOT/.ci/pouch"
+    (cd "$CAIRN_ROOT/.ci/pouch" && npm init -y >/dev/null &&
+      npm install --no-audit --no-fund pouchdb-server@4.2.0)
+  fi
+}
+
+# A free loopback TCP port for one server, from FROM upwards.
+free_port() {
+  local p
+  for p in $(seq "${1:-15984}" 7 "$((${1:-15984} + 2000))"); do
+    if ! (ss -ltn 2>/dev/null | grep -qE ":$p\b"); then
+      echo "$p"; return
+    fi
+  done
+  echo "${1:-15984}"
+}
+
+# Starts pouchdb-server (CouchDB API, in memory) with an admin; exports
+# CAIRN_TEST_COUCH (URL with credentials) and CAIRN_TEST_COUCH_LOG.
+# With an admin configured, an anonymous PUT/DELETE of a database crashes
+# pouchdb-server 4.2.0: always send credentials beyond GET /.
+start_pouchdb() {
+  install_pouchdb
+  local dir="$SERVICES_DIR/couch" p=15984 pid attempt i ready=
+  mkdir -p "$dir"
+  echo '{"admins":{"admin":"s3cret"}}' > "$dir/config.json"
+  for attempt in 1 2 3 4 5; do
+    p=$(free_port "$p")
+    # It writes log.txt to its current directory.
+    (cd "$dir" && exec "$POUCHDB_SERVER" --host 127.0.0.1 --port "$p" --in-memory \
+      --config "$dir/config.json" --no-stdout-logs > "$dir/stdout.txt" 2>&1) &
+    pid=$!
+    for i in $(seq 1 120); do
+      # Ready: our process listens on the port (not another server that took
+      # it meanwhile), GET / answers 200 and the admin can log in.
+      if ss -ltnpH "sport = :$p" 2>/dev/null | grep -q "pid=$pid," &&
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/" 2>/dev/null)" = 200 ] &&
+        curl -sf -u admin:s3cret "http://127.0.0.1:$p/_session" 2>/dev/null | grep -q '"name":"admin"'; then
+        ready=1; break
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.25
+    done
+    [ -n "$ready" ] && break
+    # Exited early (most likely the port was taken meanwhile) or never answered.
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    log "pouchdb-server did not start on port $p (attempt $attempt)"
+    cat "$dir/stdout.txt" >&2 2>/dev/null || true
+    p=$((p + 7))
+  done
+  [ -n "$ready" ] || return 1
+  CLEANUPS+=("kill $pid 2>/dev/null; wait $pid 2>/dev/null")
+  export CAIRN_TEST_COUCH=http://admin:s3cret@127.0.0.1:$p
+  export CAIRN_TEST_COUCH_LOG=$dir/log.txt
+  log "pouchdb-server (CouchDB API) at http://127.0.0.1:$p (admin:s3cret, in memory, log $dir/log.txt)"
+}

@@ -61,6 +61,9 @@ fn backup_drop_restore_gives_back_every_revision_attachment_view_and_setting() {
     assert_eq!(stats["counts"]["deleted_leaves"], 3);
     assert_eq!(stats["counts"]["design_leaves"], 1);
     assert_eq!(stats["counts"]["attachments"], 2);
+    // verify reads the dump back: lines, counts, attachment digests.
+    let verified = ok(f.cmd("verify").args(["--read-data", "--json"])).json();
+    assert_eq!(verified["damaged_snapshots"], json!([]), "{verified}");
 
     couch.delete_db(&db);
     let report = ok(&mut restore(&f, "latest", &couch.url, &["--db", &db])).json();

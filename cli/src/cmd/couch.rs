@@ -84,6 +84,10 @@ pub struct CouchBackupArgs {
     /// Databases fetched at once.
     #[arg(long, default_value_t = 2, value_name = "N")]
     jobs: usize,
+    /// Fetch every document again and write each database's dump anew
+    /// (instead of the previous one plus an overlay of what changed).
+    #[arg(long)]
+    full: bool,
     /// Import `_all_docs?include_docs=true` dump files (or directories of
     /// them, one `DB.json` per database) instead of reading a server.
     #[arg(long, value_name = "PATH", num_args = 1.., conflicts_with_all = ["url", "dbs", "all_dbs"])]
@@ -117,6 +121,7 @@ pub async fn backup(args: CouchBackupArgs) -> anyhow::Result<ExitCode> {
             dbs,
             jobs: args.jobs.max(1),
             requests: args.server.requests.max(1),
+            full: args.full,
             ..CouchBackupOptions::default()
         };
         match args.server.connect().await {

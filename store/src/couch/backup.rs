@@ -356,26 +356,6 @@ fn produce(context: &JobContext, job: &mut DbJob) -> DbBackupStats {
     producer.stats
 }
 
-/// `_changes` rows.
-#[derive(Deserialize)]
-struct ChangesPage {
-    results: Vec<ChangeRow>,
-    last_seq: serde_json::Value,
-    #[serde(default)]
-    pending: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct ChangeRow {
-    id: String,
-    changes: Vec<ChangeRev>,
-}
-
-#[derive(Deserialize)]
-struct ChangeRev {
-    rev: String,
-}
-
 /// `_bulk_get` answers.
 #[derive(Deserialize)]
 struct BulkGet {
@@ -685,45 +665,22 @@ impl Producer<'_> {
         serde_json::Value,
     )> {
         let client = Arc::clone(&self.context.client);
-        let page = self.context.options.changes_page.max(1);
         let mut sorter = ExternalSorter::new(self.context.options.sort_memory, None);
         let mut design = BTreeMap::new();
-        let mut since = serde_json::json!(0);
-        loop {
-            let since_param = match &since {
-                serde_json::Value::String(s) => query_value(s),
-                other => query_value(&other.to_string()),
-            };
-            let path = format!(
-                "{}/_changes?style=all_docs&limit={page}&since={since_param}",
-                db_path(self.db)
-            );
-            let response = self.block_on(client.request(Method::GET, &path, None))?;
-            if !response.status.is_success() {
-                return Err(client.rejected(&path, "listing changes", &response));
-            }
-            let changes: ChangesPage = response.json(&client.url_of(&path), "_changes")?;
-            let rows = changes.results.len();
-            for row in changes.results {
-                let mut revs: Vec<String> = row.changes.into_iter().map(|c| c.rev).collect();
-                format::sort_revs(&mut revs);
-                if row.id.starts_with("_design/") {
-                    design.insert(row.id, revs);
+        let since = self.block_on(client.each_leaves(
+            self.db,
+            self.context.options.changes_page,
+            |id, revs| {
+                if id.starts_with("_design/") {
+                    design.insert(id, revs);
+                    Ok(())
                 } else {
                     sorter
-                        .push(row.id.as_bytes(), revs.join("\n").as_bytes())
-                        .map_err(|e| Error::io("sorting document ids", e))?;
+                        .push(id.as_bytes(), revs.join("\n").as_bytes())
+                        .map_err(|e| Error::io("sorting document ids", e))
                 }
-            }
-            since = changes.last_seq;
-            let more = match changes.pending {
-                Some(pending) => pending > 0 && rows > 0,
-                None => rows >= page,
-            };
-            if !more {
-                break;
-            }
-        }
+            },
+        ))?;
         if sorter.spilled_runs() > 0 {
             tracing::debug!(
                 "{}: sorted ids in {} runs on disk",

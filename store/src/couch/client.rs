@@ -516,6 +516,76 @@ fn is_transient(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
+/// `_changes` rows.
+#[derive(Deserialize)]
+struct ChangesPage {
+    results: Vec<ChangeRow>,
+    last_seq: serde_json::Value,
+    #[serde(default)]
+    pending: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ChangeRow {
+    id: String,
+    changes: Vec<ChangeRev>,
+}
+
+#[derive(Deserialize)]
+struct ChangeRev {
+    rev: String,
+}
+
+impl CouchClient {
+    /// Every id of `db` with its leaf revisions (in line order), from
+    /// `_changes?style=all_docs` in pages of `page`; a later row of an id
+    /// replaces an earlier one. Returns the last sequence.
+    pub(crate) async fn each_leaves(
+        &self,
+        db: &str,
+        page: usize,
+        mut each: impl FnMut(String, Vec<String>) -> Result<()>,
+    ) -> Result<serde_json::Value> {
+        let page = page.max(1);
+        let mut since = serde_json::json!(0);
+        loop {
+            let since_param = match &since {
+                serde_json::Value::String(s) => query_value(s),
+                other => query_value(&other.to_string()),
+            };
+            let path = format!(
+                "{}/_changes?style=all_docs&limit={page}&since={since_param}",
+                db_path(db)
+            );
+            let response = self.request(Method::GET, &path, None).await?;
+            if response.status == StatusCode::NOT_FOUND {
+                return Err(Error::NotFound {
+                    what: format!("database {db:?} on {}", self.url()),
+                    hint: "it was deleted meanwhile".into(),
+                });
+            }
+            if !response.status.is_success() {
+                return Err(self.rejected(&path, "listing changes", &response));
+            }
+            let changes: ChangesPage = response.json(&self.url_of(&path), "_changes")?;
+            let rows = changes.results.len();
+            for row in changes.results {
+                let mut revs: Vec<String> = row.changes.into_iter().map(|c| c.rev).collect();
+                crate::couch::format::sort_revs(&mut revs);
+                each(row.id, revs)?;
+            }
+            since = changes.last_seq;
+            let more = match changes.pending {
+                Some(pending) => pending > 0 && rows > 0,
+                None => rows >= page,
+            };
+            if !more {
+                return Ok(since);
+            }
+        }
+    }
+}
+
 /// A database name as a path segment (`a/b` → `a%2Fb`).
 pub(crate) fn db_path(db: &str) -> String {
     utf8_percent_encode(db, SEGMENT).to_string()

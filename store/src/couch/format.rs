@@ -114,6 +114,13 @@ pub fn encode_doc_line(id: &str, rev: &str, deleted: bool, doc: &RawValue, out: 
     out.extend_from_slice(b"}\n");
 }
 
+/// Appends an overlay line that removes an id.
+pub fn encode_gone(id: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"id\":");
+    write_json_str(id, out);
+    out.extend_from_slice(b",\"gone\":true}\n");
+}
+
 fn write_json_str(s: &str, out: &mut Vec<u8>) {
     // Serialising a str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);

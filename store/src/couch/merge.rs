@@ -207,12 +207,7 @@ impl<A: BufRead, B: BufRead> Merged<A, B> {
     }
 }
 
-/// Appends a removal line.
-pub(crate) fn encode_gone(id: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"id\":");
-    let _ = serde_json::to_writer(&mut *out, id);
-    out.extend_from_slice(b",\"gone\":true}\n");
-}
+pub(crate) use format::encode_gone;
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@ mod merge;
 mod pipe;
 pub mod restore;
 mod sort;
+pub mod verify;
 
 pub use backup::{CouchBackupOptions, CouchBackupSummary, DbBackupStats, DbSelection};
 pub use client::{CouchClient, CouchTarget, Credentials, RetryPolicy};

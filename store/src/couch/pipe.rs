@@ -184,6 +184,11 @@ impl<R: BufRead> Lines<R> {
         Ok(true)
     }
 
+    /// Reads everything left.
+    pub fn read_to_end(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+        self.reader.read_to_end(out)
+    }
+
     /// Reads exactly `len` bytes and a `\n`.
     pub fn read_blob(&mut self, len: u64, out: &mut Vec<u8>) -> io::Result<()> {
         out.clear();

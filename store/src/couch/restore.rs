@@ -923,57 +923,12 @@ impl Driver {
 
     /// The target's ids and sorted leaves, sorted by id.
     fn target_leaves(&self, db: &str) -> Result<Sorted> {
-        #[derive(Deserialize)]
-        struct Page {
-            results: Vec<Row>,
-            last_seq: serde_json::Value,
-            #[serde(default)]
-            pending: Option<u64>,
-        }
-        #[derive(Deserialize)]
-        struct Row {
-            id: String,
-            changes: Vec<Rev>,
-        }
-        #[derive(Deserialize)]
-        struct Rev {
-            rev: String,
-        }
         let mut sorter = ExternalSorter::new(self.options.sort_memory, None);
-        let mut since = serde_json::json!(0);
-        let page_len = 10_000usize;
-        loop {
-            let since_param = match &since {
-                serde_json::Value::String(s) => crate::couch::client::query_value(s),
-                other => crate::couch::client::query_value(&other.to_string()),
-            };
-            let path = format!(
-                "{}/_changes?style=all_docs&limit={page_len}&since={since_param}",
-                db_path(db)
-            );
-            let page: Page = self
-                .block_on(self.client.get_json(&path, "changes"))?
-                .ok_or_else(|| Error::NotFound {
-                    what: format!("database {db:?}"),
-                    hint: "it was deleted during the restore".into(),
-                })?;
-            let rows = page.results.len();
-            for row in page.results {
-                let mut revs: Vec<String> = row.changes.into_iter().map(|r| r.rev).collect();
-                format::sort_revs(&mut revs);
-                sorter
-                    .push(row.id.as_bytes(), revs.join("\n").as_bytes())
-                    .map_err(|e| Error::io("sorting document ids", e))?;
-            }
-            since = page.last_seq;
-            let more = match page.pending {
-                Some(p) => p > 0 && rows > 0,
-                None => rows >= page_len,
-            };
-            if !more {
-                break;
-            }
-        }
+        self.block_on(self.client.each_leaves(db, 10_000, |id, revs| {
+            sorter
+                .push(id.as_bytes(), revs.join("\n").as_bytes())
+                .map_err(|e| Error::io("sorting document ids", e))
+        }))?;
         sorter
             .finish()
             .map_err(|e| Error::io("sorting document ids", e))
