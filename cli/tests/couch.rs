@@ -4,6 +4,8 @@
 
 #[path = "support/couch.rs"]
 mod couch;
+#[path = "support/faulty.rs"]
+mod faulty;
 mod support;
 
 use std::time::Instant;
@@ -378,4 +380,66 @@ fn failures_have_clear_messages_and_distinct_exit_codes() {
     f.backup_bytes("plain", b"data", &[]);
     run(&mut restore(&f, "latest", &couch.url, &["--db", &db])).expect_code(2);
     couch.delete_db(&db);
+}
+
+#[test]
+fn transient_failures_are_retried_big_batches_split_and_a_403_stops() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let f = Fixture::new();
+    let db = couch.new_db("faults");
+    couch.create_db(&db);
+    let docs: Vec<Value> = (0..1500).map(|i| couch::body(i, 0)).collect();
+    couch.write(&db, &docs);
+    let want = couch.fingerprint(&db);
+    let upstream = reqwest::Url::parse(&couch.url).unwrap();
+    let proxy = faulty::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap()
+    ));
+    let url = proxy.url(&couch.url);
+
+    // 503s and dropped connections while backing up: retried.
+    proxy.faults.unavailable.store(3, SeqCst);
+    proxy.faults.drop_every.store(5, SeqCst);
+    let summary = ok(&mut backup(&f, &url, &["--db", &db])).json();
+    assert!(summary["retries"].as_u64().unwrap() >= 4, "{summary}");
+    assert_eq!(db_stats(&summary, &db)["counts"]["docs"], 1500);
+
+    // Restoring: a server that takes at most 200 kB per request (batches
+    // are split), an expired session (one 401: logs in again), more 503s.
+    couch.delete_db(&db);
+    proxy.faults.drop_every.store(0, SeqCst);
+    proxy.faults.max_body.store(200_000, SeqCst);
+    proxy.faults.unauthorized_once.store(true, SeqCst);
+    proxy.faults.unavailable.store(2, SeqCst);
+    let report = ok(&mut restore(&f, "latest", &url, &["--db", &db])).json();
+    assert_eq!(report["clean"], true, "{report}");
+    assert!(
+        report["databases"][0]["splits"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(report["retries"].as_u64().unwrap() >= 2, "{report}");
+    assert!(
+        !proxy.faults.unauthorized_once.load(SeqCst),
+        "the 401 was sent"
+    );
+    couch::assert_same(&couch.fingerprint(&db), &want, "restored through faults");
+
+    // A 403 is not retried: it stops with the reason, and exit code 10.
+    *proxy.faults.forbid.lock().unwrap() = Some("_bulk_docs".into());
+    let other = couch.new_db("faults_forbidden");
+    run(&mut restore(
+        &f,
+        "latest",
+        &url,
+        &["--db", &format!("{db}:{other}")],
+    ))
+    .expect_code(10)
+    .stderr_has(&["forbids", "server admin"]);
+    couch.delete_db(&db);
+    couch.delete_db(&other);
 }

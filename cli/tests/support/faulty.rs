@@ -1,0 +1,161 @@
+//! A fault-injecting HTTP proxy in front of the real test server (like
+//! toxiproxy): it answers some requests itself with 503, 413, 401 or 403, or
+//! drops the connection, and forwards the rest. One request per connection.
+#![allow(dead_code, clippy::unwrap_used, missing_debug_implementations)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// What to break.
+#[derive(Default)]
+pub struct Faults {
+    /// Answer this many of the next requests (not logins) with 503.
+    pub unavailable: AtomicUsize,
+    /// Drop the connection without an answer on every Nth request (0: never).
+    pub drop_every: AtomicUsize,
+    /// Answer 413 to request bodies longer than this (0: no limit).
+    pub max_body: AtomicUsize,
+    /// Answer the next request (not a login) with 401, once.
+    pub unauthorized_once: AtomicBool,
+    /// Answer 403 to requests whose path contains this.
+    pub forbid: std::sync::Mutex<Option<String>>,
+    /// Requests seen, and answered by the proxy itself.
+    pub seen: AtomicUsize,
+    pub injected: AtomicUsize,
+}
+
+/// A running proxy; its URL replaces the server's.
+pub struct Proxy {
+    pub port: u16,
+    pub faults: Arc<Faults>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`host:port`).
+    pub fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let faults = Arc::new(Faults::default());
+        let f = Arc::clone(&faults);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (f, upstream) = (Arc::clone(&f), upstream.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &upstream, &f);
+                });
+            }
+        });
+        Proxy { port, faults }
+    }
+
+    /// `url` (with credentials) pointed at the proxy.
+    pub fn url(&self, url: &str) -> String {
+        let mut u = reqwest::Url::parse(url).unwrap();
+        u.set_port(Some(self.port)).unwrap();
+        u.to_string().trim_end_matches('/').to_string()
+    }
+}
+
+fn answer(mut client: TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    write!(
+        client,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn serve(client: TcpStream, upstream: &str, faults: &Faults) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = Vec::new();
+    let mut content_length = 0usize;
+    let mut request_line = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if request_line.is_empty() {
+            request_line = line.clone();
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        if line == "\r\n" {
+            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            break;
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body)?;
+
+    let n = faults.seen.fetch_add(1, Ordering::SeqCst) + 1;
+    let login = request_line.contains("/_session");
+    let inject = |status: &str, body: &str| {
+        faults.injected.fetch_add(1, Ordering::SeqCst);
+        answer(client.try_clone()?, status, body)
+    };
+    let forbid = faults.forbid.lock().unwrap().clone();
+    if forbid.is_some_and(|p| request_line.contains(&p)) {
+        return inject(
+            "403 Forbidden",
+            r#"{"error":"forbidden","reason":"not today"}"#,
+        );
+    }
+    if !login {
+        let every = faults.drop_every.load(Ordering::SeqCst);
+        if every > 0 && n % every == 0 {
+            faults.injected.fetch_add(1, Ordering::SeqCst);
+            return Ok(()); // the connection drops unanswered
+        }
+        if faults
+            .unavailable
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1))
+            .is_ok()
+        {
+            return inject("503 Service Unavailable", r#"{"error":"unavailable"}"#);
+        }
+        if faults.unauthorized_once.swap(false, Ordering::SeqCst) {
+            return inject(
+                "401 Unauthorized",
+                r#"{"error":"unauthorized","reason":"session expired"}"#,
+            );
+        }
+    }
+    let max = faults.max_body.load(Ordering::SeqCst);
+    if max > 0 && body.len() > max {
+        return inject(
+            "413 Payload Too Large",
+            r#"{"error":"too_large","reason":"the request entity is too large"}"#,
+        );
+    }
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(&head)?;
+    up.write_all(&body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    // Make the client close too: one request per connection.
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |p| p + 4);
+    let (headers, rest) = response.split_at(split);
+    let headers = String::from_utf8_lossy(headers);
+    let mut out = String::new();
+    for line in headers.split("\r\n").filter(|l| !l.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut client = client;
+    client.write_all(out.as_bytes())?;
+    client.write_all(rest)
+}
