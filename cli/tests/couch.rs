@@ -117,6 +117,7 @@ fn second_backup_fetches_only_changed_documents_and_stores_little() {
         "{second_db}"
     );
     assert_eq!(second_db["reused_leaves"], (n - changed.len()) as u64);
+    assert_eq!(second_db["only_changes"], true, "{second_db}");
     let (stored1, stored2) = (
         first["stored_bytes"].as_u64().unwrap(),
         second["stored_bytes"].as_u64().unwrap(),

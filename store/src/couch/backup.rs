@@ -108,6 +108,9 @@ pub struct DbBackupStats {
     /// Whether docs.ndjson was written anew (else the previous one was kept
     /// and the changes went to docs.delta.ndjson).
     pub rewrote_base: bool,
+    /// Whether only the changes since the previous snapshot were listed
+    /// (else every id was).
+    pub only_changes: bool,
 }
 
 /// What a CouchDB backup did.
@@ -260,6 +263,8 @@ fn previous_of(repo: &IndexedRepository, snapshots: &[Snapshot], db: &str) -> Op
             docs: find(&docs_name)?,
             delta: find(&format::item_name(db, format::DELTA_FILE)),
             attachments: find(&atts_name)?,
+            design: find(&format::item_name(db, format::DESIGN_FILE))?,
+            meta: find(&format::item_name(db, format::META_FILE))?,
         })
     })
 }
@@ -270,6 +275,8 @@ struct PreviousDb {
     docs: Item,
     delta: Option<Item>,
     attachments: Item,
+    design: Item,
+    meta: Item,
 }
 
 impl PreviousDb {
@@ -531,6 +538,103 @@ impl PrevView {
     }
 }
 
+/// How a database's documents are read and written.
+#[derive(Debug, Clone)]
+struct DocsPlan {
+    /// Write a new base (else keep the previous one and write an overlay).
+    compact: bool,
+    /// Read only `_changes` after this sequence (the previous snapshot's).
+    since: Option<serde_json::Value>,
+}
+
+/// What to do next, in id order.
+enum Step {
+    /// A document with its current leaves and its previous group.
+    Doc {
+        id: String,
+        revs: Vec<String>,
+        previous: Option<Group>,
+    },
+    /// A previous group whose id the server no longer lists.
+    Gone(Group),
+}
+
+/// The current documents in id order, each beside its previous version:
+/// from the whole `_changes` (ids missing from it are gone), or from the
+/// previous dump updated with the changes since it.
+struct Steps {
+    sorted: std::iter::Peekable<crate::couch::sort::Sorted>,
+    only_changes: bool,
+    previous: PrevView,
+    gone: VecDeque<Step>,
+}
+
+fn decode_record(record: std::io::Result<(Vec<u8>, Vec<u8>)>) -> Result<(String, Vec<String>)> {
+    let (id, revs) = record.map_err(|e| Error::io("sorting document ids", e))?;
+    let id = String::from_utf8(id).map_err(|_| Error::invalid("a document id is not UTF-8"))?;
+    let revs = String::from_utf8_lossy(&revs)
+        .split('\n')
+        .map(str::to_string)
+        .collect();
+    Ok((id, revs))
+}
+
+impl Steps {
+    fn next(&mut self) -> Result<Option<Step>> {
+        if let Some(step) = self.gone.pop_front() {
+            return Ok(Some(step));
+        }
+        if self.only_changes {
+            return self.next_with_changes();
+        }
+        let Some(record) = self.sorted.next() else {
+            // The end: what is left of the previous dump is gone.
+            return Ok(self.previous.next()?.map(Step::Gone));
+        };
+        let (id, revs) = decode_record(record)?;
+        let mut skipped = Vec::new();
+        let previous = self.previous.group_for(&id, &mut skipped)?;
+        self.gone.extend(skipped.into_iter().map(Step::Gone));
+        self.gone.push_back(Step::Doc { id, revs, previous });
+        Ok(self.gone.pop_front())
+    }
+
+    fn next_with_changes(&mut self) -> Result<Option<Step>> {
+        let previous = self.previous.next()?;
+        let changed_first = match (&previous, self.sorted.peek()) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(g), Some(Ok((id, _)))) => id.as_slice() <= g.id.as_bytes(),
+            (Some(_), Some(Err(_))) => true,
+        };
+        if !changed_first {
+            let Some(g) = previous else { return Ok(None) };
+            if g.gone {
+                return Ok(Some(Step::Gone(g)));
+            }
+            let revs = g.revs.clone();
+            return Ok(Some(Step::Doc {
+                id: g.id.clone(),
+                revs,
+                previous: Some(g),
+            }));
+        }
+        let Some(record) = self.sorted.next() else {
+            return Ok(None);
+        };
+        let (id, revs) = decode_record(record)?;
+        let previous = match previous {
+            Some(g) if g.id == id => Some(g),
+            other => {
+                self.previous.pending = other;
+                None
+            }
+        };
+        Ok(Some(Step::Doc { id, revs, previous }))
+    }
+}
+
 /// The overlay's lines until the base is written: in memory, or in a
 /// temporary file when large.
 enum DeltaBuffer {
@@ -606,12 +710,18 @@ impl Producer<'_> {
             .unwrap_or_else(|| serde_json::json!({}));
         let revs_limit = self.optional_get(&format!("{base}/_revs_limit"))?;
 
-        let (sorted, design, last_seq) = self.enumerate()?;
+        let plan = self.plan(&info);
+        self.stats.only_changes = plan.since.is_some();
+        let (sorted, design, last_seq) = self.enumerate(plan.since.clone())?;
+        let design = match &plan.since {
+            Some(_) => self.previous_design(design)?,
+            None => design,
+        };
         let [design_w, docs_w, delta_w, atts_w, local_w, meta_w] = writers else {
             return Err(Error::invalid("a database has six streams"));
         };
         self.write_design(design, design_w)?;
-        self.write_docs(sorted, docs_w, delta_w)?;
+        self.write_docs(sorted, plan, docs_w, delta_w)?;
         self.write_attachments(atts_w)?;
         let local_listed = self.write_local(local_w)?;
 
@@ -659,6 +769,7 @@ impl Producer<'_> {
     #[allow(clippy::type_complexity)]
     fn enumerate(
         &mut self,
+        since: Option<serde_json::Value>,
     ) -> Result<(
         crate::couch::sort::Sorted,
         BTreeMap<String, Vec<String>>,
@@ -670,6 +781,7 @@ impl Producer<'_> {
         let since = self.block_on(client.each_leaves(
             self.db,
             self.context.options.changes_page,
+            since,
             |id, revs| {
                 if id.starts_with("_design/") {
                     design.insert(id, revs);
@@ -692,6 +804,71 @@ impl Producer<'_> {
             .finish()
             .map_err(|e| Error::io("sorting document ids", e))?;
         Ok((sorted, design, since))
+    }
+
+    /// How to read the database: the whole `_changes` or only what came
+    /// after the previous snapshot, and whether to write a new base.
+    fn plan(&self, info: &serde_json::Value) -> DocsPlan {
+        let Some(p) = self.previous else {
+            return DocsPlan {
+                compact: true,
+                since: None,
+            };
+        };
+        let compact = p.delta.is_none()
+            || p.delta.as_ref().map_or(0, |d| d.len) > p.docs.len / 8
+            || self.context.options.full;
+        // Only the changes since the previous snapshot, when its base is
+        // kept and its sequence is known. A whole enumeration each time the
+        // base is rewritten also catches purged documents, which `_changes`
+        // does not report.
+        let mut meta = Vec::new();
+        let previous_seq = stream_item(&self.context.runtime, &p.repo, &p.snapshot, &p.meta)
+            .read_to_end(&mut meta)
+            .ok()
+            .and_then(|_| serde_json::from_slice::<Meta>(&meta).ok())
+            .map(|m| m.last_seq)
+            .filter(|seq| !seq.is_null());
+        // An integer sequence (pouchdb-server) that went backwards: the
+        // database was recreated. (CouchDB's sequences carry each shard's
+        // uuid, and it replays a recreated shard from the start.)
+        let went_back = match (
+            previous_seq.as_ref().and_then(|s| s.as_u64()),
+            info["update_seq"].as_u64(),
+        ) {
+            (Some(before), Some(now)) => now < before,
+            _ => false,
+        };
+        DocsPlan {
+            compact,
+            since: previous_seq.filter(|_| !compact && !went_back),
+        }
+    }
+
+    /// The previous snapshot's design documents' leaves, updated with the
+    /// changed ones.
+    fn previous_design(
+        &self,
+        mut changed: BTreeMap<String, Vec<String>>,
+    ) -> Result<BTreeMap<String, Vec<String>>> {
+        let Some(p) = self.previous else {
+            return Ok(changed);
+        };
+        let mut groups = GroupReader::new(
+            p.open(&self.context.runtime, &p.design),
+            format!("previous {}", format::DESIGN_FILE),
+        );
+        let mut design = BTreeMap::new();
+        while let Some(g) = groups.next_group().map_err(|e| {
+            Error::corrupt(
+                format!("the previous dump of database {:?}", self.db),
+                format!("{e}; back up with --full to fetch every document again"),
+            )
+        })? {
+            design.insert(g.id, g.revs);
+        }
+        design.append(&mut changed);
+        Ok(design)
     }
 
     fn write_design(
@@ -755,10 +932,12 @@ impl Producer<'_> {
     fn write_docs(
         &mut self,
         sorted: crate::couch::sort::Sorted,
+        plan: DocsPlan,
         base_out: &mut PipeWriter,
         delta_out: &mut PipeWriter,
     ) -> Result<()> {
-        let previous = self.previous.map(|p| {
+        let compact = plan.compact;
+        let merged = self.previous.map(|p| {
             let base = GroupReader::new(
                 p.open(&self.context.runtime, &p.docs),
                 format!("previous {}", format::DOCS_FILE),
@@ -769,22 +948,22 @@ impl Producer<'_> {
                     format!("previous {}", format::DELTA_FILE),
                 )
             });
-            let compact = delta.is_none()
-                || p.delta.as_ref().map_or(0, |d| d.len) > p.docs.len / 8
-                || self.context.options.full;
-            (Merged::new(base, delta), compact)
+            let mut merged = Merged::new(base, delta);
+            if !compact {
+                merged.base_bytes = Some(Vec::new());
+            }
+            merged
         });
-        let compact = previous.as_ref().is_none_or(|(_, c)| *c);
-        let mut previous = PrevView {
-            merged: previous.map(|(mut m, _)| {
-                if !compact {
-                    m.base_bytes = Some(Vec::new());
-                }
-                m
-            }),
-            pending: None,
-            compact,
-            db: self.db.to_string(),
+        let mut steps = Steps {
+            sorted: sorted.peekable(),
+            only_changes: plan.since.is_some(),
+            previous: PrevView {
+                merged,
+                pending: None,
+                compact,
+                db: self.db.to_string(),
+            },
+            gone: VecDeque::new(),
         };
         self.stats.rewrote_base = compact;
         let mut delta = DeltaBuffer::Memory(Vec::new());
@@ -798,46 +977,24 @@ impl Producer<'_> {
             in_flight: VecDeque::new(),
             done: HashMap::new(),
         };
-        let mut skipped = Vec::new();
-        let sorted = sorted.map(Some).chain(std::iter::once(None));
-        for record in sorted {
-            let current = match record {
-                Some(r) => {
-                    let (id, revs) = r.map_err(|e| Error::io("sorting document ids", e))?;
-                    let id = String::from_utf8(id)
-                        .map_err(|_| Error::invalid("a document id is not UTF-8"))?;
-                    let revs: Vec<String> = String::from_utf8_lossy(&revs)
-                        .split('\n')
-                        .map(str::to_string)
-                        .collect();
-                    Some((id, revs))
-                }
-                None => None,
-            };
-            let group = match &current {
-                Some((id, _)) => previous.group_for(id, &mut skipped)?,
-                None => {
-                    // The end: what is left of the previous dump is gone.
-                    while let Some(g) = previous.next()? {
-                        skipped.push(g);
-                    }
-                    None
-                }
-            };
-            // Ids the server no longer has (purged): the overlay removes
-            // them from the base.
-            for g in skipped.drain(..) {
-                if !compact && g.in_base {
-                    window.push_back(Slot::Gone(g.id));
-                }
-            }
+        while let Some(step) = steps.next()? {
             if !compact {
-                let bytes = previous.take_base_bytes();
+                let bytes = steps.previous.take_base_bytes();
                 base_out
                     .write_all(&bytes)
                     .map_err(self.io(format::DOCS_FILE))?;
             }
-            let Some((id, revs)) = current else { break };
+            let (id, revs, group) = match step {
+                // Ids the server no longer has (purged): the overlay
+                // removes them from the base.
+                Step::Gone(g) => {
+                    if !compact && g.in_base {
+                        window.push_back(Slot::Gone(g.id));
+                    }
+                    continue;
+                }
+                Step::Doc { id, revs, previous } => (id, revs, previous),
+            };
             match group {
                 Some(group) if !group.gone && group.revs == revs => {
                     self.stats.reused_leaves += revs.len() as u64;
@@ -877,6 +1034,12 @@ impl Producer<'_> {
                     break;
                 }
             }
+        }
+        if !compact {
+            let bytes = steps.previous.take_base_bytes();
+            base_out
+                .write_all(&bytes)
+                .map_err(self.io(format::DOCS_FILE))?;
         }
         self.dispatch(&mut batches);
         loop {

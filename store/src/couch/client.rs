@@ -537,17 +537,19 @@ struct ChangeRev {
 }
 
 impl CouchClient {
-    /// Every id of `db` with its leaf revisions (in line order), from
-    /// `_changes?style=all_docs` in pages of `page`; a later row of an id
-    /// replaces an earlier one. Returns the last sequence.
+    /// Every id of `db` changed after `since` (all ids: `None`) with its
+    /// leaf revisions (in line order), from `_changes?style=all_docs` in
+    /// pages of `page`; a later row of an id replaces an earlier one.
+    /// Returns the last sequence.
     pub(crate) async fn each_leaves(
         &self,
         db: &str,
         page: usize,
+        since: Option<serde_json::Value>,
         mut each: impl FnMut(String, Vec<String>) -> Result<()>,
     ) -> Result<serde_json::Value> {
         let page = page.max(1);
-        let mut since = serde_json::json!(0);
+        let mut since = since.unwrap_or_else(|| serde_json::json!(0));
         loop {
             let since_param = match &since {
                 serde_json::Value::String(s) => query_value(s),

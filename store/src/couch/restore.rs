@@ -924,7 +924,7 @@ impl Driver {
     /// The target's ids and sorted leaves, sorted by id.
     fn target_leaves(&self, db: &str) -> Result<Sorted> {
         let mut sorter = ExternalSorter::new(self.options.sort_memory, None);
-        self.block_on(self.client.each_leaves(db, 10_000, |id, revs| {
+        self.block_on(self.client.each_leaves(db, 10_000, None, |id, revs| {
             sorter
                 .push(id.as_bytes(), revs.join("\n").as_bytes())
                 .map_err(|e| Error::io("sorting document ids", e))
