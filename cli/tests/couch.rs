@@ -156,6 +156,46 @@ fn second_backup_fetches_only_changed_documents_and_stores_little() {
         stored2 as f64 * 100.0 / stored1 as f64
     );
 
+    // Another 2 % (some changed again): a second overlay on the same base.
+    let again: Vec<Value> = (25..n)
+        .step_by(50)
+        .chain([0, 50])
+        .map(|i| {
+            let mut d = couch::body(i, 3);
+            let id = d["_id"].as_str().unwrap().to_string();
+            d["_rev"] = couch.ok("GET", &format!("{db}/{id}"), None)["_rev"].clone();
+            d
+        })
+        .collect();
+    couch.write(&db, &again);
+    let third = ok(&mut backup(&f, &couch.url, &["--db", &db])).json();
+    let third_db = db_stats(&third, &db);
+    assert_eq!(third_db["fetched_leaves"], again.len() as u64, "{third_db}");
+    assert_eq!(third_db["rewrote_base"], false);
+    let names: Vec<String> = f.snapshots(&[]).last().unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .filter(|n| n.contains("/docs."))
+        .collect();
+    assert_eq!(names.len(), 3, "base and two overlays: {names:?}");
+    assert!(third["stored_bytes"].as_u64().unwrap() * 10 < stored1);
+    couch.delete_db(&copy);
+    let report = ok(&mut restore(
+        &f,
+        "latest",
+        &couch.url,
+        &["--db", &format!("{db}:{copy}")],
+    ))
+    .json();
+    assert_eq!(report["clean"], true, "{report}");
+    couch::assert_same(
+        &couch.fingerprint(&copy),
+        &couch.fingerprint(&db),
+        "two overlays",
+    );
+
     // Documents that vanish (the database recreated with fewer) leave the
     // overlay as removals; the third snapshot restores exactly.
     couch.delete_db(&db);
@@ -164,6 +204,7 @@ fn second_backup_fetches_only_changed_documents_and_stores_little() {
     couch.write(&db, &fewer);
     let third = ok(&mut backup(&f, &couch.url, &["--db", &db])).json();
     assert_eq!(db_stats(&third, &db)["counts"]["docs"], (n - 100) as u64);
+    assert_eq!(db_stats(&third, &db)["fetched_leaves"], (n - 100) as u64);
     couch.delete_db(&copy);
     let report = ok(&mut restore(
         &f,

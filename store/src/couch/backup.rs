@@ -10,12 +10,13 @@
 //!                                      ├▶ local.ndjson              ├─ pipes ─▶ chunk, dedup, pack
 //!                                      └▶ meta.json ────────────────┘
 //! ```
-//! A database's five streams are produced in the order the backup stores
-//! them, each through a bounded pipe, so memory stays bounded whatever the
-//! database's size and no copy of it lands on disk. A document whose leaf
-//! revisions are the same as in the previous snapshot has its lines copied
-//! from that snapshot; only changed documents are fetched. Each snapshot is
-//! still complete on its own.
+//! A database's streams are produced in the order the backup stores them,
+//! each through a bounded pipe, so memory stays bounded whatever the
+//! database's size and no copy of it lands on disk. After the first backup
+//! only the changes since the previous snapshot are listed and fetched; the
+//! previous base and overlays are written again (deduplicated to nothing)
+//! with one new overlay of what changed. Each snapshot is still complete on
+//! its own.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufReader, Write};
@@ -106,7 +107,7 @@ pub struct DbBackupStats {
     /// The snapshot the unchanged documents were copied from.
     pub previous: Option<String>,
     /// Whether docs.ndjson was written anew (else the previous one was kept
-    /// and the changes went to docs.delta.ndjson).
+    /// and the changes went to a new overlay).
     pub rewrote_base: bool,
     /// Whether only the changes since the previous snapshot were listed
     /// (else every id was).
@@ -154,21 +155,43 @@ impl WriteSession {
         let mut entries = Vec::new();
         let mut jobs = Vec::new();
         for db in &dbs {
-            let (writers, readers): (Vec<_>, Vec<_>) =
-                (0..format::FILES.len()).map(|_| pipe(16)).unzip();
-            for (file, reader) in format::FILES.iter().zip(readers) {
+            let previous = previous_of(self.repo(), &snapshots.snapshots, db);
+            // A new base, or the previous base and overlays and one more.
+            let compact = previous.as_ref().is_none_or(|p| {
+                options.full
+                    || p.overlays.len() >= format::MAX_OVERLAYS
+                    || p.overlays.iter().map(|o| o.len).sum::<u64>() > p.docs.len / 2
+            });
+            let overlays = previous
+                .as_ref()
+                .filter(|_| !compact)
+                .map_or(0, |p| p.overlays.len() + 1);
+            let mut files: Vec<String> = vec![format::DESIGN_FILE.into(), format::DOCS_FILE.into()];
+            files.extend((1..=overlays).map(format::overlay_file));
+            files.extend(
+                [
+                    format::ATTACHMENTS_FILE,
+                    format::LOCAL_FILE,
+                    format::META_FILE,
+                ]
+                .map(String::from),
+            );
+            let (writers, readers): (Vec<_>, Vec<_>) = files.iter().map(|_| pipe(16)).unzip();
+            for (file, reader) in files.iter().zip(readers) {
                 entries.push(Entry {
                     name: format::item_name(db, file),
                     kind: ItemKind::File,
                     mode: None,
                     mtime: None,
                     target: None,
+                    chunker: format::chunker_for(file, &self.config().chunking),
                     content: Some(Content::Reader(Box::new(reader))),
                 });
             }
             jobs.push(DbJob {
                 db: db.clone(),
-                previous: previous_of(self.repo(), &snapshots.snapshots, db),
+                previous,
+                compact,
                 writers,
             });
         }
@@ -257,11 +280,18 @@ fn previous_of(repo: &IndexedRepository, snapshots: &[Snapshot], db: &str) -> Op
             return None;
         }
         let find = |name: &str| s.manifest.items.iter().find(|i| i.name == name).cloned();
+        let mut overlays = Vec::new();
+        while let Some(o) = find(&format::item_name(
+            db,
+            &format::overlay_file(overlays.len() + 1),
+        )) {
+            overlays.push(o);
+        }
         Some(PreviousDb {
             repo: repo.clone(),
             snapshot: s.clone(),
             docs: find(&docs_name)?,
-            delta: find(&format::item_name(db, format::DELTA_FILE)),
+            overlays,
             attachments: find(&atts_name)?,
             design: find(&format::item_name(db, format::DESIGN_FILE))?,
             meta: find(&format::item_name(db, format::META_FILE))?,
@@ -273,7 +303,7 @@ struct PreviousDb {
     repo: IndexedRepository,
     snapshot: Snapshot,
     docs: Item,
-    delta: Option<Item>,
+    overlays: Vec<Item>,
     attachments: Item,
     design: Item,
     meta: Item,
@@ -288,7 +318,9 @@ impl PreviousDb {
 struct DbJob {
     db: String,
     previous: Option<PreviousDb>,
-    /// One per file of [`format::FILES`], in that order.
+    /// Write a new base (else keep the previous base and overlays, and add one).
+    compact: bool,
+    /// One per file: design, docs, the overlays, attachments, local, meta.
     writers: Vec<PipeWriter>,
 }
 
@@ -347,7 +379,7 @@ fn produce(context: &JobContext, job: &mut DbJob) -> DbBackupStats {
         },
         attachments: Vec::new(),
     };
-    if let Err(e) = producer.run(&mut job.writers) {
+    if let Err(e) = producer.run(job.compact, &mut job.writers) {
         let gone = matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe);
         let detail = format!("database {:?}: {e}", job.db);
         if !gone {
@@ -441,11 +473,16 @@ async fn open_revs_all(client: Arc<CouchClient>, db: String, id: String) -> Resu
     Ok(fetched)
 }
 
+/// An attachment a document names: its key, a leaf that has it, its length.
+type AttRef = (AttKey, String, u64);
+
 /// A document line awaiting output, in id order.
 enum Slot {
-    /// Lines from the previous snapshot: counted, and written unless they
-    /// stay in the base.
-    Ready { lines: Vec<u8>, write: bool },
+    /// An unchanged document that stays where it is: counted already;
+    /// only its attachments wait to be noted in order.
+    Kept(Vec<AttRef>),
+    /// Lines from the previous snapshot for a new base.
+    Ready(Vec<u8>),
     /// An id the server no longer has.
     Gone(String),
     /// Lines to come from fetch batch `batch`.
@@ -469,8 +506,8 @@ struct Producer<'a> {
     db: &'a str,
     previous: Option<&'a PreviousDb>,
     stats: DbBackupStats,
-    /// Attachments the document lines name: key, a leaf that has it, length.
-    attachments: Vec<(AttKey, String, u64)>,
+    /// Attachments the document lines name, in id order.
+    attachments: Vec<AttRef>,
 }
 
 type PrevReader = BufReader<PipeReader>;
@@ -478,7 +515,7 @@ type PrevReader = BufReader<PipeReader>;
 /// The previous dump of the database, merged (base and overlay), read in
 /// step with the current ids.
 struct PrevView {
-    merged: Option<Merged<PrevReader, PrevReader>>,
+    merged: Option<Merged<PrevReader>>,
     pending: Option<Group>,
     /// Whether this backup rewrites the base (else it copies the previous
     /// base, which must then be read whole).
@@ -695,7 +732,7 @@ impl Producer<'_> {
         self.context.runtime.block_on(f)
     }
 
-    fn run(&mut self, writers: &mut [PipeWriter]) -> Result<()> {
+    fn run(&mut self, compact: bool, writers: &mut [PipeWriter]) -> Result<()> {
         let client = Arc::clone(&self.context.client);
         let db = self.db.to_string();
         let base = db_path(&db);
@@ -710,18 +747,21 @@ impl Producer<'_> {
             .unwrap_or_else(|| serde_json::json!({}));
         let revs_limit = self.optional_get(&format!("{base}/_revs_limit"))?;
 
-        let plan = self.plan(&info);
+        let plan = self.plan(&info, compact);
         self.stats.only_changes = plan.since.is_some();
         let (sorted, design, last_seq) = self.enumerate(plan.since.clone())?;
         let design = match &plan.since {
             Some(_) => self.previous_design(design)?,
             None => design,
         };
-        let [design_w, docs_w, delta_w, atts_w, local_w, meta_w] = writers else {
-            return Err(Error::invalid("a database has six streams"));
+        let [design_w, docs_w, rest @ ..] = writers else {
+            return Err(Error::invalid("a database has at least five streams"));
+        };
+        let [overlay_ws @ .., atts_w, local_w, meta_w] = rest else {
+            return Err(Error::invalid("a database has at least five streams"));
         };
         self.write_design(design, design_w)?;
-        self.write_docs(sorted, plan, docs_w, delta_w)?;
+        self.write_docs(sorted, plan, docs_w, overlay_ws)?;
         self.write_attachments(atts_w)?;
         let local_listed = self.write_local(local_w)?;
 
@@ -808,16 +848,13 @@ impl Producer<'_> {
 
     /// How to read the database: the whole `_changes` or only what came
     /// after the previous snapshot, and whether to write a new base.
-    fn plan(&self, info: &serde_json::Value) -> DocsPlan {
-        let Some(p) = self.previous else {
+    fn plan(&self, info: &serde_json::Value, compact: bool) -> DocsPlan {
+        let Some(p) = self.previous.filter(|_| !compact) else {
             return DocsPlan {
                 compact: true,
                 since: None,
             };
         };
-        let compact = p.delta.is_none()
-            || p.delta.as_ref().map_or(0, |d| d.len) > p.docs.len / 8
-            || self.context.options.full;
         // Only the changes since the previous snapshot, when its base is
         // kept and its sequence is known. A whole enumeration each time the
         // base is rewritten also catches purged documents, which `_changes`
@@ -934,7 +971,7 @@ impl Producer<'_> {
         sorted: crate::couch::sort::Sorted,
         plan: DocsPlan,
         base_out: &mut PipeWriter,
-        delta_out: &mut PipeWriter,
+        overlay_outs: &mut [PipeWriter],
     ) -> Result<()> {
         let compact = plan.compact;
         let merged = self.previous.map(|p| {
@@ -942,13 +979,18 @@ impl Producer<'_> {
                 p.open(&self.context.runtime, &p.docs),
                 format!("previous {}", format::DOCS_FILE),
             );
-            let delta = p.delta.as_ref().map(|d| {
-                GroupReader::new(
-                    p.open(&self.context.runtime, d),
-                    format!("previous {}", format::DELTA_FILE),
-                )
-            });
-            let mut merged = Merged::new(base, delta);
+            let overlays = p
+                .overlays
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    GroupReader::new(
+                        p.open(&self.context.runtime, o),
+                        format!("previous {}", format::overlay_file(i + 1)),
+                    )
+                })
+                .collect();
+            let mut merged = Merged::new(base, overlays);
             if !compact {
                 merged.base_bytes = Some(Vec::new());
             }
@@ -988,7 +1030,7 @@ impl Producer<'_> {
                 // Ids the server no longer has (purged): the overlay
                 // removes them from the base.
                 Step::Gone(g) => {
-                    if !compact && g.in_base {
+                    if !compact && !g.gone {
                         window.push_back(Slot::Gone(g.id));
                     }
                     continue;
@@ -998,13 +1040,15 @@ impl Producer<'_> {
             match group {
                 Some(group) if !group.gone && group.revs == revs => {
                     self.stats.reused_leaves += revs.len() as u64;
-                    window_bytes += group.lines.len();
-                    // Unchanged from the base: counted, not written again.
-                    let write = compact || group.from_delta;
-                    window.push_back(Slot::Ready {
-                        lines: group.lines,
-                        write,
-                    });
+                    // Unchanged: kept where it is unless the base is
+                    // written anew.
+                    if compact {
+                        window_bytes += group.lines.len();
+                        window.push_back(Slot::Ready(group.lines));
+                    } else {
+                        let keys = self.tally(&group.lines)?;
+                        window.push_back(Slot::Kept(keys));
+                    }
                 }
                 _ => {
                     batches
@@ -1049,10 +1093,43 @@ impl Producer<'_> {
             }
         }
         base_out.finish().map_err(self.io(format::DOCS_FILE))?;
+        // The previous overlays again, byte for byte, then the new one.
+        let Some((new, kept)) = overlay_outs.split_last_mut() else {
+            return Ok(()); // a new base: no overlays
+        };
+        let previous = self
+            .previous
+            .map(|p| p.overlays.as_slice())
+            .unwrap_or_default();
+        for (i, (out, item)) in kept.iter_mut().zip(previous).enumerate() {
+            let file = format::overlay_file(i + 1);
+            let mut lines = stream_item(
+                &self.context.runtime,
+                &self
+                    .previous
+                    .map(|p| p.repo.clone())
+                    .ok_or_else(|| Error::invalid("no previous dump"))?,
+                &self
+                    .previous
+                    .map(|p| p.snapshot.clone())
+                    .ok_or_else(|| Error::invalid("no previous dump"))?,
+                item,
+            );
+            let mut buf = Vec::new();
+            lines.read_to_end(&mut buf).map_err(|e| {
+                Error::corrupt(
+                    format!("the previous {file} of database {:?}", self.db),
+                    format!("{e}; back up with --full to fetch every document again"),
+                )
+            })?;
+            out.write_all(&buf)
+                .and_then(|()| out.finish())
+                .map_err(self.io(&file))?;
+        }
         delta
-            .copy_to(delta_out)
-            .and_then(|()| delta_out.finish())
-            .map_err(self.io(format::DELTA_FILE))
+            .copy_to(new)
+            .and_then(|()| new.finish())
+            .map_err(self.io(&format::overlay_file(overlay_outs.len())))
     }
 
     fn dispatch(&self, batches: &mut Batches) {
@@ -1109,12 +1186,14 @@ impl Producer<'_> {
         }
         let mut lines = Vec::new();
         match window.pop_front() {
-            Some(Slot::Ready { lines: l, write }) => {
+            Some(Slot::Ready(l)) => {
                 *window_bytes -= l.len();
                 self.account(&l)?;
-                if write {
-                    out.write_all(&l).map_err(self.io(format::DOCS_FILE))?;
-                }
+                out.write_all(&l).map_err(self.io(format::DOCS_FILE))?;
+                return Ok(true);
+            }
+            Some(Slot::Kept(keys)) => {
+                self.attachments.extend(keys);
                 return Ok(true);
             }
             Some(Slot::Gone(id)) => {
@@ -1158,7 +1237,15 @@ impl Producer<'_> {
 
     /// Counts one document's lines and notes the attachments they name.
     fn account(&mut self, lines: &[u8]) -> Result<()> {
-        let mut keys: Vec<(AttKey, String, u64)> = Vec::new();
+        let keys = self.tally(lines)?;
+        self.attachments.extend(keys);
+        Ok(())
+    }
+
+    /// Counts one document's lines; returns the attachments they name
+    /// (which must be noted in id order).
+    fn tally(&mut self, lines: &[u8]) -> Result<Vec<AttRef>> {
+        let mut keys: Vec<AttRef> = Vec::new();
         let mut id_seen = false;
         let mut leaves = 0u64;
         for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -1196,8 +1283,7 @@ impl Producer<'_> {
         }
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         keys.dedup_by(|a, b| a.0 == b.0);
-        self.attachments.extend(keys);
-        Ok(())
+        Ok(keys)
     }
 
     fn write_attachments(&mut self, out: &mut PipeWriter) -> Result<()> {

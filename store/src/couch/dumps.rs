@@ -108,6 +108,7 @@ impl WriteSession {
         let failure: Arc<Mutex<Option<Error>>> = Arc::default();
         let mut entries = Vec::new();
         let mut jobs = Vec::new();
+        let policy = self.config().chunking;
         for (db, path) in files {
             let (writers, readers): (Vec<_>, Vec<_>) =
                 (0..format::FILES.len()).map(|_| pipe(16)).unzip();
@@ -118,6 +119,7 @@ impl WriteSession {
                     mode: None,
                     mtime: None,
                     target: None,
+                    chunker: format::chunker_for(file, &policy),
                     content: Some(Content::Reader(Box::new(reader))),
                 });
             }
@@ -171,8 +173,8 @@ impl WriteSession {
 
 /// Reads one dump and writes its five streams.
 fn import_one(db: &str, path: &Path, writers: &mut [PipeWriter]) -> Result<DbBackupStats> {
-    let [design_w, docs_w, delta_w, atts_w, local_w, meta_w] = writers else {
-        return Err(Error::invalid("a database has six streams"));
+    let [design_w, docs_w, atts_w, local_w, meta_w] = writers else {
+        return Err(Error::invalid("a database has five streams"));
     };
     let source_error = |detail: String| Error::Source {
         item: path.display().to_string(),
@@ -223,7 +225,6 @@ fn import_one(db: &str, path: &Path, writers: &mut [PipeWriter]) -> Result<DbBac
         docs_w.write_all(&l).map_err(io(format::DOCS_FILE))?;
     }
     docs_w.finish().map_err(io(format::DOCS_FILE))?;
-    delta_w.finish().map_err(io(format::DELTA_FILE))?;
     atts_w.finish().map_err(io(format::ATTACHMENTS_FILE))?;
     local_w.finish().map_err(io(format::LOCAL_FILE))?;
     let meta = Meta {

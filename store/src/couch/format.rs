@@ -6,18 +6,19 @@
 //! ```text
 //! couchdb/<db>/design.ndjson    design documents' leaf revisions, attachments inline
 //! couchdb/<db>/docs.ndjson      every other leaf revision, deleted ones included
-//! couchdb/<db>/docs.delta.ndjson  overlay: ids changed since docs.ndjson was written
+//! couchdb/<db>/docs.0001.ndjson  overlays: ids changed since the base (docs.0002…)
 //! couchdb/<db>/attachments.bin  the attachments docs.ndjson's stubs name, raw bytes
 //! couchdb/<db>/local.ndjson     _local documents (where the server lists them)
 //! couchdb/<db>/meta.json        server, database info, settings, counts
 //! ```
 //!
-//! Together docs.ndjson (the base) and docs.delta.ndjson (the overlay) are
-//! the database's documents: an id in the overlay replaces all of the base's
-//! lines for it, or removes them (`{"id":…,"gone":true}`). A backup either
-//! writes a new base and an empty overlay, or keeps the previous base byte
-//! for byte and writes an overlay of every id that differs from it, so what
-//! a day adds is proportional to what changed, not to the database.
+//! Together docs.ndjson (the base) and the overlays docs.0001.ndjson, … are
+//! the database's documents: an id in an overlay replaces all lines for it
+//! in the base and in earlier overlays, or removes them
+//! (`{"id":…,"gone":true}`). A backup either writes a new base and no
+//! overlays, or keeps the previous base and overlays byte for byte and adds
+//! one overlay of the documents that changed since, so what a day adds is
+//! proportional to what changed, not to the database.
 //!
 //! A document line is `{"id":…,"rev":…,"del":true,"doc":…}\n` (`del` only for
 //! a deleted leaf), `doc` exactly as `_bulk_get?revs=true` returned it, with
@@ -35,6 +36,8 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::chunker::{ChunkerParams, ChunkingPolicy};
 use serde_json::value::RawValue;
 
 /// The format identifier in `meta.json`.
@@ -46,10 +49,10 @@ pub fn item_name(db: &str, file: &str) -> String {
 }
 
 /// The files of one database, in the order a backup writes them.
-pub const FILES: [&str; 6] = [
+/// (Overlays, [`overlay_file`], come after docs.ndjson.)
+pub const FILES: [&str; 5] = [
     DESIGN_FILE,
     DOCS_FILE,
-    DELTA_FILE,
     ATTACHMENTS_FILE,
     LOCAL_FILE,
     META_FILE,
@@ -58,14 +61,44 @@ pub const FILES: [&str; 6] = [
 pub const DESIGN_FILE: &str = "design.ndjson";
 /// Other documents.
 pub const DOCS_FILE: &str = "docs.ndjson";
-/// Documents changed since docs.ndjson was written.
-pub const DELTA_FILE: &str = "docs.delta.ndjson";
+/// The most overlays a dump may have before a backup writes a new base.
+pub const MAX_OVERLAYS: usize = 64;
+
+/// The file of overlay `n` (1, 2, …): the documents that changed after the
+/// snapshot that wrote overlay `n - 1` (or the base).
+pub fn overlay_file(n: usize) -> String {
+    format!("docs.{n:04}.ndjson")
+}
+
+/// The number of an overlay file.
+pub fn overlay_number(file: &str) -> Option<usize> {
+    let n = file.strip_prefix("docs.")?.strip_suffix(".ndjson")?;
+    (n.len() == 4 && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
+        .filter(|&n| n > 0)
+}
 /// Attachment data.
 pub const ATTACHMENTS_FILE: &str = "attachments.bin";
 /// Local documents.
 pub const LOCAL_FILE: &str = "local.ndjson";
 /// Metadata.
 pub const META_FILE: &str = "meta.json";
+
+/// How a new item of this file is chunked: documents in 16 KiB chunks (a
+/// base is rewritten rarely and overlays are new data, so small chunks
+/// would only add per-chunk overhead), attachments in the largest, the rest
+/// by the repository's policy.
+pub fn chunker_for(file: &str, policy: &ChunkingPolicy) -> Option<ChunkerParams> {
+    let avg = if file == DOCS_FILE || overlay_number(file).is_some() {
+        (16 * 1024).clamp(policy.min_avg_len, policy.max_avg_len)
+    } else if file == ATTACHMENTS_FILE {
+        policy.max_avg_len
+    } else {
+        return None;
+    };
+    Some(policy.params(avg))
+}
 
 /// The database and file an item name stands for, if it is a CouchDB item.
 pub fn parse_item_name(name: &str) -> Option<(String, &str)> {
@@ -75,7 +108,7 @@ pub fn parse_item_name(name: &str) -> Option<(String, &str)> {
         .decode_utf8()
         .ok()?
         .into_owned();
-    FILES.contains(&file).then_some((db, file))
+    (FILES.contains(&file) || overlay_number(file).is_some()).then_some((db, file))
 }
 
 /// One line of `docs.ndjson` or `design.ndjson`, borrowed from its bytes.

@@ -1,7 +1,7 @@
 //! Reading a database's documents as one sorted sequence of groups (all
-//! leaves of one id), merged from the base (`docs.ndjson`) and its overlay
-//! (`docs.delta.ndjson`): an id in the overlay replaces the base's lines, or
-//! removes them with `{"id":…,"gone":true}`.
+//! leaves of one id), merged from the base (`docs.ndjson`) and its overlays
+//! (`docs.0001.ndjson`, …): an id in an overlay replaces the lines of the
+//! base and of earlier overlays, or removes them with `{"id":…,"gone":true}`.
 
 use std::io::{self, BufRead};
 
@@ -18,11 +18,11 @@ pub(crate) struct Group {
     pub revs: Vec<String>,
     /// The lines, each with its `\n`.
     pub lines: Vec<u8>,
-    /// The overlay removes this id.
+    /// An overlay removes this id.
     pub gone: bool,
     /// The base has this id.
     pub in_base: bool,
-    /// The lines come from the overlay.
+    /// The lines come from an overlay.
     pub from_delta: bool,
 }
 
@@ -121,89 +121,72 @@ impl<R: BufRead> GroupReader<R> {
     }
 }
 
-/// The base and its overlay as one sequence of groups.
-pub(crate) struct Merged<A, B> {
-    base: GroupReader<A>,
-    delta: Option<GroupReader<B>>,
-    next_base: Option<Group>,
-    next_delta: Option<Group>,
+/// The base and its overlays as one sequence of groups.
+pub(crate) struct Merged<R> {
+    /// The base, then the overlays, oldest first.
+    readers: Vec<GroupReader<R>>,
+    heads: Vec<Option<Group>>,
     started: bool,
     /// Bytes of base groups read so far, when asked to keep them.
     pub base_bytes: Option<Vec<u8>>,
 }
 
-impl<A: BufRead, B: BufRead> Merged<A, B> {
-    /// Merges `base` with `delta`.
-    pub fn new(base: GroupReader<A>, delta: Option<GroupReader<B>>) -> Self {
+impl<R: BufRead> Merged<R> {
+    /// Merges `base` with `overlays` (oldest first).
+    pub fn new(base: GroupReader<R>, overlays: Vec<GroupReader<R>>) -> Self {
+        let mut readers = vec![base];
+        readers.extend(overlays);
         Merged {
-            base,
-            delta,
-            next_base: None,
-            next_delta: None,
+            heads: readers.iter().map(|_| None).collect(),
+            readers,
             started: false,
             base_bytes: None,
         }
     }
 
-    fn pull_base(&mut self) -> io::Result<()> {
-        self.next_base = self.base.next_group()?;
+    fn pull(&mut self, i: usize) -> io::Result<()> {
+        self.heads[i] = self.readers[i].next_group()?;
         Ok(())
-    }
-
-    fn pull_delta(&mut self) -> io::Result<()> {
-        self.next_delta = match &mut self.delta {
-            Some(d) => d.next_group()?,
-            None => None,
-        };
-        Ok(())
-    }
-
-    fn take_base(&mut self) -> io::Result<Option<Group>> {
-        let group = self.next_base.take();
-        if let (Some(g), Some(keep)) = (&group, &mut self.base_bytes) {
-            keep.extend_from_slice(&g.lines);
-        }
-        self.pull_base()?;
-        Ok(group)
     }
 
     /// The next group, removals included (`gone`).
     pub fn next_group(&mut self) -> io::Result<Option<Group>> {
         if !self.started {
             self.started = true;
-            self.pull_base()?;
-            self.pull_delta()?;
+            for i in 0..self.readers.len() {
+                self.pull(i)?;
+            }
         }
-        let order = match (&self.next_base, &self.next_delta) {
-            (None, None) => return Ok(None),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(b), Some(d)) => b.id.as_bytes().cmp(d.id.as_bytes()),
+        let Some(min) = self
+            .heads
+            .iter()
+            .flatten()
+            .map(|g| g.id.clone())
+            .min_by(|a, b| a.as_bytes().cmp(b.as_bytes()))
+        else {
+            return Ok(None);
         };
-        Ok(match order {
-            std::cmp::Ordering::Less => self.take_base()?.map(|mut g| {
-                g.in_base = true;
-                g
-            }),
-            std::cmp::Ordering::Greater => {
-                let g = self.next_delta.take();
-                self.pull_delta()?;
-                g.map(|mut g| {
-                    g.from_delta = true;
-                    g
-                })
+        // The newest file holding the id wins; the others' groups are consumed.
+        let mut winner: Option<(usize, Group)> = None;
+        let mut in_base = false;
+        for i in 0..self.readers.len() {
+            if self.heads[i].as_ref().is_some_and(|g| g.id == min) {
+                let g = self.heads[i].take().unwrap_or_default();
+                if i == 0 {
+                    in_base = true;
+                    if let Some(keep) = &mut self.base_bytes {
+                        keep.extend_from_slice(&g.lines);
+                    }
+                }
+                self.pull(i)?;
+                winner = Some((i, g));
             }
-            std::cmp::Ordering::Equal => {
-                self.take_base()?;
-                let g = self.next_delta.take();
-                self.pull_delta()?;
-                g.map(|mut g| {
-                    g.from_delta = true;
-                    g.in_base = true;
-                    g
-                })
-            }
-        })
+        }
+        Ok(winner.map(|(i, mut g)| {
+            g.in_base = in_base;
+            g.from_delta = i > 0;
+            g
+        }))
     }
 }
 
@@ -240,7 +223,8 @@ mod tests {
             String::from_utf8(gone).unwrap(),
         ]
         .concat();
-        let mut merged = Merged::new(reader(&base), Some(reader(&delta)));
+        let second = [line("a", "2-a"), line("b", "3-b")].concat();
+        let mut merged = Merged::new(reader(&base), vec![reader(&delta), reader(&second)]);
         merged.base_bytes = Some(Vec::new());
         let mut seen = Vec::new();
         while let Some(g) = merged.next_group().unwrap() {
@@ -249,8 +233,8 @@ mod tests {
         assert_eq!(
             seen,
             [
-                ("a".into(), vec!["1-a".to_string()], false, true, false),
-                ("b".into(), vec!["2-b".into()], false, true, true),
+                ("a".into(), vec!["2-a".to_string()], false, true, true),
+                ("b".into(), vec!["3-b".into()], false, true, true),
                 ("bb".into(), vec!["1-x".into()], false, false, true),
                 ("c".into(), vec![], true, true, true),
             ]

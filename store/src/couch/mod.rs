@@ -60,3 +60,64 @@ pub(crate) fn stream_item(
     });
     Lines::new(BufReader::with_capacity(256 * 1024, reader))
 }
+
+/// The items of one database's dump in a snapshot.
+#[derive(Debug)]
+pub(crate) struct DumpItems {
+    /// By file name ([`format::FILES`]).
+    pub files: std::collections::HashMap<&'static str, Item>,
+    /// The overlays in order; an error when their numbers have a gap.
+    pub overlays: std::result::Result<Vec<Item>, String>,
+}
+
+impl Default for DumpItems {
+    fn default() -> Self {
+        DumpItems {
+            files: std::collections::HashMap::new(),
+            overlays: Ok(Vec::new()),
+        }
+    }
+}
+
+impl DumpItems {
+    /// A file's item, or why it is missing.
+    pub fn file(&self, db: &str, file: &str) -> crate::Result<Item> {
+        self.files.get(file).cloned().ok_or_else(|| {
+            crate::Error::corrupt(
+                format::item_name(db, file),
+                "missing from the snapshot".to_string(),
+            )
+        })
+    }
+}
+
+/// The CouchDB dumps of a snapshot, by database.
+pub(crate) fn dumps(snapshot: &Snapshot) -> std::collections::BTreeMap<String, DumpItems> {
+    let mut dbs: std::collections::BTreeMap<String, (DumpItems, Vec<(usize, Item)>)> =
+        std::collections::BTreeMap::new();
+    for item in &snapshot.manifest.items {
+        let Some((db, file)) = format::parse_item_name(&item.name) else {
+            continue;
+        };
+        let entry = dbs.entry(db).or_default();
+        if let Some(f) = format::FILES.iter().find(|f| **f == file) {
+            entry.0.files.insert(f, item.clone());
+        } else if let Some(n) = format::overlay_number(file) {
+            entry.1.push((n, item.clone()));
+        }
+    }
+    dbs.into_iter()
+        .map(|(db, (mut items, mut overlays))| {
+            overlays.sort_by_key(|(n, _)| *n);
+            items.overlays = if overlays.iter().enumerate().all(|(i, (n, _))| *n == i + 1) {
+                Ok(overlays.into_iter().map(|(_, item)| item).collect())
+            } else {
+                Err(format!(
+                    "overlays {:?} are not numbered 1, 2, …",
+                    overlays.iter().map(|(n, _)| n).collect::<Vec<_>>()
+                ))
+            };
+            (db, items)
+        })
+        .collect()
+}

@@ -35,7 +35,7 @@ use crate::couch::format::{self, AttHeader, Meta};
 use crate::couch::merge::{GroupReader, Merged};
 use crate::couch::pipe::{Lines, PipeReader};
 
-type DocGroups = Merged<BufReader<PipeReader>, BufReader<PipeReader>>;
+type DocGroups = Merged<BufReader<PipeReader>>;
 use crate::couch::sort::{ExternalSorter, Sorted};
 use crate::couch::stream_item;
 use crate::error::{Error, Result};
@@ -126,6 +126,10 @@ pub struct DbRestoreReport {
     pub rejections: Vec<String>,
     /// The check at the end.
     pub comparison: Comparison,
+    /// Seconds spent writing documents (the docs phase).
+    pub load_secs: f64,
+    /// Seconds spent on the check at the end.
+    pub verify_secs: f64,
 }
 
 impl DbRestoreReport {
@@ -203,19 +207,6 @@ impl CouchRestoreReport {
     }
 }
 
-/// The databases a snapshot holds, with their items.
-fn databases(snapshot: &Snapshot) -> HashMap<String, HashMap<&'static str, &Item>> {
-    let mut dbs: HashMap<String, HashMap<&'static str, &Item>> = HashMap::new();
-    for item in &snapshot.manifest.items {
-        if let Some((db, file)) = format::parse_item_name(&item.name)
-            && let Some(file) = format::FILES.iter().find(|f| **f == file)
-        {
-            dbs.entry(db).or_default().insert(file, item);
-        }
-    }
-    dbs
-}
-
 /// The state of a target before the restore.
 #[derive(Debug, Clone, PartialEq)]
 enum Target {
@@ -253,7 +244,7 @@ impl IndexedRepository {
                 snapshot.id
             )));
         }
-        let available = databases(snapshot);
+        let available = crate::couch::dumps(snapshot);
         let mapping: Vec<(String, String)> = if options.dbs.is_empty() {
             let mut all: Vec<String> = available
                 .keys()
@@ -271,14 +262,7 @@ impl IndexedRepository {
                 what: format!("database {source:?} in snapshot {}", snapshot.id),
                 hint: format!("it holds {}", sorted_names(available.keys()).join(", ")),
             })?;
-            let item = |file: &str| -> Result<Item> {
-                items.get(file).map(|i| (*i).clone()).ok_or_else(|| {
-                    Error::corrupt(
-                        format!("snapshot {}", snapshot.id),
-                        format!("database {source:?} lacks its {file}"),
-                    )
-                })
-            };
+            let item = |file: &str| items.file(source, file);
             let meta_bytes = read_item(self, snapshot, &item(format::META_FILE)?).await?;
             let meta: Meta = serde_json::from_slice(&meta_bytes).map_err(|e| {
                 Error::corrupt(format::item_name(source, format::META_FILE), e.to_string())
@@ -290,7 +274,9 @@ impl IndexedRepository {
                 meta,
                 state,
                 docs: item(format::DOCS_FILE)?,
-                delta: items.get(format::DELTA_FILE).map(|i| (*i).clone()),
+                overlays: items.overlays.clone().map_err(|e| {
+                    Error::corrupt(format!("snapshot {} database {source:?}", snapshot.id), e)
+                })?,
                 design: item(format::DESIGN_FILE)?,
                 attachments: item(format::ATTACHMENTS_FILE)?,
                 local: item(format::LOCAL_FILE)?,
@@ -410,7 +396,7 @@ struct DbPlan {
     meta: Meta,
     state: Target,
     docs: Item,
-    delta: Option<Item>,
+    overlays: Vec<Item>,
     design: Item,
     attachments: Item,
     local: Item,
@@ -482,7 +468,9 @@ impl Driver {
 
         let mut expected = ExternalSorter::new(self.options.sort_memory, None);
         // Documents (skipped, except for the expected set, once past them).
+        let started = std::time::Instant::now();
         self.send_docs(db, &plan, resume_from == 0, &mut expected, &mut report)?;
+        report.load_secs = started.elapsed().as_secs_f64();
         if resume_from < 1 {
             marker = self.set_marker(db, &plan.source, "design", marker)?;
         }
@@ -507,7 +495,9 @@ impl Driver {
         let expected = expected
             .finish()
             .map_err(|e| Error::io("sorting document ids", e))?;
+        let started = std::time::Instant::now();
         report.comparison = self.compare(db, expected, &plan.meta.security)?;
+        report.verify_secs = started.elapsed().as_secs_f64();
         if report.is_clean(self.options.merge) {
             self.clear_marker(db, marker)?;
         }
@@ -646,13 +636,18 @@ impl Driver {
             self.open(&plan.docs),
             format::item_name(&plan.source, format::DOCS_FILE),
         );
-        let delta = plan.delta.as_ref().map(|d| {
-            GroupReader::new(
-                self.open(d),
-                format::item_name(&plan.source, format::DELTA_FILE),
-            )
-        });
-        Merged::new(base, delta)
+        let overlays = plan
+            .overlays
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                GroupReader::new(
+                    self.open(o),
+                    format::item_name(&plan.source, &format::overlay_file(i + 1)),
+                )
+            })
+            .collect();
+        Merged::new(base, overlays)
     }
 
     fn expect(&self, expected: &mut ExternalSorter, id: &str, docs: &[Vec<u8>]) -> Result<()> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::couch::format::{self, AttHeader, Counts, Meta};
 use crate::couch::merge::{GroupReader, Merged};
-use crate::couch::stream_item;
+use crate::couch::{DumpItems, stream_item};
 use crate::error::{Error, Result};
 use crate::manifest::{Item, Snapshot, SourceKind};
 use crate::ops::verify::DamagedItem;
@@ -27,24 +27,19 @@ pub async fn check_snapshot(
     snapshot: &Snapshot,
     read: bool,
 ) -> Result<Vec<DamagedItem>> {
-    let mut dbs: BTreeMap<String, BTreeMap<&str, Item>> = BTreeMap::new();
-    for item in &snapshot.manifest.items {
-        if let Some((db, file)) = format::parse_item_name(&item.name)
-            && let Some(file) = format::FILES.iter().find(|f| **f == file)
-        {
-            dbs.entry(db).or_default().insert(file, item.clone());
-        }
-    }
     let mut damaged = Vec::new();
-    for (db, items) in dbs {
+    for (db, items) in crate::couch::dumps(snapshot) {
         let mut problems: Vec<(String, String)> = Vec::new();
         for file in format::FILES {
-            if file != format::DELTA_FILE && !items.contains_key(file) {
+            if !items.files.contains_key(file) {
                 problems.push((
                     format::item_name(&db, file),
                     "missing from the snapshot".into(),
                 ));
             }
+        }
+        if let Err(e) = &items.overlays {
+            problems.push((format::item_name(&db, format::DOCS_FILE), e.clone()));
         }
         if problems.is_empty() {
             let (repo, snapshot, db2) = (repo.clone(), snapshot.clone(), db.clone());
@@ -74,11 +69,12 @@ fn check_db(
     repo: &IndexedRepository,
     snapshot: &Snapshot,
     db: &str,
-    items: &BTreeMap<&str, Item>,
+    items: &DumpItems,
     read: bool,
 ) -> Vec<(String, String)> {
     let name = |file: &str| format::item_name(db, file);
-    let open = |file: &str| stream_item(runtime, repo, snapshot, &items[file]);
+    let open_item = |item: &Item| stream_item(runtime, repo, snapshot, item);
+    let open = |file: &str| open_item(&items.files[file]);
     let mut problems = Vec::new();
     let mut meta_bytes = Vec::new();
     if let Err(e) = open(format::META_FILE).read_to_end(&mut meta_bytes) {
@@ -103,10 +99,14 @@ fn check_db(
     let mut counts = Counts::default();
     // Documents: the base with its overlay.
     let base = GroupReader::new(open(format::DOCS_FILE), name(format::DOCS_FILE));
-    let delta = items
-        .get(format::DELTA_FILE)
-        .map(|_| GroupReader::new(open(format::DELTA_FILE), name(format::DELTA_FILE)));
-    let mut docs = Merged::new(base, delta);
+    let overlays = items
+        .overlays
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, o)| GroupReader::new(open_item(o), name(&format::overlay_file(i + 1))))
+        .collect();
+    let mut docs = Merged::new(base, overlays);
     let mut stubs = 0u64;
     loop {
         match docs.next_group() {
@@ -260,6 +260,7 @@ mod tests {
                 mode: None,
                 mtime: None,
                 target: None,
+                chunker: None,
                 content: Some(Content::Reader(Box::new(std::io::Cursor::new(
                     text.as_bytes().to_vec(),
                 )))),

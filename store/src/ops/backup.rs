@@ -395,7 +395,8 @@ impl<'a> Ingest<'a> {
             debug_assert_eq!(item.kind, ItemKind::File);
             progress.item(&item.name, None);
             let reader = content.open(&item.name)?;
-            let (len, chunks, root, params) = self.stream(&item.name, reader, progress)?;
+            let (len, chunks, root, params) =
+                self.stream(&item.name, entry.chunker, reader, progress)?;
             item.len = len;
             item.chunks = Some(chunks);
             item.tree = Some(root);
@@ -409,6 +410,7 @@ impl<'a> Ingest<'a> {
     fn stream(
         &mut self,
         name: &str,
+        chunker: Option<ChunkerParams>,
         reader: Box<dyn Read + Send>,
         progress: &dyn Progress,
     ) -> Result<(u64, u64, BlobId, ChunkerParams)> {
@@ -420,7 +422,10 @@ impl<'a> Ingest<'a> {
                 Choice::Fixed(previous.params),
                 self.parents.load(name, previous),
             ),
-            _ => (Choice::Policy(self.policy), None),
+            _ => match chunker.filter(|p| p.validate().is_ok()) {
+                Some(params) => (Choice::Fixed(params), None),
+                None => (Choice::Policy(self.policy), None),
+            },
         };
         std::thread::scope(|scope| {
             let reader_thread = std::thread::Builder::new()

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 
+use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::manifest::{ItemKind, SourceInfo, SourceKind, validate_item_name};
 
@@ -83,6 +84,9 @@ pub(crate) struct Entry {
     pub mode: Option<u32>,
     pub mtime: Option<Timestamp>,
     pub target: Option<String>,
+    /// Chunking for a new item of this name (else the policy decides by
+    /// measuring); an item of this name in an earlier snapshot keeps its own.
+    pub chunker: Option<ChunkerParams>,
     pub content: Option<Content>,
 }
 
@@ -153,6 +157,7 @@ impl Source {
                 mode: None,
                 mtime: None,
                 target: None,
+                chunker: None,
                 content: Some(content),
             }])
         };
@@ -237,6 +242,7 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Entry>) -> Result<()> {
         mode,
         mtime,
         target: None,
+        chunker: None,
         content: None,
     };
     if ft.is_dir() {
