@@ -41,6 +41,10 @@ pub const LOCKED: u8 = 14;
 pub const REJECTED: u8 = 15;
 /// A restored database differs from its snapshot.
 pub const MISMATCH: u8 = 16;
+/// A replication source was rolled back behind what a replica accepted.
+pub const ROLLED_BACK: u8 = 17;
+/// A replication source has nothing newer than `--max-age`.
+pub const STALE: u8 = 18;
 /// The output pipe closed before everything was written.
 pub const BROKEN_PIPE: u8 = 141;
 
@@ -62,6 +66,8 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         ErrorKind::Locked => LOCKED,
         ErrorKind::Rejected => REJECTED,
         ErrorKind::Mismatch => MISMATCH,
+        ErrorKind::RolledBack => ROLLED_BACK,
+        ErrorKind::Stale => STALE,
     }
 }
 

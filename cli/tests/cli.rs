@@ -1184,20 +1184,6 @@ fn warnings_have_no_colour_codes_when_stderr_is_not_a_terminal() {
 
 // ---------------------------------------------------------------- S3
 
-/// The S3 base URL to test against, if any (`tests/run` sets it).
-fn s3_base() -> Option<String> {
-    match std::env::var("CAIRN_TEST_S3") {
-        Ok(url) => Some(url.trim_end_matches('/').to_string()),
-        Err(_) if std::env::var("CAIRN_TEST_REQUIRE_S3").as_deref() == Ok("1") => panic!(
-            "CAIRN_TEST_REQUIRE_S3=1 but CAIRN_TEST_S3 is not set: start the services with tests/run"
-        ),
-        Err(_) => {
-            eprintln!("note: S3 CLI tests skipped (CAIRN_TEST_S3 unset); `tests/run` runs them");
-            None
-        }
-    }
-}
-
 #[test]
 fn the_happy_path_works_against_s3() {
     let Some(base) = s3_base() else { return };

@@ -43,6 +43,11 @@ pub enum ErrorKind {
     Rejected,
     /// A restored database differs from its snapshot.
     Mismatch,
+    /// A replication source shows an older newest snapshot than one
+    /// already accepted from it.
+    RolledBack,
+    /// A replication source has nothing newer than the allowed age.
+    Stale,
 }
 
 /// A store error.
@@ -124,6 +129,17 @@ pub enum Error {
         hint: String,
     },
 
+    #[error(
+        "source {from} was rolled back: {detail}; snapshots were deleted or this is an old \
+         or forged copy of it; find out why before trusting it (nothing was copied)"
+    )]
+    RolledBack { from: String, detail: String },
+
+    #[error(
+        "source {from} is stale: {detail}; check that its backups still run (nothing was copied)"
+    )]
+    Stale { from: String, detail: String },
+
     #[error("{what} does not match the snapshot: {detail}; {hint}")]
     Mismatch {
         what: String,
@@ -170,6 +186,8 @@ impl Error {
             }
             Error::Rejected { .. } => ErrorKind::Rejected,
             Error::Mismatch { .. } => ErrorKind::Mismatch,
+            Error::RolledBack { .. } => ErrorKind::RolledBack,
+            Error::Stale { .. } => ErrorKind::Stale,
             Error::Unreachable { .. } => ErrorKind::Unreachable,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::Unsupported { .. } => ErrorKind::Unsupported,

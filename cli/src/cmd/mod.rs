@@ -6,6 +6,7 @@ mod forget;
 mod gc;
 mod init;
 mod key;
+mod replicate;
 mod restore;
 mod snapshots;
 mod stats;
@@ -47,6 +48,9 @@ pub enum Command {
     Gc(gc::GcArgs),
     /// Snapshots, logical and stored bytes, deduplication, what gc can reclaim.
     Stats(stats::StatsArgs),
+    /// Copy snapshots and the data they need to another repository
+    /// (verified, resumable, refusing rolled-back or stale sources).
+    Replicate(replicate::ReplicateArgs),
 }
 
 /// Runs a command; the exit code on success (verify may report damage).
@@ -61,6 +65,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Forget(a) => forget::run(a).await,
         Command::Gc(a) => gc::run(a).await,
         Command::Stats(a) => stats::run(a).await,
+        Command::Replicate(a) => replicate::run(a).await,
     }
 }
 

@@ -385,3 +385,17 @@ pub fn ids(list: &[Value]) -> Vec<String> {
         .map(|s| str_field(s, "id").to_string())
         .collect()
 }
+
+/// The S3 base URL to test against, if any (`tests/run` sets it).
+pub fn s3_base() -> Option<String> {
+    match std::env::var("CAIRN_TEST_S3") {
+        Ok(url) => Some(url.trim_end_matches('/').to_string()),
+        Err(_) if std::env::var("CAIRN_TEST_REQUIRE_S3").as_deref() == Ok("1") => panic!(
+            "CAIRN_TEST_REQUIRE_S3=1 but CAIRN_TEST_S3 is not set: start the services with tests/run"
+        ),
+        Err(_) => {
+            eprintln!("note: S3 CLI tests skipped (CAIRN_TEST_S3 unset); `tests/run` runs them");
+            None
+        }
+    }
+}

@@ -46,6 +46,9 @@ pub enum ObjectKey {
     Lock(String),
     /// `gc/<name>`: garbage collection's condemned lists and logs.
     Gc(String),
+    /// `replicas/<source repository id>`: what a replica accepted from a
+    /// source (overwritten by each replication).
+    Replica(String),
 }
 
 /// A directory of objects of one kind.
@@ -98,6 +101,7 @@ impl ObjectKey {
             ObjectKey::Probe(name) => format!("probe-{name}"),
             ObjectKey::Lock(name) => format!("locks/{name}"),
             ObjectKey::Gc(name) => format!("gc/{name}"),
+            ObjectKey::Replica(name) => format!("replicas/{name}"),
         })
     }
 
@@ -137,6 +141,7 @@ impl fmt::Display for ObjectKey {
             ObjectKey::Probe(name) => write!(f, "probe {name}"),
             ObjectKey::Lock(name) => write!(f, "lock {name}"),
             ObjectKey::Gc(name) => write!(f, "gc state {name}"),
+            ObjectKey::Replica(name) => write!(f, "replica state {name}"),
         }
     }
 }
@@ -379,7 +384,8 @@ impl Backend {
                     ObjectKey::Config
                     | ObjectKey::Probe(_)
                     | ObjectKey::Lock(_)
-                    | ObjectKey::Gc(_) => None,
+                    | ObjectKey::Gc(_)
+                    | ObjectKey::Replica(_) => None,
                 };
                 if let Some(expected) = expected {
                     let existing = self.get(key).await?;
@@ -397,14 +403,13 @@ impl Backend {
         }
     }
 
-    /// Overwrites a lease's heartbeat: the one kind of object Cairn ever
-    /// replaces (an atomic PUT, so readers see the old or the new).
+    /// Overwrites a lease's heartbeat or a replica's state: the only kinds
+    /// of object Cairn ever replaces (an atomic PUT, so readers see the old
+    /// or the new).
     pub async fn put_overwrite(&self, key: &ObjectKey, bytes: Bytes) -> Result<()> {
-        debug_assert!(
-            matches!(key, ObjectKey::Lock(_)),
-            "only leases are overwritten"
-        );
-        if !matches!(key, ObjectKey::Lock(_)) {
+        let mutable = matches!(key, ObjectKey::Lock(_) | ObjectKey::Replica(_));
+        debug_assert!(mutable, "only leases and replica states are overwritten");
+        if !mutable {
             return Err(Error::invalid(format!("{key} may not be overwritten")));
         }
         self.store

@@ -6,6 +6,7 @@ pub mod forget;
 pub mod gc;
 mod mark;
 mod packer;
+pub mod replicate;
 pub mod restore;
 pub mod select;
 pub mod source;

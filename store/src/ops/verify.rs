@@ -308,16 +308,20 @@ fn wanted(read: ReadData, _pack: &PackId) -> bool {
 }
 
 /// What reading one pack found.
-struct PackCheck {
-    len: u64,
-    blobs_checked: u64,
-    problems: Vec<Problem>,
-    bad_blobs: Vec<(BlobId, String)>,
+pub(crate) struct PackCheck {
+    pub len: u64,
+    pub blobs_checked: u64,
+    pub problems: Vec<Problem>,
+    pub bad_blobs: Vec<(BlobId, String)>,
 }
 
 /// Checks a whole pack: its hash and trailer, then every blob the index
 /// places in it, frame by frame (so damage is pinned to the blobs it hits).
-fn check_pack(pack: &PackInfo, blobs: Vec<(BlobId, u32, u32, u32)>, bytes: &[u8]) -> PackCheck {
+pub(crate) fn check_pack(
+    pack: &PackInfo,
+    blobs: Vec<(BlobId, u32, u32, u32)>,
+    bytes: &[u8],
+) -> PackCheck {
     let mut check = PackCheck {
         len: bytes.len() as u64,
         blobs_checked: 0,

@@ -1,0 +1,154 @@
+//! `cairn replicate`.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cairn_store::backend::{Backend, BackendOptions};
+use cairn_store::key::PublicKey;
+use cairn_store::ops::forget::ForgetOptions;
+use cairn_store::ops::replicate::{ReplicateOptions, Selection};
+use cairn_store::ops::select::{SnapshotFilter, parse_time};
+use cairn_store::repo::Repository;
+use cairn_store::retention::{ForgetPolicy, GroupBy};
+use clap::Args;
+
+use crate::progress::human_bytes;
+
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// The repository to copy from: a path, file://PATH or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "URL")]
+    from: String,
+    /// The repository to copy to (created as a replica when empty).
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Accept only snapshots signed by this key (repeatable; else the
+    /// destination's trusted keys).
+    #[arg(long = "trust", value_name = "PUBKEY", value_delimiter = ',')]
+    trust: Vec<PublicKey>,
+    /// Copy only the newest N snapshots.
+    #[arg(long, value_name = "N", conflicts_with_all = ["since", "snapshots"])]
+    latest: Option<usize>,
+    /// Copy only snapshots at or after this time (RFC 3339 with offset).
+    #[arg(long, value_name = "TIME", conflicts_with = "snapshots")]
+    since: Option<String>,
+    /// Snapshots to copy (ids or prefixes); default: all.
+    #[arg(value_name = "SNAPSHOT")]
+    snapshots: Vec<String>,
+    /// Then keep only the newest N snapshots at the destination (forget
+    /// there; run `cairn gc --repo DEST` to free the space).
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Re-read every copied pack at the destination.
+    #[arg(long)]
+    verify: bool,
+    /// Refuse (exit 18) when the source's newest snapshot is older than
+    /// this (e.g. 36h, 2d).
+    #[arg(long, value_name = "DURATION")]
+    max_age: Option<String>,
+    /// Packs copied at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    concurrency: usize,
+    /// S3 endpoint for S3-compatible stores (else AWS_ENDPOINT_URL).
+    #[arg(long, env = "CAIRN_S3_ENDPOINT", value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn connect(url: &str, endpoint: &Option<String>, create: bool) -> cairn_store::Result<Backend> {
+    let options = BackendOptions {
+        s3_endpoint: endpoint.clone(),
+        retry_timeout: Duration::from_secs(60),
+        ..BackendOptions::default()
+    };
+    Backend::connect(url, &options, create)
+}
+
+pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let selection = match (&args.latest, &args.since) {
+        (Some(n), _) => Selection::Latest(*n),
+        (None, Some(t)) => Selection::Since(parse_time(t)?),
+        (None, None) if !args.snapshots.is_empty() => Selection::Ids(args.snapshots.clone()),
+        (None, None) => Selection::All,
+    };
+    let max_age = args
+        .max_age
+        .as_deref()
+        .map(|s| {
+            let span = cairn_store::retention::parse_span(s)?;
+            jiff::SignedDuration::try_from(span).map_err(|e| {
+                cairn_store::Error::invalid(format!(
+                    "--max-age {s}: {e}; use hours or days (36h, 2d)"
+                ))
+            })
+        })
+        .transpose()?;
+    let source = Repository::open(connect(&args.from, &args.s3_endpoint, false)?).await?;
+    let destination = connect(&args.to, &args.s3_endpoint, true)?;
+    let options = ReplicateOptions {
+        selection,
+        trust: args.trust.clone(),
+        concurrency: args.concurrency.max(1),
+        verify: args.verify,
+        max_age,
+    };
+    let report = source.replicate(destination.clone(), &options).await?;
+    let mut forgotten = 0u64;
+    if let Some(n) = args.keep_last {
+        let dest = Repository::open(destination).await?;
+        let trust = dest.trust(&args.trust);
+        let forget = ForgetOptions {
+            policy: Some(ForgetPolicy {
+                last: Some(n),
+                hourly: None,
+                daily: None,
+                weekly: None,
+                monthly: None,
+                yearly: None,
+                within: None,
+                tags: Vec::new(),
+                group_by: GroupBy::parse("")?,
+            }),
+            ids: Vec::new(),
+            filter: SnapshotFilter::default(),
+            dry_run: false,
+            force: true,
+        };
+        forgotten = dest.forget(&trust, &forget).await?.removed;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        super::print_summary(
+            &report,
+            &[
+                ("forgotten", forgotten.into()),
+                ("duration_secs", seconds.into()),
+            ],
+        )?;
+    } else {
+        println!(
+            "{}{} snapshots copied ({} already there), {} packs sent ({}), {} skipped ({} packs already there), {} chunks checked{}, {forgotten} forgotten at the destination, in {seconds:.1} s",
+            if report.initialised {
+                "replica created; "
+            } else {
+                ""
+            },
+            report.snapshots_copied.len(),
+            report.snapshots_present,
+            report.packs_copied,
+            human_bytes(report.bytes_sent),
+            human_bytes(report.bytes_skipped),
+            report.packs_present,
+            report.blobs_checked,
+            if args.verify {
+                format!(", {} packs re-read", report.packs_verified)
+            } else {
+                String::new()
+            },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

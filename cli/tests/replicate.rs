@@ -1,0 +1,240 @@
+//! `cairn replicate` between local and S3 repositories.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+use support::*;
+
+/// `cairn replicate --from A --to B --json ARGS...`.
+fn replicate(from: &str, to: &str, args: &[&str]) -> assert_cmd::Command {
+    let mut c = cairn_args(["replicate", "--from", from, "--to", to, "--json"]);
+    c.args(args);
+    c
+}
+
+/// Bytes of the packs of a local repository (not the staging files a
+/// killed write leaves).
+fn packs_bytes(repo: &Path) -> u64 {
+    files_under(&repo.join("packs"))
+        .iter()
+        .filter(|(name, _)| name.rsplit('/').next().is_some_and(is_hex64))
+        .map(|(_, v)| v.len() as u64)
+        .sum()
+}
+
+fn snapshot_ids(repo: &str) -> Vec<String> {
+    let v = ok(&mut cairn_args(["snapshots", "--repo", repo, "--json"])).json();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Restores every snapshot of both repositories and compares them.
+fn assert_same_snapshots(a: &str, b: &str) {
+    let ids = snapshot_ids(a);
+    assert_eq!(ids, snapshot_ids(b));
+    for id in &ids {
+        let one = ok(&mut cairn_args(["restore", "--repo", a, id, "--stdout"])).stdout;
+        let two = ok(&mut cairn_args(["restore", "--repo", b, id, "--stdout"])).stdout;
+        assert!(one == two, "snapshot {id} differs");
+    }
+    ok(&mut cairn_args(["verify", "--repo", b, "--read-data"]));
+}
+
+#[test]
+fn a_replica_restores_byte_identical_and_later_runs_send_only_what_is_new() {
+    let f = Fixture::new();
+    let src = f.repo.to_str().unwrap().to_string();
+    let dst = f.path("replica").to_str().unwrap().to_string();
+    let data = random_bytes(6 << 20, 1);
+    let first = f.backup_bytes("db.dump", &data, &[]);
+    let report = ok(&mut replicate(&src, &dst, &[])).json();
+    assert_eq!(report["initialised"], true);
+    assert_eq!(report["snapshots_copied"].as_array().unwrap().len(), 1);
+    assert!(report["blobs_checked"].as_u64().unwrap() > 0);
+    assert_same_snapshots(&src, &dst);
+    let sent_first = report["bytes_sent"].as_u64().unwrap();
+    assert!(sent_first >= first["stored_bytes"].as_u64().unwrap() * 9 / 10);
+
+    // A daily incremental: the replica gets about what the backup added,
+    // counted in bytes stored on each side.
+    let stored = |repo: &Path| -> u64 { files_under(repo).values().map(|v| v.len() as u64).sum() };
+    let (src_before, dst_before) = (stored(&f.repo), stored(Path::new(&dst)));
+    let mut changed = data.clone();
+    changed[3 << 20..(3 << 20) + 50_000].copy_from_slice(&random_bytes(50_000, 2));
+    let second = f.backup_bytes("db.dump", &changed, &[]);
+    let added = second["stored_bytes"].as_u64().unwrap();
+    let report = ok(&mut replicate(&src, &dst, &["--verify"])).json();
+    let sent = report["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent * 10 <= added * 11,
+        "sent {sent} bytes for a backup that added {added}"
+    );
+    // The same in bytes on disk: what the replica grew by, against what
+    // the backup added to the source.
+    let grown = stored(Path::new(&dst)) - dst_before;
+    let backup_grew = stored(&f.repo) - src_before;
+    assert!(
+        grown * 10 <= backup_grew * 11,
+        "the replica grew {grown} bytes, the source {backup_grew}"
+    );
+    assert!(report["bytes_skipped"].as_u64().unwrap() > 0);
+    assert_eq!(report["packs_verified"], report["packs_copied"]);
+    assert_same_snapshots(&src, &dst);
+
+    // Nothing new: nothing sent. Then keep only the newest at the replica.
+    let report = ok(&mut replicate(&src, &dst, &["--keep-last", "1"])).json();
+    assert_eq!(report["bytes_sent"], 0);
+    assert_eq!(report["forgotten"], 1);
+    assert_eq!(snapshot_ids(&dst).len(), 1);
+    assert_eq!(snapshot_ids(&src).len(), 2, "the source is never touched");
+}
+
+#[test]
+fn replication_to_and_from_s3() {
+    let Some(base) = s3_base() else { return };
+    let f = Fixture::new();
+    let src = f.repo.to_str().unwrap().to_string();
+    f.backup_bytes("a", &random_bytes(3 << 20, 3), &[]);
+    f.backup_bytes("b", &random_bytes(1 << 20, 4), &[]);
+    let s3 = format!("{base}/replica-{}", unique_name());
+    ok(&mut replicate(&src, &s3, &[]));
+    assert_same_snapshots(&src, &s3);
+    // And back from S3 to a new local replica.
+    let back = f.path("back").to_str().unwrap().to_string();
+    let report = ok(&mut replicate(&s3, &back, &["--latest", "1"])).json();
+    assert_eq!(report["snapshots_copied"].as_array().unwrap().len(), 1);
+    let newest = snapshot_ids(&src).last().unwrap().clone();
+    assert_eq!(snapshot_ids(&back), vec![newest.clone()]);
+    let one = ok(&mut cairn_args([
+        "restore", "--repo", &src, &newest, "--stdout",
+    ]))
+    .stdout;
+    let two = ok(&mut cairn_args([
+        "restore", "--repo", &back, &newest, "--stdout",
+    ]))
+    .stdout;
+    assert!(one == two);
+}
+
+#[test]
+fn killed_and_run_again_it_resends_only_what_was_in_flight() {
+    let f = Fixture::new();
+    let src = f.repo.to_str().unwrap().to_string();
+    for i in 0..3 {
+        f.backup_bytes(&format!("part{i}"), &random_bytes(12 << 20, 10 + i), &[]);
+    }
+    let bin = assert_cmd::cargo::cargo_bin("cairn");
+    for seed in 1u64..=3 {
+        let dst = f.path(&format!("replica{seed}"));
+        let dst_s = dst.to_str().unwrap().to_string();
+        let mut child = std::process::Command::new(&bin)
+            .args([
+                "replicate",
+                "--from",
+                &src,
+                "--to",
+                &dst_s,
+                "--concurrency",
+                "1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(40 * seed + 20));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Whatever the destination lists is complete.
+        if dst.join("config").exists() {
+            ok(&mut cairn_args(["verify", "--repo", &dst_s, "--read-data"]));
+        }
+        let present = if dst.join("packs").exists() {
+            packs_bytes(&dst)
+        } else {
+            0
+        };
+        let report: Value = ok(&mut replicate(&src, &dst_s, &[])).json();
+        eprintln!(
+            "seed {seed}: {present} bytes of packs were there, {} sent after",
+            report["bytes_sent"]
+        );
+        // Packs already there were not sent again.
+        if report["snapshots_copied"].as_array().unwrap().is_empty() {
+            assert_eq!(
+                report["bytes_sent"], 0,
+                "seed {seed}: the first run had finished"
+            );
+        } else {
+            assert_eq!(
+                report["bytes_skipped"].as_u64().unwrap(),
+                present,
+                "seed {seed}"
+            );
+        }
+        assert_same_snapshots(&src, &dst_s);
+    }
+}
+
+#[test]
+fn bad_signatures_damaged_chunks_rollbacks_and_stale_sources_are_refused() {
+    // A source trusting two keys, a replica pinned to one of them: a
+    // snapshot signed by the other is refused (6) and nothing is written.
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = (tmp.path().join("a.key"), tmp.path().join("b.key"));
+    let (pub_a, pub_b) = (generate_key(&key_a), generate_key(&key_b));
+    let src = tmp.path().join("src").to_str().unwrap().to_string();
+    ok(&mut cairn_args([
+        "init", "--repo", &src, "--trust", &pub_a, "--trust", &pub_b,
+    ]));
+    let backup_with = |key: &Path, data: &[u8]| {
+        ok(cairn_args(["backup", "--repo", &src, "-", "--name", "x"])
+            .arg("--key")
+            .arg(key)
+            .write_stdin(data.to_vec()));
+    };
+    backup_with(&key_a, &random_bytes(1 << 20, 20));
+    let dst = tmp.path().join("replica");
+    let dst_s = dst.to_str().unwrap().to_string();
+    ok(&mut replicate(&src, &dst_s, &["--trust", &pub_a]));
+    backup_with(&key_b, &random_bytes(1000, 21));
+    let before = files_under(&dst);
+    run(&mut replicate(&src, &dst_s, &["--trust", &pub_a])).expect_code(6);
+    assert_eq!(files_under(&dst), before);
+
+    // A chunk whose bytes do not match its id: 3, nothing written.
+    let g = Fixture::new();
+    let src2 = g.repo.to_str().unwrap().to_string();
+    g.backup_bytes("c", &random_bytes(1 << 20, 22), &[]);
+    let pack = largest_pack(&g.repo);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[100] ^= 0x40;
+    make_writable(&g.repo);
+    std::fs::write(&pack, bytes).unwrap();
+    let dst2 = g.path("replica");
+    run(&mut replicate(&src2, dst2.to_str().unwrap(), &[])).expect_code(3);
+    assert!(!dst2.join("snapshots").exists() || files_under(&dst2.join("snapshots")).is_empty());
+
+    // A source rolled back behind what the replica accepted: 17.
+    let h = Fixture::new();
+    let src3 = h.repo.to_str().unwrap().to_string();
+    h.backup_bytes("d", b"one", &["--time", "2026-11-19T01:00:00Z"]);
+    h.backup_bytes("d", b"two", &["--time", "2026-11-20T01:00:00Z"]);
+    let dst3 = h.path("replica").to_str().unwrap().to_string();
+    ok(&mut replicate(&src3, &dst3, &[]));
+    let newest = snapshot_ids(&src3).last().unwrap().clone();
+    ok(&mut cairn_args(["forget", "--repo", &src3, &newest]));
+    run(&mut replicate(&src3, &dst3, &[]))
+        .expect_code(17)
+        .stderr_has(&["rolled back"]);
+    // A source with nothing newer than --max-age: 18.
+    let dst4 = h.path("fresh").to_str().unwrap().to_string();
+    run(&mut replicate(&src3, &dst4, &["--max-age", "1h"]))
+        .expect_code(18)
+        .stderr_has(&["stale"]);
+}

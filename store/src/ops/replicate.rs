@@ -1,0 +1,441 @@
+//! Replication: copy snapshots and exactly the packs they need that the
+//! destination lacks, checked on the way, manifests last.
+//!
+//! ```text
+//! source: signed manifests ─▶ check signatures ─▶ mark blobs ─▶ packs needed
+//! destination: packs present ─────────────────────────────────▶ packs missing
+//! copy each missing pack (N at once): get, check the pack hash and every
+//! blob's hash, put create-only ─▶ index objects for them ─▶ manifests, oldest first
+//! ```
+//! The write order is a backup's: packs, then the index naming them, then
+//! manifests, so the destination never lists a snapshot whose data is
+//! incomplete, and an interrupted run leaves at most unreferenced packs,
+//! which the next run finds present and does not send again. The
+//! destination records the newest snapshot it accepted from each source
+//! (`replicas/<source repository id>`), so a source that later shows an older
+//! newest snapshot (rolled back, or replaced by an old copy) is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, ObjectDir, ObjectKey};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IdSet, PackId, SnapshotId};
+use crate::index::{Index, IndexedPack};
+use crate::key::PublicKey;
+use crate::manifest::Snapshot;
+use crate::ops::mark::mark;
+use crate::ops::packer::store_index;
+use crate::ops::verify::check_pack;
+use crate::pack::decode_pack;
+use crate::repo::Repository;
+use crate::session::WriteOptions;
+
+/// Which snapshots to copy.
+#[derive(Debug, Clone, Default)]
+pub enum Selection {
+    /// Every snapshot.
+    #[default]
+    All,
+    /// The newest N.
+    Latest(usize),
+    /// Those at or after a time.
+    Since(Timestamp),
+    /// These (ids or unique prefixes).
+    Ids(Vec<String>),
+}
+
+/// How to replicate.
+#[derive(Debug, Clone)]
+pub struct ReplicateOptions {
+    /// Which snapshots.
+    pub selection: Selection,
+    /// Trust only these keys (else the destination's, else the source's).
+    pub trust: Vec<PublicKey>,
+    /// Packs copied at once.
+    pub concurrency: usize,
+    /// Re-read every copied pack at the destination and check it.
+    pub verify: bool,
+    /// Refuse a source whose newest snapshot is older than this.
+    pub max_age: Option<jiff::SignedDuration>,
+}
+
+impl Default for ReplicateOptions {
+    fn default() -> Self {
+        ReplicateOptions {
+            selection: Selection::All,
+            trust: Vec::new(),
+            concurrency: 4,
+            verify: false,
+            max_age: None,
+        }
+    }
+}
+
+/// What a replication did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicateReport {
+    /// Whether the destination was created as a replica by this run.
+    pub initialised: bool,
+    /// Snapshots copied.
+    pub snapshots_copied: Vec<SnapshotId>,
+    /// Selected snapshots the destination already had.
+    pub snapshots_present: u64,
+    /// Packs copied.
+    pub packs_copied: u64,
+    /// Packs the destination already had.
+    pub packs_present: u64,
+    /// Bytes sent: packs, index objects and manifests.
+    pub bytes_sent: u64,
+    /// Bytes of needed packs not sent because the destination had them.
+    pub bytes_skipped: u64,
+    /// Blobs checked against their ids on arrival.
+    pub blobs_checked: u64,
+    /// Packs re-read at the destination (`verify`).
+    pub packs_verified: u64,
+}
+
+/// What a destination remembers of a source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReplicaState {
+    source: String,
+    newest: SnapshotId,
+    newest_time: Timestamp,
+}
+
+impl Repository {
+    /// Copies snapshots of this repository to `destination`.
+    pub async fn replicate(
+        &self,
+        destination: Backend,
+        options: &ReplicateOptions,
+    ) -> Result<ReplicateReport> {
+        let mut report = ReplicateReport::default();
+        let source_id = self.config().id;
+        // The destination: a replica of this repository, or created as one.
+        let dest = match Repository::open(destination.clone()).await {
+            Ok(repo) => repo,
+            Err(Error::RepositoryNotFound { .. }) => {
+                report.initialised = true;
+                Repository::init_with_config(destination.clone(), self.config().clone()).await?
+            }
+            Err(e) => return Err(e),
+        };
+        if dest.config().id != source_id {
+            return Err(Error::AlreadyExists {
+                what: format!(
+                    "{} is another repository ({}), not a replica of {} ({source_id})",
+                    destination.url(),
+                    dest.config().id,
+                    self.backend().url()
+                ),
+                hint: "replicate into an empty location or an earlier replica of this repository"
+                    .into(),
+            });
+        }
+        // Signatures are checked against the keys the destination trusts.
+        let trust = if options.trust.is_empty() {
+            dest.trust(&[])
+        } else {
+            dest.trust(&options.trust)
+        };
+        let list = self.load_snapshots(&trust).await?;
+        if let Some((id, e)) = list.rejected.first() {
+            return Err(match e {
+                Error::BadSignature { .. } | Error::UntrustedKey { .. } => e.duplicate(),
+                other => Error::BadSignature {
+                    snapshot: id.to_string(),
+                    detail: other.to_string(),
+                },
+            });
+        }
+        let newest = list.snapshots.last().cloned();
+        check_freshness(&destination, self, newest.as_ref(), options).await?;
+
+        let selected = select(&list.snapshots, &options.selection)?;
+        let present: IdSet<SnapshotId> = destination
+            .list(ObjectDir::Snapshots)
+            .await?
+            .into_iter()
+            .filter_map(|o| match o.key {
+                ObjectKey::Snapshot(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let (done, todo): (Vec<Snapshot>, Vec<Snapshot>) =
+            selected.into_iter().partition(|s| present.contains(&s.id));
+        report.snapshots_present = done.len() as u64;
+
+        // Writers hold a lease, so a gc at the destination waits for us.
+        let session = dest
+            .clone()
+            .begin_write(&WriteOptions {
+                kind: "replicate",
+                ..WriteOptions::default()
+            })
+            .await?;
+        let copied = self
+            .copy(&dest, &destination, &todo, options, &mut report)
+            .await;
+        let released = session.finish().await;
+        copied?;
+        released?;
+
+        if let Some(n) = newest {
+            remember(&destination, self, &n).await?;
+        }
+        Ok(report)
+    }
+
+    async fn copy(
+        &self,
+        dest: &Repository,
+        destination: &Backend,
+        todo: &[Snapshot],
+        options: &ReplicateOptions,
+        report: &mut ReplicateReport,
+    ) -> Result<()> {
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let source = self.clone().load_index().await?;
+        let mut live: IdSet<BlobId> = IdSet::default();
+        mark(&source, todo, &mut live).await?;
+        let index = source.index();
+        let mut needed: Vec<u32> = live
+            .iter()
+            .filter_map(|id| index.get(id).map(|loc| loc.pack))
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let at_destination: IdSet<PackId> = destination
+            .list(ObjectDir::Packs)
+            .await?
+            .into_iter()
+            .filter_map(|o| match o.key {
+                ObjectKey::Pack(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let (present, missing): (Vec<u32>, Vec<u32>) = needed
+            .into_iter()
+            .partition(|p| at_destination.contains(&index.pack(*p).id));
+        report.packs_present = present.len() as u64;
+        report.bytes_skipped = present.iter().map(|p| index.pack(*p).len).sum();
+        // Packs an interrupted run copied but did not yet index: checked
+        // where they are, then indexed with the rest.
+        let (dest_index, _) = dest.load_index_tolerant().await?;
+        let mut orphans = Vec::new();
+        for p in present {
+            let id = index.pack(p).id;
+            if dest_index.pack_position(&id).is_none() {
+                let bytes = destination.get(&ObjectKey::Pack(id)).await?;
+                orphans.push(check_arrival(id, bytes).await.map_err(|e| Error::Corrupt {
+                    object: format!("pack {id} at {}", destination.url()),
+                    detail: format!(
+                        "left by an interrupted replication, and damaged: {e}; delete it and run again"
+                    ),
+                })?);
+            }
+        }
+
+        let sent = Arc::new(AtomicU64::new(0));
+        let checked = Arc::new(AtomicU64::new(0));
+        let results: Vec<Result<IndexedPack>> = futures::stream::iter(missing)
+            .map(|position| {
+                let (source, destination) = (self.backend().clone(), destination.clone());
+                let id = index.pack(position).id;
+                let (sent, checked) = (Arc::clone(&sent), Arc::clone(&checked));
+                async move {
+                    let bytes = source.get(&ObjectKey::Pack(id)).await?;
+                    let pack = check_arrival(id, bytes.clone()).await?;
+                    checked.fetch_add(pack.trailer.blobs.len() as u64, Ordering::Relaxed);
+                    destination
+                        .put_new(&ObjectKey::Pack(id), bytes.clone())
+                        .await?;
+                    sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    Ok(pack)
+                }
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .collect()
+            .await;
+        let mut packs = results.into_iter().collect::<Result<Vec<_>>>()?;
+        report.packs_copied = packs.len() as u64;
+        report.blobs_checked = checked.load(Ordering::Relaxed);
+        let mut bytes_sent = sent.load(Ordering::Relaxed);
+
+        if options.verify {
+            for p in &packs {
+                let bytes = destination.get(&ObjectKey::Pack(p.id)).await?;
+                check_arrival(p.id, bytes)
+                    .await
+                    .map_err(|e| Error::Corrupt {
+                        object: format!("pack {} at {}", p.id, destination.url()),
+                        detail: format!("re-read after copying: {e}"),
+                    })?;
+                report.packs_verified += 1;
+            }
+        }
+        packs.extend(orphans);
+        bytes_sent += store_index(destination, packs).await?;
+        // Manifests last, oldest first, byte for byte (their signatures).
+        let mut todo: Vec<&Snapshot> = todo.iter().collect();
+        todo.sort_by_key(|s| s.manifest.time);
+        for s in todo {
+            let bytes = self.backend().get(&ObjectKey::Snapshot(s.id)).await?;
+            bytes_sent += bytes.len() as u64;
+            destination
+                .put_new(&ObjectKey::Snapshot(s.id), bytes)
+                .await?;
+            report.snapshots_copied.push(s.id);
+        }
+        report.bytes_sent = bytes_sent;
+        Ok(())
+    }
+}
+
+/// A pack as it arrived: its hash is its name and every blob hashes to its
+/// id; returns what an index object records of it.
+async fn check_arrival(id: PackId, bytes: Bytes) -> Result<IndexedPack> {
+    crate::cpu::run(move || {
+        let trailer = decode_pack(&bytes, id)?;
+        let pack = IndexedPack {
+            id,
+            len: bytes.len() as u64,
+            trailer,
+        };
+        let mut index = Index::new();
+        index.add(None, std::slice::from_ref(&pack));
+        let blobs = index
+            .blobs()
+            .map(|(b, loc)| (*b, loc.frame, loc.offset, loc.len))
+            .collect();
+        let check = check_pack(index.pack(0), blobs, &bytes);
+        match check.problems.first() {
+            Some(p) => Err(Error::corrupt(p.object.clone(), p.detail.clone())),
+            None => match check.bad_blobs.first() {
+                Some((blob, why)) => Err(Error::corrupt(
+                    format!("chunk {blob} in pack {id}"),
+                    why.clone(),
+                )),
+                None => Ok(pack),
+            },
+        }
+    })
+    .await
+}
+
+fn select(snapshots: &[Snapshot], selection: &Selection) -> Result<Vec<Snapshot>> {
+    Ok(match selection {
+        Selection::All => snapshots.to_vec(),
+        Selection::Latest(n) => snapshots[snapshots.len().saturating_sub(*n)..].to_vec(),
+        Selection::Since(t) => snapshots
+            .iter()
+            .filter(|s| s.manifest.time >= *t)
+            .cloned()
+            .collect(),
+        Selection::Ids(prefixes) => {
+            let mut out = Vec::new();
+            for p in prefixes {
+                let found: Vec<&Snapshot> = snapshots
+                    .iter()
+                    .filter(|s| s.id.to_hex().starts_with(&p.to_ascii_lowercase()))
+                    .collect();
+                match found.as_slice() {
+                    [one] => out.push((*one).clone()),
+                    [] => {
+                        return Err(Error::NotFound {
+                            what: format!("snapshot {p}"),
+                            hint: "list them with `cairn snapshots --repo SOURCE`".into(),
+                        });
+                    }
+                    _ => return Err(Error::invalid(format!("snapshot prefix {p} is ambiguous"))),
+                }
+            }
+            out
+        }
+    })
+}
+
+fn state_key(source: &Repository) -> ObjectKey {
+    ObjectKey::Replica(source.config().id.to_string())
+}
+
+/// Refuses a source rolled back behind what the destination accepted, or
+/// with nothing newer than `max_age`.
+async fn check_freshness(
+    destination: &Backend,
+    source: &Repository,
+    newest: Option<&Snapshot>,
+    options: &ReplicateOptions,
+) -> Result<()> {
+    let key = state_key(source);
+    let state: Option<ReplicaState> = if destination.exists(&key).await? {
+        let bytes = destination.get(&key).await?;
+        Some(serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(
+                format!("{key} at {}", destination.url()),
+                format!("{e}; delete it to accept the source's snapshots as they are"),
+            )
+        })?)
+    } else {
+        None
+    };
+    if let Some(state) = state {
+        let rolled_back = match newest {
+            None => true,
+            Some(n) => n.manifest.time < state.newest_time,
+        };
+        if rolled_back {
+            return Err(Error::RolledBack {
+                from: source.backend().url().to_string(),
+                detail: format!(
+                    "its newest snapshot is {}, but {} (of {}) was accepted before",
+                    newest.map_or("none".to_string(), |n| format!(
+                        "{} of {}",
+                        n.id.short(),
+                        n.manifest.time
+                    )),
+                    state.newest.short(),
+                    state.newest_time
+                ),
+            });
+        }
+    }
+    if let Some(max_age) = options.max_age {
+        let age = newest.map(|n| Timestamp::now().duration_since(n.manifest.time));
+        if age.is_none_or(|a| a > max_age) {
+            return Err(Error::Stale {
+                from: source.backend().url().to_string(),
+                detail: match newest {
+                    Some(n) => format!(
+                        "its newest snapshot {} is from {}, older than {max_age:#}",
+                        n.id.short(),
+                        n.manifest.time
+                    ),
+                    None => "it has no snapshots".into(),
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Records the newest snapshot accepted from `source`.
+async fn remember(destination: &Backend, source: &Repository, newest: &Snapshot) -> Result<()> {
+    let state = ReplicaState {
+        source: source.backend().url().to_string(),
+        newest: newest.id,
+        newest_time: newest.manifest.time,
+    };
+    let bytes = serde_json::to_vec_pretty(&state).map_err(|e| Error::invalid(e.to_string()))?;
+    destination
+        .put_overwrite(&state_key(source), Bytes::from(bytes))
+        .await
+}
