@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Replication throughput, local → S3: `cairn replicate` beside `restic copy`
+# between two restic repositories holding the same data, in one run.
+#
+# Usage: benches/e2e/replicate.sh [--scale S] [--days N] [--work DIR]
+# Each day: the workload's CouchDB dumps (cairn-workload) are backed up into a
+# local Cairn repository and a local restic repository, then each is copied to
+# its own prefix of a SeaweedFS bucket on loopback (started here). Reports
+# wall time, MB/s of the source data, and the bytes the S3 server stored
+# (growth of its data directory) per tool per day.
+# Needs: restic (Debian), the SeaweedFS of tests/services.sh, cargo.
+set -euo pipefail
+
+SCALE=0.5 DAYS=3 WORK=${TMPDIR:-/tmp}/cairn-replicate-bench
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --scale) SCALE=$2; shift 2 ;;
+    --days) DAYS=$2; shift 2 ;;
+    --work) WORK=$2; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "replicate.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+cd "$ROOT"
+cargo build --release -q -p cairn-cli -p cairn-workload
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
+CAIRN=$TARGET/cairn
+command -v restic > /dev/null || { echo "replicate.sh: restic is not installed (apt-get install restic)" >&2; exit 1; }
+
+rm -rf "$WORK"; mkdir -p "$WORK"
+"$TARGET/cairn-workload" couchdb --out "$WORK/wl" --days "$DAYS" --scale "$SCALE" --quiet
+
+source tests/services.sh
+start_seaweedfs
+S3DATA=$SERVICES_DIR/s3
+export RESTIC_PASSWORD=bench
+
+"$CAIRN" key generate --output "$WORK/key" > "$WORK/pub"
+"$CAIRN" init --repo "$WORK/cairn" --trust "$(cat "$WORK/pub")" > /dev/null
+restic -q -r "$WORK/restic" init > /dev/null
+# The copy's target shares the source's chunker parameters, as the restic
+# documentation advises for copies.
+restic -q -r "s3:$AWS_ENDPOINT_URL/test/restic" init --from-repo "$WORK/restic" \
+  --from-password-command "echo bench" --copy-chunker-params > /dev/null
+
+s3_bytes() { du -sb "$S3DATA" | cut -f1; }
+timed() { local t0; t0=$(date +%s%N); "$@" > /dev/null; awk -v ns=$(($(date +%s%N) - t0)) 'BEGIN { printf "%.3f", ns / 1e9 }'; }
+
+RESULTS=$HERE/replicate-$(date +%F).md
+{
+  echo "# Replication local → S3: cairn replicate vs restic copy, $(date +%F)"
+  echo
+  echo "$(nproc) CPUs shared by the tools and SeaweedFS (weed mini) on loopback;"
+  echo "restic $(restic version | cut -d' ' -f2); workload: cairn-workload couchdb --scale $SCALE, $DAYS days."
+  echo "MB/s = the day's source data (the dumps) divided by the copy's wall time;"
+  echo "S3 bytes = growth of the S3 server's data directory during the copy."
+  echo
+  echo "| day | source data MB | cairn s | cairn MB/s | cairn S3 bytes | restic s | restic MB/s | restic S3 bytes | restic / cairn time | cairn / restic bytes |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+} > "$RESULTS"
+
+for day in $(seq -f '%02g' 1 "$DAYS"); do
+  src=$WORK/wl/day$day/couchdb
+  mb=$(du -sb "$src" | awk '{printf "%.1f", $1 / 1e6}')
+  "$CAIRN" backup --repo "$WORK/cairn" --key "$WORK/key" -q "$src" > /dev/null
+  restic -q -r "$WORK/restic" backup "$src" > /dev/null
+  b0=$(s3_bytes)
+  ct=$(timed "$CAIRN" replicate --from "$WORK/cairn" --to s3://test/cairn --concurrency 4)
+  b1=$(s3_bytes)
+  rt=$(timed restic -q -r "s3:$AWS_ENDPOINT_URL/test/restic" copy --from-repo "$WORK/restic" --from-password-command "echo bench")
+  b2=$(s3_bytes)
+  awk -v d="$day" -v mb="$mb" -v ct="$ct" -v rt="$rt" -v cb=$((b1 - b0)) -v rb=$((b2 - b1)) 'BEGIN {
+    printf "| %s | %s | %.2f | %.1f | %d | %.2f | %.1f | %d | %.2f | %.2f |\n", d, mb, ct, mb / ct, cb, rt, mb / rt, rb, rt / ct, (rb > 0 ? cb / rb : 0)
+  }' >> "$RESULTS"
+  tail -1 "$RESULTS"
+done
+# The replica is checked like any repository.
+"$CAIRN" verify --repo s3://test/cairn --read-data >> "$RESULTS.verify" 2>&1 && echo "replica verify --read-data: clean" || echo "replica verify FAILED"
+{ echo; echo "Replica \`verify --read-data\`: $(tail -1 "$RESULTS.verify")"; } >> "$RESULTS"
+rm -f "$RESULTS.verify"
+echo "results: $RESULTS"
