@@ -12,7 +12,7 @@ use cairn_store::repo::Repository;
 use cairn_store::retention::{ForgetPolicy, GroupBy};
 use clap::Args;
 
-use crate::progress::human_bytes;
+use crate::progress::{Bar, human_bytes};
 
 #[derive(Debug, Args)]
 pub struct ReplicateArgs {
@@ -55,6 +55,9 @@ pub struct ReplicateArgs {
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 fn connect(url: &str, endpoint: &Option<String>, create: bool) -> cairn_store::Result<Backend> {
@@ -88,14 +91,18 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let source = Repository::open(connect(&args.from, &args.s3_endpoint, false)?).await?;
     let destination = connect(&args.to, &args.s3_endpoint, true)?;
+    let bar = Bar::bytes(None, args.quiet || args.json);
     let options = ReplicateOptions {
         selection,
         trust: args.trust.clone(),
         concurrency: args.concurrency.max(1),
         verify: args.verify,
         max_age,
+        progress: std::sync::Arc::new(bar.clone()),
     };
-    let report = source.replicate(destination.clone(), &options).await?;
+    let report = source.replicate(destination.clone(), &options).await;
+    bar.finish();
+    let report = report?;
     let mut forgotten = 0u64;
     if let Some(n) = args.keep_last {
         let dest = Repository::open(destination).await?;

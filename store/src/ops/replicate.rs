@@ -51,7 +51,7 @@ pub enum Selection {
 }
 
 /// How to replicate.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReplicateOptions {
     /// Which snapshots.
     pub selection: Selection,
@@ -63,6 +63,19 @@ pub struct ReplicateOptions {
     pub verify: bool,
     /// Refuse a source whose newest snapshot is older than this.
     pub max_age: Option<jiff::SignedDuration>,
+    /// Told of every pack copied (`read` with its bytes).
+    pub progress: Arc<dyn crate::ops::backup::Progress>,
+}
+
+impl std::fmt::Debug for ReplicateOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicateOptions")
+            .field("selection", &self.selection)
+            .field("concurrency", &self.concurrency)
+            .field("verify", &self.verify)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ReplicateOptions {
@@ -73,6 +86,7 @@ impl Default for ReplicateOptions {
             concurrency: 4,
             verify: false,
             max_age: None,
+            progress: Arc::new(crate::ops::backup::NoProgress),
         }
     }
 }
@@ -251,6 +265,7 @@ impl Repository {
                 let (source, destination) = (self.backend().clone(), destination.clone());
                 let id = index.pack(position).id;
                 let (sent, checked) = (Arc::clone(&sent), Arc::clone(&checked));
+                let progress = Arc::clone(&options.progress);
                 async move {
                     let bytes = source.get(&ObjectKey::Pack(id)).await?;
                     let pack = check_arrival(id, bytes.clone()).await?;
@@ -259,6 +274,7 @@ impl Repository {
                         .put_new(&ObjectKey::Pack(id), bytes.clone())
                         .await?;
                     sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    progress.read(bytes.len() as u64);
                     Ok(pack)
                 }
             })
