@@ -202,6 +202,14 @@ fn bad_signatures_damaged_chunks_rollbacks_and_stale_sources_are_refused() {
     let dst = tmp.path().join("replica");
     let dst_s = dst.to_str().unwrap().to_string();
     ok(&mut replicate(&src, &dst_s, &["--trust", &pub_a]));
+    // The replica pins the key it was created with.
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(dst.join("config")).unwrap()).unwrap();
+    assert_eq!(
+        config["trusted_keys"],
+        serde_json::json!([pub_a]),
+        "{config}"
+    );
     backup_with(&key_b, &random_bytes(1000, 21));
     let before = files_under(&dst);
     run(&mut replicate(&src, &dst_s, &["--trust", &pub_a])).expect_code(6);

@@ -136,7 +136,13 @@ impl Repository {
             Ok(repo) => repo,
             Err(Error::RepositoryNotFound { .. }) => {
                 report.initialised = true;
-                Repository::init_with_config(destination.clone(), self.config().clone()).await?
+                // The same repository, trusting the keys given (else the
+                // source's).
+                let mut config = self.config().clone();
+                if !options.trust.is_empty() {
+                    config.trusted_keys = options.trust.clone();
+                }
+                Repository::init_with_config(destination.clone(), config).await?
             }
             Err(e) => return Err(e),
         };
