@@ -24,6 +24,7 @@ pub mod pack;
 pub mod pause;
 pub mod repo;
 pub mod retention;
+pub mod serve;
 pub mod session;
 pub mod tree;
 mod wire;

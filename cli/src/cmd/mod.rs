@@ -8,6 +8,7 @@ mod init;
 mod key;
 mod replicate;
 mod restore;
+mod serve;
 mod snapshots;
 mod stats;
 mod verify;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Copy snapshots and the data they need to another repository
     /// (verified, resumable, refusing rolled-back or stale sources).
     Replicate(replicate::ReplicateArgs),
+    /// Serve a repository over HTTP(S) to `http(s)://` repository URLs,
+    /// with read, append and admin tokens.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs a command; the exit code on success (verify may report damage).
@@ -66,6 +70,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Gc(a) => gc::run(a).await,
         Command::Stats(a) => stats::run(a).await,
         Command::Replicate(a) => replicate::run(a).await,
+        Command::Serve(a) => serve::run(a).await,
     }
 }
 

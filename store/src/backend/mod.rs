@@ -14,6 +14,8 @@
 
 pub mod fault;
 
+pub mod http;
+
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
@@ -171,6 +173,8 @@ pub enum Created {
 pub enum Location {
     /// A local directory.
     Local(PathBuf),
+    /// A repository behind `cairn serve`: its base URL.
+    Http(String),
     /// An S3 bucket and key prefix.
     S3 {
         /// Bucket name.
@@ -195,13 +199,16 @@ impl Location {
                 prefix: prefix.trim_matches('/').to_string(),
             });
         }
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return Ok(Location::Http(url.to_string()));
+        }
         if let Some(path) = url.strip_prefix("file://") {
             return Ok(Location::Local(PathBuf::from(path)));
         }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(Error::Unsupported {
                 what: format!(
-                    "repository URL scheme {scheme:?} is not supported; use a path, file://PATH or s3://BUCKET/PREFIX"
+                    "repository URL scheme {scheme:?} is not supported; use a path, file://PATH, s3://BUCKET/PREFIX or http(s)://HOST:PORT/ (cairn serve)"
                 ),
             });
         }
@@ -268,6 +275,26 @@ impl Backend {
         match Location::parse(url)? {
             Location::Local(path) => Self::connect_local(url, &path, create),
             Location::S3 { bucket, prefix } => Self::connect_s3(url, &bucket, &prefix, options),
+            Location::Http(base) => {
+                let token = std::env::var("CAIRN_TOKEN").map_err(|_| Error::AccessDenied {
+                    url: url.to_string(),
+                    detail: "no token: set CAIRN_TOKEN to a token of the server's token file"
+                        .into(),
+                })?;
+                let ca = match std::env::var_os("CAIRN_CA_CERT") {
+                    Some(path) => Some(std::fs::read(&path).map_err(|e| {
+                        Error::io(
+                            format!("reading CAIRN_CA_CERT {}", path.to_string_lossy()),
+                            e,
+                        )
+                    })?),
+                    None => None,
+                };
+                let store =
+                    http::ServeStore::new(&base, token, ca.as_deref(), options.retry_timeout)
+                        .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
+                Ok(Backend::new(Arc::new(store), url))
+            }
         }
     }
 

@@ -1,0 +1,72 @@
+//! `cairn serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cairn_store::backend::{Backend, BackendOptions};
+use cairn_store::repo::Repository;
+use cairn_store::serve::{ServeOptions, Tokens, serve};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The repository to serve: a local directory.
+    #[arg(long, value_name = "PATH")]
+    repo: PathBuf,
+    /// Address to listen on, e.g. 127.0.0.1:8700 or [::]:8700.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// TLS certificate chain (PEM); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); with --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Token file: one `ROLE TOKEN` per line (roles read, append, admin;
+    /// tokens of at least 24 characters), mode 600.
+    #[arg(long, value_name = "FILE")]
+    tokens: PathBuf,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let tokens = Tokens::read_file(&args.tokens)?;
+    let url = args.repo.to_string_lossy().into_owned();
+    let backend = Backend::connect(&url, &BackendOptions::default(), false)?;
+    // Only a repository is served.
+    Repository::open(backend.clone()).await?;
+    let options = ServeOptions {
+        listen: args.listen,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+    };
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    serve(
+        backend.store().clone(),
+        tokens,
+        &options,
+        |addr| eprintln!("cairn: serving {url} at {scheme}://{addr}/"),
+        shutdown_signal(),
+    )
+    .await?;
+    eprintln!("cairn: stopped; requests in flight were finished");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,304 @@
+//! `http(s)://HOST:PORT/`: a repository behind `cairn serve`, as an
+//! [`ObjectStore`] (the protocol is in [`crate::serve`]). The bearer token
+//! comes from `CAIRN_TOKEN`; `CAIRN_CA_CERT` names a PEM certificate to trust
+//! for a server whose certificate is private or self-signed.
+
+use std::fmt;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use reqwest::{Method, StatusCode, header};
+
+/// A client of `cairn serve`.
+pub struct ServeStore {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl fmt::Debug for ServeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServeStore({})", self.base)
+    }
+}
+
+impl fmt::Display for ServeStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cairn serve at {}", self.base)
+    }
+}
+
+type Res<T> = object_store::Result<T>;
+
+fn generic(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "cairn serve",
+        source: e.into(),
+    }
+}
+
+impl ServeStore {
+    /// A client of the server at `base` (ending in `/`).
+    /// `ca_pem`: a certificate (PEM) to trust besides the system's, for a
+    /// server with a private or self-signed certificate.
+    pub fn new(
+        base: &str,
+        token: String,
+        ca_pem: Option<&[u8]>,
+        timeout: std::time::Duration,
+    ) -> Res<ServeStore> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(timeout);
+        if let Some(pem) = ca_pem {
+            builder =
+                builder.add_root_certificate(reqwest::Certificate::from_pem(pem).map_err(generic)?);
+        }
+        let http = builder.build().map_err(generic)?;
+        Ok(ServeStore {
+            http,
+            base: if base.ends_with('/') {
+                base.to_string()
+            } else {
+                format!("{base}/")
+            },
+            token,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Res<reqwest::Response> {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        let response = build(request).send().await.map_err(generic)?;
+        let status = response.status();
+        let error = |source: String| -> Box<dyn std::error::Error + Send + Sync> { source.into() };
+        match status {
+            s if s.is_success() => Ok(response),
+            StatusCode::NOT_FOUND => Err(object_store::Error::NotFound {
+                path: path.to_string(),
+                source: error("not found".into()),
+            }),
+            StatusCode::PRECONDITION_FAILED => Err(object_store::Error::AlreadyExists {
+                path: path.to_string(),
+                source: error("exists".into()),
+            }),
+            StatusCode::UNAUTHORIZED => Err(object_store::Error::Unauthenticated {
+                path: path.to_string(),
+                source: error("the server refused the token (set CAIRN_TOKEN)".into()),
+            }),
+            StatusCode::FORBIDDEN => Err(object_store::Error::PermissionDenied {
+                path: path.to_string(),
+                source: error("the token's role does not allow this".into()),
+            }),
+            s => {
+                let text = response.text().await.unwrap_or_default();
+                Err(generic(format!("{s}: {}", text.trim())))
+            }
+        }
+    }
+}
+
+fn header_u64(response: &reqwest::Response, name: &str) -> u64 {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[async_trait]
+impl ObjectStore for ServeStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Res<PutResult> {
+        let create = match opts.mode {
+            PutMode::Create => true,
+            PutMode::Overwrite => false,
+            PutMode::Update(_) => {
+                return Err(object_store::Error::NotImplemented {
+                    operation: "conditional update".into(),
+                    implementer: "cairn serve".into(),
+                });
+            }
+        };
+        let body: Bytes = payload.into();
+        self.send(Method::PUT, location.as_ref(), |r| {
+            let r = r.body(body);
+            if create {
+                r.header(header::IF_NONE_MATCH, "*")
+            } else {
+                r
+            }
+        })
+        .await?;
+        Ok(PutResult {
+            e_tag: None,
+            version: None,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        _location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> Res<Box<dyn MultipartUpload>> {
+        Err(object_store::Error::NotImplemented {
+            operation: "multipart upload".into(),
+            implementer: "cairn serve".into(),
+        })
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Res<GetResult> {
+        let range = match &options.range {
+            Some(GetRange::Bounded(r)) => Some(r.clone()),
+            Some(other) => {
+                // Resolve against the length first.
+                let head = self.send(Method::HEAD, location.as_ref(), |r| r).await?;
+                let len = header_u64(&head, "x-object-size");
+                Some(other.as_range(len).map_err(generic)?)
+            }
+            None => None,
+        };
+        let method = if options.head {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        let response = self
+            .send(method, location.as_ref(), |r| match &range {
+                Some(Range { start, end }) if *end > *start => {
+                    r.header(header::RANGE, format!("bytes={start}-{}", end - 1))
+                }
+                _ => r,
+            })
+            .await?;
+        let size = header_u64(&response, "x-object-size");
+        let modified =
+            millis(i64::try_from(header_u64(&response, "x-object-modified-ms")).unwrap_or(0));
+        let bytes = if options.head {
+            Bytes::new()
+        } else {
+            response.bytes().await.map_err(generic)?
+        };
+        let range = range.unwrap_or(0..size);
+        let range = range.start
+            ..range.start
+                + if options.head {
+                    range.end - range.start
+                } else {
+                    bytes.len() as u64
+                };
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(
+                futures::stream::once(async move { Ok(bytes) }).boxed(),
+            ),
+            meta: ObjectMeta {
+                location: location.clone(),
+                last_modified: modified,
+                size,
+                e_tag: None,
+                version: None,
+            },
+            range,
+            attributes: Default::default(),
+            extensions: Default::default(),
+        })
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Res<Path>>,
+    ) -> BoxStream<'static, Res<Path>> {
+        let this = ServeStore {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: self.token.clone(),
+        };
+        let this = std::sync::Arc::new(this);
+        locations
+            .then(move |location| {
+                let this = std::sync::Arc::clone(&this);
+                async move {
+                    let location = location?;
+                    this.send(Method::DELETE, location.as_ref(), |r| r).await?;
+                    Ok(location)
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Res<ObjectMeta>> {
+        let prefix = prefix.map(|p| p.to_string()).unwrap_or_default();
+        let (http, base, token) = (self.http.clone(), self.base.clone(), self.token.clone());
+        futures::stream::once(async move {
+            let this = ServeStore { http, base, token };
+            let response = this
+                .send(Method::GET, &format!("?list={prefix}"), |r| r)
+                .await?;
+            let text = response.text().await.map_err(generic)?;
+            let mut out = Vec::new();
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(generic)?;
+                out.push(Ok(ObjectMeta {
+                    location: Path::from(v["key"].as_str().unwrap_or_default()),
+                    last_modified: millis(v["modified_ms"].as_i64().unwrap_or(0)),
+                    size: v["size"].as_u64().unwrap_or(0),
+                    e_tag: None,
+                    version: None,
+                }));
+            }
+            Ok::<_, object_store::Error>(futures::stream::iter(out))
+        })
+        .map(|r| match r {
+            Ok(s) => s.boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Res<ListResult> {
+        let objects: Vec<ObjectMeta> = self
+            .list(prefix)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Res<_>>()?;
+        Ok(ListResult {
+            common_prefixes: Vec::new(),
+            objects,
+            extensions: Default::default(),
+        })
+    }
+
+    async fn copy_opts(&self, _from: &Path, _to: &Path, _options: CopyOptions) -> Res<()> {
+        Err(object_store::Error::NotImplemented {
+            operation: "copy".into(),
+            implementer: "cairn serve".into(),
+        })
+    }
+}
