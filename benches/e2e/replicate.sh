@@ -77,6 +77,33 @@ for day in $(seq -f '%02g' 1 "$DAYS"); do
   }' >> "$RESULTS"
   tail -1 "$RESULTS"
 done
+# serve → local: every snapshot pulled through `cairn serve` into a new
+# local replica, beside `restic copy` of every snapshot into a new local
+# restic repository (restic has no server of its own in this comparison).
+TOKEN=bench-read-token-000000000000000
+printf 'read %s\n' "$TOKEN" > "$WORK/tokens"; chmod 600 "$WORK/tokens"
+"$CAIRN" serve --repo "$WORK/cairn" --listen 127.0.0.1:0 --tokens "$WORK/tokens" 2> "$WORK/serve.log" &
+SERVE_PID=$!
+for i in $(seq 1 50); do grep -q 'http://' "$WORK/serve.log" && break; sleep 0.1; done
+SERVE_URL=$(grep -o 'http://[0-9.:]*/' "$WORK/serve.log" | head -1)
+total_mb=$(du -sb "$WORK/wl" | awk '{printf "%.1f", $1 / 1e6}')
+ct=$(CAIRN_TOKEN=$TOKEN timed "$CAIRN" replicate --from "$SERVE_URL" --to "$WORK/cairn-pull" --concurrency 4)
+kill $SERVE_PID; wait $SERVE_PID 2> /dev/null || true
+restic -q -r "$WORK/restic-pull" init --from-repo "$WORK/restic" --from-password-command "echo bench" --copy-chunker-params > /dev/null
+rt=$(timed restic -q -r "$WORK/restic-pull" copy --from-repo "$WORK/restic" --from-password-command "echo bench")
+cb=$(du -sb "$WORK/cairn-pull" | cut -f1); rb=$(du -sb "$WORK/restic-pull" | cut -f1)
+{
+  echo
+  echo "Every snapshot pulled at once ($DAYS days, $total_mb MB of dumps): cairn serve → local replica vs restic copy local → local."
+  echo
+  echo "| | s | MB/s of source data | bytes at the destination |"
+  echo "|---|---:|---:|---:|"
+  awk -v t="$ct" -v mb="$total_mb" -v b="$cb" 'BEGIN { printf "| cairn replicate (serve → local) | %.2f | %.1f | %d |\n", t, mb / t, b }'
+  awk -v t="$rt" -v mb="$total_mb" -v b="$rb" 'BEGIN { printf "| restic copy (local → local) | %.2f | %.1f | %d |\n", t, mb / t, b }'
+  awk -v c="$ct" -v r="$rt" 'BEGIN { printf "\nrestic / cairn time: %.2f\n", r / c }'
+} >> "$RESULTS"
+tail -6 "$RESULTS"
+
 # The replica is checked like any repository.
 "$CAIRN" verify --repo s3://test/cairn --read-data >> "$RESULTS.verify" 2>&1 && echo "replica verify --read-data: clean" || echo "replica verify FAILED"
 { echo; echo "Replica \`verify --read-data\`: $(tail -1 "$RESULTS.verify")"; } >> "$RESULTS"
