@@ -485,3 +485,62 @@ fn transient_failures_are_retried_big_batches_split_and_a_403_stops() {
     couch.delete_db(&db);
     couch.delete_db(&other);
 }
+
+#[test]
+fn several_databases_at_once_and_a_refusing_target_exits_16() {
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let f = Fixture::new();
+    let dbs: Vec<String> = (0..3).map(|i| couch.new_db(&format!("multi{i}"))).collect();
+    for (i, db) in dbs.iter().enumerate() {
+        couch.create_db(db);
+        let docs: Vec<Value> = (0..200 * (i + 1)).map(|n| couch::body(n, i)).collect();
+        couch.write(db, &docs);
+    }
+    let mut args = vec!["--jobs", "2", "--requests", "2"];
+    for db in &dbs {
+        args.extend(["--db", db.as_str()]);
+    }
+    let summary = ok(&mut backup(&f, &couch.url, &args)).json();
+    assert_eq!(summary["databases"].as_array().unwrap().len(), 3);
+
+    // All three restored under new names, each equal to its source.
+    let mapping: Vec<String> = dbs.iter().map(|db| format!("{db}:{db}_copy")).collect();
+    let mut args = Vec::new();
+    for m in &mapping {
+        args.extend(["--db", m.as_str()]);
+    }
+    let report = ok(&mut restore(&f, "latest", &couch.url, &args)).json();
+    assert_eq!(report["databases"].as_array().unwrap().len(), 3);
+    for db in &dbs {
+        couch::assert_same(
+            &couch.fingerprint(&format!("{db}_copy")),
+            &couch.fingerprint(db),
+            db,
+        );
+        couch.delete_db(&format!("{db}_copy"));
+    }
+
+    // A target whose validation refuses every document: the restore says
+    // which and exits 16.
+    let target = couch.new_db("refusing");
+    couch.create_db(&target);
+    couch.ok(
+        "PUT",
+        &format!("{target}/_design/no"),
+        Some(&json!({"validate_doc_update": "function () { throw({forbidden: 'read-only'}); }"})),
+    );
+    run(&mut restore(
+        &f,
+        "latest",
+        &couch.url,
+        &["--db", &format!("{}:{target}", dbs[0]), "--merge"],
+    ))
+    .expect_code(16)
+    .stderr_has(&["does not match the snapshot", "refused", "read-only"]);
+    couch.delete_db(&target);
+    for db in &dbs {
+        couch.delete_db(db);
+    }
+}
