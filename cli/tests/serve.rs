@@ -372,5 +372,5 @@ fn tls_with_a_private_certificate() {
     // Without trusting the certificate, the client refuses the server.
     let mut c = cairn_args(["snapshots", "--repo", &server.url]);
     c.env("CAIRN_TOKEN", READ).env_remove("CAIRN_CA_CERT");
-    assert_ne!(run(&mut c).code, 0);
+    run(&mut c).expect_code(4).stderr_has(&["CAIRN_CA_CERT"]);
 }

@@ -18,6 +18,7 @@ use object_store::{
 use reqwest::{Method, StatusCode, header};
 
 /// A client of `cairn serve`.
+#[derive(Clone)]
 pub struct ServeStore {
     http: reqwest::Client,
     base: String,
@@ -84,7 +85,17 @@ impl ServeStore {
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
-        let response = build(request).send().await.map_err(generic)?;
+        let response = build(request).send().await.map_err(|e| {
+            let chain = crate::backend::error_chain(&e);
+            if chain.contains("certificate") {
+                generic(format!(
+                    "{chain}; the server's TLS certificate is not trusted: set CAIRN_CA_CERT \
+                     to the PEM file of the CA that signed it"
+                ))
+            } else {
+                generic(chain)
+            }
+        })?;
         let status = response.status();
         let error = |source: String| -> Box<dyn std::error::Error + Send + Sync> { source.into() };
         match status {
@@ -233,15 +244,10 @@ impl ObjectStore for ServeStore {
         &self,
         locations: BoxStream<'static, Res<Path>>,
     ) -> BoxStream<'static, Res<Path>> {
-        let this = ServeStore {
-            http: self.http.clone(),
-            base: self.base.clone(),
-            token: self.token.clone(),
-        };
-        let this = std::sync::Arc::new(this);
+        let this = self.clone();
         locations
             .then(move |location| {
-                let this = std::sync::Arc::clone(&this);
+                let this = this.clone();
                 async move {
                     let location = location?;
                     this.send(Method::DELETE, location.as_ref(), |r| r).await?;
@@ -253,9 +259,8 @@ impl ObjectStore for ServeStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Res<ObjectMeta>> {
         let prefix = prefix.map(|p| p.to_string()).unwrap_or_default();
-        let (http, base, token) = (self.http.clone(), self.base.clone(), self.token.clone());
+        let this = self.clone();
         futures::stream::once(async move {
-            let this = ServeStore { http, base, token };
             let response = this
                 .send(Method::GET, &format!("?list={prefix}"), |r| r)
                 .await?;

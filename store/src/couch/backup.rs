@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufReader, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -31,14 +31,14 @@ use tokio::task::JoinHandle;
 use crate::couch::client::{Body, CouchClient, db_path, doc_path, query_value};
 use crate::couch::format::{self, AttHeader, AttKey, Counts, Meta};
 use crate::couch::merge::{Group, GroupReader, Merged, encode_gone};
-use crate::couch::pipe::{Lines, PipeReader, PipeWriter, pipe};
+use crate::couch::pipe::{Lines, PipeReader, PipeWriter};
 use crate::couch::sort::ExternalSorter;
-use crate::couch::stream_item;
+use crate::couch::{FirstFailure, backup_streams, stream_item, streams};
 use crate::error::{Error, Result};
 use crate::key::SecretKey;
-use crate::manifest::{Item, ItemKind, Snapshot, SourceInfo, SourceKind};
+use crate::manifest::{Item, Snapshot, SourceInfo, SourceKind};
 use crate::ops::backup::{BackupOptions, BackupSummary, Progress};
-use crate::ops::source::{Content, Entry, Prepared, Source};
+use crate::ops::source::Prepared;
 use crate::repo::IndexedRepository;
 use crate::session::WriteSession;
 
@@ -151,7 +151,7 @@ impl WriteSession {
             .load_snapshots(&self.config().trust())
             .await?;
 
-        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let failure = FirstFailure::default();
         let mut entries = Vec::new();
         let mut jobs = Vec::new();
         for db in &dbs {
@@ -166,28 +166,9 @@ impl WriteSession {
                 .as_ref()
                 .filter(|_| !compact)
                 .map_or(0, |p| p.overlays.len() + 1);
-            let mut files: Vec<String> = vec![format::DESIGN_FILE.into(), format::DOCS_FILE.into()];
-            files.extend((1..=overlays).map(format::overlay_file));
-            files.extend(
-                [
-                    format::ATTACHMENTS_FILE,
-                    format::LOCAL_FILE,
-                    format::META_FILE,
-                ]
-                .map(String::from),
-            );
-            let (writers, readers): (Vec<_>, Vec<_>) = files.iter().map(|_| pipe(16)).unzip();
-            for (file, reader) in files.iter().zip(readers) {
-                entries.push(Entry {
-                    name: format::item_name(db, file),
-                    kind: ItemKind::File,
-                    mode: None,
-                    mtime: None,
-                    target: None,
-                    chunker: format::chunker_for(file, &self.config().chunking),
-                    content: Some(Content::Reader(Box::new(reader))),
-                });
-            }
+            let (db_entries, writers) =
+                streams(db, &format::files(overlays), &self.config().chunking);
+            entries.extend(db_entries);
             jobs.push(DbJob {
                 db: db.clone(),
                 previous,
@@ -201,27 +182,24 @@ impl WriteSession {
             runtime: Handle::current(),
             options: options.clone(),
             server,
-            failure: Arc::clone(&failure),
+            failure: failure.clone(),
         });
-        let runner = std::thread::spawn(move || run_jobs(context, jobs));
-        let source = Source::Prepared(Prepared {
-            info: SourceInfo {
-                kind: SourceKind::Couchdb,
-                command: None,
-                exit_status: None,
-                url: Some(client.url()),
-            },
-            entries,
-        });
-        let result = self.backup(source, key, backup, progress).await;
-        let stats = runner
-            .join()
-            .map_err(|_| Error::invalid("CouchDB backup thread panicked"))?;
-        // A producer's error is the cause; the ingest only saw a broken pipe.
-        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e);
-        }
-        let backup = result?;
+        let info = SourceInfo {
+            kind: SourceKind::Couchdb,
+            command: None,
+            exit_status: None,
+            url: Some(client.url()),
+        };
+        let (backup, stats) = backup_streams(
+            self,
+            Prepared { info, entries },
+            key,
+            backup,
+            progress,
+            &failure,
+            move || run_jobs(context, jobs),
+        )
+        .await?;
         let wire = &client.stats;
         use std::sync::atomic::Ordering::Relaxed;
         Ok(CouchBackupSummary {
@@ -329,7 +307,7 @@ struct JobContext {
     runtime: Handle,
     options: CouchBackupOptions,
     server: serde_json::Value,
-    failure: Arc<Mutex<Option<Error>>>,
+    failure: FirstFailure,
 }
 
 /// Runs the databases' producers, `jobs` at once, started in the order the
@@ -343,12 +321,7 @@ fn run_jobs(context: Arc<JobContext>, jobs: Vec<DbJob>) -> Vec<DbBackupStats> {
             let _ = done_rx.recv();
             running -= 1;
         }
-        let failed = context
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some();
-        if failed {
+        if context.failure.is_set() {
             for w in &mut job.writers {
                 w.fail("another database's backup failed".into());
             }
@@ -380,17 +353,8 @@ fn produce(context: &JobContext, job: &mut DbJob) -> DbBackupStats {
         attachments: Vec::new(),
     };
     if let Err(e) = producer.run(job.compact, &mut job.writers) {
-        let gone = matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe);
-        let detail = format!("database {:?}: {e}", job.db);
-        if !gone {
-            let mut slot = context.failure.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
-                *slot = Some(e);
-            }
-        }
-        for w in &mut job.writers {
-            w.fail(detail.clone());
-        }
+        let context_text = format!("database {:?}", job.db);
+        context.failure.fail(e, &context_text, &mut job.writers);
     }
     producer.stats
 }
@@ -1248,7 +1212,7 @@ impl Producer<'_> {
         let mut keys: Vec<AttRef> = Vec::new();
         let mut id_seen = false;
         let mut leaves = 0u64;
-        for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        for line in format::each_line(lines) {
             let parsed = format::parse_doc_line(line)
                 .map_err(|e| Error::corrupt(format!("a line of {}", self.db), e.to_string()))?;
             leaves += 1;

@@ -9,20 +9,21 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::couch::backup::{CouchBackupSummary, DbBackupStats};
 use crate::couch::format::{self, Counts, Meta};
 use crate::couch::import::{
     DumpStats, ImportError, db_name_from_file, read_all_docs, read_manifest,
 };
-use crate::couch::pipe::{PipeWriter, pipe};
+use crate::couch::pipe::PipeWriter;
 use crate::couch::sort::ExternalSorter;
+use crate::couch::{FirstFailure, backup_streams, streams};
 use crate::error::{Error, Result};
 use crate::key::SecretKey;
-use crate::manifest::{ItemKind, SourceInfo, SourceKind};
+use crate::manifest::{SourceInfo, SourceKind};
 use crate::ops::backup::{BackupOptions, Progress};
-use crate::ops::source::{Content, Entry, Prepared, Source};
+use crate::ops::source::Prepared;
 use crate::session::WriteSession;
 
 /// The file that may name each dump's database.
@@ -105,64 +106,42 @@ impl WriteSession {
         progress: Arc<dyn Progress>,
     ) -> Result<CouchBackupSummary> {
         let files = dump_files(paths)?;
-        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let failure = FirstFailure::default();
         let mut entries = Vec::new();
         let mut jobs = Vec::new();
-        let policy = self.config().chunking;
         for (db, path) in files {
-            let (writers, readers): (Vec<_>, Vec<_>) =
-                (0..format::FILES.len()).map(|_| pipe(16)).unzip();
-            for (file, reader) in format::FILES.iter().zip(readers) {
-                entries.push(Entry {
-                    name: format::item_name(&db, file),
-                    kind: ItemKind::File,
-                    mode: None,
-                    mtime: None,
-                    target: None,
-                    chunker: format::chunker_for(file, &policy),
-                    content: Some(Content::Reader(Box::new(reader))),
-                });
-            }
+            let (db_entries, writers) = streams(&db, &format::files(0), &self.config().chunking);
+            entries.extend(db_entries);
             jobs.push((db, path, writers));
         }
-        let slot = Arc::clone(&failure);
-        let runner = std::thread::spawn(move || {
-            let mut stats = Vec::new();
-            for (db, path, mut writers) in jobs {
-                match import_one(&db, &path, &mut writers) {
-                    Ok(s) => stats.push(s),
-                    Err(e) => {
-                        let detail = e.to_string();
-                        let mut first = slot.lock().unwrap_or_else(|p| p.into_inner());
-                        if first.is_none() {
-                            *first = Some(e);
-                        }
-                        for w in &mut writers {
-                            w.fail(detail.clone());
-                        }
+        let info = SourceInfo {
+            kind: SourceKind::CouchdbImport,
+            command: None,
+            exit_status: None,
+            url: None,
+        };
+        let slot = failure.clone();
+        let (backup, databases) = backup_streams(
+            self,
+            Prepared { info, entries },
+            key,
+            options,
+            progress,
+            &failure,
+            move || {
+                let mut stats = Vec::new();
+                for (db, path, mut writers) in jobs {
+                    match import_one(&db, &path, &mut writers) {
+                        Ok(s) => stats.push(s),
+                        Err(e) => slot.fail(e, &path.display().to_string(), &mut writers),
                     }
                 }
-            }
-            stats
-        });
-        let source = Source::Prepared(Prepared {
-            info: SourceInfo {
-                kind: SourceKind::CouchdbImport,
-                command: None,
-                exit_status: None,
-                url: None,
+                stats
             },
-            entries,
-        });
-        let result = self.backup(source, key, options, progress).await;
-        let databases = runner
-            .join()
-            .map_err(|_| Error::invalid("import thread panicked"))?;
-        if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e);
-        }
+        )
+        .await?;
         Ok(CouchBackupSummary {
-            backup: result?,
+            backup,
             databases,
             requests: 0,
             retries: 0,

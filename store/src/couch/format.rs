@@ -70,6 +70,15 @@ pub fn overlay_file(n: usize) -> String {
     format!("docs.{n:04}.ndjson")
 }
 
+/// A database's files in the order a backup writes them: design, docs,
+/// `overlays` overlays, attachments, local, meta.
+pub fn files(overlays: usize) -> Vec<String> {
+    let mut files = vec![DESIGN_FILE.to_string(), DOCS_FILE.to_string()];
+    files.extend((1..=overlays).map(overlay_file));
+    files.extend([ATTACHMENTS_FILE, LOCAL_FILE, META_FILE].map(String::from));
+    files
+}
+
 /// The number of an overlay file.
 pub fn overlay_number(file: &str) -> Option<usize> {
     let n = file.strip_prefix("docs.")?.strip_suffix(".ndjson")?;
@@ -131,6 +140,11 @@ pub struct DocLine<'a> {
 /// Parses a document line (without its `\n`).
 pub fn parse_doc_line(line: &[u8]) -> serde_json::Result<DocLine<'_>> {
     serde_json::from_slice(line)
+}
+
+/// The lines of `bytes`, without their `\n`.
+pub fn each_line(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty())
 }
 
 /// Appends a document line.

@@ -24,11 +24,98 @@ pub use backup::{CouchBackupOptions, CouchBackupSummary, DbBackupStats, DbSelect
 pub use client::{CouchClient, CouchTarget, Credentials, RetryPolicy};
 
 use std::io::BufReader;
+use std::sync::{Arc, Mutex};
 
-use crate::manifest::{Item, Snapshot};
+use crate::chunker::ChunkingPolicy;
+use crate::error::{Error, Result};
+use crate::key::SecretKey;
+use crate::manifest::{Item, ItemKind, Snapshot};
+use crate::ops::backup::{BackupOptions, BackupSummary, Progress};
 use crate::ops::restore::NoRestoreProgress;
+use crate::ops::source::{Content, Entry, Prepared, Source};
 use crate::repo::IndexedRepository;
-use pipe::{Lines, PipeReader, pipe};
+use crate::session::WriteSession;
+use pipe::{Lines, PipeReader, PipeWriter, pipe};
+
+/// The streams of one database's files: entries for the backup to read,
+/// and, in the same order, the writers its producer fills.
+pub(crate) fn streams(
+    db: &str,
+    files: &[String],
+    policy: &ChunkingPolicy,
+) -> (Vec<Entry>, Vec<PipeWriter>) {
+    files
+        .iter()
+        .map(|file| {
+            let (writer, reader) = pipe(16);
+            let entry = Entry {
+                name: format::item_name(db, file),
+                kind: ItemKind::File,
+                mode: None,
+                mtime: None,
+                target: None,
+                chunker: format::chunker_for(file, policy),
+                content: Some(Content::Reader(Box::new(reader))),
+            };
+            (entry, writer)
+        })
+        .unzip()
+}
+
+/// The first error of the threads that produce a backup's streams: the
+/// cause, where the backup itself only sees a broken pipe.
+#[derive(Clone, Default)]
+pub(crate) struct FirstFailure(Arc<Mutex<Option<Error>>>);
+
+impl FirstFailure {
+    /// Records `e` (unless it only says the backup stopped reading) and
+    /// fails `writers`, so the backup stops too.
+    pub fn fail(&self, e: Error, context: &str, writers: &mut [PipeWriter]) {
+        let detail = format!("{context}: {e}");
+        let reader_gone = matches!(&e, Error::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::BrokenPipe);
+        if !reader_gone {
+            let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert(e);
+        }
+        for w in writers {
+            w.fail(detail.clone());
+        }
+    }
+
+    /// Whether something failed.
+    pub fn is_set(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Backs `source` up while `produce` writes its streams on its own thread; the
+/// producer's recorded failure, if any, is the error.
+pub(crate) async fn backup_streams<T: Send + 'static>(
+    session: &WriteSession,
+    source: Prepared,
+    key: &SecretKey,
+    options: &BackupOptions,
+    progress: Arc<dyn Progress>,
+    failure: &FirstFailure,
+    produce: impl FnOnce() -> T + Send + 'static,
+) -> Result<(BackupSummary, T)> {
+    let producer = std::thread::spawn(produce);
+    let result = session
+        .backup(Source::Prepared(source), key, options, progress)
+        .await;
+    let produced = producer
+        .join()
+        .map_err(|_| Error::invalid("the thread producing the dump panicked"))?;
+    if let Some(e) = failure.take() {
+        return Err(e);
+    }
+    Ok((result?, produced))
+}
 
 /// Streams an item of a snapshot as lines, from a task on `runtime`; a read
 /// failure is an error at the reader, never an early end.

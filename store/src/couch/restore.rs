@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 
 use crate::couch::client::{Body, CouchClient, db_path, doc_path};
 use crate::couch::format::{self, AttHeader, Meta};
-use crate::couch::merge::{GroupReader, Merged};
+use crate::couch::merge::{Group, GroupReader, Merged};
 use crate::couch::pipe::{Lines, PipeReader};
 
 type DocGroups = Merged<BufReader<PipeReader>>;
@@ -609,16 +609,10 @@ impl Driver {
             if group.gone {
                 continue;
             }
-            let lines: Vec<Vec<u8>> = group
-                .lines
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect();
-            self.expect(expected, &group.id, &lines)?;
-            report.leaves_sent += lines.len() as u64;
+            expect(expected, &group)?;
+            report.leaves_sent += group.revs.len() as u64;
             if let Some(cursor) = attachments.as_mut() {
-                let payloads = self.payloads(&group.id, lines, cursor, report)?;
+                let payloads = self.payloads(&group, cursor, report)?;
                 batcher.add(payloads, report)?;
             }
         }
@@ -650,32 +644,19 @@ impl Driver {
         Merged::new(base, overlays)
     }
 
-    fn expect(&self, expected: &mut ExternalSorter, id: &str, docs: &[Vec<u8>]) -> Result<()> {
-        let mut revs = Vec::with_capacity(docs.len());
-        for doc in docs {
-            let parsed = format::parse_doc_line(doc)
-                .map_err(|e| Error::corrupt(format!("document {id:?}"), e.to_string()))?;
-            revs.push(parsed.rev.into_owned());
-        }
-        format::sort_revs(&mut revs);
-        expected
-            .push(id.as_bytes(), revs.join("\n").as_bytes())
-            .map_err(|e| Error::io("sorting document ids", e))
-    }
-
     /// The `_bulk_docs` payloads of one document's leaves, attachments
     /// inlined from attachments.bin.
     fn payloads(
         &self,
-        id: &str,
-        docs: Vec<Vec<u8>>,
+        group: &Group,
         cursor: &mut AttachmentCursor,
         report: &mut DbRestoreReport,
     ) -> Result<Vec<Bytes>> {
+        let id = group.id.as_str();
         let mut data: Option<HashMap<(String, u64, String), Vec<u8>>> = None;
-        let mut out = Vec::with_capacity(docs.len());
-        for line in docs {
-            let parsed = format::parse_doc_line(&line)
+        let mut out = Vec::with_capacity(group.revs.len());
+        for line in format::each_line(&group.lines) {
+            let parsed = format::parse_doc_line(line)
                 .map_err(|e| Error::corrupt(format!("document {id:?}"), e.to_string()))?;
             let stubs = format::stubs(parsed.doc)
                 .map_err(|e| Error::corrupt(format!("document {id:?}"), e.to_string()))?;
@@ -741,28 +722,16 @@ impl Driver {
         report: &mut DbRestoreReport,
     ) -> Result<()> {
         let item_name = format::item_name(&plan.source, format::DESIGN_FILE);
-        let mut lines = self.open(&plan.design);
-        let mut line = Vec::new();
-        let mut by_id: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
-        while lines
-            .next_into(&mut line)
-            .map_err(|e| Error::corrupt(item_name.clone(), e.to_string()))?
-        {
-            let parsed = format::parse_doc_line(&line).map_err(|e| {
-                Error::corrupt(item_name.clone(), format!("line {}: {e}", lines.number))
-            })?;
-            let id = parsed.id.into_owned();
-            match by_id.last_mut() {
-                Some((last, docs)) if *last == id => docs.push(line.clone()),
-                _ => by_id.push((id, vec![line.clone()])),
-            }
-        }
+        let mut groups = GroupReader::new(self.open(&plan.design), item_name.clone());
         let mut batcher = Batcher::new(self, db);
         batcher.max_docs = 50;
-        for (id, docs) in by_id {
-            self.expect(expected, &id, &docs)?;
-            let payloads = docs
-                .iter()
+        while let Some(group) = groups
+            .next_group()
+            .map_err(|e| Error::corrupt(item_name.clone(), e.to_string()))?
+        {
+            expect(expected, &group)?;
+            // Design documents carry their attachments inline.
+            let payloads = format::each_line(&group.lines)
                 .map(|l| {
                     format::parse_doc_line(l)
                         .map(|p| Bytes::copy_from_slice(p.doc.get().as_bytes()))
@@ -928,6 +897,15 @@ impl Driver {
             .finish()
             .map_err(|e| Error::io("sorting document ids", e))
     }
+}
+
+/// Records a document's leaves in the set the target must end up with.
+fn expect(expected: &mut ExternalSorter, group: &Group) -> Result<()> {
+    let mut revs = group.revs.clone();
+    format::sort_revs(&mut revs);
+    expected
+        .push(group.id.as_bytes(), revs.join("\n").as_bytes())
+        .map_err(|e| Error::io("sorting document ids", e))
 }
 
 fn count_revs(revs: &[u8]) -> u64 {

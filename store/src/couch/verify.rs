@@ -114,7 +114,7 @@ fn check_db(
             Ok(Some(group)) => {
                 counts.docs += 1;
                 let mut leaves = 0;
-                for l in group.lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                for l in format::each_line(&group.lines) {
                     leaves += 1;
                     match format::parse_doc_line(l) {
                         Ok(parsed) => {

@@ -31,9 +31,10 @@ use crate::key::PublicKey;
 use crate::manifest::Snapshot;
 use crate::ops::mark::mark;
 use crate::ops::packer::store_index;
+use crate::ops::select::{Selector, SnapshotFilter};
 use crate::ops::verify::check_pack;
 use crate::pack::decode_pack;
-use crate::repo::Repository;
+use crate::repo::{Repository, SnapshotList};
 use crate::session::WriteOptions;
 
 /// Which snapshots to copy.
@@ -177,18 +178,15 @@ impl Repository {
         let newest = list.snapshots.last().cloned();
         check_freshness(&destination, self, newest.as_ref(), options).await?;
 
-        let selected = select(&list.snapshots, &options.selection)?;
-        let present: IdSet<SnapshotId> = destination
-            .list(ObjectDir::Snapshots)
-            .await?
+        let selected = select(&list, &options.selection)?;
+        let at_destination = present(&destination, ObjectDir::Snapshots, |k| match k {
+            ObjectKey::Snapshot(id) => Some(id),
+            _ => None,
+        })
+        .await?;
+        let (done, todo): (Vec<Snapshot>, Vec<Snapshot>) = selected
             .into_iter()
-            .filter_map(|o| match o.key {
-                ObjectKey::Snapshot(id) => Some(id),
-                _ => None,
-            })
-            .collect();
-        let (done, todo): (Vec<Snapshot>, Vec<Snapshot>) =
-            selected.into_iter().partition(|s| present.contains(&s.id));
+            .partition(|s| at_destination.contains(&s.id));
         report.snapshots_present = done.len() as u64;
 
         // Writers hold a lease, so a gc at the destination waits for us.
@@ -233,15 +231,11 @@ impl Repository {
             .collect();
         needed.sort_unstable();
         needed.dedup();
-        let at_destination: IdSet<PackId> = destination
-            .list(ObjectDir::Packs)
-            .await?
-            .into_iter()
-            .filter_map(|o| match o.key {
-                ObjectKey::Pack(id) => Some(id),
-                _ => None,
-            })
-            .collect();
+        let at_destination = present(destination, ObjectDir::Packs, |k| match k {
+            ObjectKey::Pack(id) => Some(id),
+            _ => None,
+        })
+        .await?;
         let (present, missing): (Vec<u32>, Vec<u32>) = needed
             .into_iter()
             .partition(|p| at_destination.contains(&index.pack(*p).id));
@@ -274,7 +268,15 @@ impl Repository {
                 let progress = Arc::clone(&options.progress);
                 async move {
                     let bytes = source.get(&ObjectKey::Pack(id)).await?;
-                    let pack = check_arrival(id, bytes.clone()).await?;
+                    let pack = check_arrival(id, bytes.clone())
+                        .await
+                        .map_err(|e| match e {
+                            Error::Corrupt { object, detail } => Error::Corrupt {
+                                object: format!("{object} at the source {}", source.url()),
+                                detail: format!("{detail}; nothing of it was copied"),
+                            },
+                            other => other,
+                        })?;
                     checked.fetch_add(pack.trailer.blobs.len() as u64, Ordering::Relaxed);
                     destination
                         .put_new(&ObjectKey::Pack(id), bytes.clone())
@@ -353,36 +355,38 @@ async fn check_arrival(id: PackId, bytes: Bytes) -> Result<IndexedPack> {
     .await
 }
 
-fn select(snapshots: &[Snapshot], selection: &Selection) -> Result<Vec<Snapshot>> {
+fn select(list: &SnapshotList, selection: &Selection) -> Result<Vec<Snapshot>> {
+    let snapshots = &list.snapshots;
     Ok(match selection {
-        Selection::All => snapshots.to_vec(),
+        Selection::All => snapshots.clone(),
         Selection::Latest(n) => snapshots[snapshots.len().saturating_sub(*n)..].to_vec(),
         Selection::Since(t) => snapshots
             .iter()
             .filter(|s| s.manifest.time >= *t)
             .cloned()
             .collect(),
-        Selection::Ids(prefixes) => {
-            let mut out = Vec::new();
-            for p in prefixes {
-                let found: Vec<&Snapshot> = snapshots
-                    .iter()
-                    .filter(|s| s.id.to_hex().starts_with(&p.to_ascii_lowercase()))
-                    .collect();
-                match found.as_slice() {
-                    [one] => out.push((*one).clone()),
-                    [] => {
-                        return Err(Error::NotFound {
-                            what: format!("snapshot {p}"),
-                            hint: "list them with `cairn snapshots --repo SOURCE`".into(),
-                        });
-                    }
-                    _ => return Err(Error::invalid(format!("snapshot prefix {p} is ambiguous"))),
-                }
-            }
-            out
-        }
+        Selection::Ids(ids) => ids
+            .iter()
+            .map(|id| {
+                list.select(&Selector::parse(id)?, &SnapshotFilter::default())
+                    .cloned()
+            })
+            .collect::<Result<_>>()?,
     })
+}
+
+/// What `backend` holds of one kind of object, by `id`.
+async fn present<T: std::hash::Hash + Eq>(
+    backend: &Backend,
+    dir: ObjectDir,
+    id: fn(ObjectKey) -> Option<T>,
+) -> Result<std::collections::HashSet<T>> {
+    Ok(backend
+        .list(dir)
+        .await?
+        .into_iter()
+        .filter_map(|o| id(o.key))
+        .collect())
 }
 
 fn state_key(source: &Repository) -> ObjectKey {
