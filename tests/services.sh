@@ -131,3 +131,82 @@ start_pouchdb() {
   export CAIRN_TEST_COUCH_LOG=$dir/log.txt
   log "pouchdb-server (CouchDB API) at http://127.0.0.1:$p (admin:s3cret, in memory, log $dir/log.txt)"
 }
+
+install_sshd() {
+  if [ ! -x /usr/sbin/sshd ] || [ ! -x /usr/bin/ssh ]; then
+    log "installing openssh-server and openssh-client (Debian)"
+    local sudo=
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client >/dev/null ||
+      { $sudo apt-get update -q >/dev/null &&
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client >/dev/null; }
+  fi
+}
+
+# Starts a throw-away sshd on a loopback port: its own host key, one
+# authorized client key, public-key logins only, for the current user.
+# Exports CAIRN_SSH_COMMAND (ssh with a config that knows the host key and
+# the client key), CAIRN_TEST_SSH (an ssh:// URL of a directory for test
+# repositories), CAIRN_TEST_SSH_DIR (the same directory, locally) and
+# CAIRN_TEST_SSH_KEYS (client_key, stranger_key (not authorized), known_hosts).
+start_sshd() {
+  install_sshd
+  local dir="$SERVICES_DIR/ssh" p=12222 pid attempt i ready= user
+  user=$(id -un)
+  mkdir -p "$dir/remote"
+  chmod 700 "$dir"
+  ssh-keygen -q -t ed25519 -N '' -C cairn-test-host -f "$dir/host_key"
+  ssh-keygen -q -t ed25519 -N '' -C cairn-test-client -f "$dir/client_key"
+  ssh-keygen -q -t ed25519 -N '' -C cairn-test-stranger -f "$dir/stranger_key"
+  cp "$dir/client_key.pub" "$dir/authorized_keys"
+  # Root's sshd wants its privilege-separation directory.
+  [ "$(id -u)" != 0 ] || mkdir -p /run/sshd
+  for attempt in 1 2 3 4 5; do
+    p=$(free_port "$p")
+    cat > "$dir/sshd_config" <<CONF
+ListenAddress 127.0.0.1:$p
+HostKey $dir/host_key
+PidFile $dir/sshd.pid
+AuthorizedKeysFile $dir/authorized_keys
+AllowUsers $user
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+CONF
+    /usr/sbin/sshd -D -e -f "$dir/sshd_config" 2> "$dir/sshd.log" &
+    pid=$!
+    for i in $(seq 1 40); do
+      if ss -ltnpH "sport = :$p" 2>/dev/null | grep -q "pid=$pid,"; then ready=1; break; fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.25
+    done
+    [ -n "$ready" ] && break
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    log "sshd did not start on port $p (attempt $attempt)"
+    cat "$dir/sshd.log" >&2 || true
+    p=$((p + 7))
+  done
+  [ -n "$ready" ] || return 1
+  CLEANUPS+=("kill $pid 2>/dev/null; wait $pid 2>/dev/null")
+  echo "[127.0.0.1]:$p $(cut -d' ' -f1,2 "$dir/host_key.pub")" > "$dir/known_hosts"
+  cat > "$dir/ssh_config" <<CONF
+Host 127.0.0.1
+  IdentityFile $dir/client_key
+  IdentitiesOnly yes
+  UserKnownHostsFile $dir/known_hosts
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+CONF
+  export CAIRN_SSH_COMMAND="ssh -F $dir/ssh_config"
+  export CAIRN_TEST_SSH="ssh://$user@127.0.0.1:$p$dir/remote"
+  export CAIRN_TEST_SSH_DIR="$dir/remote"
+  export CAIRN_TEST_SSH_KEYS="$dir"
+  # Proof that a login works, before any test relies on it.
+  $CAIRN_SSH_COMMAND -p "$p" "$user@127.0.0.1" -s sftp < /dev/null > /dev/null 2>&1 || true
+  log "sshd at 127.0.0.1:$p (user $user, keys in $dir, repositories under $dir/remote)"
+}

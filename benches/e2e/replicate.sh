@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Replication throughput, local → S3: `cairn replicate` beside `restic copy`
-# between two restic repositories holding the same data, in one run.
+# Replication throughput, local → S3, serve → local and local → ssh://:
+# `cairn replicate` beside `restic copy` between two restic repositories
+# holding the same data, in one run.
 #
 # Usage: benches/e2e/replicate.sh [--scale S] [--days N] [--work DIR]
 # Each day: the workload's CouchDB dumps (cairn-workload) are backed up into a
@@ -77,6 +78,21 @@ for day in $(seq -f '%02g' 1 "$DAYS"); do
   }' >> "$RESULTS"
   tail -1 "$RESULTS"
 done
+# A table of one whole copy by each tool: $ct/$rt seconds, $cb/$rb bytes at
+# the destination, $total_mb MB of source data. Arguments: title, the two rows' names.
+whole_copy_table() {
+  {
+    echo
+    echo "$1"
+    echo
+    echo "| | s | MB/s of source data | bytes at the destination |"
+    echo "|---|---:|---:|---:|"
+    awk -v t="$ct" -v mb="$total_mb" -v b="$cb" -v n="$2" 'BEGIN { printf "| %s | %.2f | %.1f | %d |\n", n, t, mb / t, b }'
+    awk -v t="$rt" -v mb="$total_mb" -v b="$rb" -v n="$3" 'BEGIN { printf "| %s | %.2f | %.1f | %d |\n", n, t, mb / t, b }'
+    awk -v c="$ct" -v r="$rt" 'BEGIN { printf "\nrestic / cairn time: %.2f\n", r / c }'
+  } >> "$RESULTS"
+}
+
 # serve → local: every snapshot pulled through `cairn serve` into a new
 # local replica, beside `restic copy` of every snapshot into a new local
 # restic repository (restic has no server of its own in this comparison).
@@ -92,17 +108,27 @@ kill $SERVE_PID; wait $SERVE_PID 2> /dev/null || true
 restic -q -r "$WORK/restic-pull" init --from-repo "$WORK/restic" --from-password-command "echo bench" --copy-chunker-params > /dev/null
 rt=$(timed restic -q -r "$WORK/restic-pull" copy --from-repo "$WORK/restic" --from-password-command "echo bench")
 cb=$(du -sb "$WORK/cairn-pull" | cut -f1); rb=$(du -sb "$WORK/restic-pull" | cut -f1)
-{
-  echo
-  echo "Every snapshot pulled at once ($DAYS days, $total_mb MB of dumps): cairn serve → local replica vs restic copy local → local."
-  echo
-  echo "| | s | MB/s of source data | bytes at the destination |"
-  echo "|---|---:|---:|---:|"
-  awk -v t="$ct" -v mb="$total_mb" -v b="$cb" 'BEGIN { printf "| cairn replicate (serve → local) | %.2f | %.1f | %d |\n", t, mb / t, b }'
-  awk -v t="$rt" -v mb="$total_mb" -v b="$rb" 'BEGIN { printf "| restic copy (local → local) | %.2f | %.1f | %d |\n", t, mb / t, b }'
-  awk -v c="$ct" -v r="$rt" 'BEGIN { printf "\nrestic / cairn time: %.2f\n", r / c }'
-} >> "$RESULTS"
+whole_copy_table "Every snapshot pulled at once ($DAYS days, $total_mb MB of dumps): cairn serve → local replica vs restic copy local → local." \
+  "cairn replicate (serve → local)" "restic copy (local → local)"
 tail -6 "$RESULTS"
+
+# local → ssh://: every snapshot copied at once to the throw-away sshd of
+# tests/services.sh, beside restic copy into a restic repository on the same
+# sshd over sftp (both tools go through the same ssh client and server).
+start_sshd
+SSH_PORT=${CAIRN_TEST_SSH##*:}; SSH_PORT=${SSH_PORT%%/*}
+SSH_USER=$(id -un)
+ct=$(timed "$CAIRN" replicate --from "$WORK/cairn" --to "$CAIRN_TEST_SSH/cairn" --concurrency 4)
+RESTIC_SFTP=(-o "sftp.command=$CAIRN_SSH_COMMAND -p $SSH_PORT $SSH_USER@127.0.0.1 -s sftp")
+restic -q -r "sftp:$SSH_USER@127.0.0.1:$CAIRN_TEST_SSH_DIR/restic" "${RESTIC_SFTP[@]}" init \
+  --from-repo "$WORK/restic" --from-password-command "echo bench" --copy-chunker-params > /dev/null
+rt=$(timed restic -q -r "sftp:$SSH_USER@127.0.0.1:$CAIRN_TEST_SSH_DIR/restic" "${RESTIC_SFTP[@]}" copy \
+  --from-repo "$WORK/restic" --from-password-command "echo bench")
+cb=$(du -sb "$CAIRN_TEST_SSH_DIR/cairn" | cut -f1); rb=$(du -sb "$CAIRN_TEST_SSH_DIR/restic" | cut -f1)
+whole_copy_table "Every snapshot copied at once ($DAYS days, $total_mb MB of dumps) to an sshd on loopback: cairn replicate local → ssh:// vs restic copy local → sftp:." \
+  "cairn replicate (local → ssh://)" "restic copy (local → sftp:)"
+tail -6 "$RESULTS"
+"$CAIRN" verify --repo "$CAIRN_TEST_SSH/cairn" --read-data > /dev/null && echo "ssh replica verify --read-data: clean"
 
 # The replica is checked like any repository.
 "$CAIRN" verify --repo s3://test/cairn --read-data >> "$RESULTS.verify" 2>&1 && echo "replica verify --read-data: clean" || echo "replica verify FAILED"

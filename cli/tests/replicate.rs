@@ -1,4 +1,4 @@
-//! `cairn replicate` between local and S3 repositories.
+//! `cairn replicate` between local, S3 and `ssh://` repositories.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -123,61 +123,139 @@ fn replication_to_and_from_s3() {
 }
 
 #[test]
+fn replication_to_an_ssh_server_and_back() {
+    let Some((base, dir)) = ssh_base() else {
+        return;
+    };
+    let f = Fixture::new();
+    let src = f.repo.to_str().unwrap().to_string();
+    let name = format!("replica-{}", unique_name());
+    let (dst, dst_dir) = (format!("{base}/{name}"), dir.join(&name));
+    let data = random_bytes(8 << 20, 21);
+    f.backup_bytes("db.dump", &data, &[]);
+    f.backup_bytes("volume.tar", &random_bytes(1 << 20, 22), &[]);
+    let report = ok(&mut replicate(&src, &dst, &["--verify"])).json();
+    assert_eq!(report["initialised"], true);
+    assert_eq!(report["snapshots_copied"].as_array().unwrap().len(), 2);
+    assert_eq!(report["packs_verified"], report["packs_copied"]);
+    assert_same_snapshots(&src, &dst);
+    // The files on the server are the repository's, byte for byte, and
+    // no staging file is left.
+    let (ours, theirs) = (files_under(&f.repo), files_under(&dst_dir));
+    for (key, bytes) in &theirs {
+        assert!(!key.contains('#'), "staging file {key} left on the server");
+        if key.starts_with("packs/") || key.starts_with("snapshots/") {
+            assert!(
+                ours.get(key) == Some(bytes),
+                "{key} differs from the source's"
+            );
+        }
+    }
+
+    // A daily incremental sends about what the backup added (bytes on
+    // each side's disk), and a run with nothing new sends nothing.
+    let stored = |repo: &Path| -> u64 { files_under(repo).values().map(|v| v.len() as u64).sum() };
+    let (src_before, dst_before) = (stored(&f.repo), stored(&dst_dir));
+    let mut changed = data.clone();
+    changed[4 << 20..(4 << 20) + 40_000].copy_from_slice(&random_bytes(40_000, 23));
+    f.backup_bytes("db.dump", &changed, &[]);
+    let report = ok(&mut replicate(&src, &dst, &[])).json();
+    let (grown, added) = (stored(&dst_dir) - dst_before, stored(&f.repo) - src_before);
+    assert!(
+        grown * 10 <= added * 11,
+        "the replica grew {grown} bytes, the source {added}"
+    );
+    assert!(report["bytes_skipped"].as_u64().unwrap() > 0);
+    assert_eq!(ok(&mut replicate(&src, &dst, &[])).json()["bytes_sent"], 0);
+    assert_same_snapshots(&src, &dst);
+
+    // The admin's pull, the other way: ssh → local, newest only.
+    let back = f.path("back").to_str().unwrap().to_string();
+    let report = ok(&mut replicate(&dst, &back, &["--latest", "1", "--verify"])).json();
+    assert_eq!(report["snapshots_copied"].as_array().unwrap().len(), 1);
+    assert_eq!(snapshot_ids(&back), vec![snapshot_ids(&src).pop().unwrap()]);
+    let restored = ok(&mut cairn_args([
+        "restore", "--repo", &back, "latest", "--stdout",
+    ]))
+    .stdout;
+    assert!(restored == changed);
+}
+
+/// Starts `replicate --from src --to dst`, kills it a delay that grows
+/// with `seed` after the destination is initialised, checks that whatever the destination (`dst_dir` on
+/// this machine) lists is complete, then runs it again and checks that no
+/// pack already there was sent again and that the replica equals the source.
+fn kill_and_resume(src: &str, dst: &str, dst_dir: &Path, seed: u64) {
+    let bin = assert_cmd::cargo::cargo_bin("cairn");
+    let mut child = std::process::Command::new(&bin)
+        .args([
+            "replicate",
+            "--from",
+            src,
+            "--to",
+            dst,
+            "--concurrency",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dst_dir.join("config").exists() && started.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(40 * seed + 20));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Whatever the destination lists is complete.
+    if dst_dir.join("config").exists() {
+        ok(&mut cairn_args(["verify", "--repo", dst, "--read-data"]));
+    }
+    let present = if dst_dir.join("packs").exists() {
+        packs_bytes(dst_dir)
+    } else {
+        0
+    };
+    let report: Value = ok(&mut replicate(src, dst, &[])).json();
+    eprintln!(
+        "seed {seed}: {present} bytes of packs were there, {} sent after",
+        report["bytes_sent"]
+    );
+    // Packs already there were not sent again.
+    if report["snapshots_copied"].as_array().unwrap().is_empty() {
+        assert_eq!(
+            report["bytes_sent"], 0,
+            "seed {seed}: the first run had finished"
+        );
+    } else {
+        assert_eq!(
+            report["bytes_skipped"].as_u64().unwrap(),
+            present,
+            "seed {seed}"
+        );
+    }
+    assert_same_snapshots(src, dst);
+}
+
+#[test]
 fn killed_and_run_again_it_resends_only_what_was_in_flight() {
     let f = Fixture::new();
     let src = f.repo.to_str().unwrap().to_string();
     for i in 0..3 {
         f.backup_bytes(&format!("part{i}"), &random_bytes(12 << 20, 10 + i), &[]);
     }
-    let bin = assert_cmd::cargo::cargo_bin("cairn");
     for seed in 1u64..=3 {
         let dst = f.path(&format!("replica{seed}"));
-        let dst_s = dst.to_str().unwrap().to_string();
-        let mut child = std::process::Command::new(&bin)
-            .args([
-                "replicate",
-                "--from",
-                &src,
-                "--to",
-                &dst_s,
-                "--concurrency",
-                "1",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(40 * seed + 20));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        // Whatever the destination lists is complete.
-        if dst.join("config").exists() {
-            ok(&mut cairn_args(["verify", "--repo", &dst_s, "--read-data"]));
-        }
-        let present = if dst.join("packs").exists() {
-            packs_bytes(&dst)
-        } else {
-            0
-        };
-        let report: Value = ok(&mut replicate(&src, &dst_s, &[])).json();
-        eprintln!(
-            "seed {seed}: {present} bytes of packs were there, {} sent after",
-            report["bytes_sent"]
-        );
-        // Packs already there were not sent again.
-        if report["snapshots_copied"].as_array().unwrap().is_empty() {
-            assert_eq!(
-                report["bytes_sent"], 0,
-                "seed {seed}: the first run had finished"
-            );
-        } else {
-            assert_eq!(
-                report["bytes_skipped"].as_u64().unwrap(),
-                present,
-                "seed {seed}"
-            );
-        }
-        assert_same_snapshots(&src, &dst_s);
+        kill_and_resume(&src, dst.to_str().unwrap(), &dst, seed);
+    }
+    // The same over SFTP, where a killed write leaves a staging file.
+    let Some((base, dir)) = ssh_base() else {
+        return;
+    };
+    for seed in [5u64, 9] {
+        let name = format!("killed-{}", unique_name());
+        kill_and_resume(&src, &format!("{base}/{name}"), &dir.join(&name), seed);
     }
 }
 

@@ -399,3 +399,25 @@ pub fn s3_base() -> Option<String> {
         }
     }
 }
+
+/// The throw-away sshd from `tests/services.sh`: an `ssh://` URL of a
+/// directory for test repositories and that directory on this machine.
+/// `CAIRN_SSH_COMMAND` (exported with it) holds the client's key and
+/// known host.
+pub fn ssh_base() -> Option<(String, PathBuf)> {
+    match (
+        std::env::var("CAIRN_TEST_SSH"),
+        std::env::var("CAIRN_TEST_SSH_DIR"),
+    ) {
+        (Ok(url), Ok(dir)) => Some((url.trim_end_matches('/').to_string(), PathBuf::from(dir))),
+        _ if std::env::var("CAIRN_TEST_REQUIRE_SSH").as_deref() == Ok("1") => panic!(
+            "CAIRN_TEST_REQUIRE_SSH=1 but CAIRN_TEST_SSH is not set: start the services with tests/run"
+        ),
+        _ => {
+            eprintln!(
+                "note: ssh:// CLI tests skipped (CAIRN_TEST_SSH unset); `tests/run` runs them"
+            );
+            None
+        }
+    }
+}

@@ -8,14 +8,15 @@ use std::ops::Range;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use reqwest::{Method, StatusCode, header};
+
+use super::whole;
 
 /// A client of `cairn serve`.
 #[derive(Clone)]
@@ -39,9 +40,11 @@ impl fmt::Display for ServeStore {
 
 type Res<T> = object_store::Result<T>;
 
+const STORE: &str = "cairn serve";
+
 fn generic(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> object_store::Error {
     object_store::Error::Generic {
-        store: "cairn serve",
+        store: STORE,
         source: e.into(),
     }
 }
@@ -145,16 +148,7 @@ impl ObjectStore for ServeStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Res<PutResult> {
-        let create = match opts.mode {
-            PutMode::Create => true,
-            PutMode::Overwrite => false,
-            PutMode::Update(_) => {
-                return Err(object_store::Error::NotImplemented {
-                    operation: "conditional update".into(),
-                    implementer: "cairn serve".into(),
-                });
-            }
-        };
+        let create = whole::is_create(&opts.mode, STORE)?;
         let body: Bytes = payload.into();
         self.send(Method::PUT, location.as_ref(), |r| {
             let r = r.body(body);
@@ -165,11 +159,7 @@ impl ObjectStore for ServeStore {
             }
         })
         .await?;
-        Ok(PutResult {
-            e_tag: None,
-            version: None,
-            extensions: Default::default(),
-        })
+        Ok(whole::put_result())
     }
 
     async fn put_multipart_opts(
@@ -177,10 +167,7 @@ impl ObjectStore for ServeStore {
         _location: &Path,
         _opts: PutMultipartOptions,
     ) -> Res<Box<dyn MultipartUpload>> {
-        Err(object_store::Error::NotImplemented {
-            operation: "multipart upload".into(),
-            implementer: "cairn serve".into(),
-        })
+        Err(whole::not_implemented("multipart upload", STORE))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Res<GetResult> {
@@ -223,44 +210,31 @@ impl ObjectStore for ServeStore {
                 } else {
                     bytes.len() as u64
                 };
-        Ok(GetResult {
-            payload: GetResultPayload::Stream(
-                futures::stream::once(async move { Ok(bytes) }).boxed(),
-            ),
-            meta: ObjectMeta {
-                location: location.clone(),
-                last_modified: modified,
-                size,
-                e_tag: None,
-                version: None,
-            },
-            range,
-            attributes: Default::default(),
-            extensions: Default::default(),
-        })
+        let meta = ObjectMeta {
+            location: location.clone(),
+            last_modified: modified,
+            size,
+            e_tag: None,
+            version: None,
+        };
+        Ok(whole::get_result(meta, bytes, range))
     }
 
     fn delete_stream(
         &self,
         locations: BoxStream<'static, Res<Path>>,
     ) -> BoxStream<'static, Res<Path>> {
-        let this = self.clone();
-        locations
-            .then(move |location| {
-                let this = this.clone();
-                async move {
-                    let location = location?;
-                    this.send(Method::DELETE, location.as_ref(), |r| r).await?;
-                    Ok(location)
-                }
-            })
-            .boxed()
+        whole::delete_each(self.clone(), locations, |this, location| async move {
+            this.send(Method::DELETE, location.as_ref(), |r| r)
+                .await
+                .map(|_| ())
+        })
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Res<ObjectMeta>> {
         let prefix = prefix.map(|p| p.to_string()).unwrap_or_default();
         let this = self.clone();
-        futures::stream::once(async move {
+        whole::list_stream(async move {
             let response = this
                 .send(Method::GET, &format!("?list={prefix}"), |r| r)
                 .await?;
@@ -268,42 +242,23 @@ impl ObjectStore for ServeStore {
             let mut out = Vec::new();
             for line in text.lines().filter(|l| !l.is_empty()) {
                 let v: serde_json::Value = serde_json::from_str(line).map_err(generic)?;
-                out.push(Ok(ObjectMeta {
+                out.push(ObjectMeta {
                     location: Path::from(v["key"].as_str().unwrap_or_default()),
                     last_modified: millis(v["modified_ms"].as_i64().unwrap_or(0)),
                     size: v["size"].as_u64().unwrap_or(0),
                     e_tag: None,
                     version: None,
-                }));
+                });
             }
-            Ok::<_, object_store::Error>(futures::stream::iter(out))
+            Ok(out)
         })
-        .map(|r| match r {
-            Ok(s) => s.boxed(),
-            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-        })
-        .flatten()
-        .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Res<ListResult> {
-        let objects: Vec<ObjectMeta> = self
-            .list(prefix)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Res<_>>()?;
-        Ok(ListResult {
-            common_prefixes: Vec::new(),
-            objects,
-            extensions: Default::default(),
-        })
+        whole::list_flat(self.list(prefix)).await
     }
 
     async fn copy_opts(&self, _from: &Path, _to: &Path, _options: CopyOptions) -> Res<()> {
-        Err(object_store::Error::NotImplemented {
-            operation: "copy".into(),
-            implementer: "cairn serve".into(),
-        })
+        Err(whole::not_implemented("copy", STORE))
     }
 }

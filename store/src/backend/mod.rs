@@ -16,6 +16,10 @@ pub mod fault;
 
 pub mod http;
 
+pub mod ssh;
+
+mod whole;
+
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
@@ -182,11 +186,19 @@ pub enum Location {
         /// Key prefix, without leading or trailing `/` (may be empty).
         prefix: String,
     },
+    /// A directory on an SSH server, reached over SFTP.
+    Ssh(ssh::SshTarget),
 }
 
 impl Location {
-    /// Parses a repository URL: a path, `file://PATH` or `s3://BUCKET[/PREFIX]`.
+    /// Parses a repository URL: a path, `file://PATH`, `s3://BUCKET[/PREFIX]`,
+    /// `http(s)://HOST:PORT/` or `ssh://[USER@]HOST[:PORT]/PATH`.
     pub fn parse(url: &str) -> Result<Location> {
+        if url.starts_with("ssh://") {
+            return ssh::SshTarget::parse(url)
+                .map(Location::Ssh)
+                .map_err(Error::invalid);
+        }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -208,7 +220,7 @@ impl Location {
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(Error::Unsupported {
                 what: format!(
-                    "repository URL scheme {scheme:?} is not supported; use a path, file://PATH, s3://BUCKET/PREFIX or http(s)://HOST:PORT/ (cairn serve)"
+                    "repository URL scheme {scheme:?} is not supported; use a path, file://PATH, s3://BUCKET/PREFIX, http(s)://HOST:PORT/ (cairn serve) or ssh://[USER@]HOST[:PORT]/PATH"
                 ),
             });
         }
@@ -293,6 +305,14 @@ impl Backend {
                 let store =
                     http::ServeStore::new(&base, token, ca.as_deref(), options.retry_timeout)
                         .map_err(|e| Error::invalid(format!("{url}: {e}")))?;
+                Ok(Backend::new(Arc::new(store), url))
+            }
+            // Directories are made as objects are written; nothing to create.
+            Location::Ssh(target) => {
+                let command = std::env::var("CAIRN_SSH_COMMAND")
+                    .ok()
+                    .filter(|c| !c.trim().is_empty());
+                let store = ssh::SftpStore::new(target, ssh::Transport::Ssh(command));
                 Ok(Backend::new(Arc::new(store), url))
             }
         }
