@@ -186,6 +186,42 @@ fn a_terminated_server_stops_cleanly() {
 }
 
 #[test]
+fn a_terminated_server_finishes_the_write_in_flight() {
+    let f = Fixture::new();
+    let mut server = start(&f.repo, &token_file(f.tmp.path()));
+    let body = random_bytes(1 << 20, 41);
+    // Half of a PUT's body is sent, then the server is told to stop.
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        s,
+        "PUT /gc/in-flight HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {APPEND}\r\n\
+         If-None-Match: *\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    Command::new("kill")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    // It stops accepting connections…
+    let refused = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        TcpStream::connect(("127.0.0.1", server.port)).is_err()
+    });
+    assert!(refused, "the server still accepts connections after SIGTERM");
+    // …but the request in flight completes and is stored whole.
+    s.write_all(&body[body.len() / 2..]).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head[9..12], b"201", "{}", String::from_utf8_lossy(&head));
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(std::fs::read(f.repo.join("gc/in-flight")).unwrap() == body);
+}
+
+#[test]
 fn backup_restore_and_replication_through_serve() {
     let f = Fixture::new();
     let server = start(&f.repo, &token_file(f.tmp.path()));
