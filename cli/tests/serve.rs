@@ -210,7 +210,10 @@ fn a_terminated_server_finishes_the_write_in_flight() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         TcpStream::connect(("127.0.0.1", server.port)).is_err()
     });
-    assert!(refused, "the server still accepts connections after SIGTERM");
+    assert!(
+        refused,
+        "the server still accepts connections after SIGTERM"
+    );
     // …but the request in flight completes and is stored whole.
     s.write_all(&body[body.len() / 2..]).unwrap();
     let mut head = [0u8; 12];

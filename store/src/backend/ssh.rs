@@ -85,7 +85,22 @@ impl SshTarget {
                 "{url:?}: passwords do not go in the URL; use a key (ssh-agent, ~/.ssh/config)"
             ));
         }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(format!(
+                "{url:?}: '?' and '#' are not allowed; percent-encode them in the path"
+            ));
+        }
+        if parsed.port() == Some(0) {
+            return Err(format!("{url:?}: port 0"));
+        }
         let path = decode(parsed.path())?;
+        if path
+            .chars()
+            .chain(user.iter().flat_map(|u| u.chars()))
+            .any(char::is_control)
+        {
+            return Err(format!("{url:?}: control characters in the user or path"));
+        }
         let root = match path.strip_prefix("/~") {
             Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.trim_matches('/'),
             _ => path.trim_end_matches('/'),
@@ -150,7 +165,8 @@ pub struct SftpStore {
 struct Inner {
     target: SshTarget,
     transport: Transport,
-    conn: tokio::sync::OnceCell<Conn>,
+    /// The session; replaced by the next request once it broke.
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
 
 struct Conn {
@@ -159,6 +175,9 @@ struct Conn {
     _child: Child,
     /// What ssh said on stderr: the reason, when the link fails.
     stderr: Arc<Mutex<String>>,
+    /// Set when a request failed for the transport (not for an SFTP
+    /// status): ssh died or the link dropped.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for SftpStore {
@@ -206,7 +225,7 @@ impl SftpStore {
             inner: Arc::new(Inner {
                 target,
                 transport,
-                conn: tokio::sync::OnceCell::new(),
+                conn: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -236,8 +255,20 @@ impl SftpStore {
         command
     }
 
-    async fn conn(&self) -> Res<&Conn> {
-        self.inner.conn.get_or_try_init(|| self.connect()).await
+    /// The session, started on first use and started again after it broke
+    /// (a long `cairn serve --repo ssh://…` outlives a network blip; the
+    /// request that met the failure reports it).
+    async fn conn(&self) -> Res<Arc<Conn>> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(conn) = slot.as_ref()
+            && !conn.broken.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(Arc::clone(conn));
+        }
+        *slot = None;
+        let conn = Arc::new(self.connect().await?);
+        *slot = Some(Arc::clone(&conn));
+        Ok(conn)
     }
 
     async fn connect(&self) -> Res<Conn> {
@@ -253,7 +284,7 @@ impl SftpStore {
         };
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&stderr);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = err.read(&mut buf).await {
                 let text = String::from_utf8_lossy(&buf[..n]);
@@ -269,27 +300,19 @@ impl SftpStore {
         let sftp = match Sftp::new(stdin, stdout, options).await {
             Ok(sftp) => sftp,
             Err(e) => {
-                // ssh exits when it cannot connect or log in; give it a
-                // moment so that its stderr tells why.
+                // ssh exits when it cannot connect or log in; its stderr,
+                // read to the end, tells why.
                 let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
                 let said = stderr.lock().map(|s| s.clone()).unwrap_or_default();
                 return Err(self.handshake_error(&e, said.trim()));
             }
         };
-        if !sftp.support_hardlink() {
-            return Err(object_store::Error::NotSupported {
-                source: format!(
-                    "{self}: the server's SFTP lacks hardlink@openssh.com, which Cairn needs \
-                     for create-only writes; use an OpenSSH server (5.7 or later)"
-                )
-                .into(),
-            });
-        }
         Ok(Conn {
             sftp,
             _child: child,
             stderr,
+            broken: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -344,8 +367,11 @@ impl SftpStore {
                 }
             }
             SftpError::SftpError(..) => generic(format!("{path}: {e}")),
-            // The link itself broke: say what ssh said.
+            // The link itself broke: say what ssh said; the next request
+            // starts a new session.
             other => {
+                conn.broken
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 let said = conn.stderr.lock().map(|s| s.clone()).unwrap_or_default();
                 let said = said.trim();
                 generic(if said.is_empty() {
@@ -355,6 +381,62 @@ impl SftpStore {
                 })
             }
         }
+    }
+
+    /// Writes `bytes` to a staging name, then publishes it as `location`:
+    /// with `create`, by a hard link that fails if the key exists; else by
+    /// an atomic rename over it.
+    async fn publish(&self, location: &Path, bytes: Bytes, create: bool) -> Res<()> {
+        let conn = self.conn().await?;
+        let conn = &*conn;
+        let (needed, supported) = if create {
+            ("hardlink@openssh.com", conn.sftp.support_hardlink())
+        } else {
+            ("posix-rename@openssh.com", conn.sftp.support_posix_rename())
+        };
+        if !supported {
+            return Err(object_store::Error::NotSupported {
+                source: format!(
+                    "{self}: the server's SFTP lacks {needed}, which Cairn needs for atomic \
+                     writes; use an OpenSSH server (5.7 or later)"
+                )
+                .into(),
+            });
+        }
+        let path = self.full(location);
+        let tmp = staging(&path)?;
+        self.write_new(conn, &tmp, &bytes).await?;
+        let mut fs = conn.sftp.fs();
+        if !create {
+            let renamed = fs.rename(&tmp, &path).await;
+            if renamed.is_err() {
+                let _ = fs.remove_file(&tmp).await;
+            }
+            return renamed.map_err(|e| self.error(conn, &path, e));
+        }
+        let linked = fs.hard_link(&tmp, &path).await;
+        let _ = fs.remove_file(&tmp).await;
+        let Err(e) = linked else { return Ok(()) };
+        if fs.metadata(&path).await.is_ok() {
+            return Err(object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: "exists".into(),
+            });
+        }
+        Err(match e {
+            // The link was refused for another reason than the name being
+            // taken: most likely a file system without hard links.
+            SftpError::SftpError(SftpErrorKind::Failure | SftpErrorKind::OpUnsupported, _) => {
+                object_store::Error::NotSupported {
+                    source: format!(
+                        "{path}: the server could not hard-link the written object into place \
+                         ({e}); Cairn needs a file system with hard links for create-only writes"
+                    )
+                    .into(),
+                }
+            }
+            e => self.error(conn, &path, e),
+        })
     }
 
     /// Creates `dir` and its missing parents.
@@ -434,7 +516,11 @@ impl SftpStore {
             let _ = conn.sftp.fs().remove_file(path).await;
             return Err(e);
         }
-        file.close().await.map_err(|e| self.error(conn, path, e))
+        if let Err(e) = file.close().await {
+            let _ = conn.sftp.fs().remove_file(path).await;
+            return Err(self.error(conn, path, e));
+        }
+        Ok(())
     }
 
     /// A failed write: "no space" when the file system is (nearly) full,
@@ -495,7 +581,8 @@ impl SftpStore {
         } else {
             self.read_range(conn, &file, path, range.clone()).await?
         };
-        let _ = file.close().await;
+        // Dropping the handle closes it in the background: no round trip.
+        drop(file);
         let range = if options.head {
             range
         } else {
@@ -517,10 +604,7 @@ impl SftpStore {
         let pieces = starts.map(|start| {
             let mut f = file.clone();
             let want = usize::try_from(piece.min(range.end - start)).unwrap_or(0);
-            async move {
-                f.seek(std::io::SeekFrom::Start(start)).await?;
-                f.read_all(want, BytesMut::with_capacity(want)).await
-            }
+            async move { read_at(&mut f, start, want).await }
         });
         let parts: Vec<BytesMut> = futures::stream::iter(pieces)
             .buffered(IN_FLIGHT)
@@ -534,6 +618,9 @@ impl SftpStore {
                 }
                 e => self.error(conn, path, e),
             })?;
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().unwrap_or_default().freeze());
+        }
         let mut out =
             BytesMut::with_capacity(usize::try_from(range.end - range.start).unwrap_or(0));
         for part in parts {
@@ -547,6 +634,7 @@ impl SftpStore {
     /// 256 fan-out directories: one round trip's worth, not 256).
     async fn walk(&self, prefix: &str) -> Res<Vec<ObjectMeta>> {
         let conn = self.conn().await?;
+        let conn = &*conn;
         let mut out = Vec::new();
         let mut level = vec![prefix.trim_matches('/').to_string()];
         while !level.is_empty() {
@@ -587,17 +675,49 @@ impl SftpStore {
             .try_collect()
             .await
             .map_err(|e| self.error(conn, &full, e))?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|entry| {
-                let name = entry.filename().to_str()?;
-                if name == "." || name == ".." || name.contains('#') {
-                    return None;
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some(name) = entry.filename().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." || name.contains('#') {
+                continue;
+            }
+            let mut meta = entry.metadata();
+            // READDIR reports the link itself; like the local backend,
+            // follow it (a dangling one is left out).
+            if !meta.file_type().is_some_and(|t| t.is_dir() || t.is_file()) {
+                match conn.sftp.fs().metadata(join(&full, name)).await {
+                    Ok(target) => meta = target,
+                    Err(_) => continue,
                 }
-                Some((join(&rel, name), entry.metadata()))
-            })
-            .collect())
+            }
+            out.push((join(&rel, name), meta));
+        }
+        Ok(out)
     }
+}
+
+/// Reads exactly `want` bytes at `offset`, asking again after a short
+/// answer (the crate's `read_all` would advance by what it asked for, not
+/// what it got); the file ending first is `UnexpectedEof`.
+async fn read_at(
+    f: &mut openssh_sftp_client::file::File,
+    offset: u64,
+    want: usize,
+) -> Result<BytesMut, SftpError> {
+    let mut out = BytesMut::with_capacity(want);
+    while out.len() < want {
+        f.seek(std::io::SeekFrom::Start(offset + out.len() as u64))
+            .await?;
+        let ask = u32::try_from(want - out.len()).unwrap_or(u32::MAX);
+        let len = out.len();
+        match f.read(ask, out.split_off(len)).await? {
+            Some(got) if !got.is_empty() => out.unsplit(got),
+            _ => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+        }
+    }
+    Ok(out)
 }
 
 /// A read's answer: `bytes` of `range` of the file at `path`.
@@ -615,6 +735,7 @@ fn result(path: &str, meta: &MetaData, bytes: Bytes, range: Range<u64>) -> GetRe
 /// `root/key`, where an empty root is the login's home directory.
 fn join(root: &str, key: &str) -> String {
     match (root, key) {
+        ("", "") => ".".to_string(),
         ("", key) => key.to_string(),
         (root, "") => root.to_string(),
         (root, key) => format!("{root}/{key}"),
@@ -645,33 +766,14 @@ impl ObjectStore for SftpStore {
         opts: PutOptions,
     ) -> Res<PutResult> {
         let create = whole::is_create(&opts.mode, STORE)?;
-        let conn = self.conn().await?;
-        let path = self.full(location);
-        let tmp = staging(&path)?;
-        let bytes: Bytes = payload.into();
-        self.write_new(conn, &tmp, &bytes).await?;
-        let mut fs = conn.sftp.fs();
-        let published = if create {
-            let linked = fs.hard_link(&tmp, &path).await;
-            let _ = fs.remove_file(&tmp).await;
-            match linked {
-                Ok(()) => Ok(()),
-                Err(e) => match fs.metadata(&path).await {
-                    Ok(_) => Err(object_store::Error::AlreadyExists {
-                        path: location.to_string(),
-                        source: "exists".into(),
-                    }),
-                    Err(_) => Err(self.error(conn, &path, e)),
-                },
-            }
-        } else {
-            let renamed = fs.rename(&tmp, &path).await;
-            if renamed.is_err() {
-                let _ = fs.remove_file(&tmp).await;
-            }
-            renamed.map_err(|e| self.error(conn, &path, e))
-        };
-        published.map(|()| whole::put_result())
+        // On a task of its own: a caller that gives up (another upload
+        // failed) does not cut it between writing and publishing, which
+        // would leave the staging file behind.
+        let (this, location) = (self.clone(), location.clone());
+        tokio::spawn(async move { this.publish(&location, payload.into(), create).await })
+            .await
+            .map_err(generic)??;
+        Ok(whole::put_result())
     }
 
     async fn put_multipart_opts(
@@ -684,6 +786,7 @@ impl ObjectStore for SftpStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Res<GetResult> {
         let conn = self.conn().await?;
+        let conn = &*conn;
         let path = self.full(location);
         let mut result = self.read(conn, &path, &options).await?;
         result.meta.location = location.clone();
@@ -696,6 +799,7 @@ impl ObjectStore for SftpStore {
     ) -> BoxStream<'static, Res<Path>> {
         whole::delete_each(self.clone(), locations, |this, location| async move {
             let conn = this.conn().await?;
+            let conn = &*conn;
             let path = this.full(&location);
             conn.sftp
                 .fs()
@@ -754,6 +858,10 @@ mod tests {
             }
         );
         for bad in [
+            "ssh://h/srv/repo#2",
+            "ssh://h/srv/re?po",
+            "ssh://h:0/srv",
+            "ssh://h/srv/a%0Ab",
             "ssh://node4",
             "ssh://node4/",
             "ssh:///srv",
@@ -900,6 +1008,18 @@ mod tests {
         assert_eq!(packs.len(), 1);
         assert_eq!(packs[0].key, key);
         assert!(backend.list(ObjectDir::Snapshots).await.unwrap().is_empty());
+        // A symlinked object is listed with its target's length, as on local
+        // disk; a dangling link is not listed.
+        std::fs::create_dir_all(root.join("snapshots")).unwrap();
+        let linked = format!("snapshots/{}", "ab".repeat(32));
+        std::os::unix::fs::symlink(root.join("locks/writer"), root.join(&linked)).unwrap();
+        std::os::unix::fs::symlink(root.join("nowhere"), root.join("snapshots/dangling")).unwrap();
+        let snapshots = backend.list(ObjectDir::Snapshots).await.unwrap();
+        assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+        assert_eq!(
+            (snapshots[0].key.path().to_string(), snapshots[0].len),
+            (linked, 4)
+        );
         // No staging file is left behind by the writes above.
         let mut leftovers = Vec::new();
         for entry in walk_local(&root) {
@@ -928,6 +1048,46 @@ mod tests {
             }
         }
         out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_session_is_replaced_by_the_next_request() {
+        let Some(server) = sftp_server() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // The shell records its pid, then becomes the SFTP server (the ssh
+        // arguments land in the comment).
+        let command = format!(
+            "echo $$ > {}; exec {} #",
+            pid_file.display(),
+            server.display()
+        );
+        let target = SshTarget {
+            user: None,
+            host: "local".into(),
+            port: None,
+            root: dir.path().join("repo").to_str().unwrap().to_string(),
+        };
+        let store = SftpStore::new(target, Transport::Ssh(Some(command)));
+        let key = Path::from("gc/note");
+        store
+            .put(&key, PutPayload::from_static(b"one"))
+            .await
+            .unwrap();
+        let first = std::fs::read_to_string(&pid_file).unwrap();
+        let status = std::process::Command::new("kill")
+            .arg(first.trim())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // The request that meets the dead session fails…
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = store.get(&key).await.unwrap_err();
+        assert!(matches!(err, object_store::Error::Generic { .. }), "{err}");
+        // …and the next one runs on a new session.
+        let got = store.get(&key).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got, &b"one"[..]);
+        assert_ne!(std::fs::read_to_string(&pid_file).unwrap(), first);
     }
 
     #[tokio::test]
