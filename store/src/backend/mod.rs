@@ -312,7 +312,13 @@ impl Backend {
                 let command = std::env::var("CAIRN_SSH_COMMAND")
                     .ok()
                     .filter(|c| !c.trim().is_empty());
-                let store = ssh::SftpStore::new(target, ssh::Transport::Ssh(command));
+                // A whole object travels within one request's time here, and
+                // ssh's keep-alives already notice a dead link within a
+                // minute: this limit only catches a stalled server, so it
+                // never cuts a slow but moving transfer short.
+                let limit = options.retry_timeout.max(Duration::from_secs(300));
+                let store = ssh::SftpStore::new(target, ssh::Transport::Ssh(command))
+                    .with_timeout(limit);
                 Ok(Backend::new(Arc::new(store), url))
             }
         }

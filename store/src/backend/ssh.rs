@@ -17,6 +17,7 @@
 //! - readers ignore names containing `#`, as on local disk.
 
 use std::fmt;
+use std::future::Future;
 use std::ops::Range;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -160,6 +161,8 @@ pub enum Transport {
 #[derive(Clone)]
 pub struct SftpStore {
     inner: Arc<Inner>,
+    /// Give up on a request (connecting included) after this long.
+    timeout: Option<Duration>,
 }
 
 struct Inner {
@@ -195,7 +198,17 @@ impl fmt::Display for SftpStore {
             .map(|u| format!("{u}@"))
             .unwrap_or_default();
         let port = t.port.map(|p| format!(":{p}")).unwrap_or_default();
-        write!(f, "ssh://{user}{}{port}/{}", t.host, t.root)
+        let host = if t.host.contains(':') {
+            format!("[{}]", t.host)
+        } else {
+            t.host.clone()
+        };
+        let path = if t.root.starts_with('/') {
+            t.root.clone()
+        } else {
+            format!("/~/{}", t.root)
+        };
+        write!(f, "ssh://{user}{host}{port}{path}")
     }
 }
 
@@ -227,6 +240,34 @@ impl SftpStore {
                 transport,
                 conn: tokio::sync::Mutex::new(None),
             }),
+            timeout: None,
+        }
+    }
+
+    /// Gives up on any request that has no answer after `limit`, and starts
+    /// a new session for the next one.
+    pub fn with_timeout(mut self, limit: Duration) -> SftpStore {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Runs one request of the store under its timeout.
+    async fn timed<T>(&self, doing: &str, request: impl Future<Output = Res<T>>) -> Res<T> {
+        let Some(limit) = self.timeout else {
+            return request.await;
+        };
+        match tokio::time::timeout(limit, request).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // A session that does not answer is not used again.
+                if let Ok(mut slot) = self.inner.conn.try_lock() {
+                    *slot = None;
+                }
+                Err(generic(format!(
+                    "{doing}: no answer from {self} within {limit:?} (--timeout); the server \
+                     or the link is stalled"
+                )))
+            }
         }
     }
 
@@ -770,9 +811,10 @@ impl ObjectStore for SftpStore {
         // failed) does not cut it between writing and publishing, which
         // would leave the staging file behind.
         let (this, location) = (self.clone(), location.clone());
-        tokio::spawn(async move { this.publish(&location, payload.into(), create).await })
-            .await
-            .map_err(generic)??;
+        let task =
+            tokio::spawn(async move { this.publish(&location, payload.into(), create).await });
+        self.timed("writing", async { task.await.map_err(generic)? })
+            .await?;
         Ok(whole::put_result())
     }
 
@@ -785,12 +827,15 @@ impl ObjectStore for SftpStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Res<GetResult> {
-        let conn = self.conn().await?;
-        let conn = &*conn;
-        let path = self.full(location);
-        let mut result = self.read(conn, &path, &options).await?;
-        result.meta.location = location.clone();
-        Ok(result)
+        self.timed("reading", async {
+            let conn = self.conn().await?;
+            let conn = &*conn;
+            let path = self.full(location);
+            let mut result = self.read(conn, &path, &options).await?;
+            result.meta.location = location.clone();
+            Ok(result)
+        })
+        .await
     }
 
     fn delete_stream(
@@ -798,21 +843,24 @@ impl ObjectStore for SftpStore {
         locations: BoxStream<'static, Res<Path>>,
     ) -> BoxStream<'static, Res<Path>> {
         whole::delete_each(self.clone(), locations, |this, location| async move {
-            let conn = this.conn().await?;
-            let conn = &*conn;
-            let path = this.full(&location);
-            conn.sftp
-                .fs()
-                .remove_file(&path)
-                .await
-                .map_err(|e| this.error(conn, &path, e))
+            this.timed("deleting", async {
+                let conn = this.conn().await?;
+                let conn = &*conn;
+                let path = this.full(&location);
+                conn.sftp
+                    .fs()
+                    .remove_file(&path)
+                    .await
+                    .map_err(|e| this.error(conn, &path, e))
+            })
+            .await
         })
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Res<ObjectMeta>> {
         let prefix = prefix.map(|p| p.to_string()).unwrap_or_default();
         let this = self.clone();
-        whole::list_stream(async move { this.walk(&prefix).await })
+        whole::list_stream(async move { this.timed("listing", this.walk(&prefix)).await })
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Res<ListResult> {
@@ -889,6 +937,11 @@ mod tests {
         assert_eq!(join("", "config"), "config");
         assert_eq!(join("/srv/r", ""), "/srv/r");
         assert_eq!(join("/srv/r", "packs/ab"), "/srv/r/packs/ab");
+        assert_eq!(join("", ""), ".");
+        for url in ["ssh://u@h:2/srv/r", "ssh://h/~/r", "ssh://[::1]/r"] {
+            let store = SftpStore::new(SshTarget::parse(url).unwrap(), Transport::Ssh(None));
+            assert_eq!(store.to_string(), url);
+        }
     }
 
     /// OpenSSH's SFTP server, run directly on a pipe: the whole store
@@ -1088,6 +1141,25 @@ mod tests {
         let got = store.get(&key).await.unwrap().bytes().await.unwrap();
         assert_eq!(got, &b"one"[..]);
         assert_ne!(std::fs::read_to_string(&pid_file).unwrap(), first);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let target = SshTarget::parse("ssh://h/srv/x").unwrap();
+        // A "server" that keeps the pipe open and never answers.
+        let store = SftpStore::new(target, Transport::Ssh(Some("exec sleep 30 #".into())))
+            .with_timeout(Duration::from_millis(300));
+        let err = store.get(&Path::from("config")).await.unwrap_err();
+        assert!(matches!(err, object_store::Error::Generic { .. }), "{err}");
+        assert!(
+            err.to_string().contains("no answer from ssh://h/srv/x"),
+            "{err}"
+        );
+        let err = store
+            .put(&Path::from("config"), PutPayload::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no answer"), "{err}");
     }
 
     #[tokio::test]
