@@ -317,8 +317,8 @@ impl Backend {
                 // minute: this limit only catches a stalled server, so it
                 // never cuts a slow but moving transfer short.
                 let limit = options.retry_timeout.max(Duration::from_secs(300));
-                let store = ssh::SftpStore::new(target, ssh::Transport::Ssh(command))
-                    .with_timeout(limit);
+                let store =
+                    ssh::SftpStore::new(target, ssh::Transport::Ssh(command)).with_timeout(limit);
                 Ok(Backend::new(Arc::new(store), url))
             }
         }
