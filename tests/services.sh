@@ -92,13 +92,37 @@ free_port() {
   echo "${1:-15984}"
 }
 
+# Runs CHECK... every 0.25 s, up to TRIES times, while process PID lives;
+# succeeds once CHECK does.   wait_ready PID TRIES CHECK...
+wait_ready() {
+  local pid=$1 tries=$2 i
+  shift 2
+  for i in $(seq 1 "$tries"); do
+    "$@" && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.25
+  done
+  return 1
+}
+
+# Process PID listens on TCP PORT (not another server that took it meanwhile).
+listens() { ss -ltnpH "sport = :$2" 2>/dev/null | grep -q "pid=$1,"; }
+
+# pouchdb-server PID on PORT is ready: it listens, GET / answers 200 and the
+# admin can log in.
+pouchdb_ready() {
+  listens "$1" "$2" &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2/" 2>/dev/null)" = 200 ] &&
+    curl -sf -u admin:s3cret "http://127.0.0.1:$2/_session" 2>/dev/null | grep -q '"name":"admin"'
+}
+
 # Starts pouchdb-server (CouchDB API, in memory) with an admin; exports
 # CAIRN_TEST_COUCH (URL with credentials) and CAIRN_TEST_COUCH_LOG.
 # With an admin configured, an anonymous PUT/DELETE of a database crashes
 # pouchdb-server 4.2.0: always send credentials beyond GET /.
 start_pouchdb() {
   install_pouchdb
-  local dir="$SERVICES_DIR/couch" p=15984 pid attempt i ready=
+  local dir="$SERVICES_DIR/couch" p=15984 pid attempt ready=
   mkdir -p "$dir"
   echo '{"admins":{"admin":"s3cret"}}' > "$dir/config.json"
   for attempt in 1 2 3 4 5; do
@@ -107,18 +131,7 @@ start_pouchdb() {
     (cd "$dir" && exec "$POUCHDB_SERVER" --host 127.0.0.1 --port "$p" --in-memory \
       --config "$dir/config.json" --no-stdout-logs > "$dir/stdout.txt" 2>&1) &
     pid=$!
-    for i in $(seq 1 120); do
-      # Ready: our process listens on the port (not another server that took
-      # it meanwhile), GET / answers 200 and the admin can log in.
-      if ss -ltnpH "sport = :$p" 2>/dev/null | grep -q "pid=$pid," &&
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/" 2>/dev/null)" = 200 ] &&
-        curl -sf -u admin:s3cret "http://127.0.0.1:$p/_session" 2>/dev/null | grep -q '"name":"admin"'; then
-        ready=1; break
-      fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.25
-    done
-    [ -n "$ready" ] && break
+    wait_ready "$pid" 120 pouchdb_ready "$pid" "$p" && { ready=1; break; }
     # Exited early (most likely the port was taken meanwhile) or never answered.
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
     log "pouchdb-server did not start on port $p (attempt $attempt)"
@@ -151,7 +164,7 @@ install_sshd() {
 # CAIRN_TEST_SSH_KEYS (client_key, stranger_key (not authorized), known_hosts).
 start_sshd() {
   install_sshd
-  local dir="$SERVICES_DIR/ssh" p=12222 pid attempt i ready= user
+  local dir="$SERVICES_DIR/ssh" p=12222 pid attempt ready= user
   user=$(id -un)
   mkdir -p "$dir/remote"
   chmod 700 "$dir"
@@ -179,12 +192,7 @@ Subsystem sftp internal-sftp
 CONF
     /usr/sbin/sshd -D -e -f "$dir/sshd_config" 2> "$dir/sshd.log" &
     pid=$!
-    for i in $(seq 1 40); do
-      if ss -ltnpH "sport = :$p" 2>/dev/null | grep -q "pid=$pid,"; then ready=1; break; fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.25
-    done
-    [ -n "$ready" ] && break
+    wait_ready "$pid" 40 listens "$pid" "$p" && { ready=1; break; }
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
     log "sshd did not start on port $p (attempt $attempt)"
     cat "$dir/sshd.log" >&2 || true

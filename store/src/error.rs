@@ -90,9 +90,7 @@ pub enum Error {
     )]
     StorageFull { object: String, detail: String },
 
-    #[error(
-        "{url}: access denied: {detail}; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their permissions"
-    )]
+    #[error("{url}: access denied: {detail}; {}", access_hint(.url))]
     AccessDenied { url: String, detail: String },
 
     #[error(
@@ -254,6 +252,21 @@ pub fn is_storage_full(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
     ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// What to check when the store at `url` refuses access.
+fn access_hint(url: &str) -> &'static str {
+    if url.starts_with("s3://") {
+        "check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their permissions"
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        "set CAIRN_TOKEN to a token of the server's token file whose role (read, append, \
+         admin) allows this"
+    } else if url.starts_with("ssh://") {
+        "check the key (ssh-agent, ~/.ssh/config, CAIRN_SSH_COMMAND), the server's \
+         known_hosts entry and the repository directory's permissions"
+    } else {
+        "check the repository directory's permissions"
+    }
 }
 
 /// The store's result type.

@@ -63,10 +63,7 @@ async fn an_untrusted_signing_key_is_refused_before_anything_is_written() {
         let repo = writer(backend.clone()).await;
         let err = repo
             .backup(
-                Source::Reader {
-                    name: "x".into(),
-                    reader: Box::new(std::io::Cursor::new(vec![1u8; 100_000])),
-                },
+                stream("x", vec![1u8; 100_000]),
                 &stranger,
                 &options(),
                 Arc::new(NoProgress),
@@ -87,18 +84,11 @@ async fn a_failing_command_writes_no_snapshot_and_reports_its_stderr() {
         let repo = writer(backend.clone()).await;
         let command =
             "head -c 3000000 /dev/urandom; echo 'pg_dump: error: connection refused' >&2; exit 3";
-        let err = repo
-            .backup(
-                Source::Command {
-                    command: command.into(),
-                    name: "db.sql".into(),
-                },
-                &key(),
-                &options(),
-                Arc::new(NoProgress),
-            )
-            .await
-            .unwrap_err();
+        let source = Source::Command {
+            command: command.into(),
+            name: "db.sql".into(),
+        };
+        let err = back_up(&repo, source).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Source, "{err}");
         let message = err.to_string();
         assert!(
@@ -109,18 +99,11 @@ async fn a_failing_command_writes_no_snapshot_and_reports_its_stderr() {
         assert_nothing_else_changed(&backend, &before, &data).await;
 
         // A command that dies from a signal is a failure too.
-        let err = repo
-            .backup(
-                Source::Command {
-                    command: "kill -9 $$".into(),
-                    name: "x".into(),
-                },
-                &key(),
-                &options(),
-                Arc::new(NoProgress),
-            )
-            .await
-            .unwrap_err();
+        let source = Source::Command {
+            command: "kill -9 $$".into(),
+            name: "x".into(),
+        };
+        let err = back_up(&repo, source).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Source);
         assert!(err.to_string().contains("signal"), "{err}");
     }
@@ -144,18 +127,11 @@ impl std::io::Read for BreaksAfter {
 async fn a_broken_stream_writes_no_snapshot() {
     let (_place, backend, before, data) = repo_with_one_snapshot(Kind::Local).await;
     let repo = writer(backend.clone()).await;
-    let err = repo
-        .backup(
-            Source::Reader {
-                name: "dump".into(),
-                reader: Box::new(BreaksAfter(20 << 20)),
-            },
-            &key(),
-            &options(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap_err();
+    let source = Source::Reader {
+        name: "dump".into(),
+        reader: Box::new(BreaksAfter(20 << 20)),
+    };
+    let err = back_up(&repo, source).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Source);
     assert!(err.to_string().contains("stream broke"));
     assert_nothing_else_changed(&backend, &before, &data).await;
@@ -169,47 +145,19 @@ async fn a_full_disk_fails_the_backup_and_keeps_what_was_stored() {
         // Room for a few packs of a 40 MiB backup, not all of it.
         fault.fill_disk_after(20 << 20);
         let repo = writer(backend.clone()).await;
-        let err = repo
-            .backup(
-                Source::Reader {
-                    name: "big.bin".into(),
-                    reader: Box::new(std::io::Cursor::new(random_bytes(40 << 20, 12))),
-                },
-                &key(),
-                &options(),
-                Arc::new(NoProgress),
-            )
+        let err = back_up(&repo, stream("big.bin", random_bytes(40 << 20, 12)))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
         assert!(err.to_string().contains("no space left"), "{err}");
         fault.heal();
         assert_nothing_else_changed(&place.backend(), &before, &data).await;
-        let repo = Repository::open(place.backend()).await.unwrap();
-        let report = repo
-            .verify(
-                &repo.trust(&[]),
-                &cairn_store::ops::verify::VerifyOptions {
-                    read_data: cairn_store::ops::verify::ReadData::All,
-                    concurrency: 2,
-                },
-            )
-            .await
-            .unwrap();
+        let report = verify_all(&place.backend()).await;
         assert!(report.is_clean(), "{report:#?}");
         // A failure while writing the manifest (the last step) also leaves no snapshot.
         fault.fail(cairn_store::backend::fault::Op::Put, "snapshots/");
-        let err = writer(backend.clone())
-            .await
-            .backup(
-                Source::Reader {
-                    name: "small".into(),
-                    reader: Box::new(std::io::Cursor::new(vec![5u8; 1000])),
-                },
-                &key(),
-                &options(),
-                Arc::new(NoProgress),
-            )
+        let session = writer(backend.clone()).await;
+        let err = back_up(&session, stream("small", vec![5u8; 1000]))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unreachable);

@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use cairn_store::ErrorKind;
 use cairn_store::backend::{Backend, ObjectDir, ObjectKey};
-use cairn_store::ops::backup::NoProgress;
 use cairn_store::ops::forget::ForgetOptions;
 use cairn_store::ops::gc::{GcOptions, GcReport};
 use cairn_store::ops::source::Source;
-use cairn_store::ops::verify::{ReadData, VerifyOptions};
 use cairn_store::pause::Pauses;
 use cairn_store::repo::Repository;
 use cairn_store::session::WriteOptions;
@@ -81,18 +79,24 @@ async fn forget(backend: &Backend, id: cairn_store::id::SnapshotId) {
     .unwrap();
 }
 
+/// A garbage collection running on a task, held at the pause `point`
+/// (reached when this returns) until `gate.release` is notified.
+async fn gc_held_at(
+    backend: &Backend,
+    point: &'static str,
+) -> (Arc<Gate>, tokio::task::JoinHandle<GcReport>) {
+    let gate = Gate::new(point);
+    let task = tokio::spawn({
+        let backend = backend.clone();
+        let pauses = gate.pauses();
+        async move { gc(&backend, pauses).await }
+    });
+    gate.reached.notified().await;
+    (gate, task)
+}
+
 async fn assert_clean(backend: &Backend) {
-    let repo = Repository::open(backend.clone()).await.unwrap();
-    let report = repo
-        .verify(
-            &repo.trust(&[]),
-            &VerifyOptions {
-                read_data: ReadData::All,
-                concurrency: 2,
-            },
-        )
-        .await
-        .unwrap();
+    let report = verify_all(backend).await;
     assert!(report.is_clean(), "{report:#?}");
 }
 
@@ -110,17 +114,7 @@ async fn backup_paused(
             ..WriteOptions::default()
         })
         .await?;
-    let summary = session
-        .backup(
-            Source::Reader {
-                name: name.into(),
-                reader: Box::new(std::io::Cursor::new(data)),
-            },
-            &key(),
-            &options(),
-            Arc::new(NoProgress),
-        )
-        .await;
+    let summary = back_up(&session, stream(name, data)).await;
     session.finish().await?;
     summary
 }
@@ -177,15 +171,8 @@ async fn mostly_empty_packs_are_repacked_and_their_live_data_survives() {
     std::fs::write(dir.path().join("big"), &big).unwrap();
     std::fs::write(dir.path().join("small"), &small).unwrap();
     let session = writer(backend.clone()).await;
-    let both = session
-        .backup(
-            Source::Paths(vec![dir.path().join("big"), dir.path().join("small")]),
-            &key(),
-            &options(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap();
+    let source = Source::Paths(vec![dir.path().join("big"), dir.path().join("small")]);
+    let both = back_up(&session, source).await.unwrap();
     session.finish().await.unwrap();
     let only_small = backup_bytes(&backend, "small", small.clone()).await;
     assert_eq!(
@@ -271,13 +258,7 @@ async fn a_backup_started_after_condemnation_stores_the_data_anew() {
         forget(&backend, s.snapshot).await;
 
         // GC condemns S's pack and is held before deleting.
-        let gate = Gate::new("gc:condemned");
-        let gc_task = tokio::spawn({
-            let backend = backend.clone();
-            let pauses = gate.pauses();
-            async move { gc(&backend, pauses).await }
-        });
-        gate.reached.notified().await;
+        let (gate, gc_task) = gc_held_at(&backend, "gc:condemned").await;
 
         // B backs up the same data: identical bytes, so an identical pack,
         // whose name is condemned: it is stored under another nonce.
@@ -314,13 +295,7 @@ async fn a_snapshot_committed_during_the_mark_protects_its_chunks() {
     let data = random_bytes(2 << 20, 7);
     let s = backup_bytes(&backend, "x.bin", data.clone()).await;
     forget(&backend, s.snapshot).await;
-    let gate = Gate::new("gc:marked");
-    let gc_task = tokio::spawn({
-        let backend = backend.clone();
-        let pauses = gate.pauses();
-        async move { gc(&backend, pauses).await }
-    });
-    gate.reached.notified().await;
+    let (gate, gc_task) = gc_held_at(&backend, "gc:marked").await;
     // A whole backup, deduplicating against S's pack, runs while GC holds.
     let b = backup_bytes(&backend, "x.bin", data.clone()).await;
     assert!(b.new_blob_bytes < 64 << 10);
@@ -340,17 +315,8 @@ async fn packs_of_an_interrupted_backup_are_collected_once_old_enough() {
     let kept = backup_bytes(&backend, "kept", random_bytes(1 << 20, 8)).await;
     // Packs stored, then the index write fails: the packs are orphans.
     fault.fail(cairn_store::backend::fault::Op::Put, "index/");
-    let err = writer(backend.clone())
-        .await
-        .backup(
-            Source::Reader {
-                name: "lost".into(),
-                reader: Box::new(std::io::Cursor::new(random_bytes(3 << 20, 9))),
-            },
-            &key(),
-            &options(),
-            Arc::new(NoProgress),
-        )
+    let session = writer(backend.clone()).await;
+    let err = back_up(&session, stream("lost", random_bytes(3 << 20, 9)))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unreachable);
@@ -405,13 +371,7 @@ async fn only_one_gc_runs_at_a_time() {
     let backend = place.backend();
     let s = backup_bytes(&backend, "x", random_bytes(1 << 20, 12)).await;
     forget(&backend, s.snapshot).await;
-    let gate = Gate::new("gc:marked");
-    let first = tokio::spawn({
-        let backend = backend.clone();
-        let pauses = gate.pauses();
-        async move { gc(&backend, pauses).await }
-    });
-    gate.reached.notified().await;
+    let (gate, first) = gc_held_at(&backend, "gc:marked").await;
     let err = Repository::open(backend.clone())
         .await
         .unwrap()
@@ -456,18 +416,11 @@ async fn a_writer_whose_lease_lapsed_writes_no_snapshot() {
             Ok(10)
         }
     }
-    let err = session
-        .backup(
-            Source::Reader {
-                name: "slow".into(),
-                reader: Box::new(Slow(false)),
-            },
-            &key(),
-            &options(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap_err();
+    let source = Source::Reader {
+        name: "slow".into(),
+        reader: Box::new(Slow(false)),
+    };
+    let err = back_up(&session, source).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
     assert!(err.to_string().contains("lapsed"), "{err}");
     fault.heal();

@@ -113,7 +113,7 @@ impl ServeStore {
             }),
             StatusCode::UNAUTHORIZED => Err(object_store::Error::Unauthenticated {
                 path: path.to_string(),
-                source: error("the server refused the token (set CAIRN_TOKEN)".into()),
+                source: error("the server refused the token".into()),
             }),
             StatusCode::FORBIDDEN => Err(object_store::Error::PermissionDenied {
                 path: path.to_string(),

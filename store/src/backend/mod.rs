@@ -290,8 +290,7 @@ impl Backend {
             Location::Http(base) => {
                 let token = std::env::var("CAIRN_TOKEN").map_err(|_| Error::AccessDenied {
                     url: url.to_string(),
-                    detail: "no token: set CAIRN_TOKEN to a token of the server's token file"
-                        .into(),
+                    detail: "no token (CAIRN_TOKEN is not set)".into(),
                 })?;
                 let ca = match std::env::var_os("CAIRN_CA_CERT") {
                     Some(path) => Some(std::fs::read(&path).map_err(|e| {
@@ -653,6 +652,11 @@ impl Backend {
             object_store::Error::NotImplemented { operation, .. } => Error::Unsupported {
                 what: format!("{}: {operation} is not implemented by this store", self.url),
             },
+            // Its own cause says what happened, without the store's
+            // "Generic … error" wrapper.
+            object_store::Error::Generic { source, .. } => {
+                classify_cause(&self.url, &object, &doing, source.as_ref())
+            }
             other => classify_cause(&self.url, &object, &doing, &other),
         }
     }

@@ -375,11 +375,7 @@ impl SftpStore {
         {
             return object_store::Error::Unauthenticated {
                 path,
-                source: format!(
-                    "ssh could not log in: {said}; check the key (ssh-agent, ~/.ssh/config, \
-                     CAIRN_SSH_COMMAND) and the server's known_hosts entry"
-                )
-                .into(),
+                source: format!("ssh could not log in: {said}").into(),
             };
         }
         if said.contains("subsystem request failed") {

@@ -939,22 +939,12 @@ impl Producer<'_> {
     ) -> Result<()> {
         let compact = plan.compact;
         let merged = self.previous.map(|p| {
-            let base = GroupReader::new(
-                p.open(&self.context.runtime, &p.docs),
-                format!("previous {}", format::DOCS_FILE),
+            let mut merged = Merged::open(
+                &p.docs,
+                &p.overlays,
+                |item| p.open(&self.context.runtime, item),
+                |file| format!("previous {file}"),
             );
-            let overlays = p
-                .overlays
-                .iter()
-                .enumerate()
-                .map(|(i, o)| {
-                    GroupReader::new(
-                        p.open(&self.context.runtime, o),
-                        format!("previous {}", format::overlay_file(i + 1)),
-                    )
-                })
-                .collect();
-            let mut merged = Merged::new(base, overlays);
             if !compact {
                 merged.base_bytes = Some(Vec::new());
             }

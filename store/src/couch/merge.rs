@@ -144,6 +144,24 @@ impl<R: BufRead> Merged<R> {
         }
     }
 
+    /// Merges a dump's base item with its overlay items, each opened with
+    /// `open` and named in errors by `name` of its file name
+    /// (`docs.ndjson`, `docs.0001.ndjson`, …).
+    pub fn open<I>(
+        base: &I,
+        overlays: &[I],
+        open: impl Fn(&I) -> Lines<R>,
+        name: impl Fn(&str) -> String,
+    ) -> Self {
+        let base = GroupReader::new(open(base), name(format::DOCS_FILE));
+        let overlays = overlays
+            .iter()
+            .enumerate()
+            .map(|(i, o)| GroupReader::new(open(o), name(&format::overlay_file(i + 1))))
+            .collect();
+        Merged::new(base, overlays)
+    }
+
     fn pull(&mut self, i: usize) -> io::Result<()> {
         self.heads[i] = self.readers[i].next_group()?;
         Ok(())

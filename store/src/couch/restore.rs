@@ -626,22 +626,12 @@ impl Driver {
 
     /// The database's documents: the base merged with its overlay.
     fn documents(&self, plan: &DbPlan) -> DocGroups {
-        let base = GroupReader::new(
-            self.open(&plan.docs),
-            format::item_name(&plan.source, format::DOCS_FILE),
-        );
-        let overlays = plan
-            .overlays
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                GroupReader::new(
-                    self.open(o),
-                    format::item_name(&plan.source, &format::overlay_file(i + 1)),
-                )
-            })
-            .collect();
-        Merged::new(base, overlays)
+        Merged::open(
+            &plan.docs,
+            &plan.overlays,
+            |item| self.open(item),
+            |file| format::item_name(&plan.source, file),
+        )
     }
 
     /// The `_bulk_docs` payloads of one document's leaves, attachments

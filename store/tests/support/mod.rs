@@ -155,20 +155,46 @@ pub async fn backup_reader(
     reader: Box<dyn Read + Send>,
 ) -> BackupSummary {
     let session = writer(backend.clone()).await;
-    let summary = session
-        .backup(
-            Source::Reader {
-                name: name.into(),
-                reader,
-            },
-            &key(),
-            &options(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap();
+    let source = Source::Reader {
+        name: name.into(),
+        reader,
+    };
+    let summary = back_up(&session, source).await.unwrap();
     session.finish().await.unwrap();
     summary
+}
+
+/// A stream source: `data` as the item `name`.
+pub fn stream(name: &str, data: Vec<u8>) -> Source {
+    Source::Reader {
+        name: name.into(),
+        reader: Box::new(std::io::Cursor::new(data)),
+    }
+}
+
+/// Backs `source` up in `session` with the test key and options, leaving
+/// the session open (many tests are about a backup that fails).
+pub async fn back_up(
+    session: &cairn_store::session::WriteSession,
+    source: Source,
+) -> cairn_store::Result<BackupSummary> {
+    session
+        .backup(source, &key(), &options(), Arc::new(NoProgress))
+        .await
+}
+
+/// Opens the repository and verifies it, reading every chunk.
+pub async fn verify_all(backend: &Backend) -> cairn_store::ops::verify::VerifyReport {
+    let repo = Repository::open(backend.clone()).await.unwrap();
+    repo.verify(
+        &repo.trust(&[]),
+        &cairn_store::ops::verify::VerifyOptions {
+            read_data: cairn_store::ops::verify::ReadData::All,
+            concurrency: 2,
+        },
+    )
+    .await
+    .unwrap()
 }
 
 /// A write session (a lease, the index without condemned packs).
