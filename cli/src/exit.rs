@@ -96,6 +96,6 @@ pub fn report(e: anyhow::Error) -> ExitCode {
             message.push_str(&format!(": {c}"));
         }
     }
-    eprintln!("{message}");
+    eprintln!("{}", crate::terminal::safe_text(&message));
     ExitCode::from(code)
 }

@@ -5,6 +5,7 @@ mod exit;
 mod pause;
 mod progress;
 mod repo_args;
+mod terminal;
 
 use clap::Parser;
 

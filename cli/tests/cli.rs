@@ -101,15 +101,6 @@ fn a_malformed_or_damaged_key_file_exits_7_naming_the_file() {
     assert_unchanged(&before, &f.contents());
 }
 
-#[test]
-fn a_key_file_readable_by_others_still_works_but_warns() {
-    let f = Fixture::new();
-    std::fs::set_permissions(&f.key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = ok(cairn_args(["key", "public"]).arg(&f.key));
-    assert_eq!(out.stdout_str(), format!("{}\n", f.public));
-    assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
-}
-
 impl Fixture {
     /// `cairn backup --repo REPO --key KEY` with another key file.
     fn backup_cmd_with_key(&self, key: &Path) -> assert_cmd::Command {
@@ -423,7 +414,10 @@ fn environment_variables_stand_in_for_repo_key_and_trust_flags() {
     let mut snapshots = cairn_args(["snapshots", "--json"]);
     env(&mut snapshots);
     snapshots.env("CAIRN_TRUST", &other);
-    assert_eq!(ok(&mut snapshots).json(), serde_json::json!([]));
+    assert_eq!(
+        run(&mut snapshots).expect_code(BAD_SIGNATURE).json(),
+        serde_json::json!([])
+    );
 
     let mut verify = cairn_args(["verify"]);
     env(&mut verify);
@@ -814,10 +808,19 @@ fn trusting_another_key_hides_and_rejects_the_repositorys_snapshots() {
     let before = f.contents();
     let other = generate_key(&f.path("other"));
 
-    let listed = run(f.cmd("snapshots").args(["--json", "--trust", &other])).expect_code(0);
+    // Nothing listed because every snapshot was refused: a signature error.
+    let listed =
+        run(f.cmd("snapshots").args(["--json", "--trust", &other])).expect_code(BAD_SIGNATURE);
     assert_eq!(listed.json(), serde_json::json!([]));
     assert!(listed.stderr.contains(&f.public), "{}", listed.stderr);
-    let table = ok(f.cmd("snapshots").args(["--trust", &other])).stdout_str();
+    assert!(
+        listed.stderr.contains("1 snapshot refused"),
+        "{}",
+        listed.stderr
+    );
+    let table = run(f.cmd("snapshots").args(["--trust", &other]))
+        .expect_code(BAD_SIGNATURE)
+        .stdout_str();
     assert!(table.ends_with("\n0 snapshots\n"), "{table}");
 
     run(f.cmd("verify").args(["--trust", &other]))
@@ -1177,8 +1180,12 @@ fn a_full_disk_exits_9_and_keeps_earlier_snapshots() {
 #[test]
 fn warnings_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     let f = Fixture::new();
-    std::fs::set_permissions(&f.key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = ok(cairn_args(["key", "public"]).arg(&f.key));
+    // A FIFO inside a directory is skipped with a logged warning.
+    let dir = f.path("dir");
+    std::fs::create_dir(&dir).unwrap();
+    ok(assert_cmd::Command::new("mkfifo").arg(dir.join("pipe")));
+    let out = ok(f.backup().arg(&dir));
+    assert!(out.stderr.contains("skipping"), "{:?}", out.stderr);
     assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
 }
 

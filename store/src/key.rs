@@ -104,6 +104,8 @@ struct KeyFile {
 }
 
 const KEY_FILE_KIND: &str = "cairn-secret-key";
+/// A key file is a few hundred bytes; anything much larger is not one.
+const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 
 impl SecretKey {
     /// A fresh key from the operating system's random source.
@@ -193,26 +195,46 @@ impl SecretKey {
             })
     }
 
-    /// Reads a key file.
+    /// Reads a key file. One that group or others may read is refused, as
+    /// ssh refuses such a private key: the secret may already be out.
     pub fn read_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Key {
+        let fail = |detail: String| Error::Key {
             path: path.to_owned(),
-            detail: if e.kind() == std::io::ErrorKind::NotFound {
+            detail,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| {
+            fail(if e.kind() == std::io::ErrorKind::NotFound {
                 "does not exist; create one with `cairn key generate --output FILE`".into()
             } else {
                 format!("cannot read: {e}")
-            },
+            })
         })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
         #[cfg(unix)]
-        if let Ok(meta) = std::fs::metadata(path) {
+        {
             use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    "key file {} is readable by group or others; `chmod 600` it",
-                    path.display()
-                );
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(fail(format!(
+                    "is readable by group or others (mode {mode:03o}); the secret key may \
+                     have leaked: `chmod 600` it (and replace the key if others could read it)"
+                )));
             }
         }
+        if meta.len() > MAX_KEY_FILE_LEN {
+            return Err(fail(format!(
+                "is {} bytes, not a key file (at most {MAX_KEY_FILE_LEN})",
+                meta.len()
+            )));
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(&mut file, MAX_KEY_FILE_LEN),
+            &mut text,
+        )
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
         Self::decode_file(&text, path)
     }
 }

@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod ops;
 pub mod pack;
 pub mod pause;
+pub mod redact;
 pub mod repo;
 pub mod retention;
 pub mod serve;

@@ -64,7 +64,49 @@ impl SnapshotList {
         {
             return Err(e.duplicate());
         }
-        chosen
+        match chosen {
+            Err(Error::NotFound { .. }) if !self.rejected.is_empty() => Err(self.none_usable()),
+            chosen => chosen,
+        }
+    }
+
+    /// "N refused: id: why; …", for messages.
+    pub fn refused_summary(&self) -> String {
+        let shown: Vec<String> = self
+            .rejected
+            .iter()
+            .take(3)
+            .map(|(id, e)| format!("{}: {e}", id.short()))
+            .collect();
+        let more = self.rejected.len().saturating_sub(shown.len());
+        format!(
+            "{} refused ({}{})",
+            self.rejected.len(),
+            shown.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    /// The error for "nothing usable" when snapshots were refused: damage,
+    /// or a signature error when every refusal was one.
+    pub fn none_usable(&self) -> Error {
+        let detail = format!("no usable snapshot: {}", self.refused_summary());
+        if self
+            .rejected
+            .iter()
+            .all(|(_, e)| e.kind() == crate::ErrorKind::BadSignature)
+        {
+            Error::BadSignature {
+                snapshot: "of every candidate".into(),
+                detail,
+            }
+        } else {
+            Error::corrupt("the repository's snapshots", detail)
+        }
     }
 }
 

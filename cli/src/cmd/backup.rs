@@ -105,10 +105,19 @@ enum BackupSource {
 fn source(args: &BackupArgs) -> anyhow::Result<Source> {
     let stdin = args.paths.len() == 1 && args.paths[0].as_os_str() == "-";
     Ok(match (&args.command, stdin) {
-        (Some(command), _) => Source::Command {
-            command: command.clone(),
-            name: args.name.clone().unwrap_or_else(|| "command".into()),
-        },
+        (Some(command), _) => {
+            if let Some(stored) = cairn_store::redact::redact_command(command) {
+                eprintln!(
+                    "cairn: warning: the command line holds a password; it is stored in the \
+                     snapshot as `{stored}`; keep secrets out of it (a ~/.pgpass file, or a \
+                     variable set before cairn runs)"
+                );
+            }
+            Source::Command {
+                command: command.clone(),
+                name: args.name.clone().unwrap_or_else(|| "command".into()),
+            }
+        }
         (None, true) => Source::Stdin {
             name: args.name.clone().unwrap_or_else(|| "stdin".into()),
         },

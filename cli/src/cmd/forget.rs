@@ -99,7 +99,7 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
         for group in &plan.groups {
             println!(
                 "{} ({} kept, {} removed; calendar buckets in UTC)",
-                group.group,
+                crate::terminal::safe(&group.group.to_string()),
                 group.keep.len(),
                 group.remove.len()
             );

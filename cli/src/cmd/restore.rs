@@ -83,9 +83,11 @@ impl PickArgs {
         let trust = repo.trust(&self.trust.keys);
         let list = repo.load_snapshots(&trust).await?;
         for (id, e) in &list.rejected {
+            let why = e.to_string();
             eprintln!(
-                "cairn: warning: snapshot {} not considered: {e}",
-                id.short()
+                "cairn: warning: snapshot {} not considered: {}",
+                id.short(),
+                crate::terminal::safe_text(&why)
             );
         }
         let filter = SnapshotFilter {

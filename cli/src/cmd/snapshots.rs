@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::progress::human_bytes;
 use crate::repo_args::{RepoArgs, TrustArgs};
+use crate::terminal::{safe, safe_text};
 
 #[derive(Debug, Args)]
 pub struct SnapshotsArgs {
@@ -30,7 +31,19 @@ pub async fn run(args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
     let trust = repo.trust(&args.trust.keys);
     let list = repo.load_snapshots(&trust).await?;
     for (id, e) in &list.rejected {
-        eprintln!("cairn: warning: snapshot {} skipped: {e}", id.short());
+        let why = e.to_string();
+        eprintln!(
+            "cairn: warning: snapshot {} skipped: {}",
+            id.short(),
+            safe_text(&why)
+        );
+    }
+    if !list.rejected.is_empty() {
+        eprintln!(
+            "cairn: {} snapshot{} refused; `cairn verify` tells more",
+            list.rejected.len(),
+            if list.rejected.len() == 1 { "" } else { "s" }
+        );
     }
     let filter = SnapshotFilter {
         host: args.host,
@@ -41,6 +54,12 @@ pub async fn run(args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|s| filter.matches(s))
         .collect();
+    // Nothing to show because snapshots were refused is damage (or forgery),
+    // not an empty repository.
+    let code = match (shown.is_empty(), list.rejected.is_empty()) {
+        (true, false) => ExitCode::from(crate::exit::code_for(list.none_usable().kind())),
+        _ => ExitCode::SUCCESS,
+    };
     if args.json {
         let values: Vec<serde_json::Value> = shown
             .iter()
@@ -53,7 +72,7 @@ pub async fn run(args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
             })
             .collect();
         super::print_json(&values)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     println!(
         "{:<10} {:<20} {:<16} {:>6} {:>10}  TAGS",
@@ -65,12 +84,12 @@ pub async fn run(args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
             "{:<10} {:<20} {:<16} {:>6} {:>10}  {}",
             s.id.short(),
             m.time.strftime("%Y-%m-%d %H:%M:%S"),
-            m.host,
+            safe(&m.host),
             m.items.len(),
             human_bytes(m.total_len()),
-            m.tags.join(",")
+            safe(&m.tags.join(","))
         );
     }
     println!("{} snapshots", shown.len());
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

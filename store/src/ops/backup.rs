@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use jiff::Timestamp;
@@ -34,7 +35,7 @@ use crate::key::SecretKey;
 use crate::manifest::{Item, ItemKind, MANIFEST_VERSION, Manifest};
 use crate::ops::packer::{FinishedPack, Packer, store_index, upload_packs};
 use crate::ops::restore::TreeWalker;
-use crate::ops::source::{Entry, Source};
+use crate::ops::source::{Content, Entry, FileState, Source, StableFile};
 use crate::repo::IndexedRepository;
 use crate::session::WriteSession;
 use crate::tree::TreeBuilder;
@@ -43,6 +44,9 @@ use crate::tree::TreeBuilder;
 const SEGMENT_LEN: usize = 4 << 20;
 /// Segments read ahead of the ingest thread.
 const SEGMENTS_AHEAD: usize = 1;
+/// How often a file that changes while it is read is read again before the
+/// backup fails (it is never stored torn).
+const FILE_READS: u32 = 3;
 /// Parents with more chunks than this are not loaded for prediction (each
 /// costs about 80 bytes of memory while its item is backed up).
 const MAX_PARENT_CHUNKS: u64 = 1 << 20;
@@ -394,15 +398,61 @@ impl<'a> Ingest<'a> {
         if let Some(content) = entry.content {
             debug_assert_eq!(item.kind, ItemKind::File);
             progress.item(&item.name, None);
-            let reader = content.open(&item.name)?;
-            let (len, chunks, root, params) =
-                self.stream(&item.name, entry.chunker, reader, progress)?;
+            let (len, chunks, root, params) = match content {
+                Content::File(path) => {
+                    let (streamed, state) =
+                        self.stream_file(&item.name, &path, entry.chunker, progress)?;
+                    item.mtime = i32::try_from(state.mtime.1)
+                        .ok()
+                        .and_then(|ns| Timestamp::new(state.mtime.0, ns).ok())
+                        .or(item.mtime);
+                    streamed
+                }
+                other => {
+                    let reader = other.open(&item.name)?;
+                    self.stream(&item.name, entry.chunker, reader, progress)?
+                }
+            };
             item.len = len;
             item.chunks = Some(chunks);
             item.tree = Some(root);
             item.chunker = Some(params);
         }
         Ok(item)
+    }
+
+    /// Streams a file, reading it again (up to [`FILE_READS`] times) while
+    /// it changes under the reader; returns what [`Self::stream`] does and
+    /// the file's state during the read that held.
+    fn stream_file(
+        &mut self,
+        name: &str,
+        path: &std::path::Path,
+        chunker: Option<ChunkerParams>,
+        progress: &dyn Progress,
+    ) -> Result<((u64, u64, BlobId, ChunkerParams), FileState)> {
+        let mut attempt = 1;
+        loop {
+            let (file, changed) = StableFile::open(path, name)?;
+            let state = file.state();
+            match self.stream(name, chunker, Box::new(file), progress) {
+                Ok(streamed) => return Ok((streamed, state)),
+                Err(_) if changed.load(Ordering::SeqCst) && attempt < FILE_READS => {
+                    tracing::warn!("{name} changed while it was read; reading it again");
+                    attempt += 1;
+                }
+                Err(Error::Source { item, detail }) if changed.load(Ordering::SeqCst) => {
+                    return Err(Error::Source {
+                        item,
+                        detail: format!(
+                            "{detail}; it changed during each of {FILE_READS} reads: stop what \
+                             writes to it during the backup, or back up a snapshot of the volume"
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Chunks, hashes and stores one stream; returns (length, chunks, tree

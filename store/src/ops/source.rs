@@ -15,6 +15,7 @@ use jiff::Timestamp;
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::manifest::{ItemKind, SourceInfo, SourceKind, validate_item_name};
+use crate::redact::redact_command;
 
 /// Keep this much of a command's stderr for the error message.
 const STDERR_TAIL_LEN: usize = 4096;
@@ -106,15 +107,12 @@ impl Content {
             detail,
         };
         Ok(match self {
-            Content::File(path) => Box::new(
-                std::fs::File::open(&path)
-                    .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?,
-            ),
+            Content::File(path) => Box::new(StableFile::open(&path, item)?.0),
             Content::Stdin => Box::new(io::stdin()),
-            Content::Command(command) => Box::new(
-                CommandReader::spawn(&command)
-                    .map_err(|e| fail(format!("cannot start `{command}`: {e}")))?,
-            ),
+            Content::Command(command) => Box::new(CommandReader::spawn(&command).map_err(|e| {
+                let shown = redact_command(&command).unwrap_or(command);
+                fail(format!("cannot start `{shown}`: {e}"))
+            })?),
             Content::Reader(r) => r,
         })
     }
@@ -138,7 +136,7 @@ impl Source {
             },
             Source::Command { command, .. } => SourceInfo {
                 kind: SourceKind::Command,
-                command: Some(command.clone()),
+                command: Some(redact_command(command).unwrap_or_else(|| command.clone())),
                 exit_status: Some(0),
                 url: None,
             },
@@ -180,6 +178,7 @@ impl Source {
                 let mut entries = Vec::new();
                 for path in &paths {
                     let base = base_name(path)?;
+                    refuse_special(path)?;
                     walk(path, &base, &mut entries)?;
                 }
                 entries
@@ -215,6 +214,22 @@ fn base_name(path: &Path) -> Result<String> {
     })?;
     name.into_string()
         .map_err(|n| Error::invalid(format!("file name {n:?} is not UTF-8")))
+}
+
+/// An argument that is a FIFO, socket or device would give an empty or
+/// endless item; say so instead of writing a snapshot without it.
+fn refuse_special(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !(m.is_file() || m.is_dir() || m.file_type().is_symlink()) => Err(Error::Source {
+            item: path.display().to_string(),
+            detail: format!(
+                "not a regular file, directory or symlink (a FIFO, socket or device); to \
+                     store what it gives, use `--command 'cat {}'`",
+                path.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn walk(path: &Path, name: &str, out: &mut Vec<Entry>) -> Result<()> {
@@ -284,6 +299,96 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Entry>) -> Result<()> {
     Ok(())
 }
 
+/// What identifies a file's content without reading it: compared before
+/// and after a read, a difference means the file changed under the reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileState {
+    pub len: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub inode: (u64, u64),
+}
+
+impl FileState {
+    fn of(meta: &std::fs::Metadata) -> FileState {
+        use std::os::unix::fs::MetadataExt;
+        FileState {
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            inode: (meta.dev(), meta.ino()),
+        }
+    }
+}
+
+/// A file read to its end that fails at the end if the file changed while
+/// it was read (size, mtime, ctime, or the bytes read differ from the size
+/// at open), so a torn file is never stored as if it were whole.
+pub(crate) struct StableFile {
+    file: std::fs::File,
+    item: String,
+    before: FileState,
+    read: u64,
+    changed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Set by a [`StableFile`] that found its file changed.
+pub(crate) type ChangedFlag = Arc<std::sync::atomic::AtomicBool>;
+
+impl StableFile {
+    /// Opens `path` for item `item`; the flag tells afterwards whether the
+    /// read failed because the file changed (worth reading again).
+    pub fn open(path: &Path, item: &str) -> Result<(StableFile, ChangedFlag)> {
+        let fail = |e: io::Error| Error::Source {
+            item: item.to_string(),
+            detail: format!("cannot open {}: {e}", path.display()),
+        };
+        let file = std::fs::File::open(path).map_err(fail)?;
+        let before = FileState::of(&file.metadata().map_err(fail)?);
+        let changed = ChangedFlag::default();
+        let reader = StableFile {
+            file,
+            item: item.to_string(),
+            before,
+            read: 0,
+            changed: Arc::clone(&changed),
+        };
+        Ok((reader, changed))
+    }
+
+    /// The file's state when it was opened.
+    pub fn state(&self) -> FileState {
+        self.before
+    }
+}
+
+impl Read for StableFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        if n == 0 && !buf.is_empty() {
+            let after = FileState::of(&self.file.metadata()?);
+            if after != self.before || self.read != self.before.len {
+                self.changed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                return Err(io::Error::other(format!(
+                    "{} changed while it was read ({} bytes at open, {} read, {} now{})",
+                    self.item,
+                    self.before.len,
+                    self.read,
+                    after.len,
+                    if after.mtime != self.before.mtime || after.ctime != self.before.ctime {
+                        ", modified meanwhile"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// A command's standard output; at its end, the command's exit status is
 /// checked and a failure becomes a read error carrying its stderr tail.
 struct CommandReader {
@@ -327,7 +432,7 @@ impl CommandReader {
             }
         });
         Ok(CommandReader {
-            command: command.to_string(),
+            command: redact_command(command).unwrap_or_else(|| command.to_string()),
             child,
             stdout,
             stderr_tail,
