@@ -35,10 +35,8 @@ impl TargetDir {
     /// must be empty. `path` itself is the caller's and may be reached
     /// through links; nothing below it is.
     pub fn create_empty(path: &Path) -> Result<TargetDir> {
-        match std::fs::create_dir_all(path) {
-            Ok(()) => {}
-            Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
-        }
+        std::fs::create_dir_all(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let root = TargetDir::open(path)?;
         let entries = rustix::fs::Dir::read_from(&root.fd)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e.into()))?;
@@ -56,7 +54,7 @@ impl TargetDir {
     }
 
     /// Opens an existing directory `path` (following links in `path`).
-    pub fn open(path: &Path) -> Result<TargetDir> {
+    fn open(path: &Path) -> Result<TargetDir> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(rustix::fs::CWD, path, flags, Mode::empty())
             .map_err(|e| Error::io(format!("opening {}", path.display()), e.into()))?;
