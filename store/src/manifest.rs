@@ -10,6 +10,8 @@
 //! (`verify_strict`), the signer against the trusted keys, then parses the
 //! body and checks it names this repository.
 
+use std::collections::HashMap;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -162,7 +164,8 @@ fn signed_message(repository: &RepoId, body: &[u8]) -> Vec<u8> {
 }
 
 impl Manifest {
-    /// Checks what a reader relies on: version and item names.
+    /// Checks what a reader relies on: version, item names and order, the
+    /// fields each kind has, and that only directories hold items.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.version != MANIFEST_VERSION {
             return Err(format!(
@@ -194,7 +197,7 @@ impl Manifest {
                 ));
             }
         }
-        Ok(())
+        check_holders(&self.items)
     }
 
     /// Encodes and signs.
@@ -305,6 +308,41 @@ pub fn decode_manifest(
     })
 }
 
+/// Checks that no item lies below an item that is not a directory (a
+/// symlink `s` and an item `s/x` would make a restore write through the
+/// link). `items` are in strict name order, so every item's ancestors come
+/// before it; each name is looked up once per `/` in it.
+fn check_holders(items: &[Item]) -> std::result::Result<(), String> {
+    let mut not_dirs: HashMap<&str, ItemKind> = HashMap::new();
+    for item in items {
+        let name = item.name.as_str();
+        for (at, _) in name.match_indices('/') {
+            let above = &name[..at];
+            if let Some(kind) = not_dirs.get(above) {
+                return Err(format!(
+                    "item {name:?} lies below item {above:?}, a {}: only a directory can hold items",
+                    kind.noun()
+                ));
+            }
+        }
+        if item.kind != ItemKind::Dir {
+            not_dirs.insert(name, item.kind);
+        }
+    }
+    Ok(())
+}
+
+impl ItemKind {
+    /// `file`, `directory` or `symlink`.
+    pub fn noun(self) -> &'static str {
+        match self {
+            ItemKind::File => "file",
+            ItemKind::Dir => "directory",
+            ItemKind::Symlink => "symlink",
+        }
+    }
+}
+
 /// Checks an item name: a relative path of plain components joined by `/`.
 pub fn validate_item_name(name: &str) -> std::result::Result<(), String> {
     let ok = !name.is_empty()
@@ -403,6 +441,94 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, Error::UntrustedKey { .. }));
+    }
+
+    fn item(name: &str, kind: ItemKind) -> Item {
+        let file = kind == ItemKind::File;
+        Item {
+            name: name.into(),
+            kind,
+            len: 0,
+            tree: file.then(|| BlobId::of(b"tree")),
+            chunks: file.then_some(0),
+            chunker: None,
+            mode: None,
+            mtime: None,
+            target: (kind == ItemKind::Symlink).then(|| "/victim/.ssh".into()),
+        }
+    }
+
+    #[test]
+    fn only_directories_hold_items() {
+        let repo = RepoId([9; 32]);
+        let key = SecretKey::from_seed(&[3; 32]);
+        let with = |items: &[(&str, ItemKind)]| Manifest {
+            items: items.iter().map(|(n, k)| item(n, *k)).collect(),
+            ..sample(repo)
+        };
+        use ItemKind::{Dir, File, Symlink};
+        for bad in [
+            with(&[("s", Symlink), ("s/authorized_keys", Symlink)]),
+            with(&[("s", Symlink), ("s/authorized_keys", File)]),
+            with(&[("s", File), ("s/x/y", Dir)]),
+            // `-` and `.` sort before `/`: siblings between do not hide `s`.
+            with(&[("s", Symlink), ("s-b", Dir), ("s.c", File), ("s/x", File)]),
+            with(&[("a", Dir), ("a/s", Symlink), ("a/s-", Dir), ("a/s/x", Dir)]),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains("lies below item"), "{e}");
+            let e = bad.encode_signed(&key).unwrap_err();
+            assert_eq!(e.kind(), crate::error::ErrorKind::InvalidInput, "{e}");
+        }
+        let e = with(&[("s", Symlink), ("s/k", File)])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "item \"s/k\" lies below item \"s\", a symlink: only a directory can hold items"
+        );
+        for good in [
+            with(&[("a", Dir), ("a/b", Dir), ("a/b/c", File), ("a/s", Symlink)]),
+            with(&[
+                ("s", Symlink),
+                ("s-b/x", File),
+                ("s.c", File),
+                ("t/x", File),
+            ]),
+            with(&[("x/implicit/dirs", File)]),
+        ] {
+            good.validate().unwrap();
+        }
+    }
+
+    proptest::proptest! {
+        /// The linear check agrees with comparing every pair.
+        #[test]
+        fn holder_check_matches_every_pair(
+            picks in proptest::collection::vec(
+                (proptest::collection::vec(0usize..5, 1..4), 0usize..3),
+                0..24,
+            )
+        ) {
+            const PARTS: [&str; 5] = ["a", "b", "a-b", "a.b", "-"];
+            const KINDS: [ItemKind; 3] = [ItemKind::Dir, ItemKind::File, ItemKind::Symlink];
+            let mut items: Vec<Item> = picks
+                .iter()
+                .map(|(parts, kind)| {
+                    let name: Vec<&str> = parts.iter().map(|&p| PARTS[p]).collect();
+                    item(&name.join("/"), KINDS[*kind])
+                })
+                .collect();
+            items.sort_by(|a, b| a.name.cmp(&b.name));
+            items.dedup_by(|a, b| a.name == b.name);
+            let naive = items.iter().any(|holder| {
+                holder.kind != ItemKind::Dir
+                    && items
+                        .iter()
+                        .any(|i| i.name.starts_with(&format!("{}/", holder.name)))
+            });
+            proptest::prop_assert_eq!(check_holders(&items).is_err(), naive, "{:?}", items.iter().map(|i| (&i.name, i.kind)).collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod restore;
 pub mod select;
 pub mod source;
 pub mod stats;
+mod target;
 pub mod verify;
 
 /// This machine's host name, for snapshots (override it with `--host` where

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use crate::blob_reader::BlobReader;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
 use crate::manifest::{Item, ItemKind, Snapshot};
+use crate::ops::target::TargetDir;
 use crate::repo::IndexedRepository;
 use crate::tree::{TreeEntry, TreeNode};
 
@@ -243,7 +244,9 @@ impl IndexedRepository {
     }
 
     /// Restores a snapshot, or the items at and under `only`, into `target`,
-    /// which must not exist or be empty.
+    /// which must not exist or be empty. Every path below `target` is
+    /// opened relative to its parent directory without following links
+    /// (`TargetDir`), so nothing is written outside `target`.
     pub async fn restore_to_dir(
         &self,
         snapshot: &Snapshot,
@@ -251,29 +254,27 @@ impl IndexedRepository {
         only: Option<&str>,
         progress: &dyn RestoreProgress,
     ) -> Result<RestoreSummary> {
+        // Checked when decoded; checked again where it matters.
+        snapshot
+            .manifest
+            .validate()
+            .map_err(|e| Error::corrupt(format!("snapshot {}", snapshot.id), e))?;
         let items: Vec<&Item> = select_items(snapshot, only)?;
-        prepare_target(target)?;
+        let root = TargetDir::create_empty(target)?;
         let reader = self.blob_reader();
         let mut summary = RestoreSummary::default();
-        let path_of = |item: &Item| -> PathBuf { target.join(&item.name) };
 
         // Parents first; every directory writable until the end.
         for item in items.iter().filter(|i| i.kind == ItemKind::Dir) {
-            std::fs::create_dir_all(path_of(item))
-                .map_err(|e| Error::io(format!("creating {}", path_of(item).display()), e))?;
+            root.subdir(&item.name, true)?;
             summary.dirs += 1;
         }
         for item in items.iter().filter(|i| i.kind == ItemKind::File) {
-            let path = path_of(item);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-            }
+            let (dir, name) = root.parent_of(&item.name)?;
             // Written under a temporary name, renamed when complete: an
             // interrupted restore never leaves a short file under the real name.
-            let partial = partial_name(&path);
-            let file = std::fs::File::create_new(&partial)
-                .map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
+            let partial = format!("{name}.cairn-partial");
+            let file = dir.create_file(&partial)?;
             progress.item(&item.name, item.len);
             let (file, len) = match self
                 .restore_item(&reader, snapshot, item, file, progress)
@@ -281,32 +282,26 @@ impl IndexedRepository {
             {
                 Ok(done) => done,
                 Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
+                    let _ = dir.remove_file(&partial);
                     return Err(e);
                 }
             };
-            apply_metadata(&file, item, &partial)?;
+            apply_metadata(&file, item, &dir.path_of(&partial))?;
             drop(file);
-            std::fs::rename(&partial, &path)
-                .map_err(|e| Error::io(format!("renaming {}", partial.display()), e))?;
+            dir.rename(&partial, name)?;
             summary.files += 1;
             summary.bytes += len;
         }
         // Symlinks last, so nothing is ever written through one.
         for item in items.iter().filter(|i| i.kind == ItemKind::Symlink) {
-            let path = path_of(item);
-            let link_target = item.target.as_deref().unwrap_or_default();
-            #[cfg(unix)]
-            std::os::unix::fs::symlink(link_target, &path)
-                .map_err(|e| Error::io(format!("creating symlink {}", path.display()), e))?;
+            let (dir, name) = root.parent_of(&item.name)?;
+            dir.symlink(item.target.as_deref().unwrap_or_default(), name)?;
             summary.symlinks += 1;
         }
         // Directory modes and times last, deepest first.
         for item in items.iter().rev().filter(|i| i.kind == ItemKind::Dir) {
-            let path = path_of(item);
-            let dir = std::fs::File::open(&path)
-                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            apply_metadata(&dir, item, &path)?;
+            let path = root.path_of(&item.name);
+            apply_metadata(&root.subdir(&item.name, false)?.into_file(), item, &path)?;
         }
         Ok(summary)
     }
@@ -343,29 +338,6 @@ pub fn select_items<'s>(snapshot: &'s Snapshot, only: Option<&str>) -> Result<Ve
         });
     }
     Ok(items)
-}
-
-fn prepare_target(target: &Path) -> Result<()> {
-    match std::fs::read_dir(target) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(Error::AlreadyExists {
-                    what: format!("{} is not empty", target.display()),
-                    hint: "restore into a new or empty directory".into(),
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(target)
-            .map_err(|e| Error::io(format!("creating {}", target.display()), e)),
-        Err(e) => Err(Error::io(format!("reading {}", target.display()), e)),
-    }
-}
-
-fn partial_name(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".cairn-partial");
-    PathBuf::from(name)
 }
 
 fn apply_metadata(file: &std::fs::File, item: &Item, path: &Path) -> Result<()> {
