@@ -437,10 +437,7 @@ mod tests {
             pack(3, &[6, 7, 8, 9]),
             pack(5, &[11, 12, 13, 14]),
         ];
-        let live: IdSet<BlobId> = [1, 2, 5, 6, 7, 11, 12, 13]
-            .into_iter()
-            .map(blob)
-            .collect();
+        let live: IdSet<BlobId> = [1, 2, 5, 6, 7, 11, 12, 13].into_iter().map(blob).collect();
         let t: Timestamp = "2026-11-21T00:00:00Z".parse().unwrap();
         let none = IdSet::default();
         let repacked = |plan: &CondemnationPlan| -> Vec<u8> {

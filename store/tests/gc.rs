@@ -498,8 +498,16 @@ async fn plant_condemned_list(backend: &Backend, run: &str, packs: &[ObjectKey])
             .await
             .unwrap()
     };
-    put(format!("condemned-{run}"), serde_json::to_vec(&list).unwrap()).await;
-    put(format!("writers-{run}"), serde_json::to_vec(&writers).unwrap()).await;
+    put(
+        format!("condemned-{run}"),
+        serde_json::to_vec(&list).unwrap(),
+    )
+    .await;
+    put(
+        format!("writers-{run}"),
+        serde_json::to_vec(&writers).unwrap(),
+    )
+    .await;
 }
 
 /// Issue 13, critical 2 (the gc side): a fake pack claiming every live
@@ -591,8 +599,12 @@ async fn unreadable_gc_lists_are_reported_and_skipped() {
     assert_eq!(report.deleted_packs, 1, "{report:#?}");
     let skipped: Vec<&str> = report.skipped.iter().map(|s| s.object.as_str()).collect();
     assert!(
-        skipped.iter().any(|o| o.contains("condemned-20000101-000000-00000001"))
-            && skipped.iter().any(|o| o.contains("writers-20000101-000000-00000002")),
+        skipped
+            .iter()
+            .any(|o| o.contains("condemned-20000101-000000-00000001"))
+            && skipped
+                .iter()
+                .any(|o| o.contains("writers-20000101-000000-00000002")),
         "{report:#?}"
     );
     assert_eq!(restore_of(&backend, keep.snapshot).await.len(), 1 << 20);
@@ -612,7 +624,10 @@ async fn leases_cannot_claim_to_live_forever() {
         "started": "2026-01-01T00:00:00Z", "ttl_secs": 1u64 << 63, "holder": "x",
     });
     for (id, body) in [
-        ("backup-00000000000000e1", serde_json::to_vec(&endless).unwrap()),
+        (
+            "backup-00000000000000e1",
+            serde_json::to_vec(&endless).unwrap(),
+        ),
         ("backup-00000000000000e2", b"garbage".to_vec()),
     ] {
         backend
@@ -718,13 +733,18 @@ async fn dead_data_in_half_live_packs_is_repacked_down_to_max_unused() {
         }
         std::fs::write(path("mixed"), &mixed).unwrap();
         let mut items = vec![path("mixed")];
-        for m in 0..n {
+        for (m, data) in kept.iter().enumerate().take(n) {
             // The kept data of the earlier snapshots, now as files of their own.
-            std::fs::write(path(&format!("kept-{m}")), &kept[m]).unwrap();
+            std::fs::write(path(&format!("kept-{m}")), data).unwrap();
             items.push(path(&format!("kept-{m}")));
         }
         let session = writer(backend.clone()).await;
-        ids.push(back_up(&session, Source::Paths(items)).await.unwrap().snapshot);
+        ids.push(
+            back_up(&session, Source::Paths(items))
+                .await
+                .unwrap()
+                .snapshot,
+        );
         session.finish().await.unwrap();
     }
     // `forget --keep-last 1` (the item lists differ, so by id).

@@ -13,21 +13,28 @@
 //! *Phase 1* (under the exclusive `locks/gc` lease): mark every blob the
 //! snapshots reach, listing the snapshots again at the end until no new one
 //! appears (a snapshot committed meanwhile protects its chunks); refuse if
-//! anything reachable is missing; condemn packs nothing live is in, packs
-//! less than half live (after copying their live blobs to new packs, within
+//! anything reachable is missing (an index object that does not parse is
+//! reported and skipped: its packs count as unindexed); condemn packs
+//! nothing live is in, mixed packs less than half live and then more, the
+//! emptiest first, until at most `--max-unused` of the stored bytes is
+//! unreferenced (after copying their live blobs to new packs, within
 //! `--max-repack`), and packs no index names that are older than the grace
 //! period and than every running writer. Publish the list as
 //! `gc/condemned-<run>` (time T1: its `last_modified`, the store's clock),
 //! *then* list the live leases and record them as `gc/writers-<run>`.
 //!
-//! *Phase 2* (the same run, or a later one), for each condemned list, only
-//! once the grace period has passed since T1 (store clock) and none of the
-//! recorded writers is alive: every writer that could have loaded the index
-//! before the list was public has finished (committed, failed or lapsed).
+//! *Phase 2* (the same run, or a later one), for each condemned list that
+//! parses and names its own run, only once the grace period has passed
+//! since T1 (store clock) and no lease is alive that is recorded or started
+//! by T1: every writer that could have loaded the index before the list was
+//! public has finished (committed, failed or lapsed).
 //! Mark again over the snapshots *now*; read each condemned pack's trailer
-//! from the pack (not from an index); rescue any condemned pack holding a
-//! live blob no surviving pack holds (a writer that started before T1 may
-//! have deduplicated against it); write an index naming the surviving packs
+//! from the pack (not from an index); read, decode and hash every live blob
+//! of a condemned pack from a surviving pack an index says holds it (a copy
+//! that does not check is reported and does not count); rescue any
+//! condemned pack holding a live blob with no such verified copy (a writer
+//! that started before T1 may have deduplicated against it, and a list GC
+//! did not write may name anything); write an index naming the surviving packs
 //! of every index object that names a doomed pack; write the deletion log
 //! `gc/log-<run>-<n>`; delete those index objects; delete the doomed packs;
 //! delete the list.
@@ -182,9 +189,18 @@ pub struct Skipped {
     pub object: String,
     /// Why, and what GC did instead.
     pub detail: String,
+    /// Whether it is damage in the repository (`cairn verify` should look),
+    /// rather than the trace of an interrupted run.
+    pub damage: bool,
 }
 
 impl GcReport {
+    /// Whether GC met damage: copies that do not check, or repository
+    /// objects it could not parse.
+    pub fn found_damage(&self) -> bool {
+        !self.unverified.is_empty() || self.skipped.iter().any(|s| s.damage)
+    }
+
     /// Notes an object GC could not parse (once, however often it is met).
     fn skip(&mut self, skipped: Skipped) {
         if !self.skipped.iter().any(|s| s.object == skipped.object) {
@@ -251,6 +267,7 @@ async fn load_lists(backend: &Backend) -> Result<(Vec<Pending>, Vec<Skipped>)> {
                         "{why}; not acted on: none of its packs is deleted \
                          (remove it once `cairn verify` is clean)"
                     ),
+                    damage: true,
                 }),
             }
         } else {
@@ -261,10 +278,12 @@ async fn load_lists(backend: &Backend) -> Result<(Vec<Pending>, Vec<Skipped>)> {
                 Ok(w) => skipped.push(Skipped {
                     object,
                     detail: format!("names run {:?}, not {run:?}; ignored", w.run),
+                    damage: true,
                 }),
                 Err(e) => skipped.push(Skipped {
                     object,
                     detail: format!("does not parse ({e}); ignored"),
+                    damage: true,
                 }),
             }
         }
@@ -337,6 +356,7 @@ impl IndexObjects {
                 "{e}; skipped: packs only it names count as unindexed, and GC refuses to run \
                  if a snapshot needs one (run `cairn verify`)"
             ),
+            damage: true,
         })
     }
 
@@ -388,8 +408,8 @@ fn unused_left(bytes: u64, packs: u64, reason: LeftoverReason, options: &GcOptio
             options.max_unused_pct
         ),
         LeftoverReason::RepackBudget => format!(
-            "repacking them would pass --max-repack {}% of the repository per run; \
-             raise --max-repack (or run gc again)",
+            "repacking them would pass --max-repack ({}% of the repository per run); \
+             raise --max-repack to repack them",
             options.max_repack_pct
         ),
     };
@@ -479,6 +499,7 @@ impl Repository {
                         "its body does not parse ({e}); counted as a lease of {} s from its last write",
                         DEFAULT_TTL.as_secs()
                     ),
+                    damage: false,
                 });
             }
         }
@@ -650,10 +671,9 @@ impl Repository {
         let age = now.duration_since(pending.published);
         if age < signed(options.grace) {
             let left = signed(options.grace) - age;
-            report.waiting.push(waiting(format!(
-                "grace period: {} s left",
-                left.as_secs()
-            )));
+            report
+                .waiting
+                .push(waiting(format!("grace period: {} s left", left.as_secs())));
             return Ok(());
         }
         let writers = match pending.writers {
@@ -664,6 +684,7 @@ impl Repository {
                     object: format!("gc/writers-{run}"),
                     detail: "missing (an interrupted run?); recorded now from the leases alive now"
                         .into(),
+                    damage: false,
                 });
                 self.record_writers(&run, Some(lease)).await?
             }
@@ -1186,16 +1207,16 @@ async fn read_and_check(
         }
         Err(e) => return Err(e),
     };
-    Ok(crate::cpu::run(move || {
-        match decode_frame(codec, &bytes, frame.raw_len) {
+    Ok(
+        crate::cpu::run(move || match decode_frame(codec, &bytes, frame.raw_len) {
             Ok(raw) => check_frame(&raw, &copies),
             Err(why) => copies
                 .iter()
                 .map(|c| (*c, Some(format!("its frame does not decode: {why}"))))
                 .collect(),
-        }
-    })
-    .await)
+        })
+        .await,
+    )
 }
 
 /// Adds failed copies to the report, one entry per pack.
@@ -1214,5 +1235,61 @@ fn note_unverified(report: &mut GcReport, failed: &[(CopyRef, String)]) {
                 detail: why.clone(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(pack: u8, blob: &[u8], offset: u32) -> CopyRef {
+        CopyRef {
+            frame: FrameRef {
+                pack: PackId([pack; 32]),
+                offset: 8,
+                stored_len: 10,
+                raw_len: 10,
+                codec: 0,
+            },
+            blob: BlobId::of(blob),
+            offset,
+            len: u32::try_from(blob.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    #[test]
+    fn a_copy_counts_only_where_its_bytes_hash_to_its_id() {
+        let raw = b"helloworld";
+        let checked = check_frame(
+            raw,
+            &[
+                copy(1, b"hello", 0),
+                copy(1, b"world", 0),
+                copy(1, b"world", 8),
+            ],
+        );
+        assert_eq!(checked[0].1, None);
+        assert!(checked[1].1.as_deref().unwrap_or("").contains("hash to"));
+        assert!(checked[2].1.as_deref().unwrap_or("").contains("beyond"));
+    }
+
+    #[test]
+    fn each_round_reads_the_next_claimed_copy_of_blobs_not_yet_verified() {
+        let (fake, good) = (copy(1, b"hello", 0), copy(2, b"hello", 0));
+        let other = copy(1, b"world", 5);
+        let claims: BTreeMap<BlobId, Vec<CopyRef>> =
+            [(fake.blob, vec![fake, good]), (other.blob, vec![other])]
+                .into_iter()
+                .collect();
+        let mut verified = IdMap::default();
+        // Round 0: both first copies, in one read of their shared frame.
+        let reads = plan_copy_reads(&claims, &verified, 0);
+        assert_eq!(reads.len(), 1);
+        assert_eq!(reads[&fake.frame].len(), 2);
+        // The fake failed, the other blob verified: round 1 reads only the second copy.
+        verified.insert(other.blob, vec![other.frame.pack]);
+        let reads = plan_copy_reads(&claims, &verified, 1);
+        assert_eq!(reads.into_values().collect::<Vec<_>>(), vec![vec![good]]);
+        assert!(plan_copy_reads(&claims, &verified, 2).is_empty());
     }
 }
