@@ -10,6 +10,10 @@
 //! lease lapsed writes no snapshot. Between `ttl / 2` and `ttl` lies the
 //! margin for the two clocks' rates and for requests in flight.
 //!
+//! A lease's time-to-live is at most [`MAX_TTL`]; a longer one claimed in a
+//! start object counts as [`MAX_TTL`], and a start object whose body does
+//! not parse counts as a lease of [`DEFAULT_TTL`] (reported as damaged).
+//!
 //! Garbage collection holds `locks/gc`, created create-only so that only one
 //! runs at a time; a dead one may be taken over.
 
@@ -25,6 +29,10 @@ use crate::error::{Error, Result};
 
 /// The default lease time-to-live.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
+/// The longest time-to-live a lease may have: one claiming more counts as
+/// this (so an `append` credential cannot stall garbage collection for ever
+/// with one write), and a holder asking for more gets this.
+pub const MAX_TTL: Duration = Duration::from_secs(60 * 60);
 /// The name of garbage collection's exclusive lease.
 pub const GC_LEASE: &str = "gc";
 const ALIVE_SUFFIX: &str = ".alive";
@@ -136,12 +144,13 @@ impl Lease {
             host: crate::ops::hostname(),
             pid: std::process::id(),
             started: Timestamp::now(),
-            ttl_secs: ttl.as_secs().max(1),
+            ttl_secs: ttl.min(MAX_TTL).as_secs().max(1),
             holder: holder.into(),
         }
     }
 
     fn start(backend: &Backend, id: String, ttl: Duration, record: LeaseRecord) -> Lease {
+        let ttl = ttl.min(MAX_TTL);
         let state = Arc::new(Mutex::new(LeaseState {
             last_renewed: Instant::now(),
             error: None,
@@ -287,16 +296,23 @@ pub struct LeaseStatus {
     pub started: Timestamp,
     /// When it was last renewed, by the store's clock.
     pub renewed: Timestamp,
+    /// Why its start object's body could not be parsed, if it could not.
+    pub damaged: Option<String>,
 }
 
 impl LeaseStatus {
+    /// Its time-to-live as counted: as its body says, at most [`MAX_TTL`];
+    /// [`DEFAULT_TTL`] when the body could not be read.
+    pub fn ttl(&self) -> Duration {
+        self.record
+            .as_ref()
+            .map_or(DEFAULT_TTL, |r| Duration::from_secs(r.ttl_secs))
+            .min(MAX_TTL)
+    }
+
     /// Whether it is alive at `now` (the store's clock).
     pub fn is_alive(&self, now: Timestamp) -> bool {
-        let ttl = self
-            .record
-            .as_ref()
-            .map_or(DEFAULT_TTL.as_secs(), |r| r.ttl_secs);
-        let ttl = jiff::SignedDuration::from_secs(i64::try_from(ttl).unwrap_or(i64::MAX));
+        let ttl = jiff::SignedDuration::try_from(self.ttl()).unwrap_or(jiff::SignedDuration::MAX);
         now.duration_since(self.renewed) < ttl
     }
 }
@@ -322,6 +338,7 @@ pub async fn list_leases(backend: &Backend) -> Result<Vec<LeaseStatus>> {
                         record: None,
                         started: o.last_modified,
                         renewed: o.last_modified,
+                        damaged: None,
                     },
                 );
             }
@@ -332,7 +349,10 @@ pub async fn list_leases(backend: &Backend) -> Result<Vec<LeaseStatus>> {
             lease.renewed = lease.renewed.max(t);
         }
         match backend.get(&ObjectKey::Lock(lease.id.clone())).await {
-            Ok(bytes) => lease.record = serde_json::from_slice(&bytes).ok(),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(record) => lease.record = Some(record),
+                Err(e) => lease.damaged = Some(e.to_string()),
+            },
             Err(Error::Missing { .. }) => {} // released meanwhile
             Err(e) => return Err(e),
         }

@@ -426,3 +426,360 @@ async fn a_writer_whose_lease_lapsed_writes_no_snapshot() {
     fault.heal();
     assert!(snapshots(&backend).await.is_empty());
 }
+
+/// Writes, as an `append` credential could (create-only), a pack claiming
+/// every blob of `genuine` but holding other bytes, and an index object
+/// naming it whose id sorts after `after` (so readers still find the
+/// genuine copy first). Returns the fake pack's id.
+async fn plant_fake_copy(
+    backend: &Backend,
+    genuine: &ObjectKey,
+    after: cairn_store::id::IndexId,
+) -> cairn_store::id::PackId {
+    use cairn_store::frame::FrameBuilder;
+    use cairn_store::index::{IndexedPack, encode_index};
+    use cairn_store::pack::{PackWriter, decode_pack};
+    let ObjectKey::Pack(genuine_id) = genuine else {
+        panic!("{genuine:?} is not a pack")
+    };
+    let bytes = backend.get(genuine).await.unwrap();
+    let trailer = decode_pack(&bytes, *genuine_id).unwrap();
+    let mut pack = PackWriter::new();
+    let mut frame = FrameBuilder::default();
+    for (n, b) in trailer.blobs.iter().enumerate() {
+        frame.push(b.id, &random_bytes(b.len as usize, 1000 + n as u64));
+        if frame.raw_len() >= 512 << 10 {
+            pack.add_frame(frame.take().compress(3).unwrap());
+        }
+    }
+    if !frame.is_empty() {
+        pack.add_frame(frame.compress(3).unwrap());
+    }
+    let (id, bytes, trailer) = pack.finish();
+    let len = bytes.len() as u64;
+    backend.put_new(&ObjectKey::Pack(id), bytes).await.unwrap();
+    let fake = [IndexedPack { id, len, trailer }];
+    let index = (0u64..)
+        .map(|nonce| encode_index(&fake, nonce))
+        .find(|b| cairn_store::id::IndexId::of(b) > after)
+        .unwrap();
+    let index_id = cairn_store::id::IndexId::of(&index);
+    backend
+        .put_new(&ObjectKey::Index(index_id), index.into())
+        .await
+        .unwrap();
+    id
+}
+
+/// Writes a condemned list (and its writers list) GC never wrote.
+async fn plant_condemned_list(backend: &Backend, run: &str, packs: &[ObjectKey]) {
+    use cairn_store::gc::{CondemnReason, CondemnedList, CondemnedPack, WritersAtCondemnation};
+    let mut condemned = Vec::new();
+    for key in packs {
+        let ObjectKey::Pack(id) = key else { panic!() };
+        condemned.push(CondemnedPack {
+            id: *id,
+            reason: CondemnReason::Unreferenced,
+            len: backend.head(key).await.unwrap().len,
+        });
+    }
+    let list = CondemnedList {
+        version: 1,
+        run: run.into(),
+        packs: condemned,
+    };
+    let writers = WritersAtCondemnation {
+        run: run.into(),
+        writers: vec![],
+    };
+    let put = |name: String, body: Vec<u8>| async move {
+        backend
+            .put_new(&ObjectKey::Gc(name), body.into())
+            .await
+            .unwrap()
+    };
+    put(
+        format!("condemned-{run}"),
+        serde_json::to_vec(&list).unwrap(),
+    )
+    .await;
+    put(
+        format!("writers-{run}"),
+        serde_json::to_vec(&writers).unwrap(),
+    )
+    .await;
+}
+
+/// Issue 13, critical 2 (the gc side): a fake pack claiming every live
+/// blob, an index naming it and a forged condemned list naming the genuine
+/// pack must not make GC delete the genuine pack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_list_and_a_fake_copy_do_not_make_gc_delete_live_data() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let data = random_bytes(3 << 20, 20);
+    let s = backup_bytes(&backend, "x.bin", data.clone()).await;
+    let genuine = keys(&backend, ObjectDir::Packs).await;
+    let genuine_index = match &keys(&backend, ObjectDir::Index).await[..] {
+        [ObjectKey::Index(id)] => *id,
+        other => panic!("{other:?}"),
+    };
+    let mut fakes = Vec::new();
+    for pack in &genuine {
+        fakes.push(plant_fake_copy(&backend, pack, genuine_index).await);
+    }
+    plant_condemned_list(&backend, "20000101-000000-0badc0de", &genuine).await;
+
+    let report = gc(&backend, Pauses::default()).await;
+    let left = keys(&backend, ObjectDir::Packs).await;
+    for pack in &genuine {
+        assert!(left.contains(pack), "{pack:?} deleted: {report:#?}");
+    }
+    assert_eq!(report.deleted_packs, 0, "{report:#?}");
+    assert_eq!(report.rescued.len(), genuine.len(), "{report:#?}");
+    // The fake copies were read and found wrong, and said so.
+    assert!(!report.unverified.is_empty(), "{report:#?}");
+    for u in &report.unverified {
+        assert!(fakes.contains(&u.pack) && u.blobs > 0, "{u:?}");
+    }
+    assert_eq!(restore_of(&backend, s.snapshot).await, data);
+    // The forged list is finished (its packs rescued): nothing waits.
+    assert!(report.waiting.is_empty(), "{report:#?}");
+    let again = gc(&backend, Pauses::default()).await;
+    assert_eq!(again.deleted_packs, 0, "{again:#?}");
+    assert_eq!(restore_of(&backend, s.snapshot).await, data);
+}
+
+/// A forged writers list naming no writer does not let phase 2 run while a
+/// writer that started before the list was public is still alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_writers_list_does_not_hide_a_running_writer() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let s = backup_bytes(&backend, "x.bin", random_bytes(1 << 20, 21)).await;
+    let packs = keys(&backend, ObjectDir::Packs).await;
+    // A writer is running (its lease alive) when the list appears.
+    let session = writer(backend.clone()).await;
+    forget(&backend, s.snapshot).await;
+    plant_condemned_list(&backend, "20000101-000000-0badc0de", &packs).await;
+    let report = gc(&backend, Pauses::default()).await;
+    assert_eq!(report.deleted_packs, 0, "{report:#?}");
+    assert!(
+        report
+            .waiting
+            .iter()
+            .any(|w| w.reason.contains("still running")),
+        "{report:#?}"
+    );
+    session.finish().await.unwrap();
+}
+
+/// A condemned list or writers list GC cannot parse is reported and left
+/// alone; GC goes on with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_gc_lists_are_reported_and_skipped() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let s = backup_bytes(&backend, "x.bin", random_bytes(1 << 20, 22)).await;
+    let keep = backup_bytes(&backend, "y.bin", random_bytes(1 << 20, 23)).await;
+    for (name, body) in [
+        ("condemned-20000101-000000-00000001", &b"not json"[..]),
+        ("writers-20000101-000000-00000002", &b"{\"run\": 3}"[..]),
+    ] {
+        backend
+            .put_new(&ObjectKey::Gc(name.into()), body.to_vec().into())
+            .await
+            .unwrap();
+    }
+    forget(&backend, s.snapshot).await;
+    let report = gc(&backend, Pauses::default()).await;
+    assert_eq!(report.deleted_packs, 1, "{report:#?}");
+    let skipped: Vec<&str> = report.skipped.iter().map(|s| s.object.as_str()).collect();
+    assert!(
+        skipped
+            .iter()
+            .any(|o| o.contains("condemned-20000101-000000-00000001"))
+            && skipped
+                .iter()
+                .any(|o| o.contains("writers-20000101-000000-00000002")),
+        "{report:#?}"
+    );
+    assert_eq!(restore_of(&backend, keep.snapshot).await.len(), 1 << 20);
+}
+
+/// Issue 13, medium: a lease claiming a time-to-live of 2^63 s counts for
+/// at most the maximum; one whose body does not parse counts for the
+/// default time-to-live from its last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_cannot_claim_to_live_forever() {
+    use cairn_store::lease::{list_leases, store_now};
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let endless = serde_json::json!({
+        "kind": "backup", "host": "node4", "pid": 1,
+        "started": "2026-01-01T00:00:00Z", "ttl_secs": 1u64 << 63, "holder": "x",
+    });
+    for (id, body) in [
+        (
+            "backup-00000000000000e1",
+            serde_json::to_vec(&endless).unwrap(),
+        ),
+        ("backup-00000000000000e2", b"garbage".to_vec()),
+    ] {
+        backend
+            .put_new(&ObjectKey::Lock(id.into()), body.into())
+            .await
+            .unwrap();
+    }
+    let now = store_now(&backend).await.unwrap();
+    let leases = list_leases(&backend).await.unwrap();
+    assert_eq!(leases.len(), 2);
+    let hours = |h: i64| now + jiff::SignedDuration::from_hours(h);
+    for l in &leases {
+        assert!(l.is_alive(now), "{l:?}");
+        assert!(!l.is_alive(hours(2)), "{l:?} alive two hours later");
+    }
+    let garbage = leases.iter().find(|l| l.id.ends_with("e2")).unwrap();
+    assert!(garbage.damaged.is_some(), "{garbage:?}");
+    assert!(!garbage.is_alive(now + jiff::SignedDuration::from_mins(11)));
+    // GC reports the unreadable lease.
+    let report = gc(&backend, Pauses::default()).await;
+    assert!(
+        report.skipped.iter().any(|s| s.object.contains("e2")),
+        "{report:#?}"
+    );
+}
+
+/// Issue 13, medium: one garbage index object does not stop GC; it is
+/// reported and skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_skips_and_reports_a_garbage_index_object() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let s = backup_bytes(&backend, "x.bin", random_bytes(1 << 20, 24)).await;
+    let keep = backup_bytes(&backend, "y.bin", random_bytes(1 << 20, 25)).await;
+    let garbage = ObjectKey::Index(cairn_store::id::IndexId([0xee; 32]));
+    backend
+        .put_new(&garbage, b"garbage".to_vec().into())
+        .await
+        .unwrap();
+    forget(&backend, s.snapshot).await;
+    let report = Repository::open(backend.clone())
+        .await
+        .unwrap()
+        .gc(&gc_options(Pauses::default()))
+        .await
+        .unwrap();
+    assert_eq!(report.deleted_packs, 1, "{report:#?}");
+    assert!(
+        report.skipped.iter().any(|s| s.object.contains("eeee")),
+        "{report:#?}"
+    );
+    // Left for `verify` to report; GC deletes only what it can parse.
+    assert!(backend.exists(&garbage).await.unwrap());
+    assert_eq!(restore_of(&backend, keep.snapshot).await.len(), 1 << 20);
+}
+
+/// When the only index naming live data is garbage, its packs look
+/// unindexed, but GC refuses (a reachable blob is missing) before it
+/// condemns anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_refuses_when_the_index_of_live_data_is_garbage() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    backup_bytes(&backend, "x.bin", random_bytes(1 << 20, 26)).await;
+    let index = keys(&backend, ObjectDir::Index).await;
+    let packs = keys(&backend, ObjectDir::Packs).await;
+    raw_put(&backend, &index[0], b"garbage".to_vec()).await;
+    let err = Repository::open(backend.clone())
+        .await
+        .unwrap()
+        .gc(&gc_options(Pauses::default()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refuses"), "{err}");
+    assert!(keys(&backend, ObjectDir::Gc).await.is_empty());
+    assert_eq!(keys(&backend, ObjectDir::Packs).await, packs);
+}
+
+/// Issue 13, "also in gc": three snapshots each adding 8 MB of unique data
+/// in packs shared with data the last snapshot still needs; after
+/// `forget --keep-last 1` the dead data sits in packs more than half live.
+/// GC must bring the unreferenced bytes down to `--max-unused` (5 %) of
+/// what is stored, or say what is left and what would free it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_data_in_half_live_packs_is_repacked_down_to_max_unused() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    // Snapshot n stores `kept-n` (10 MB a later snapshot keeps) interleaved
+    // with 8 MB of its own unique data, in 640 KiB and 512 KiB blocks.
+    let kept: Vec<Vec<u8>> = (0..3u64).map(|n| random_bytes(10 << 20, 40 + n)).collect();
+    let mut ids = Vec::new();
+    for n in 0..3usize {
+        let unique = random_bytes(8 << 20, 50 + n as u64);
+        let mut mixed = Vec::new();
+        for (k, u) in kept[n].chunks(640 << 10).zip(unique.chunks(512 << 10)) {
+            mixed.extend_from_slice(k);
+            mixed.extend_from_slice(u);
+        }
+        std::fs::write(path("mixed"), &mixed).unwrap();
+        let mut items = vec![path("mixed")];
+        for (m, data) in kept.iter().enumerate().take(n) {
+            // The kept data of the earlier snapshots, now as files of their own.
+            std::fs::write(path(&format!("kept-{m}")), data).unwrap();
+            items.push(path(&format!("kept-{m}")));
+        }
+        let session = writer(backend.clone()).await;
+        ids.push(
+            back_up(&session, Source::Paths(items))
+                .await
+                .unwrap()
+                .snapshot,
+        );
+        session.finish().await.unwrap();
+    }
+    // `forget --keep-last 1` (the item lists differ, so by id).
+    for old in &ids[..2] {
+        forget(&backend, *old).await;
+    }
+    let repo = Repository::open(backend.clone()).await.unwrap();
+    // With the default --max-repack (10 %) a run cannot reach the bound:
+    // the report says how much is left, where, and what would free it.
+    let dry = repo
+        .gc(&GcOptions {
+            dry_run: true,
+            ..GcOptions::default()
+        })
+        .await
+        .unwrap();
+    let left = dry.unused_left.as_ref().expect("leftover reported");
+    assert!(left.bytes > 0 && left.packs > 0, "{dry:#?}");
+    assert!(left.hint.contains("--max-repack"), "{dry:#?}");
+    // Uncapped, GC repacks until at most 5 % is unreferenced.
+    let report = gc(&backend, Pauses::default()).await;
+    let stats = Repository::open(backend.clone())
+        .await
+        .unwrap()
+        .stats()
+        .await
+        .unwrap();
+    assert!(
+        stats.unreferenced_bytes * 20 <= stats.stored_bytes,
+        "unreferenced {} of {} stored after gc: {report:#?}",
+        stats.unreferenced_bytes,
+        stats.stored_bytes
+    );
+    let s = snapshots(&backend).await;
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].id, ids[2]);
+    assert_clean(&backend).await;
+}

@@ -20,6 +20,10 @@ pub struct GcArgs {
     /// Repack at most this percentage of the repository's bytes per run.
     #[arg(long, value_name = "PCT", default_value_t = 10.0)]
     max_repack: f64,
+    /// Repack packs holding unreferenced data (emptiest first) until at most
+    /// this percentage of the stored bytes is unreferenced, within --max-repack.
+    #[arg(long, value_name = "PCT", default_value_t = 5.0)]
+    max_unused: f64,
     /// Delete condemned packs only this long after they were condemned (store clock).
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     grace: String,
@@ -38,24 +42,37 @@ fn duration(s: &str) -> anyhow::Result<Duration> {
 }
 
 pub async fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
-    if !(0.0..=100.0).contains(&args.max_repack) {
-        return Err(cairn_store::Error::invalid(
-            "--max-repack takes a percentage between 0 and 100",
-        )
-        .into());
+    for (flag, pct) in [
+        ("--max-repack", args.max_repack),
+        ("--max-unused", args.max_unused),
+    ] {
+        if !(0.0..=100.0).contains(&pct) {
+            return Err(cairn_store::Error::invalid(format!(
+                "{flag} takes a percentage between 0 and 100"
+            ))
+            .into());
+        }
     }
     let repo = args.repo.open().await?;
     let options = GcOptions {
         dry_run: args.dry_run,
         grace: duration(&args.grace)?,
         max_repack_pct: args.max_repack,
+        max_unused_pct: args.max_unused,
         lease_ttl: crate::pause::lease_ttl(),
         pauses: crate::pause::from_env(),
     };
     let report = repo.gc(&options).await?;
+    // Damage met on the way (copies that do not check, objects that do not
+    // parse) is reported, and the run exits with the damage code.
+    let code = if report.found_damage() {
+        ExitCode::from(crate::exit::DAMAGE)
+    } else {
+        ExitCode::SUCCESS
+    };
     if args.json {
         super::print_json(&report)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     println!(
         "gc {}{}: {} snapshots; {} packs ({}); live {}, unreferenced {}",
@@ -108,5 +125,26 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
             w.reason
         );
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(left) = &report.unused_left {
+        println!(
+            "unreferenced data left: about {} in {} packs still partly live ({})",
+            human_bytes(left.bytes),
+            left.packs,
+            left.hint
+        );
+    }
+    for u in &report.unverified {
+        println!(
+            "damaged: pack {} does not hold {} live chunks an index says it holds \
+             (chunk {}: {}); not counted as copies (run `cairn verify --read-data`)",
+            u.pack.short(),
+            u.blobs,
+            u.example.short(),
+            u.detail
+        );
+    }
+    for s in &report.skipped {
+        println!("skipped {}: {}", s.object, s.detail);
+    }
+    Ok(code)
 }

@@ -13,21 +13,28 @@
 //! *Phase 1* (under the exclusive `locks/gc` lease): mark every blob the
 //! snapshots reach, listing the snapshots again at the end until no new one
 //! appears (a snapshot committed meanwhile protects its chunks); refuse if
-//! anything reachable is missing; condemn packs nothing live is in, packs
-//! less than half live (after copying their live blobs to new packs, within
+//! anything reachable is missing (an index object that does not parse is
+//! reported and skipped: its packs count as unindexed); condemn packs
+//! nothing live is in, mixed packs less than half live and then more, the
+//! emptiest first, until at most `--max-unused` of the stored bytes is
+//! unreferenced (after copying their live blobs to new packs, within
 //! `--max-repack`), and packs no index names that are older than the grace
 //! period and than every running writer. Publish the list as
 //! `gc/condemned-<run>` (time T1: its `last_modified`, the store's clock),
 //! *then* list the live leases and record them as `gc/writers-<run>`.
 //!
-//! *Phase 2* (the same run, or a later one), for each condemned list, only
-//! once the grace period has passed since T1 (store clock) and none of the
-//! recorded writers is alive: every writer that could have loaded the index
-//! before the list was public has finished (committed, failed or lapsed).
+//! *Phase 2* (the same run, or a later one), for each condemned list that
+//! parses and names its own run, only once the grace period has passed
+//! since T1 (store clock) and no lease is alive that is recorded or started
+//! by T1: every writer that could have loaded the index before the list was
+//! public has finished (committed, failed or lapsed).
 //! Mark again over the snapshots *now*; read each condemned pack's trailer
-//! from the pack (not from an index); rescue any condemned pack holding a
-//! live blob no surviving pack holds (a writer that started before T1 may
-//! have deduplicated against it); write an index naming the surviving packs
+//! from the pack (not from an index); read, decode and hash every live blob
+//! of a condemned pack from a surviving pack an index says holds it (a copy
+//! that does not check is reported and does not count); rescue any
+//! condemned pack holding a live blob with no such verified copy (a writer
+//! that started before T1 may have deduplicated against it, and a list GC
+//! did not write may name anything); write an index naming the surviving packs
 //! of every index object that names a doomed pack; write the deletion log
 //! `gc/log-<run>-<n>`; delete those index objects; delete the doomed packs;
 //! delete the list.
@@ -50,6 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -57,10 +65,11 @@ use tokio::sync::mpsc;
 use crate::backend::{Backend, ObjectDir, ObjectKey};
 use crate::blob_reader::BlobReader;
 use crate::error::{Error, Result};
-use crate::frame::FrameBuilder;
+use crate::frame::{Codec, FrameBuilder, MAX_FRAME_RAW_LEN, decode_frame};
 use crate::gc::{
-    CondemnReason, CondemnedList, CondemnedPack, DeletionLog, LoggedDeletion, PackContents,
-    UnindexedPack, WritersAtCondemnation, plan_condemnation, plan_deletion,
+    CondemnReason, CondemnedList, CondemnedPack, DeletionLog, LeftoverReason, LoggedDeletion,
+    PackContents, RepackLimits, UnindexedPack, UnusedLeft, WritersAtCondemnation,
+    plan_condemnation, plan_deletion,
 };
 use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId};
 use crate::index::{IndexedPack, decode_index};
@@ -84,6 +93,9 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Repack at most this share (percent) of the repository's bytes per run.
     pub max_repack_pct: f64,
+    /// Repack mixed packs until at most this share (percent) of the stored
+    /// bytes is unreferenced (within `max_repack_pct`).
+    pub max_unused_pct: f64,
     /// GC's own lease time-to-live.
     pub lease_ttl: Duration,
     /// Pause points (tests).
@@ -96,6 +108,7 @@ impl Default for GcOptions {
             dry_run: false,
             grace: Duration::from_secs(3600),
             max_repack_pct: 10.0,
+            max_unused_pct: 5.0,
             lease_ttl: DEFAULT_TTL,
             pauses: Pauses::default(),
         }
@@ -146,12 +159,63 @@ pub struct GcReport {
     pub rescued: Vec<(PackId, BlobId)>,
     /// Condemned lists still waiting.
     pub waiting: Vec<Waiting>,
+    /// Copies of live blobs, in packs that survive, whose bytes GC read and
+    /// found wrong: they do not count as copies (damage; `cairn verify`).
+    pub unverified: Vec<UnverifiedCopy>,
+    /// Objects GC could not parse and left alone (damage; `cairn verify`).
+    pub skipped: Vec<Skipped>,
+    /// Unreferenced data this run leaves in packs, and what would free it.
+    pub unused_left: Option<crate::gc::UnusedLeft>,
 }
 
-/// The condemned packs in every list: what writers must not rely on.
+/// Copies of live blobs that an index says a pack holds, but whose bytes
+/// in that pack did not hash to their ids (or could not be read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnverifiedCopy {
+    /// The pack.
+    pub pack: PackId,
+    /// How many of its claimed copies failed.
+    pub blobs: u64,
+    /// One of them.
+    pub example: BlobId,
+    /// What was wrong with the first.
+    pub detail: String,
+}
+
+/// An object GC could not parse, and what it did instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// The object (`index <id>`, `gc/condemned-<run>`, `locks/<id>`).
+    pub object: String,
+    /// Why, and what GC did instead.
+    pub detail: String,
+    /// Whether it is damage in the repository (`cairn verify` should look),
+    /// rather than the trace of an interrupted run.
+    pub damage: bool,
+}
+
+impl GcReport {
+    /// Whether GC met damage: copies that do not check, or repository
+    /// objects it could not parse.
+    pub fn found_damage(&self) -> bool {
+        !self.unverified.is_empty() || self.skipped.iter().any(|s| s.damage)
+    }
+
+    /// Notes an object GC could not parse (once, however often it is met).
+    fn skip(&mut self, skipped: Skipped) {
+        if !self.skipped.iter().any(|s| s.object == skipped.object) {
+            self.skipped.push(skipped);
+        }
+    }
+}
+
+/// The condemned packs in every list: what writers must not rely on. A
+/// list that does not parse names nothing a writer could avoid; GC never
+/// acts on it either.
 pub async fn load_condemned(backend: &Backend) -> Result<IdSet<PackId>> {
     Ok(load_lists(backend)
         .await?
+        .0
         .into_iter()
         .flat_map(|l| l.list.packs.into_iter().map(|p| p.id))
         .collect())
@@ -165,74 +229,135 @@ struct Pending {
     writers: Option<WritersAtCondemnation>,
 }
 
-async fn load_lists(backend: &Backend) -> Result<Vec<Pending>> {
+/// Every condemned list that parses, with its writers list, and what was
+/// skipped: a list or writers list that does not parse, or whose `run` is
+/// not the one in its name, is reported and never acted on.
+async fn load_lists(backend: &Backend) -> Result<(Vec<Pending>, Vec<Skipped>)> {
     let objects = backend.list(ObjectDir::Gc).await?;
+    let mut skipped = Vec::new();
     let mut writers: BTreeMap<String, WritersAtCondemnation> = BTreeMap::new();
     let mut lists = Vec::new();
     for o in &objects {
         let ObjectKey::Gc(name) = &o.key else {
             continue;
         };
-        if name.starts_with("writers-") {
-            let body = backend.get(&o.key).await?;
-            let w: WritersAtCondemnation = serde_json::from_slice(&body)
-                .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
-            writers.insert(w.run.clone(), w);
-        }
-    }
-    for o in objects {
-        let ObjectKey::Gc(name) = &o.key else {
+        let (run, is_list) = if let Some(run) = name.strip_prefix("writers-") {
+            (run, false)
+        } else if let Some(run) = name.strip_prefix("condemned-") {
+            (run, true)
+        } else {
             continue;
         };
-        if name.starts_with("condemned-") {
-            let body = match backend.get(&o.key).await {
-                Ok(b) => b,
-                Err(Error::Missing { .. }) => continue, // finished meanwhile
-                Err(e) => return Err(e),
-            };
-            let list: CondemnedList = serde_json::from_slice(&body)
-                .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
-            lists.push(Pending {
-                writers: writers.remove(&list.run),
-                list,
-                published: o.last_modified,
-            });
+        let body = match backend.get(&o.key).await {
+            Ok(b) => b,
+            Err(Error::Missing { .. }) => continue, // finished meanwhile
+            Err(e) => return Err(e),
+        };
+        let object = o.key.path().to_string();
+        if is_list {
+            match decode_list(&body, run) {
+                Ok(list) => lists.push(Pending {
+                    list,
+                    published: o.last_modified,
+                    writers: None,
+                }),
+                Err(why) => skipped.push(Skipped {
+                    object,
+                    detail: format!(
+                        "{why}; not acted on: none of its packs is deleted \
+                         (remove it once `cairn verify` is clean)"
+                    ),
+                    damage: true,
+                }),
+            }
+        } else {
+            match serde_json::from_slice::<WritersAtCondemnation>(&body) {
+                Ok(w) if w.run == run => {
+                    writers.insert(run.to_string(), w);
+                }
+                Ok(w) => skipped.push(Skipped {
+                    object,
+                    detail: format!("names run {:?}, not {run:?}; ignored", w.run),
+                    damage: true,
+                }),
+                Err(e) => skipped.push(Skipped {
+                    object,
+                    detail: format!("does not parse ({e}); ignored"),
+                    damage: true,
+                }),
+            }
         }
     }
+    for pending in &mut lists {
+        pending.writers = writers.remove(&pending.list.run);
+    }
     lists.sort_by(|a, b| a.list.run.cmp(&b.list.run));
-    Ok(lists)
+    Ok((lists, skipped))
+}
+
+/// Parses a condemned list stored as `gc/condemned-<run>`.
+fn decode_list(body: &[u8], run: &str) -> std::result::Result<CondemnedList, String> {
+    let list: CondemnedList =
+        serde_json::from_slice(body).map_err(|e| format!("does not parse ({e})"))?;
+    if list.version != 1 {
+        return Err(format!("unknown version {}", list.version));
+    }
+    if list.run != run {
+        return Err(format!("names run {:?}, not {run:?}", list.run));
+    }
+    Ok(list)
 }
 
 /// Everything the index objects say, kept per object (GC rewrites them).
 struct IndexObjects {
     objects: Vec<(IndexId, Vec<IndexedPack>)>,
+    /// Index objects that do not parse, with why.
+    damaged: Vec<(IndexId, String)>,
 }
 
 impl IndexObjects {
+    /// Loads every index object that parses; the others are returned in
+    /// `damaged`, to be reported and skipped (their packs count as unindexed).
     async fn load(repo: &Repository) -> Result<IndexObjects> {
-        let (_, damaged) = repo.load_index_tolerant().await?;
-        if let Some((id, e)) = damaged.into_iter().next() {
-            return Err(Error::Corrupt {
-                object: format!("index {id}"),
-                detail: format!(
-                    "{e}; garbage collection refuses to run on a repository with a damaged index (run `cairn verify`)"
-                ),
-            });
-        }
         let backend = repo.backend();
+        let loaded: Vec<Option<(IndexId, Result<Vec<IndexedPack>>)>> =
+            futures::stream::iter(backend.list(ObjectDir::Index).await?)
+                .map(|info| async move {
+                    let ObjectKey::Index(id) = info.key else {
+                        return Ok(None);
+                    };
+                    match backend.get(&info.key).await {
+                        Ok(bytes) => Ok(Some((id, decode_index(&bytes, id)))),
+                        Err(Error::Missing { .. }) => Ok(None), // replaced meanwhile
+                        Err(e) => Err(e),
+                    }
+                })
+                .buffer_unordered(8)
+                .try_collect()
+                .await?;
         let mut objects = Vec::new();
-        for info in backend.list(ObjectDir::Index).await? {
-            let ObjectKey::Index(id) = info.key else {
-                continue;
-            };
-            match backend.get(&info.key).await {
-                Ok(bytes) => objects.push((id, decode_index(&bytes, id)?)),
-                Err(Error::Missing { .. }) => {} // replaced meanwhile
-                Err(e) => return Err(e),
+        let mut damaged = Vec::new();
+        for (id, result) in loaded.into_iter().flatten() {
+            match result {
+                Ok(packs) => objects.push((id, packs)),
+                Err(e) => damaged.push((id, e.to_string())),
             }
         }
         objects.sort_by_key(|(id, _)| *id);
-        Ok(IndexObjects { objects })
+        damaged.sort();
+        Ok(IndexObjects { objects, damaged })
+    }
+
+    /// The damaged index objects, as the report lists them.
+    fn skipped(&self) -> impl Iterator<Item = Skipped> + '_ {
+        self.damaged.iter().map(|(id, e)| Skipped {
+            object: format!("index/{id}"),
+            detail: format!(
+                "{e}; skipped: packs only it names count as unindexed, and GC refuses to run \
+                 if a snapshot needs one (run `cairn verify`)"
+            ),
+            damage: true,
+        })
     }
 
     /// Each indexed pack with its blobs (once, however many objects name it).
@@ -266,6 +391,34 @@ fn new_run_id() -> Result<String> {
 
 fn signed(d: Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// A percentage as basis points, clamped to 0..=100 %.
+fn basis_points(pct: f64) -> u64 {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped first
+    let bp = (pct.clamp(0.0, 100.0) * 100.0).round() as u64;
+    bp
+}
+
+/// What the report says about unreferenced data left in kept packs.
+fn unused_left(bytes: u64, packs: u64, reason: LeftoverReason, options: &GcOptions) -> UnusedLeft {
+    let hint = match reason {
+        LeftoverReason::WithinMaxUnused => format!(
+            "within --max-unused {}%; lower --max-unused to repack them",
+            options.max_unused_pct
+        ),
+        LeftoverReason::RepackBudget => format!(
+            "repacking them would pass --max-repack ({}% of the repository per run); \
+             raise --max-repack to repack them",
+            options.max_repack_pct
+        ),
+    };
+    UnusedLeft {
+        bytes,
+        packs,
+        reason,
+        hint,
+    }
 }
 
 impl Repository {
@@ -305,14 +458,23 @@ impl Repository {
     ) -> Result<()> {
         let backend = self.backend();
         // Finish what earlier runs condemned.
-        for pending in load_lists(backend).await? {
-            self.finish_list(pending, options, lease, report).await?;
+        let (lists, skipped) = load_lists(backend).await?;
+        for s in skipped {
+            report.skip(s);
+        }
+        let mut verified = IdMap::default();
+        for pending in lists {
+            self.finish_list(pending, options, lease, &mut verified, report)
+                .await?;
         }
 
         // Phase 1: mark.
         let (snapshots, live) = self.mark_all().await?;
         report.snapshots = snapshots.len() as u64;
         let index = IndexObjects::load(self).await?;
+        for s in index.skipped() {
+            report.skip(s);
+        }
         let packs = index.packs();
         let present: IdMap<PackId, (u64, Timestamp)> = backend
             .list(ObjectDir::Packs)
@@ -329,6 +491,18 @@ impl Repository {
         // Phase 1: decide.
         let now = store_now(backend).await?;
         let leases = list_leases(backend).await?;
+        for l in &leases {
+            if let Some(e) = &l.damaged {
+                report.skip(Skipped {
+                    object: format!("locks/{}", l.id),
+                    detail: format!(
+                        "its body does not parse ({e}); counted as a lease of {} s from its last write",
+                        DEFAULT_TTL.as_secs()
+                    ),
+                    damage: false,
+                });
+            }
+        }
         let oldest_writer = leases
             .iter()
             .filter(|l| l.is_alive(now) && lease.is_none_or(|own| own.id() != l.id))
@@ -349,16 +523,23 @@ impl Repository {
             .collect();
         let already = load_condemned(backend).await?;
         let total: u64 = packs.iter().map(|p| p.len).sum();
-        #[allow(clippy::cast_possible_truncation)] // clamped to 0..=10000 first
-        let basis_points = (options.max_repack_pct.clamp(0.0, 100.0) * 100.0).round() as u64;
-        let budget = u64::try_from(u128::from(total) * u128::from(basis_points) / 10_000)
-            .unwrap_or(u64::MAX);
-        let plan = plan_condemnation(&packs, &live, &unindexed, &already, cutoff, budget);
+        let budget = u64::try_from(
+            u128::from(total) * u128::from(basis_points(options.max_repack_pct)) / 10_000,
+        )
+        .unwrap_or(u64::MAX);
+        let limits = RepackLimits {
+            budget,
+            max_unused_bp: basis_points(options.max_unused_pct),
+        };
+        let plan = plan_condemnation(&packs, &live, &unindexed, &already, cutoff, limits);
         report.packs = plan.packs;
         report.pack_bytes = plan.pack_bytes;
         report.live_bytes = plan.live_bytes;
         report.dead_bytes = plan.dead_bytes;
         report.condemned = plan.condemn.clone();
+        report.unused_left = plan
+            .left
+            .map(|(bytes, packs, reason)| unused_left(bytes, packs, reason, options));
         if options.dry_run || plan.condemn.is_empty() {
             return Ok(());
         }
@@ -394,7 +575,7 @@ impl Repository {
             published,
             writers: Some(writers),
         };
-        self.finish_list(pending, options, Some(lease), report)
+        self.finish_list(pending, options, Some(lease), &mut verified, report)
             .await
     }
 
@@ -462,54 +643,69 @@ impl Repository {
         Ok(writers)
     }
 
-    /// Phase 2 for one condemned list, if its time has come.
+    /// Phase 2 for one condemned list, if its time has come. `verified`
+    /// holds the copies of blobs read and found good in this run, by blob.
     async fn finish_list(
         &self,
         pending: Pending,
         options: &GcOptions,
         lease: Option<&Lease>,
+        verified: &mut IdMap<BlobId, Vec<PackId>>,
         report: &mut GcReport,
     ) -> Result<()> {
         let backend = self.backend();
         let run = pending.list.run.clone();
-        let bytes: u64 = pending.list.packs.iter().map(|p| p.len).sum();
-        let mut wait = |reason: String| {
-            report.waiting.push(Waiting {
-                run: run.clone(),
-                packs: pending.list.packs.len() as u64,
-                bytes,
-                reason,
-            });
+        let waiting = |reason: String| Waiting {
+            run: run.clone(),
+            packs: pending.list.packs.len() as u64,
+            bytes: pending.list.packs.iter().map(|p| p.len).sum(),
+            reason,
         };
         let Some(lease) = lease.filter(|_| !options.dry_run) else {
-            wait("not deleted in a dry run".into());
+            report
+                .waiting
+                .push(waiting("not deleted in a dry run".into()));
             return Ok(());
         };
         let now = store_now(backend).await?;
         let age = now.duration_since(pending.published);
         if age < signed(options.grace) {
             let left = signed(options.grace) - age;
-            wait(format!("grace period: {} s left", left.as_secs()));
+            report
+                .waiting
+                .push(waiting(format!("grace period: {} s left", left.as_secs())));
             return Ok(());
         }
         let writers = match pending.writers {
             Some(w) => w,
             // Interrupted before recording them: all writers alive now is a superset.
-            None => self.record_writers(&run, Some(lease)).await?,
+            None => {
+                report.skip(Skipped {
+                    object: format!("gc/writers-{run}"),
+                    detail: "missing (an interrupted run?); recorded now from the leases alive now"
+                        .into(),
+                    damage: false,
+                });
+                self.record_writers(&run, Some(lease)).await?
+            }
         };
+        // Every lease that may have loaded the index before the list was
+        // public: those recorded, and (whatever the record says) every one
+        // that started no later than T1.
         let leases = list_leases(backend).await?;
-        if let Some(alive) = leases
-            .iter()
-            .find(|l| writers.writers.contains(&l.id) && l.is_alive(now))
-        {
+        if let Some(alive) = leases.iter().find(|l| {
+            l.id != lease.id()
+                && l.is_alive(now)
+                && (writers.writers.contains(&l.id) || l.started <= pending.published)
+        }) {
             let who = alive
                 .record
                 .as_ref()
                 .map(|r| format!("{} on {} (pid {})", r.kind, r.host, r.pid))
                 .unwrap_or_else(|| alive.id.clone());
-            wait(format!(
+            report.waiting.push(waiting(format!(
                 "a writer that started before the list was public is still running: {who}"
-            ));
+            )));
             return Ok(());
         }
 
@@ -524,12 +720,38 @@ impl Repository {
         }
         let doomed_ids: IdSet<PackId> = doomed.iter().map(|p| p.id).collect();
         let index = IndexObjects::load(self).await?;
-        let surviving: IdSet<BlobId> = index
-            .packs()
+        for s in index.skipped() {
+            report.skip(s);
+        }
+        // A live blob of a doomed pack is held elsewhere only if GC has read
+        // it from a surviving pack and hashed it: an index can claim anything.
+        let at_risk: IdSet<BlobId> = doomed
             .iter()
-            .filter(|p| !doomed_ids.contains(&p.id))
             .flat_map(|p| p.blobs.iter().map(|(b, _)| *b))
+            .filter(|b| live.contains(b))
             .collect();
+        let indexed: IdSet<PackId> = index.packs().iter().map(|p| p.id).collect();
+        let good_copy = |verified: &IdMap<BlobId, Vec<PackId>>, blob: &BlobId| {
+            verified.get(blob).is_some_and(|packs| {
+                packs
+                    .iter()
+                    .any(|p| !doomed_ids.contains(p) && indexed.contains(p))
+            })
+        };
+        let wanted: IdSet<BlobId> = at_risk
+            .iter()
+            .filter(|b| !good_copy(verified, b))
+            .copied()
+            .collect();
+        let claims = claimed_copies(&index, &doomed_ids, &wanted);
+        let failed = verify_copies(backend, claims, verified).await?;
+        note_unverified(report, &failed);
+        let surviving: IdSet<BlobId> = at_risk
+            .iter()
+            .filter(|b| good_copy(verified, b))
+            .copied()
+            .collect();
+        let failed_blobs: IdSet<BlobId> = failed.iter().map(|(c, _)| c.blob).collect();
         let decision = plan_deletion(&doomed, &surviving, &live);
         options.pauses.at("gc:before-delete").await;
         lease.check()?;
@@ -587,7 +809,14 @@ impl Repository {
                 .iter()
                 .map(|(pack, blob)| LoggedDeletion {
                     object: format!("pack {pack}"),
-                    reason: format!("kept: it holds live chunk {blob}, found nowhere else"),
+                    reason: if failed_blobs.contains(blob) {
+                        format!(
+                            "kept: it holds live chunk {blob}; the copies an index names \
+                             elsewhere were read and are damaged"
+                        )
+                    } else {
+                        format!("kept: it holds live chunk {blob}, found nowhere else")
+                    },
                 })
                 .collect(),
         };
@@ -710,7 +939,11 @@ impl Repository {
         let condemned = load_condemned(backend).await?;
         let now = Timestamp::now();
         // Everything that could go now: no grace, no budget limit.
-        let plan = plan_condemnation(&packs, &live, &unindexed, &condemned, now, u64::MAX);
+        let limits = RepackLimits {
+            budget: u64::MAX,
+            max_unused_bp: basis_points(GcOptions::default().max_unused_pct),
+        };
+        let plan = plan_condemnation(&packs, &live, &unindexed, &condemned, now, limits);
         let mut report = StatsReport {
             snapshots: snapshots.len() as u64,
             logical_bytes: snapshots.iter().map(|s| s.manifest.total_len()).sum(),
@@ -806,5 +1039,257 @@ async fn read_pack_contents(backend: &Backend, id: PackId) -> Result<Option<Pack
             return Err(Error::corrupt(&object, "its trailer does not fit in it"));
         }
         tail_len = len.min(tail_len * 16);
+    }
+}
+
+/// A frame an index object says a pack holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct FrameRef {
+    pack: PackId,
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+    codec: u8,
+}
+
+/// A copy of a blob an index object says a pack holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct CopyRef {
+    frame: FrameRef,
+    blob: BlobId,
+    offset: u32,
+    len: u32,
+}
+
+/// Every copy of the `wanted` blobs that an index object claims a pack
+/// outside `doomed` holds, by blob (each copy once, in a fixed order).
+fn claimed_copies(
+    index: &IndexObjects,
+    doomed: &IdSet<PackId>,
+    wanted: &IdSet<BlobId>,
+) -> BTreeMap<BlobId, Vec<CopyRef>> {
+    let mut claims: BTreeMap<BlobId, Vec<CopyRef>> = BTreeMap::new();
+    if wanted.is_empty() {
+        return claims;
+    }
+    for (_, packs) in &index.objects {
+        for p in packs.iter().filter(|p| !doomed.contains(&p.id)) {
+            for b in p.trailer.blobs.iter().filter(|b| wanted.contains(&b.id)) {
+                let Some(f) = p.trailer.frames.get(b.frame as usize) else {
+                    continue;
+                };
+                claims.entry(b.id).or_default().push(CopyRef {
+                    frame: FrameRef {
+                        pack: p.id,
+                        offset: f.offset,
+                        stored_len: f.stored_len,
+                        raw_len: f.raw_len,
+                        codec: f.codec as u8,
+                    },
+                    blob: b.id,
+                    offset: b.offset,
+                    len: b.len,
+                });
+            }
+        }
+    }
+    for copies in claims.values_mut() {
+        copies.sort();
+        copies.dedup();
+    }
+    claims
+}
+
+/// Which copies to read in round `round`: each blob's `round`-th claimed
+/// copy, for blobs not yet verified, grouped by frame.
+fn plan_copy_reads(
+    claims: &BTreeMap<BlobId, Vec<CopyRef>>,
+    verified: &IdMap<BlobId, Vec<PackId>>,
+    round: usize,
+) -> BTreeMap<FrameRef, Vec<CopyRef>> {
+    let mut reads: BTreeMap<FrameRef, Vec<CopyRef>> = BTreeMap::new();
+    for (blob, copies) in claims {
+        if verified.contains_key(blob) {
+            continue;
+        }
+        if let Some(c) = copies.get(round) {
+            reads.entry(c.frame).or_default().push(*c);
+        }
+    }
+    reads
+}
+
+/// Checks the copies in one decoded frame: each must lie inside it and hash
+/// to its id. `None` for a good copy, else why not.
+fn check_frame(raw: &[u8], copies: &[CopyRef]) -> Vec<(CopyRef, Option<String>)> {
+    copies
+        .iter()
+        .map(|c| {
+            let (start, end) = (c.offset as usize, c.offset as usize + c.len as usize);
+            let why = match raw.get(start..end) {
+                None => Some("lies beyond the end of its frame".to_string()),
+                Some(bytes) if BlobId::of(bytes) != c.blob => {
+                    Some(format!("its bytes hash to {}", BlobId::of(bytes)))
+                }
+                Some(_) => None,
+            };
+            (*c, why)
+        })
+        .collect()
+}
+
+/// Reads the claimed copies, trying each blob's copies in turn until one
+/// hashes to its id; records the good ones in `verified` and returns the bad
+/// ones with why. Reads each needed frame once per round, a few at a time.
+async fn verify_copies(
+    backend: &Backend,
+    claims: BTreeMap<BlobId, Vec<CopyRef>>,
+    verified: &mut IdMap<BlobId, Vec<PackId>>,
+) -> Result<Vec<(CopyRef, String)>> {
+    let mut failed = Vec::new();
+    let mut good: IdMap<BlobId, Vec<PackId>> = IdMap::default();
+    for round in 0.. {
+        let reads = plan_copy_reads(&claims, &good, round);
+        if reads.is_empty() {
+            break;
+        }
+        let checked: Vec<Vec<(CopyRef, Option<String>)>> = futures::stream::iter(reads)
+            .map(|(frame, copies)| read_and_check(backend, frame, copies))
+            .buffer_unordered(4)
+            .try_collect()
+            .await?;
+        for (copy, why) in checked.into_iter().flatten() {
+            match why {
+                None => good.entry(copy.blob).or_default().push(copy.frame.pack),
+                Some(why) => failed.push((copy, why)),
+            }
+        }
+    }
+    for (blob, packs) in good {
+        verified.entry(blob).or_default().extend(packs);
+    }
+    Ok(failed)
+}
+
+/// Reads one frame by a range read, decodes it and checks `copies` in it.
+/// A frame that is missing, short or does not decode fails all its copies;
+/// a storage failure is an error.
+async fn read_and_check(
+    backend: &Backend,
+    frame: FrameRef,
+    copies: Vec<CopyRef>,
+) -> Result<Vec<(CopyRef, Option<String>)>> {
+    let fail_all = |why: String| -> Vec<(CopyRef, Option<String>)> {
+        copies.iter().map(|c| (*c, Some(why.clone()))).collect()
+    };
+    let Some(codec) = Codec::from_u8(frame.codec) else {
+        return Ok(fail_all(format!("unknown codec {}", frame.codec)));
+    };
+    if frame.raw_len > MAX_FRAME_RAW_LEN || frame.stored_len > frame.raw_len {
+        return Ok(fail_all(format!(
+            "frame of {} stored and {} raw bytes is out of range",
+            frame.stored_len, frame.raw_len
+        )));
+    }
+    let start = u64::from(frame.offset);
+    let range = start..start + u64::from(frame.stored_len);
+    let bytes = match backend.get_range(&ObjectKey::Pack(frame.pack), range).await {
+        Ok(b) if b.len() == frame.stored_len as usize => b,
+        Ok(b) => {
+            return Ok(fail_all(format!(
+                "a range read of frame at {start} gave {} bytes, not {}",
+                b.len(),
+                frame.stored_len
+            )));
+        }
+        Err(e @ (Error::Missing { .. } | Error::Corrupt { .. })) => {
+            return Ok(fail_all(e.to_string()));
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(
+        crate::cpu::run(move || match decode_frame(codec, &bytes, frame.raw_len) {
+            Ok(raw) => check_frame(&raw, &copies),
+            Err(why) => copies
+                .iter()
+                .map(|c| (*c, Some(format!("its frame does not decode: {why}"))))
+                .collect(),
+        })
+        .await,
+    )
+}
+
+/// Adds failed copies to the report, one entry per pack.
+fn note_unverified(report: &mut GcReport, failed: &[(CopyRef, String)]) {
+    for (copy, why) in failed {
+        match report
+            .unverified
+            .iter_mut()
+            .find(|u| u.pack == copy.frame.pack)
+        {
+            Some(u) => u.blobs += 1,
+            None => report.unverified.push(UnverifiedCopy {
+                pack: copy.frame.pack,
+                blobs: 1,
+                example: copy.blob,
+                detail: why.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(pack: u8, blob: &[u8], offset: u32) -> CopyRef {
+        CopyRef {
+            frame: FrameRef {
+                pack: PackId([pack; 32]),
+                offset: 8,
+                stored_len: 10,
+                raw_len: 10,
+                codec: 0,
+            },
+            blob: BlobId::of(blob),
+            offset,
+            len: u32::try_from(blob.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    #[test]
+    fn a_copy_counts_only_where_its_bytes_hash_to_its_id() {
+        let raw = b"helloworld";
+        let checked = check_frame(
+            raw,
+            &[
+                copy(1, b"hello", 0),
+                copy(1, b"world", 0),
+                copy(1, b"world", 8),
+            ],
+        );
+        assert_eq!(checked[0].1, None);
+        assert!(checked[1].1.as_deref().unwrap_or("").contains("hash to"));
+        assert!(checked[2].1.as_deref().unwrap_or("").contains("beyond"));
+    }
+
+    #[test]
+    fn each_round_reads_the_next_claimed_copy_of_blobs_not_yet_verified() {
+        let (fake, good) = (copy(1, b"hello", 0), copy(2, b"hello", 0));
+        let other = copy(1, b"world", 5);
+        let claims: BTreeMap<BlobId, Vec<CopyRef>> =
+            [(fake.blob, vec![fake, good]), (other.blob, vec![other])]
+                .into_iter()
+                .collect();
+        let mut verified = IdMap::default();
+        // Round 0: both first copies, in one read of their shared frame.
+        let reads = plan_copy_reads(&claims, &verified, 0);
+        assert_eq!(reads.len(), 1);
+        assert_eq!(reads[&fake.frame].len(), 2);
+        // The fake failed, the other blob verified: round 1 reads only the second copy.
+        verified.insert(other.blob, vec![other.frame.pack]);
+        let reads = plan_copy_reads(&claims, &verified, 1);
+        assert_eq!(reads.into_values().collect::<Vec<_>>(), vec![vec![good]]);
+        assert!(plan_copy_reads(&claims, &verified, 2).is_empty());
     }
 }
