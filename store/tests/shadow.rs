@@ -255,3 +255,45 @@ async fn when_every_copy_fails_the_error_names_each_one() {
         assert_eq!(report.damaged_snapshots.len(), 1, "{report:#?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_copy_inside_one_pack_is_hashed_too() {
+    for kind in kinds() {
+        let place = Place::new(kind);
+        init(&place).await;
+        let backend = place.backend();
+        backup_bytes(&backend, "a.bin", random_bytes(1 << 20, 5)).await;
+        // A pack whose trailer lists one blob twice: the first copy good,
+        // the second of the same length but other bytes.
+        let mut w = PackWriter::new();
+        let mut f = FrameBuilder::default();
+        let good = random_bytes(4096, 6);
+        let id = cairn_store::id::BlobId::of(&good);
+        f.push(id, &good);
+        f.push(id, &random_bytes(4096, 7));
+        w.add_frame(f.compress(3).unwrap());
+        let (pack, bytes, trailer) = w.finish();
+        let len = bytes.len() as u64;
+        backend
+            .put_new(&ObjectKey::Pack(pack), bytes)
+            .await
+            .unwrap();
+        store_index(
+            &backend,
+            &[IndexedPack {
+                id: pack,
+                len,
+                trailer,
+            }],
+            Order::Last,
+        )
+        .await;
+
+        let report = verify(&backend, ReadData::All).await;
+        assert!(report.damaged_snapshots.is_empty(), "{report:#?}");
+        assert!(
+            names(&report, &format!("pack {pack}"), &["1 blobs fail"]),
+            "{report:#?}"
+        );
+    }
+}
