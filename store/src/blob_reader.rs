@@ -1,7 +1,10 @@
 //! Reads blobs by id: index lookup, coalesced range reads, decompression on
 //! rayon, and a hash check of every blob against its id before it is handed
-//! out. A blob that is not indexed, whose pack is missing, or whose bytes do
-//! not hash to its id is an error naming the blob and the pack.
+//! out. A copy whose pack is missing, whose frame is short or does not
+//! decode, or whose bytes do not hash to its id is remembered as bad and the
+//! next indexed copy is tried (a pack added by someone with write access
+//! cannot hide the genuine copy). A blob that is not indexed, or whose every
+//! copy failed, is an error naming the blob and each copy tried.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -11,9 +14,9 @@ use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 
 use crate::backend::ObjectKey;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::frame::decode_frame;
-use crate::id::{BlobId, IdMap};
+use crate::id::BlobId;
 use crate::index::{BlobLocation, Index};
 use crate::repo::IndexedRepository;
 
@@ -39,6 +42,8 @@ pub struct BlobReader {
     repo: IndexedRepository,
     concurrency: usize,
     cache: Mutex<FrameCache>,
+    /// Copies that failed a check, so that later reads prefer others.
+    bad: Mutex<BadCopies>,
 }
 
 #[derive(Debug)]
@@ -94,6 +99,7 @@ impl BlobReader {
                 frames: IdMapByFrame::new(),
                 order: VecDeque::new(),
             }),
+            bad: Mutex::new(BadCopies::default()),
         }
     }
 
@@ -112,75 +118,138 @@ impl BlobReader {
         Ok(v.pop().unwrap_or_default())
     }
 
-    /// Reads blobs, in the order given, each checked against its id.
+    /// Reads blobs, in the order given, each checked against its id. A copy
+    /// that fails a check (pack missing, range short, frame that does not
+    /// decode, bytes that do not hash to the id) is remembered as bad and
+    /// the next copy is tried; only when every copy failed is it an error,
+    /// naming each copy tried. Other errors (storage unreachable) stop at once.
     pub async fn read_blobs(&self, ids: &[BlobId]) -> Result<Vec<Bytes>> {
         let index: &Index = self.repo.index();
-        let locations: Vec<BlobLocation> = ids
-            .iter()
-            .map(|id| {
-                index.get(id).ok_or_else(|| Error::Missing {
-                    object: format!("chunk {id}"),
-                    context: " (no index names it)".into(),
+        let mut current: Vec<BlobLocation> = {
+            let bad = self.bad();
+            ids.iter()
+                .map(|id| {
+                    next_copy(index, &bad, id, &[]).ok_or_else(|| Error::Missing {
+                        object: format!("chunk {id}"),
+                        context: " (no index names it)".into(),
+                    })
                 })
-            })
-            .collect::<Result<_>>()?;
+                .collect::<Result<_>>()?
+        };
+        let mut out: Vec<Bytes> = vec![Bytes::new(); ids.len()];
+        let mut failed: Vec<Vec<FailedCopy>> = (0..ids.len()).map(|_| Vec::new()).collect();
+        let mut pending: Vec<usize> = (0..ids.len()).collect();
+        while !pending.is_empty() {
+            let results = self.read_copies(ids, &current, &pending).await?;
+            let mut again = Vec::new();
+            {
+                let mut bad = self.bad();
+                for (i, result) in pending.iter().copied().zip(results) {
+                    match result {
+                        Ok(bytes) => out[i] = bytes,
+                        Err(failure) => {
+                            bad.remember(ids[i], &failure);
+                            failed[i].push(failure);
+                            match next_copy(index, &bad, &ids[i], &failed[i]) {
+                                Some(loc) => {
+                                    current[i] = loc;
+                                    again.push(i);
+                                }
+                                None => return Err(all_copies_failed(ids[i], &failed[i])),
+                            }
+                        }
+                    }
+                }
+            }
+            pending = again;
+        }
+        Ok(out)
+    }
 
-        // Frames this call needs: from the cache, or fetched now.
-        let mut frames: std::collections::HashMap<FrameKey, Arc<CachedFrame>> =
+    fn bad(&self) -> std::sync::MutexGuard<'_, BadCopies> {
+        self.bad.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the blobs `pending` (positions in `ids`) from the copies
+    /// `current` gives: each one's bytes, checked, or why that copy failed.
+    async fn read_copies(
+        &self,
+        ids: &[BlobId],
+        current: &[BlobLocation],
+        pending: &[usize],
+    ) -> Result<Vec<std::result::Result<Bytes, FailedCopy>>> {
+        // Frames this round needs: from the cache, or fetched now.
+        let mut frames: std::collections::HashMap<FrameKey, FrameResult> =
             std::collections::HashMap::new();
         let mut missing: Vec<FrameKey> = Vec::new();
         {
             let cache = self.cache();
-            for loc in &locations {
-                let key = (loc.pack, loc.frame);
+            for &i in pending {
+                let key = (current[i].pack, current[i].frame);
                 if frames.contains_key(&key) || missing.contains(&key) {
                     continue;
                 }
                 match cache.get(&key) {
                     Some(f) => {
-                        frames.insert(key, f);
+                        frames.insert(key, Ok(f));
                     }
                     None => missing.push(key),
                 }
             }
         }
         if !missing.is_empty() {
-            let fetched = self.fetch_frames(missing, ids, &locations).await?;
+            let fetched = self.fetch_frames(missing).await?;
             let mut cache = self.cache();
             for (key, frame) in fetched {
-                cache.insert(key, Arc::clone(&frame));
+                if let Ok(f) = &frame {
+                    cache.insert(key, Arc::clone(f));
+                }
                 frames.insert(key, frame);
             }
         }
 
         // Slice out each blob; hash-check the ones not yet checked in their frame.
-        let mut out = Vec::with_capacity(ids.len());
+        let mut out: Vec<std::result::Result<Bytes, FailedCopy>> =
+            Vec::with_capacity(pending.len());
         let mut to_check: Vec<(usize, FrameKey)> = Vec::new();
-        for (i, (id, loc)) in ids.iter().zip(&locations).enumerate() {
+        for (n, &i) in pending.iter().enumerate() {
+            let (id, loc) = (ids[i], current[i]);
             let key = (loc.pack, loc.frame);
-            let frame = &frames[&key];
+            let frame = match &frames[&key] {
+                Ok(frame) => frame,
+                Err(why) => {
+                    out.push(Err(FailedCopy { loc, ..why.clone() }));
+                    continue;
+                }
+            };
             let (start, end) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
             if end > frame.raw.len() {
-                return Err(self.corrupt_blob(*id, loc, "lies beyond the end of its frame"));
+                out.push(Err(self.bad_blob(
+                    id,
+                    loc,
+                    "lies beyond the end of its frame",
+                )));
+                continue;
             }
-            out.push(frame.raw.slice(start..end));
+            out.push(Ok(frame.raw.slice(start..end)));
             if !frame
                 .verified
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(id)
+                .contains(&id)
             {
-                to_check.push((i, key));
+                to_check.push((n, key));
             }
         }
-        // A blob asked for twice in one call is checked once.
-        let mut seen = crate::id::IdSet::default();
-        to_check.retain(|(i, _)| seen.insert(ids[*i]));
+        // A blob asked for twice in one call (in one frame) is hashed once.
+        let mut seen = std::collections::HashSet::new();
+        to_check.retain(|(n, key)| seen.insert((ids[pending[*n]], *key)));
         if !to_check.is_empty() {
             let work: Vec<(BlobId, Bytes)> = to_check
                 .iter()
-                .map(|(i, _)| (ids[*i], out[*i].clone()))
+                .filter_map(|(n, _)| out[*n].as_ref().ok().map(|b| (ids[pending[*n]], b.clone())))
                 .collect();
+            let small: usize = work.iter().map(|(_, b)| b.len()).sum();
             let check = move || -> Vec<bool> {
                 work.par_iter()
                     .map(|(id, bytes)| BlobId::of(bytes) == *id)
@@ -188,45 +257,49 @@ impl BlobReader {
             };
             // A few small blobs (tree nodes) are hashed right here: handing
             // them to rayon and back would cost more than the hashing.
-            let small: usize = to_check.iter().map(|(i, _)| out[*i].len()).sum();
             let hashes_match = if small <= INLINE_LEN {
                 check()
             } else {
                 crate::cpu::run(check).await
             };
-            for ((i, key), ok) in to_check.into_iter().zip(hashes_match) {
-                if !ok {
-                    return Err(self.corrupt_blob(
-                        ids[i],
-                        &locations[i],
-                        "its bytes do not hash to its id",
-                    ));
+            let mut matched: std::collections::HashMap<(BlobId, FrameKey), bool> =
+                std::collections::HashMap::new();
+            for ((n, key), ok) in to_check.into_iter().zip(hashes_match) {
+                let id = ids[pending[n]];
+                matched.insert((id, key), ok);
+                if ok && let Ok(frame) = &frames[&key] {
+                    frame
+                        .verified
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id);
                 }
-                frames[&key]
-                    .verified
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(ids[i]);
+            }
+            for (n, &i) in pending.iter().enumerate() {
+                let key = (current[i].pack, current[i].frame);
+                if out[n].is_ok() && matched.get(&(ids[i], key)) == Some(&false) {
+                    out[n] =
+                        Err(self.bad_blob(ids[i], current[i], "its bytes do not hash to its id"));
+                }
             }
         }
         Ok(out)
     }
 
-    fn corrupt_blob(&self, id: BlobId, loc: &BlobLocation, detail: &str) -> Error {
+    fn bad_blob(&self, id: BlobId, loc: BlobLocation, detail: &str) -> FailedCopy {
         let pack = self.repo.index().pack(loc.pack).id;
-        Error::corrupt(
-            format!("chunk {id} (pack {pack}, frame {})", loc.frame),
-            detail,
-        )
+        FailedCopy {
+            loc,
+            what: Failure::Blob,
+            object: format!("chunk {id} (pack {pack}, frame {})", loc.frame),
+            detail: detail.into(),
+        }
     }
 
     /// Fetches and decodes frames, coalescing neighbours into range reads.
-    async fn fetch_frames(
-        &self,
-        mut keys: Vec<FrameKey>,
-        ids: &[BlobId],
-        locations: &[BlobLocation],
-    ) -> Result<Vec<(FrameKey, Arc<CachedFrame>)>> {
+    /// A frame that cannot be read or decoded is a failed copy; only an
+    /// error that is not about the data (storage unreachable) is returned.
+    async fn fetch_frames(&self, mut keys: Vec<FrameKey>) -> Result<Vec<(FrameKey, FrameResult)>> {
         let index = self.repo.index();
         keys.sort_unstable();
         let mut reads: Vec<RangeRead> = Vec::new();
@@ -254,35 +327,35 @@ impl BlobReader {
                 }),
             }
         }
-        // Which blob each pack was read for, to name it if the pack is gone.
-        let mut wanted_by_pack: IdMap<crate::id::PackId, BlobId> = IdMap::default();
-        for (id, loc) in ids.iter().zip(locations) {
-            wanted_by_pack.entry(index.pack(loc.pack).id).or_insert(*id);
-        }
         let backend = self.repo.backend().clone();
-        let decoded: Vec<Vec<(FrameKey, Arc<CachedFrame>)>> = futures::stream::iter(reads)
+        let decoded: Vec<Vec<(FrameKey, FrameResult)>> = futures::stream::iter(reads)
             .map(|read| {
                 let backend = backend.clone();
                 let pack_id = index.pack(read.pack).id;
-                let wanted = wanted_by_pack.get(&pack_id).copied();
                 let index = Arc::clone(index);
                 async move {
                     let key = ObjectKey::Pack(pack_id);
-                    let bytes = backend
-                        .get_range(&key, read.start..read.end)
-                        .await
-                        .map_err(|e| match (e, wanted) {
-                            (Error::Missing { object, .. }, Some(id)) => Error::Missing {
-                                object,
-                                context: format!(" (it holds chunk {id})"),
-                            },
-                            (e, _) => e,
-                        })?;
-                    if bytes.len() <= INLINE_LEN {
+                    let bytes = match backend.get_range(&key, read.start..read.end).await {
+                        Ok(bytes) => bytes,
+                        Err(e) if e.kind() == ErrorKind::Corrupt => {
+                            let failure = FailedCopy::of_read(e);
+                            return Ok(read
+                                .frames
+                                .iter()
+                                .map(|&frame| {
+                                    let mut f = failure.clone();
+                                    (f.loc.pack, f.loc.frame) = (read.pack, frame);
+                                    ((read.pack, frame), Err(f))
+                                })
+                                .collect());
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    Ok(if bytes.len() <= INLINE_LEN {
                         decode_range(&index, &read, &bytes)
                     } else {
                         crate::cpu::run(move || decode_range(&index, &read, &bytes)).await
-                    }
+                    })
                 }
             })
             .buffer_unordered(self.concurrency)
@@ -292,29 +365,191 @@ impl BlobReader {
     }
 }
 
-/// Decodes the frames of one range read.
-fn decode_range(
+/// A decoded frame, or why it could not be had.
+type FrameResult = std::result::Result<Arc<CachedFrame>, FailedCopy>;
+
+/// What failed in a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Its pack is missing.
+    Pack,
+    /// Its frame could not be read whole or does not decode.
+    Frame,
+    /// The blob lies outside its frame or does not hash to its id.
+    Blob,
+}
+
+/// One copy of a blob that failed its checks.
+#[derive(Debug, Clone)]
+struct FailedCopy {
+    loc: BlobLocation,
+    what: Failure,
+    /// The object that failed, as messages name it.
+    object: String,
+    /// Why.
+    detail: String,
+}
+
+impl FailedCopy {
+    /// A failed range read (an error of kind [`ErrorKind::Corrupt`]).
+    fn of_read(e: Error) -> FailedCopy {
+        let loc = BlobLocation {
+            pack: 0,
+            frame: 0,
+            offset: 0,
+            len: 0,
+        };
+        match e {
+            Error::Missing { object, .. } => FailedCopy {
+                loc,
+                what: Failure::Pack,
+                object,
+                detail: String::new(),
+            },
+            Error::Corrupt { object, detail } => FailedCopy {
+                loc,
+                what: Failure::Frame,
+                object,
+                detail,
+            },
+            other => FailedCopy {
+                loc,
+                what: Failure::Frame,
+                object: "pack".into(),
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.what {
+            Failure::Pack => format!("{} is missing", self.object),
+            _ => format!("{}: {}", self.object, self.detail),
+        }
+    }
+}
+
+/// Copies known to fail, so that later reads prefer others.
+#[derive(Debug, Default)]
+struct BadCopies {
+    packs: std::collections::HashSet<u32>,
+    frames: std::collections::HashSet<FrameKey>,
+    blobs: std::collections::HashSet<(BlobId, u32)>,
+}
+
+impl BadCopies {
+    fn remember(&mut self, id: BlobId, failure: &FailedCopy) {
+        let loc = failure.loc;
+        match failure.what {
+            Failure::Pack => {
+                self.packs.insert(loc.pack);
+            }
+            Failure::Frame => {
+                self.frames.insert((loc.pack, loc.frame));
+            }
+            Failure::Blob => {
+                self.blobs.insert((id, loc.pack));
+            }
+        }
+    }
+
+    fn is_bad(&self, id: BlobId, loc: &BlobLocation) -> bool {
+        self.packs.contains(&loc.pack)
+            || self.frames.contains(&(loc.pack, loc.frame))
+            || self.blobs.contains(&(id, loc.pack))
+    }
+}
+
+/// The copy of `id` to try next: one not tried yet, preferring one not
+/// known to be bad.
+fn next_copy(
     index: &Index,
-    read: &RangeRead,
-    bytes: &Bytes,
-) -> Result<Vec<(FrameKey, Arc<CachedFrame>)>> {
+    bad: &BadCopies,
+    id: &BlobId,
+    tried: &[FailedCopy],
+) -> Option<BlobLocation> {
+    let mut fallback = None;
+    for loc in index.locations(id) {
+        if tried.iter().any(|t| t.loc == loc) {
+            continue;
+        }
+        if !bad.is_bad(*id, &loc) {
+            return Some(loc);
+        }
+        fallback.get_or_insert(loc);
+    }
+    fallback
+}
+
+/// The error when every copy of `id` failed: with one copy, what it was;
+/// with several, each of them.
+fn all_copies_failed(id: BlobId, failed: &[FailedCopy]) -> Error {
+    if let [only] = failed {
+        return match only.what {
+            Failure::Pack => Error::Missing {
+                object: only.object.clone(),
+                context: format!(" (it holds chunk {id})"),
+            },
+            _ => Error::corrupt(only.object.clone(), only.detail.clone()),
+        };
+    }
+    let list: Vec<String> = failed.iter().map(FailedCopy::describe).collect();
+    if failed.iter().all(|f| f.what == Failure::Pack) {
+        Error::Missing {
+            object: format!("chunk {id}"),
+            context: format!(" (every pack holding it: {})", list.join("; ")),
+        }
+    } else {
+        Error::corrupt(
+            format!("chunk {id}"),
+            format!(
+                "all {} copies failed their checks: {}",
+                failed.len(),
+                list.join("; ")
+            ),
+        )
+    }
+}
+
+/// Decodes the frames of one range read; a frame that does not decode
+/// fails alone.
+fn decode_range(index: &Index, read: &RangeRead, bytes: &Bytes) -> Vec<(FrameKey, FrameResult)> {
     let pack = index.pack(read.pack);
     read.frames
         .par_iter()
         .map(|&frame| {
             let f = pack.frames[frame as usize];
             let start = usize::try_from(u64::from(f.offset) - read.start).unwrap_or(usize::MAX);
-            let stored = &bytes[start..start + f.stored_len as usize];
-            let raw = decode_frame(f.codec, stored, f.raw_len).map_err(|detail| {
-                Error::corrupt(format!("pack {} frame {frame}", pack.id), detail)
-            })?;
-            Ok((
+            let fail = |detail: String| FailedCopy {
+                loc: BlobLocation {
+                    pack: read.pack,
+                    frame,
+                    offset: 0,
+                    len: 0,
+                },
+                what: Failure::Frame,
+                object: format!("pack {} frame {frame}", pack.id),
+                detail,
+            };
+            let decoded = match start
+                .checked_add(f.stored_len as usize)
+                .and_then(|end| bytes.get(start..end))
+            {
+                None => Err(fail(format!(
+                    "range read returned {} bytes, short of the frame",
+                    bytes.len()
+                ))),
+                Some(stored) => decode_frame(f.codec, stored, f.raw_len).map_err(fail),
+            };
+            (
                 (read.pack, frame),
-                Arc::new(CachedFrame {
-                    raw: Bytes::from(raw),
-                    verified: Mutex::new(crate::id::IdSet::default()),
+                decoded.map(|raw| {
+                    Arc::new(CachedFrame {
+                        raw: Bytes::from(raw),
+                        verified: Mutex::new(crate::id::IdSet::default()),
+                    })
                 }),
-            ))
+            )
         })
         .collect()
 }

@@ -13,6 +13,8 @@
 //! index object for the packs it wrote, after they are stored and before its
 //! snapshot, so whatever an index names exists.
 
+use std::collections::hash_map::Entry;
+
 use crate::error::{Error, Result};
 use crate::frame::Codec;
 use crate::id::{BlobId, IdMap, IndexId, PackId};
@@ -133,13 +135,41 @@ pub struct PackInfo {
     pub blob_count: u32,
 }
 
-/// Every blob the loaded index objects name, by id.
+/// Every blob the loaded index objects name, by id, with every copy.
+///
+/// A blob may have several copies (two concurrent backups, a retried
+/// backup, a repack not yet collected, or a pack an attacker with write
+/// access added whose trailer claims blobs it does not hold). All are kept:
+/// the first one loaded in the main map, the rare others in a side map, so
+/// the common single copy costs what it always did. A reader checks each
+/// copy by hash and falls back to the next (§13.2).
+///
+/// A pack named by several index objects is kept once per distinct
+/// description (length and trailer copy): an index object that lies about a
+/// genuine pack adds a second description, it does not replace the first.
 #[derive(Debug, Default)]
 pub struct Index {
     packs: Vec<PackInfo>,
+    /// Per pack position: where its description came from.
+    origins: Vec<PackOrigin>,
+    /// The first position of each pack.
     pack_positions: IdMap<PackId, u32>,
+    /// Further positions of a pack that index objects describe differently.
+    other_pack_positions: IdMap<PackId, Vec<u32>>,
+    /// The first copy of each blob.
     blobs: IdMap<BlobId, BlobLocation>,
+    /// Further copies, for the few blobs that have them.
+    more_copies: IdMap<BlobId, Vec<BlobLocation>>,
     index_objects: Vec<IndexId>,
+}
+
+/// Where a pack position's description came from.
+#[derive(Debug, Clone)]
+struct PackOrigin {
+    /// BLAKE3 of the trailer copy (what the pack's footer should hold).
+    trailer_hash: [u8; 32],
+    /// Positions in `index_objects` of the index objects describing it so.
+    named_by: Vec<u32>,
 }
 
 impl Index {
@@ -157,18 +187,45 @@ impl Index {
         }
     }
 
-    /// Adds the packs of one index object. A blob already known keeps its
-    /// first location (any copy is as good: it is checked by hash on read).
+    /// Adds the packs of one index object. Every copy of a blob is kept,
+    /// the first one added first ([`Index::get`]); a pack already described
+    /// the same way (length and trailer) is not added again.
     pub fn add(&mut self, index_id: Option<IndexId>, packs: &[IndexedPack]) {
-        if let Some(id) = index_id {
+        let source = index_id.map(|id| {
             self.index_objects.push(id);
-        }
+            len_u32(self.index_objects.len() - 1)
+        });
         for p in packs {
-            if self.pack_positions.contains_key(&p.id) {
+            let trailer_hash = *blake3::hash(&p.trailer.encode()).as_bytes();
+            let known = self.pack_positions_of(&p.id).find(|&at| {
+                self.packs[at as usize].len == p.len
+                    && self.origins[at as usize].trailer_hash == trailer_hash
+            });
+            if let Some(at) = known {
+                let named_by = &mut self.origins[at as usize].named_by;
+                if let Some(s) = source
+                    && !named_by.contains(&s)
+                {
+                    named_by.push(s);
+                }
                 continue;
             }
             let position = len_u32(self.packs.len());
-            self.pack_positions.insert(p.id, position);
+            match self.pack_positions.entry(p.id) {
+                Entry::Vacant(v) => {
+                    v.insert(position);
+                }
+                Entry::Occupied(_) => {
+                    self.other_pack_positions
+                        .entry(p.id)
+                        .or_default()
+                        .push(position);
+                }
+            }
+            self.origins.push(PackOrigin {
+                trailer_hash,
+                named_by: source.into_iter().collect(),
+            });
             self.packs.push(PackInfo {
                 id: p.id,
                 len: p.len,
@@ -186,19 +243,42 @@ impl Index {
                 blob_count: len_u32(p.trailer.blobs.len()),
             });
             for b in &p.trailer.blobs {
-                self.blobs.entry(b.id).or_insert(BlobLocation {
+                let location = BlobLocation {
                     pack: position,
                     frame: b.frame,
                     offset: b.offset,
                     len: b.len,
-                });
+                };
+                match self.blobs.entry(b.id) {
+                    Entry::Vacant(v) => {
+                        v.insert(location);
+                    }
+                    Entry::Occupied(_) => {
+                        self.more_copies.entry(b.id).or_default().push(location);
+                    }
+                }
             }
         }
     }
 
-    /// Where `id` is, if any index names it.
+    /// Where `id` is, if any index names it: its first copy.
     pub fn get(&self, id: &BlobId) -> Option<BlobLocation> {
         self.blobs.get(id).copied()
+    }
+
+    /// Every copy of `id` the index names, the one [`Index::get`] gives first.
+    pub fn locations(&self, id: &BlobId) -> impl Iterator<Item = BlobLocation> + '_ {
+        self.blobs.get(id).copied().into_iter().chain(
+            self.more_copies
+                .get(id)
+                .into_iter()
+                .flat_map(|more| more.iter().copied()),
+        )
+    }
+
+    /// How many copies of `id` the index names.
+    pub fn copy_count(&self, id: &BlobId) -> usize {
+        usize::from(self.blobs.contains_key(id)) + self.more_copies.get(id).map_or(0, Vec::len)
     }
 
     /// Whether any index names `id`.
@@ -211,12 +291,36 @@ impl Index {
         &self.packs[position as usize]
     }
 
-    /// The position of a pack, if indexed.
+    /// The position of a pack, if indexed (its first description).
     pub fn pack_position(&self, id: &PackId) -> Option<u32> {
         self.pack_positions.get(id).copied()
     }
 
-    /// All indexed packs.
+    /// Every position of a pack: one per distinct description of it.
+    pub fn pack_positions_of(&self, id: &PackId) -> impl Iterator<Item = u32> + '_ {
+        self.pack_positions.get(id).copied().into_iter().chain(
+            self.other_pack_positions
+                .get(id)
+                .into_iter()
+                .flat_map(|more| more.iter().copied()),
+        )
+    }
+
+    /// BLAKE3 of the trailer copy at a position: equal to the footer's
+    /// trailer hash of the pack it describes, if the description is true.
+    pub fn trailer_hash(&self, position: u32) -> [u8; 32] {
+        self.origins[position as usize].trailer_hash
+    }
+
+    /// The index objects that describe the pack at `position` so.
+    pub fn named_by(&self, position: u32) -> impl Iterator<Item = IndexId> + '_ {
+        self.origins[position as usize]
+            .named_by
+            .iter()
+            .map(|&i| self.index_objects[i as usize])
+    }
+
+    /// All indexed packs: a pack appears once per distinct description.
     pub fn packs(&self) -> &[PackInfo] {
         &self.packs
     }
@@ -231,9 +335,18 @@ impl Index {
         &self.index_objects
     }
 
-    /// Iterates over all blobs and their locations.
+    /// Iterates over all blobs and their first locations.
     pub fn blobs(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
         self.blobs.iter()
+    }
+
+    /// Iterates over every copy of every blob.
+    pub fn copies(&self) -> impl Iterator<Item = (&BlobId, &BlobLocation)> {
+        self.blobs.iter().chain(
+            self.more_copies
+                .iter()
+                .flat_map(|(id, more)| more.iter().map(move |l| (id, l))),
+        )
     }
 }
 
@@ -273,6 +386,42 @@ mod tests {
         assert_eq!(index.pack(loc.pack).id, packs[0].id);
         assert_eq!((loc.frame, loc.offset, loc.len), (0, 5, 4));
         assert!(!index.contains(&BlobId::of(b"delta")));
+    }
+
+    #[test]
+    fn every_copy_of_a_blob_is_kept_first_one_first() {
+        let one = pack_of(&[b"alpha", b"beta"]);
+        let two = pack_of(&[b"beta", b"gamma"]);
+        let mut index = Index::new();
+        let (a, b) = (IndexId::of(b"a"), IndexId::of(b"b"));
+        index.add(Some(a), std::slice::from_ref(&one));
+        index.add(Some(b), &[two.clone(), one.clone()]);
+        // The same pack described the same way is kept once, named by both.
+        assert_eq!(index.packs().len(), 2);
+        assert_eq!(index.named_by(0).collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(index.blob_count(), 3);
+        let beta = BlobId::of(b"beta");
+        let copies: Vec<u32> = index.locations(&beta).map(|l| l.pack).collect();
+        assert_eq!(copies, vec![0, 1]);
+        assert_eq!(index.get(&beta).unwrap().pack, 0);
+        assert_eq!(index.copy_count(&beta), 2);
+        assert_eq!(index.copies().count(), 4);
+        assert_eq!(index.blobs().count(), 3);
+
+        // Another description of a known pack (a lying trailer copy) is a
+        // second position, not a replacement.
+        let mut lie = one.clone();
+        lie.trailer.blobs.swap(0, 1);
+        lie.trailer.blobs[0].offset = 0;
+        index.add(Some(IndexId::of(b"c")), &[lie]);
+        assert_eq!(index.packs().len(), 3);
+        assert_eq!(index.pack_position(&one.id), Some(0));
+        assert_eq!(
+            index.pack_positions_of(&one.id).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        assert_ne!(index.trailer_hash(0), index.trailer_hash(2));
+        assert_eq!(index.copy_count(&BlobId::of(b"alpha")), 2);
     }
 
     #[test]

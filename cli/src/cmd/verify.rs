@@ -1,6 +1,8 @@
 //! `cairn verify`: exit 0 when clean, 3 when damage was found, and the code
 //! of the failure (4 unreachable, 5 no repository, ...) when the check could
-//! not be done.
+//! not be done. Damage to objects no snapshot depends on alone (a garbage
+//! copy of chunks that have a good copy elsewhere, the index object naming
+//! it) is damage too, and is said to affect no snapshot.
 
 use std::process::ExitCode;
 
@@ -94,6 +96,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "{}",
             if report.is_clean() {
                 "no damage found"
+            } else if report.damaged_snapshots.is_empty() {
+                // A damaged or forged copy, or the index object naming it:
+                // every chunk a snapshot needs still has a good copy.
+                "DAMAGE FOUND in repository objects (above); no snapshot is affected"
             } else {
                 "DAMAGE FOUND"
             }

@@ -336,8 +336,9 @@ async fn check_arrival(id: PackId, bytes: Bytes) -> Result<IndexedPack> {
         };
         let mut index = Index::new();
         index.add(None, std::slice::from_ref(&pack));
+        // Every copy: a blob the trailer lists twice is checked twice.
         let blobs = index
-            .blobs()
+            .copies()
             .map(|(b, loc)| (*b, loc.frame, loc.offset, loc.len))
             .collect();
         let check = check_pack(index.pack(0), blobs, &bytes);

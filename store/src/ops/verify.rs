@@ -3,11 +3,18 @@
 //! 1. Every snapshot's hash, signature and signer; every index object.
 //! 2. Every indexed pack exists with the recorded length.
 //! 3. With read-data (all packs or a random subset): each pack is read
-//!    whole, its hash and trailer checked, every frame decoded and every blob
-//!    hashed. Damage is recorded per blob, so a flipped bit condemns only the
-//!    blobs it touches.
-//! 4. Every snapshot's items are walked: tree nodes read and checked, every
-//!    chunk looked up in the index and against the damage found above.
+//!    whole, once, its hash and trailer checked, and checked against every
+//!    description index objects give of it (their trailer copies): every
+//!    frame decoded and every copy of every blob hashed. Damage is recorded
+//!    per copy, so a flipped bit condemns only the blobs it touches, and
+//!    only when no other copy is intact.
+//! 4. Index objects naming damaged packs are reported (an append-only
+//!    writer can add a pack whose trailer claims live blobs over garbage,
+//!    and an index object naming it): readers fall back past them, and the
+//!    report says whether deleting the object by hand is safe.
+//! 5. Every snapshot's items are walked: tree nodes read and checked, every
+//!    chunk looked up in the index and against the damage found above; a
+//!    chunk is damaged only when every copy of it is.
 //!
 //! The report names each damaged snapshot and item and why; repository-level
 //! problems (a damaged index object, a pack with a bad trailer) are listed
@@ -26,11 +33,12 @@ use crate::blob_reader::BlobReader;
 use crate::error::{Error, Result};
 use crate::frame::decode_frame;
 use crate::id::{BlobId, IdMap, PackId, SnapshotId};
-use crate::index::{Index, PackInfo};
+use crate::index::{BlobLocation, Index, PackInfo};
 use crate::manifest::{ItemKind, Snapshot, Trust};
 use crate::pack::decode_pack;
 use crate::repo::Repository;
 use crate::tree::TreeNode;
+use crate::wire::len_u32;
 
 /// Problems listed per item before the rest are counted.
 const MAX_PROBLEMS_PER_ITEM: usize = 8;
@@ -119,27 +127,46 @@ impl VerifyReport {
     }
 }
 
-/// Damage known per pack and per blob.
+/// Damage known per pack description and per copy of a blob.
 #[derive(Default)]
 struct Damage {
-    /// Packs that are missing or the wrong length: all their blobs are suspect.
-    packs: IdMap<PackId, String>,
-    /// Blobs whose bytes failed a check.
-    blobs: IdMap<BlobId, String>,
+    /// Pack descriptions (positions in the index) whose pack is missing or
+    /// the wrong length: all their copies are suspect.
+    packs: std::collections::HashMap<u32, String>,
+    /// Copies (blob, pack position) whose bytes failed a check.
+    copies: std::collections::HashMap<(BlobId, u32), String>,
 }
 
 impl Damage {
-    fn of_chunk(&self, index: &Index, id: &BlobId) -> Option<String> {
-        let Some(loc) = index.get(id) else {
-            return Some(format!("chunk {id} is in no index"));
-        };
-        if let Some(reason) = self.blobs.get(id) {
-            return Some(format!("chunk {id}: {reason}"));
-        }
-        let pack = index.pack(loc.pack).id;
+    /// Why a copy is bad, if it is known to be.
+    fn of_copy(&self, id: &BlobId, loc: &BlobLocation) -> Option<&String> {
         self.packs
-            .get(&pack)
-            .map(|reason| format!("chunk {id}: {reason}"))
+            .get(&loc.pack)
+            .or_else(|| self.copies.get(&(*id, loc.pack)))
+    }
+
+    /// Why no copy of a chunk can be read (every one is known bad, or none
+    /// has the length the tree expects), or `None` if one can.
+    fn of_chunk(&self, index: &Index, id: &BlobId, len: Option<u64>) -> Option<String> {
+        let mut reasons = Vec::new();
+        for loc in index.locations(id) {
+            let reason = match self.of_copy(id, &loc) {
+                Some(reason) => reason.clone(),
+                None => match len {
+                    Some(len) if len != u64::from(loc.len) => format!(
+                        "the tree says {len} bytes, the index {} (pack {})",
+                        loc.len,
+                        index.pack(loc.pack).id
+                    ),
+                    _ => return None,
+                },
+            };
+            reasons.push(reason);
+        }
+        if reasons.is_empty() {
+            return Some(format!("chunk {id} is in no index"));
+        }
+        Some(format!("chunk {id}: {}", reasons.join("; ")))
     }
 }
 
@@ -172,7 +199,12 @@ impl Repository {
                 ),
             });
         }
-        report.packs = index.packs().len() as u64;
+        report.packs = index
+            .packs()
+            .iter()
+            .map(|p| p.id)
+            .collect::<crate::id::IdSet<PackId>>()
+            .len() as u64;
 
         // 2. Every indexed pack is present with its recorded length.
         let mut damage = Damage::default();
@@ -186,7 +218,7 @@ impl Repository {
                 _ => None,
             })
             .collect();
-        for pack in index.packs() {
+        for (position, pack) in index.packs().iter().enumerate() {
             let reason = match present.get(&pack.id) {
                 None => Some(format!("pack {} is missing", pack.id)),
                 Some(&len) if len != pack.len => Some(format!(
@@ -200,7 +232,7 @@ impl Repository {
                     object: format!("pack {}", pack.id),
                     detail: reason.clone(),
                 });
-                damage.packs.insert(pack.id, reason);
+                damage.packs.insert(len_u32(position), reason);
             }
         }
         report.unindexed_packs = present
@@ -208,36 +240,44 @@ impl Repository {
             .filter(|id| index.pack_position(id).is_none())
             .count() as u64;
 
-        // 3. Read the data.
-        let to_read: Vec<&PackInfo> = index
-            .packs()
-            .iter()
-            .filter(|p| !damage.packs.contains_key(&p.id) && wanted(options.read_data, &p.id))
-            .collect();
-        let mut blobs_by_pack: Vec<Vec<(BlobId, u32, u32, u32)>> =
-            vec![Vec::new(); index.packs().len()];
+        // 3. Read the data: each pack chosen once, every description of it
+        // checked, every copy of every blob in it hashed.
+        let mut descriptions: BTreeMap<PackId, Vec<Description>> = BTreeMap::new();
         if options.read_data != ReadData::None {
-            for (id, loc) in index.blobs() {
-                blobs_by_pack[loc.pack as usize].push((*id, loc.frame, loc.offset, loc.len));
+            let mut blobs_by_position: Vec<Vec<(BlobId, u32, u32, u32)>> =
+                vec![Vec::new(); index.packs().len()];
+            for (id, loc) in index.copies() {
+                blobs_by_position[loc.pack as usize].push((*id, loc.frame, loc.offset, loc.len));
             }
+            for (position, (pack, blobs)) in index.packs().iter().zip(blobs_by_position).enumerate()
+            {
+                let position = len_u32(position);
+                if !damage.packs.contains_key(&position) {
+                    descriptions.entry(pack.id).or_default().push(Description {
+                        position,
+                        pack: pack.clone(),
+                        trailer_hash: index.trailer_hash(position),
+                        named_by: index.named_by(position).collect(),
+                        blobs,
+                    });
+                }
+            }
+            descriptions.retain(|id, _| wanted(options.read_data, id));
         }
-        let results: Vec<Result<PackCheck>> = futures::stream::iter(to_read)
-            .map(|pack| {
+        let results: Vec<Result<Vec<(u32, PackCheck)>>> = futures::stream::iter(descriptions)
+            .map(|(id, described)| {
                 let backend = self.backend().clone();
-                let pack = pack.clone();
-                let position = index.pack_position(&pack.id).unwrap_or_default() as usize;
-                let blobs = std::mem::take(&mut blobs_by_pack[position]);
                 async move {
-                    let bytes = backend.get(&ObjectKey::Pack(pack.id)).await?;
-                    Ok(crate::cpu::run(move || check_pack(&pack, blobs, &bytes)).await)
+                    let bytes = backend.get(&ObjectKey::Pack(id)).await?;
+                    Ok(crate::cpu::run(move || check_descriptions(id, described, &bytes)).await)
                 }
             })
             .buffer_unordered(options.concurrency.max(1))
             .collect()
             .await;
         for result in results {
-            let check = match result {
-                Ok(check) => check,
+            let checks = match result {
+                Ok(checks) => checks,
                 Err(e @ (Error::Unreachable { .. } | Error::AccessDenied { .. })) => return Err(e),
                 Err(e) => {
                     report.problems.push(Problem {
@@ -248,13 +288,28 @@ impl Repository {
                 }
             };
             report.packs_read += 1;
-            report.bytes_read += check.len;
-            report.blobs_checked += check.blobs_checked;
-            report.problems.extend(check.problems);
-            damage.blobs.extend(check.bad_blobs);
+            report.bytes_read += checks.first().map_or(0, |(_, c)| c.len);
+            for (position, check) in checks {
+                report.blobs_checked += check.blobs_checked;
+                report.problems.extend(check.problems);
+                damage.copies.extend(
+                    check
+                        .bad_blobs
+                        .into_iter()
+                        .map(|(id, why)| ((id, position), why)),
+                );
+            }
         }
 
-        // 4. Walk every snapshot.
+        // 4. Index objects that name a damaged pack, or describe one wrongly:
+        // readers fall back to other copies; say whether removing it is safe.
+        report.problems.extend(shadowing_index_objects(
+            &index,
+            &damage,
+            options.read_data == ReadData::All,
+        ));
+
+        // 5. Walk every snapshot.
         let repo = self.clone().with_index(index);
         let reader = BlobReader::new(repo.clone(), 8, 16 << 20);
         let mut walker = Walker {
@@ -315,6 +370,87 @@ pub(crate) struct PackCheck {
     pub bad_blobs: Vec<(BlobId, String)>,
 }
 
+/// One description of a pack (an index position) to check against its bytes.
+struct Description {
+    position: u32,
+    pack: PackInfo,
+    trailer_hash: [u8; 32],
+    named_by: Vec<crate::id::IndexId>,
+    blobs: Vec<(BlobId, u32, u32, u32)>,
+}
+
+/// Checks a whole pack once against each description of it: its hash and
+/// trailer, the trailer copy each index object holds, and every blob each
+/// description places in it.
+fn check_descriptions(
+    id: PackId,
+    described: Vec<Description>,
+    bytes: &[u8],
+) -> Vec<(u32, PackCheck)> {
+    let decoded = decode_pack(bytes, id);
+    let own_trailer_hash = decoded
+        .as_ref()
+        .ok()
+        .map(|t| *blake3::hash(&t.encode()).as_bytes());
+    let several = described.len() > 1;
+    let mut checks = Vec::with_capacity(described.len());
+    for (n, d) in described.into_iter().enumerate() {
+        let mut check = PackCheck {
+            len: bytes.len() as u64,
+            blobs_checked: 0,
+            problems: Vec::new(),
+            bad_blobs: Vec::new(),
+        };
+        if n == 0
+            && let Err(e) = &decoded
+        {
+            check.problems.push(Problem {
+                object: format!("pack {id}"),
+                detail: match e {
+                    Error::Corrupt { detail, .. } => detail.clone(),
+                    other => other.to_string(),
+                },
+            });
+        }
+        let blob_count = d.blobs.len();
+        check_blobs(&d.pack, d.blobs, bytes, &mut check);
+        let lying = own_trailer_hash.is_some_and(|h| h != d.trailer_hash);
+        let by = || {
+            let names: Vec<String> = d.named_by.iter().map(|i| format!("index {i}")).collect();
+            if names.is_empty() {
+                "an index".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        if lying {
+            check.problems.push(Problem {
+                object: format!("pack {id}"),
+                detail: format!(
+                    "{} describes it with a trailer that is not the pack's own; {} of the {blob_count} chunks it places there fail their hash check",
+                    by(),
+                    check.bad_blobs.len()
+                ),
+            });
+        } else if !check.bad_blobs.is_empty() {
+            check.problems.push(Problem {
+                object: format!("pack {id}"),
+                detail: if several {
+                    format!(
+                        "{} blobs fail their hash check (as {} describes it)",
+                        check.bad_blobs.len(),
+                        by()
+                    )
+                } else {
+                    format!("{} blobs fail their hash check", check.bad_blobs.len())
+                },
+            });
+        }
+        checks.push((d.position, check));
+    }
+    checks
+}
+
 /// Checks a whole pack: its hash and trailer, then every blob the index
 /// places in it, frame by frame (so damage is pinned to the blobs it hits).
 pub(crate) fn check_pack(
@@ -337,7 +473,24 @@ pub(crate) fn check_pack(
             },
         });
     }
-    // The index says which blobs are where; check each of them.
+    check_blobs(pack, blobs, bytes, &mut check);
+    if !check.bad_blobs.is_empty() {
+        check.problems.push(Problem {
+            object: format!("pack {}", pack.id),
+            detail: format!("{} blobs fail their hash check", check.bad_blobs.len()),
+        });
+    }
+    check
+}
+
+/// Hashes every blob `blobs` places in the pack `bytes`, frame by frame,
+/// adding the count and the bad ones to `check`.
+fn check_blobs(
+    pack: &PackInfo,
+    blobs: Vec<(BlobId, u32, u32, u32)>,
+    bytes: &[u8],
+    check: &mut PackCheck,
+) {
     let mut by_frame: BTreeMap<u32, Vec<(BlobId, u32, u32)>> = BTreeMap::new();
     for (id, frame, offset, len) in blobs {
         by_frame.entry(frame).or_default().push((id, offset, len));
@@ -364,7 +517,7 @@ pub(crate) fn check_pack(
             let mut bad = Vec::new();
             for (id, offset, len) in &blobs {
                 let ok = raw.as_ref().is_ok_and(|raw| {
-                    raw.get(*offset as usize..(*offset + *len) as usize)
+                    raw.get(*offset as usize..(*offset as usize + *len as usize))
                         .is_some_and(|b| BlobId::of(b) == *id)
                 });
                 if !ok {
@@ -382,13 +535,86 @@ pub(crate) fn check_pack(
         check.blobs_checked += n;
         check.bad_blobs.extend(bad);
     }
-    if !check.bad_blobs.is_empty() {
-        check.problems.push(Problem {
-            object: format!("pack {}", pack.id),
-            detail: format!("{} blobs fail their hash check", check.bad_blobs.len()),
-        });
+}
+
+/// The index objects naming a pack description found damaged: each one
+/// once, with its damaged packs, and whether deleting it by hand is safe
+/// (every chunk only it names has an intact copy elsewhere).
+fn shadowing_index_objects(index: &Index, damage: &Damage, read_all: bool) -> Vec<Problem> {
+    // Damaged positions: missing or wrong length, or a copy failed its hash.
+    let mut bad: BTreeMap<u32, u64> = damage.packs.keys().map(|&p| (p, 0)).collect();
+    for (_, position) in damage.copies.keys() {
+        *bad.entry(*position).or_default() += 1;
     }
-    check
+    let mut by_index: BTreeMap<crate::id::IndexId, Vec<u32>> = BTreeMap::new();
+    for &position in bad.keys() {
+        for id in index.named_by(position) {
+            by_index.entry(id).or_default().push(position);
+        }
+    }
+    if by_index.is_empty() {
+        return Vec::new();
+    }
+    // Positions named by one index object alone go when it is deleted.
+    let sole: Vec<Option<crate::id::IndexId>> = (0..index.packs().len())
+        .map(|p| {
+            let mut names = index.named_by(len_u32(p));
+            match (names.next(), names.next()) {
+                (Some(only), None) if by_index.contains_key(&only) => Some(only),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut unprotected: IdMap<crate::id::IndexId, crate::id::IdSet<BlobId>> = IdMap::default();
+    for (id, loc) in index.copies() {
+        let Some(owner) = sole[loc.pack as usize] else {
+            continue;
+        };
+        let elsewhere = index.locations(id).any(|other| {
+            sole[other.pack as usize] != Some(owner) && damage.of_copy(id, &other).is_none()
+        });
+        if !elsewhere {
+            unprotected.entry(owner).or_default().insert(*id);
+        }
+    }
+    by_index
+        .into_iter()
+        .map(|(id, positions)| {
+            let packs: Vec<String> = positions
+                .iter()
+                .map(|&p| {
+                    let pack = index.pack(p).id;
+                    match (damage.packs.get(&p), bad.get(&p)) {
+                        (Some(reason), _) => reason.clone(),
+                        (None, Some(n)) => format!("pack {pack}: {n} chunks fail their checks"),
+                        (None, None) => format!("pack {pack}"),
+                    }
+                })
+                .collect();
+            let path = ObjectKey::Index(id).path();
+            let left = unprotected.get(&id).map_or(0, |s| s.len());
+            let advice = if left > 0 {
+                format!(
+                    "{left} chunks only it names have no other intact copy: keep it until they are stored again (a new backup of the same data stores them)"
+                )
+            } else if read_all {
+                format!(
+                    "every chunk only it names has another copy this check found intact, so deleting {path} by hand is safe"
+                )
+            } else {
+                format!(
+                    "deleting {path} by hand is safe once `cairn verify --read-data` finds another intact copy of every chunk only it names"
+                )
+            };
+            Problem {
+                object: format!("index {id}"),
+                detail: format!(
+                    "names damaged data ({}); readers skip such copies and fall back to other copies of the same chunks; `cairn gc` does not remove index objects yet, `cairn verify` names them: {advice}",
+                    packs.join("; ")
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Walks snapshots' trees, remembering each node's findings.
@@ -451,17 +677,7 @@ impl Walker<'_> {
                     let index = self.reader.repo().index();
                     node.entries
                         .iter()
-                        .filter_map(|e| {
-                            self.damage.of_chunk(index, &e.id).or_else(|| {
-                                let stored = index.get(&e.id).map(|l| u64::from(l.len));
-                                (stored != Some(e.len)).then(|| {
-                                    format!(
-                                        "chunk {}: the tree says {} bytes, the index {:?}",
-                                        e.id, e.len, stored
-                                    )
-                                })
-                            })
-                        })
+                        .filter_map(|e| self.damage.of_chunk(index, &e.id, Some(e.len)))
                         .collect()
                 }
                 Ok(node) => {
@@ -475,7 +691,7 @@ impl Walker<'_> {
                         .map(|e| e.id)
                         .filter(|id| {
                             self.damage
-                                .of_chunk(self.reader.repo().index(), id)
+                                .of_chunk(self.reader.repo().index(), id, None)
                                 .is_none()
                         })
                         .collect();
@@ -502,7 +718,7 @@ impl Walker<'_> {
 
     /// Reads a tree node; a damaged one is a finding, an unreachable store an error.
     async fn read_node(&self, id: BlobId) -> Result<std::result::Result<TreeNode, String>> {
-        if let Some(problem) = self.damage.of_chunk(self.reader.repo().index(), &id) {
+        if let Some(problem) = self.damage.of_chunk(self.reader.repo().index(), &id, None) {
             return Ok(Err(problem.replacen("chunk", "tree node", 1)));
         }
         match self.reader.read_blob(id).await {
