@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use cairn_store::ops::verify::{ReadData, VerifyOptions};
 use clap::Args;
 
+use crate::terminal::safe;
+
 use crate::exit;
 use crate::progress::human_bytes;
 use crate::repo_args::{RepoArgs, TrustArgs};
@@ -52,7 +54,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = match check(&args, &options).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cairn: could not check the repository: {e}");
+            let why = e.to_string();
+            eprintln!("cairn: could not check the repository: {}", safe(&why));
             return Ok(ExitCode::from(exit::code_for(e.kind())));
         }
     };
@@ -60,18 +63,18 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         super::print_summary(&report, &[("clean", report.is_clean().into())])?;
     } else {
         for p in &report.problems {
-            println!("problem: {}: {}", p.object, p.detail);
+            println!("problem: {}: {}", safe(&p.object), safe(&p.detail));
         }
         for s in &report.damaged_snapshots {
             let when = s.time.map(|t| format!(" ({t})")).unwrap_or_default();
             println!("damaged snapshot {}{when}", s.id);
             if let Some(reason) = &s.reason {
-                println!("  {reason}");
+                println!("  {}", safe(reason));
             }
             for item in &s.items {
-                println!("  item {}:", item.name);
+                println!("  item {}:", safe(&item.name));
                 for p in &item.problems {
-                    println!("    {p}");
+                    println!("    {}", safe(p));
                 }
             }
         }
