@@ -712,3 +712,52 @@ fn oversized_parallel_uploads_are_refused_in_bounded_memory() {
         assert!(staged.is_empty(), "{:?}", names(&staged));
     }
 }
+
+/// Issue 13, high 6: a client that stops reading an answer loses its
+/// connection after the idle timeout, so it cannot hold a connection slot.
+#[test]
+fn a_client_that_stops_reading_loses_its_connection() {
+    let f = Fixture::new();
+    let server = start_with(
+        &f.repo,
+        &token_file(f.tmp.path()),
+        &[
+            "--max-connections".as_ref(),
+            "1".as_ref(),
+            "--idle-timeout".as_ref(),
+            "1".as_ref(),
+        ],
+    );
+    let p = server.port;
+    let big = vec![7u8; 32 << 20];
+    assert_eq!(
+        status(
+            p,
+            "PUT",
+            "/gc/big",
+            Some(ADMIN),
+            "If-None-Match: *\r\n",
+            &big
+        ),
+        201
+    );
+    // The only connection slot: a GET of 32 MiB, never read.
+    let mut stalled = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    write!(
+        stalled,
+        "GET /gc/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    let answered = s.read_exact(&mut head);
+    assert!(answered.is_ok(), "no answer: {answered:?}");
+    assert_eq!(&head[9..12], b"200", "{}", String::from_utf8_lossy(&head));
+    drop(stalled);
+}

@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers (tests).
     #[arg(long, value_name = "SECS", hide = true)]
     header_timeout: Option<u64>,
+    /// Seconds a request body may pause, or an answer wait for the client
+    /// to read it (tests).
+    #[arg(long, value_name = "SECS", hide = true)]
+    idle_timeout: Option<u64>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -72,6 +76,9 @@ fn limits(args: &ServeArgs) -> ServeLimits {
     };
     if let Some(secs) = args.header_timeout {
         limits.header_timeout = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = args.idle_timeout {
+        limits.idle_timeout = Duration::from_secs(secs.max(1));
     }
     limits
 }
