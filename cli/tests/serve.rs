@@ -596,6 +596,13 @@ fn the_append_role_creates_data_and_its_own_leases_only() {
         status(p, "PUT", "/probe-0124", Some(READ), create, b"x"),
         403
     );
+    // Staged bodies are not listed.
+    std::fs::create_dir_all(f.repo.join("serve-staging")).unwrap();
+    std::fs::write(f.repo.join("serve-staging/0123"), b"half").unwrap();
+    let (code, listing) = answer(p, "GET", "/?list=", Some(READ), "", b"");
+    assert_eq!(code, 200);
+    assert!(listing.contains("packs/aa/aa00"), "{listing}");
+    assert!(!listing.contains("serve-staging"), "{listing}");
 }
 
 /// Issue 13, high 6: half-open connections (no token, nothing or half a

@@ -724,11 +724,12 @@ impl Server {
 
     async fn list(&self, prefix: &str) -> Reply {
         let prefix = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
+        let staging_dir = Path::from(STAGING_DIR);
         let mut stream = self.store.list(prefix.as_ref());
         let mut out = Vec::new();
         while let Some(item) = stream.next().await {
             match item {
-                Ok(meta) if !valid_key(meta.location.as_ref()) => {} // staging
+                Ok(meta) if meta.location.prefix_matches(&staging_dir) => {}
                 Ok(meta) => {
                     let line = serde_json::json!({
                         "key": meta.location.as_ref(),
