@@ -9,18 +9,25 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use support::*;
 
 const ADMIN: &str = "admin-token-aaaaaaaaaaaaaaaaaaaa";
 const APPEND: &str = "append-token-bbbbbbbbbbbbbbbbbbb";
 const READ: &str = "read-token-cccccccccccccccccccccc";
+/// A second backup node's token.
+const APPEND2: &str = "append-token-2-ddddddddddddddddd";
 
 /// A running `cairn serve`; stopped (SIGTERM) on drop.
 struct Server {
     child: Child,
     url: String,
     port: u16,
+    /// How many lines it has logged so far.
+    log_lines: Arc<AtomicUsize>,
 }
 
 impl Drop for Server {
@@ -36,7 +43,7 @@ fn token_file(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("tokens");
     std::fs::write(
         &path,
-        format!("# roles\nadmin {ADMIN}\nappend {APPEND}\nread {READ}\n"),
+        format!("# roles\nadmin {ADMIN}\nappend {APPEND}\nread {READ}\nappend {APPEND2}\n"),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -48,20 +55,45 @@ fn start(repo: &Path, tokens: &Path) -> Server {
 }
 
 fn start_with(repo: &Path, tokens: &Path, extra: &[&std::ffi::OsStr]) -> Server {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("cairn"))
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("cairn"));
+    c.args(["serve", "--listen", "127.0.0.1:0", "--repo"])
+        .arg(repo)
+        .arg("--tokens")
+        .arg(tokens)
+        .args(extra);
+    spawn(c)
+}
+
+/// `cairn serve` with its open files limited to `nofile` (`ulimit -n`).
+fn start_limited(repo: &Path, tokens: &Path, nofile: u32, extra: &[&str]) -> Server {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(assert_cmd::cargo::cargo_bin("cairn"))
         .args(["serve", "--listen", "127.0.0.1:0", "--repo"])
         .arg(repo)
         .arg("--tokens")
         .arg(tokens)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .args(extra);
+    spawn(c)
+}
+
+fn spawn(mut c: Command) -> Server {
+    let mut child = c.stderr(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     stderr.read_line(&mut line).unwrap();
-    // Keep reading its log, so that the server never writes to a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    // Keep reading its log (counting lines), so that the server never
+    // writes to a closed pipe.
+    let log_lines = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&log_lines);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n @ 1..) = stderr.read(&mut buf) {
+            let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+            counter.fetch_add(lines, Ordering::Relaxed);
+        }
+    });
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://") || w.starts_with("https://"))
@@ -74,7 +106,12 @@ fn start_with(repo: &Path, tokens: &Path, extra: &[&std::ffi::OsStr]) -> Server 
         .unwrap()
         .parse()
         .unwrap();
-    Server { child, url, port }
+    Server {
+        child,
+        url,
+        port,
+        log_lines,
+    }
 }
 
 /// A raw HTTP/1.1 request (paths exactly as given, `..` included); the status.
@@ -86,6 +123,18 @@ fn status(
     headers: &str,
     body: &[u8],
 ) -> u16 {
+    answer(port, method, path, token, headers, body).0
+}
+
+/// A raw HTTP/1.1 request; the status and the whole answer as text.
+fn answer(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
@@ -97,8 +146,9 @@ fn status(
     s.write_all(body).unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
-    let head = String::from_utf8_lossy(&out[..out.len().min(64)]).into_owned();
-    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, text)
 }
 
 #[test]
@@ -151,11 +201,11 @@ fn roles_are_enforced_over_http() {
     assert_eq!(status(p, "PUT", &key, Some(APPEND), "", b"forged"), 403);
     assert_eq!(status(p, "PUT", &key, Some(APPEND), create, b"forged"), 412);
     assert_eq!(std::fs::read(f.repo.join(&key[1..])).unwrap(), before);
+    // Admin: may create anything, and delete.
     assert_eq!(
-        status(p, "PUT", "/gc/note-1", Some(APPEND), create, b"new"),
+        status(p, "PUT", "/gc/note-1", Some(ADMIN), create, b"new"),
         201
     );
-    // Admin: may delete.
     assert_eq!(status(p, "DELETE", "/gc/note-1", Some(ADMIN), "", b""), 204);
     // An oversized body is refused before it is read.
     let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
@@ -194,7 +244,7 @@ fn a_terminated_server_finishes_the_write_in_flight() {
     let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(
         s,
-        "PUT /gc/in-flight HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {APPEND}\r\n\
+        "PUT /gc/in-flight HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
          If-None-Match: *\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
@@ -412,4 +462,309 @@ fn tls_with_a_private_certificate() {
     let mut c = cairn_args(["snapshots", "--repo", &server.url]);
     c.env("CAIRN_TOKEN", READ).env_remove("CAIRN_CA_CERT");
     run(&mut c).expect_code(4).stderr_has(&["CAIRN_CA_CERT"]);
+}
+
+/// Issue 13, critical 2: an `append` token (a compromised backup node) may
+/// create packs, index objects, snapshots, probes and its own leases, and
+/// overwrite or delete only the leases and probes its own token created.
+#[test]
+fn the_append_role_creates_data_and_its_own_leases_only() {
+    let f = Fixture::new();
+    f.backup_bytes("a", b"some data", &[]);
+    let server = start(&f.repo, &token_file(f.tmp.path()));
+    let p = server.port;
+    let create = "If-None-Match: *\r\n";
+    let config = std::fs::read(f.repo.join("config")).unwrap();
+    // garbage collection's state, the config, replica states, gc's lease: 403.
+    let mut refused = Vec::new();
+    for (method, key, headers) in [
+        ("PUT", "/gc/condemned-x", create),
+        ("PUT", "/gc/writers-x", create),
+        ("PUT", "/gc/log-x-1", create),
+        ("PUT", "/config", create),
+        ("PUT", "/config", ""),
+        ("PUT", "/replicas/abc", create),
+        ("PUT", "/replicas/abc", ""),
+        ("PUT", "/locks/gc", create),
+        ("PUT", "/locks/gc.alive", ""),
+        ("PUT", "/locks/gc.alive", create),
+        ("DELETE", "/locks/gc", ""),
+        ("DELETE", "/locks/gc.alive", ""),
+        ("DELETE", "/config", ""),
+        ("DELETE", "/gc/condemned-x", ""),
+    ] {
+        let (code, text) = answer(p, method, key, Some(APPEND), headers, b"{}");
+        if code != 403 || !text.contains(&key[1..]) || !text.contains("append") {
+            refused.push(format!("{method} {key}: {code}"));
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "not refused with 403 naming the key and role: {refused:?}"
+    );
+    assert_eq!(std::fs::read(f.repo.join("config")).unwrap(), config);
+    for gone in [
+        "gc/condemned-x",
+        "replicas/abc",
+        "locks/gc",
+        "locks/gc.alive",
+    ] {
+        assert!(!f.repo.join(gone).exists(), "{gone} was written");
+    }
+    // Data: created.
+    assert_eq!(
+        status(p, "PUT", "/packs/aa/aa00", Some(APPEND), create, b"p"),
+        201
+    );
+    assert_eq!(
+        status(p, "PUT", "/index/0a", Some(APPEND), create, b"i"),
+        201
+    );
+    assert_eq!(
+        status(p, "PUT", "/snapshots/0b", Some(APPEND), create, b"s"),
+        201
+    );
+    // A lease: its holder creates, renews and releases it; another append
+    // token may neither renew nor release it, nor create its heartbeat.
+    assert_eq!(
+        status(p, "PUT", "/locks/backup-1", Some(APPEND), create, b"{}"),
+        201
+    );
+    assert_eq!(
+        status(p, "PUT", "/locks/backup-1.alive", Some(APPEND2), "", b"{}"),
+        403
+    );
+    assert_eq!(
+        status(p, "PUT", "/locks/backup-1.alive", Some(APPEND), "", b"{}"),
+        201
+    );
+    assert_eq!(
+        status(p, "PUT", "/locks/backup-1.alive", Some(APPEND), "", b"{}"),
+        201
+    );
+    assert_eq!(
+        status(p, "PUT", "/locks/backup-1", Some(APPEND), "", b"{}"),
+        403,
+        "a lease's start object is written once"
+    );
+    for key in ["/locks/backup-1.alive", "/locks/backup-1"] {
+        assert_eq!(status(p, "DELETE", key, Some(APPEND2), "", b""), 403);
+        assert!(f.repo.join(&key[1..]).exists());
+    }
+    // An admin's lease (a `replicate` run, say) is out of reach too.
+    assert_eq!(
+        status(p, "PUT", "/locks/replicate-1", Some(ADMIN), create, b"{}"),
+        201
+    );
+    assert_eq!(
+        status(p, "DELETE", "/locks/replicate-1", Some(APPEND), "", b""),
+        403
+    );
+    assert_eq!(
+        status(p, "DELETE", "/locks/backup-1.alive", Some(APPEND), "", b""),
+        204
+    );
+    assert_eq!(
+        status(p, "DELETE", "/locks/backup-1", Some(APPEND), "", b""),
+        204
+    );
+    assert!(!f.repo.join("locks/backup-1").exists());
+    // Probes: the same.
+    assert_eq!(
+        status(p, "PUT", "/probe-0123", Some(APPEND), create, b"first"),
+        201
+    );
+    assert_eq!(
+        status(p, "PUT", "/probe-0123", Some(APPEND), create, b"second"),
+        412
+    );
+    assert_eq!(
+        status(p, "DELETE", "/probe-0123", Some(APPEND2), "", b""),
+        403
+    );
+    assert_eq!(status(p, "PUT", "/probe-0123", Some(APPEND), "", b"x"), 403);
+    assert_eq!(
+        status(p, "DELETE", "/probe-0123", Some(APPEND), "", b""),
+        204
+    );
+    // Read: nothing at all.
+    assert_eq!(
+        status(p, "PUT", "/locks/read-1", Some(READ), create, b"{}"),
+        403
+    );
+    assert_eq!(
+        status(p, "PUT", "/probe-0124", Some(READ), create, b"x"),
+        403
+    );
+    // Staged bodies are not listed.
+    std::fs::create_dir_all(f.repo.join("serve-staging")).unwrap();
+    std::fs::write(f.repo.join("serve-staging/0123"), b"half").unwrap();
+    let (code, listing) = answer(p, "GET", "/?list=", Some(READ), "", b"");
+    assert_eq!(code, 200);
+    assert!(listing.contains("packs/aa/aa00"), "{listing}");
+    assert!(!listing.contains("serve-staging"), "{listing}");
+}
+
+/// Issue 13, high 6: half-open connections (no token, nothing or half a
+/// header sent) beyond the open-files limit neither stop the server nor
+/// flood its log.
+#[test]
+fn half_open_connections_do_not_stop_the_server() {
+    let f = Fixture::new();
+    let server = start_limited(
+        &f.repo,
+        &token_file(f.tmp.path()),
+        64,
+        &["--header-timeout", "1"],
+    );
+    let mut idle = Vec::new();
+    for i in 0..150 {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        if i % 2 == 0 {
+            let _ = s.write_all(b"GET /config HTTP/1.1\r\nHost: x\r\nAuthor");
+        }
+        idle.push(s);
+    }
+    // A valid request from a fresh connection is answered once the idle
+    // ones have timed out.
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    write!(
+        s,
+        "GET /config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    let answered = s.read_exact(&mut head);
+    let lines = server.log_lines.load(Ordering::Relaxed);
+    assert!(
+        answered.is_ok(),
+        "no answer: {answered:?} ({lines} log lines)"
+    );
+    assert_eq!(&head[9..12], b"200", "{}", String::from_utf8_lossy(&head));
+    drop(idle);
+    // Its log stays small.
+    let lines = server.log_lines.load(Ordering::Relaxed);
+    eprintln!("{lines} lines logged");
+    assert!(lines < 100, "{lines} lines logged");
+    // It still answers.
+    assert_eq!(
+        status(server.port, "GET", "/config", Some(READ), "", b""),
+        200
+    );
+}
+
+/// Issue 13, high 6: parallel chunked uploads without a length, each larger
+/// than any object, are refused with 413 and do not grow the server's memory.
+#[test]
+fn oversized_parallel_uploads_are_refused_in_bounded_memory() {
+    let f = Fixture::new();
+    let server = start(&f.repo, &token_file(f.tmp.path()));
+    let port = server.port;
+    let uploads: Vec<_> = (0..4)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                write!(
+                    s,
+                    "PUT /packs/aa/aa0{n} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {APPEND}\r\n\
+                     If-None-Match: *\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                .unwrap();
+                // The answer is read while the body is still being sent.
+                let mut reader = s.try_clone().unwrap();
+                let answer = std::thread::spawn(move || {
+                    let mut head = [0u8; 12];
+                    reader.read_exact(&mut head).map(|()| head)
+                });
+                let chunk = vec![0u8; 1 << 20];
+                for _ in 0..300 {
+                    let sent = write!(s, "{:x}\r\n", chunk.len())
+                        .and_then(|()| s.write_all(&chunk))
+                        .and_then(|()| s.write_all(b"\r\n"));
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                let _ = s.write_all(b"0\r\n\r\n");
+                answer.join().unwrap()
+            })
+        })
+        .collect();
+    for (n, u) in uploads.into_iter().enumerate() {
+        let head = u.join().unwrap();
+        let head = head.map(|h| String::from_utf8_lossy(&h).into_owned());
+        assert!(
+            head.as_ref().is_ok_and(|h| h.ends_with("413")),
+            "upload {n}: {head:?}"
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!("the server's peak memory: {hwm_kb} kB");
+    assert!(hwm_kb < 300 * 1024, "the server's peak memory: {hwm_kb} kB");
+    // Nothing was stored, and no staging file is left.
+    for n in 0..4 {
+        assert!(!f.repo.join(format!("packs/aa/aa0{n}")).exists());
+    }
+    let staging = f.repo.join("serve-staging");
+    if staging.exists() {
+        let staged = files_under(&staging);
+        assert!(staged.is_empty(), "{:?}", names(&staged));
+    }
+}
+
+/// Issue 13, high 6: a client that stops reading an answer loses its
+/// connection after the idle timeout, so it cannot hold a connection slot.
+#[test]
+fn a_client_that_stops_reading_loses_its_connection() {
+    let f = Fixture::new();
+    let server = start_with(
+        &f.repo,
+        &token_file(f.tmp.path()),
+        &[
+            "--max-connections".as_ref(),
+            "1".as_ref(),
+            "--idle-timeout".as_ref(),
+            "1".as_ref(),
+        ],
+    );
+    let p = server.port;
+    let big = vec![7u8; 32 << 20];
+    assert_eq!(
+        status(
+            p,
+            "PUT",
+            "/gc/big",
+            Some(ADMIN),
+            "If-None-Match: *\r\n",
+            &big
+        ),
+        201
+    );
+    // The only connection slot: a GET of 32 MiB, never read.
+    let mut stalled = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    write!(
+        stalled,
+        "GET /gc/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    let answered = s.read_exact(&mut head);
+    assert!(answered.is_ok(), "no answer: {answered:?}");
+    assert_eq!(&head[9..12], b"200", "{}", String::from_utf8_lossy(&head));
+    drop(stalled);
 }

@@ -3,10 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use cairn_store::backend::{Backend, BackendOptions};
 use cairn_store::repo::Repository;
-use cairn_store::serve::{ServeOptions, Tokens, serve};
+use cairn_store::serve::{ServeLimits, ServeOptions, Tokens, serve};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -27,6 +28,17 @@ pub struct ServeArgs {
     /// tokens of at least 24 characters), mode 600.
     #[arg(long, value_name = "FILE")]
     tokens: PathBuf,
+    /// Connections served at once (lowered to fit the open-files limit);
+    /// more wait until one ends.
+    #[arg(long, value_name = "N", default_value_t = ServeLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers (tests).
+    #[arg(long, value_name = "SECS", hide = true)]
+    header_timeout: Option<u64>,
+    /// Seconds a request body may pause, or an answer wait for the client
+    /// to read it (tests).
+    #[arg(long, value_name = "SECS", hide = true)]
+    idle_timeout: Option<u64>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -38,6 +50,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = ServeOptions {
         listen: args.listen,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        limits: limits(&args),
     };
     let scheme = if options.tls.is_some() {
         "https"
@@ -54,6 +67,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await?;
     eprintln!("cairn: stopped; requests in flight were finished");
     Ok(ExitCode::SUCCESS)
+}
+
+fn limits(args: &ServeArgs) -> ServeLimits {
+    let mut limits = ServeLimits {
+        max_connections: args.max_connections.max(1),
+        ..ServeLimits::default()
+    };
+    if let Some(secs) = args.header_timeout {
+        limits.header_timeout = Duration::from_secs(secs.max(1));
+    }
+    if let Some(secs) = args.idle_timeout {
+        limits.idle_timeout = Duration::from_secs(secs.max(1));
+    }
+    limits
 }
 
 async fn shutdown_signal() {

@@ -61,6 +61,9 @@ impl ServeStore {
     ) -> Res<ServeStore> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            // Below `cairn serve`'s header timeout (30 s), so that an idle
+            // connection is dropped here before the server closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(20))
             .timeout(timeout);
         if let Some(pem) = ca_pem {
             builder =
