@@ -103,6 +103,13 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let report = source.replicate(destination.clone(), &options).await;
     bar.finish();
     let report = report?;
+    for r in &report.refused {
+        eprintln!(
+            "cairn: warning: snapshot {} at the source not copied: {}",
+            r.id.short(),
+            r.reason
+        );
+    }
     let mut forgotten = 0u64;
     if let Some(n) = args.keep_last {
         let dest = Repository::open(destination).await?;
@@ -118,6 +125,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 within: None,
                 tags: Vec::new(),
                 group_by: GroupBy::parse("")?,
+                max_lag: None,
             }),
             ids: Vec::new(),
             filter: SnapshotFilter::default(),
