@@ -81,3 +81,38 @@ async fn bytes_swapped_on_every_later_get_are_refused_not_stored() {
         assert_eq!(blake3::hash(&bytes).as_bytes(), &one.snapshot.0);
     }
 }
+
+#[tokio::test]
+async fn verify_finds_a_damaged_manifest_an_earlier_run_left_at_the_destination() {
+    let src = Place::new(Kind::Local);
+    init(&src).await;
+    let one = backup_bytes(&src.backend(), "a", random_bytes(1000, 4)).await;
+    let dst = Place::new(Kind::Local);
+    let source = Repository::open(src.backend()).await.unwrap();
+    source
+        .replicate(dst.backend(), &ReplicateOptions::default())
+        .await
+        .unwrap();
+    // What the unfixed replicate could leave: other bytes under the name.
+    raw_put(
+        &dst.backend(),
+        &ObjectKey::Snapshot(one.snapshot),
+        b"planted".to_vec(),
+    )
+    .await;
+    let again = source
+        .replicate(dst.backend(), &ReplicateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again.snapshots_present, 1);
+    let verify = ReplicateOptions {
+        verify: true,
+        ..ReplicateOptions::default()
+    };
+    let err = source.replicate(dst.backend(), &verify).await.unwrap_err();
+    assert_eq!(err.kind(), cairn_store::ErrorKind::Corrupt, "{err}");
+    assert!(
+        err.to_string().contains("delete it at the destination"),
+        "{err}"
+    );
+}

@@ -231,6 +231,21 @@ impl Repository {
         let released = session.finish().await;
         copied?;
         released?;
+        if options.verify {
+            // Every selected manifest at the destination, copied now or
+            // before (perhaps damaged by an earlier run), is the one checked here.
+            for s in done.iter().chain(&todo) {
+                let key = ObjectKey::Snapshot(s.id);
+                let there = destination.get(&key).await?;
+                if manifests.get(&s.id) != Some(&there) {
+                    return Err(Error::corrupt(
+                        format!("snapshot {} at {}", s.id, destination.url()),
+                        "differs from the source's manifest checked by this run; delete it at the \
+                         destination and run replicate again",
+                    ));
+                }
+            }
+        }
 
         if let Some(n) = newest {
             remember(&destination, self, &n).await?;
