@@ -289,8 +289,19 @@ fn bad_signatures_damaged_chunks_rollbacks_and_stale_sources_are_refused() {
         "{config}"
     );
     backup_with(&key_b, &random_bytes(1000, 21));
+    // Not named, it is skipped and reported; named, the run is refused.
+    let snapshots_before = files_under(&dst.join("snapshots"));
+    let report = ok(&mut replicate(&src, &dst_s, &["--trust", &pub_a])).json();
+    assert_eq!(report["refused"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(files_under(&dst.join("snapshots")), snapshots_before);
+    let untrusted = report["refused"][0]["id"].as_str().unwrap().to_string();
     let before = files_under(&dst);
-    run(&mut replicate(&src, &dst_s, &["--trust", &pub_a])).expect_code(6);
+    run(&mut replicate(
+        &src,
+        &dst_s,
+        &["--trust", &pub_a, &untrusted],
+    ))
+    .expect_code(6);
     assert_eq!(files_under(&dst), before);
 
     // A chunk whose bytes do not match its id: 3, nothing written.

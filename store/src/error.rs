@@ -152,6 +152,17 @@ pub enum Error {
     )]
     SigningKeyNotTrusted { key: String },
 
+    #[error(
+        "snapshot {snapshot} claims {time} but was stored at {seen} (the store's clock), more than \
+         10 minutes before the time it claims: its signer's clock is wrong or its key is \
+         compromised, so it is refused; inspect it, then remove it with `cairn forget {snapshot}`"
+    )]
+    FromTheFuture {
+        snapshot: String,
+        time: String,
+        seen: String,
+    },
+
     #[error("{what}")]
     Unsupported { what: String },
 
@@ -175,7 +186,8 @@ impl Error {
             Error::Missing { .. } | Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::BadSignature { .. }
             | Error::UntrustedKey { .. }
-            | Error::SigningKeyNotTrusted { .. } => ErrorKind::BadSignature,
+            | Error::SigningKeyNotTrusted { .. }
+            | Error::FromTheFuture { .. } => ErrorKind::BadSignature,
             Error::Key { .. } => ErrorKind::Key,
             Error::Source { .. } => ErrorKind::Source,
             Error::StorageFull { .. } => ErrorKind::StorageFull,
@@ -229,6 +241,15 @@ impl Error {
             Error::UntrustedKey { snapshot, key } => Error::UntrustedKey {
                 snapshot: snapshot.clone(),
                 key: key.clone(),
+            },
+            Error::FromTheFuture {
+                snapshot,
+                time,
+                seen,
+            } => Error::FromTheFuture {
+                snapshot: snapshot.clone(),
+                time: time.clone(),
+                seen: seen.clone(),
             },
             Error::Unsupported { what } => Error::Unsupported { what: what.clone() },
             other => Error::Corrupt {

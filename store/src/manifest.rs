@@ -153,6 +153,10 @@ pub struct Snapshot {
     pub signer: PublicKey,
     /// What it holds.
     pub manifest: Manifest,
+    /// When the store it was read from received it: its object's
+    /// `last_modified`, by the store's clock (not part of the manifest;
+    /// `None` when not read from a store). See format-spec §12.6.
+    pub seen: Option<Timestamp>,
 }
 
 fn signed_message(repository: &RepoId, body: &[u8]) -> Vec<u8> {
@@ -305,6 +309,7 @@ pub fn decode_manifest(
         id: expected,
         signer,
         manifest,
+        seen: None,
     })
 }
 

@@ -17,6 +17,7 @@ use crate::id::{IdSet, IndexId, PackId, SnapshotId};
 use crate::index::{Index, decode_index};
 use crate::key::PublicKey;
 use crate::manifest::{Snapshot, Trust, decode_manifest};
+use crate::retention::from_the_future;
 
 /// How many objects are fetched at once when listing snapshots or loading the index.
 const METADATA_CONCURRENCY: usize = 16;
@@ -40,9 +41,12 @@ pub struct IndexedRepository {
 /// Snapshots as listed: the ones that checked out, and the ones that did not.
 #[derive(Debug, Default)]
 pub struct SnapshotList {
-    /// Verified snapshots, oldest first.
+    /// Verified snapshots, oldest first, each with `seen` set.
     pub snapshots: Vec<Snapshot>,
-    /// Snapshots that failed a check, with why.
+    /// Snapshots that failed a check, with why; among them, validly signed
+    /// ones claiming a time more than
+    /// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) after the store
+    /// received them ([`Error::FromTheFuture`]).
     pub rejected: Vec<(SnapshotId, Error)>,
 }
 
@@ -174,23 +178,44 @@ impl Repository {
         }
     }
 
-    /// Lists every snapshot and checks each (hash, signature, trust).
+    /// Lists every snapshot and checks each (hash, signature, trust, and
+    /// its time against when the store received it).
     pub async fn load_snapshots(&self, trust: &Trust) -> Result<SnapshotList> {
+        Ok(self.load_snapshots_with_bytes(trust).await?.0)
+    }
+
+    /// [`Repository::load_snapshots`], with the exact bytes each verified
+    /// snapshot was checked in (a copier writes those, never a second read).
+    pub async fn load_snapshots_with_bytes(
+        &self,
+        trust: &Trust,
+    ) -> Result<(SnapshotList, std::collections::HashMap<SnapshotId, Bytes>)> {
         let listed = self.backend.list(ObjectDir::Snapshots).await?;
-        let results: Vec<(SnapshotId, Result<Snapshot>)> = futures::stream::iter(listed)
+        let results: Vec<(SnapshotId, Result<(Snapshot, Bytes)>)> = futures::stream::iter(listed)
             .map(|info| async move {
                 let ObjectKey::Snapshot(id) = info.key else {
                     unreachable!("listing snapshots yields snapshot keys")
                 };
-                (id, self.load_snapshot(id, trust).await)
+                let loaded = match self.backend.get(&info.key).await {
+                    Ok(bytes) => {
+                        self.check_snapshot(id, bytes, info.last_modified, trust)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                (id, loaded)
             })
             .buffer_unordered(METADATA_CONCURRENCY)
             .collect()
             .await;
         let mut list = SnapshotList::default();
+        let mut bytes = std::collections::HashMap::new();
         for (id, result) in results {
             match result {
-                Ok(s) => list.snapshots.push(s),
+                Ok((s, b)) => {
+                    list.snapshots.push(s);
+                    bytes.insert(id, b);
+                }
                 // The store failing is not the snapshot's fault: stop.
                 Err(e @ (Error::Unreachable { .. } | Error::AccessDenied { .. })) => return Err(e),
                 Err(e) => list.rejected.push((id, e)),
@@ -198,15 +223,42 @@ impl Repository {
         }
         list.snapshots.sort_by_key(|s| (s.manifest.time, s.id));
         list.rejected.sort_by_key(|(id, _)| *id);
-        Ok(list)
+        Ok((list, bytes))
     }
 
     /// Reads and checks one snapshot.
     pub async fn load_snapshot(&self, id: SnapshotId, trust: &Trust) -> Result<Snapshot> {
-        let bytes = self.backend.get(&ObjectKey::Snapshot(id)).await?;
+        let key = ObjectKey::Snapshot(id);
+        let bytes = self.backend.get(&key).await?;
+        let seen = self.backend.head(&key).await?.last_modified;
+        Ok(self.check_snapshot(id, bytes, seen, trust).await?.0)
+    }
+
+    /// Checks a snapshot's bytes (§13.1) and its time against `seen`, when
+    /// the store received it: one claiming a time more than
+    /// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) later is
+    /// refused (format-spec §12.6).
+    async fn check_snapshot(
+        &self,
+        id: SnapshotId,
+        bytes: Bytes,
+        seen: jiff::Timestamp,
+        trust: &Trust,
+    ) -> Result<(Snapshot, Bytes)> {
         let config = Arc::clone(&self.config);
         let trust = trust.clone();
-        crate::cpu::run(move || decode_manifest(&bytes, id, &config.id, &trust)).await
+        let checked = bytes.clone();
+        let mut snapshot =
+            crate::cpu::run(move || decode_manifest(&checked, id, &config.id, &trust)).await?;
+        if from_the_future(snapshot.manifest.time, seen) {
+            return Err(Error::FromTheFuture {
+                snapshot: id.to_string(),
+                time: snapshot.manifest.time.to_string(),
+                seen: seen.to_string(),
+            });
+        }
+        snapshot.seen = Some(seen);
+        Ok((snapshot, bytes))
     }
 
     /// Loads every index object it can. A damaged one does not stop

@@ -6,20 +6,50 @@
 //! weekly/monthly/yearly N` the newest snapshot of each of the N newest
 //! calendar buckets that hold one (buckets in **UTC**; weeks are ISO 8601
 //! weeks); `within D` every snapshot no older than D before the group's
-//! newest; `tag T` every snapshot tagged T. A snapshot kept by any rule is
-//! kept, with every rule that kept it. The newest snapshot of a group is
-//! always kept. Removing a snapshot deletes its manifest only; its data goes
-//! when garbage collection finds nothing else needs it.
+//! newest timely snapshot; `tag T` every snapshot tagged T. A snapshot kept
+//! by any rule is kept, with every rule that kept it. The newest snapshot of
+//! a group is always kept. Removing a snapshot deletes its manifest only;
+//! its data goes when garbage collection finds nothing else needs it.
+//!
+//! Times are the signer's claim, so they are weighed against when the store
+//! received each snapshot (`seen`, format-spec §12.6). A snapshot claiming
+//! a time more than [`MAX_CLOCK_SKEW`] after its arrival never gets here
+//! (it is refused when listed). One stored more than `max_lag` after the
+//! time it claims is *late* (back-dated, imported, or copied late to a
+//! replica): in a calendar bucket holding a timely snapshot, the newest
+//! timely one represents the bucket, so a back-dated snapshot never takes a
+//! timely one's place.
 
 use std::collections::BTreeMap;
 
 use jiff::tz::TimeZone;
-use jiff::{Span, Timestamp};
+use jiff::{SignedDuration, Span, Timestamp};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::manifest::Snapshot;
+
+/// How far a snapshot's claimed time may run ahead of its arrival at the
+/// store (the signer's and the store's clocks disagreeing) before it is
+/// refused as "from the future".
+pub const MAX_CLOCK_SKEW: SignedDuration = SignedDuration::from_mins(10);
+
+/// The default `max_lag`: a snapshot stored more than this after the time it
+/// claims is late.
+pub const DEFAULT_MAX_LAG: SignedDuration = SignedDuration::from_hours(24);
+
+/// Whether a snapshot claiming `time` and stored at `seen` claims a time
+/// more than [`MAX_CLOCK_SKEW`] after it arrived (and must be refused).
+pub fn from_the_future(time: Timestamp, seen: Timestamp) -> bool {
+    seen.duration_until(time) > MAX_CLOCK_SKEW
+}
+
+/// Whether a snapshot claiming `time` and stored at `seen` arrived more than
+/// `max_lag` after the time it claims.
+pub fn is_late(time: Timestamp, seen: Option<Timestamp>, max_lag: SignedDuration) -> bool {
+    seen.is_some_and(|seen| time.duration_until(seen) > max_lag)
+}
 
 /// A retention policy.
 #[derive(Debug, Clone, Default)]
@@ -36,12 +66,16 @@ pub struct ForgetPolicy {
     pub monthly: Option<u32>,
     /// ... years.
     pub yearly: Option<u32>,
-    /// Keep every snapshot within this span before the group's newest.
+    /// Keep every snapshot within this span before the group's newest
+    /// timely snapshot.
     pub within: Option<Span>,
     /// Keep every snapshot carrying one of these tags.
     pub tags: Vec<String>,
     /// How snapshots are grouped.
     pub group_by: GroupBy,
+    /// A snapshot stored more than this after its time is late (default
+    /// [`DEFAULT_MAX_LAG`]).
+    pub max_lag: Option<SignedDuration>,
 }
 
 /// What makes two snapshots part of the same group.
@@ -142,6 +176,8 @@ pub struct SnapshotInfo {
     pub name: String,
     /// Its tags.
     pub tags: Vec<String>,
+    /// When the store received it (`None`: unknown, taken as timely).
+    pub seen: Option<Timestamp>,
 }
 
 impl From<&Snapshot> for SnapshotInfo {
@@ -152,6 +188,7 @@ impl From<&Snapshot> for SnapshotInfo {
             host: s.manifest.host.clone(),
             name: s.manifest.name(),
             tags: s.manifest.tags.clone(),
+            seen: s.seen,
         }
     }
 }
@@ -199,6 +236,9 @@ pub struct Kept {
     pub time: Timestamp,
     /// Every rule that keeps it.
     pub reasons: Vec<KeepReason>,
+    /// Stored more than `max_lag` after its time.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// One snapshot the plan removes.
@@ -208,6 +248,9 @@ pub struct Removed {
     pub id: SnapshotId,
     /// Its time.
     pub time: Timestamp,
+    /// Stored more than `max_lag` after its time.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// What the policy does to one group.
@@ -322,7 +365,12 @@ pub fn plan_forget(
     for (group, mut members) in groups {
         // Newest first; ties broken by id so the plan is deterministic.
         members.sort_by_key(|s| std::cmp::Reverse((s.time, s.id)));
-        let reasons = keep_reasons(&members, policy)?;
+        let max_lag = policy.max_lag.unwrap_or(DEFAULT_MAX_LAG);
+        let late: Vec<bool> = members
+            .iter()
+            .map(|s| is_late(s.time, s.seen, max_lag))
+            .collect();
+        let reasons = keep_reasons(&members, &late, policy)?;
         if !force && members.len() > 1 && reasons.iter().all(Vec::is_empty) {
             return Err(Error::invalid(format!(
                 "the policy keeps nothing in group {group} ({} snapshots; only the newest would stay); \
@@ -335,7 +383,7 @@ pub fn plan_forget(
             keep: Vec::new(),
             remove: Vec::new(),
         };
-        for (i, (s, mut why)) in members.iter().zip(reasons).enumerate() {
+        for (i, ((s, mut why), late)) in members.iter().zip(reasons).zip(late).enumerate() {
             if i == 0 && why.is_empty() {
                 why.push(KeepReason::Newest);
             }
@@ -343,12 +391,14 @@ pub fn plan_forget(
                 plan.remove.push(Removed {
                     id: s.id,
                     time: s.time,
+                    late,
                 });
             } else {
                 plan.keep.push(Kept {
                     id: s.id,
                     time: s.time,
                     reasons: why,
+                    late,
                 });
             }
         }
@@ -357,8 +407,13 @@ pub fn plan_forget(
     Ok(ForgetPlan { groups: plans })
 }
 
-/// For a group sorted newest first: the rules keeping each snapshot.
-fn keep_reasons(members: &[&SnapshotInfo], policy: &ForgetPolicy) -> Result<Vec<Vec<KeepReason>>> {
+/// For a group sorted newest first (`late[i]`: member `i` is late): the
+/// rules keeping each snapshot.
+fn keep_reasons(
+    members: &[&SnapshotInfo],
+    late: &[bool],
+    policy: &ForgetPolicy,
+) -> Result<Vec<Vec<KeepReason>>> {
     let mut reasons: Vec<Vec<KeepReason>> = vec![Vec::new(); members.len()];
     if let Some(n) = policy.last {
         for r in reasons.iter_mut().take(n as usize) {
@@ -375,21 +430,22 @@ fn keep_reasons(members: &[&SnapshotInfo], policy: &ForgetPolicy) -> Result<Vec<
     ];
     for (count, unit, reason) in calendar {
         let Some(n) = count else { continue };
-        let mut kept = 0;
-        let mut last_bucket: Option<String> = None;
-        for (s, r) in members.iter().zip(reasons.iter_mut()) {
-            if kept == n {
-                break;
-            }
-            let b = bucket(s.time, unit);
-            if last_bucket.as_ref() != Some(&b) {
-                r.push(reason(b.clone()));
-                last_bucket = Some(b);
-                kept += 1;
-            }
+        for (b, i) in representatives(members, late, unit)
+            .into_iter()
+            .take(n as usize)
+        {
+            reasons[i].push(reason(b));
         }
     }
-    if let (Some(span), Some(newest)) = (policy.within, members.first()) {
+    // From the newest timely snapshot (else the newest): a snapshot claiming
+    // a later time cannot move the window.
+    let anchor = members
+        .iter()
+        .zip(late)
+        .find(|(_, late)| !**late)
+        .map(|(s, _)| s)
+        .or(members.first());
+    if let (Some(span), Some(newest)) = (policy.within, anchor) {
         let newest = newest.time.to_zoned(TimeZone::UTC);
         let cutoff = newest
             .checked_sub(span)
@@ -409,6 +465,31 @@ fn keep_reasons(members: &[&SnapshotInfo], policy: &ForgetPolicy) -> Result<Vec<
         }
     }
     Ok(reasons)
+}
+
+/// Each calendar bucket holding a member, newest first, with the member
+/// representing it: its newest timely member, else (every member of the
+/// bucket late) its newest.
+fn representatives(
+    members: &[&SnapshotInfo],
+    late: &[bool],
+    unit: Calendar,
+) -> Vec<(String, usize)> {
+    // Members are newest first, so a bucket's members are adjacent.
+    let mut out: Vec<(String, usize, bool)> = Vec::new();
+    for (i, s) in members.iter().enumerate() {
+        let b = bucket(s.time, unit);
+        match out.last_mut() {
+            Some((last, chosen, timely)) if *last == b => {
+                if !*timely && !late[i] {
+                    *chosen = i;
+                    *timely = true;
+                }
+            }
+            _ => out.push((b, i, !late[i])),
+        }
+    }
+    out.into_iter().map(|(b, i, _)| (b, i)).collect()
 }
 
 /// Parses a `--keep-within` span: `30d`, `2w`, `1y6mo`, `12h`, or ISO 8601 (`P30D`).
@@ -435,7 +516,97 @@ mod tests {
             host: host.into(),
             name: "couchdb".into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            seen: None,
         }
+    }
+
+    /// `snap`, received by the store at `seen`.
+    fn stored(n: u32, time: Timestamp, seen: Timestamp) -> SnapshotInfo {
+        SnapshotInfo {
+            seen: Some(seen),
+            ..snap(n, time, "node4", &[])
+        }
+    }
+
+    #[test]
+    fn back_dated_snapshots_never_represent_a_bucket_holding_a_timely_one() {
+        // Nightly at 02:00, stored 5 minutes later, for 60 days; then, on
+        // the last day, one forgery at 23:59:59 of each of those days.
+        let first: Timestamp = "2026-09-01T02:00:00Z".parse().unwrap();
+        let day = |d: i64| first + Span::new().hours(24 * d);
+        let genuine: Vec<SnapshotInfo> = (0..60u32)
+            .map(|d| {
+                let t = day(i64::from(d));
+                stored(d, t, t + Span::new().minutes(5))
+            })
+            .collect();
+        // The forgeries arrive at 02:00 the next day.
+        let now = day(60);
+        let forged: Vec<SnapshotInfo> = (0..60u32)
+            .map(|d| {
+                let t = day(i64::from(d)) + Span::new().hours(21).minutes(59).seconds(59);
+                stored(1000 + d, t, now)
+            })
+            .collect();
+        let p = policy(7, 4, 12);
+        let honest = kept(&plan_forget(&genuine, &p, false).unwrap());
+        let all: Vec<SnapshotInfo> = genuine.iter().chain(&forged).cloned().collect();
+        let plan = plan_forget(&all, &p, false).unwrap();
+        let after = kept(&plan);
+        // Only the forgery within max_lag of its arrival (the last day's)
+        // takes a genuine one's place, in that day's bucket only.
+        let lost: Vec<SnapshotId> = honest.difference(&after).copied().collect();
+        assert_eq!(lost, vec![genuine[59].id]);
+        let forged_kept: Vec<SnapshotId> = after.difference(&honest).copied().collect();
+        assert_eq!(forged_kept, vec![forged[59].id]);
+        assert_eq!(plan.groups[0].remove.iter().filter(|r| r.late).count(), 59);
+        // A late snapshot alone in its bucket still represents it.
+        let lone = vec![stored(1, day(0), now), stored(2, day(1), day(1))];
+        let plan = plan_forget(&lone, &policy(2, 0, 0), false).unwrap();
+        assert_eq!(kept(&plan).len(), 2);
+        assert!(plan.groups[0].keep[1].late);
+    }
+
+    #[test]
+    fn times_against_arrival() {
+        let t: Timestamp = "2026-11-21T02:00:00Z".parse().unwrap();
+        let minutes = |m: i64| SignedDuration::from_mins(m);
+        assert!(!from_the_future(t, t));
+        assert!(!from_the_future(t + minutes(10), t));
+        assert!(from_the_future(t + minutes(11), t));
+        assert!(!is_late(t, Some(t + minutes(24 * 60)), DEFAULT_MAX_LAG));
+        assert!(is_late(t, Some(t + minutes(24 * 60 + 1)), DEFAULT_MAX_LAG));
+        assert!(!is_late(t, None, DEFAULT_MAX_LAG));
+        // Extreme times from a hostile store do not overflow.
+        assert!(from_the_future(Timestamp::MAX, Timestamp::MIN));
+        assert!(is_late(
+            Timestamp::MIN,
+            Some(Timestamp::MAX),
+            DEFAULT_MAX_LAG
+        ));
+    }
+
+    #[test]
+    fn keep_within_ignores_a_newer_late_snapshot_and_counts_from_the_newest_timely() {
+        let t: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+        let mut all: Vec<SnapshotInfo> = (0..10)
+            .map(|d| {
+                let at = t - Span::new().hours(24 * i64::from(d));
+                stored(d, at, at)
+            })
+            .collect();
+        // Claims a day after the newest timely one, but arrived a week later.
+        all.push(stored(
+            99,
+            t + Span::new().hours(24),
+            t + Span::new().hours(24 * 8),
+        ));
+        let within = ForgetPolicy {
+            within: Some(parse_span("3d").unwrap()),
+            ..ForgetPolicy::default()
+        };
+        // 3 days back from the newest timely one (t): 4, plus the late one.
+        assert_eq!(kept(&plan_forget(&all, &within, false).unwrap()).len(), 5);
     }
 
     fn kept(plan: &ForgetPlan) -> BTreeSet<SnapshotId> {
@@ -598,8 +769,12 @@ mod tests {
     }
 
     /// The reference: for each calendar rule, group by bucket, take the N
-    /// newest buckets, keep the newest snapshot of each.
+    /// newest buckets, keep the newest timely snapshot of each (the newest
+    /// when all of the bucket is late); keep every snapshot within the span
+    /// before the newest timely one (else the newest).
     fn reference(all: &[SnapshotInfo], policy: &ForgetPolicy) -> BTreeSet<SnapshotId> {
+        let max_lag = policy.max_lag.unwrap_or(DEFAULT_MAX_LAG);
+        let timely = |s: &SnapshotInfo| !is_late(s.time, s.seen, max_lag);
         let mut by_group: HashMap<(String, String), Vec<&SnapshotInfo>> = HashMap::new();
         for s in all {
             by_group
@@ -628,11 +803,20 @@ mod tests {
                 for s in members {
                     let b = bucket(s.time, unit);
                     let e = buckets.entry(b).or_insert(s);
-                    if (s.time, s.id) > (e.time, e.id) {
+                    if (timely(s), s.time, s.id) > (timely(e), e.time, e.id) {
                         *e = s;
                     }
                 }
                 keep.extend(buckets.values().rev().take(n as usize).map(|s| s.id));
+            }
+            if let Some(span) = policy.within {
+                let anchor = members
+                    .iter()
+                    .filter(|s| timely(s))
+                    .max_by_key(|s| (s.time, s.id))
+                    .unwrap_or(newest);
+                let cutoff = anchor.time - SignedDuration::try_from(span).unwrap();
+                keep.extend(members.iter().filter(|s| s.time >= cutoff).map(|s| s.id));
             }
         }
         keep
@@ -643,6 +827,8 @@ mod tests {
         fn the_plan_matches_the_reference(
             times in proptest::collection::vec(0i64..(3 * 366 * 24 * 3600), 1..80),
             hosts in proptest::collection::vec(0u8..2, 80),
+            lags in proptest::collection::vec(prop_oneof![Just(0i64), Just(300), 0i64..(4 * 86_400)], 80),
+            within_hours in proptest::option::of(0i64..2000),
             rules in (proptest::option::of(0u32..5), proptest::option::of(0u32..5), proptest::option::of(0u32..5),
                       proptest::option::of(0u32..5), proptest::option::of(0u32..5), proptest::option::of(0u32..3)),
         ) {
@@ -655,11 +841,17 @@ mod tests {
                 .map(|(i, &t)| {
                     // Cluster some near month ends and leap day.
                     let t = if i % 5 == 0 { t - t % (86_400 * 29) } else { t };
-                    snap(u32::try_from(i).unwrap(), base + Span::new().seconds(t), if hosts[i] == 0 { "a" } else { "b" }, &[])
+                    let time = base + Span::new().seconds(t);
+                    SnapshotInfo {
+                        // Stored at once, minutes later, or days later (late).
+                        seen: Some(time + Span::new().seconds(lags[i])),
+                        ..snap(u32::try_from(i).unwrap(), time, if hosts[i] == 0 { "a" } else { "b" }, &[])
+                    }
                 })
                 .collect();
             let (hourly, daily, weekly, monthly, yearly, last) = rules;
-            let policy = ForgetPolicy { last, hourly, daily, weekly, monthly, yearly, ..ForgetPolicy::default() };
+            let within = within_hours.map(|h| Span::new().hours(h));
+            let policy = ForgetPolicy { last, hourly, daily, weekly, monthly, yearly, within, ..ForgetPolicy::default() };
             prop_assume!(!policy.is_empty());
             let plan = plan_forget(&all, &policy, true).unwrap();
             prop_assert_eq!(kept(&plan), reference(&all, &policy));

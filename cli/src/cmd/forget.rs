@@ -36,9 +36,14 @@ pub struct ForgetArgs {
     /// ... years (UTC).
     #[arg(long, value_name = "N")]
     keep_yearly: Option<u32>,
-    /// Keep every snapshot within this span before the group's newest (36h, 30d, 2w, 6mo, 1y).
+    /// Keep every snapshot within this span before the group's newest timely snapshot (36h, 30d, 2w, 6mo, 1y).
     #[arg(long, value_name = "DURATION")]
     keep_within: Option<String>,
+    /// A snapshot the store received more than this after the time it
+    /// claims is late: it represents a calendar bucket only when no timely
+    /// snapshot does (format-spec §12.6).
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    max_lag: String,
     /// Keep every snapshot with this tag (repeatable).
     #[arg(long = "keep-tag", value_name = "TAG")]
     keep_tags: Vec<String>,
@@ -73,8 +78,16 @@ fn policy(args: &ForgetArgs) -> anyhow::Result<Option<ForgetPolicy>> {
         within: args.keep_within.as_deref().map(parse_span).transpose()?,
         tags: args.keep_tags.clone(),
         group_by: GroupBy::parse(&args.group_by)?,
+        max_lag: Some(max_lag(&args.max_lag)?),
     };
     Ok((!policy.is_empty()).then_some(policy))
+}
+
+fn max_lag(s: &str) -> anyhow::Result<jiff::SignedDuration> {
+    let span = parse_span(s)?;
+    Ok(jiff::SignedDuration::try_from(span).map_err(|e| {
+        cairn_store::Error::invalid(format!("--max-lag {s}: {e}; use hours or days (36h, 2d)"))
+    })?)
 }
 
 pub async fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
@@ -106,17 +119,19 @@ pub async fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
             for k in &group.keep {
                 let why: Vec<String> = k.reasons.iter().map(ToString::to_string).collect();
                 println!(
-                    "  keep    {}  {}  {}",
+                    "  keep    {}  {}  {}{}",
                     k.id.short(),
                     k.time.strftime("%Y-%m-%d %H:%M:%S"),
-                    why.join(", ")
+                    why.join(", "),
+                    if k.late { "  (late)" } else { "" }
                 );
             }
             for r in &group.remove {
                 println!(
-                    "  remove  {}  {}",
+                    "  remove  {}  {}{}",
                     r.id.short(),
-                    r.time.strftime("%Y-%m-%d %H:%M:%S")
+                    r.time.strftime("%Y-%m-%d %H:%M:%S"),
+                    if r.late { "  (late)" } else { "" }
                 );
             }
         }

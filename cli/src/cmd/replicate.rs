@@ -23,7 +23,10 @@ pub struct ReplicateArgs {
     #[arg(long, value_name = "URL")]
     to: String,
     /// Accept only snapshots signed by this key (repeatable; else the
-    /// destination's trusted keys).
+    /// destination's trusted keys; creating a replica without it trusts the
+    /// source's keys, and is refused if a source snapshot is signed by
+    /// another). Snapshots that fail their checks are skipped and reported
+    /// unless named.
     #[arg(long = "trust", value_name = "PUBKEY", value_delimiter = ',')]
     trust: Vec<PublicKey>,
     /// Copy only the newest N snapshots.
@@ -39,7 +42,8 @@ pub struct ReplicateArgs {
     /// there; run `cairn gc --repo DEST` to free the space).
     #[arg(long, value_name = "N")]
     keep_last: Option<u32>,
-    /// Re-read every copied pack at the destination.
+    /// Re-read every copied pack, and every selected snapshot's manifest,
+    /// at the destination.
     #[arg(long)]
     verify: bool,
     /// Refuse (exit 18) when the source's newest snapshot is older than
@@ -103,6 +107,13 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let report = source.replicate(destination.clone(), &options).await;
     bar.finish();
     let report = report?;
+    for r in &report.refused {
+        eprintln!(
+            "cairn: warning: snapshot {} at the source not copied: {}",
+            r.id.short(),
+            r.reason
+        );
+    }
     let mut forgotten = 0u64;
     if let Some(n) = args.keep_last {
         let dest = Repository::open(destination).await?;
@@ -118,6 +129,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 within: None,
                 tags: Vec::new(),
                 group_by: GroupBy::parse("")?,
+                max_lag: None,
             }),
             ids: Vec::new(),
             filter: SnapshotFilter::default(),

@@ -2,8 +2,10 @@
 //!
 //! It stacks under a [`Backend`](super::Backend) like any store and can make
 //! writes fail as a full disk would (ENOSPC), make every request fail as an
-//! unreachable server would, or fail requests whose path matches; it counts
-//! requests and bytes so tests can assert how much was sent.
+//! unreachable server would, or fail requests whose path matches; it can
+//! answer later whole-object GETs of a path with other bytes, as a hostile
+//! server would; it counts requests and bytes so tests can assert how much
+//! was sent.
 
 use std::fmt;
 use std::ops::Range;
@@ -64,6 +66,17 @@ struct Faults {
     unreachable: bool,
     /// Requests of this op whose path contains this text fail (I/O error).
     fail: Vec<(Op, String)>,
+    /// Whole-object GETs of a path containing this text, after the first
+    /// `honest` of them, answer these bytes.
+    swap: Vec<Swap>,
+}
+
+#[derive(Debug)]
+struct Swap {
+    text: String,
+    honest: u64,
+    seen: u64,
+    bytes: Bytes,
 }
 
 /// The wrapper.
@@ -120,6 +133,32 @@ impl FaultStore {
     /// Makes requests of `op` whose path contains `text` fail.
     pub fn fail(&self, op: Op, text: &str) {
         self.faults().fail.push((op, text.to_string()));
+    }
+
+    /// Answers whole-object GETs of paths containing `text` with `bytes`
+    /// once `honest` of them were answered truthfully (a server that shows
+    /// a checker one object and a copier another).
+    pub fn swap_after(&self, text: &str, honest: u64, bytes: Bytes) {
+        self.faults().swap.push(Swap {
+            text: text.to_string(),
+            honest,
+            seen: 0,
+            bytes,
+        });
+    }
+
+    /// The bytes a swap rule substitutes for this GET, if any.
+    fn swapped(&self, path: &Path, options: &GetOptions) -> Option<Bytes> {
+        if options.range.is_some() || options.head {
+            return None;
+        }
+        let mut f = self.faults();
+        let rule = f
+            .swap
+            .iter_mut()
+            .find(|r| path.as_ref().contains(r.text.as_str()))?;
+        rule.seen += 1;
+        (rule.seen > rule.honest).then(|| rule.bytes.clone())
     }
 
     /// Removes every fault.
@@ -189,7 +228,16 @@ impl ObjectStore for FaultStore {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         self.check(Op::Get, location, 0)?;
-        let result = self.inner.get_opts(location, options).await?;
+        let swapped = self.swapped(location, &options);
+        let mut result = self.inner.get_opts(location, options).await?;
+        if let Some(bytes) = swapped {
+            let len = bytes.len() as u64;
+            result.payload = object_store::GetResultPayload::Stream(
+                futures::stream::once(async move { Ok(bytes) }).boxed(),
+            );
+            result.meta.size = len;
+            result.range = 0..len;
+        }
         self.counters.gets.fetch_add(1, Ordering::SeqCst);
         self.counters
             .get_bytes

@@ -2,11 +2,18 @@
 //! destination lacks, checked on the way, manifests last.
 //!
 //! ```text
-//! source: signed manifests ─▶ check signatures ─▶ mark blobs ─▶ packs needed
+//! source: signed manifests ─▶ check signatures and times ─▶ mark blobs ─▶ packs needed
 //! destination: packs present ─────────────────────────────────▶ packs missing
 //! copy each missing pack (N at once): get, check the pack hash and every
 //! blob's hash, put create-only ─▶ index objects for them ─▶ manifests, oldest first
 //! ```
+//! Every object is written from the very bytes that were checked: a
+//! manifest is read once, checked, and those bytes are copied; a pack is
+//! read once, checked, and those bytes are put. A source snapshot that fails
+//! its checks (or claims a time from the future) is skipped and reported,
+//! unless it was named: then the run is refused. A run that would create
+//! the destination checks everything before writing its config, so a
+//! refused first pull leaves nothing behind.
 //! The write order is a backup's: packs, then the index naming them, then
 //! manifests, so the destination never lists a snapshot whose data is
 //! incomplete, and an interrupted run leaves at most unreferenced packs,
@@ -28,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, IdSet, PackId, SnapshotId};
 use crate::index::{Index, IndexedPack};
 use crate::key::PublicKey;
-use crate::manifest::Snapshot;
+use crate::manifest::{Snapshot, Trust};
 use crate::ops::mark::mark;
 use crate::ops::packer::store_index;
 use crate::ops::select::{Selector, SnapshotFilter};
@@ -113,6 +120,17 @@ pub struct ReplicateReport {
     pub blobs_checked: u64,
     /// Packs re-read at the destination (`verify`).
     pub packs_verified: u64,
+    /// Source snapshots skipped because they failed a check, with why.
+    pub refused: Vec<RefusedSnapshot>,
+}
+
+/// A source snapshot `replicate` did not copy because it failed a check.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedSnapshot {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Why.
+    pub reason: String,
 }
 
 /// What a destination remembers of a source.
@@ -132,22 +150,16 @@ impl Repository {
     ) -> Result<ReplicateReport> {
         let mut report = ReplicateReport::default();
         let source_id = self.config().id;
-        // The destination: a replica of this repository, or created as one.
-        let dest = match Repository::open(destination.clone()).await {
-            Ok(repo) => repo,
-            Err(Error::RepositoryNotFound { .. }) => {
-                report.initialised = true;
-                // The same repository, trusting the keys given (else the
-                // source's).
-                let mut config = self.config().clone();
-                if !options.trust.is_empty() {
-                    config.trusted_keys = options.trust.clone();
-                }
-                Repository::init_with_config(destination.clone(), config).await?
-            }
+        // The destination: a replica of this repository, or, once every
+        // check below has passed, created as one.
+        let existing = match Repository::open(destination.clone()).await {
+            Ok(repo) => Some(repo),
+            Err(Error::RepositoryNotFound { .. }) => None,
             Err(e) => return Err(e),
         };
-        if dest.config().id != source_id {
+        if let Some(dest) = &existing
+            && dest.config().id != source_id
+        {
             return Err(Error::AlreadyExists {
                 what: format!(
                     "{} is another repository ({}), not a replica of {} ({source_id})",
@@ -159,26 +171,42 @@ impl Repository {
                     .into(),
             });
         }
-        // Signatures are checked against the keys the destination trusts.
-        let trust = if options.trust.is_empty() {
-            dest.trust(&[])
-        } else {
-            dest.trust(&options.trust)
+        // Signatures are checked against the keys given, else those the
+        // destination trusts (a new one: the source's, copied with its config).
+        let trust = match &existing {
+            _ if !options.trust.is_empty() => Trust::Keys(options.trust.clone()),
+            Some(dest) => dest.trust(&[]),
+            None => self.config().trust(),
         };
-        let list = self.load_snapshots(&trust).await?;
-        if let Some((id, e)) = list.rejected.first() {
-            return Err(match e {
-                Error::BadSignature { .. } | Error::UntrustedKey { .. } => e.duplicate(),
-                other => Error::BadSignature {
-                    snapshot: id.to_string(),
-                    detail: other.to_string(),
-                },
-            });
+        let (list, manifests) = self.load_snapshots_with_bytes(&trust).await?;
+        if existing.is_none() && options.trust.is_empty() {
+            refuse_unpinned_first_pull(&list)?;
         }
+        report.refused = list
+            .rejected
+            .iter()
+            .map(|(id, e)| RefusedSnapshot {
+                id: *id,
+                reason: e.to_string(),
+            })
+            .collect();
         let newest = list.snapshots.last().cloned();
         check_freshness(&destination, self, newest.as_ref(), options).await?;
-
         let selected = select(&list, &options.selection)?;
+
+        let dest = match existing {
+            Some(dest) => dest,
+            None => {
+                report.initialised = true;
+                // The same repository, trusting the keys given (else the
+                // source's).
+                let mut config = self.config().clone();
+                if !options.trust.is_empty() {
+                    config.trusted_keys = options.trust.clone();
+                }
+                Repository::init_with_config(destination.clone(), config).await?
+            }
+        };
         let at_destination = present(&destination, ObjectDir::Snapshots, |k| match k {
             ObjectKey::Snapshot(id) => Some(id),
             _ => None,
@@ -198,11 +226,26 @@ impl Repository {
             })
             .await?;
         let copied = self
-            .copy(&dest, &destination, &todo, options, &mut report)
+            .copy(&dest, &destination, &todo, &manifests, options, &mut report)
             .await;
         let released = session.finish().await;
         copied?;
         released?;
+        if options.verify {
+            // Every selected manifest at the destination, copied now or
+            // before (perhaps damaged by an earlier run), is the one checked here.
+            for s in done.iter().chain(&todo) {
+                let key = ObjectKey::Snapshot(s.id);
+                let there = destination.get(&key).await?;
+                if manifests.get(&s.id) != Some(&there) {
+                    return Err(Error::corrupt(
+                        format!("snapshot {} at {}", s.id, destination.url()),
+                        "differs from the source's manifest checked by this run; delete it at the \
+                         destination and run replicate again",
+                    ));
+                }
+            }
+        }
 
         if let Some(n) = newest {
             remember(&destination, self, &n).await?;
@@ -215,6 +258,7 @@ impl Repository {
         dest: &Repository,
         destination: &Backend,
         todo: &[Snapshot],
+        manifests: &std::collections::HashMap<SnapshotId, Bytes>,
         options: &ReplicateOptions,
         report: &mut ReplicateReport,
     ) -> Result<()> {
@@ -308,11 +352,18 @@ impl Repository {
         }
         packs.extend(orphans);
         bytes_sent += store_index(destination, packs).await?;
-        // Manifests last, oldest first, byte for byte (their signatures).
+        // Manifests last, oldest first, byte for byte (their signatures):
+        // the bytes that were checked, never a second read.
         let mut todo: Vec<&Snapshot> = todo.iter().collect();
         todo.sort_by_key(|s| s.manifest.time);
         for s in todo {
-            let bytes = self.backend().get(&ObjectKey::Snapshot(s.id)).await?;
+            let bytes = manifests
+                .get(&s.id)
+                .cloned()
+                .ok_or_else(|| Error::Missing {
+                    object: format!("snapshot {}", s.id),
+                    context: format!(" among those read from {}", self.backend().url()),
+                })?;
             bytes_sent += bytes.len() as u64;
             destination
                 .put_new(&ObjectKey::Snapshot(s.id), bytes)
@@ -356,6 +407,30 @@ async fn check_arrival(id: PackId, bytes: Bytes) -> Result<IndexedPack> {
     .await
 }
 
+/// A replica created without `--trust` trusts the keys the source's config
+/// names. A source snapshot signed by another key then suggests that config
+/// was replaced (an attacker's key in place of the owner's): refuse before
+/// anything is written.
+fn refuse_unpinned_first_pull(list: &SnapshotList) -> Result<()> {
+    match list
+        .rejected
+        .iter()
+        .find(|(_, e)| matches!(e, Error::UntrustedKey { .. }))
+    {
+        Some((id, e)) => Err(Error::BadSignature {
+            snapshot: id.to_string(),
+            detail: format!(
+                "{e}. This run would create a replica trusting only the keys the source's \
+                 config names, and this snapshot is signed by another: the source's config may \
+                 have been replaced. Nothing was written; pass --trust with the keys you expect"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The selected snapshots. A rejected snapshot is selected only when named
+/// (then the run is refused with why it was rejected).
 fn select(list: &SnapshotList, selection: &Selection) -> Result<Vec<Snapshot>> {
     let snapshots = &list.snapshots;
     Ok(match selection {

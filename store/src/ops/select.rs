@@ -131,6 +131,7 @@ mod tests {
                 },
                 items: vec![],
             },
+            seen: None,
         }
     }
 
