@@ -270,3 +270,25 @@ fn a_refused_first_pull_from_a_swapped_config_leaves_nothing() {
         names(&files_under(&dst))
     );
 }
+
+#[test]
+fn gc_keeps_the_data_of_a_snapshot_from_the_future_until_it_is_forgotten() {
+    let f = Fixture::new();
+    backup(&f, b"genuine", &[]);
+    let forged = backup(
+        &f,
+        &random_bytes(300_000, 7),
+        &["--time", "2099-01-01T00:00:00Z"],
+    );
+    // Before: gc refused to run at all ("cannot tell what it needs").
+    let report = ok(f.cmd("gc").args(["--grace", "0s", "--json"])).json();
+    assert_eq!(report["deleted_packs"], 0, "{report:#}");
+    // verify reports it (an alarm), and its data is intact.
+    run(f.cmd("verify").arg("--read-data"))
+        .expect_code(3)
+        .stdout_has(&["claims 2099-01-01T00:00:00Z", "1 intact, 1 damaged"]);
+    ok(f.cmd("forget").arg(&forged));
+    let report = ok(f.cmd("gc").args(["--grace", "0s", "--json"])).json();
+    assert!(report["deleted_packs"].as_u64().unwrap() >= 1, "{report:#}");
+    assert_eq!(f.restore_stdout("latest", None), b"genuine");
+}

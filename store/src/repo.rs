@@ -48,6 +48,10 @@ pub struct SnapshotList {
     /// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) after the store
     /// received them ([`Error::FromTheFuture`]).
     pub rejected: Vec<(SnapshotId, Error)>,
+    /// The rejected snapshots that are intact, signed and trusted but
+    /// claim a time after they arrived: used for nothing, but their data is
+    /// kept (garbage collection marks it) until they are forgotten by id.
+    pub held: Vec<Snapshot>,
 }
 
 impl SnapshotList {
@@ -212,6 +216,14 @@ impl Repository {
         let mut bytes = std::collections::HashMap::new();
         for (id, result) in results {
             match result {
+                // Signed and trusted, but dated after its arrival: refused
+                // for every use, yet its data stays (gc marks `held`).
+                Ok((s, _)) if future_error(&s).is_some() => {
+                    if let Some(e) = future_error(&s) {
+                        list.rejected.push((id, e));
+                    }
+                    list.held.push(s);
+                }
                 Ok((s, b)) => {
                     list.snapshots.push(s);
                     bytes.insert(id, b);
@@ -231,7 +243,11 @@ impl Repository {
         let key = ObjectKey::Snapshot(id);
         let bytes = self.backend.get(&key).await?;
         let seen = self.backend.head(&key).await?.last_modified;
-        Ok(self.check_snapshot(id, bytes, seen, trust).await?.0)
+        let snapshot = self.check_snapshot(id, bytes, seen, trust).await?.0;
+        match future_error(&snapshot) {
+            Some(e) => Err(e),
+            None => Ok(snapshot),
+        }
     }
 
     /// Checks a snapshot's bytes (§13.1) and its time against `seen`, when
@@ -250,13 +266,6 @@ impl Repository {
         let checked = bytes.clone();
         let mut snapshot =
             crate::cpu::run(move || decode_manifest(&checked, id, &config.id, &trust)).await?;
-        if from_the_future(snapshot.manifest.time, seen) {
-            return Err(Error::FromTheFuture {
-                snapshot: id.to_string(),
-                time: snapshot.manifest.time.to_string(),
-                seen: seen.to_string(),
-            });
-        }
         snapshot.seen = Some(seen);
         Ok((snapshot, bytes))
     }
@@ -371,4 +380,16 @@ impl IndexedRepository {
     pub fn damaged_index(&self) -> &[(IndexId, String)] {
         &self.damaged_index
     }
+}
+
+/// The refusal of a snapshot that claims a time more than
+/// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) after the store
+/// received it (format-spec §12.6), if it does.
+fn future_error(snapshot: &Snapshot) -> Option<Error> {
+    let seen = snapshot.seen?;
+    from_the_future(snapshot.manifest.time, seen).then(|| Error::FromTheFuture {
+        snapshot: snapshot.id.to_string(),
+        time: snapshot.manifest.time.to_string(),
+        seen: seen.to_string(),
+    })
 }

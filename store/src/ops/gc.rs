@@ -589,7 +589,9 @@ impl Repository {
         let mut all = Vec::new();
         loop {
             let list = self.load_snapshots(&trust).await?;
-            if let Some((id, e)) = list.rejected.first() {
+            // Snapshots refused only for their time are intact: keep their data.
+            let held: IdSet<crate::id::SnapshotId> = list.held.iter().map(|s| s.id).collect();
+            if let Some((id, e)) = list.rejected.iter().find(|(id, _)| !held.contains(id)) {
                 return Err(Error::Corrupt {
                     object: format!("snapshot {id}"),
                     detail: format!(
@@ -601,6 +603,7 @@ impl Repository {
             let new: Vec<Snapshot> = list
                 .snapshots
                 .into_iter()
+                .chain(list.held)
                 .filter(|s| marked.insert(s.id))
                 .collect();
             if new.is_empty() {
