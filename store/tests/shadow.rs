@@ -297,3 +297,32 @@ async fn a_second_copy_inside_one_pack_is_hashed_too() {
         );
     }
 }
+
+/// Replication picks, for every live blob, a pack that holds it intact: a
+/// fake pack that shadows the genuine one fails its check on arrival, and
+/// the blobs come from the genuine copy instead. Before: replicate failed
+/// with the fake pack's damage, and no replica could be made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_copies_from_the_intact_copy_past_a_shadowing_one() {
+    use cairn_store::ops::replicate::ReplicateOptions;
+    let source = Place::new(Kind::Local);
+    init(&source).await;
+    let backend = source.backend();
+    let data = random_bytes(2 << 20, 5);
+    backup_bytes(&backend, "a.bin", data.clone()).await;
+    let (fake_pack, _) = forge(&backend, Order::First).await;
+
+    let replica = Place::new(Kind::Local);
+    let report = Repository::open(backend.clone())
+        .await
+        .unwrap()
+        .replicate(replica.backend(), &ReplicateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.snapshots_copied.len(), 1);
+    let dst = replica.backend();
+    assert!(!dst.exists(&ObjectKey::Pack(fake_pack)).await.unwrap());
+    let snapshot = snapshots(&dst).await.pop().unwrap();
+    assert_eq!(restore_bytes(&dst, &snapshot).await.unwrap(), data);
+    assert!(verify_all(&dst).await.is_clean());
+}

@@ -304,36 +304,118 @@ impl Repository {
 
         let sent = Arc::new(AtomicU64::new(0));
         let checked = Arc::new(AtomicU64::new(0));
-        let results: Vec<Result<IndexedPack>> = futures::stream::iter(missing)
+        let fetch = |id: PackId| {
+            let (source, destination) = (self.backend().clone(), destination.clone());
+            let (sent, checked) = (Arc::clone(&sent), Arc::clone(&checked));
+            let progress = Arc::clone(&options.progress);
+            async move {
+                let bytes = source.get(&ObjectKey::Pack(id)).await?;
+                let pack = check_arrival(id, bytes.clone())
+                    .await
+                    .map_err(|e| match e {
+                        Error::Corrupt { object, detail } => Error::Corrupt {
+                            object: format!("{object} at the source {}", source.url()),
+                            detail: format!("{detail}; nothing of it was copied"),
+                        },
+                        other => other,
+                    })?;
+                checked.fetch_add(pack.trailer.blobs.len() as u64, Ordering::Relaxed);
+                destination
+                    .put_new(&ObjectKey::Pack(id), bytes.clone())
+                    .await?;
+                sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                progress.read(bytes.len() as u64);
+                Ok::<IndexedPack, Error>(pack)
+            }
+        };
+        let results: Vec<(u32, Result<IndexedPack>)> = futures::stream::iter(missing)
             .map(|position| {
-                let (source, destination) = (self.backend().clone(), destination.clone());
-                let id = index.pack(position).id;
-                let (sent, checked) = (Arc::clone(&sent), Arc::clone(&checked));
-                let progress = Arc::clone(&options.progress);
-                async move {
-                    let bytes = source.get(&ObjectKey::Pack(id)).await?;
-                    let pack = check_arrival(id, bytes.clone())
-                        .await
-                        .map_err(|e| match e {
-                            Error::Corrupt { object, detail } => Error::Corrupt {
-                                object: format!("{object} at the source {}", source.url()),
-                                detail: format!("{detail}; nothing of it was copied"),
-                            },
-                            other => other,
-                        })?;
-                    checked.fetch_add(pack.trailer.blobs.len() as u64, Ordering::Relaxed);
-                    destination
-                        .put_new(&ObjectKey::Pack(id), bytes.clone())
-                        .await?;
-                    sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    progress.read(bytes.len() as u64);
-                    Ok(pack)
-                }
+                let fetched = fetch(index.pack(position).id);
+                async move { (position, fetched.await) }
             })
             .buffer_unordered(options.concurrency.max(1))
             .collect()
             .await;
-        let mut packs = results.into_iter().collect::<Result<Vec<_>>>()?;
+        // A damaged copy at the source is not the end: another indexed copy
+        // of the same blobs may be intact (a fake pack shadowing a genuine one).
+        let mut packs = Vec::new();
+        let mut bad: IdSet<u32> = IdSet::default();
+        let mut first_damage = None;
+        for (position, result) in results {
+            match result {
+                Ok(pack) => packs.push(pack),
+                Err(e @ Error::Corrupt { .. }) => {
+                    bad.insert(position);
+                    first_damage.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Every live blob must now be in a pack checked on arrival (or
+        // indexed at the destination): an index that lied about a pack's
+        // contents is caught here, and its blobs fetched from another copy.
+        let mut fetched: IdSet<PackId> = packs.iter().chain(&orphans).map(|p| p.id).collect();
+        loop {
+            let covered: IdSet<BlobId> = packs
+                .iter()
+                .chain(&orphans)
+                .flat_map(|p| p.trailer.blobs.iter().map(|b| b.id))
+                .collect();
+            let uncovered: Vec<&BlobId> = live
+                .iter()
+                .filter(|b| !covered.contains(b) && !dest_index.contains(b))
+                .collect();
+            if uncovered.is_empty() {
+                break;
+            }
+            let mut retry: Vec<PackId> = Vec::new();
+            for blob in uncovered {
+                let next = index
+                    .locations(blob)
+                    .map(|loc| loc.pack)
+                    .find(|p| !bad.contains(p) && !fetched.contains(&index.pack(*p).id));
+                match next {
+                    Some(p) => retry.push(index.pack(p).id),
+                    None => {
+                        return Err(first_damage.unwrap_or_else(|| Error::Missing {
+                            object: format!("chunk {blob}"),
+                            context: format!(
+                                " (no intact copy among the packs indexed at {})",
+                                self.backend().url()
+                            ),
+                        }));
+                    }
+                }
+                // Positions of packs already fetched did not hold it: lies.
+                bad.extend(
+                    index
+                        .locations(blob)
+                        .map(|loc| loc.pack)
+                        .filter(|p| fetched.contains(&index.pack(*p).id)),
+                );
+            }
+            retry.sort();
+            retry.dedup();
+            for id in retry {
+                fetched.insert(id);
+                if at_destination.contains(&id) {
+                    // There already (an earlier run's): checked where it is.
+                    let bytes = destination.get(&ObjectKey::Pack(id)).await?;
+                    if let Ok(pack) = check_arrival(id, bytes).await {
+                        orphans.push(pack);
+                        continue;
+                    }
+                }
+                match fetch(id).await {
+                    Ok(pack) => packs.push(pack),
+                    Err(e @ Error::Corrupt { .. }) => {
+                        bad.extend(index.pack_positions_of(&id));
+                        first_damage.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         report.packs_copied = packs.len() as u64;
         report.blobs_checked = checked.load(Ordering::Relaxed);
         let mut bytes_sent = sent.load(Ordering::Relaxed);
