@@ -259,7 +259,14 @@ fn seeds(snapshot: &str) -> Vec<Vec<u8>> {
         .into_bytes()
     };
     let snap = format!("/snapshots/{snapshot}");
-    let numbers = ["0", "1", "17", "4294967296", "18446744073709551614", "18446744073709551615"];
+    let numbers = [
+        "0",
+        "1",
+        "17",
+        "4294967296",
+        "18446744073709551614",
+        "18446744073709551615",
+    ];
     let mut ranges = Vec::new();
     for a in numbers {
         for b in numbers {

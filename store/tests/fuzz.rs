@@ -47,8 +47,8 @@ use cairn_store::index::{Index, decode_index};
 use cairn_store::key::{PublicKey, SecretKey};
 use cairn_store::manifest::{MANIFEST_MAGIC, SIGNATURE_DOMAIN, Trust, decode_manifest};
 use cairn_store::pack::{
-    FOOTER_LEN, MAX_TRAILER_LEN, PACK_END_MAGIC, PACK_MAGIC, PackFooter, PackTrailer,
-    decode_pack, decode_trailer_from_tail,
+    FOOTER_LEN, MAX_TRAILER_LEN, PACK_END_MAGIC, PACK_MAGIC, PackFooter, PackTrailer, decode_pack,
+    decode_trailer_from_tail,
 };
 use cairn_store::serve::{Tokens, valid_key};
 use cairn_store::tree::{MAX_FANOUT, TreeNode};
@@ -322,12 +322,79 @@ fn mutate(rng: &mut Rng, seeds: &[Seed]) -> Vec<u8> {
     b
 }
 
-/// The systematic inputs of a target: every seed as is, and every field of
-/// every seed set to every boundary value.
+/// Where the numbers of a JSON text are: the length fields of text formats.
+fn json_numbers(text: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b':' {
+            let mut start = i + 1;
+            while start < text.len() && text[start] == b' ' {
+                start += 1;
+            }
+            let mut end = start;
+            while end < text.len() && (text[end].is_ascii_digit() || b"-+.eE".contains(&text[end]))
+            {
+                end += 1;
+            }
+            if end > start {
+                spans.push((start, end));
+            }
+        }
+        i += 1;
+    }
+    spans
+}
+
+/// Numbers worth putting where a JSON text has one.
+const JSON_BOUNDARIES: &[&str] = &[
+    "0",
+    "-1",
+    "1",
+    "4294967295",
+    "4294967296",
+    "9223372036854775807",
+    "9223372036854775808",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775809",
+    "1e999",
+    "0.5",
+];
+
+fn replace_spans(text: &[u8], spans: &[((usize, usize), &str)]) -> Vec<u8> {
+    let mut out = text.to_vec();
+    let mut sorted = spans.to_vec();
+    sorted.sort_by_key(|((start, _), _)| std::cmp::Reverse(*start));
+    for ((start, end), value) in sorted {
+        out.splice(start..end, value.bytes());
+    }
+    out
+}
+
+/// The systematic inputs of a target: every seed as is, every field of
+/// every seed set to every boundary value, and in JSON seeds every number
+/// set to every boundary value, and every pair of numbers to large ones
+/// (sums overflow).
 fn systematic_inputs(seeds: &[Seed]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for s in seeds {
         out.push(s.bytes.clone());
+        if s.bytes.first() == Some(&b'{') {
+            let numbers = json_numbers(&s.bytes);
+            for &span in &numbers {
+                for value in JSON_BOUNDARIES {
+                    out.push(replace_spans(&s.bytes, &[(span, value)]));
+                }
+            }
+            for (i, &a) in numbers.iter().enumerate() {
+                for &b in &numbers[i + 1..] {
+                    for value in ["9223372036854775808", "18446744073709551615"] {
+                        out.push(replace_spans(&s.bytes, &[(a, value), (b, value)]));
+                    }
+                }
+            }
+        }
         for &f in &s.fields {
             let current = read_field(&s.bytes, f).unwrap_or(0);
             for v in boundary_values(f, s.bytes.len(), current) {
@@ -737,13 +804,17 @@ fn use_manifest(m: &cairn_store::manifest::Manifest) {
     for item in &m.items {
         assert!(m.item(&item.name).is_some(), "items are found by name");
     }
-    // Open: `Manifest::total_len` overflows on two items of 2^63 bytes
-    // (see the report of issue 13's fuzz item); call it here once
-    // manifest.rs checks the sum.
-    let _ = m
-        .items
-        .iter()
-        .try_fold(0u64, |sum, item| sum.checked_add(item.len));
+    // Open in manifest.rs: `Manifest::total_len` overflows when the items'
+    // lengths add up past u64::MAX (a panic in debug builds, a wrong total
+    // in release). Called only with CAIRN_FUZZ_OPEN=1 until it is fixed.
+    if open_issues() {
+        let _ = m.total_len();
+    }
+}
+
+/// Whether to run the cases of open, known failures (CAIRN_FUZZ_OPEN=1).
+fn open_issues() -> bool {
+    std::env::var_os("CAIRN_FUZZ_OPEN").is_some()
 }
 
 #[test]
@@ -866,34 +937,40 @@ fn fuzz_couch_dump_lines() {
         counts: couch::Counts::default(),
     };
     seeds.push(Seed::plain(serde_json::to_vec(&meta).unwrap()));
-    fuzz("couchdb dump lines", &seeds, DECODE_BOUND, 20_000, |bytes| {
-        let mut accepted = false;
-        for line in couch::each_line(bytes) {
-            if let Ok(doc) = parse_doc_line(line) {
-                accepted = true;
-                let _ = couch::stubs(doc.doc);
-                let _ = parse_rev(&doc.rev);
-                let _ = couch::rev_order(&doc.rev, "1-a");
+    fuzz(
+        "couchdb dump lines",
+        &seeds,
+        DECODE_BOUND,
+        20_000,
+        |bytes| {
+            let mut accepted = false;
+            for line in couch::each_line(bytes) {
+                if let Ok(doc) = parse_doc_line(line) {
+                    accepted = true;
+                    let _ = couch::stubs(doc.doc);
+                    let _ = parse_rev(&doc.rev);
+                    let _ = couch::rev_order(&doc.rev, "1-a");
+                }
+                if let Ok(header) = serde_json::from_slice::<AttHeader>(line) {
+                    accepted = true;
+                    let _ = header.key();
+                }
+                if let Ok(local) = serde_json::from_slice::<LocalLine>(line) {
+                    accepted = true;
+                    let _ = couch::is_replication_checkpoint(&local.id, local.doc);
+                }
             }
-            if let Ok(header) = serde_json::from_slice::<AttHeader>(line) {
-                accepted = true;
-                let _ = header.key();
+            accepted |= serde_json::from_slice::<Meta>(bytes).is_ok();
+            let text = String::from_utf8_lossy(bytes);
+            if let Some((db, file)) = parse_item_name(&text) {
+                assert_eq!(parse_item_name(&couch::item_name(&db, file)).unwrap().0, db);
             }
-            if let Ok(local) = serde_json::from_slice::<LocalLine>(line) {
-                accepted = true;
-                let _ = couch::is_replication_checkpoint(&local.id, local.doc);
-            }
-        }
-        accepted |= serde_json::from_slice::<Meta>(bytes).is_ok();
-        let text = String::from_utf8_lossy(bytes);
-        if let Some((db, file)) = parse_item_name(&text) {
-            assert_eq!(parse_item_name(&couch::item_name(&db, file)).unwrap().0, db);
-        }
-        let _ = couch::overlay_number(&text);
-        let mut revs: Vec<String> = text.split(',').map(String::from).collect();
-        couch::sort_revs(&mut revs);
-        accepted
-    });
+            let _ = couch::overlay_number(&text);
+            let mut revs: Vec<String> = text.split(',').map(String::from).collect();
+            couch::sort_revs(&mut revs);
+            accepted
+        },
+    );
 }
 
 #[test]
@@ -915,31 +992,78 @@ fn fuzz_serve_keys_and_tokens() {
     seeds.push(Seed::plain(
         "# roles\nadmin aaaaaaaaaaaaaaaaaaaaaaaaaaaa\nappend bbbbbbbbbbbbbbbbbbbbbbbbbbbb\nread cccccccccccccccccccccccccccc\n",
     ));
-    fuzz("serve keys and tokens", &seeds, DECODE_BOUND, 20_000, |bytes| {
-        let text = String::from_utf8_lossy(bytes);
-        let valid = valid_key(&text);
-        if valid {
-            assert!(
-                !text.starts_with('/')
-                    && text.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-                    && !text.contains(['\\', '\0', '%', '?', '#']),
-                "valid_key accepted {text:?}"
-            );
-        }
-        Tokens::parse(&text).is_ok() || valid
-    });
+    fuzz(
+        "serve keys and tokens",
+        &seeds,
+        DECODE_BOUND,
+        20_000,
+        |bytes| {
+            let text = String::from_utf8_lossy(bytes);
+            let valid = valid_key(&text);
+            if valid {
+                assert!(
+                    !text.starts_with('/')
+                        && text
+                            .split('/')
+                            .all(|c| !c.is_empty() && c != "." && c != "..")
+                        && !text.contains(['\\', '\0', '%', '?', '#']),
+                    "valid_key accepted {text:?}"
+                );
+            }
+            Tokens::parse(&text).is_ok() || valid
+        },
+    );
+}
+
+#[test]
+fn fuzz_lease_and_gc_objects() {
+    // Objects the append role may write under locks/ and gc/ and that gc,
+    // the lease listing and unlock read back.
+    let pack = "ab".repeat(32);
+    let seeds = [
+        Seed::plain(
+            r#"{"kind":"backup","host":"node4","pid":4242,"started":"2025-01-01T00:00:00Z","ttl_secs":600,"holder":"h-1"}"#,
+        ),
+        Seed::plain(format!(
+            r#"{{"version":1,"run":"r-1","packs":[{{"id":"{pack}","reason":"unreferenced","len":416}}]}}"#
+        )),
+        Seed::plain(r#"{"run":"r-1","writers":["backup-1","gc"]}"#),
+        Seed::plain(format!(
+            r#"{{"object":"pack {pack}","reason":"unreferenced"}}"#
+        )),
+    ];
+    fuzz(
+        "lease and gc objects",
+        &seeds,
+        DECODE_BOUND,
+        20_000,
+        |bytes| {
+            use cairn_store::gc::{CondemnedList, LoggedDeletion, WritersAtCondemnation};
+            use cairn_store::lease::LeaseRecord;
+            serde_json::from_slice::<LeaseRecord>(bytes).is_ok()
+                | serde_json::from_slice::<CondemnedList>(bytes).is_ok()
+                | serde_json::from_slice::<WritersAtCondemnation>(bytes).is_ok()
+                | serde_json::from_slice::<LoggedDeletion>(bytes).is_ok()
+        },
+    );
 }
 
 /// The harness itself: a panic and an allocation over the bound are both caught.
 #[test]
 fn the_harness_reports_panics_and_large_allocations() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let panicking = run_one(DECODE_BOUND, b"x", &mut |_| panic!("boom"));
+    std::panic::set_hook(hook);
     assert_eq!(panicking, Err("panicked: boom".to_string()));
     let greedy = run_one(DECODE_BOUND, b"x", &mut |_| {
         std::hint::black_box(Vec::<u8>::with_capacity(DECODE_BOUND + 1));
         true
     });
-    assert!(greedy.clone().unwrap_err().contains("over the bound"), "{greedy:?}");
+    assert!(
+        greedy.clone().unwrap_err().contains("over the bound"),
+        "{greedy:?}"
+    );
     assert_eq!(run_one(DECODE_BOUND, b"x", &mut |_| true), Ok(true));
 }
