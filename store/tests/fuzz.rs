@@ -19,7 +19,7 @@
 //! input in hex, and so does a decode that requests more bytes from the
 //! allocator than its bound (counted by the instrumented global allocator
 //! below: the total of all requests during the call, an upper bound on its
-//! peak). The bounds: 1 MiB for every decoder of these small inputs, and
+//! peak). The bounds: 1 MiB and 16 bytes per input byte for every decoder, and
 //! for frames 33 MiB, since a frame may legitimately claim up to
 //! `MAX_FRAME_RAW_LEN` (32 MiB) raw bytes, which its decoder reserves.
 //!
@@ -59,10 +59,13 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 /// The allocator's counters are process-wide: targets run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// What any decoder of these small inputs may request from the allocator.
+/// What any decoder may request from the allocator: 1 MiB, and 16 bytes per
+/// input byte (copies and parsed forms of the input).
 const DECODE_BOUND: usize = 1 << 20;
-/// What a frame decoder may request: the largest raw frame, and 1 MiB.
+/// What a frame decoder may request: also the largest raw frame.
 const FRAME_BOUND: usize = MAX_FRAME_RAW_LEN as usize + (1 << 20);
+/// Bytes of allocation allowed per input byte, on top of the bound.
+const PER_INPUT_BYTE: usize = 16;
 
 // ---------------------------------------------------------------------------
 // The harness.
@@ -113,18 +116,25 @@ struct Field {
 }
 
 /// A starting input and where its length and count fields are.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Seed {
     bytes: Vec<u8>,
     fields: Vec<Field>,
+    /// Whether random mutations start from it (large seeds are tried as they are).
+    mutable: bool,
 }
 
 impl Seed {
-    fn plain(bytes: impl Into<Vec<u8>>) -> Seed {
+    fn new(bytes: impl Into<Vec<u8>>, fields: Vec<Field>) -> Seed {
         Seed {
             bytes: bytes.into(),
-            fields: Vec::new(),
+            fields,
+            mutable: true,
         }
+    }
+
+    fn plain(bytes: impl Into<Vec<u8>>) -> Seed {
+        Seed::new(bytes, Vec::new())
     }
 }
 
@@ -238,8 +248,9 @@ const TOKENS: &[&str] = &[
 ];
 
 /// One random input: a seed with 1 to 4 stacked mutations.
-fn mutate(rng: &mut Rng, seeds: &[Seed]) -> Vec<u8> {
-    let seed = rng.pick(seeds);
+fn mutate(rng: &mut Rng, all: &[Seed]) -> Vec<u8> {
+    let seeds: Vec<&Seed> = all.iter().filter(|s| s.mutable).collect();
+    let seed = *rng.pick(&seeds);
     let mut b = seed.bytes.clone();
     let rounds = 1 + rng.below(4);
     for _ in 0..rounds {
@@ -269,7 +280,7 @@ fn mutate(rng: &mut Rng, seeds: &[Seed]) -> Vec<u8> {
                 b.drain(start..end);
             }
             6 => {
-                let other = &rng.pick(seeds).bytes;
+                let other = &rng.pick(&seeds).bytes;
                 let cut = rng.below(b.len() + 1);
                 let from = rng.below(other.len() + 1);
                 b.truncate(cut);
@@ -432,6 +443,7 @@ fn run_one(
     let region = Region::new(GLOBAL);
     let outcome = catch_unwind(AssertUnwindSafe(|| decode(input)));
     let requested = region.change().bytes_allocated;
+    let bound = bound + PER_INPUT_BYTE * input.len();
     match outcome {
         Err(payload) => Err(format!("panicked: {}", panic_message(&*payload))),
         Ok(_) if requested > bound => Err(format!(
@@ -476,6 +488,18 @@ fn fuzz(
         "fuzz target {target}: {count} inputs, {accepted} accepted, in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// `{"<key>":[[[…]]]}` nested `depth` deep: recursion must be bounded.
+fn deeply_nested(key: &str, depth: usize) -> Seed {
+    let mut text = format!("{{\"{key}\":");
+    text.push_str(&"[".repeat(depth));
+    text.push_str(&"]".repeat(depth));
+    text.push('}');
+    Seed {
+        mutable: false,
+        ..Seed::plain(text)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -581,10 +605,7 @@ fn check_trailer(t: &PackTrailer, trailer_offset: u64) {
 fn fuzz_pack_trailers() {
     let p = pack_vector();
     let frames = p.bytes[..p.trailer_offset].to_vec();
-    let seeds = [Seed {
-        fields: trailer_fields(&p.trailer, 0),
-        bytes: p.trailer.clone(),
-    }];
+    let seeds = [Seed::new(p.trailer.clone(), trailer_fields(&p.trailer, 0))];
     let mut rng = Rng::new("pack trailer offsets");
     fuzz("pack trailer", &seeds, DECODE_BOUND, 20_000, |trailer| {
         // Behind a correct footer: the trailer decoder sees the mutation.
@@ -620,14 +641,8 @@ fn fuzz_pack_footers_and_whole_packs() {
     let mut fields = trailer_fields(&p.trailer, p.trailer_offset);
     fields.push(u32_at(footer_at));
     let seeds = [
-        Seed {
-            bytes: p.bytes.clone(),
-            fields,
-        },
-        Seed {
-            bytes: p.bytes[footer_at..].to_vec(),
-            fields: vec![u32_at(0)],
-        },
+        Seed::new(p.bytes.clone(), fields),
+        Seed::new(&p.bytes[footer_at..], vec![u32_at(0)]),
     ];
     fuzz("pack", &seeds, DECODE_BOUND, 20_000, |bytes| {
         if bytes.len() == FOOTER_LEN {
@@ -668,10 +683,7 @@ fn fuzz_frames() {
     // The zstd frame header's content size is a length field too.
     let seeds: Vec<Seed> = frames
         .iter()
-        .map(|(_, stored, _)| Seed {
-            bytes: stored.clone(),
-            fields: vec![u32_at(4), u64_at(4)],
-        })
+        .map(|(_, stored, _)| Seed::new(stored.clone(), vec![u32_at(4), u64_at(4)]))
         .collect();
     let mut rng = Rng::new("frame raw lengths");
     fuzz("frame", &seeds, FRAME_BOUND, 20_000, |stored| {
@@ -717,7 +729,7 @@ fn fuzz_index_objects() {
         at += 44 + trailer.len();
     }
     assert_eq!(at, bytes.len());
-    let seeds = [Seed { bytes, fields }];
+    let seeds = [Seed::new(bytes, fields)];
     fuzz("index", &seeds, DECODE_BOUND, 20_000, |bytes| {
         let Ok(packs) = decode_index(bytes, IndexId::of(bytes)) else {
             return false;
@@ -753,7 +765,7 @@ fn fuzz_tree_nodes() {
                 u32_at(9),
             ];
             fields.extend((0..count.min(8)).map(|i| u64_at(13 + 40 * i + 32)));
-            seeds.push(Seed { bytes, fields });
+            seeds.push(Seed::new(bytes, fields));
         }
     }
     fuzz("tree node", &seeds, DECODE_BOUND, 20_000, |bytes| {
@@ -820,10 +832,7 @@ fn open_issues() -> bool {
 #[test]
 fn fuzz_manifests() {
     let v = manifest_vector();
-    let seeds = [Seed {
-        bytes: v.object.clone(),
-        fields: vec![u32_at(8)],
-    }];
+    let seeds = [Seed::new(v.object.clone(), vec![u32_at(8)])];
     let trust = Trust::Keys(vec![v.key.public()]);
     fuzz("manifest object", &seeds, DECODE_BOUND, 20_000, |bytes| {
         let id = SnapshotId::of(bytes);
@@ -839,7 +848,7 @@ fn fuzz_manifests() {
 #[test]
 fn fuzz_signed_manifest_bodies() {
     let v = manifest_vector();
-    let seeds = [Seed::plain(v.body.clone())];
+    let seeds = [Seed::plain(v.body.clone()), deeply_nested("items", 100_000)];
     let trust = Trust::Keys(vec![v.key.public()]);
     fuzz("manifest body", &seeds, DECODE_BOUND, 8_000, |body| {
         // The attacker holds the signing key (a compromised backup host).
@@ -857,7 +866,10 @@ fn fuzz_signed_manifest_bodies() {
 #[test]
 fn fuzz_configs() {
     let v = spec("config.json");
-    let seeds = [Seed::plain(v["text"].as_str().unwrap())];
+    let seeds = [
+        Seed::plain(v["text"].as_str().unwrap()),
+        deeply_nested("trusted_keys", 100_000),
+    ];
     fuzz("config", &seeds, DECODE_BOUND, 20_000, |bytes| {
         let Ok(config) = Config::decode(bytes) else {
             return false;
@@ -937,6 +949,15 @@ fn fuzz_couch_dump_lines() {
         counts: couch::Counts::default(),
     };
     seeds.push(Seed::plain(serde_json::to_vec(&meta).unwrap()));
+    let mut deep = br#"{"id":"a","rev":"1-a","doc":"#.to_vec();
+    deep.extend(std::iter::repeat_n(b'[', 100_000));
+    deep.extend(std::iter::repeat_n(b']', 100_000));
+    deep.push(b'}');
+    seeds.push(Seed {
+        mutable: false,
+        ..Seed::plain(deep)
+    });
+    seeds.push(deeply_nested("server", 100_000));
     fuzz(
         "couchdb dump lines",
         &seeds,
@@ -1058,7 +1079,7 @@ fn the_harness_reports_panics_and_large_allocations() {
     std::panic::set_hook(hook);
     assert_eq!(panicking, Err("panicked: boom".to_string()));
     let greedy = run_one(DECODE_BOUND, b"x", &mut |_| {
-        std::hint::black_box(Vec::<u8>::with_capacity(DECODE_BOUND + 1));
+        std::hint::black_box(Vec::<u8>::with_capacity(DECODE_BOUND + 1024));
         true
     });
     assert!(
