@@ -189,13 +189,22 @@ impl<R: BufRead> Lines<R> {
         self.reader.read_to_end(out)
     }
 
-    /// Reads exactly `len` bytes and a `\n`.
+    /// Reads exactly `len` bytes and a `\n`. The length comes from a record
+    /// header, so it is not trusted: what is reserved grows with the bytes
+    /// that actually arrive, never with what the header claims.
     pub fn read_blob(&mut self, len: u64, out: &mut Vec<u8>) -> io::Result<()> {
         out.clear();
-        let len = usize::try_from(len).map_err(io::Error::other)?;
-        out.resize(len + 1, 0);
-        self.reader.read_exact(out)?;
-        if out.pop() != Some(b'\n') {
+        out.reserve(usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20));
+        let got = (&mut self.reader).take(len).read_to_end(out)?;
+        if got as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("attachment record has {got} bytes, its header says {len} (truncated?)"),
+            ));
+        }
+        let mut end = [0u8; 1];
+        self.reader.read_exact(&mut end)?;
+        if end != *b"\n" {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "attachment record is not terminated",
@@ -239,6 +248,28 @@ mod tests {
                 .to_string()
                 .contains("boom")
         );
+    }
+
+    #[test]
+    fn a_record_length_beyond_the_data_is_an_error_not_an_allocation() {
+        // A header in a hostile dump claims far more bytes than follow.
+        for len in [1u64 << 40, u64::MAX, 6] {
+            let mut lines = Lines::new(&b"hello\n"[..]);
+            let mut out = Vec::new();
+            let err = lines.read_blob(len, &mut out).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{len}: {err}");
+            assert!(
+                out.capacity() <= 1 << 20,
+                "{len}: reserved {}",
+                out.capacity()
+            );
+        }
+        let mut lines = Lines::new(&b"hello\nx"[..]);
+        let mut out = Vec::new();
+        lines.read_blob(5, &mut out).unwrap();
+        assert_eq!(out, b"hello");
+        let mut lines = Lines::new(&b"hellox"[..]);
+        assert!(lines.read_blob(5, &mut out).is_err());
     }
 
     #[test]
