@@ -272,6 +272,60 @@ mod tests {
         assert!(lines.read_blob(5, &mut out).is_err());
     }
 
+    /// Reads an attachments.bin stream as restore and verify do.
+    fn read_records(bytes: &[u8]) -> io::Result<usize> {
+        let mut lines = Lines::new(bytes);
+        let (mut line, mut data, mut records) = (Vec::new(), Vec::new(), 0);
+        while lines.next_into(&mut line)? {
+            let header: crate::couch::format::AttHeader =
+                serde_json::from_slice(&line).map_err(io::Error::other)?;
+            lines.read_blob(header.len, &mut data)?;
+            assert!(data.capacity() <= bytes.len().max(1 << 20));
+            records += 1;
+        }
+        Ok(records)
+    }
+
+    #[test]
+    fn attachment_streams_with_any_length_or_cut_are_errors_not_panics() {
+        use crate::couch::format::{AttHeader, encode_attachment};
+        let header = AttHeader {
+            id: "doc".into(),
+            name: "a.txt".into(),
+            revpos: 1,
+            digest: "md5-XUFAKrxLKna5cZ2REBfFkg==".into(),
+            len: 5,
+        };
+        let mut stream = Vec::new();
+        encode_attachment(&header, b"hello", &mut stream);
+        encode_attachment(&header, b"hello", &mut stream);
+        assert_eq!(read_records(&stream).unwrap(), 2);
+        let text = String::from_utf8(stream.clone()).unwrap();
+        for len in [
+            "0",
+            "4",
+            "6",
+            "11",
+            "12",
+            "4294967295",
+            "4294967296",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+        ] {
+            let lying = text.replacen("\"len\":5", &format!("\"len\":{len}"), 1);
+            let _ = read_records(lying.as_bytes());
+        }
+        for cut in 0..stream.len() {
+            // Only a cut between records reads as a (shorter) whole stream.
+            if let Ok(n) = read_records(&stream[..cut]) {
+                assert_eq!(cut, n * stream.len() / 2, "cut at {cut}");
+            }
+        }
+    }
+
     #[test]
     fn lines_must_be_terminated() {
         let mut lines = Lines::new(&b"x\ny"[..]);
