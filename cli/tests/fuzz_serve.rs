@@ -5,7 +5,8 @@
 //! panic, and its peak resident memory must stay under a bound.
 //!
 //! `CAIRN_FUZZ_ITERATIONS=N` sets the number of mutated requests (default
-//! 300), `CAIRN_FUZZ_SEED` the random stream; see `store/tests/fuzz.rs` for
+//! 300), `CAIRN_FUZZ_SEED` the random stream, `CAIRN_FUZZ_OPEN=1` also sends
+//! the requests of known, still open failures; see `store/tests/fuzz.rs` for
 //! the decoders behind it.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
