@@ -189,13 +189,22 @@ impl<R: BufRead> Lines<R> {
         self.reader.read_to_end(out)
     }
 
-    /// Reads exactly `len` bytes and a `\n`.
+    /// Reads exactly `len` bytes and a `\n`. The length comes from a record
+    /// header, so it is not trusted: what is reserved grows with the bytes
+    /// that actually arrive, never with what the header claims.
     pub fn read_blob(&mut self, len: u64, out: &mut Vec<u8>) -> io::Result<()> {
         out.clear();
-        let len = usize::try_from(len).map_err(io::Error::other)?;
-        out.resize(len + 1, 0);
-        self.reader.read_exact(out)?;
-        if out.pop() != Some(b'\n') {
+        out.reserve(usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20));
+        let got = (&mut self.reader).take(len).read_to_end(out)?;
+        if got as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("attachment record has {got} bytes, its header says {len} (truncated?)"),
+            ));
+        }
+        let mut end = [0u8; 1];
+        self.reader.read_exact(&mut end)?;
+        if end != *b"\n" {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "attachment record is not terminated",
@@ -239,6 +248,82 @@ mod tests {
                 .to_string()
                 .contains("boom")
         );
+    }
+
+    #[test]
+    fn a_record_length_beyond_the_data_is_an_error_not_an_allocation() {
+        // A header in a hostile dump claims far more bytes than follow.
+        for len in [1u64 << 40, u64::MAX, 6] {
+            let mut lines = Lines::new(&b"hello\n"[..]);
+            let mut out = Vec::new();
+            let err = lines.read_blob(len, &mut out).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{len}: {err}");
+            assert!(
+                out.capacity() <= 1 << 20,
+                "{len}: reserved {}",
+                out.capacity()
+            );
+        }
+        let mut lines = Lines::new(&b"hello\nx"[..]);
+        let mut out = Vec::new();
+        lines.read_blob(5, &mut out).unwrap();
+        assert_eq!(out, b"hello");
+        let mut lines = Lines::new(&b"hellox"[..]);
+        assert!(lines.read_blob(5, &mut out).is_err());
+    }
+
+    /// Reads an attachments.bin stream as restore and verify do.
+    fn read_records(bytes: &[u8]) -> io::Result<usize> {
+        let mut lines = Lines::new(bytes);
+        let (mut line, mut data, mut records) = (Vec::new(), Vec::new(), 0);
+        while lines.next_into(&mut line)? {
+            let header: crate::couch::format::AttHeader =
+                serde_json::from_slice(&line).map_err(io::Error::other)?;
+            lines.read_blob(header.len, &mut data)?;
+            assert!(data.capacity() <= bytes.len().max(1 << 20));
+            records += 1;
+        }
+        Ok(records)
+    }
+
+    #[test]
+    fn attachment_streams_with_any_length_or_cut_are_errors_not_panics() {
+        use crate::couch::format::{AttHeader, encode_attachment};
+        let header = AttHeader {
+            id: "doc".into(),
+            name: "a.txt".into(),
+            revpos: 1,
+            digest: "md5-XUFAKrxLKna5cZ2REBfFkg==".into(),
+            len: 5,
+        };
+        let mut stream = Vec::new();
+        encode_attachment(&header, b"hello", &mut stream);
+        encode_attachment(&header, b"hello", &mut stream);
+        assert_eq!(read_records(&stream).unwrap(), 2);
+        let text = String::from_utf8(stream.clone()).unwrap();
+        for len in [
+            "0",
+            "4",
+            "6",
+            "11",
+            "12",
+            "4294967295",
+            "4294967296",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-1",
+        ] {
+            let lying = text.replacen("\"len\":5", &format!("\"len\":{len}"), 1);
+            let _ = read_records(lying.as_bytes());
+        }
+        for cut in 0..stream.len() {
+            // Only a cut between records reads as a (shorter) whole stream.
+            if let Ok(n) = read_records(&stream[..cut]) {
+                assert_eq!(cut, n * stream.len() / 2, "cut at {cut}");
+            }
+        }
     }
 
     #[test]
