@@ -177,6 +177,14 @@ impl Manifest {
                 self.version
             ));
         }
+        if self
+            .items
+            .iter()
+            .try_fold(0u64, |total, i| total.checked_add(i.len))
+            .is_none()
+        {
+            return Err("the items' lengths add up to more than 2^64 bytes".into());
+        }
         let mut previous: Option<&str> = None;
         for item in &self.items {
             validate_item_name(&item.name)?;
@@ -246,7 +254,8 @@ impl Manifest {
 
     /// Total content bytes.
     pub fn total_len(&self) -> u64 {
-        self.items.iter().map(|i| i.len).sum()
+        // Checked at decode (`validate`); saturating for manifests built in memory.
+        self.items.iter().fold(0u64, |t, i| t.saturating_add(i.len))
     }
 }
 

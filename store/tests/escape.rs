@@ -154,6 +154,7 @@ async fn items_below_a_symlink_are_refused_and_nothing_escapes() {
             id,
             signer: key().public(),
             manifest,
+            seen: None,
         };
         for only in [None, Some("s")] {
             let _ = std::fs::remove_dir_all(&target);

@@ -27,8 +27,7 @@
 //! number of random inputs per target (20,000) keeps this file to about ten
 //! seconds; the longer run, 13 million inputs in about five minutes:
 //! `CAIRN_FUZZ_ITERATIONS=1000000 cargo test -p cairn-store --test fuzz --
-//! --nocapture` (`CAIRN_FUZZ_SEED=N` picks another random stream;
-//! `CAIRN_FUZZ_OPEN=1` also runs the cases of known, still open failures).
+//! --nocapture` (`CAIRN_FUZZ_SEED=N` picks another random stream).
 
 use std::alloc::System;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -817,17 +816,8 @@ fn use_manifest(m: &cairn_store::manifest::Manifest) {
     for item in &m.items {
         assert!(m.item(&item.name).is_some(), "items are found by name");
     }
-    // Open in manifest.rs: `Manifest::total_len` overflows when the items'
-    // lengths add up past u64::MAX (a panic in debug builds, a wrong total
-    // in release). Called only with CAIRN_FUZZ_OPEN=1 until it is fixed.
-    if open_issues() {
-        let _ = m.total_len();
-    }
-}
-
-/// Whether to run the cases of open, known failures (CAIRN_FUZZ_OPEN=1).
-fn open_issues() -> bool {
-    std::env::var_os("CAIRN_FUZZ_OPEN").is_some()
+    // Once overflowed when the lengths added up past u64::MAX (now refused at decode).
+    let _ = m.total_len();
 }
 
 #[test]

@@ -949,7 +949,9 @@ impl Repository {
         let plan = plan_condemnation(&packs, &live, &unindexed, &condemned, now, limits);
         let mut report = StatsReport {
             snapshots: snapshots.len() as u64,
-            logical_bytes: snapshots.iter().map(|s| s.manifest.total_len()).sum(),
+            logical_bytes: snapshots
+                .iter()
+                .fold(0u64, |t, s| t.saturating_add(s.manifest.total_len())),
             unique_bytes: plan.live_bytes,
             stored_bytes: stored,
             unreferenced_bytes: plan.dead_bytes,
