@@ -1,0 +1,104 @@
+//! An adversarial review of issue 13's promises: each test is an attack
+//! that once worked, kept so that it never works again.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+
+use cairn_store::backend::ObjectKey;
+use cairn_store::error::ErrorKind;
+use cairn_store::ops::backup::{BackupOptions, NoProgress};
+use cairn_store::ops::replicate::ReplicateOptions;
+use cairn_store::repo::Repository;
+use support::*;
+
+/// node4 holds the signing key and its own store, which the admin pulls
+/// from (`replicate --from ssh://backup@node4/...`): it signs a snapshot
+/// dated 2099 and dates the object 2099 too, so that the source's own
+/// "from the future" check passes. The replica must still refuse it by
+/// its own clock: otherwise `--max-age` is satisfied by the forgery, the
+/// forgery is recorded as the newest accepted snapshot, and every later
+/// pull from the cleaned-up node4 is refused as a rollback (exit 17).
+#[tokio::test]
+async fn a_source_dating_its_objects_in_the_future_cannot_poison_the_replica() {
+    let src = Place::new(Kind::Local);
+    init(&src).await;
+    let genuine = backup_bytes(&src.backend(), "a", random_bytes(10_000, 1)).await;
+    let future: jiff::Timestamp = "2099-01-01T00:00:00Z".parse().unwrap();
+    let session = writer(src.backend()).await;
+    let options = BackupOptions {
+        host: "test".into(),
+        time: Some(future),
+        ..BackupOptions::default()
+    };
+    let forged = session
+        .backup(
+            stream("a", random_bytes(10_000, 2)),
+            &key(),
+            &options,
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    session.finish().await.unwrap();
+    let object = src.path().join("snapshots").join(forged.snapshot.to_hex());
+    std::fs::File::options()
+        .write(true)
+        .open(&object)
+        .unwrap()
+        .set_modified(std::time::SystemTime::from(future))
+        .unwrap();
+
+    let dst = Place::new(Kind::Local);
+    let pull = ReplicateOptions {
+        max_age: Some(jiff::SignedDuration::from_hours(36)),
+        ..ReplicateOptions::default()
+    };
+    let source = Repository::open(src.backend()).await.unwrap();
+    let report = source.replicate(dst.backend(), &pull).await.unwrap();
+    assert_eq!(report.snapshots_copied, vec![genuine.snapshot]);
+    assert!(
+        report.refused.iter().any(|r| r.id == forged.snapshot),
+        "{report:?}"
+    );
+    assert!(
+        !dst.backend()
+            .exists(&ObjectKey::Snapshot(forged.snapshot))
+            .await
+            .unwrap()
+    );
+
+    // node4 is cleaned up (the forgery removed); the next pull goes through.
+    std::fs::remove_file(&object).unwrap();
+    let source = Repository::open(src.backend()).await.unwrap();
+    let again = source.replicate(dst.backend(), &pull).await;
+    assert!(again.is_ok(), "{again:?}");
+
+    // A source whose only snapshot is the forgery does not satisfy --max-age.
+    let lone = Place::new(Kind::Local);
+    init(&lone).await;
+    let session = writer(lone.backend()).await;
+    let only = session
+        .backup(
+            stream("a", random_bytes(1_000, 3)),
+            &key(),
+            &options,
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    session.finish().await.unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(lone.path().join("snapshots").join(only.snapshot.to_hex()))
+        .unwrap()
+        .set_modified(std::time::SystemTime::from(future))
+        .unwrap();
+    let source = Repository::open(lone.backend()).await.unwrap();
+    let e = source
+        .replicate(Place::new(Kind::Local).backend(), &pull)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
+}
