@@ -102,3 +102,75 @@ async fn a_source_dating_its_objects_in_the_future_cannot_poison_the_replica() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
 }
+
+/// A compromised node4 (signing key, `append` token) signs a snapshot
+/// dated before a genuine one whose one file's tree root is a level-0 node
+/// listing, as a "chunk", an inner tree node of the genuine snapshot (the
+/// node's bytes stored as an ordinary chunk: ids are hashes of bytes).
+/// Mark visits each node once: it took the genuine node for a chunk of the
+/// forgery, so it never expanded it for the genuine snapshot, and gc
+/// deleted every chunk below it: history destroyed by an append token.
+#[tokio::test]
+async fn a_forged_level_cannot_hide_a_genuine_subtree_from_gc() {
+    use cairn_store::manifest::{Item, ItemKind};
+    use cairn_store::ops::gc::GcOptions;
+    use cairn_store::tree::{TreeEntry, TreeNode};
+
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let data = random_bytes(3 << 20, 7);
+    backup_bytes(&place.backend(), "dump", data.clone()).await;
+    let genuine = snapshots(&place.backend()).await.pop().unwrap();
+    let root = genuine.manifest.items[0].tree.unwrap();
+    let repo = open(place.backend()).await;
+    let node =
+        TreeNode::decode(&repo.blob_reader().read_blob(root).await.unwrap(), "root").unwrap();
+    assert!(node.level > 0, "the genuine file needs an inner node");
+    let inner = node.entries[0];
+
+    // The forgery's root: a level-0 node whose one "chunk" is that inner node.
+    let fake_root = TreeNode {
+        level: 0,
+        entries: vec![TreeEntry {
+            id: inner.id,
+            len: inner.len,
+        }],
+    }
+    .encode();
+    let fake_root_id = cairn_store::id::BlobId::of(&fake_root);
+    // Stored as the content of an ordinary backup (its one chunk).
+    backup_bytes(&place.backend(), "carrier", fake_root.clone()).await;
+    let mut manifest = genuine.manifest.clone();
+    manifest.time = genuine.manifest.time - jiff::SignedDuration::from_hours(1);
+    manifest.items = vec![Item {
+        name: "dump".into(),
+        kind: ItemKind::File,
+        len: inner.len,
+        tree: Some(fake_root_id),
+        chunks: Some(1),
+        chunker: None,
+        mode: None,
+        mtime: None,
+        target: None,
+    }];
+    let (id, bytes) = manifest.encode_signed(&key()).unwrap();
+    raw_put(&place.backend(), &ObjectKey::Snapshot(id), bytes).await;
+
+    // The admin's gc, twice (condemn, then delete once the grace passed).
+    let repo = Repository::open(place.backend()).await.unwrap();
+    let options = GcOptions {
+        grace: std::time::Duration::ZERO,
+        max_repack_pct: 100.0,
+        ..GcOptions::default()
+    };
+    for _ in 0..2 {
+        let report = repo.gc(&options).await;
+        eprintln!("{report:?}");
+    }
+    let restored = restore_bytes(&place.backend(), &genuine).await;
+    assert!(
+        restored.as_ref().is_ok_and(|b| *b == data),
+        "the genuine snapshot no longer restores: {:?}",
+        restored.map(|b| b.len())
+    );
+}

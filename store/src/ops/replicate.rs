@@ -268,7 +268,7 @@ impl Repository {
         }
         let source = self.clone().load_index().await?;
         let mut live: IdSet<BlobId> = IdSet::default();
-        mark(&source, todo, &mut live).await?;
+        mark(&source, todo, &mut live, &mut IdSet::default()).await?;
         let index = source.index();
         let mut needed: Vec<u32> = live
             .iter()
