@@ -174,3 +174,44 @@ async fn a_forged_level_cannot_hide_a_genuine_subtree_from_gc() {
         restored.map(|b| b.len())
     );
 }
+
+/// Common ways a password rides on a `--command` line that were stored in
+/// every signed manifest as they were: a quoted value (the usual shell
+/// habit), a passphrase, and curl's `-u user:password` (the README's own
+/// CouchDB example uses curl).
+#[test]
+fn quoted_passwords_passphrases_and_curl_credentials_are_redacted() {
+    use cairn_store::redact::redact_command;
+    let cases = [
+        (
+            "PGPASSWORD='hunter2' pg_dump lms",
+            "PGPASSWORD='***' pg_dump lms",
+        ),
+        (
+            "mysqldump --password=\"hunter2\" lms",
+            "mysqldump --password=\"***\" lms",
+        ),
+        (
+            "BORG_PASSPHRASE=hunter2 borg export-tar",
+            "BORG_PASSPHRASE=*** borg export-tar",
+        ),
+        (
+            "curl -s -u admin:hunter2 http://couch:5984/db/_all_docs",
+            "curl -s -u admin:*** http://couch:5984/db/_all_docs",
+        ),
+        (
+            "curl --user admin:hunter2 http://couch:5984/db",
+            "curl --user admin:*** http://couch:5984/db",
+        ),
+        (
+            "curl --user='admin:hunter2' http://couch:5984/db",
+            "curl --user='admin:***' http://couch:5984/db",
+        ),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(redact_command(input).as_deref(), Some(expected), "{input}");
+    }
+    // Not secrets: a user without a password, an empty quoted value.
+    assert_eq!(redact_command("curl -u admin http://couch:5984/db"), None);
+    assert_eq!(redact_command("PGPASSWORD='' pg_dump"), None);
+}
