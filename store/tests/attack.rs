@@ -215,3 +215,116 @@ fn quoted_passwords_passphrases_and_curl_credentials_are_redacted() {
     assert_eq!(redact_command("curl -u admin http://couch:5984/db"), None);
     assert_eq!(redact_command("PGPASSWORD='' pg_dump"), None);
 }
+
+/// Swaps a file of the tree being backed up for something else just as
+/// the backup starts reading it (after the whole tree was listed): what a
+/// malicious user owning a directory inside the backed-up volume can do.
+struct SwapAt {
+    item: &'static str,
+    swap: Box<dyn Fn() + Send + Sync>,
+}
+
+impl cairn_store::ops::backup::Progress for SwapAt {
+    fn item(&self, name: &str, _len: Option<u64>) {
+        if name == self.item {
+            (self.swap)();
+        }
+    }
+}
+
+/// Backs `dir` up with `progress`; the item `item`'s restored bytes, or the error.
+async fn back_up_tree(
+    dir: &std::path::Path,
+    item: &str,
+    progress: SwapAt,
+) -> cairn_store::Result<Vec<u8>> {
+    use cairn_store::ops::source::Source;
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let session = writer(place.backend()).await;
+    let summary = session
+        .backup(
+            Source::Paths(vec![dir.to_path_buf()]),
+            &key(),
+            &options(),
+            Arc::new(progress),
+        )
+        .await;
+    session.finish().await.unwrap();
+    summary?;
+    let snapshot = snapshots(&place.backend()).await.pop().unwrap();
+    let repo = open(place.backend()).await;
+    let item = snapshot.manifest.item(item).unwrap().clone();
+    let reader = repo.blob_reader();
+    let (out, _) = repo
+        .restore_item(
+            &reader,
+            &snapshot,
+            &item,
+            Vec::new(),
+            &cairn_store::ops::restore::NoRestoreProgress,
+        )
+        .await?;
+    Ok(out)
+}
+
+/// The backup (run as root) listed `vol/b` as a regular file; the owner of
+/// `vol` then replaced it with a symlink to a secret, or replaced `vol/sub`
+/// with a symlink to a secret directory, and the backup read the secret
+/// through the link and stored it as `vol/b`.
+#[tokio::test]
+async fn a_file_swapped_for_a_link_after_listing_is_not_read_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("b"), b"root:$6$hash").unwrap();
+    let vol = tmp.path().join("vol");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    std::fs::write(vol.join("b"), b"mine").unwrap();
+    std::fs::write(vol.join("sub/b"), b"mine").unwrap();
+
+    let (link, target) = (vol.join("b"), secret.join("b"));
+    let leaf = SwapAt {
+        item: "vol/b",
+        swap: Box::new(move || {
+            std::fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+        }),
+    };
+    let got = back_up_tree(&vol, "vol/b", leaf).await;
+    assert!(
+        !got.as_ref().is_ok_and(|b| b == b"root:$6$hash"),
+        "the secret was read through a link swapped in: {got:?}"
+    );
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::Source);
+
+    std::fs::remove_file(vol.join("b")).unwrap();
+    std::fs::write(vol.join("b"), b"mine").unwrap();
+    let (sub, secret_dir) = (vol.join("sub"), secret.clone());
+    let parent = SwapAt {
+        item: "vol/sub/b",
+        swap: Box::new(move || {
+            std::fs::rename(&sub, sub.with_extension("orig")).unwrap();
+            std::os::unix::fs::symlink(&secret_dir, &sub).unwrap();
+        }),
+    };
+    let got = back_up_tree(&vol, "vol/sub/b", parent).await;
+    assert!(
+        !got.as_ref().is_ok_and(|b| b == b"root:$6$hash"),
+        "the secret was read through a directory link swapped in: {got:?}"
+    );
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::Source);
+
+    // A FIFO swapped in blocked the backup for ever (holding its lease).
+    let fifo = vol.join("b");
+    let swap = SwapAt {
+        item: "vol/b",
+        swap: Box::new(move || {
+            std::fs::remove_file(&fifo).unwrap();
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+            assert!(made.unwrap().success());
+        }),
+    };
+    let got = back_up_tree(&vol, "vol/b", swap).await;
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::Source);
+}
