@@ -328,3 +328,63 @@ async fn a_file_swapped_for_a_link_after_listing_is_not_read_through_it() {
     let got = back_up_tree(&vol, "vol/b", swap).await;
     assert_eq!(got.unwrap_err().kind(), ErrorKind::Source);
 }
+
+fn named(name: &str, kind: ItemKind) -> cairn_store::manifest::Item {
+    cairn_store::manifest::Item {
+        name: name.into(),
+        kind,
+        len: 0,
+        tree: None,
+        chunks: None,
+        chunker: None,
+        mode: None,
+        mtime: None,
+        target: (kind == ItemKind::Symlink).then(|| "/victim".to_string()),
+    }
+}
+
+fn manifest_of(items: Vec<cairn_store::manifest::Item>) -> cairn_store::manifest::Manifest {
+    use cairn_store::manifest::{Manifest, SourceInfo, SourceKind};
+    Manifest {
+        version: 1,
+        repository: cairn_store::id::RepoId([1; 32]),
+        time: "2026-12-01T00:00:00Z".parse().unwrap(),
+        host: "node4".into(),
+        tags: vec![],
+        source: SourceInfo {
+            kind: SourceKind::Files,
+            command: None,
+            exit_status: None,
+            url: None,
+        },
+        items,
+    }
+}
+
+use cairn_store::manifest::ItemKind;
+
+/// A signer's manifest of thousands of 4096-byte names below a symlink
+/// cost a hash of every prefix of every name to check (seconds per
+/// manifest in a release build, minutes in a debug one, at every listing:
+/// `snapshots`, `gc`, `restore` all stalled). It must be refused, and an
+/// item below a symlink through an implicit directory, past a sibling
+/// sorting between them, too.
+#[test]
+fn items_below_a_non_directory_are_refused_at_any_depth_and_cheaply() {
+    let deep: String = "a/".repeat(2040);
+    let mut items = vec![named("0", ItemKind::Symlink)];
+    items.extend((0..4000).map(|i| named(&format!("{deep}{i:08}"), ItemKind::Dir)));
+    items.push(named("s", ItemKind::Symlink));
+    items.push(named("s-x", ItemKind::Symlink));
+    items.push(named("s/a/b", ItemKind::Dir));
+    let e = manifest_of(items).validate().unwrap_err();
+    assert!(e.contains("\"s/a/b\"") && e.contains("\"s\""), "{e}");
+
+    let fine = manifest_of(vec![
+        named("d", ItemKind::Dir),
+        named("d-x", ItemKind::Symlink),
+        named("d/x", ItemKind::Dir),
+        named("d/x/y", ItemKind::Symlink),
+    ]);
+    assert_eq!(fine.validate(), Ok(()));
+}
