@@ -43,7 +43,7 @@ impl Bar {
 impl cairn_store::ops::backup::Progress for Bar {
     fn item(&self, name: &str, _len: Option<u64>) {
         if let Some(b) = &self.0 {
-            b.set_message(name.to_string());
+            b.set_message(crate::terminal::safe(name).into_owned());
         }
     }
     fn read(&self, n: u64) {
@@ -56,7 +56,7 @@ impl cairn_store::ops::backup::Progress for Bar {
 impl cairn_store::ops::restore::RestoreProgress for Bar {
     fn item(&self, name: &str, _len: u64) {
         if let Some(b) = &self.0 {
-            b.set_message(name.to_string());
+            b.set_message(crate::terminal::safe(name).into_owned());
         }
     }
     fn written(&self, n: u64) {

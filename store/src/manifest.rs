@@ -10,8 +10,6 @@
 //! (`verify_strict`), the signer against the trusted keys, then parses the
 //! body and checks it names this repository.
 
-use std::collections::HashMap;
-
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -324,23 +322,27 @@ pub fn decode_manifest(
 
 /// Checks that no item lies below an item that is not a directory (a
 /// symlink `s` and an item `s/x` would make a restore write through the
-/// link). `items` are in strict name order, so every item's ancestors come
-/// before it; each name is looked up once per `/` in it.
+/// link). `items` are in strict name order, so the items below `s` (those
+/// starting with `s/`) sort after it, in one run that a binary search
+/// finds: O(n log n) comparisons, however deep the names (a lookup per
+/// `/` of every name cost a signer's 4096-byte names seconds per manifest).
 fn check_holders(items: &[Item]) -> std::result::Result<(), String> {
-    let mut not_dirs: HashMap<&str, ItemKind> = HashMap::new();
-    for item in items {
-        let name = item.name.as_str();
-        for (at, _) in name.match_indices('/') {
-            let above = &name[..at];
-            if let Some(kind) = not_dirs.get(above) {
-                return Err(format!(
-                    "item {name:?} lies below item {above:?}, a {}: only a directory can hold items",
-                    kind.noun()
-                ));
-            }
+    for (at, item) in items.iter().enumerate() {
+        if item.kind == ItemKind::Dir {
+            continue;
         }
-        if item.kind != ItemKind::Dir {
-            not_dirs.insert(name, item.kind);
+        let prefix = format!("{}/", item.name);
+        let rest = &items[at + 1..];
+        let first = rest.partition_point(|i| i.name.as_str() < prefix.as_str());
+        if let Some(below) = rest.get(first)
+            && below.name.starts_with(&prefix)
+        {
+            return Err(format!(
+                "item {:?} lies below item {:?}, a {}: only a directory can hold items",
+                below.name,
+                item.name,
+                item.kind.noun()
+            ));
         }
     }
     Ok(())

@@ -4,12 +4,24 @@
 //! replica copies and anyone with read access can list. This removes the
 //! usual ways a password rides on a command line: a URL's userinfo
 //! (`postgresql://user:PASSWORD@host/db`) and `NAME=VALUE` words whose name
-//! says password, secret or token (`PGPASSWORD=…`, `--password=…`). It is a
+//! says password, secret or token (`PGPASSWORD=…`, `--password=…`, also
+//! quoted: `PGPASSWORD='…'`), and curl's `-u`/`--user USER:PASSWORD`. It is a
 //! best effort on words split at white space; the CLI warns whenever it
 //! changed something, so the user moves the secret out of the line.
 
 /// Words whose name (before `=`) contains one of these hold a secret.
-const SECRET_NAMES: &[&str] = &["password", "passwd", "pwd", "secret", "token", "apikey"];
+const SECRET_NAMES: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "secret",
+    "token",
+    "apikey",
+];
+
+/// Options whose next word is `USER:PASSWORD` (curl's).
+const USER_OPTIONS: &[&str] = &["-u", "--user"];
 
 /// Characters that end a shell word's value.
 const SHELL_ENDS: &[char] = &[';', '&', '|', ')', '\'', '"', '`'];
@@ -22,10 +34,16 @@ pub fn redact_command(command: &str) -> Option<String> {
     let mut out = String::with_capacity(command.len());
     let mut changed = false;
     let mut rest = command;
+    let mut previous = "";
     while !rest.is_empty() {
         let word_len = rest.find(char::is_whitespace).unwrap_or(rest.len());
         let (word, after) = rest.split_at(word_len);
-        let redacted = redact_word(word);
+        let redacted = if USER_OPTIONS.contains(&previous) {
+            redact_after_colon(word)
+        } else {
+            redact_word(word)
+        };
+        previous = word;
         changed |= redacted.is_some();
         out.push_str(redacted.as_deref().unwrap_or(word));
         let space_len = after
@@ -40,14 +58,28 @@ pub fn redact_command(command: &str) -> Option<String> {
 fn redact_word(word: &str) -> Option<String> {
     if let Some(eq) = word.find('=') {
         let name = word[..eq].to_ascii_lowercase().replace(['-', '_'], "");
-        // The value ends where the shell would end the word.
-        let value = &word[eq + 1..];
+        // A quote opening the value stays; the value ends where the shell
+        // would end the word.
+        let start = eq + 1 + usize::from(word[eq + 1..].starts_with(['\'', '"']));
+        let value = &word[start..];
         let value_len = value.find(SHELL_ENDS).unwrap_or(value.len());
         if SECRET_NAMES.iter().any(|s| name.contains(s)) && value_len > 0 {
-            return Some(format!("{}{HIDDEN}{}", &word[..=eq], &value[value_len..]));
+            return Some(format!("{}{HIDDEN}{}", &word[..start], &value[value_len..]));
+        }
+        if name == "user" {
+            return redact_after_colon(word);
         }
     }
     redact_userinfo(word)
+}
+
+/// `USER:PASSWORD` (perhaps quoted, perhaps `--user=USER:PASSWORD`) →
+/// `USER:***`; `None` without a password.
+fn redact_after_colon(word: &str) -> Option<String> {
+    let colon = word.find(':')?;
+    let value = &word[colon + 1..];
+    let value_len = value.find(SHELL_ENDS).unwrap_or(value.len());
+    (value_len > 0).then(|| format!("{}{HIDDEN}{}", &word[..=colon], &value[value_len..]))
 }
 
 /// `scheme://user:password@host…` → `scheme://user:***@host…`.

@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::progress::human_bytes;
 use crate::repo_args::RepoArgs;
+use crate::terminal::{safe, safe_text};
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -122,7 +123,7 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
             w.packs,
             human_bytes(w.bytes),
             w.run,
-            w.reason
+            safe_text(&w.reason)
         );
     }
     if let Some(left) = &report.unused_left {
@@ -140,11 +141,11 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
             u.pack.short(),
             u.blobs,
             u.example.short(),
-            u.detail
+            safe_text(&u.detail)
         );
     }
     for s in &report.skipped {
-        println!("skipped {}: {}", s.object, s.detail);
+        println!("skipped {}: {}", safe(&s.object), safe_text(&s.detail));
     }
     Ok(code)
 }

@@ -111,7 +111,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "cairn: warning: snapshot {} at the source not copied: {}",
             r.id.short(),
-            r.reason
+            crate::terminal::safe_text(&r.reason)
         );
     }
     let mut forgotten = 0u64;

@@ -399,9 +399,9 @@ impl<'a> Ingest<'a> {
             debug_assert_eq!(item.kind, ItemKind::File);
             progress.item(&item.name, None);
             let (len, chunks, root, params) = match content {
-                Content::File(path) => {
+                Content::File(path, dir) => {
                     let (streamed, state) =
-                        self.stream_file(&item.name, &path, entry.chunker, progress)?;
+                        self.stream_file(&item.name, &path, dir, entry.chunker, progress)?;
                     item.mtime = i32::try_from(state.mtime.1)
                         .ok()
                         .and_then(|ns| Timestamp::new(state.mtime.0, ns).ok())
@@ -428,12 +428,13 @@ impl<'a> Ingest<'a> {
         &mut self,
         name: &str,
         path: &std::path::Path,
+        dir: Option<crate::ops::source::FileId>,
         chunker: Option<ChunkerParams>,
         progress: &dyn Progress,
     ) -> Result<((u64, u64, BlobId, ChunkerParams), FileState)> {
         let mut attempt = 1;
         loop {
-            let (file, changed) = StableFile::open(path, name)?;
+            let (file, changed) = StableFile::open(path, dir, name)?;
             let state = file.state();
             match self.stream(name, chunker, Box::new(file), progress) {
                 Ok(streamed) => return Ok((streamed, state)),

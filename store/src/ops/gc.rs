@@ -585,6 +585,7 @@ impl Repository {
         let repo = self.clone().load_index().await?;
         let trust = self.config().trust();
         let mut live = IdSet::default();
+        let mut nodes = IdSet::default();
         let mut marked: IdSet<crate::id::SnapshotId> = IdSet::default();
         let mut all = Vec::new();
         loop {
@@ -615,7 +616,9 @@ impl Repository {
             } else {
                 self.clone().load_index().await?
             };
-            mark(&repo, &new, &mut live).await.map_err(refusal)?;
+            mark(&repo, &new, &mut live, &mut nodes)
+                .await
+                .map_err(refusal)?;
             all.extend(new);
         }
     }

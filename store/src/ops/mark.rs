@@ -5,6 +5,11 @@
 //! snapshots share it. A node or chunk that is missing or damaged is an
 //! error: garbage collection must not decide what is garbage from an
 //! incomplete picture.
+//!
+//! Whether an id is a node or a chunk is its parent's claim (its level),
+//! and a signer may lie: a node listed as a chunk by one tree is still
+//! expanded when another reaches it as a node. So the nodes expanded are
+//! kept apart from the blobs marked live.
 
 use crate::blob_reader::BlobReader;
 use crate::error::{Error, Result};
@@ -16,20 +21,23 @@ use crate::tree::TreeNode;
 /// Tree nodes read at once.
 const BATCH: usize = 512;
 
-/// The blobs `snapshots` reach, added to `live`; snapshots whose roots are
-/// already in `live` cost nothing.
+/// The blobs `snapshots` reach, added to `live`; `nodes` holds the tree
+/// nodes already expanded (by an earlier call with the same sets), whose
+/// subtrees cost nothing.
 pub async fn mark(
     repo: &IndexedRepository,
     snapshots: &[Snapshot],
     live: &mut IdSet<BlobId>,
+    nodes: &mut IdSet<BlobId>,
 ) -> Result<()> {
     let reader = BlobReader::new(repo.clone(), 8, 16 << 20);
     let mut frontier: Vec<BlobId> = Vec::new();
     for s in snapshots {
         for item in &s.manifest.items {
             if let (ItemKind::File, Some(root)) = (item.kind, item.tree)
-                && live.insert(root)
+                && nodes.insert(root)
             {
+                live.insert(root);
                 frontier.push(root);
             }
         }
@@ -37,8 +45,8 @@ pub async fn mark(
     while !frontier.is_empty() {
         let mut next = Vec::new();
         for batch in frontier.chunks(BATCH) {
-            let nodes = reader.read_blobs(batch).await?;
-            for (id, bytes) in batch.iter().zip(nodes) {
+            let blobs = reader.read_blobs(batch).await?;
+            for (id, bytes) in batch.iter().zip(blobs) {
                 let node = TreeNode::decode(&bytes, &format!("tree node {id}"))?;
                 for e in node.entries {
                     if node.level == 0 {
@@ -49,7 +57,8 @@ pub async fn mark(
                             });
                         }
                         live.insert(e.id);
-                    } else if live.insert(e.id) {
+                    } else if nodes.insert(e.id) {
+                        live.insert(e.id);
                         next.push(e.id);
                     }
                 }

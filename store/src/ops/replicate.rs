@@ -178,7 +178,8 @@ impl Repository {
             Some(dest) => dest.trust(&[]),
             None => self.config().trust(),
         };
-        let (list, manifests) = self.load_snapshots_with_bytes(&trust).await?;
+        let (mut list, manifests) = self.load_snapshots_with_bytes(&trust).await?;
+        hold_future(&mut list, Timestamp::now());
         if existing.is_none() && options.trust.is_empty() {
             refuse_unpinned_first_pull(&list)?;
         }
@@ -267,7 +268,7 @@ impl Repository {
         }
         let source = self.clone().load_index().await?;
         let mut live: IdSet<BlobId> = IdSet::default();
-        mark(&source, todo, &mut live).await?;
+        mark(&source, todo, &mut live, &mut IdSet::default()).await?;
         let index = source.index();
         let mut needed: Vec<u32> = live
             .iter()
@@ -545,6 +546,33 @@ async fn present<T: std::hash::Hash + Eq>(
         .into_iter()
         .filter_map(|o| id(o.key))
         .collect())
+}
+
+/// Refuses (and holds) the source's snapshots that claim a time more than
+/// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) after `now`, this
+/// machine's clock. The source dates its own objects, and a source the
+/// signer controls (node4's own store, pulled over `ssh://` or from its
+/// `cairn serve`) dates a forgery's object as far ahead as its `time`,
+/// which its own check then lets through: it must not become the newest
+/// accepted snapshot (every later pull would be refused as a rollback),
+/// satisfy `--max-age`, or be copied.
+fn hold_future(list: &mut SnapshotList, now: Timestamp) {
+    let (future, timely): (Vec<Snapshot>, Vec<Snapshot>) = std::mem::take(&mut list.snapshots)
+        .into_iter()
+        .partition(|s| crate::retention::from_the_future(s.manifest.time, now));
+    list.snapshots = timely;
+    for s in future {
+        list.rejected.push((
+            s.id,
+            Error::FromTheFuture {
+                snapshot: s.id.to_string(),
+                time: s.manifest.time.to_string(),
+                seen: now.to_string(),
+            },
+        ));
+        list.held.push(s);
+    }
+    list.rejected.sort_by_key(|(id, _)| *id);
 }
 
 fn state_key(source: &Repository) -> ObjectKey {

@@ -93,7 +93,8 @@ pub(crate) struct Entry {
 
 /// Where an entry's bytes come from.
 pub(crate) enum Content {
-    File(PathBuf),
+    /// A regular file, and its directory's identity when it was listed.
+    File(PathBuf, Option<FileId>),
     Stdin,
     Command(String),
     Reader(Box<dyn Read + Send>),
@@ -107,7 +108,7 @@ impl Content {
             detail,
         };
         Ok(match self {
-            Content::File(path) => Box::new(StableFile::open(&path, item)?.0),
+            Content::File(path, dir) => Box::new(StableFile::open(&path, dir, item)?.0),
             Content::Stdin => Box::new(io::stdin()),
             Content::Command(command) => Box::new(CommandReader::spawn(&command).map_err(|e| {
                 let shown = redact_command(&command).unwrap_or(command);
@@ -179,7 +180,7 @@ impl Source {
                 for path in &paths {
                     let base = base_name(path)?;
                     refuse_special(path)?;
-                    walk(path, &base, &mut entries)?;
+                    walk(path, &base, None, &mut entries)?;
                 }
                 entries
             }
@@ -232,7 +233,17 @@ fn refuse_special(path: &Path) -> Result<()> {
     }
 }
 
-fn walk(path: &Path, name: &str, out: &mut Vec<Entry>) -> Result<()> {
+/// A file's identity: device and inode.
+pub(crate) type FileId = (u64, u64);
+
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Lists `path` (stored as `name`), which lies in the directory `dir` as
+/// listed (`None` for an argument).
+fn walk(path: &Path, name: &str, dir: Option<FileId>, out: &mut Vec<Entry>) -> Result<()> {
     let fail = |detail: String| Error::Source {
         item: name.to_string(),
         detail,
@@ -274,7 +285,12 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Entry>) -> Result<()> {
         }
         children.sort();
         for (child_name, child_path) in children {
-            walk(&child_path, &format!("{name}/{child_name}"), out)?;
+            walk(
+                &child_path,
+                &format!("{name}/{child_name}"),
+                Some(file_id(&meta)),
+                out,
+            )?;
         }
     } else if ft.is_symlink() {
         let target =
@@ -288,7 +304,7 @@ fn walk(path: &Path, name: &str, out: &mut Vec<Entry>) -> Result<()> {
         );
         out.push(entry);
     } else if ft.is_file() {
-        entry.content = Some(Content::File(path.to_owned()));
+        entry.content = Some(Content::File(path.to_owned(), dir));
         out.push(entry);
     } else {
         tracing::warn!(
@@ -338,13 +354,46 @@ pub(crate) type ChangedFlag = Arc<std::sync::atomic::AtomicBool>;
 impl StableFile {
     /// Opens `path` for item `item`; the flag tells afterwards whether the
     /// read failed because the file changed (worth reading again).
-    pub fn open(path: &Path, item: &str) -> Result<(StableFile, ChangedFlag)> {
-        let fail = |e: io::Error| Error::Source {
+    ///
+    /// What is opened is what was listed: a regular file (never through a
+    /// symlink, never a FIFO or device, which could block or never end) in
+    /// the directory `dir` as it was listed (a directory replaced by a
+    /// link meanwhile is refused): someone owning part of the tree cannot
+    /// make the backup read a file elsewhere.
+    pub fn open(path: &Path, dir: Option<FileId>, item: &str) -> Result<(StableFile, ChangedFlag)> {
+        let refuse = |detail: String| Error::Source {
             item: item.to_string(),
-            detail: format!("cannot open {}: {e}", path.display()),
+            detail: format!("cannot open {}: {detail}", path.display()),
         };
-        let file = std::fs::File::open(path).map_err(fail)?;
-        let before = FileState::of(&file.metadata().map_err(fail)?);
+        let fail = |e: io::Error| refuse(e.to_string());
+        let replaced = "it was replaced since the backup listed it (by a link, a FIFO or a \
+                        device, or a directory above it by a link); nothing is read through it";
+        let file = match dir {
+            Some(expected) => {
+                let parent = path.parent().ok_or_else(|| refuse("no directory".into()))?;
+                let dir = std::fs::File::open(parent).map_err(fail)?;
+                if file_id(&dir.metadata().map_err(fail)?) != expected {
+                    return Err(refuse(replaced.into()));
+                }
+                let leaf = path
+                    .file_name()
+                    .ok_or_else(|| refuse("no file name".into()))?;
+                rustix::fs::openat(&dir, leaf, read_flags(), rustix::fs::Mode::empty())
+                    .map(std::fs::File::from)
+            }
+            None => rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty())
+                .map(std::fs::File::from),
+        };
+        let file = match file {
+            Ok(f) => f,
+            Err(rustix::io::Errno::LOOP) => return Err(refuse(replaced.into())),
+            Err(e) => return Err(fail(e.into())),
+        };
+        let meta = file.metadata().map_err(fail)?;
+        if !meta.is_file() {
+            return Err(refuse(replaced.into()));
+        }
+        let before = FileState::of(&meta);
         let changed = ChangedFlag::default();
         let reader = StableFile {
             file,
@@ -387,6 +436,12 @@ impl Read for StableFile {
         }
         Ok(n)
     }
+}
+
+/// Read-only, never following a final symlink, never blocking on a FIFO.
+fn read_flags() -> rustix::fs::OFlags {
+    use rustix::fs::OFlags;
+    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC
 }
 
 /// A command's standard output; at its end, the command's exit status is

@@ -1,0 +1,390 @@
+//! An adversarial review of issue 13's promises: each test is an attack
+//! that once worked, kept so that it never works again.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+
+use cairn_store::backend::ObjectKey;
+use cairn_store::error::ErrorKind;
+use cairn_store::ops::backup::{BackupOptions, NoProgress};
+use cairn_store::ops::replicate::ReplicateOptions;
+use cairn_store::repo::Repository;
+use support::*;
+
+/// node4 holds the signing key and its own store, which the admin pulls
+/// from (`replicate --from ssh://backup@node4/...`): it signs a snapshot
+/// dated 2099 and dates the object 2099 too, so that the source's own
+/// "from the future" check passes. The replica must still refuse it by
+/// its own clock: otherwise `--max-age` is satisfied by the forgery, the
+/// forgery is recorded as the newest accepted snapshot, and every later
+/// pull from the cleaned-up node4 is refused as a rollback (exit 17).
+#[tokio::test]
+async fn a_source_dating_its_objects_in_the_future_cannot_poison_the_replica() {
+    let src = Place::new(Kind::Local);
+    init(&src).await;
+    let genuine = backup_bytes(&src.backend(), "a", random_bytes(10_000, 1)).await;
+    let future: jiff::Timestamp = "2099-01-01T00:00:00Z".parse().unwrap();
+    let session = writer(src.backend()).await;
+    let options = BackupOptions {
+        host: "test".into(),
+        time: Some(future),
+        ..BackupOptions::default()
+    };
+    let forged = session
+        .backup(
+            stream("a", random_bytes(10_000, 2)),
+            &key(),
+            &options,
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    session.finish().await.unwrap();
+    let object = src.path().join("snapshots").join(forged.snapshot.to_hex());
+    std::fs::File::options()
+        .write(true)
+        .open(&object)
+        .unwrap()
+        .set_modified(std::time::SystemTime::from(future))
+        .unwrap();
+
+    let dst = Place::new(Kind::Local);
+    let pull = ReplicateOptions {
+        max_age: Some(jiff::SignedDuration::from_hours(36)),
+        ..ReplicateOptions::default()
+    };
+    let source = Repository::open(src.backend()).await.unwrap();
+    let report = source.replicate(dst.backend(), &pull).await.unwrap();
+    assert_eq!(report.snapshots_copied, vec![genuine.snapshot]);
+    assert!(
+        report.refused.iter().any(|r| r.id == forged.snapshot),
+        "{report:?}"
+    );
+    assert!(
+        !dst.backend()
+            .exists(&ObjectKey::Snapshot(forged.snapshot))
+            .await
+            .unwrap()
+    );
+
+    // node4 is cleaned up (the forgery removed); the next pull goes through.
+    std::fs::remove_file(&object).unwrap();
+    let source = Repository::open(src.backend()).await.unwrap();
+    let again = source.replicate(dst.backend(), &pull).await;
+    assert!(again.is_ok(), "{again:?}");
+
+    // A source whose only snapshot is the forgery does not satisfy --max-age.
+    let lone = Place::new(Kind::Local);
+    init(&lone).await;
+    let session = writer(lone.backend()).await;
+    let only = session
+        .backup(
+            stream("a", random_bytes(1_000, 3)),
+            &key(),
+            &options,
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    session.finish().await.unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(lone.path().join("snapshots").join(only.snapshot.to_hex()))
+        .unwrap()
+        .set_modified(std::time::SystemTime::from(future))
+        .unwrap();
+    let source = Repository::open(lone.backend()).await.unwrap();
+    let e = source
+        .replicate(Place::new(Kind::Local).backend(), &pull)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale, "{e}");
+}
+
+/// A compromised node4 (signing key, `append` token) signs a snapshot
+/// dated before a genuine one whose one file's tree root is a level-0 node
+/// listing, as a "chunk", an inner tree node of the genuine snapshot (the
+/// node's bytes stored as an ordinary chunk: ids are hashes of bytes).
+/// Mark visits each node once: it took the genuine node for a chunk of the
+/// forgery, so it never expanded it for the genuine snapshot, and gc
+/// deleted every chunk below it: history destroyed by an append token.
+#[tokio::test]
+async fn a_forged_level_cannot_hide_a_genuine_subtree_from_gc() {
+    use cairn_store::manifest::{Item, ItemKind};
+    use cairn_store::ops::gc::GcOptions;
+    use cairn_store::tree::{TreeEntry, TreeNode};
+
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let data = random_bytes(3 << 20, 7);
+    backup_bytes(&place.backend(), "dump", data.clone()).await;
+    let genuine = snapshots(&place.backend()).await.pop().unwrap();
+    let root = genuine.manifest.items[0].tree.unwrap();
+    let repo = open(place.backend()).await;
+    let node =
+        TreeNode::decode(&repo.blob_reader().read_blob(root).await.unwrap(), "root").unwrap();
+    assert!(node.level > 0, "the genuine file needs an inner node");
+    let inner = node.entries[0];
+
+    // The forgery's root: a level-0 node whose one "chunk" is that inner node.
+    let fake_root = TreeNode {
+        level: 0,
+        entries: vec![TreeEntry {
+            id: inner.id,
+            len: inner.len,
+        }],
+    }
+    .encode();
+    let fake_root_id = cairn_store::id::BlobId::of(&fake_root);
+    // Stored as the content of an ordinary backup (its one chunk).
+    backup_bytes(&place.backend(), "carrier", fake_root.clone()).await;
+    let mut manifest = genuine.manifest.clone();
+    manifest.time = genuine.manifest.time - jiff::SignedDuration::from_hours(1);
+    manifest.items = vec![Item {
+        name: "dump".into(),
+        kind: ItemKind::File,
+        len: inner.len,
+        tree: Some(fake_root_id),
+        chunks: Some(1),
+        chunker: None,
+        mode: None,
+        mtime: None,
+        target: None,
+    }];
+    let (id, bytes) = manifest.encode_signed(&key()).unwrap();
+    raw_put(&place.backend(), &ObjectKey::Snapshot(id), bytes).await;
+
+    // The admin's gc, twice (condemn, then delete once the grace passed).
+    let repo = Repository::open(place.backend()).await.unwrap();
+    let options = GcOptions {
+        grace: std::time::Duration::ZERO,
+        max_repack_pct: 100.0,
+        ..GcOptions::default()
+    };
+    for _ in 0..2 {
+        let report = repo.gc(&options).await;
+        eprintln!("{report:?}");
+    }
+    let restored = restore_bytes(&place.backend(), &genuine).await;
+    assert!(
+        restored.as_ref().is_ok_and(|b| *b == data),
+        "the genuine snapshot no longer restores: {:?}",
+        restored.map(|b| b.len())
+    );
+}
+
+/// Common ways a password rides on a `--command` line that were stored in
+/// every signed manifest as they were: a quoted value (the usual shell
+/// habit), a passphrase, and curl's `-u user:password` (the README's own
+/// CouchDB example uses curl).
+#[test]
+fn quoted_passwords_passphrases_and_curl_credentials_are_redacted() {
+    use cairn_store::redact::redact_command;
+    let cases = [
+        (
+            "PGPASSWORD='hunter2' pg_dump lms",
+            "PGPASSWORD='***' pg_dump lms",
+        ),
+        (
+            "mysqldump --password=\"hunter2\" lms",
+            "mysqldump --password=\"***\" lms",
+        ),
+        (
+            "BORG_PASSPHRASE=hunter2 borg export-tar",
+            "BORG_PASSPHRASE=*** borg export-tar",
+        ),
+        (
+            "curl -s -u admin:hunter2 http://couch:5984/db/_all_docs",
+            "curl -s -u admin:*** http://couch:5984/db/_all_docs",
+        ),
+        (
+            "curl --user admin:hunter2 http://couch:5984/db",
+            "curl --user admin:*** http://couch:5984/db",
+        ),
+        (
+            "curl --user='admin:hunter2' http://couch:5984/db",
+            "curl --user='admin:***' http://couch:5984/db",
+        ),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(redact_command(input).as_deref(), Some(expected), "{input}");
+    }
+    // Not secrets: a user without a password, an empty quoted value.
+    assert_eq!(redact_command("curl -u admin http://couch:5984/db"), None);
+    assert_eq!(redact_command("PGPASSWORD='' pg_dump"), None);
+}
+
+/// Swaps a file of the tree being backed up for something else just as
+/// the backup starts reading it (after the whole tree was listed): what a
+/// malicious user owning a directory inside the backed-up volume can do.
+struct SwapAt {
+    item: &'static str,
+    swap: Box<dyn Fn() + Send + Sync>,
+}
+
+impl cairn_store::ops::backup::Progress for SwapAt {
+    fn item(&self, name: &str, _len: Option<u64>) {
+        if name == self.item {
+            (self.swap)();
+        }
+    }
+}
+
+/// Backs `dir` up with `progress`; the item `item`'s restored bytes, or the error.
+async fn back_up_tree(
+    dir: &std::path::Path,
+    item: &str,
+    progress: SwapAt,
+) -> cairn_store::Result<Vec<u8>> {
+    use cairn_store::ops::source::Source;
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let session = writer(place.backend()).await;
+    let summary = session
+        .backup(
+            Source::Paths(vec![dir.to_path_buf()]),
+            &key(),
+            &options(),
+            Arc::new(progress),
+        )
+        .await;
+    session.finish().await.unwrap();
+    summary?;
+    let snapshot = snapshots(&place.backend()).await.pop().unwrap();
+    let repo = open(place.backend()).await;
+    let item = snapshot.manifest.item(item).unwrap().clone();
+    let reader = repo.blob_reader();
+    let (out, _) = repo
+        .restore_item(
+            &reader,
+            &snapshot,
+            &item,
+            Vec::new(),
+            &cairn_store::ops::restore::NoRestoreProgress,
+        )
+        .await?;
+    Ok(out)
+}
+
+/// The backup (run as root) listed `vol/b` as a regular file; the owner of
+/// `vol` then replaced it with a symlink to a secret, or replaced `vol/sub`
+/// with a symlink to a secret directory, and the backup read the secret
+/// through the link and stored it as `vol/b`.
+#[tokio::test]
+async fn a_file_swapped_for_a_link_after_listing_is_not_read_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("b"), b"root:$6$hash").unwrap();
+    let vol = tmp.path().join("vol");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    std::fs::write(vol.join("b"), b"mine").unwrap();
+    std::fs::write(vol.join("sub/b"), b"mine").unwrap();
+
+    let (link, target) = (vol.join("b"), secret.join("b"));
+    let leaf = SwapAt {
+        item: "vol/b",
+        swap: Box::new(move || {
+            std::fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+        }),
+    };
+    let got = back_up_tree(&vol, "vol/b", leaf).await;
+    assert!(
+        !got.as_ref().is_ok_and(|b| b == b"root:$6$hash"),
+        "the secret was read through a link swapped in: {got:?}"
+    );
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::Source);
+
+    std::fs::remove_file(vol.join("b")).unwrap();
+    std::fs::write(vol.join("b"), b"mine").unwrap();
+    let (sub, secret_dir) = (vol.join("sub"), secret.clone());
+    let parent = SwapAt {
+        item: "vol/sub/b",
+        swap: Box::new(move || {
+            std::fs::rename(&sub, sub.with_extension("orig")).unwrap();
+            std::os::unix::fs::symlink(&secret_dir, &sub).unwrap();
+        }),
+    };
+    let got = back_up_tree(&vol, "vol/sub/b", parent).await;
+    assert!(
+        !got.as_ref().is_ok_and(|b| b == b"root:$6$hash"),
+        "the secret was read through a directory link swapped in: {got:?}"
+    );
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::Source);
+
+    // A FIFO swapped in blocked the backup for ever (holding its lease).
+    let fifo = vol.join("b");
+    let swap = SwapAt {
+        item: "vol/b",
+        swap: Box::new(move || {
+            std::fs::remove_file(&fifo).unwrap();
+            let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+            assert!(made.unwrap().success());
+        }),
+    };
+    let got = back_up_tree(&vol, "vol/b", swap).await;
+    assert_eq!(got.unwrap_err().kind(), ErrorKind::Source);
+}
+
+fn named(name: &str, kind: ItemKind) -> cairn_store::manifest::Item {
+    cairn_store::manifest::Item {
+        name: name.into(),
+        kind,
+        len: 0,
+        tree: None,
+        chunks: None,
+        chunker: None,
+        mode: None,
+        mtime: None,
+        target: (kind == ItemKind::Symlink).then(|| "/victim".to_string()),
+    }
+}
+
+fn manifest_of(items: Vec<cairn_store::manifest::Item>) -> cairn_store::manifest::Manifest {
+    use cairn_store::manifest::{Manifest, SourceInfo, SourceKind};
+    Manifest {
+        version: 1,
+        repository: cairn_store::id::RepoId([1; 32]),
+        time: "2026-12-01T00:00:00Z".parse().unwrap(),
+        host: "node4".into(),
+        tags: vec![],
+        source: SourceInfo {
+            kind: SourceKind::Files,
+            command: None,
+            exit_status: None,
+            url: None,
+        },
+        items,
+    }
+}
+
+use cairn_store::manifest::ItemKind;
+
+/// A signer's manifest of thousands of 4096-byte names below a symlink
+/// cost a hash of every prefix of every name to check (seconds per
+/// manifest in a release build, minutes in a debug one, at every listing:
+/// `snapshots`, `gc`, `restore` all stalled). It must be refused, and an
+/// item below a symlink through an implicit directory, past a sibling
+/// sorting between them, too.
+#[test]
+fn items_below_a_non_directory_are_refused_at_any_depth_and_cheaply() {
+    let deep: String = "a/".repeat(2040);
+    let mut items = vec![named("0", ItemKind::Symlink)];
+    items.extend((0..4000).map(|i| named(&format!("{deep}{i:08}"), ItemKind::Dir)));
+    items.push(named("s", ItemKind::Symlink));
+    items.push(named("s-x", ItemKind::Symlink));
+    items.push(named("s/a/b", ItemKind::Dir));
+    let e = manifest_of(items).validate().unwrap_err();
+    assert!(e.contains("\"s/a/b\"") && e.contains("\"s\""), "{e}");
+
+    let fine = manifest_of(vec![
+        named("d", ItemKind::Dir),
+        named("d-x", ItemKind::Symlink),
+        named("d/x", ItemKind::Dir),
+        named("d/x/y", ItemKind::Symlink),
+    ]);
+    assert_eq!(fine.validate(), Ok(()));
+}
