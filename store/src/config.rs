@@ -70,13 +70,44 @@ impl Config {
         self.tree.validate()?;
         // A pack is closed once it reaches the target, so it is at most the
         // target plus one frame: within what readers accept.
-        if self.pack_target_len < 1 << 16 || self.pack_target_len > MAX_PACK_TARGET_LEN {
+        if self.pack_target_len < MIN_PACK_TARGET_LEN || self.pack_target_len > MAX_PACK_TARGET_LEN
+        {
             return Err(Error::invalid(format!(
                 "pack target length {} out of range (64 KiB..={MAX_PACK_TARGET_LEN})",
                 self.pack_target_len
             )));
         }
         Ok(())
+    }
+
+    /// Checks the writer parameters before a writer uses them (format-spec
+    /// §4): the config is not signed, so out-of-range values are damage
+    /// (possibly tampering), refused naming each field, its value and its
+    /// range. Readers do not call this: they need only the version, the id
+    /// and the trusted keys.
+    pub fn check_writer_params(&self) -> Result<()> {
+        let mut problems = writer_param_problems(self);
+        if problems.is_empty() {
+            // A backstop: whatever the checks above missed, the parameter
+            // types' own checks catch before a chunker, packer or tree
+            // builder sees the values.
+            if let Err(e) = self.validate() {
+                problems.push(e.to_string());
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::corrupt(
+            "config",
+            format!(
+                "writer settings out of range (format-spec §4): {}. The config is not signed, so \
+                 it may have been tampered with; nothing was written. Reading still works \
+                 (snapshots, restore, verify); to write again, put back the config of a \
+                 replica of this repository (the same id), or `cairn init` a new repository",
+                problems.join("; ")
+            ),
+        ))
     }
 
     /// The config's bytes.
@@ -125,6 +156,101 @@ impl Config {
     }
 }
 
+/// The smallest and largest average chunk length a policy may name: FastCDC
+/// needs `avg / 4 >= 64` and `avg * 8 <= 16 MiB` (format-spec §6.1, §14).
+const MIN_AVG_LEN: u32 = 256;
+const MAX_AVG_LEN: u32 = 2 << 20;
+/// zstd levels a writer uses.
+const LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
+/// Frame targets a writer uses: 1 byte to 16 MiB.
+const MAX_FRAME_TARGET_LEN: u32 = crate::frame::MAX_FRAME_RAW_LEN / 2;
+/// The smallest pack target a writer uses.
+const MIN_PACK_TARGET_LEN: u32 = 64 << 10;
+
+/// Each writer parameter out of its range, as "FIELD is VALUE, RANGE".
+fn writer_param_problems(c: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |ok: bool, field: &str, value: String, range: String| {
+        if !ok {
+            out.push(format!("{field} is {value}, allowed: {range}"));
+        }
+    };
+    let chunking = &c.chunking;
+    let avg_ok = |v: u32| v.is_power_of_two() && (MIN_AVG_LEN..=MAX_AVG_LEN).contains(&v);
+    check(
+        chunking.normalization <= 3,
+        "chunking.normalization",
+        chunking.normalization.to_string(),
+        "0..=3".into(),
+    );
+    check(
+        avg_ok(chunking.min_avg_len),
+        "chunking.min_avg_len",
+        chunking.min_avg_len.to_string(),
+        format!("a power of two in {MIN_AVG_LEN}..={MAX_AVG_LEN}"),
+    );
+    check(
+        avg_ok(chunking.max_avg_len) && chunking.max_avg_len >= chunking.min_avg_len,
+        "chunking.max_avg_len",
+        chunking.max_avg_len.to_string(),
+        format!("a power of two in {MIN_AVG_LEN}..={MAX_AVG_LEN}, at least chunking.min_avg_len"),
+    );
+    if chunking.min_avg_len > chunking.max_avg_len {
+        check(
+            false,
+            "chunking.min_avg_len",
+            chunking.min_avg_len.to_string(),
+            format!("at most chunking.max_avg_len ({})", chunking.max_avg_len),
+        );
+    }
+    check(
+        chunking.target_stored_len > 0,
+        "chunking.target_stored_len",
+        chunking.target_stored_len.to_string(),
+        "at least 1".into(),
+    );
+    let compression = &c.compression;
+    check(
+        LEVELS.contains(&compression.level),
+        "compression.level",
+        compression.level.to_string(),
+        format!("{}..={}", LEVELS.start(), LEVELS.end()),
+    );
+    check(
+        (1..=MAX_FRAME_TARGET_LEN).contains(&compression.frame_target_len),
+        "compression.frame_target_len",
+        compression.frame_target_len.to_string(),
+        format!("1..={MAX_FRAME_TARGET_LEN}"),
+    );
+    let tree = &c.tree;
+    let max_fanout = crate::tree::MAX_FANOUT;
+    check(
+        (2..=max_fanout).contains(&tree.min_fanout),
+        "tree.min_fanout",
+        tree.min_fanout.to_string(),
+        format!("2..={max_fanout}"),
+    );
+    check(
+        (2..=max_fanout).contains(&tree.max_fanout) && tree.max_fanout >= tree.min_fanout,
+        "tree.max_fanout",
+        tree.max_fanout.to_string(),
+        format!("2..={max_fanout}, at least tree.min_fanout"),
+    );
+    check(
+        tree.avg_fanout.is_power_of_two() && tree.avg_fanout <= tree.max_fanout,
+        "tree.avg_fanout",
+        tree.avg_fanout.to_string(),
+        "a power of two, at most tree.max_fanout".into(),
+    );
+    check(
+        (MIN_PACK_TARGET_LEN..=MAX_PACK_TARGET_LEN).contains(&c.pack_target_len),
+        "pack_target_len",
+        c.pack_target_len.to_string(),
+        format!("{MIN_PACK_TARGET_LEN}..={MAX_PACK_TARGET_LEN}"),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +268,32 @@ mod tests {
             Config::decode(b"garbage").unwrap_err().kind(),
             crate::error::ErrorKind::Corrupt
         );
+    }
+
+    #[test]
+    fn writer_params_out_of_range_are_named_and_defaults_pass() {
+        let c = Config::new(vec![]).unwrap();
+        c.check_writer_params().unwrap();
+        let mut bad = c.clone();
+        bad.chunking.min_avg_len = 131_072;
+        bad.tree.max_fanout = 0;
+        bad.compression.level = 99;
+        bad.compression.frame_target_len = 0;
+        bad.pack_target_len = 1;
+        let err = bad.check_writer_params().unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Corrupt);
+        let text = err.to_string();
+        for field in [
+            "chunking.min_avg_len is 131072",
+            "tree.max_fanout is 0",
+            "compression.level is 99",
+            "compression.frame_target_len is 0",
+            "pack_target_len is 1,",
+            "tampered",
+        ] {
+            assert!(text.contains(field), "{field} missing: {text}");
+        }
+        // A reader still decodes it.
+        assert_eq!(Config::decode(&bad.encode()).unwrap(), bad);
     }
 }

@@ -52,6 +52,7 @@ pub struct WriteSession {
 impl Repository {
     /// Opens the repository for writing (see the module docs for the order).
     pub async fn begin_write(self, options: &WriteOptions) -> Result<WriteSession> {
+        self.config().check_writer_params()?;
         self.backend().probe_conditional_create().await?;
         let lease = Lease::acquire(self.backend(), options.kind, options.lease_ttl).await?;
         let condemned = crate::ops::gc::load_condemned(self.backend()).await?;

@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
@@ -123,11 +124,131 @@ impl ServeStore {
                 source: error("the token's role does not allow this".into()),
             }),
             s => {
-                let text = response.text().await.unwrap_or_default();
+                let text = error_text(response).await;
                 Err(generic(format!("{s}: {}", text.trim())))
             }
         }
     }
+}
+
+/// The most of an error answer's body kept for the message.
+const MAX_ERROR_TEXT_LEN: usize = 4096;
+/// The longest line of a listing (a key is at most a few hundred bytes).
+const MAX_LIST_LINE_LEN: usize = 4096;
+
+/// The start of an error answer's body, for the message; the rest is not read.
+async fn error_text(mut response: reqwest::Response) -> String {
+    let mut text = Vec::new();
+    while text.len() < MAX_ERROR_TEXT_LEN {
+        match response.chunk().await {
+            Ok(Some(chunk)) => text.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    text.truncate(MAX_ERROR_TEXT_LEN);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// A response's body as a stream of the pieces that arrive: nothing is
+/// buffered here, so the reader decides how much it accepts.
+fn body_stream(response: reqwest::Response) -> BoxStream<'static, Res<Bytes>> {
+    futures::stream::try_unfold(Some(response), |response| async move {
+        let Some(mut response) = response else {
+            return Ok(None);
+        };
+        match response.chunk().await.map_err(generic)? {
+            Some(chunk) => Ok(Some((chunk, Some(response)))),
+            None => Ok(None),
+        }
+    })
+    .boxed()
+}
+
+/// One line of a listing: `{"key":…,"size":…,"modified_ms":…}`.
+fn parse_list_line(line: &[u8]) -> Res<ObjectMeta> {
+    let v: serde_json::Value = serde_json::from_slice(line).map_err(generic)?;
+    Ok(ObjectMeta {
+        location: Path::from(v["key"].as_str().unwrap_or_default()),
+        last_modified: millis(v["modified_ms"].as_i64().unwrap_or(0)),
+        size: v["size"].as_u64().unwrap_or(0),
+        e_tag: None,
+        version: None,
+    })
+}
+
+/// What a listing's reader holds: the response, a partial line, and the
+/// entries parsed but not yet handed out.
+struct ListState {
+    response: Option<reqwest::Response>,
+    partial: Vec<u8>,
+    ready: std::collections::VecDeque<Res<ObjectMeta>>,
+}
+
+impl ListState {
+    /// Takes the complete lines out of `partial`; refuses a line over
+    /// [`MAX_LIST_LINE_LEN`] without buffering more of it.
+    fn take_lines(&mut self, end: bool) {
+        let mut start = 0;
+        while let Some(n) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.partial[start..start + n];
+            if line.len() > MAX_LIST_LINE_LEN {
+                self.fail(line.len());
+                return;
+            }
+            if !line.is_empty() {
+                self.ready.push_back(parse_list_line(line));
+            }
+            start += n + 1;
+        }
+        self.partial.drain(..start);
+        if self.partial.len() > MAX_LIST_LINE_LEN {
+            self.fail(self.partial.len());
+        } else if end && !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.ready.push_back(parse_list_line(&line));
+        }
+    }
+
+    fn fail(&mut self, len: usize) {
+        self.response = None;
+        self.partial = Vec::new();
+        self.ready.push_back(Err(generic(format!(
+            "the listing has a line of {len} bytes or more, over the {MAX_LIST_LINE_LEN}-byte \
+             limit: the server is not cairn serve, or it is hostile"
+        ))));
+    }
+}
+
+/// A listing's lines as they arrive, one entry each.
+fn list_lines(response: reqwest::Response) -> BoxStream<'static, Res<ObjectMeta>> {
+    let state = ListState {
+        response: Some(response),
+        partial: Vec::new(),
+        ready: std::collections::VecDeque::new(),
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(item) = state.ready.pop_front() {
+                return Some((item, state));
+            }
+            let response = state.response.as_mut()?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    state.partial.extend_from_slice(&chunk);
+                    state.take_lines(false);
+                }
+                Ok(None) => {
+                    state.response = None;
+                    state.take_lines(true);
+                }
+                Err(e) => {
+                    state.response = None;
+                    state.ready.push_back(Err(generic(e)));
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 fn header_u64(response: &reqwest::Response, name: &str) -> u64 {
@@ -200,19 +321,7 @@ impl ObjectStore for ServeStore {
         let size = header_u64(&response, "x-object-size");
         let modified =
             millis(i64::try_from(header_u64(&response, "x-object-modified-ms")).unwrap_or(0));
-        let bytes = if options.head {
-            Bytes::new()
-        } else {
-            response.bytes().await.map_err(generic)?
-        };
         let range = range.unwrap_or(0..size);
-        let range = range.start
-            ..range.start
-                + if options.head {
-                    range.end - range.start
-                } else {
-                    bytes.len() as u64
-                };
         let meta = ObjectMeta {
             location: location.clone(),
             last_modified: modified,
@@ -220,7 +329,16 @@ impl ObjectStore for ServeStore {
             e_tag: None,
             version: None,
         };
-        Ok(whole::get_result(meta, bytes, range))
+        let declared_over_limit = options
+            .extensions
+            .get::<super::ReadLimit>()
+            .is_some_and(|limit| range.end - range.start > limit.0);
+        if options.head || declared_over_limit {
+            // Nothing of the body is read: the reader refuses by length.
+            return Ok(whole::get_result(meta, Bytes::new(), range));
+        }
+        // The body as it arrives: the reader stops it at the length it accepts.
+        Ok(whole::get_result_stream(meta, body_stream(response), range))
     }
 
     fn delete_stream(
@@ -237,24 +355,16 @@ impl ObjectStore for ServeStore {
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Res<ObjectMeta>> {
         let prefix = prefix.map(|p| p.to_string()).unwrap_or_default();
         let this = self.clone();
-        whole::list_stream(async move {
-            let response = this
-                .send(Method::GET, &format!("?list={prefix}"), |r| r)
-                .await?;
-            let text = response.text().await.map_err(generic)?;
-            let mut out = Vec::new();
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(generic)?;
-                out.push(ObjectMeta {
-                    location: Path::from(v["key"].as_str().unwrap_or_default()),
-                    last_modified: millis(v["modified_ms"].as_i64().unwrap_or(0)),
-                    size: v["size"].as_u64().unwrap_or(0),
-                    e_tag: None,
-                    version: None,
-                });
-            }
-            Ok(out)
+        futures::stream::once(async move {
+            this.send(Method::GET, &format!("?list={prefix}"), |r| r)
+                .await
         })
+        .map(|response| match response {
+            Ok(response) => list_lines(response),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .flatten()
+        .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Res<ListResult> {

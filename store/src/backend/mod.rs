@@ -30,7 +30,9 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use jiff::Timestamp;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use object_store::{
+    GetOptions, GetResultPayload, ObjectStore, ObjectStoreExt, PutMode, PutPayload,
+};
 
 use crate::error::{Error, Result, is_storage_full};
 use crate::id::{IndexId, PackId, SnapshotId};
@@ -56,6 +58,28 @@ pub enum ObjectKey {
     /// source (overwritten by each replication).
     Replica(String),
 }
+
+/// The longest whole pack a reader reads in one piece (`verify`,
+/// `replicate`): writers close packs at 32 MiB plus one frame, so under
+/// 64 MiB (format-spec §8, §14).
+pub const MAX_WHOLE_PACK_LEN: u64 = 128 << 20;
+/// The longest index object a reader accepts; writers split theirs to stay
+/// under 32 MiB (format-spec §9, §14).
+pub const MAX_INDEX_OBJECT_LEN: u64 = 64 << 20;
+/// The longest snapshot manifest: framing (108 bytes) and the largest body.
+pub const MAX_MANIFEST_LEN: u64 = 108 + crate::manifest::MAX_BODY_LEN as u64;
+/// The longest garbage collection object (condemned list, writer list, log).
+pub const MAX_GC_OBJECT_LEN: u64 = 64 << 20;
+/// The longest lease, replica state or probe.
+pub const MAX_STATE_LEN: u64 = 64 << 10;
+/// The most entries a listing of one directory may hold (format-spec §14).
+pub const MAX_LIST_ENTRIES: usize = 10_000_000;
+
+/// What a reader accepts of an object, passed to the store in
+/// [`GetOptions::extensions`]: a store that sees it may skip reading the body
+/// of a longer object (the backend refuses it by its declared length anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit(pub u64);
 
 /// A directory of objects of one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +133,18 @@ impl ObjectKey {
             ObjectKey::Gc(name) => format!("gc/{name}"),
             ObjectKey::Replica(name) => format!("replicas/{name}"),
         })
+    }
+
+    /// The longest object of this kind a reader accepts (format-spec §14).
+    pub fn max_len(&self) -> u64 {
+        match self {
+            ObjectKey::Config => crate::config::MAX_CONFIG_LEN as u64,
+            ObjectKey::Pack(_) => MAX_WHOLE_PACK_LEN,
+            ObjectKey::Index(_) => MAX_INDEX_OBJECT_LEN,
+            ObjectKey::Snapshot(_) => MAX_MANIFEST_LEN,
+            ObjectKey::Gc(_) => MAX_GC_OBJECT_LEN,
+            ObjectKey::Probe(_) | ObjectKey::Lock(_) | ObjectKey::Replica(_) => MAX_STATE_LEN,
+        }
     }
 
     /// Parses a listed path of `dir`; `None` for anything that is not ours.
@@ -264,6 +300,7 @@ impl Default for BackendOptions {
 pub struct Backend {
     store: Arc<dyn ObjectStore>,
     url: Arc<str>,
+    max_list_entries: usize,
 }
 
 impl fmt::Debug for Backend {
@@ -278,7 +315,15 @@ impl Backend {
         Backend {
             store,
             url: url.into().into(),
+            max_list_entries: MAX_LIST_ENTRIES,
         }
+    }
+
+    /// The same store with a lower bound on listings (tests).
+    #[must_use]
+    pub fn with_max_list_entries(mut self, max: usize) -> Backend {
+        self.max_list_entries = max.min(MAX_LIST_ENTRIES);
+        self
     }
 
     /// Connects to the store at `url`. With `create`, a missing local
@@ -475,23 +520,97 @@ impl Backend {
             .map_err(|e| self.classify(e, key, "writing"))
     }
 
-    /// Reads a whole object.
+    /// Reads a whole object, at most [`ObjectKey::max_len`] bytes of it.
     pub async fn get(&self, key: &ObjectKey) -> Result<Bytes> {
-        let result = self.store.get(&key.path()).await;
-        match result {
-            Ok(r) => r
+        self.get_bounded(key, key.max_len()).await
+    }
+
+    /// Reads a whole object of at most `max_len` bytes: its declared length
+    /// is checked before any byte is read, and the body is refused as soon
+    /// as more arrives than it declared.
+    pub async fn get_bounded(&self, key: &ObjectKey, max_len: u64) -> Result<Bytes> {
+        let mut options = GetOptions::default();
+        options.extensions.insert(ReadLimit(max_len));
+        let result = self
+            .store
+            .get_opts(&key.path(), options)
+            .await
+            .map_err(|e| self.classify(e, key, "reading"))?;
+        let declared = result.meta.size;
+        if declared > max_len {
+            return Err(Error::corrupt(
+                key.to_string(),
+                format!(
+                    "is {declared} bytes, over the {max_len}-byte limit for its kind \
+                     (format-spec §14), which Cairn never writes: delete it or restore it \
+                     from a replica"
+                ),
+            ));
+        }
+        match result.payload {
+            // A local file: read exactly its declared length in one go.
+            GetResultPayload::File(..) => result
                 .bytes()
                 .await
                 .map_err(|e| self.classify(e, key, "reading")),
-            Err(e) => Err(self.classify(e, key, "reading")),
+            GetResultPayload::Stream(stream) => {
+                self.collect_exact(key, stream, declared, "its declared length")
+                    .await
+            }
         }
     }
 
-    /// Reads a byte range of an object.
+    /// Collects exactly `want` bytes from `stream`, refusing as soon as
+    /// more arrive and when fewer do.
+    async fn collect_exact(
+        &self,
+        key: &ObjectKey,
+        mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+        want: u64,
+        what: &str,
+    ) -> Result<Bytes> {
+        // `want` is at most a caller's limit: safe to reserve.
+        let mut out = bytes::BytesMut::with_capacity(usize::try_from(want).unwrap_or(0));
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.classify(e, key, "reading"))?
+        {
+            let got = out.len() as u64 + chunk.len() as u64;
+            if got > want {
+                return Err(Error::corrupt(
+                    key.to_string(),
+                    format!(
+                        "the store sent more than {want} bytes ({what}); refused after {got} \
+                         bytes without reading on. A store that does this is damaged or hostile"
+                    ),
+                ));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        if (out.len() as u64) < want {
+            return Err(Error::corrupt(
+                key.to_string(),
+                format!(
+                    "the store sent {} of {want} bytes ({what}): truncated",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out.freeze())
+    }
+
+    /// Reads a byte range of an object: exactly the range, or an error
+    /// (an answer longer than the range is refused without buffering the
+    /// excess).
     pub async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
-        let want = range.end - range.start;
-        let bytes = match self.store.get_range(&key.path(), range.clone()).await {
-            Ok(bytes) => bytes,
+        let want = range.end.saturating_sub(range.start);
+        let options = GetOptions {
+            range: Some(range.clone().into()),
+            ..GetOptions::default()
+        };
+        let result = match self.store.get_opts(&key.path(), options).await {
+            Ok(result) => result,
             Err(e @ object_store::Error::NotFound { .. }) => {
                 return Err(self.classify(e, key, "reading"));
             }
@@ -512,18 +631,34 @@ impl Backend {
                 return Err(self.classify(e, key, "reading"));
             }
         };
-        if bytes.len() as u64 != want {
+        if result.meta.size < range.end {
             return Err(Error::corrupt(
                 key.to_string(),
                 format!(
-                    "bytes {}..{} requested, {} returned (truncated?)",
-                    range.start,
-                    range.end,
-                    bytes.len()
+                    "is {} bytes, but bytes {}..{} were expected (truncated)",
+                    result.meta.size, range.start, range.end
                 ),
             ));
         }
-        Ok(bytes)
+        if result.range != range {
+            return Err(Error::corrupt(
+                key.to_string(),
+                format!(
+                    "bytes {}..{} requested, {}..{} returned (truncated?)",
+                    range.start, range.end, result.range.start, result.range.end
+                ),
+            ));
+        }
+        match result.payload {
+            GetResultPayload::File(..) => result
+                .bytes()
+                .await
+                .map_err(|e| self.classify(e, key, "reading")),
+            GetResultPayload::Stream(stream) => {
+                let what = format!("bytes {}..{} requested", range.start, range.end);
+                self.collect_exact(key, stream, want, &what).await
+            }
+        }
     }
 
     /// An object's length and time.
@@ -549,29 +684,39 @@ impl Backend {
         }
     }
 
-    /// Lists the objects of one kind, skipping names that are not Cairn's.
+    /// Lists the objects of one kind, skipping names that are not Cairn's;
+    /// refuses a listing of more than [`MAX_LIST_ENTRIES`] entries.
     pub async fn list(&self, dir: ObjectDir) -> Result<Vec<ObjectInfo>> {
         let prefix = Path::from(dir.prefix());
-        let metas: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
+        let mut listing = self.store.list(Some(&prefix));
+        let mut out = Vec::new();
+        let mut seen = 0usize;
+        while let Some(meta) = listing
+            .try_next()
             .await
-            .map_err(|e| self.classify_listing(e, dir))?;
-        Ok(metas
-            .into_iter()
-            .filter_map(|meta| {
-                let key = ObjectKey::parse(dir, &meta.location);
-                if key.is_none() {
-                    tracing::debug!("ignoring foreign object {}", meta.location);
-                }
-                key.map(|key| ObjectInfo {
+            .map_err(|e| self.classify_listing(e, dir))?
+        {
+            seen += 1;
+            if seen > self.max_list_entries {
+                return Err(Error::corrupt(
+                    format!("the listing of {}/ at {}", dir.prefix(), self.url),
+                    format!(
+                        "has more than {} entries, the limit (format-spec §14); the store \
+                         holds objects Cairn did not write there, or it is hostile",
+                        self.max_list_entries
+                    ),
+                ));
+            }
+            match ObjectKey::parse(dir, &meta.location) {
+                Some(key) => out.push(ObjectInfo {
                     key,
                     len: meta.size,
                     last_modified: to_timestamp(&meta),
-                })
-            })
-            .collect())
+                }),
+                None => tracing::debug!("ignoring foreign object {}", meta.location),
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes an object; deleting a missing one is not an error.

@@ -613,14 +613,20 @@ impl SftpStore {
             Some(r) => r.as_range(size).map_err(generic)?,
             None => 0..size,
         };
-        let bytes = if options.head {
+        // A reader's limit below the declared length: nothing is read, and
+        // the reader refuses the object by its length.
+        let over_limit = options
+            .extensions
+            .get::<super::ReadLimit>()
+            .is_some_and(|limit| range.end - range.start > limit.0);
+        let bytes = if options.head || over_limit {
             Bytes::new()
         } else {
             self.read_range(conn, &file, path, range.clone()).await?
         };
         // Dropping the handle closes it in the background: no round trip.
         drop(file);
-        let range = if options.head {
+        let range = if options.head || over_limit {
             range
         } else {
             range.start..range.start + bytes.len() as u64
@@ -681,6 +687,10 @@ impl SftpStore {
                 .try_collect()
                 .await?;
             level = Vec::new();
+            let found: usize = listed.iter().map(Vec::len).sum();
+            if out.len() + found > super::MAX_LIST_ENTRIES {
+                return Err(too_many(prefix));
+            }
             for (key, meta) in listed.into_iter().flatten() {
                 match meta.file_type() {
                     Some(t) if t.is_dir() => level.push(key),
@@ -707,11 +717,18 @@ impl SftpStore {
             Err(SftpError::SftpError(SftpErrorKind::NoSuchFile, _)) => return Ok(Vec::new()),
             Err(e) => return Err(self.error(conn, &full, e)),
         };
-        let entries: Vec<_> = dir
-            .read_dir()
-            .try_collect()
+        let mut entries = Vec::new();
+        let mut listing = std::pin::pin!(dir.read_dir());
+        while let Some(entry) = listing
+            .try_next()
             .await
-            .map_err(|e| self.error(conn, &full, e))?;
+            .map_err(|e| self.error(conn, &full, e))?
+        {
+            if entries.len() >= super::MAX_LIST_ENTRIES {
+                return Err(too_many(&full));
+            }
+            entries.push(entry);
+        }
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let Some(name) = entry.filename().to_str() else {
@@ -733,6 +750,14 @@ impl SftpStore {
         }
         Ok(out)
     }
+}
+
+/// The error for a listing over [`super::MAX_LIST_ENTRIES`].
+fn too_many(dir: &str) -> object_store::Error {
+    generic(format!(
+        "{dir}: more than {} entries, the limit for a listing (format-spec §14)",
+        super::MAX_LIST_ENTRIES
+    ))
 }
 
 /// Reads exactly `want` bytes at `offset`, asking again after a short

@@ -1,6 +1,6 @@
 //! What the two stores Cairn implements itself (`http.rs`, the client of
-//! `cairn serve`, and `ssh.rs`, SFTP) share: objects travel whole, listings
-//! arrive in one piece, and only create-only and overwriting PUTs exist.
+//! `cairn serve`, and `ssh.rs`, SFTP) share: GET answers and listings as
+//! streams, and only create-only and overwriting PUTs.
 
 use std::future::Future;
 use std::ops::Range;
@@ -44,6 +44,21 @@ pub fn put_result() -> PutResult {
 pub fn get_result(meta: ObjectMeta, bytes: Bytes, range: Range<u64>) -> GetResult {
     GetResult {
         payload: GetResultPayload::Stream(futures::stream::once(async move { Ok(bytes) }).boxed()),
+        meta,
+        range,
+        attributes: Default::default(),
+        extensions: Default::default(),
+    }
+}
+
+/// A GET's answer whose body arrives as `stream`, `range` of the object `meta`.
+pub fn get_result_stream(
+    meta: ObjectMeta,
+    stream: BoxStream<'static, Result<Bytes>>,
+    range: Range<u64>,
+) -> GetResult {
+    GetResult {
+        payload: GetResultPayload::Stream(stream),
         meta,
         range,
         attributes: Default::default(),

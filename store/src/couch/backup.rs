@@ -1419,7 +1419,14 @@ async fn fetch_attachment(
     let mut last = String::new();
     // A digest mismatch is retried once: a connection cut mid-body.
     for _ in 0..2 {
-        let response = client.request(Method::GET, &path, None).await?;
+        let response = client
+            .request_bounded(
+                Method::GET,
+                &path,
+                None,
+                crate::couch::client::MAX_ATTACHMENT_RESPONSE_LEN,
+            )
+            .await?;
         if !response.status.is_success() {
             return Err(client.rejected(&path, "fetching an attachment", &response));
         }

@@ -307,11 +307,12 @@ impl CouchClient {
                 "_session",
                 Some(&Body::json(body.to_string())),
                 &Auth::None,
+                MAX_JSON_RESPONSE_LEN,
             )
             .await;
         let response = match response {
             Ok(r) => r,
-            Err(Attempt::Transient(detail)) | Err(Attempt::Fatal(detail)) => {
+            Err(Attempt::Transient(detail) | Attempt::Fatal(detail) | Attempt::TooLong(detail)) => {
                 return Err(Error::Unreachable {
                     url: self.url(),
                     doing: "logging in".into(),
@@ -339,12 +340,27 @@ impl CouchClient {
     }
 
     /// One request, retried on transient failures; 401 logs in again once,
-    /// 403 fails. Other statuses are the caller's to judge.
+    /// 403 fails. Other statuses are the caller's to judge. The answer's
+    /// body is at most [`MAX_JSON_RESPONSE_LEN`].
     pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<Body>,
+    ) -> Result<Response> {
+        self.request_bounded(method, path, body, MAX_JSON_RESPONSE_LEN)
+            .await
+    }
+
+    /// [`CouchClient::request`] whose answer may be up to `max_len` bytes:
+    /// a longer one is refused by its `Content-Length`, or as soon as more
+    /// arrives, without buffering the rest.
+    pub(crate) async fn request_bounded(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+        max_len: u64,
     ) -> Result<Response> {
         let mut relogged = false;
         let mut attempt = 0u32;
@@ -352,7 +368,7 @@ impl CouchClient {
             attempt += 1;
             let auth = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let outcome = self
-                .send_once(method.clone(), path, body.as_ref(), &auth)
+                .send_once(method.clone(), path, body.as_ref(), &auth, max_len)
                 .await;
             let detail = match outcome {
                 Ok((response, _)) => {
@@ -389,6 +405,14 @@ impl CouchClient {
                     }
                 }
                 Err(Attempt::Transient(detail)) => detail,
+                Err(Attempt::TooLong(detail)) => {
+                    return Err(Error::Rejected {
+                        url: self.url_of(path),
+                        what: format!("{method}"),
+                        detail,
+                        hint: "the server is not CouchDB, or it is hostile".to_string(),
+                    });
+                }
                 Err(Attempt::Fatal(detail)) => {
                     return Err(Error::Unreachable {
                         url: self.url_of(path),
@@ -428,6 +452,7 @@ impl CouchClient {
         path: &str,
         body: Option<&Body>,
         auth: &Auth,
+        max_len: u64,
     ) -> std::result::Result<(Response, Option<String>), Attempt> {
         let url = format!("{}{}", self.target.base, path);
         let mut request = self
@@ -454,7 +479,7 @@ impl CouchClient {
             .find(|v| v.starts_with("AuthSession="))
             .and_then(|v| v.split(';').next())
             .map(str::to_string);
-        let body = response.bytes().await.map_err(classify)?;
+        let body = read_body(response, max_len).await?;
         Ok((Response { status, body }, cookie))
     }
 
@@ -489,7 +514,43 @@ impl CouchClient {
     }
 }
 
+/// The longest JSON answer read (documents are at most 8 MiB by CouchDB's
+/// default `max_document_size`; pages and batches hold many).
+pub(crate) const MAX_JSON_RESPONSE_LEN: u64 = 512 << 20;
+/// The longest attachment answer read: CouchDB's default
+/// `max_attachment_size` (1 GiB) and a margin.
+pub(crate) const MAX_ATTACHMENT_RESPONSE_LEN: u64 = (1 << 30) + (64 << 10);
+
+/// A response's body, refused when its declared length or what arrives
+/// exceeds `max_len` (nothing past the limit is buffered).
+async fn read_body(
+    mut response: reqwest::Response,
+    max_len: u64,
+) -> std::result::Result<Bytes, Attempt> {
+    let too_long = |len: u64| {
+        Attempt::TooLong(format!(
+            "the answer is {len} bytes or more, over the {max_len}-byte limit"
+        ))
+    };
+    let declared = response.content_length();
+    if let Some(len) = declared.filter(|&len| len > max_len) {
+        return Err(too_long(len));
+    }
+    let reserve = declared.unwrap_or(0).min(max_len);
+    let mut body = bytes::BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        let got = body.len() as u64 + chunk.len() as u64;
+        if got > max_len {
+            return Err(too_long(got));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 enum Attempt {
+    /// Not worth retrying: the answer is longer than the caller accepts.
+    TooLong(String),
     /// Worth retrying: the connection dropped, a timeout.
     Transient(String),
     /// Not worth retrying: a malformed URL, a TLS configuration error.

@@ -867,6 +867,7 @@ impl Repository {
         repack: &BTreeMap<PackId, Vec<BlobId>>,
         avoid: &IdSet<PackId>,
     ) -> Result<u64> {
+        self.config().check_writer_params()?;
         let repo = self.clone().load_index().await?;
         let reader = BlobReader::new(repo, 4, 16 << 20);
         let config = self.config().clone();
