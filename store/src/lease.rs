@@ -33,6 +33,13 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
 /// this (so an `append` credential cannot stall garbage collection for ever
 /// with one write), and a holder asking for more gets this.
 pub const MAX_TTL: Duration = Duration::from_secs(60 * 60);
+/// The longest a lease lives, however often it is renewed: garbage
+/// collection stops waiting for one taken longer ago (by the store's
+/// clock), so an `append` credential renewing a lease for ever cannot hold
+/// it off. A holder stops writing [`AGE_MARGIN`] before, by its own clock.
+pub const MAX_AGE: Duration = Duration::from_secs(72 * 60 * 60);
+/// How long before [`MAX_AGE`] a holder stops trusting its lease.
+const AGE_MARGIN: Duration = Duration::from_secs(60 * 60);
 /// The name of garbage collection's exclusive lease.
 pub const GC_LEASE: &str = "gc";
 const ALIVE_SUFFIX: &str = ".alive";
@@ -68,6 +75,8 @@ pub struct Lease {
     state: Arc<Mutex<LeaseState>>,
     stop: Arc<tokio::sync::Notify>,
     renewer: Option<tokio::task::JoinHandle<()>>,
+    /// When it was taken, by the holder's clock.
+    taken: Instant,
 }
 
 impl std::fmt::Debug for Lease {
@@ -171,6 +180,7 @@ impl Lease {
             state,
             stop,
             renewer: Some(renewer),
+            taken: Instant::now(),
         }
     }
 
@@ -186,6 +196,19 @@ impl Lease {
 
     /// Fails if the lease may have lapsed: not renewed for `ttl / 2`.
     pub fn check(&self) -> Result<()> {
+        if self.taken.elapsed() >= MAX_AGE - AGE_MARGIN {
+            return Err(Error::Locked {
+                what: format!(
+                    "lease {} is {} hours old: a writer may hold one for less than {} hours",
+                    self.id,
+                    self.taken.elapsed().as_secs() / 3600,
+                    MAX_AGE.as_secs() / 3600
+                ),
+                hint: "nothing more is written (garbage collection no longer waits for this \
+                       run); split the work into shorter runs"
+                    .into(),
+            });
+        }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let age = state.last_renewed.elapsed();
         if age >= self.ttl / 2 {
@@ -310,10 +333,12 @@ impl LeaseStatus {
             .min(MAX_TTL)
     }
 
-    /// Whether it is alive at `now` (the store's clock).
+    /// Whether it is alive at `now` (the store's clock): renewed within
+    /// its time-to-live, and taken less than [`MAX_AGE`] ago.
     pub fn is_alive(&self, now: Timestamp) -> bool {
         let ttl = jiff::SignedDuration::try_from(self.ttl()).unwrap_or(jiff::SignedDuration::MAX);
-        now.duration_since(self.renewed) < ttl
+        let max_age = jiff::SignedDuration::try_from(MAX_AGE).unwrap_or(jiff::SignedDuration::MAX);
+        now.duration_since(self.renewed) < ttl && now.duration_since(self.started) < max_age
     }
 }
 
@@ -367,4 +392,30 @@ pub async fn store_now(backend: &Backend) -> Result<Timestamp> {
     let now = backend.head(&key).await?.last_modified;
     backend.delete(&key).await?;
     Ok(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(started_hours_ago: i64, renewed_secs_ago: i64, now: Timestamp) -> LeaseStatus {
+        LeaseStatus {
+            id: "backup-0011223344556677".into(),
+            record: None,
+            started: now - jiff::SignedDuration::from_hours(started_hours_ago),
+            renewed: now - jiff::SignedDuration::from_secs(renewed_secs_ago),
+            damaged: None,
+        }
+    }
+
+    #[test]
+    fn a_lease_renewed_for_ever_still_ends_at_its_maximum_age() {
+        let now = Timestamp::now();
+        assert!(status(1, 10, now).is_alive(now));
+        assert!(status(71, 10, now).is_alive(now));
+        // Renewed a moment ago, but taken more than MAX_AGE ago: an append
+        // credential renewing its own lease cannot hold gc off for ever.
+        assert!(!status(73, 10, now).is_alive(now));
+        assert!(!status(1, 3600, now).is_alive(now));
+    }
 }
