@@ -388,3 +388,55 @@ fn items_below_a_non_directory_are_refused_at_any_depth_and_cheaply() {
     ]);
     assert_eq!(fine.validate(), Ok(()));
 }
+
+/// An `append` credential alone (no signing key) stores a pack claiming the
+/// id of content a later backup will hold (4000 zero bytes) over garbage,
+/// and an index object naming it. Before: the backup deduplicated against
+/// the garbage and its restore failed ("its bytes do not hash to its id")
+/// with no genuine copy anywhere. Now a writer deduplicates only against
+/// its parent's tree and its own blobs, so it stores the content itself.
+#[tokio::test]
+async fn planted_copies_of_predictable_content_do_not_poison_later_backups() {
+    use cairn_store::frame::FrameBuilder;
+    use cairn_store::id::{BlobId, IndexId};
+    use cairn_store::index::{IndexedPack, encode_index};
+    use cairn_store::pack::PackWriter;
+
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    backup_bytes(&backend, "old", random_bytes(5000, 1)).await;
+    let data = vec![0u8; 4000];
+    let id = BlobId::of(&data);
+    let mut w = PackWriter::new();
+    let mut f = FrameBuilder::default();
+    f.push(id, &random_bytes(data.len(), 9));
+    w.add_frame(f.compress(3).unwrap());
+    let (pack, bytes, trailer) = w.finish();
+    let len = bytes.len() as u64;
+    backend
+        .put_new(&ObjectKey::Pack(pack), bytes)
+        .await
+        .unwrap();
+    let index = encode_index(
+        &[IndexedPack {
+            id: pack,
+            len,
+            trailer,
+        }],
+        1,
+    );
+    backend
+        .put_new(&ObjectKey::Index(IndexId::of(&index)), index.into())
+        .await
+        .unwrap();
+
+    backup_bytes(&backend, "new", data.clone()).await;
+    let s = snapshots(&backend).await.pop().unwrap();
+    let got = restore_bytes(&backend, &s).await;
+    assert!(got.as_ref().is_ok_and(|b| *b == data), "{got:?}");
+    // The same content again, under the same name: deduplicated against
+    // the parent, nothing new stored.
+    let again = backup_bytes(&backend, "new", data.clone()).await;
+    assert_eq!(again.new_blobs, 0, "{again:?}");
+}

@@ -206,8 +206,9 @@ async fn a_backup_deduplicating_against_a_condemned_pack_keeps_it_alive() {
         let data = random_bytes(3 << 20, 5);
         let s = backup_bytes(&backend, "x.bin", data.clone()).await;
 
-        // B loads the index (S's chunks in it) and is held there.
-        let gate = Gate::new("write:index-loaded");
+        // B loads the index and its parent (S: its chunks are what B may
+        // deduplicate against) and is held there.
+        let gate = Gate::new("backup:parents-loaded");
         let b = tokio::spawn(backup_paused(
             backend.clone(),
             "x.bin",
@@ -294,11 +295,22 @@ async fn a_snapshot_committed_during_the_mark_protects_its_chunks() {
     let backend = place.backend();
     let data = random_bytes(2 << 20, 7);
     let s = backup_bytes(&backend, "x.bin", data.clone()).await;
+    // B takes S as its parent (what it may deduplicate against), then S is
+    // forgotten and GC marks without it.
+    let parents = Gate::new("backup:parents-loaded");
+    let b = tokio::spawn(backup_paused(
+        backend.clone(),
+        "x.bin",
+        data.clone(),
+        parents.pauses(),
+    ));
+    parents.reached.notified().await;
     forget(&backend, s.snapshot).await;
     let (gate, gc_task) = gc_held_at(&backend, "gc:marked").await;
-    // A whole backup, deduplicating against S's pack, runs while GC holds.
-    let b = backup_bytes(&backend, "x.bin", data.clone()).await;
-    assert!(b.new_blob_bytes < 64 << 10);
+    // The whole backup, deduplicating against S's pack, runs while GC holds.
+    parents.release.notify_one();
+    let b = b.await.unwrap().unwrap();
+    assert!(b.new_blob_bytes < 64 << 10, "{b:?}");
     gate.release.notify_one();
     let report = gc_task.await.unwrap();
     assert_eq!(report.deleted_packs, 0, "{report:#?}");

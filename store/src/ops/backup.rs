@@ -145,6 +145,7 @@ impl WriteSession {
         }
         let source_info = source.info();
         let previous = self.repo().previous_items().await?;
+        self.pauses().at("backup:parents-loaded").await;
         let parents = ParentLoader {
             reader: BlobReader::new(self.repo().clone(), 4, 4 << 20),
             runtime: tokio::runtime::Handle::current(),
@@ -266,9 +267,10 @@ struct ParentLoader {
 }
 
 impl ParentLoader {
-    /// The chunks of `previous`, or `None` (with a warning) when they cannot
-    /// be read: a damaged parent only makes this backup slower.
-    fn load(&self, name: &str, previous: &PreviousItem) -> Option<ParentChunks> {
+    /// The chunks of `previous` and the blobs it vouches for, or `None`
+    /// (with a warning) when they cannot be read: a damaged parent only
+    /// makes this backup slower and larger.
+    fn load(&self, name: &str, previous: &PreviousItem) -> Option<(ParentChunks, Vouched)> {
         // Memory stays bounded: a very large item is cut without prediction.
         if previous.chunks > MAX_PARENT_CHUNKS {
             tracing::debug!("{name}: too large to predict its cuts from its previous version");
@@ -276,11 +278,14 @@ impl ParentLoader {
         }
         let loaded = self.runtime.block_on(async {
             let mut walker = TreeWalker::new(&self.reader, previous.tree, previous.len).await?;
+            walker.record_nodes(previous.tree);
             let (mut chunks, mut window) = (Vec::new(), Vec::new());
             loop {
                 walker.next_window(u64::MAX, &mut window).await?;
                 if window.is_empty() {
-                    return Ok::<_, Error>(chunks);
+                    let mut vouched: IdSet<BlobId> = walker.take_nodes().into_iter().collect();
+                    vouched.extend(chunks.iter().map(|(id, _)| *id));
+                    return Ok::<_, Error>((chunks, Vouched::Blobs(vouched)));
                 }
                 chunks.extend(
                     window
@@ -290,13 +295,36 @@ impl ParentLoader {
             }
         });
         match loaded {
-            Ok(chunks) => Some(ParentChunks::new(chunks)),
+            Ok((chunks, vouched)) => Some((ParentChunks::new(chunks), vouched)),
             Err(e) => {
                 tracing::warn!(
                     "{name}: cannot read its previous version ({e}); chunking it from scratch"
                 );
                 None
             }
+        }
+    }
+}
+
+/// Which stored blobs a stream may deduplicate against. Any `append`
+/// credential can store a pack claiming the id of content it can predict
+/// over garbage (format-spec §20), so a writer trusts only the blobs of the
+/// item's parent (its tree was read and checked, and its writer followed
+/// the same rule) and the blobs it stores itself; everything else is
+/// stored again, costing only cross-item deduplication.
+enum Vouched {
+    /// Every indexed blob: an item too large to load its parent's list
+    /// (over `MAX_PARENT_CHUNKS` chunks).
+    Index,
+    /// These.
+    Blobs(IdSet<BlobId>),
+}
+
+impl Vouched {
+    fn contains(&self, id: &BlobId) -> bool {
+        match self {
+            Vouched::Index => true,
+            Vouched::Blobs(set) => set.contains(id),
         }
     }
 }
@@ -311,6 +339,8 @@ struct Ingest<'a> {
     index: &'a Index,
     /// Blobs added by this backup (not yet in any index object).
     pending: IdSet<BlobId>,
+    /// What the stream being stored may deduplicate against in `index`.
+    vouched: Vouched,
     data_frame: FrameBuilder,
     tree_frame: FrameBuilder,
     packer: Packer,
@@ -369,6 +399,7 @@ impl<'a> Ingest<'a> {
             config,
             index,
             pending: IdSet::default(),
+            vouched: Vouched::Blobs(IdSet::default()),
             data_frame: FrameBuilder::default(),
             tree_frame: FrameBuilder::default(),
             packer: Packer::start(
@@ -469,14 +500,22 @@ impl<'a> Ingest<'a> {
         let buffers = self.buffers.clone();
         // A parent whose recorded parameters are unusable is ignored.
         let (choice, parent) = match self.previous.get(name) {
-            Some(previous) if previous.params.validate().is_ok() => (
-                Choice::Fixed(previous.params),
-                self.parents.load(name, previous),
-            ),
-            _ => match chunker.filter(|p| p.validate().is_ok()) {
-                Some(params) => (Choice::Fixed(params), None),
-                None => (Choice::Policy(self.policy), None),
-            },
+            Some(previous) if previous.params.validate().is_ok() => {
+                let (parent, vouched) = match self.parents.load(name, previous) {
+                    Some((parent, vouched)) => (Some(parent), vouched),
+                    None if previous.chunks > MAX_PARENT_CHUNKS => (None, Vouched::Index),
+                    None => (None, Vouched::Blobs(IdSet::default())),
+                };
+                self.vouched = vouched;
+                (Choice::Fixed(previous.params), parent)
+            }
+            _ => {
+                self.vouched = Vouched::Blobs(IdSet::default());
+                match chunker.filter(|p| p.validate().is_ok()) {
+                    Some(params) => (Choice::Fixed(params), None),
+                    None => (Choice::Policy(self.policy), None),
+                }
+            }
         };
         std::thread::scope(|scope| {
             let reader_thread = std::thread::Builder::new()
@@ -519,7 +558,8 @@ impl<'a> Ingest<'a> {
 
     /// Queues a blob for storage unless it is stored or queued already.
     fn add_blob(&mut self, id: BlobId, bytes: &[u8], is_tree: bool) -> Result<()> {
-        if self.index.contains(&id) || !self.pending.insert(id) {
+        let stored = self.index.contains(&id) && self.vouched.contains(&id);
+        if stored || !self.pending.insert(id) {
             return Ok(());
         }
         self.stats.new_blobs += 1;

@@ -78,6 +78,8 @@ pub(crate) struct TreeWalker<'a> {
     /// Pending entries per level, deepest level last.
     stack: Vec<(u8, VecDeque<TreeEntry>)>,
     chunks_seen: u64,
+    /// The ids of the nodes read so far (root first), when asked for.
+    nodes: Option<Vec<BlobId>>,
 }
 
 impl<'a> TreeWalker<'a> {
@@ -95,7 +97,18 @@ impl<'a> TreeWalker<'a> {
             reader,
             stack: vec![(node.level, node.entries.into())],
             chunks_seen: 0,
+            nodes: None,
         })
+    }
+
+    /// Records the id of every node read from now on (and the root).
+    pub fn record_nodes(&mut self, root: BlobId) {
+        self.nodes = Some(vec![root]);
+    }
+
+    /// The nodes recorded (see [`TreeWalker::record_nodes`]).
+    pub fn take_nodes(&mut self) -> Vec<BlobId> {
+        self.nodes.take().unwrap_or_default()
     }
 
     /// Fills `out` with the next chunks, about `budget` bytes; empty at the end.
@@ -124,6 +137,9 @@ impl<'a> TreeWalker<'a> {
             let children: Vec<TreeEntry> = entries.drain(..n).collect();
             let ids: Vec<BlobId> = children.iter().map(|c| c.id).collect();
             let blobs = self.reader.read_blobs(&ids).await?;
+            if let Some(nodes) = &mut self.nodes {
+                nodes.extend_from_slice(&ids);
+            }
             let mut run = VecDeque::new();
             for (child, bytes) in children.iter().zip(blobs) {
                 let object = format!("tree node {}", child.id);
