@@ -397,10 +397,7 @@ fn items_below_a_non_directory_are_refused_at_any_depth_and_cheaply() {
 /// its parent's tree and its own blobs, so it stores the content itself.
 #[tokio::test]
 async fn planted_copies_of_predictable_content_do_not_poison_later_backups() {
-    use cairn_store::frame::FrameBuilder;
-    use cairn_store::id::{BlobId, IndexId};
-    use cairn_store::index::{IndexedPack, encode_index};
-    use cairn_store::pack::PackWriter;
+    use cairn_store::id::BlobId;
 
     let place = Place::new(Kind::Local);
     init(&place).await;
@@ -408,28 +405,8 @@ async fn planted_copies_of_predictable_content_do_not_poison_later_backups() {
     backup_bytes(&backend, "old", random_bytes(5000, 1)).await;
     let data = vec![0u8; 4000];
     let id = BlobId::of(&data);
-    let mut w = PackWriter::new();
-    let mut f = FrameBuilder::default();
-    f.push(id, &random_bytes(data.len(), 9));
-    w.add_frame(f.compress(3).unwrap());
-    let (pack, bytes, trailer) = w.finish();
-    let len = bytes.len() as u64;
-    backend
-        .put_new(&ObjectKey::Pack(pack), bytes)
-        .await
-        .unwrap();
-    let index = encode_index(
-        &[IndexedPack {
-            id: pack,
-            len,
-            trailer,
-        }],
-        1,
-    );
-    backend
-        .put_new(&ObjectKey::Index(IndexId::of(&index)), index.into())
-        .await
-        .unwrap();
+    let fake = put_pack(&backend, &[(id, random_bytes(data.len(), 9))]).await;
+    put_index_where(&backend, &[fake], |_| true).await;
 
     backup_bytes(&backend, "new", data.clone()).await;
     let s = snapshots(&backend).await.pop().unwrap();

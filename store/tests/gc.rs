@@ -448,39 +448,17 @@ async fn plant_fake_copy(
     genuine: &ObjectKey,
     after: cairn_store::id::IndexId,
 ) -> cairn_store::id::PackId {
-    use cairn_store::frame::FrameBuilder;
-    use cairn_store::index::{IndexedPack, encode_index};
-    use cairn_store::pack::{PackWriter, decode_pack};
     let ObjectKey::Pack(genuine_id) = genuine else {
         panic!("{genuine:?} is not a pack")
     };
     let bytes = backend.get(genuine).await.unwrap();
-    let trailer = decode_pack(&bytes, *genuine_id).unwrap();
-    let mut pack = PackWriter::new();
-    let mut frame = FrameBuilder::default();
-    for (n, b) in trailer.blobs.iter().enumerate() {
-        frame.push(b.id, &random_bytes(b.len as usize, 1000 + n as u64));
-        if frame.raw_len() >= 512 << 10 {
-            pack.add_frame(frame.take().compress(3).unwrap());
-        }
-    }
-    if !frame.is_empty() {
-        pack.add_frame(frame.compress(3).unwrap());
-    }
-    let (id, bytes, trailer) = pack.finish();
-    let len = bytes.len() as u64;
-    backend.put_new(&ObjectKey::Pack(id), bytes).await.unwrap();
-    let fake = [IndexedPack { id, len, trailer }];
-    let index = (0u64..)
-        .map(|nonce| encode_index(&fake, nonce))
-        .find(|b| cairn_store::id::IndexId::of(b) > after)
-        .unwrap();
-    let index_id = cairn_store::id::IndexId::of(&index);
-    backend
-        .put_new(&ObjectKey::Index(index_id), index.into())
-        .await
-        .unwrap();
-    id
+    let trailer = cairn_store::pack::decode_pack(&bytes, *genuine_id).unwrap();
+    let claims: Vec<_> = (trailer.blobs.iter().enumerate())
+        .map(|(n, b)| (b.id, random_bytes(b.len as usize, 1000 + n as u64)))
+        .collect();
+    let fake = put_pack(backend, &claims).await;
+    put_index_where(backend, std::slice::from_ref(&fake), |id| id > after).await;
+    fake.id
 }
 
 /// Writes a condemned list (and its writers list) GC never wrote.

@@ -7,11 +7,10 @@
 mod support;
 
 use cairn_store::backend::{Backend, ObjectDir, ObjectKey};
-use cairn_store::frame::FrameBuilder;
 use cairn_store::id::{IndexId, PackId};
-use cairn_store::index::{IndexedPack, decode_index, encode_index};
+use cairn_store::index::{IndexedPack, decode_index};
 use cairn_store::ops::verify::{ReadData, VerifyOptions, VerifyReport};
-use cairn_store::pack::{BlobEntry, PackTrailer, PackWriter};
+use cairn_store::pack::{BlobEntry, PackTrailer};
 use cairn_store::repo::Repository;
 use support::*;
 
@@ -40,45 +39,29 @@ async fn genuine(backend: &Backend) -> Vec<(IndexId, Vec<IndexedPack>)> {
 /// index object already stored (the nonce is free: readers ignore it).
 async fn store_index(backend: &Backend, packs: &[IndexedPack], order: Order) -> IndexId {
     let existing: Vec<IndexId> = genuine(backend).await.iter().map(|g| g.0).collect();
-    for nonce in 1u64.. {
-        let bytes = encode_index(packs, nonce);
-        let id = IndexId::of(&bytes);
-        let placed = match order {
-            Order::First => existing.iter().all(|e| id < *e),
-            Order::Last => existing.iter().all(|e| id > *e),
-        };
-        if placed {
-            backend
-                .put_new(&ObjectKey::Index(id), bytes.into())
-                .await
-                .unwrap();
-            return id;
-        }
-    }
-    unreachable!()
+    put_index_where(backend, packs, |id| match order {
+        Order::First => existing.iter().all(|e| id < *e),
+        Order::Last => existing.iter().all(|e| id > *e),
+    })
+    .await
 }
 
 /// A well-formed pack whose trailer claims every blob the genuine index
 /// names, each with its length, over random bytes: stored, and indexed by
 /// an index object sorting `order`.
 async fn forge(backend: &Backend, order: Order) -> (PackId, IndexId) {
-    let mut w = PackWriter::new();
-    let mut seed = 1000;
+    let mut claims = Vec::new();
     for (_, packs) in genuine(backend).await {
         for p in packs {
             for b in &p.trailer.blobs {
-                let mut f = FrameBuilder::default();
-                seed += 1;
-                f.push(b.id, &random_bytes(b.len as usize, seed));
-                w.add_frame(f.compress(3).unwrap());
+                let seed = 1001 + claims.len() as u64;
+                claims.push((b.id, random_bytes(b.len as usize, seed)));
             }
         }
     }
-    let (id, bytes, trailer) = w.finish();
-    let len = bytes.len() as u64;
-    backend.put_new(&ObjectKey::Pack(id), bytes).await.unwrap();
-    let index = store_index(backend, &[IndexedPack { id, len, trailer }], order).await;
-    (id, index)
+    let fake = put_pack(backend, &claims).await;
+    let index = store_index(backend, std::slice::from_ref(&fake), order).await;
+    (fake.id, index)
 }
 
 async fn verify(backend: &Backend, read_data: ReadData) -> VerifyReport {
@@ -265,29 +248,11 @@ async fn a_second_copy_inside_one_pack_is_hashed_too() {
         backup_bytes(&backend, "a.bin", random_bytes(1 << 20, 5)).await;
         // A pack whose trailer lists one blob twice: the first copy good,
         // the second of the same length but other bytes.
-        let mut w = PackWriter::new();
-        let mut f = FrameBuilder::default();
         let good = random_bytes(4096, 6);
         let id = cairn_store::id::BlobId::of(&good);
-        f.push(id, &good);
-        f.push(id, &random_bytes(4096, 7));
-        w.add_frame(f.compress(3).unwrap());
-        let (pack, bytes, trailer) = w.finish();
-        let len = bytes.len() as u64;
-        backend
-            .put_new(&ObjectKey::Pack(pack), bytes)
-            .await
-            .unwrap();
-        store_index(
-            &backend,
-            &[IndexedPack {
-                id: pack,
-                len,
-                trailer,
-            }],
-            Order::Last,
-        )
-        .await;
+        let fake = put_pack(&backend, &[(id, good), (id, random_bytes(4096, 7))]).await;
+        let pack = fake.id;
+        store_index(&backend, &[fake], Order::Last).await;
 
         let report = verify(&backend, ReadData::All).await;
         assert!(report.damaged_snapshots.is_empty(), "{report:#?}");

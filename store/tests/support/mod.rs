@@ -358,3 +358,53 @@ pub async fn raw_put(backend: &Backend, key: &cairn_store::backend::ObjectKey, b
         .await
         .unwrap();
 }
+
+/// Stores a well-formed pack holding, under each id, the bytes given with
+/// it: a forgery when they do not hash to the id (what an `append`
+/// credential can store). Frames of about 512 KiB. Returns what an index
+/// object records of it.
+pub async fn put_pack(
+    backend: &Backend,
+    blobs: &[(cairn_store::id::BlobId, Vec<u8>)],
+) -> cairn_store::index::IndexedPack {
+    use cairn_store::frame::FrameBuilder;
+    use cairn_store::pack::PackWriter;
+    let mut pack = PackWriter::new();
+    let mut frame = FrameBuilder::default();
+    for (id, bytes) in blobs {
+        frame.push(*id, bytes);
+        if frame.raw_len() >= 512 << 10 {
+            pack.add_frame(frame.take().compress(3).unwrap());
+        }
+    }
+    if !frame.is_empty() {
+        pack.add_frame(frame.compress(3).unwrap());
+    }
+    let (id, bytes, trailer) = pack.finish();
+    let len = bytes.len() as u64;
+    backend
+        .put_new(&cairn_store::backend::ObjectKey::Pack(id), bytes)
+        .await
+        .unwrap();
+    cairn_store::index::IndexedPack { id, len, trailer }
+}
+
+/// Stores an index object naming `packs`, choosing the (ignored) nonce so
+/// that its id satisfies `placed` (index objects are loaded in id order).
+pub async fn put_index_where(
+    backend: &Backend,
+    packs: &[cairn_store::index::IndexedPack],
+    placed: impl Fn(cairn_store::id::IndexId) -> bool,
+) -> cairn_store::id::IndexId {
+    use cairn_store::id::IndexId;
+    let bytes = (0u64..)
+        .map(|nonce| cairn_store::index::encode_index(packs, nonce))
+        .find(|b| placed(IndexId::of(b)))
+        .unwrap();
+    let id = IndexId::of(&bytes);
+    backend
+        .put_new(&cairn_store::backend::ObjectKey::Index(id), bytes.into())
+        .await
+        .unwrap();
+    id
+}
