@@ -676,6 +676,54 @@ pub(crate) fn query_value(value: &str) -> String {
 mod tests {
     use super::*;
 
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on 127.0.0.1 that answers one request with `head` and then
+    /// 64 KiB pieces of a chunked body until 256 MiB (its own bound) or
+    /// until the client hangs up; counts what it sent.
+    async fn hostile(head: &'static str) -> (String, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/db", listener.local_addr().unwrap());
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&sent);
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let piece = [b"10000\r\n".as_slice(), &[b' '; 65536], b"\r\n"].concat();
+            while counter.load(Ordering::Relaxed) < 256 << 20 {
+                if socket.write_all(&piece).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            }
+        });
+        (url, sent)
+    }
+
+    /// A hostile CouchDB answering with an endless body, or declaring one
+    /// far over the limit: refused as it arrives, never buffered whole.
+    #[tokio::test]
+    async fn answers_over_the_limit_are_refused_as_they_arrive() {
+        let http = reqwest::Client::new();
+        let (url, sent) =
+            hostile("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n").await;
+        let response = http.get(&url).send().await.unwrap();
+        let refused = read_body(response, 1 << 20).await;
+        assert!(matches!(refused, Err(Attempt::TooLong(_))));
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(sent < 64 << 20, "the client read on: {sent} bytes sent");
+
+        let (url, sent) = hostile("HTTP/1.1 200 OK\r\ncontent-length: 3221225472\r\n\r\n").await;
+        let response = http.get(&url).send().await.unwrap();
+        let refused = read_body(response, 1 << 20).await;
+        assert!(matches!(refused, Err(Attempt::TooLong(ref d)) if d.contains("3221225472")));
+        assert!(sent.load(Ordering::Relaxed) < 64 << 20);
+    }
+
     #[test]
     fn paths_are_encoded_but_keep_special_prefixes() {
         assert_eq!(db_path("a/b+c"), "a%2Fb%2Bc");
