@@ -722,6 +722,74 @@ fn oversized_parallel_uploads_are_refused_in_bounded_memory() {
 
 /// Issue 13, high 6: a client that stops reading an answer loses its
 /// connection after the idle timeout, so it cannot hold a connection slot.
+/// The server's peak resident memory, in kB.
+fn peak_kb(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A GET answer is streamed from the file, not built in memory: eight
+/// readers of a 60 MiB object that read only its first bytes leave the
+/// server's memory flat. Before: each answer was buffered whole (peak
+/// above 480 MB).
+#[test]
+fn parallel_reads_of_a_large_object_are_streamed() {
+    let f = Fixture::new();
+    let object = f.repo.join("packs/ab/ab01");
+    std::fs::create_dir_all(object.parent().unwrap()).unwrap();
+    let bytes = random_bytes(60 << 20, 3);
+    std::fs::write(&object, &bytes).unwrap();
+    let server = start(&f.repo, &token_file(f.tmp.path()));
+    let port = server.port;
+    let before = peak_kb(&server);
+    let readers: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            write!(
+                s,
+                "GET /packs/ab/ab01 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\n\r\n"
+            )
+            .unwrap();
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            assert!(
+                head.ends_with(b"200"),
+                "{:?}",
+                String::from_utf8_lossy(&head)
+            );
+            s
+        })
+        .collect();
+    // Give the server time to fill what it would buffer.
+    std::thread::sleep(Duration::from_secs(2));
+    let peak = peak_kb(&server);
+    drop(readers);
+    eprintln!("the server's peak memory: {before} kB before, {peak} kB with 8 readers");
+    assert!(peak < before + 200 * 1024, "peak {peak} kB");
+    // And a whole read still gives every byte.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /packs/ab/ab01 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {READ}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| &answer[at + 4..])
+        .unwrap();
+    assert_eq!(body.len(), bytes.len(), "a chunked or short answer");
+    assert!(body == bytes.as_slice());
+}
+
 #[test]
 fn a_client_that_stops_reading_loses_its_connection() {
     let f = Fixture::new();
