@@ -2,6 +2,7 @@
 //! or report, and does its I/O through the repository's backend.
 
 pub mod backup;
+mod copies;
 pub mod forget;
 pub mod gc;
 mod mark;
