@@ -10,6 +10,8 @@
 //! predicts again from the chunk after it. The result is always exactly the
 //! cuts of plain CDC (tested below); prediction only makes it faster.
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use crate::chunker::Chunker;
@@ -26,12 +28,13 @@ const PARALLEL_RUN: usize = 32;
 /// After this many chunks scanned out of step, scan in parallel batches.
 const LONG_LOSS: u32 = 64;
 
-/// The previous version's chunk list.
-#[derive(Debug, Default)]
+/// The previous version's chunk list; cloning it shares it (the cutter
+/// predicts from it while the writer deduplicates against it).
+#[derive(Debug, Default, Clone)]
 pub struct ParentChunks {
-    chunks: Vec<(BlobId, u32)>,
+    chunks: Arc<[(BlobId, u32)]>,
     /// First position of each id.
-    positions: IdMap<BlobId, u32>,
+    positions: Arc<IdMap<BlobId, u32>>,
 }
 
 impl ParentChunks {
@@ -44,7 +47,15 @@ impl ParentChunks {
                 .entry(*id)
                 .or_insert(u32::try_from(i).unwrap_or(u32::MAX));
         }
-        ParentChunks { chunks, positions }
+        ParentChunks {
+            chunks: chunks.into(),
+            positions: Arc::new(positions),
+        }
+    }
+
+    /// Whether `id` is one of the chunks.
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.positions.contains_key(id)
     }
 
     /// Number of chunks.

@@ -31,6 +31,11 @@ const SHELL_ENDS: &[char] = &[';', '&', '|', ')', '\'', '"', '`'];
 /// What replaces a secret.
 pub const HIDDEN: &str = "***";
 
+/// The command line as it may be stored or shown: secrets replaced.
+pub fn redacted(command: &str) -> String {
+    redact_command(command).unwrap_or_else(|| command.to_string())
+}
+
 /// The command line with secrets replaced by `***`; `None` if it held none.
 pub fn redact_command(command: &str) -> Option<String> {
     let mut out = String::with_capacity(command.len());

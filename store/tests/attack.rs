@@ -13,6 +13,35 @@ use cairn_store::ops::replicate::ReplicateOptions;
 use cairn_store::repo::Repository;
 use support::*;
 
+/// node4's forgery: a snapshot of `data` dated 2099 whose object is dated
+/// 2099 too (a store the signer controls sets its own times).
+async fn back_up_dated_2099(place: &Place, data: Vec<u8>) -> cairn_store::id::SnapshotId {
+    let future: jiff::Timestamp = "2099-01-01T00:00:00Z".parse().unwrap();
+    let session = writer(place.backend()).await;
+    let options = BackupOptions {
+        host: "test".into(),
+        time: Some(future),
+        ..BackupOptions::default()
+    };
+    let forged = session
+        .backup(stream("a", data), &key(), &options, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    session.finish().await.unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(
+            place
+                .path()
+                .join("snapshots")
+                .join(forged.snapshot.to_hex()),
+        )
+        .unwrap()
+        .set_modified(std::time::SystemTime::from(future))
+        .unwrap();
+    forged.snapshot
+}
+
 /// node4 holds the signing key and its own store, which the admin pulls
 /// from (`replicate --from ssh://backup@node4/...`): it signs a snapshot
 /// dated 2099 and dates the object 2099 too, so that the source's own
@@ -25,31 +54,8 @@ async fn a_source_dating_its_objects_in_the_future_cannot_poison_the_replica() {
     let src = Place::new(Kind::Local);
     init(&src).await;
     let genuine = backup_bytes(&src.backend(), "a", random_bytes(10_000, 1)).await;
-    let future: jiff::Timestamp = "2099-01-01T00:00:00Z".parse().unwrap();
-    let session = writer(src.backend()).await;
-    let options = BackupOptions {
-        host: "test".into(),
-        time: Some(future),
-        ..BackupOptions::default()
-    };
-    let forged = session
-        .backup(
-            stream("a", random_bytes(10_000, 2)),
-            &key(),
-            &options,
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap();
-    session.finish().await.unwrap();
-    let object = src.path().join("snapshots").join(forged.snapshot.to_hex());
-    std::fs::File::options()
-        .write(true)
-        .open(&object)
-        .unwrap()
-        .set_modified(std::time::SystemTime::from(future))
-        .unwrap();
-
+    let forged = back_up_dated_2099(&src, random_bytes(10_000, 2)).await;
+    let object = src.path().join("snapshots").join(forged.to_hex());
     let dst = Place::new(Kind::Local);
     let pull = ReplicateOptions {
         max_age: Some(jiff::SignedDuration::from_hours(36)),
@@ -58,13 +64,10 @@ async fn a_source_dating_its_objects_in_the_future_cannot_poison_the_replica() {
     let source = Repository::open(src.backend()).await.unwrap();
     let report = source.replicate(dst.backend(), &pull).await.unwrap();
     assert_eq!(report.snapshots_copied, vec![genuine.snapshot]);
-    assert!(
-        report.refused.iter().any(|r| r.id == forged.snapshot),
-        "{report:?}"
-    );
+    assert!(report.refused.iter().any(|r| r.id == forged), "{report:?}");
     assert!(
         !dst.backend()
-            .exists(&ObjectKey::Snapshot(forged.snapshot))
+            .exists(&ObjectKey::Snapshot(forged))
             .await
             .unwrap()
     );
@@ -78,23 +81,7 @@ async fn a_source_dating_its_objects_in_the_future_cannot_poison_the_replica() {
     // A source whose only snapshot is the forgery does not satisfy --max-age.
     let lone = Place::new(Kind::Local);
     init(&lone).await;
-    let session = writer(lone.backend()).await;
-    let only = session
-        .backup(
-            stream("a", random_bytes(1_000, 3)),
-            &key(),
-            &options,
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap();
-    session.finish().await.unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(lone.path().join("snapshots").join(only.snapshot.to_hex()))
-        .unwrap()
-        .set_modified(std::time::SystemTime::from(future))
-        .unwrap();
+    back_up_dated_2099(&lone, random_bytes(1_000, 3)).await;
     let source = Repository::open(lone.backend()).await.unwrap();
     let e = source
         .replicate(Place::new(Kind::Local).backend(), &pull)
@@ -253,19 +240,7 @@ async fn back_up_tree(
     session.finish().await.unwrap();
     summary?;
     let snapshot = snapshots(&place.backend()).await.pop().unwrap();
-    let repo = open(place.backend()).await;
-    let item = snapshot.manifest.item(item).unwrap().clone();
-    let reader = repo.blob_reader();
-    let (out, _) = repo
-        .restore_item(
-            &reader,
-            &snapshot,
-            &item,
-            Vec::new(),
-            &cairn_store::ops::restore::NoRestoreProgress,
-        )
-        .await?;
-    Ok(out)
+    restore_item_bytes(&place.backend(), &snapshot, item).await
 }
 
 /// The backup (run as root) listed `vol/b` as a regular file; the owner of

@@ -97,19 +97,7 @@ async fn restore_of(f: &Fixture, id: SnapshotId, item: &str) -> cairn_store::Res
         .into_iter()
         .find(|s| s.id == id)
         .unwrap();
-    let repo = open(f.backend.clone()).await;
-    let item = snapshot.manifest.item(item).unwrap().clone();
-    let reader = repo.blob_reader();
-    let (out, _) = repo
-        .restore_item(
-            &reader,
-            &snapshot,
-            &item,
-            Vec::new(),
-            &cairn_store::ops::restore::NoRestoreProgress,
-        )
-        .await?;
-    Ok(out)
+    restore_item_bytes(&f.backend, &snapshot, item).await
 }
 
 /// After damage to A's pack: exactly A and C's a.bin are damaged; their

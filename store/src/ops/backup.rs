@@ -267,9 +267,9 @@ struct ParentLoader {
 }
 
 impl ParentLoader {
-    /// The chunks of `previous` and the blobs it vouches for, or `None`
-    /// (with a warning) when they cannot be read: a damaged parent only
-    /// makes this backup slower and larger.
+    /// The chunks of `previous` and the blobs it vouches for (its chunks
+    /// and tree nodes), or `None` (with a warning) when they cannot be
+    /// read: a damaged parent only makes this backup slower and larger.
     fn load(&self, name: &str, previous: &PreviousItem) -> Option<(ParentChunks, Vouched)> {
         // Memory stays bounded: a very large item is cut without prediction.
         if previous.chunks > MAX_PARENT_CHUNKS {
@@ -283,9 +283,7 @@ impl ParentLoader {
             loop {
                 walker.next_window(u64::MAX, &mut window).await?;
                 if window.is_empty() {
-                    let mut vouched: IdSet<BlobId> = walker.take_nodes().into_iter().collect();
-                    vouched.extend(chunks.iter().map(|(id, _)| *id));
-                    return Ok::<_, Error>((chunks, Vouched::Blobs(vouched)));
+                    return Ok::<_, Error>((chunks, walker.take_nodes()));
                 }
                 chunks.extend(
                     window
@@ -295,7 +293,14 @@ impl ParentLoader {
             }
         });
         match loaded {
-            Ok((chunks, vouched)) => Some((ParentChunks::new(chunks), vouched)),
+            Ok((chunks, nodes)) => {
+                let parent = ParentChunks::new(chunks);
+                let vouched = Vouched::Parent {
+                    chunks: parent.clone(),
+                    nodes: nodes.into_iter().collect(),
+                };
+                Some((parent, vouched))
+            }
             Err(e) => {
                 tracing::warn!(
                     "{name}: cannot read its previous version ({e}); chunking it from scratch"
@@ -316,15 +321,21 @@ enum Vouched {
     /// Every indexed blob: an item too large to load its parent's list
     /// (over `MAX_PARENT_CHUNKS` chunks).
     Index,
-    /// These.
-    Blobs(IdSet<BlobId>),
+    /// The parent's chunks (shared with the cutter) and tree nodes.
+    Parent {
+        chunks: ParentChunks,
+        nodes: IdSet<BlobId>,
+    },
+    /// Nothing stored: a new item, or a parent that could not be read.
+    Nothing,
 }
 
 impl Vouched {
     fn contains(&self, id: &BlobId) -> bool {
         match self {
             Vouched::Index => true,
-            Vouched::Blobs(set) => set.contains(id),
+            Vouched::Parent { chunks, nodes } => chunks.contains(id) || nodes.contains(id),
+            Vouched::Nothing => false,
         }
     }
 }
@@ -399,7 +410,7 @@ impl<'a> Ingest<'a> {
             config,
             index,
             pending: IdSet::default(),
-            vouched: Vouched::Blobs(IdSet::default()),
+            vouched: Vouched::Nothing,
             data_frame: FrameBuilder::default(),
             tree_frame: FrameBuilder::default(),
             packer: Packer::start(
@@ -504,13 +515,13 @@ impl<'a> Ingest<'a> {
                 let (parent, vouched) = match self.parents.load(name, previous) {
                     Some((parent, vouched)) => (Some(parent), vouched),
                     None if previous.chunks > MAX_PARENT_CHUNKS => (None, Vouched::Index),
-                    None => (None, Vouched::Blobs(IdSet::default())),
+                    None => (None, Vouched::Nothing),
                 };
                 self.vouched = vouched;
                 (Choice::Fixed(previous.params), parent)
             }
             _ => {
-                self.vouched = Vouched::Blobs(IdSet::default());
+                self.vouched = Vouched::Nothing;
                 match chunker.filter(|p| p.validate().is_ok()) {
                     Some(params) => (Choice::Fixed(params), None),
                     None => (Choice::Policy(self.policy), None),

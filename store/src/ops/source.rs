@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::manifest::{ItemKind, SourceInfo, SourceKind, validate_item_name};
-use crate::redact::redact_command;
+use crate::redact::redacted;
 
 /// Keep this much of a command's stderr for the error message.
 const STDERR_TAIL_LEN: usize = 4096;
@@ -110,10 +110,10 @@ impl Content {
         Ok(match self {
             Content::File(path, dir) => Box::new(StableFile::open(&path, dir, item)?.0),
             Content::Stdin => Box::new(io::stdin()),
-            Content::Command(command) => Box::new(CommandReader::spawn(&command).map_err(|e| {
-                let shown = redact_command(&command).unwrap_or(command);
-                fail(format!("cannot start `{shown}`: {e}"))
-            })?),
+            Content::Command(command) => Box::new(
+                CommandReader::spawn(&command)
+                    .map_err(|e| fail(format!("cannot start `{}`: {e}", redacted(&command))))?,
+            ),
             Content::Reader(r) => r,
         })
     }
@@ -137,7 +137,7 @@ impl Source {
             },
             Source::Command { command, .. } => SourceInfo {
                 kind: SourceKind::Command,
-                command: Some(redact_command(command).unwrap_or_else(|| command.clone())),
+                command: Some(redacted(command)),
                 exit_status: Some(0),
                 url: None,
             },
@@ -487,7 +487,7 @@ impl CommandReader {
             }
         });
         Ok(CommandReader {
-            command: redact_command(command).unwrap_or_else(|| command.to_string()),
+            command: redacted(command),
             child,
             stdout,
             stderr_tail,

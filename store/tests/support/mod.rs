@@ -209,11 +209,20 @@ pub async fn writer(backend: Backend) -> cairn_store::session::WriteSession {
 
 /// Restores the single item of `snapshot` into memory.
 pub async fn restore_bytes(backend: &Backend, snapshot: &Snapshot) -> cairn_store::Result<Vec<u8>> {
+    restore_item_bytes(backend, snapshot, &snapshot.manifest.items[0].name).await
+}
+
+/// Restores the file item `name` of `snapshot` into memory.
+pub async fn restore_item_bytes(
+    backend: &Backend,
+    snapshot: &Snapshot,
+    name: &str,
+) -> cairn_store::Result<Vec<u8>> {
     let repo = Repository::open(backend.clone())
         .await?
         .load_index()
         .await?;
-    let item = &snapshot.manifest.items[0];
+    let item = snapshot.manifest.item(name).unwrap();
     let reader = repo.blob_reader();
     let (out, _) = repo
         .restore_item(&reader, snapshot, item, Vec::new(), &NoRestoreProgress)
