@@ -38,7 +38,9 @@ pub fn safe(s: &str) -> Cow<'_, str> {
     escape(s, false)
 }
 
-/// A whole message that may span lines: newlines and tabs are kept.
+/// A whole message that may span lines (an error with a command's stderr
+/// tail): newlines and tabs are kept. One-line output uses [`safe`], so a
+/// newline in a hostile string cannot forge a line.
 pub fn safe_text(s: &str) -> Cow<'_, str> {
     escape(s, true)
 }

@@ -118,11 +118,12 @@ fn a_snapshot_with_items_below_a_symlink_is_damage_and_restores_nothing_outside(
 
     // A replica never receives the forgeries.
     let replica = f.path("replica");
-    let _ = run(cairn_args(["replicate", "--from"])
+    ok(cairn_args(["replicate", "--from"])
         .arg(&f.repo)
         .arg("--to")
         .arg(&replica)
         .args(["--trust", &f.public]));
+    assert!(replica.join("snapshots").join(&genuine).exists());
     for id in [&symlinks, &file] {
         assert!(
             !replica.join("snapshots").join(id).exists(),

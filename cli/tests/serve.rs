@@ -467,6 +467,10 @@ fn tls_with_a_private_certificate() {
 /// Issue 13, critical 2: an `append` token (a compromised backup node) may
 /// create packs, index objects, snapshots, probes and its own leases, and
 /// overwrite or delete only the leases and probes its own token created.
+/// A request and the status it must get, in order: method, key, token,
+/// headers, body, status.
+type Step<'a> = (&'a str, &'a str, &'a str, &'a str, &'a [u8], u16);
+
 #[test]
 fn the_append_role_creates_data_and_its_own_leases_only() {
     let f = Fixture::new();
@@ -511,91 +515,50 @@ fn the_append_role_creates_data_and_its_own_leases_only() {
     ] {
         assert!(!f.repo.join(gone).exists(), "{gone} was written");
     }
-    // Data: created.
-    assert_eq!(
-        status(p, "PUT", "/packs/aa/aa00", Some(APPEND), create, b"p"),
-        201
-    );
-    assert_eq!(
-        status(p, "PUT", "/index/0a", Some(APPEND), create, b"i"),
-        201
-    );
-    assert_eq!(
-        status(p, "PUT", "/snapshots/0b", Some(APPEND), create, b"s"),
-        201
-    );
-    // A lease: its holder creates, renews and releases it; another append
-    // token may neither renew nor release it, nor create its heartbeat.
-    assert_eq!(
-        status(p, "PUT", "/locks/backup-1", Some(APPEND), create, b"{}"),
-        201
-    );
-    assert_eq!(
-        status(p, "PUT", "/locks/backup-1.alive", Some(APPEND2), "", b"{}"),
-        403
-    );
-    assert_eq!(
-        status(p, "PUT", "/locks/backup-1.alive", Some(APPEND), "", b"{}"),
-        201
-    );
-    assert_eq!(
-        status(p, "PUT", "/locks/backup-1.alive", Some(APPEND), "", b"{}"),
-        201
-    );
-    assert_eq!(
-        status(p, "PUT", "/locks/backup-1", Some(APPEND), "", b"{}"),
-        403,
-        "a lease's start object is written once"
-    );
-    for key in ["/locks/backup-1.alive", "/locks/backup-1"] {
-        assert_eq!(status(p, "DELETE", key, Some(APPEND2), "", b""), 403);
-        assert!(f.repo.join(&key[1..]).exists());
+    let steps = |steps: &[Step]| {
+        for (n, &(method, key, token, headers, body, expected)) in steps.iter().enumerate() {
+            let got = status(p, method, key, Some(token), headers, body);
+            assert_eq!(got, expected, "step {n}: {method} {key} as {token}");
+        }
+    };
+    steps(&[
+        // Data: created.
+        ("PUT", "/packs/aa/aa00", APPEND, create, b"p", 201),
+        ("PUT", "/index/0a", APPEND, create, b"i", 201),
+        ("PUT", "/snapshots/0b", APPEND, create, b"s", 201),
+        // A lease: its holder creates and renews it; another append token
+        // may not create its heartbeat; its start object is written once.
+        ("PUT", "/locks/backup-1", APPEND, create, b"{}", 201),
+        ("PUT", "/locks/backup-1.alive", APPEND2, "", b"{}", 403),
+        ("PUT", "/locks/backup-1.alive", APPEND, "", b"{}", 201),
+        ("PUT", "/locks/backup-1.alive", APPEND, "", b"{}", 201),
+        ("PUT", "/locks/backup-1", APPEND, "", b"{}", 403),
+        // ... nor release it (absent would also answer 204: checked below).
+        ("DELETE", "/locks/backup-1.alive", APPEND2, "", b"", 403),
+        ("DELETE", "/locks/backup-1", APPEND2, "", b"", 403),
+    ]);
+    for key in ["locks/backup-1.alive", "locks/backup-1"] {
+        assert!(f.repo.join(key).exists(), "{key} deleted by another token");
     }
-    // An admin's lease (a `replicate` run, say) is out of reach too.
-    assert_eq!(
-        status(p, "PUT", "/locks/replicate-1", Some(ADMIN), create, b"{}"),
-        201
-    );
-    assert_eq!(
-        status(p, "DELETE", "/locks/replicate-1", Some(APPEND), "", b""),
-        403
-    );
-    assert_eq!(
-        status(p, "DELETE", "/locks/backup-1.alive", Some(APPEND), "", b""),
-        204
-    );
-    assert_eq!(
-        status(p, "DELETE", "/locks/backup-1", Some(APPEND), "", b""),
-        204
-    );
+    steps(&[
+        // An admin's lease (a `replicate` run, say) is out of reach too.
+        ("PUT", "/locks/replicate-1", ADMIN, create, b"{}", 201),
+        ("DELETE", "/locks/replicate-1", APPEND, "", b"", 403),
+        // The holder releases its own.
+        ("DELETE", "/locks/backup-1.alive", APPEND, "", b"", 204),
+        ("DELETE", "/locks/backup-1", APPEND, "", b"", 204),
+        // Probes: the same.
+        ("PUT", "/probe-0123", APPEND, create, b"first", 201),
+        ("PUT", "/probe-0123", APPEND, create, b"second", 412),
+        ("DELETE", "/probe-0123", APPEND2, "", b"", 403),
+        ("PUT", "/probe-0123", APPEND, "", b"x", 403),
+        ("DELETE", "/probe-0123", APPEND, "", b"", 204),
+        // Read: nothing at all.
+        ("PUT", "/locks/read-1", READ, create, b"{}", 403),
+        ("PUT", "/probe-0124", READ, create, b"x", 403),
+    ]);
+    assert!(f.repo.join("locks/replicate-1").exists());
     assert!(!f.repo.join("locks/backup-1").exists());
-    // Probes: the same.
-    assert_eq!(
-        status(p, "PUT", "/probe-0123", Some(APPEND), create, b"first"),
-        201
-    );
-    assert_eq!(
-        status(p, "PUT", "/probe-0123", Some(APPEND), create, b"second"),
-        412
-    );
-    assert_eq!(
-        status(p, "DELETE", "/probe-0123", Some(APPEND2), "", b""),
-        403
-    );
-    assert_eq!(status(p, "PUT", "/probe-0123", Some(APPEND), "", b"x"), 403);
-    assert_eq!(
-        status(p, "DELETE", "/probe-0123", Some(APPEND), "", b""),
-        204
-    );
-    // Read: nothing at all.
-    assert_eq!(
-        status(p, "PUT", "/locks/read-1", Some(READ), create, b"{}"),
-        403
-    );
-    assert_eq!(
-        status(p, "PUT", "/probe-0124", Some(READ), create, b"x"),
-        403
-    );
     // Staged bodies are not listed.
     std::fs::create_dir_all(f.repo.join("serve-staging")).unwrap();
     std::fs::write(f.repo.join("serve-staging/0123"), b"half").unwrap();
@@ -722,6 +685,25 @@ fn oversized_parallel_uploads_are_refused_in_bounded_memory() {
 
 /// Issue 13, high 6: a client that stops reading an answer loses its
 /// connection after the idle timeout, so it cannot hold a connection slot.
+/// Bodies are staged and published with local links and renames: a
+/// repository elsewhere is refused at start with what to do (before: every
+/// PUT failed with an opaque 500).
+#[test]
+fn only_a_local_repository_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    run(cairn_args([
+        "serve",
+        "--repo",
+        "s3://bucket/prefix",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--tokens")
+    .arg(token_file(tmp.path())))
+    .expect_code(2)
+    .stderr_has(&["serves a repository on local disk"]);
+}
+
 /// The server's peak resident memory, in kB.
 fn peak_kb(server: &Server) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();

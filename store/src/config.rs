@@ -73,7 +73,7 @@ impl Config {
         if self.pack_target_len < MIN_PACK_TARGET_LEN || self.pack_target_len > MAX_PACK_TARGET_LEN
         {
             return Err(Error::invalid(format!(
-                "pack target length {} out of range (64 KiB..={MAX_PACK_TARGET_LEN})",
+                "pack target length {} out of range ({MIN_PACK_TARGET_LEN}..={MAX_PACK_TARGET_LEN})",
                 self.pack_target_len
             )));
         }

@@ -154,8 +154,9 @@ pub enum Error {
 
     #[error(
         "snapshot {snapshot} claims {time} but was stored at {seen} (the store's clock), more than \
-         10 minutes before the time it claims: its signer's clock is wrong or its key is \
-         compromised, so it is refused; inspect it, then remove it with `cairn forget {snapshot}`"
+         {} minutes before the time it claims: its signer's clock is wrong or its key is \
+         compromised, so it is refused; inspect it, then remove it with `cairn forget {snapshot}`",
+        crate::retention::MAX_CLOCK_SKEW.as_mins()
     )]
     FromTheFuture {
         snapshot: String,

@@ -88,7 +88,7 @@ pub struct DeletionLog {
 }
 
 /// A pack and the blobs in it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackContents {
     /// The pack.
     pub id: PackId,

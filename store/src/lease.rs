@@ -204,9 +204,13 @@ impl Lease {
                     self.taken.elapsed().as_secs() / 3600,
                     MAX_AGE.as_secs() / 3600
                 ),
-                hint: "nothing more is written (garbage collection no longer waits for this \
-                       run); split the work into shorter runs"
-                    .into(),
+                hint: if self.record.kind == "gc" {
+                    "nothing more is deleted; run `cairn gc` again to go on where it stopped".into()
+                } else {
+                    "nothing more is written (garbage collection no longer waits for this run); \
+                     split the work into shorter runs"
+                        .into()
+                },
             });
         }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());

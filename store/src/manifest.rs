@@ -518,7 +518,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The linear check agrees with comparing every pair.
+        /// The check (a binary search over the sorted names) agrees with comparing every pair.
         #[test]
         fn holder_check_matches_every_pair(
             picks in proptest::collection::vec(

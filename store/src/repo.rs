@@ -218,16 +218,16 @@ impl Repository {
             match result {
                 // Signed and trusted, but dated after its arrival: refused
                 // for every use, yet its data stays (gc marks `held`).
-                Ok((s, _)) if future_error(&s).is_some() => {
-                    if let Some(e) = future_error(&s) {
-                        list.rejected.push((id, e));
+                Ok((s, b)) => match future_error(&s) {
+                    None => {
+                        list.snapshots.push(s);
+                        bytes.insert(id, b);
                     }
-                    list.held.push(s);
-                }
-                Ok((s, b)) => {
-                    list.snapshots.push(s);
-                    bytes.insert(id, b);
-                }
+                    Some(e) => {
+                        list.rejected.push((id, e));
+                        list.held.push(s);
+                    }
+                },
                 // The store failing is not the snapshot's fault: stop.
                 Err(e @ (Error::Unreachable { .. } | Error::AccessDenied { .. })) => return Err(e),
                 Err(e) => list.rejected.push((id, e)),

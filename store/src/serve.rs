@@ -69,6 +69,9 @@ const STAGING_DIR: &str = "serve-staging";
 
 /// Leases and probes whose creator is remembered, at most.
 const MAX_OWNED: usize = 65_536;
+/// ... and at most this many per token (a backup holds one lease and makes
+/// one probe at a time; a runaway or hostile one cannot fill the table).
+const MAX_OWNED_PER_TOKEN: usize = 1024;
 
 /// Open files kept back for the runtime and the repository's own files
 /// when the connection limit is derived from the open-files limit.
@@ -237,13 +240,8 @@ enum Access {
     Allow,
     /// Allowed; the token becomes the creator of this lease or probe.
     AllowAndRecord(String),
-    /// Allowed only to the token that created this lease or probe; `release`
-    /// forgets the creator once done (the lease's start object or the probe
-    /// is deleted).
-    OwnerOnly {
-        unit: String,
-        release: bool,
-    },
+    /// Allowed only to the token that created this lease or probe.
+    OwnerOnly(String),
     Refuse,
 }
 
@@ -294,14 +292,8 @@ fn access(role: Role, action: Action, key: &str) -> Access {
     let start = unit == key;
     match action {
         Action::Create if start => Access::AllowAndRecord(unit.to_string()),
-        Action::Create | Action::Overwrite if !start => Access::OwnerOnly {
-            unit: unit.to_string(),
-            release: false,
-        },
-        Action::Delete => Access::OwnerOnly {
-            unit: unit.to_string(),
-            release: start,
-        },
+        Action::Create | Action::Overwrite if !start => Access::OwnerOnly(unit.to_string()),
+        Action::Delete => Access::OwnerOnly(unit.to_string()),
         _ => Access::Refuse,
     }
 }
@@ -333,9 +325,11 @@ impl Creators {
         map.get(unit) == Some(&token)
     }
 
-    /// Whether there is room to remember one more.
-    fn has_room(&self) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len() < MAX_OWNED
+    /// Whether there is room to remember one more for `token`: a token
+    /// filling the table would block every other append token's leases.
+    fn has_room(&self, token: TokenId) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.len() < MAX_OWNED && map.values().filter(|&&t| t == token).count() < MAX_OWNED_PER_TOKEN
     }
 
     fn record(&self, unit: String, token: TokenId) {
@@ -523,28 +517,27 @@ impl Server {
             _ => return refuse(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         };
         let mut record = None;
-        let mut release = None;
         match access(role, action, &key) {
             Access::Allow => {}
             Access::Refuse => {
                 return refuse(StatusCode::FORBIDDEN, &refusal(role, action, &key, false));
             }
             Access::AllowAndRecord(unit) => {
-                if !self.creators.has_room() {
+                if !self.creators.has_room(token) {
                     return refuse(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "too many leases and probes held through append tokens; \
-                         restart the server once their backups have ended",
+                        &format!(
+                            "this token holds {MAX_OWNED_PER_TOKEN} leases and probes already (or all \
+                             tokens {MAX_OWNED}); let them end, or remove stale ones under locks/ \
+                             with an admin token"
+                        ),
                     );
                 }
                 record = Some(unit);
             }
-            Access::OwnerOnly { unit, release: r } => {
+            Access::OwnerOnly(unit) => {
                 if !self.creators.is(&unit, token) {
                     return refuse(StatusCode::FORBIDDEN, &refusal(role, action, &key, true));
-                }
-                if r {
-                    release = Some(unit);
                 }
             }
         }
@@ -606,8 +599,11 @@ impl Server {
             }
             Method::DELETE => match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                    if let Some(unit) = release {
-                        self.creators.forget(&unit);
+                    // A lease's start object or a probe gone, whoever deleted
+                    // it (its holder, or an admin cleaning up): its creator
+                    // is forgotten.
+                    if owned_unit(&key) == Some(key.as_str()) {
+                        self.creators.forget(&key);
                     }
                     reply(StatusCode::NO_CONTENT, "")
                 }
@@ -834,7 +830,6 @@ pub async fn serve(
     };
     let mut limits = options.limits;
     limits.max_connections = connections_for_open_files(open_files_limit(), limits.max_connections);
-    remove_stale_staging(store.as_ref(), limits.request_timeout).await;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| Error::io(format!("listening on {}", options.listen), e))?;
@@ -1034,18 +1029,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallTimeout<S> {
 
 /// Removes staging objects older than `age`, left by a server that was
 /// killed between staging a body and publishing it.
-async fn remove_stale_staging(store: &dyn ObjectStore, age: Duration) {
-    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
-    let prefix = Path::from(STAGING_DIR);
-    let stale: Vec<Path> = store
-        .list(Some(&prefix))
-        .filter_map(|m| async move { m.ok() })
-        .filter(|m| std::future::ready(m.last_modified < cutoff))
-        .map(|m| m.location)
-        .collect()
-        .await;
-    for location in stale {
-        let _ = store.delete(&location).await;
+pub fn remove_stale_staging(repo: &FsPath, age: Duration) {
+    // Read as a directory: a body cut off mid-write is left as
+    // `<name>#<digits>`, which object_store's listings skip.
+    let Ok(entries) = std::fs::read_dir(repo.join(STAGING_DIR)) else {
+        return;
+    };
+    let cutoff = std::time::SystemTime::now().checked_sub(age);
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| cutoff.is_some_and(|c| t < c));
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -1126,10 +1124,7 @@ mod tests {
     fn the_append_role_reaches_data_and_its_own_leases_only() {
         use Access::*;
         use Action::*;
-        let owner = |unit: &str, release| OwnerOnly {
-            unit: unit.into(),
-            release,
-        };
+        let owner = |unit: &str| OwnerOnly(unit.into());
         let record = |unit: &str| AllowAndRecord(unit.into());
         let cases = [
             (Create, "packs/ab/abcd", Allow),
@@ -1152,25 +1147,13 @@ mod tests {
             (Delete, "locks/gc.alive", Refuse),
             (Create, "locks/backup-1", record("locks/backup-1")),
             (Overwrite, "locks/backup-1", Refuse),
-            (
-                Create,
-                "locks/backup-1.alive",
-                owner("locks/backup-1", false),
-            ),
-            (
-                Overwrite,
-                "locks/backup-1.alive",
-                owner("locks/backup-1", false),
-            ),
-            (
-                Delete,
-                "locks/backup-1.alive",
-                owner("locks/backup-1", false),
-            ),
-            (Delete, "locks/backup-1", owner("locks/backup-1", true)),
+            (Create, "locks/backup-1.alive", owner("locks/backup-1")),
+            (Overwrite, "locks/backup-1.alive", owner("locks/backup-1")),
+            (Delete, "locks/backup-1.alive", owner("locks/backup-1")),
+            (Delete, "locks/backup-1", owner("locks/backup-1")),
             (Create, "probe-01", record("probe-01")),
             (Overwrite, "probe-01", Refuse),
-            (Delete, "probe-01", owner("probe-01", true)),
+            (Delete, "probe-01", owner("probe-01")),
             (Read, "config", Allow),
         ];
         for (action, key, expected) in cases {

@@ -345,7 +345,7 @@ use cairn_store::manifest::ItemKind;
 /// item below a symlink through an implicit directory, past a sibling
 /// sorting between them, too.
 #[test]
-fn items_below_a_non_directory_are_refused_at_any_depth_and_cheaply() {
+fn items_below_a_non_directory_are_refused_at_any_depth() {
     let deep: String = "a/".repeat(2040);
     let mut items = vec![named("0", ItemKind::Symlink)];
     items.extend((0..4000).map(|i| named(&format!("{deep}{i:08}"), ItemKind::Dir)));

@@ -773,3 +773,65 @@ async fn dead_data_in_half_live_packs_is_repacked_down_to_max_unused() {
     assert_eq!(s[0].id, ids[2]);
     assert_clean(&backend).await;
 }
+
+/// An append token writes an index object, sorting first, that names a
+/// pack gc will delete and lies about a pack that stays (found in review).
+/// gc rewrote the index objects naming deleted packs keeping one
+/// description per pack id, the first: the lie stayed, the genuine
+/// description went with the genuine index object, and the snapshot that
+/// needs the surviving pack no longer restored. Every distinct description
+/// is kept now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_description_does_not_replace_a_surviving_packs_genuine_one() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    // One backup in several packs, one index object; the next keeps only
+    // the head, so the tail's packs die and the head's live on.
+    let data = random_bytes(9 << 20, 30);
+    let first = backup_bytes(&backend, "x.bin", data.clone()).await;
+    let [ObjectKey::Index(genuine_index)] = keys(&backend, ObjectDir::Index).await[..] else {
+        panic!("one index object expected")
+    };
+    let genuine = cairn_store::index::decode_index(
+        &backend.get(&ObjectKey::Index(genuine_index)).await.unwrap(),
+        genuine_index,
+    )
+    .unwrap();
+    assert!(genuine.len() >= 2, "{} packs", genuine.len());
+    let head = data[..4 << 20].to_vec();
+    let second = backup_bytes(&backend, "x.bin", head.clone()).await;
+    forget(&backend, first.snapshot).await;
+    // The forged index object sorts first; it lies about every genuine
+    // pack (each said to hold one unrelated blob), lies first, then names
+    // them truly, so that it is among the index objects gc rewrites once
+    // the tail's packs are deleted.
+    let other = random_bytes(1000, 31);
+    let lie = put_pack(&backend, &[(cairn_store::id::BlobId::of(&other), other)]).await;
+    let mut forged: Vec<_> = (genuine.iter())
+        .map(|g| cairn_store::index::IndexedPack {
+            id: g.id,
+            ..lie.clone()
+        })
+        .collect();
+    forged.extend(genuine.iter().cloned());
+    put_index_where(&backend, &forged, |id| id < genuine_index).await;
+
+    // No repacking: the head's pack stays as it is, named by rewritten
+    // index objects.
+    let report = Repository::open(backend.clone())
+        .await
+        .unwrap()
+        .gc(&GcOptions {
+            max_repack_pct: 0.0,
+            ..gc_options(Pauses::default())
+        })
+        .await
+        .unwrap();
+    assert!(report.deleted_packs >= 1, "{report:#?}");
+    assert!(report.deleted_index >= 1, "{report:#?}");
+    assert_eq!(restore_of(&backend, second.snapshot).await, head);
+    // verify names the lie; no snapshot is damaged.
+    let report = verify_all(&backend).await;
+    assert!(report.damaged_snapshots.is_empty(), "{report:#?}");
+}

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::progress::human_bytes;
 use crate::repo_args::RepoArgs;
-use crate::terminal::{safe, safe_text};
+use crate::terminal::safe;
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -123,7 +123,7 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
             w.packs,
             human_bytes(w.bytes),
             w.run,
-            safe_text(&w.reason)
+            safe(&w.reason)
         );
     }
     if let Some(left) = &report.unused_left {
@@ -141,11 +141,11 @@ pub async fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
             u.pack.short(),
             u.blobs,
             u.example.short(),
-            safe_text(&u.detail)
+            safe(&u.detail)
         );
     }
     for s in &report.skipped {
-        println!("skipped {}: {}", safe(&s.object), safe_text(&s.detail));
+        println!("skipped {}: {}", safe(&s.object), safe(&s.detail));
     }
     Ok(code)
 }

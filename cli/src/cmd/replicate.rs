@@ -111,7 +111,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "cairn: warning: snapshot {} at the source not copied: {}",
             r.id.short(),
-            crate::terminal::safe_text(&r.reason)
+            crate::terminal::safe(&r.reason)
         );
     }
     let mut forgotten = 0u64;

@@ -87,7 +87,7 @@ impl PickArgs {
             eprintln!(
                 "cairn: warning: snapshot {} not considered: {}",
                 id.short(),
-                crate::terminal::safe_text(&why)
+                crate::terminal::safe(&why)
             );
         }
         let filter = SnapshotFilter {

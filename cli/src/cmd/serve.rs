@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cairn_store::backend::{Backend, BackendOptions};
+use cairn_store::backend::{Backend, BackendOptions, Location};
 use cairn_store::repo::Repository;
-use cairn_store::serve::{ServeLimits, ServeOptions, Tokens, serve};
+use cairn_store::serve::{ServeLimits, ServeOptions, Tokens, remove_stale_staging, serve};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -44,6 +44,14 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tokens = Tokens::read_file(&args.tokens)?;
     let url = args.repo.to_string_lossy().into_owned();
+    // Bodies are staged and published with local hard links and renames.
+    let Location::Local(dir) = Location::parse(&url)? else {
+        return Err(cairn_store::Error::invalid(format!(
+            "{url}: cairn serve serves a repository on local disk; run it on the machine that \
+             holds the repository, or point clients at the S3 bucket or ssh:// URL itself"
+        ))
+        .into());
+    };
     let backend = Backend::connect(&url, &BackendOptions::default(), false)?;
     // Only a repository is served.
     Repository::open(backend.clone()).await?;
@@ -52,6 +60,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         limits: limits(&args),
     };
+    remove_stale_staging(&dir, options.limits.request_timeout);
     let scheme = if options.tls.is_some() {
         "https"
     } else {

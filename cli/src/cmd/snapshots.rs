@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::progress::human_bytes;
 use crate::repo_args::{RepoArgs, TrustArgs};
-use crate::terminal::{safe, safe_text};
+use crate::terminal::safe;
 
 #[derive(Debug, Args)]
 pub struct SnapshotsArgs {
@@ -35,7 +35,7 @@ pub async fn run(args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "cairn: warning: snapshot {} skipped: {}",
             id.short(),
-            safe_text(&why)
+            safe(&why)
         );
     }
     if !list.rejected.is_empty() {
@@ -54,9 +54,9 @@ pub async fn run(args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .filter(|s| filter.matches(s))
         .collect();
-    // Nothing to show because snapshots were refused is damage (or forgery),
-    // not an empty repository.
-    let code = match (shown.is_empty(), list.rejected.is_empty()) {
+    // No usable snapshot at all because snapshots were refused is damage
+    // (or forgery), not an empty repository.
+    let code = match (list.snapshots.is_empty(), list.rejected.is_empty()) {
         (true, false) => ExitCode::from(crate::exit::code_for(list.none_usable().kind())),
         _ => ExitCode::SUCCESS,
     };

@@ -74,6 +74,8 @@ pub const MAX_GC_OBJECT_LEN: u64 = 64 << 20;
 pub const MAX_STATE_LEN: u64 = 64 << 10;
 /// The most entries a listing of one directory may hold (format-spec §14).
 pub const MAX_LIST_ENTRIES: usize = 10_000_000;
+/// Memory reserved for a body before its bytes arrive, at most.
+const RESERVE_AHEAD_LEN: u64 = 1 << 20;
 
 /// What a reader accepts of an object, passed to the store in
 /// [`GetOptions::extensions`]: a store that sees it may skip reading the body
@@ -569,8 +571,10 @@ impl Backend {
         want: u64,
         what: &str,
     ) -> Result<Bytes> {
-        // `want` is at most a caller's limit: safe to reserve.
-        let mut out = bytes::BytesMut::with_capacity(usize::try_from(want).unwrap_or(0));
+        // Reserved as bytes arrive, not on a store's word: a hostile one
+        // could declare the limit and send nothing.
+        let reserve = want.min(RESERVE_AHEAD_LEN);
+        let mut out = bytes::BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
         while let Some(chunk) = stream
             .try_next()
             .await
@@ -650,10 +654,20 @@ impl Backend {
             ));
         }
         match result.payload {
-            GetResultPayload::File(..) => result
-                .bytes()
-                .await
-                .map_err(|e| self.classify(e, key, "reading")),
+            GetResultPayload::File(..) => {
+                let bytes = result
+                    .bytes()
+                    .await
+                    .map_err(|e| self.classify(e, key, "reading"))?;
+                // A file cut short between its stat and its read.
+                if bytes.len() as u64 != want {
+                    return Err(Error::corrupt(
+                        key.to_string(),
+                        format!("{want} bytes requested, {} read (truncated?)", bytes.len()),
+                    ));
+                }
+                Ok(bytes)
+            }
             GetResultPayload::Stream(stream) => {
                 let what = format!("bytes {}..{} requested", range.start, range.end);
                 self.collect_exact(key, stream, want, &what).await

@@ -312,7 +312,10 @@ impl CouchClient {
             .await;
         let response = match response {
             Ok(r) => r,
-            Err(Attempt::Transient(detail) | Attempt::Fatal(detail) | Attempt::TooLong(detail)) => {
+            Err(Attempt::TooLong(detail)) => {
+                return Err(answer_too_long(&self.url_of("_session"), "POST", &detail));
+            }
+            Err(Attempt::Transient(detail) | Attempt::Fatal(detail)) => {
                 return Err(Error::Unreachable {
                     url: self.url(),
                     doing: "logging in".into(),
@@ -406,12 +409,11 @@ impl CouchClient {
                 }
                 Err(Attempt::Transient(detail)) => detail,
                 Err(Attempt::TooLong(detail)) => {
-                    return Err(Error::Rejected {
-                        url: self.url_of(path),
-                        what: format!("{method}"),
-                        detail,
-                        hint: "the server is not CouchDB, or it is hostile".to_string(),
-                    });
+                    return Err(answer_too_long(
+                        &self.url_of(path),
+                        method.as_str(),
+                        &detail,
+                    ));
                 }
                 Err(Attempt::Fatal(detail)) => {
                     return Err(Error::Unreachable {
@@ -536,7 +538,8 @@ async fn read_body(
     if let Some(len) = declared.filter(|&len| len > max_len) {
         return Err(too_long(len));
     }
-    let reserve = declared.unwrap_or(0).min(max_len);
+    // Reserved as bytes arrive, not on the server's word (at most 1 MiB ahead).
+    let reserve = declared.unwrap_or(0).min(max_len).min(1 << 20);
     let mut body = bytes::BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
     while let Some(chunk) = response.chunk().await.map_err(classify)? {
         let got = body.len() as u64 + chunk.len() as u64;
@@ -546,6 +549,17 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// An answer refused for its length (Cairn's limit, not the server's).
+fn answer_too_long(url: &str, method: &str, detail: &str) -> Error {
+    Error::Unsupported {
+        what: format!(
+            "{url}: Cairn refused the server's answer to {method}: {detail}; either it holds an \
+             attachment larger than Cairn reads (CouchDB's max_attachment_size allows more than \
+             1 GiB), or the server is not CouchDB"
+        ),
+    }
 }
 
 enum Attempt {

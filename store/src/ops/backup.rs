@@ -267,14 +267,15 @@ struct ParentLoader {
 }
 
 impl ParentLoader {
-    /// The chunks of `previous` and the blobs it vouches for (its chunks
-    /// and tree nodes), or `None` (with a warning) when they cannot be
-    /// read: a damaged parent only makes this backup slower and larger.
-    fn load(&self, name: &str, previous: &PreviousItem) -> Option<(ParentChunks, Vouched)> {
+    /// The chunks of `previous` (none for a very large item) and the blobs
+    /// it vouches for: its chunks and tree nodes; the whole index for a
+    /// very large item; nothing when it cannot be read (with a warning: a
+    /// damaged parent only makes this backup slower and larger).
+    fn load(&self, name: &str, previous: &PreviousItem) -> (Option<ParentChunks>, Vouched) {
         // Memory stays bounded: a very large item is cut without prediction.
         if previous.chunks > MAX_PARENT_CHUNKS {
             tracing::debug!("{name}: too large to predict its cuts from its previous version");
-            return None;
+            return (None, Vouched::Index);
         }
         let loaded = self.runtime.block_on(async {
             let mut walker = TreeWalker::new(&self.reader, previous.tree, previous.len).await?;
@@ -299,13 +300,13 @@ impl ParentLoader {
                     chunks: parent.clone(),
                     nodes: nodes.into_iter().collect(),
                 };
-                Some((parent, vouched))
+                (Some(parent), vouched)
             }
             Err(e) => {
                 tracing::warn!(
                     "{name}: cannot read its previous version ({e}); chunking it from scratch"
                 );
-                None
+                (None, Vouched::Nothing)
             }
         }
     }
@@ -512,11 +513,7 @@ impl<'a> Ingest<'a> {
         // A parent whose recorded parameters are unusable is ignored.
         let (choice, parent) = match self.previous.get(name) {
             Some(previous) if previous.params.validate().is_ok() => {
-                let (parent, vouched) = match self.parents.load(name, previous) {
-                    Some((parent, vouched)) => (Some(parent), vouched),
-                    None if previous.chunks > MAX_PARENT_CHUNKS => (None, Vouched::Index),
-                    None => (None, Vouched::Nothing),
-                };
+                let (parent, vouched) = self.parents.load(name, previous);
                 self.vouched = vouched;
                 (Choice::Fixed(previous.params), parent)
             }
@@ -569,7 +566,7 @@ impl<'a> Ingest<'a> {
 
     /// Queues a blob for storage unless it is stored or queued already.
     fn add_blob(&mut self, id: BlobId, bytes: &[u8], is_tree: bool) -> Result<()> {
-        let stored = self.index.contains(&id) && self.vouched.contains(&id);
+        let stored = self.vouched.contains(&id) && self.index.contains(&id);
         if stored || !self.pending.insert(id) {
             return Ok(());
         }

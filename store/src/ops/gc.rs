@@ -361,23 +361,56 @@ impl IndexObjects {
         })
     }
 
-    /// Each indexed pack with its blobs (once, however many objects name it).
-    fn packs(&self) -> Vec<PackContents> {
-        let mut seen = IdSet::default();
-        let mut out = Vec::new();
+    /// Every distinct description of each indexed pack, however many
+    /// objects repeat it: an index object may lie, and one that sorts first
+    /// must not hide the true description behind it.
+    fn descriptions(&self) -> Vec<PackContents> {
+        let mut out: Vec<PackContents> = Vec::new();
+        let mut at: IdMap<PackId, Vec<usize>> = IdMap::default();
         for (_, packs) in &self.objects {
             for p in packs {
-                if seen.insert(p.id) {
-                    out.push(PackContents {
-                        id: p.id,
-                        len: p.len,
-                        blobs: p.trailer.blobs.iter().map(|b| (b.id, b.len)).collect(),
-                    });
+                let d = PackContents {
+                    id: p.id,
+                    len: p.len,
+                    blobs: p.trailer.blobs.iter().map(|b| (b.id, b.len)).collect(),
+                };
+                let same = at.entry(p.id).or_default();
+                if !same.iter().any(|&i| out[i] == d) {
+                    same.push(out.len());
+                    out.push(d);
                 }
             }
         }
         out
     }
+}
+
+/// One entry per pack for planning: every blob any description says it
+/// holds (so a description saying less cannot make a live pack look dead),
+/// with its stored length where the listing gives one.
+fn merge_descriptions(
+    descriptions: &[PackContents],
+    stored: &IdMap<PackId, (u64, Timestamp)>,
+) -> Vec<PackContents> {
+    let mut out: Vec<PackContents> = Vec::new();
+    let mut at: IdMap<PackId, usize> = IdMap::default();
+    for d in descriptions {
+        match at.get(&d.id) {
+            Some(&i) => {
+                let known: IdSet<BlobId> = out[i].blobs.iter().map(|(b, _)| *b).collect();
+                let more = d.blobs.iter().filter(|(b, _)| !known.contains(b));
+                out[i].blobs.extend(more.copied().collect::<Vec<_>>());
+            }
+            None => {
+                at.insert(d.id, out.len());
+                out.push(PackContents {
+                    len: stored.get(&d.id).map_or(d.len, |&(len, _)| len),
+                    ..d.clone()
+                });
+            }
+        }
+    }
+    out
 }
 
 fn new_run_id() -> Result<String> {
@@ -476,7 +509,7 @@ impl Repository {
         for s in index.skipped() {
             report.skip(s);
         }
-        let packs = index.packs();
+        let descriptions = index.descriptions();
         let present: IdMap<PackId, (u64, Timestamp)> = backend
             .list(ObjectDir::Packs)
             .await?
@@ -486,7 +519,8 @@ impl Repository {
                 _ => None,
             })
             .collect();
-        refuse_if_reachable_missing(&packs, &present, &live)?;
+        refuse_if_reachable_missing(&descriptions, &present, &live)?;
+        let packs = merge_descriptions(&descriptions, &present);
         options.pauses.at("gc:marked").await;
 
         // Phase 1: decide.
@@ -737,7 +771,9 @@ impl Repository {
             .flat_map(|p| p.blobs.iter().map(|(b, _)| *b))
             .filter(|b| live.contains(b))
             .collect();
-        let indexed: IdSet<PackId> = index.packs().iter().map(|p| p.id).collect();
+        let indexed: IdSet<PackId> = (index.objects.iter())
+            .flat_map(|(_, packs)| packs.iter().map(|p| p.id))
+            .collect();
         let good_copy = |verified: &IdMap<BlobId, Vec<PackId>>, blob: &BlobId| {
             verified.get(blob).is_some_and(|packs| {
                 packs
@@ -770,12 +806,18 @@ impl Repository {
             .iter()
             .filter(|(_, packs)| packs.iter().any(|p| delete.contains(&p.id)))
             .collect();
+        // Every distinct description of a surviving pack is kept: keeping
+        // one per pack id could keep a lie and drop the description under
+        // which a copy was verified above.
         let keep: Vec<IndexedPack> = {
-            let mut seen = IdSet::default();
+            let mut seen = std::collections::HashSet::new();
             affected
                 .iter()
                 .flat_map(|(_, packs)| packs.iter())
-                .filter(|p| !delete.contains(&p.id) && seen.insert(p.id))
+                .filter(|p| {
+                    !delete.contains(&p.id)
+                        && seen.insert((p.id, p.len, *blake3::hash(&p.trailer.encode()).as_bytes()))
+                })
                 .cloned()
                 .collect()
         };
@@ -926,16 +968,17 @@ impl Repository {
         let backend = self.backend();
         let (snapshots, live) = self.mark_all().await?;
         let index = IndexObjects::load(self).await?;
-        let packs = index.packs();
-        let indexed: IdSet<PackId> = packs.iter().map(|p| p.id).collect();
+        let descriptions = index.descriptions();
+        let indexed: IdSet<PackId> = descriptions.iter().map(|p| p.id).collect();
         let mut stored = 0u64;
         let mut unindexed = Vec::new();
+        let mut present: IdMap<PackId, (u64, Timestamp)> = IdMap::default();
         for dir in [ObjectDir::Packs, ObjectDir::Index, ObjectDir::Snapshots] {
             for o in backend.list(dir).await? {
                 stored += o.len;
-                if let ObjectKey::Pack(id) = o.key
-                    && !indexed.contains(&id)
-                {
+                let ObjectKey::Pack(id) = o.key else { continue };
+                present.insert(id, (o.len, o.last_modified));
+                if !indexed.contains(&id) {
                     unindexed.push(UnindexedPack {
                         id,
                         len: o.len,
@@ -944,6 +987,7 @@ impl Repository {
                 }
             }
         }
+        let packs = merge_descriptions(&descriptions, &present);
         let condemned = load_condemned(backend).await?;
         let now = Timestamp::now();
         // Everything that could go now: no grace, no budget limit.

@@ -31,7 +31,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ObjectDir, ObjectKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, IdSet, PackId, SnapshotId};
 use crate::index::{Index, IndexedPack};
 use crate::key::PublicKey;
@@ -341,21 +341,26 @@ impl Repository {
         // of the same blobs may be intact (a fake pack shadowing a genuine one).
         let mut packs = Vec::new();
         let mut bad: IdSet<u32> = IdSet::default();
-        let mut first_damage = None;
+        let mut first_damage: Option<Error> = None;
+        // A damaged or missing pack: every description of it is passed over.
+        let mut failed = |id: PackId, e: Error, bad: &mut IdSet<u32>| {
+            bad.extend(index.pack_positions_of(&id));
+            first_damage.get_or_insert(e);
+        };
+        let mut fetched: IdSet<PackId> = IdSet::default();
         for (position, result) in results {
+            let id = index.pack(position).id;
+            fetched.insert(id);
             match result {
                 Ok(pack) => packs.push(pack),
-                Err(e @ Error::Corrupt { .. }) => {
-                    bad.insert(position);
-                    first_damage.get_or_insert(e);
-                }
+                Err(e) if e.kind() == ErrorKind::Corrupt => failed(id, e, &mut bad),
                 Err(e) => return Err(e),
             }
         }
         // Every live blob must now be in a pack checked on arrival (or
         // indexed at the destination): an index that lied about a pack's
         // contents is caught here, and its blobs fetched from another copy.
-        let mut fetched: IdSet<PackId> = packs.iter().chain(&orphans).map(|p| p.id).collect();
+        fetched.extend(orphans.iter().map(|p| p.id));
         loop {
             let covered: IdSet<BlobId> = packs
                 .iter()
@@ -378,13 +383,14 @@ impl Repository {
                 match next {
                     Some(p) => retry.push(index.pack(p).id),
                     None => {
-                        return Err(first_damage.unwrap_or_else(|| Error::Missing {
-                            object: format!("chunk {blob}"),
-                            context: format!(
-                                " (no intact copy among the packs indexed at {})",
-                                self.backend().url()
-                            ),
-                        }));
+                        let seen = first_damage
+                            .as_ref()
+                            .map(|e| format!("; the first damaged copy: {e}"))
+                            .unwrap_or_default();
+                        return Err(Error::corrupt(
+                            format!("chunk {blob} at the source {}", self.backend().url()),
+                            format!("no indexed pack holds an intact copy of it{seen}"),
+                        ));
                     }
                 }
                 // Positions of packs already fetched did not hold it: lies.
@@ -402,17 +408,19 @@ impl Repository {
                 if at_destination.contains(&id) {
                     // There already (an earlier run's): checked where it is.
                     let bytes = destination.get(&ObjectKey::Pack(id)).await?;
-                    if let Ok(pack) = check_arrival(id, bytes).await {
-                        orphans.push(pack);
-                        continue;
-                    }
+                    orphans.push(check_arrival(id, bytes).await.map_err(|e| {
+                        Error::corrupt(
+                            format!("pack {id} at {}", destination.url()),
+                            format!(
+                                "left by an earlier run, and damaged: {e}; delete it and run again"
+                            ),
+                        )
+                    })?);
+                    continue;
                 }
                 match fetch(id).await {
                     Ok(pack) => packs.push(pack),
-                    Err(e @ Error::Corrupt { .. }) => {
-                        bad.extend(index.pack_positions_of(&id));
-                        first_damage.get_or_insert(e);
-                    }
+                    Err(e) if e.kind() == ErrorKind::Corrupt => failed(id, e, &mut bad),
                     Err(e) => return Err(e),
                 }
             }

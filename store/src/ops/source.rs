@@ -179,7 +179,6 @@ impl Source {
                 let mut entries = Vec::new();
                 for path in &paths {
                     let base = base_name(path)?;
-                    refuse_special(path)?;
                     walk(path, &base, None, &mut entries)?;
                 }
                 entries
@@ -215,22 +214,6 @@ fn base_name(path: &Path) -> Result<String> {
     })?;
     name.into_string()
         .map_err(|n| Error::invalid(format!("file name {n:?} is not UTF-8")))
-}
-
-/// An argument that is a FIFO, socket or device would give an empty or
-/// endless item; say so instead of writing a snapshot without it.
-fn refuse_special(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if !(m.is_file() || m.is_dir() || m.file_type().is_symlink()) => Err(Error::Source {
-            item: path.display().to_string(),
-            detail: format!(
-                "not a regular file, directory or symlink (a FIFO, socket or device); to \
-                     store what it gives, use `--command 'cat {}'`",
-                path.display()
-            ),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// A file's identity: device and inode.
@@ -306,6 +289,15 @@ fn walk(path: &Path, name: &str, dir: Option<FileId>, out: &mut Vec<Entry>) -> R
     } else if ft.is_file() {
         entry.content = Some(Content::File(path.to_owned(), dir));
         out.push(entry);
+    } else if dir.is_none() {
+        // An argument that is a FIFO, socket or device would give an empty
+        // or endless item: say so instead of writing a snapshot without it.
+        return Err(fail(format!(
+            "{} is not a regular file, directory or symlink (a FIFO, socket or device); to \
+             store what it gives, use `--command 'cat {}'`",
+            path.display(),
+            path.display()
+        )));
     } else {
         tracing::warn!(
             "skipping {}: not a regular file, directory or symlink",
@@ -367,11 +359,23 @@ impl StableFile {
         };
         let fail = |e: io::Error| refuse(e.to_string());
         let replaced = "it was replaced since the backup listed it (by a link, a FIFO or a \
-                        device, or a directory above it by a link); nothing is read through it";
+                        device, or a directory above it by a link or a FIFO), so nothing is read \
+                        through it; run the backup again, and if this recurs, find what \
+                        replaces it";
         let file = match dir {
             Some(expected) => {
                 let parent = path.parent().ok_or_else(|| refuse("no directory".into()))?;
-                let dir = std::fs::File::open(parent).map_err(fail)?;
+                // A directory only, never blocking: the one listed may have
+                // been replaced by a FIFO or a device meanwhile.
+                let flags = rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NONBLOCK
+                    | rustix::fs::OFlags::CLOEXEC;
+                let dir = match rustix::fs::open(parent, flags, rustix::fs::Mode::empty()) {
+                    Ok(fd) => std::fs::File::from(fd),
+                    Err(rustix::io::Errno::NOTDIR) => return Err(refuse(replaced.into())),
+                    Err(e) => return Err(fail(e.into())),
+                };
                 if file_id(&dir.metadata().map_err(fail)?) != expected {
                     return Err(refuse(replaced.into()));
                 }
