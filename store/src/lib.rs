@@ -11,6 +11,7 @@ pub mod config;
 pub mod couch;
 mod cpu;
 pub mod cutter;
+pub mod dir;
 pub mod error;
 pub mod frame;
 pub mod gc;
