@@ -68,6 +68,7 @@ pub fn code_for(kind: ErrorKind) -> u8 {
         ErrorKind::Mismatch => MISMATCH,
         ErrorKind::RolledBack => ROLLED_BACK,
         ErrorKind::Stale => STALE,
+        ErrorKind::Bug => INTERNAL,
     }
 }
 

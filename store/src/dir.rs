@@ -915,6 +915,92 @@ pub fn build_dir(entries: &[DirEntry]) -> Result<(BlobId, Vec<EncodedNode>)> {
     Ok((root, nodes))
 }
 
+/// Builds a whole snapshot tree from entries in tree order (pre-order,
+/// each directory's entries by name, a directory's own entry before what it
+/// holds): one [`DirBuilder`] per open directory.
+#[derive(Debug)]
+pub struct TreeAssembler {
+    /// Open directories; `open[0]` is the root (no entry of its own).
+    open: Vec<(Option<DirEntry>, DirBuilder)>,
+    totals: crate::manifest::Totals,
+}
+
+impl Default for TreeAssembler {
+    fn default() -> Self {
+        TreeAssembler {
+            open: vec![(None, DirBuilder::new())],
+            totals: Default::default(),
+        }
+    }
+}
+
+impl TreeAssembler {
+    /// An empty tree.
+    pub fn new() -> TreeAssembler {
+        TreeAssembler::default()
+    }
+
+    /// The depth the next entry may have at most (the open directories).
+    pub fn depth(&self) -> usize {
+        self.open.len() - 1
+    }
+
+    /// Adds `entry` at `depth` (0 = in the root). Directories deeper than
+    /// `depth` are finished first; a directory's entry opens it (its
+    /// `tree` is filled in when it is finished).
+    pub fn push(&mut self, depth: usize, entry: DirEntry, out: &mut Vec<EncodedNode>) -> Result<()> {
+        if depth > self.depth() {
+            return Err(Error::invalid(format!(
+                "entry {:?} at depth {depth} has no directory above it",
+                entry.display_name()
+            )));
+        }
+        while self.depth() > depth {
+            self.close(out)?;
+        }
+        match &entry.node {
+            Node::Dir { .. } => {
+                self.totals.dirs += 1;
+                self.open.push((Some(entry), DirBuilder::new()));
+                Ok(())
+            }
+            other => {
+                if let Node::File { .. } = other {
+                    self.totals.files += 1;
+                    self.totals.bytes = self.totals.bytes.saturating_add(entry.size);
+                } else {
+                    self.totals.other += 1;
+                }
+                self.top().push(&entry, out)
+            }
+        }
+    }
+
+    fn top(&mut self) -> &mut DirBuilder {
+        let last = self.open.len() - 1;
+        &mut self.open[last].1
+    }
+
+    fn close(&mut self, out: &mut Vec<EncodedNode>) -> Result<()> {
+        let Some((Some(mut entry), builder)) = self.open.pop() else {
+            return Err(Error::invalid("closing the root directory"));
+        };
+        let (tree, _) = builder.finish(out);
+        entry.node = Node::Dir { tree };
+        self.top().push(&entry, out)
+    }
+
+    /// Finishes every open directory; returns the root's id and the totals.
+    pub fn finish(mut self, out: &mut Vec<EncodedNode>) -> Result<(BlobId, crate::manifest::Totals)> {
+        while self.depth() > 0 {
+            self.close(out)?;
+        }
+        let (_, root) = self.open.pop().unwrap_or_default();
+        let (id, _) = root.finish(out);
+        Ok((id, self.totals))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,8 @@ pub enum ErrorKind {
     RolledBack,
     /// A replication source has nothing newer than the allowed age.
     Stale,
+    /// Cairn itself failed (a worker panicked): a bug, not the input.
+    Bug,
 }
 
 /// A store error.
@@ -138,6 +140,9 @@ pub enum Error {
     )]
     Stale { from: String, detail: String },
 
+    #[error("internal error: {0}; this is a bug in cairn: please report it with the command that failed")]
+    Bug(String),
+
     #[error("{what} does not match the snapshot: {detail}; {hint}")]
     Mismatch {
         what: String,
@@ -199,6 +204,7 @@ impl Error {
             Error::Mismatch { .. } => ErrorKind::Mismatch,
             Error::RolledBack { .. } => ErrorKind::RolledBack,
             Error::Stale { .. } => ErrorKind::Stale,
+            Error::Bug(_) => ErrorKind::Bug,
             Error::Unreachable { .. } => ErrorKind::Unreachable,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::Unsupported { .. } => ErrorKind::Unsupported,

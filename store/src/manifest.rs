@@ -24,14 +24,15 @@ pub const MANIFEST_MAGIC: [u8; 8] = *b"CAIRNSN\x01";
 pub const SIGNATURE_DOMAIN: &[u8] = b"cairn snapshot v1\0";
 /// The largest manifest body a reader accepts.
 pub const MAX_BODY_LEN: u32 = 64 << 20;
-/// The manifest body version this build writes and reads.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest body version this build writes: 2, a directory tree's root
+/// (version 1, an item list, is still read).
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// What a snapshot holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Body format version (1).
+    /// Body format version: 1 (items listed here) or 2 (a directory tree).
     pub version: u32,
     /// The repository this snapshot belongs to.
     pub repository: RepoId,
@@ -43,8 +44,36 @@ pub struct Manifest {
     pub tags: Vec<String>,
     /// Where the data came from.
     pub source: SourceInfo,
-    /// The items, in name order.
+    /// Version 2: the top-level names of the tree, sorted (what was backed
+    /// up; a backup's parent is the newest snapshot of the same host and paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Version 2: the snapshot this backup compared its files with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SnapshotId>,
+    /// Version 2: the root of the directory tree (format-spec §10.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<BlobId>,
+    /// Version 2: what the tree holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Totals>,
+    /// Version 1: the items, in name order (empty in version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<Item>,
+}
+
+/// What a version-2 snapshot's tree holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Totals {
+    /// Regular files (each hard link counted).
+    pub files: u64,
+    /// Directories (not counting the root).
+    pub dirs: u64,
+    /// Symlinks, FIFOs and devices.
+    pub other: u64,
+    /// Content bytes of the files.
+    pub bytes: u64,
 }
 
 /// Where a snapshot's data came from.
@@ -169,11 +198,18 @@ impl Manifest {
     /// Checks what a reader relies on: version, item names and order, the
     /// fields each kind has, and that only directories hold items.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.version != MANIFEST_VERSION {
-            return Err(format!(
-                "manifest version {} (this cairn reads {MANIFEST_VERSION})",
-                self.version
-            ));
+        match self.version {
+            1 if self.root.is_none()
+                && self.totals.is_none()
+                && self.paths.is_empty()
+                && self.parent.is_none() => {}
+            1 => return Err("a version-1 manifest with version-2 fields".into()),
+            2 => return self.validate_v2(),
+            v => {
+                return Err(format!(
+                    "manifest version {v} (this cairn reads 1 and {MANIFEST_VERSION})"
+                ));
+            }
         }
         if self
             .items
@@ -210,6 +246,19 @@ impl Manifest {
         check_holders(&self.items)
     }
 
+    fn validate_v2(&self) -> std::result::Result<(), String> {
+        if !self.items.is_empty() || self.root.is_none() || self.totals.is_none() {
+            return Err("a version-2 manifest needs a root and totals, and lists no items".into());
+        }
+        for (i, p) in self.paths.iter().enumerate() {
+            crate::dir::check_name(p.as_bytes())?;
+            if i > 0 && self.paths[i - 1] >= *p {
+                return Err(format!("paths not in strict order at {p:?}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Encodes and signs.
     pub fn encode_signed(&self, key: &SecretKey) -> Result<(SnapshotId, Vec<u8>)> {
         self.validate().map_err(Error::invalid)?;
@@ -241,6 +290,9 @@ impl Manifest {
     /// The snapshot's name, for grouping: its items' top-level names, sorted
     /// and joined with commas (`couchdb,postgres.sql`).
     pub fn name(&self) -> String {
+        if self.version >= 2 {
+            return self.paths.join(",");
+        }
         let mut tops: Vec<&str> = self
             .items
             .iter()
@@ -252,6 +304,9 @@ impl Manifest {
 
     /// Total content bytes.
     pub fn total_len(&self) -> u64 {
+        if let Some(t) = self.totals {
+            return t.bytes;
+        }
         // Checked at decode (`validate`); saturating for manifests built in memory.
         self.items.iter().fold(0u64, |t, i| t.saturating_add(i.len))
     }
@@ -394,6 +449,10 @@ mod tests {
                 exit_status: None,
                 url: None,
             },
+            paths: vec![],
+            parent: None,
+            root: None,
+            totals: None,
             items: vec![Item {
                 name: "couchdb/lms.json".into(),
                 kind: ItemKind::File,

@@ -71,6 +71,7 @@ impl WriteArgs {
             tags: self.tags.clone(),
             time,
             upload_concurrency: self.upload_concurrency,
+            ..BackupOptions::default()
         };
         Ok((session, key, options))
     }
@@ -92,6 +93,14 @@ pub struct BackupArgs {
     /// Files or directories to back up, or `-` for standard input.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
+    /// Compare files with this snapshot (id or prefix) instead of the newest
+    /// of the same host and paths: a file whose size, modification time,
+    /// change time and inode are the same there is not read again.
+    #[arg(long, value_name = "SNAPSHOT")]
+    parent: Option<String>,
+    /// Read every file, even those unchanged since the parent.
+    #[arg(long)]
+    force_reread: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -143,7 +152,9 @@ pub async fn run(mut args: BackupArgs) -> anyhow::Result<ExitCode> {
     }
     let source = source(&args)?;
     let write = &args.write;
-    let (session, key, options) = write.begin().await?;
+    let (session, key, mut options) = write.begin().await?;
+    options.parent = args.parent.clone();
+    options.force_reread = args.force_reread;
     let args = write;
     let started = Instant::now();
     let bar = Bar::bytes(None, args.quiet || args.json);
@@ -159,9 +170,10 @@ pub async fn run(mut args: BackupArgs) -> anyhow::Result<ExitCode> {
         super::print_summary(&summary, &[("duration_secs", seconds.into())])?;
     } else {
         println!(
-            "snapshot {} saved: {} items, {} read, {} new, {} stored, in {:.1} s ({})",
+            "snapshot {} saved: {} entries ({} unchanged files not read), {} read, {} new, {} stored, in {:.1} s ({})",
             summary.snapshot.short(),
             summary.items,
+            summary.files_unchanged,
             human_bytes(summary.bytes_read),
             human_bytes(summary.new_blob_bytes),
             human_bytes(summary.stored_bytes),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_store::manifest::{ItemKind, Snapshot};
+use cairn_store::manifest::Snapshot;
 use cairn_store::ops::select::{Selector, SnapshotFilter, parse_time};
 use cairn_store::repo::IndexedRepository;
 use clap::Args;
@@ -26,9 +26,20 @@ pub struct RestoreArgs {
     /// Restore only this item (and, for a directory, what is under it).
     #[arg(long, value_name = "NAME")]
     item: Option<String>,
-    /// Restore into this directory (new or empty).
+    /// Restore into this directory (new or empty, unless --overwrite).
     #[arg(long, value_name = "DIR")]
     target: Option<PathBuf>,
+    /// Restore into an existing directory (a volume restored in place):
+    /// files whose size and modification time already match are kept,
+    /// everything else is replaced.
+    #[arg(long, requires = "target")]
+    overwrite: bool,
+    /// With --overwrite: remove what the snapshot does not hold.
+    #[arg(long, requires = "overwrite")]
+    delete: bool,
+    /// Restore owners by number only, never by user or group name.
+    #[arg(long)]
+    numeric_owner: bool,
     /// Write one file item's content to standard output.
     #[arg(long, conflicts_with = "json")]
     stdout: bool,
@@ -107,41 +118,16 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
 
     if args.stdout || args.output.is_some() {
-        let files: Vec<_> = snapshot
-            .manifest
-            .items
-            .iter()
-            .filter(|i| i.kind == ItemKind::File)
-            .collect();
-        let item = match (&args.item, files.as_slice()) {
-            (Some(name), _) => {
-                files
-                    .iter()
-                    .find(|i| &i.name == name)
-                    .copied()
-                    .ok_or_else(|| cairn_store::Error::NotFound {
-                        what: format!("file item {name:?} in snapshot {}", snapshot.id.short()),
-                        hint: "list the items with `cairn snapshots --json`".into(),
-                    })?
-            }
-            (None, [one]) => *one,
-            (None, _) => {
-                return Err(cairn_store::Error::invalid(format!(
-                    "snapshot {} has {} file items; choose one with --item (e.g. {:?})",
-                    snapshot.id.short(),
-                    files.len(),
-                    files.first().map(|i| i.name.as_str()).unwrap_or_default()
-                ))
-                .into());
-            }
-        };
-        let bar = Bar::bytes(Some(item.len), args.quiet || args.json);
+        let (name, entry) =
+            cairn_store::ops::restore::find_file(&repo, &snapshot, args.item.as_deref()).await?;
+        let bar = Bar::bytes(Some(entry.size), args.quiet || args.json);
         let result = match &args.output {
             None => {
-                cairn_store::ops::restore::restore_item_to(
+                cairn_store::ops::restore::restore_entry_to(
                     &repo,
                     &snapshot,
-                    item,
+                    &name,
+                    &entry,
                     std::io::stdout(),
                     &bar,
                 )
@@ -154,9 +140,10 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
                         e,
                     )
                 })?;
-                let result =
-                    cairn_store::ops::restore::restore_item_to(&repo, &snapshot, item, file, &bar)
-                        .await;
+                let result = cairn_store::ops::restore::restore_entry_to(
+                    &repo, &snapshot, &name, &entry, file, &bar,
+                )
+                .await;
                 if result.is_err() {
                     let _ = std::fs::remove_file(path);
                 }
@@ -168,7 +155,7 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             super::print_json(&serde_json::json!({
                 "snapshot": snapshot.id,
-                "item": item.name,
+                "item": name,
                 "bytes": bytes,
                 "duration_secs": started.elapsed().as_secs_f64(),
             }))?;
@@ -180,13 +167,18 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         .target
         .clone()
         .context("--target or --stdout is required")?;
-    let total = cairn_store::ops::restore::select_items(&snapshot, args.item.as_deref())?
-        .iter()
-        .map(|i| i.len)
-        .sum();
-    let bar = Bar::bytes(Some(total), args.quiet || args.json);
+    let total = args
+        .item
+        .is_none()
+        .then(|| snapshot.manifest.total_len());
+    let bar = Bar::bytes(total, args.quiet || args.json);
+    let options = cairn_store::ops::restore::RestoreOptions {
+        overwrite: args.overwrite,
+        delete: args.delete,
+        numeric_owner: args.numeric_owner,
+    };
     let summary = repo
-        .restore_to_dir(&snapshot, &target, args.item.as_deref(), &bar)
+        .restore_to_dir_with(&snapshot, &target, args.item.as_deref(), &options, &bar)
         .await;
     bar.finish();
     let summary = summary?;

@@ -151,11 +151,25 @@ impl WriteSession {
             .load_snapshots(&self.config().trust())
             .await?;
 
+        // The newest CouchDB snapshots, their trees read, until every
+        // database has its newest earlier dump.
+        let mut flat = Vec::new();
+        let reader = Arc::new(self.repo().blob_reader());
+        for s in snapshots.snapshots.iter().rev() {
+            if s.manifest.source.kind != SourceKind::Couchdb {
+                continue;
+            }
+            flat.insert(0, crate::ops::walk::with_items(Arc::clone(&reader), s).await?);
+            if dbs.iter().all(|db| previous_of(self.repo(), &flat, db).is_some()) {
+                break;
+            }
+        }
+
         let failure = FirstFailure::default();
         let mut entries = Vec::new();
         let mut jobs = Vec::new();
         for db in &dbs {
-            let previous = previous_of(self.repo(), &snapshots.snapshots, db);
+            let previous = previous_of(self.repo(), &flat, db);
             // A new base, or the previous base and overlays and one more.
             let compact = previous.as_ref().is_none_or(|p| {
                 options.full
@@ -1130,7 +1144,7 @@ impl Producer<'_> {
                 while let Some((n, task)) = batches.in_flight.pop_front() {
                     let fetched = self
                         .block_on(task)
-                        .map_err(|e| Error::invalid(format!("fetch task failed: {e}")))??;
+                        .map_err(|e| Error::Bug(format!("fetch task failed: {e}")))??;
                     batches.done.insert(n, fetched);
                     if n == batch {
                         break;
@@ -1332,7 +1346,7 @@ impl Producer<'_> {
                     .pop_front()
                     .ok_or_else(|| Error::invalid("attachment queue out of step"))?;
                 self.block_on(task)
-                    .map_err(|e| Error::invalid(format!("attachment task failed: {e}")))??
+                    .map_err(|e| Error::Bug(format!("attachment task failed: {e}")))??
             }
             None => return Ok(()),
         };

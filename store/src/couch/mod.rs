@@ -110,7 +110,7 @@ pub(crate) async fn backup_streams<T: Send + 'static>(
         .await;
     let produced = producer
         .join()
-        .map_err(|_| Error::invalid("the thread producing the dump panicked"))?;
+        .map_err(|_| Error::Bug("the thread producing the dump panicked".into()))?;
     if let Some(e) = failure.take() {
         return Err(e);
     }

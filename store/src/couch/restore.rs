@@ -244,6 +244,8 @@ impl IndexedRepository {
                 snapshot.id
             )));
         }
+        let flat = crate::ops::walk::with_items(Arc::new(self.blob_reader()), snapshot).await?;
+        let snapshot = &flat;
         let available = crate::couch::dumps(snapshot);
         let mapping: Vec<(String, String)> = if options.dbs.is_empty() {
             let mut all: Vec<String> = available
@@ -313,7 +315,7 @@ impl IndexedRepository {
             };
             let report = tokio::task::spawn_blocking(move || driver.restore(plan))
                 .await
-                .map_err(|e| Error::invalid(format!("restore thread failed: {e}")))??;
+                .map_err(|e| Error::Bug(format!("restore thread failed: {e}")))??;
             reports.push(report);
         }
         let wire = &client.stats;
@@ -1048,7 +1050,7 @@ impl<'a> Batcher<'a> {
             let outcome = self
                 .driver
                 .block_on(task)
-                .map_err(|e| Error::invalid(format!("upload task failed: {e}")))??;
+                .map_err(|e| Error::Bug(format!("upload task failed: {e}")))??;
             report.batches += outcome.requests;
             report.splits += outcome.splits;
             report.rejected += outcome.rejected.len() as u64;

@@ -3,6 +3,7 @@
 //! counts equal to what `meta.json` recorded.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::couch::format::{self, AttHeader, Counts, Meta};
 use crate::couch::merge::{GroupReader, Merged};
@@ -28,6 +29,8 @@ pub async fn check_snapshot(
     read: bool,
 ) -> Result<Vec<DamagedItem>> {
     let mut damaged = Vec::new();
+    let flat = crate::ops::walk::with_items(Arc::new(repo.blob_reader()), snapshot).await?;
+    let snapshot = &flat;
     for (db, items) in crate::couch::dumps(snapshot) {
         let mut problems: Vec<(String, String)> = Vec::new();
         for file in format::FILES {
@@ -48,7 +51,7 @@ pub async fn check_snapshot(
                 check_db(&runtime, &repo, &snapshot, &db2, &items, read)
             })
             .await
-            .map_err(|e| Error::invalid(format!("verify thread failed: {e}")))?;
+            .map_err(|e| Error::Bug(format!("verify thread failed: {e}")))?;
         }
         let mut by_item: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (item, problem) in problems {

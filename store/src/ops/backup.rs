@@ -32,13 +32,15 @@ use crate::frame::FrameBuilder;
 use crate::id::{BlobId, IdSet, SnapshotId};
 use crate::index::Index;
 use crate::key::SecretKey;
-use crate::manifest::{Item, ItemKind, MANIFEST_VERSION, Manifest};
+use crate::dir::{Change, DirEntry, Node, Time, TreeAssembler};
+use crate::manifest::{MANIFEST_VERSION, Manifest, Snapshot, Totals};
 use crate::ops::packer::{FinishedPack, Packer, store_index, upload_packs};
 use crate::ops::restore::TreeWalker;
-use crate::ops::source::{Content, Entry, FileState, Source, StableFile};
+use crate::ops::source::{Content, FileAt, FileState, Source, SourceEntry, StableFile};
+use crate::ops::walk::{DirCursor, SnapshotTree};
 use crate::repo::IndexedRepository;
 use crate::session::WriteSession;
-use crate::tree::TreeBuilder;
+use crate::tree::{EncodedNode, TreeBuilder};
 
 /// Bytes read from the source per segment.
 const SEGMENT_LEN: usize = 4 << 20;
@@ -68,6 +70,11 @@ pub struct BackupOptions {
     pub time: Option<Timestamp>,
     /// Packs uploaded at once.
     pub upload_concurrency: usize,
+    /// The snapshot to compare files with (an id or id prefix); by default
+    /// the newest of the same host and paths (else of the same paths).
+    pub parent: Option<String>,
+    /// Read every file, even those unchanged since the parent.
+    pub force_reread: bool,
 }
 
 impl Default for BackupOptions {
@@ -77,6 +84,8 @@ impl Default for BackupOptions {
             tags: Vec::new(),
             time: None,
             upload_concurrency: 2,
+            parent: None,
+            force_reread: false,
         }
     }
 }
@@ -101,8 +110,12 @@ pub struct BackupSummary {
     pub snapshot: SnapshotId,
     /// Its time.
     pub time: Timestamp,
-    /// Items in it.
+    /// Entries in it (files, directories and the rest).
     pub items: u64,
+    /// The snapshot its files were compared with.
+    pub parent: Option<SnapshotId>,
+    /// Files found unchanged since the parent, and not read.
+    pub files_unchanged: u64,
     /// Bytes read from the source.
     pub bytes_read: u64,
     /// Chunks the content was cut into.
@@ -121,6 +134,7 @@ pub struct BackupSummary {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct IngestStats {
+    files_unchanged: u64,
     bytes_read: u64,
     chunks: u64,
     new_blobs: u64,
@@ -144,10 +158,22 @@ impl WriteSession {
             });
         }
         let source_info = source.info();
-        let previous = self.repo().previous_items().await?;
+        let paths = source.paths()?;
+        let parent = self.parent(&paths, options).await?;
         self.pauses().at("backup:parents-loaded").await;
+        let reader = Arc::new(BlobReader::new(self.repo().clone(), 4, 4 << 20));
+        let parent_tree = match &parent {
+            Some(p) => match SnapshotTree::open(Arc::clone(&reader), p) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!("cannot read the parent snapshot {} ({e}); reading every file", p.id.short());
+                    None
+                }
+            },
+            None => None,
+        };
         let parents = ParentLoader {
-            reader: BlobReader::new(self.repo().clone(), 4, 4 << 20),
+            reader,
             runtime: tokio::runtime::Handle::current(),
         };
 
@@ -162,28 +188,25 @@ impl WriteSession {
         ));
         let config = self.config().clone();
         let index = Arc::clone(self.repo().index());
+        let force_reread = options.force_reread;
         let ingest = tokio::task::spawn_blocking(move || {
-            let entries = source.into_entries()?;
-            let mut ingest = Ingest::new(&config, &index, previous, parents, pack_tx)?;
-            let mut items = entries
-                .into_iter()
-                .map(|entry| ingest.entry(entry, progress.as_ref()))
-                .collect::<Result<Vec<Item>>>()?;
-            // Prepared sources store in their own order; manifests list by name.
-            items.sort_by(|a, b| a.name.cmp(&b.name));
-            let stats = ingest.finish()?;
-            Ok::<_, Error>((items, stats))
+            let entries = source.into_tree()?;
+            let mut ingest = Ingest::new(&config, &index, parents, parent_tree, force_reread, pack_tx)?;
+            for entry in entries {
+                ingest.entry(entry?, progress.as_ref())?;
+            }
+            ingest.finish()
         });
         let ingested = ingest
             .await
-            .map_err(|e| Error::invalid(format!("ingest thread failed: {e}")))?;
+            .map_err(|e| Error::Bug(format!("the ingest thread failed: {e}")))?;
         let uploaded = uploader
             .await
-            .map_err(|e| Error::invalid(format!("upload task failed: {e}")))?;
+            .map_err(|e| Error::Bug(format!("the upload task failed: {e}")))?;
         // An upload failure closes the channel and so also fails ingest:
         // report the cause, not the symptom.
-        let (items, stats, packs) = match (ingested, uploaded) {
-            (Ok((items, stats)), Ok(packs)) => (items, stats, packs),
+        let ((root, totals, stats), packs) = match (ingested, uploaded) {
+            (Ok(done), Ok(packs)) => (done, packs),
             (_, Err(upload_error)) => return Err(upload_error),
             (Err(e), Ok(_)) => return Err(e),
         };
@@ -201,7 +224,11 @@ impl WriteSession {
             host: options.host.clone(),
             tags: options.tags.clone(),
             source: source_info,
-            items,
+            paths,
+            parent: parent.as_ref().map(|p| p.id),
+            root: Some(root),
+            totals: Some(totals),
+            items: Vec::new(),
         };
         let (snapshot, bytes) = manifest.encode_signed(key)?;
         stored_bytes += bytes.len() as u64;
@@ -215,7 +242,9 @@ impl WriteSession {
         Ok(BackupSummary {
             snapshot,
             time,
-            items: manifest.items.len() as u64,
+            items: totals.files + totals.dirs + totals.other,
+            parent: parent.map(|p| p.id),
+            files_unchanged: stats.files_unchanged,
             bytes_read: stats.bytes_read,
             chunks: stats.chunks,
             new_blobs: stats.new_blobs,
@@ -224,6 +253,30 @@ impl WriteSession {
             stored_bytes,
             packs: pack_count,
         })
+    }
+
+    /// The parent: the one asked for, else the newest usable snapshot with
+    /// the same paths, of the same host if there is one.
+    async fn parent(&self, paths: &[String], options: &BackupOptions) -> Result<Option<Snapshot>> {
+        let list = self.repo().repo().load_snapshots(&self.config().trust()).await?;
+        if let Some(prefix) = &options.parent {
+            let selector = crate::ops::select::Selector::parse(prefix)?;
+            return list
+                .select(&selector, &Default::default())
+                .cloned()
+                .map(Some);
+        }
+        let name = paths.join(",");
+        let same = |s: &&Snapshot| s.manifest.name() == name;
+        let newest = |host: Option<&str>| {
+            list.snapshots
+                .iter()
+                .rev()
+                .filter(same)
+                .find(|s| host.is_none_or(|h| s.manifest.host == h))
+                .cloned()
+        };
+        Ok(newest(Some(&options.host)).or_else(|| newest(None)))
     }
 }
 
@@ -237,32 +290,38 @@ struct PreviousItem {
     chunks: u64,
 }
 
-impl IndexedRepository {
-    /// Each file item name's newest version in the repository.
-    async fn previous_items(&self) -> Result<HashMap<String, PreviousItem>> {
-        let list = self.repo().load_snapshots(&self.config().trust()).await?;
-        let mut previous = HashMap::new();
-        for snapshot in list.snapshots.iter().rev() {
-            for item in &snapshot.manifest.items {
-                if let (Some(params), Some(tree), Some(chunks)) =
-                    (item.chunker, item.tree, item.chunks)
-                {
-                    previous.entry(item.name.clone()).or_insert(PreviousItem {
-                        params,
-                        tree,
-                        len: item.len,
-                        chunks,
-                    });
-                }
-            }
+impl PreviousItem {
+    fn of(entry: &DirEntry) -> Option<PreviousItem> {
+        match entry.node {
+            Node::File {
+                root,
+                chunks,
+                chunker,
+            } if chunker.validate().is_ok() => Some(PreviousItem {
+                params: chunker,
+                tree: root,
+                len: entry.size,
+                chunks,
+            }),
+            _ => None,
         }
-        Ok(previous)
     }
+}
+
+/// Whether a file is unchanged since the parent's entry for it: same size,
+/// modification time, status change time and inode.
+fn unchanged(now: &DirEntry, then: &DirEntry) -> bool {
+    matches!(then.node, Node::File { .. })
+        && now.size == then.size
+        && now.mtime.is_some()
+        && now.mtime == then.mtime
+        && now.change.is_some()
+        && now.change == then.change
 }
 
 /// Reads a previous item's chunk list from the ingest thread.
 struct ParentLoader {
-    reader: BlobReader,
+    reader: Arc<BlobReader>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -341,18 +400,29 @@ impl Vouched {
     }
 }
 
-/// The ingest thread's state: dedup, frames being filled, the open pack.
+/// The ingest thread's state: the tree being built, the parent's tree
+/// beside it, dedup, frames being filled, the open pack.
 struct Ingest<'a> {
     policy: ChunkingPolicy,
-    /// Earlier versions by item name.
-    previous: HashMap<String, PreviousItem>,
     parents: ParentLoader,
+    /// The parent snapshot's tree, and a cursor per open directory
+    /// (`parent_dirs[d]` lists the parent's directory at depth `d`; `None`
+    /// where the parent has no such directory or it could not be read).
+    parent_tree: Option<SnapshotTree>,
+    parent_dirs: Vec<Option<DirCursor>>,
+    force_reread: bool,
+    tree: TreeAssembler,
+    /// Files of this backup by hard-link group: a second name reuses the content.
+    links: HashMap<u64, (u64, Node)>,
     config: &'a Config,
     index: &'a Index,
     /// Blobs added by this backup (not yet in any index object).
     pending: IdSet<BlobId>,
     /// What the stream being stored may deduplicate against in `index`.
     vouched: Vouched,
+    /// The parent's directory nodes read and checked: an unchanged
+    /// directory is the same node, and is not stored again.
+    vouched_dirs: IdSet<BlobId>,
     data_frame: FrameBuilder,
     tree_frame: FrameBuilder,
     packer: Packer,
@@ -400,18 +470,24 @@ impl<'a> Ingest<'a> {
     fn new(
         config: &'a Config,
         index: &'a Index,
-        previous: HashMap<String, PreviousItem>,
         parents: ParentLoader,
+        parent_tree: Option<SnapshotTree>,
+        force_reread: bool,
         pack_tx: mpsc::Sender<FinishedPack>,
     ) -> Result<Self> {
-        Ok(Ingest {
+        let mut ingest = Ingest {
             policy: config.chunking,
-            previous,
             parents,
+            parent_tree,
+            parent_dirs: Vec::new(),
+            force_reread,
+            tree: TreeAssembler::new(),
+            links: HashMap::new(),
             config,
             index,
             pending: IdSet::default(),
             vouched: Vouched::Nothing,
+            vouched_dirs: IdSet::default(),
             data_frame: FrameBuilder::default(),
             tree_frame: FrameBuilder::default(),
             packer: Packer::start(
@@ -422,46 +498,147 @@ impl<'a> Ingest<'a> {
             )?,
             buffers: BufferPool::new(),
             stats: IngestStats::default(),
-        })
+        };
+        let root = ingest.parent_tree.as_ref().map(|t| t.root());
+        let cursor = root.and_then(|r| ingest.open_parent_dir(r, ""));
+        ingest.parent_dirs.push(cursor);
+        Ok(ingest)
     }
 
-    /// Stores one entry and returns its manifest item.
-    fn entry(&mut self, entry: Entry, progress: &dyn Progress) -> Result<Item> {
-        let mut item = Item {
-            name: entry.name,
-            kind: entry.kind,
-            len: 0,
-            tree: None,
-            chunks: None,
-            chunker: None,
-            mode: entry.mode,
-            mtime: entry.mtime,
-            target: entry.target,
-        };
-        if let Some(content) = entry.content {
-            debug_assert_eq!(item.kind, ItemKind::File);
-            progress.item(&item.name, None);
+    /// A cursor over one of the parent's directories, recording its nodes;
+    /// `None` (with a warning) when it cannot be read: a damaged parent
+    /// only makes this backup read more.
+    fn open_parent_dir(&self, tree: BlobId, path: &str) -> Option<DirCursor> {
+        let parent = self.parent_tree.as_ref()?;
+        match self.parents.runtime.block_on(parent.dir(tree)) {
+            Ok(mut c) => {
+                c.record_nodes();
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!("{path}: cannot read it in the parent snapshot ({e}); reading it whole");
+                None
+            }
+        }
+    }
+
+    /// The parent's entry for `name` in the directory at `depth`.
+    fn parent_entry(&mut self, depth: usize, name: &[u8], path: &str) -> Option<DirEntry> {
+        self.close_parent_dirs(depth + 1);
+        let cursor = self.parent_dirs.get_mut(depth)?.as_mut()?;
+        match self.parents.runtime.block_on(cursor.seek(name)) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("{path}: cannot read its directory in the parent snapshot ({e}); reading it whole");
+                self.parent_dirs[depth] = None;
+                None
+            }
+        }
+    }
+
+    /// Drops the parent cursors from `depth` on, keeping the nodes they read.
+    fn close_parent_dirs(&mut self, depth: usize) {
+        while self.parent_dirs.len() > depth {
+            if let Some(Some(mut c)) = self.parent_dirs.pop() {
+                self.vouched_dirs.extend(c.take_nodes());
+            }
+        }
+    }
+
+    /// Stores one entry (a file's content, a directory's nodes once it is complete).
+    fn entry(&mut self, source: SourceEntry, progress: &dyn Progress) -> Result<()> {
+        let SourceEntry {
+            depth,
+            path,
+            mut entry,
+            content,
+            chunker,
+        } = source;
+        let previous = self.parent_entry(depth, &entry.name, &path);
+        match (&entry.node, content) {
+            (Node::Dir { .. }, _) => {
+                let cursor = match previous.map(|p| p.node) {
+                    Some(Node::Dir { tree }) => self.open_parent_dir(tree, &path),
+                    _ => None,
+                };
+                self.parent_dirs.push(cursor);
+            }
+            (Node::File { .. }, Some(content)) => {
+                progress.item(&path, Some(entry.size));
+                self.file(&path, &mut entry, content, chunker, previous, progress)?;
+            }
+            _ => {}
+        }
+        let mut nodes = Vec::new();
+        self.tree.push(depth, entry, &mut nodes)?;
+        self.add_dir_nodes(nodes)
+    }
+
+    fn add_dir_nodes(&mut self, nodes: Vec<EncodedNode>) -> Result<()> {
+        for node in nodes {
+            let vouched = self.vouched_dirs.contains(&node.id) && self.index.contains(&node.id);
+            if !vouched {
+                self.add_blob_as(node.id, &node.bytes, true, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a file's content unless it is unchanged since the parent or
+    /// a hard link to a file already stored; fills in `entry`'s node.
+    fn file(
+        &mut self,
+        path: &str,
+        entry: &mut DirEntry,
+        content: Content,
+        chunker: Option<ChunkerParams>,
+        previous: Option<DirEntry>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if let Some(group) = entry.link_group
+            && let Some((size, node)) = self.links.get(&group)
+            && *size == entry.size
+        {
+            entry.node = node.clone();
+            return Ok(());
+        }
+        if let Some(p) = &previous
+            && !self.force_reread
+            && unchanged(entry, p)
+        {
+            entry.node = p.node.clone();
+            self.stats.files_unchanged += 1;
+        } else {
+            let previous = previous.as_ref().and_then(PreviousItem::of);
             let (len, chunks, root, params) = match content {
-                Content::File(path, dir) => {
+                Content::File(at) => {
                     let (streamed, state) =
-                        self.stream_file(&item.name, &path, dir, entry.chunker, progress)?;
-                    item.mtime = i32::try_from(state.mtime.1)
-                        .ok()
-                        .and_then(|ns| Timestamp::new(state.mtime.0, ns).ok())
-                        .or(item.mtime);
+                        self.stream_file(path, &at, chunker, previous, progress)?;
+                    // What was read is what the entry describes.
+                    entry.size = streamed.0;
+                    entry.mtime = Some(time_of(state.mtime));
+                    entry.change = Some(Change {
+                        ctime: time_of(state.ctime),
+                        inode: state.inode.1,
+                    });
                     streamed
                 }
                 other => {
-                    let reader = other.open(&item.name)?;
-                    self.stream(&item.name, entry.chunker, reader, progress)?
+                    let reader = other.open(path)?;
+                    self.stream(path, chunker, previous, reader, progress)?
                 }
             };
-            item.len = len;
-            item.chunks = Some(chunks);
-            item.tree = Some(root);
-            item.chunker = Some(params);
+            entry.size = len;
+            entry.node = Node::File {
+                root,
+                chunks,
+                chunker: params,
+            };
         }
-        Ok(item)
+        if let Some(group) = entry.link_group {
+            self.links.insert(group, (entry.size, entry.node.clone()));
+        }
+        Ok(())
     }
 
     /// Streams a file, reading it again (up to [`FILE_READS`] times) while
@@ -470,16 +647,16 @@ impl<'a> Ingest<'a> {
     fn stream_file(
         &mut self,
         name: &str,
-        path: &std::path::Path,
-        dir: Option<crate::ops::source::FileId>,
+        at: &FileAt,
         chunker: Option<ChunkerParams>,
+        previous: Option<PreviousItem>,
         progress: &dyn Progress,
     ) -> Result<((u64, u64, BlobId, ChunkerParams), FileState)> {
         let mut attempt = 1;
         loop {
-            let (file, changed) = StableFile::open(path, dir, name)?;
+            let (file, changed) = StableFile::open_at(at, name)?;
             let state = file.state();
-            match self.stream(name, chunker, Box::new(file), progress) {
+            match self.stream(name, chunker, previous, Box::new(file), progress) {
                 Ok(streamed) => return Ok((streamed, state)),
                 Err(_) if changed.load(Ordering::SeqCst) && attempt < FILE_READS => {
                     tracing::warn!("{name} changed while it was read; reading it again");
@@ -505,15 +682,16 @@ impl<'a> Ingest<'a> {
         &mut self,
         name: &str,
         chunker: Option<ChunkerParams>,
+        previous: Option<PreviousItem>,
         reader: Box<dyn Read + Send>,
         progress: &dyn Progress,
     ) -> Result<(u64, u64, BlobId, ChunkerParams)> {
         let (tx, rx) = crossbeam_channel::bounded::<Result<Segment>>(SEGMENTS_AHEAD);
         let buffers = self.buffers.clone();
         // A parent whose recorded parameters are unusable is ignored.
-        let (choice, parent) = match self.previous.get(name) {
+        let (choice, parent) = match previous {
             Some(previous) if previous.params.validate().is_ok() => {
-                let (parent, vouched) = self.parents.load(name, previous);
+                let (parent, vouched) = self.parents.load(name, &previous);
                 self.vouched = vouched;
                 (Choice::Fixed(previous.params), parent)
             }
@@ -559,7 +737,7 @@ impl<'a> Ingest<'a> {
             self.stats.chunks += chunks;
             let params = reader_thread
                 .join()
-                .map_err(|_| Error::invalid("the reader thread panicked"))??;
+                .map_err(|_| Error::Bug("the reader thread panicked".into()))??;
             Ok((len, chunks, root, params))
         })
     }
@@ -567,7 +745,12 @@ impl<'a> Ingest<'a> {
     /// Queues a blob for storage unless it is stored or queued already.
     fn add_blob(&mut self, id: BlobId, bytes: &[u8], is_tree: bool) -> Result<()> {
         let stored = self.vouched.contains(&id) && self.index.contains(&id);
-        if stored || !self.pending.insert(id) {
+        self.add_blob_as(id, bytes, is_tree, !stored)
+    }
+
+    /// Queues a blob unless it is queued already or `store` is false.
+    fn add_blob_as(&mut self, id: BlobId, bytes: &[u8], is_tree: bool, store: bool) -> Result<()> {
+        if !store || !self.pending.insert(id) {
             return Ok(());
         }
         self.stats.new_blobs += 1;
@@ -591,12 +774,25 @@ impl<'a> Ingest<'a> {
         Ok(())
     }
 
-    /// Flushes partial frames and waits for the last pack to be handed over.
-    fn finish(mut self) -> Result<IngestStats> {
+    /// Finishes the tree, flushes partial frames and waits for the last
+    /// pack to be handed over; returns the tree's root and totals.
+    fn finish(mut self) -> Result<(BlobId, Totals, IngestStats)> {
+        self.close_parent_dirs(0);
+        let mut nodes = Vec::new();
+        let tree = std::mem::take(&mut self.tree);
+        let (root, totals) = tree.finish(&mut nodes)?;
+        self.add_dir_nodes(nodes)?;
         self.packer.submit(self.data_frame.take())?;
         self.packer.submit(self.tree_frame.take())?;
         self.packer.finish()?;
-        Ok(self.stats)
+        Ok((root, totals, self.stats))
+    }
+}
+
+fn time_of((secs, nanos): (i64, i64)) -> Time {
+    Time {
+        secs,
+        nanos: u32::try_from(nanos).unwrap_or(0),
     }
 }
 

@@ -956,7 +956,7 @@ impl Repository {
         drop(tx);
         let packs = uploader
             .await
-            .map_err(|e| Error::invalid(format!("upload task failed: {e}")))??;
+            .map_err(|e| Error::Bug(format!("upload task failed: {e}")))??;
         store_index(self.backend(), packs).await?;
         Ok(written)
     }

@@ -1,4 +1,9 @@
-//! Mark: every blob the given snapshots reach, tree nodes and chunks.
+//! Mark: every blob the given snapshots reach: directory nodes, chunk-list
+//! nodes and chunks.
+//!
+//! Directory trees (format v2) are read first, level by level, each
+//! directory node once however many snapshots share it; the chunk-list
+//! roots their files name then go the same way down to the chunks.
 //!
 //! Trees are read breadth first, a batch of nodes at a time, each node
 //! checked against its id, and each node's subtree visited once however many
@@ -12,6 +17,7 @@
 //! kept apart from the blobs marked live.
 
 use crate::blob_reader::BlobReader;
+use crate::dir::{DirNode, Node};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IdSet};
 use crate::manifest::{ItemKind, Snapshot};
@@ -32,7 +38,14 @@ pub async fn mark(
 ) -> Result<()> {
     let reader = BlobReader::new(repo.clone(), 8, 16 << 20);
     let mut frontier: Vec<BlobId> = Vec::new();
+    let mut dirs: Vec<BlobId> = Vec::new();
     for s in snapshots {
+        if let Some(root) = s.manifest.root
+            && nodes.insert(root)
+        {
+            live.insert(root);
+            dirs.push(root);
+        }
         for item in &s.manifest.items {
             if let (ItemKind::File, Some(root)) = (item.kind, item.tree)
                 && nodes.insert(root)
@@ -41,6 +54,37 @@ pub async fn mark(
                 frontier.push(root);
             }
         }
+    }
+    while !dirs.is_empty() {
+        let mut next = Vec::new();
+        for batch in dirs.chunks(BATCH) {
+            let blobs = reader.read_blobs(batch).await?;
+            for (id, bytes) in batch.iter().zip(blobs) {
+                let mut reach = |id: BlobId, to: &mut Vec<BlobId>| {
+                    if nodes.insert(id) {
+                        live.insert(id);
+                        to.push(id);
+                    }
+                };
+                match DirNode::decode(&bytes, &format!("directory node {id}"))? {
+                    DirNode::Children { children, .. } => {
+                        for c in children {
+                            reach(c.id, &mut next);
+                        }
+                    }
+                    DirNode::Entries(entries) => {
+                        for e in entries {
+                            match e.node {
+                                Node::Dir { tree } => reach(tree, &mut next),
+                                Node::File { root, .. } => reach(root, &mut frontier),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dirs = next;
     }
     while !frontier.is_empty() {
         let mut next = Vec::new();

@@ -3,6 +3,7 @@
 
 pub mod backup;
 mod copies;
+pub(crate) mod fsmeta;
 pub mod forget;
 pub mod gc;
 mod mark;
@@ -14,6 +15,7 @@ pub mod source;
 pub mod stats;
 mod target;
 pub mod verify;
+pub mod walk;
 
 /// This machine's host name, for snapshots (override it with `--host` where
 /// the host name is not stable, e.g. in a Kubernetes pod).

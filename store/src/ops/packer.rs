@@ -92,7 +92,7 @@ impl Packer {
         drop(self.done);
         self.thread
             .join()
-            .map_err(|_| Error::invalid("the packer thread panicked"))?
+            .map_err(|_| Error::Bug("the packer thread panicked".into()))?
     }
 }
 

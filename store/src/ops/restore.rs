@@ -7,8 +7,11 @@
 //! naming the chunk and item. Content is fetched a window at a time while a
 //! writer thread writes the previous window.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,8 +21,11 @@ use serde::Serialize;
 use crate::blob_reader::BlobReader;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
-use crate::manifest::{Item, ItemKind, Snapshot};
+use crate::dir::{DirEntry, Node};
+use crate::manifest::{Item, Snapshot};
+use crate::ops::fsmeta::{self, ApplyContext, ApplyOptions, SparseWriter};
 use crate::ops::target::TargetDir;
+use crate::ops::walk::{SnapshotTree, Walked};
 use crate::repo::IndexedRepository;
 use crate::tree::{TreeEntry, TreeNode};
 
@@ -52,6 +58,20 @@ pub struct RestoreSummary {
     pub dirs: u64,
     /// Symlinks created.
     pub symlinks: u64,
+    /// Further names of files already restored (hard links).
+    pub hard_links: u64,
+    /// FIFOs and devices created.
+    pub specials: u64,
+    /// Devices not created (restoring them needs root).
+    pub specials_skipped: u64,
+    /// Files already as in the snapshot (`--overwrite`), not rewritten.
+    pub unchanged: u64,
+    /// Names removed because the snapshot lacks them (`--delete`).
+    pub deleted: u64,
+    /// Entries whose owner could not be set (not root).
+    pub owners_skipped: u64,
+    /// Entries whose extended attributes the target refused.
+    pub xattrs_skipped: u64,
     /// Content bytes written.
     pub bytes: u64,
 }
@@ -175,19 +195,53 @@ impl IndexedRepository {
         writer: W,
         progress: &dyn RestoreProgress,
     ) -> Result<(W, u64)> {
-        let context = |e| in_item(e, &snapshot.id, &item.name);
         let root = item.tree.ok_or_else(|| {
             Error::invalid(format!(
                 "item {:?} is a {:?}, not a file",
                 item.name, item.kind
             ))
         })?;
+        let content = FileContent {
+            root,
+            len: item.len,
+            chunks: item.chunks,
+        };
+        self.restore_content(reader, &snapshot.id, &item.name, content, writer, false, progress)
+            .await
+    }
+
+    /// Writes a file's content to `writer` (chunk by chunk, unbuffered,
+    /// when `per_chunk`, so a sparse writer sees runs of zeros); returns
+    /// the writer and the byte count.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn restore_content<W: Write + Send + 'static>(
+        &self,
+        reader: &BlobReader,
+        snapshot: &SnapshotId,
+        name: &str,
+        content: FileContent,
+        writer: W,
+        per_chunk: bool,
+        progress: &dyn RestoreProgress,
+    ) -> Result<(W, u64)> {
+        let context = |e| in_item(e, snapshot, name);
+        let FileContent { root, len, chunks } = content;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(1);
         let writer_thread = std::thread::spawn(move || -> std::io::Result<(W, u64)> {
+            let mut written = 0u64;
+            if per_chunk {
+                let mut writer = writer;
+                while let Some(batch) = rx.blocking_recv() {
+                    for b in batch {
+                        writer.write_all(&b)?;
+                        written += b.len() as u64;
+                    }
+                }
+                return Ok((writer, written));
+            }
             // Chunks are small (2 KiB for dumps): one write call per chunk
             // would cost more than the copying.
             let mut writer = std::io::BufWriter::with_capacity(WRITE_BUFFER_LEN, writer);
-            let mut written = 0u64;
             while let Some(batch) = rx.blocking_recv() {
                 for b in batch {
                     writer.write_all(&b)?;
@@ -199,7 +253,7 @@ impl IndexedRepository {
         });
 
         let fetched: Result<u64> = async {
-            let mut walker = TreeWalker::new(reader, root, item.len)
+            let mut walker = TreeWalker::new(reader, root, len)
                 .await
                 .map_err(context)?;
             let mut window = Vec::new();
@@ -222,20 +276,20 @@ impl IndexedRepository {
                         )));
                     }
                 }
-                let len: u64 = blobs.iter().map(|b| b.len() as u64).sum();
-                total += len;
+                let n: u64 = blobs.iter().map(|b| b.len() as u64).sum();
+                total += n;
                 if tx.send(blobs).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
-                progress.written(len);
+                progress.written(n);
             }
-            if let Some(expected) = item.chunks
+            if let Some(expected) = chunks
                 && expected != walker.chunks_seen
             {
                 return Err(context(Error::corrupt(
                     format!("tree {root}"),
                     format!(
-                        "lists {} chunks, the manifest says {expected}",
+                        "lists {} chunks, the snapshot says {expected}",
                         walker.chunks_seen
                     ),
                 )));
@@ -246,23 +300,20 @@ impl IndexedRepository {
         drop(tx);
         let written = writer_thread
             .join()
-            .map_err(|_| Error::invalid("restore writer thread panicked"))?;
+            .map_err(|_| Error::Bug("the restore writer thread panicked".into()))?;
         let total = fetched?;
-        let (writer, written_len) =
-            written.map_err(|e| Error::io(format!("writing {}", item.name), e))?;
-        if total != item.len || written_len != item.len {
+        let (writer, written_len) = written.map_err(|e| Error::io(format!("writing {name}"), e))?;
+        if total != len || written_len != len {
             return Err(context(Error::corrupt(
                 format!("tree {root}"),
-                format!("yielded {total} bytes, the item has {}", item.len),
+                format!("yielded {total} bytes, the item has {len}"),
             )));
         }
         Ok((writer, written_len))
     }
 
-    /// Restores a snapshot, or the items at and under `only`, into `target`,
-    /// which must not exist or be empty. Every path below `target` is
-    /// opened relative to its parent directory without following links
-    /// (`TargetDir`), so nothing is written outside `target`.
+    /// Restores a snapshot, or the entry at `only` and everything below
+    /// it, into `target`, which must not exist or be empty.
     pub async fn restore_to_dir(
         &self,
         snapshot: &Snapshot,
@@ -270,61 +321,295 @@ impl IndexedRepository {
         only: Option<&str>,
         progress: &dyn RestoreProgress,
     ) -> Result<RestoreSummary> {
+        self.restore_to_dir_with(snapshot, target, only, &RestoreOptions::default(), progress)
+            .await
+    }
+
+    /// Restores a snapshot, or the entry at `only` and everything below it
+    /// (under its full path), into `target`: files with their content,
+    /// owners, modes, times and extended attributes, hard links, holes,
+    /// symlinks, FIFOs and (as root) devices. `target` must not exist or be
+    /// empty unless `options.overwrite`. Every path below `target` is
+    /// opened relative to its parent directory without following links
+    /// (`TargetDir`), so nothing is written outside `target`.
+    pub async fn restore_to_dir_with(
+        &self,
+        snapshot: &Snapshot,
+        target: &Path,
+        only: Option<&str>,
+        options: &RestoreOptions,
+        progress: &dyn RestoreProgress,
+    ) -> Result<RestoreSummary> {
         // Checked when decoded; checked again where it matters.
         snapshot
             .manifest
             .validate()
             .map_err(|e| Error::corrupt(format!("snapshot {}", snapshot.id), e))?;
-        let items: Vec<&Item> = select_items(snapshot, only)?;
-        let root = TargetDir::create_empty(target)?;
-        let reader = self.blob_reader();
-        let mut summary = RestoreSummary::default();
-
-        // Parents first; every directory writable until the end.
-        for item in items.iter().filter(|i| i.kind == ItemKind::Dir) {
-            root.subdir(&item.name, true)?;
-            summary.dirs += 1;
+        let reader = Arc::new(self.blob_reader());
+        let tree = SnapshotTree::open(Arc::clone(&reader), snapshot)?;
+        let walk = match only {
+            None => Some(tree.walk().await?),
+            Some(path) => tree.walk_at(path.as_bytes()).await?,
+        };
+        let Some(mut walk) = walk else {
+            return Err(Error::NotFound {
+                what: format!(
+                    "{:?} in snapshot {}",
+                    only.unwrap_or_default(),
+                    snapshot.id.short()
+                ),
+                hint: format!("list what it holds with `cairn ls {}`", snapshot.id.short()),
+            });
+        };
+        let root = if options.overwrite {
+            TargetDir::create_or_open(target)?
+        } else {
+            TargetDir::create_empty(target)?
+        };
+        let base = walk.base().to_vec();
+        let start = if base.is_empty() {
+            root.subdir("", false)?
+        } else {
+            let mut d = root.subdir("", false)?;
+            for part in base.split(|&b| b == b'/') {
+                d = d.child(OsStr::from_bytes(part), true)?;
+            }
+            d
+        };
+        let mut state = Restoring {
+            repo: self,
+            reader: &reader,
+            snapshot: &snapshot.id,
+            root: &root,
+            options,
+            ctx: ApplyContext::new(ApplyOptions {
+                numeric_owner: options.numeric_owner,
+            }),
+            dirs: vec![OpenDir {
+                dir: start,
+                entry: None,
+                prune: only.is_none(),
+                names: Vec::new(),
+            }],
+            links: HashMap::new(),
+            summary: RestoreSummary::default(),
+            progress,
+        };
+        while let Some(w) = walk.next().await? {
+            state.close_dirs(w.depth + 1)?;
+            state.entry(w).await?;
         }
-        for item in items.iter().filter(|i| i.kind == ItemKind::File) {
-            let (dir, name) = root.parent_of(&item.name)?;
-            // Written under a temporary name, renamed when complete: an
-            // interrupted restore never leaves a short file under the real name.
-            let partial = format!("{name}.cairn-partial");
-            let file = dir.create_file(&partial)?;
-            progress.item(&item.name, item.len);
-            let (file, len) = match self
-                .restore_item(&reader, snapshot, item, file, progress)
-                .await
-            {
-                Ok(done) => done,
-                Err(e) => {
-                    let _ = dir.remove_file(&partial);
-                    return Err(e);
-                }
-            };
-            apply_metadata(&file, item, &dir.path_of(&partial))?;
-            drop(file);
-            dir.rename(&partial, name)?;
-            summary.files += 1;
-            summary.bytes += len;
-        }
-        // Symlinks last, so nothing is ever written through one.
-        for item in items.iter().filter(|i| i.kind == ItemKind::Symlink) {
-            let (dir, name) = root.parent_of(&item.name)?;
-            dir.symlink(item.target.as_deref().unwrap_or_default(), name)?;
-            summary.symlinks += 1;
-        }
-        // Directory modes and times last, deepest first.
-        for item in items.iter().rev().filter(|i| i.kind == ItemKind::Dir) {
-            let path = root.path_of(&item.name);
-            apply_metadata(&root.subdir(&item.name, false)?.into_file(), item, &path)?;
-        }
-        Ok(summary)
+        state.close_dirs(0)?;
+        Ok(state.summary)
     }
 
     /// A reader sized for restoring.
     pub fn blob_reader(&self) -> BlobReader {
         BlobReader::new(self.clone(), 8, 16 << 20)
+    }
+}
+
+/// Where a file's content is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileContent {
+    pub root: BlobId,
+    pub len: u64,
+    pub chunks: Option<u64>,
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore into an existing directory: rewrite only files that differ
+    /// (by size and modification time), replace what is of another kind.
+    pub overwrite: bool,
+    /// With `overwrite`: remove what the snapshot does not hold.
+    pub delete: bool,
+    /// Restore owners by number, never by name.
+    pub numeric_owner: bool,
+}
+
+/// A directory being restored: its metadata goes on last.
+struct OpenDir {
+    dir: TargetDir,
+    entry: Option<DirEntry>,
+    /// Whether `--delete` applies here (not in the directory above a single
+    /// restored entry).
+    prune: bool,
+    /// The names restored in it (for `--delete`).
+    names: Vec<Vec<u8>>,
+}
+
+struct Restoring<'a> {
+    repo: &'a IndexedRepository,
+    reader: &'a BlobReader,
+    snapshot: &'a SnapshotId,
+    root: &'a TargetDir,
+    options: &'a RestoreOptions,
+    ctx: ApplyContext,
+    dirs: Vec<OpenDir>,
+    /// The first name restored of each hard-link group, relative to the target.
+    links: HashMap<u64, Vec<u8>>,
+    summary: RestoreSummary,
+    progress: &'a dyn RestoreProgress,
+}
+
+impl RestoreSummary {
+    fn count(&mut self, report: fsmeta::ApplyReport) {
+        self.owners_skipped += u64::from(report.owner_skipped);
+        self.xattrs_skipped += u64::from(report.xattrs_skipped);
+    }
+}
+
+impl Restoring<'_> {
+    /// Finishes the open directories beyond the first `keep`: removes what
+    /// the snapshot lacks (`--delete`), then applies their metadata.
+    fn close_dirs(&mut self, keep: usize) -> Result<()> {
+        while self.dirs.len() > keep {
+            let Some(open) = self.dirs.pop() else { break };
+            if self.options.overwrite && self.options.delete && open.prune {
+                let mut restored = open.names;
+                restored.sort();
+                for name in open.dir.names()? {
+                    if restored.binary_search(&name.as_bytes().to_vec()).is_err() {
+                        open.dir.remove_any(&name)?;
+                        self.summary.deleted += 1;
+                    }
+                }
+            }
+            if let (Some(entry), Some(parent)) = (open.entry, self.dirs.last()) {
+                let name = OsStr::from_bytes(&entry.name);
+                let report = fsmeta::apply_metadata(
+                    parent.dir.fd(),
+                    name,
+                    Some(open.dir.fd()),
+                    &entry,
+                    &mut self.ctx,
+                )?;
+                self.summary.count(report);
+            }
+        }
+        Ok(())
+    }
+
+    async fn entry(&mut self, w: Walked) -> Result<()> {
+        let Walked { path, entry, .. } = w;
+        let display = String::from_utf8_lossy(&path).into_owned();
+        let name = OsStr::from_bytes(&entry.name).to_os_string();
+        let overwrite = self.options.overwrite;
+        let parent = self.dirs.last_mut().ok_or_else(|| Error::Bug("no open directory".into()))?;
+        parent.names.push(entry.name.clone());
+        let existing = if overwrite { parent.dir.stat(&name)? } else { None };
+        let existing_kind = existing.map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
+        match &entry.node {
+            Node::Dir { .. } => {
+                if existing_kind.is_some_and(|k| k != rustix::fs::FileType::Directory) {
+                    parent.dir.remove_any(&name)?;
+                }
+                let dir = parent.dir.child(&name, true)?;
+                self.summary.dirs += 1;
+                self.dirs.push(OpenDir {
+                    dir,
+                    entry: Some(entry),
+                    prune: true,
+                    names: Vec::new(),
+                });
+                return Ok(());
+            }
+            Node::File { root, chunks, .. } => {
+                if let Some(group) = entry.link_group
+                    && let Some(first) = self.links.get(&group)
+                {
+                    let (from, from_name) = self.root.parent_of_bytes(first)?;
+                    let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+                    if existing.is_some() {
+                        parent.dir.remove_any(&name)?;
+                    }
+                    fsmeta::hard_link(from.fd(), from_name, parent.dir.fd(), &name)?;
+                    self.summary.hard_links += 1;
+                    return Ok(());
+                }
+                let unchanged = existing.as_ref().is_some_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+                        && st.st_size as u64 == entry.size
+                        && entry.mtime.is_some_and(|t| t.secs == st.st_mtime && i64::from(t.nanos) == st.st_mtime_nsec as i64)
+                });
+                let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+                if unchanged {
+                    self.summary.unchanged += 1;
+                } else {
+                    if existing_kind.is_some_and(|k| k == rustix::fs::FileType::Directory) {
+                        parent.dir.remove_any(&name)?;
+                    }
+                    // Written under a temporary name, renamed when complete: an
+                    // interrupted restore never leaves a short file under the real name.
+                    let mut partial = name.clone();
+                    partial.push(".cairn-partial");
+                    let file = parent.dir.create_file(&partial)?;
+                    self.progress.item(&display, entry.size);
+                    let content = FileContent {
+                        root: *root,
+                        len: entry.size,
+                        chunks: Some(*chunks),
+                    };
+                    let writer = SparseWriter::new(file, entry.sparse);
+                    let done = self
+                        .repo
+                        .restore_content(self.reader, self.snapshot, &display, content, writer, entry.sparse, self.progress)
+                        .await
+                        .and_then(|(w, n)| {
+                            let file = w
+                                .finish()
+                                .map_err(|e| Error::io(format!("writing {display}"), e))?;
+                            Ok((file, n))
+                        });
+                    let (file, len) = match done {
+                        Ok(done) => done,
+                        Err(e) => {
+                            let _ = parent.dir.remove_file(&partial);
+                            return Err(e);
+                        }
+                    };
+                    let report = fsmeta::apply_metadata(parent.dir.fd(), &partial, Some(file.as_fd()), &entry, &mut self.ctx)?;
+                    self.summary.count(report);
+                    drop(file);
+                    parent.dir.rename(&partial, &name)?;
+                    self.summary.files += 1;
+                    self.summary.bytes += len;
+                    if let Some(group) = entry.link_group {
+                        self.links.insert(group, path);
+                    }
+                    return Ok(());
+                }
+                if let Some(group) = entry.link_group {
+                    self.links.insert(group, path);
+                }
+            }
+            Node::Symlink { target } => {
+                let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+                if existing.is_some() {
+                    parent.dir.remove_any(&name)?;
+                }
+                parent.dir.symlink(OsStr::from_bytes(target), &name)?;
+                self.summary.symlinks += 1;
+            }
+            Node::Fifo | Node::CharDevice { .. } | Node::BlockDevice { .. } => {
+                let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+                if existing.is_some() {
+                    parent.dir.remove_any(&name)?;
+                }
+                if !fsmeta::make_special(parent.dir.fd(), &name, &entry)? {
+                    self.summary.specials_skipped += 1;
+                    return Ok(());
+                }
+                self.summary.specials += 1;
+            }
+        }
+        let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+        let fd = parent.dir.fd();
+        let report = fsmeta::apply_metadata(fd, &name, None, &entry, &mut self.ctx)?;
+        self.summary.count(report);
+        Ok(())
     }
 }
 
@@ -356,22 +641,6 @@ pub fn select_items<'s>(snapshot: &'s Snapshot, only: Option<&str>) -> Result<Ve
     Ok(items)
 }
 
-fn apply_metadata(file: &std::fs::File, item: &Item, path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    if let Some(mode) = item.mode {
-        use std::os::unix::fs::PermissionsExt;
-        // Permission bits and the sticky bit; never set-user/group-id.
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o1777))
-            .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
-    }
-    if let Some(mtime) = item.mtime {
-        let t = std::time::SystemTime::from(mtime);
-        file.set_modified(t)
-            .map_err(|e| Error::io(format!("setting the time of {}", path.display()), e))?;
-    }
-    Ok(())
-}
-
 /// Restores one item's content into any writer (stdout, a file).
 pub async fn restore_item_to<W: Write + Send + 'static>(
     repo: &IndexedRepository,
@@ -382,6 +651,71 @@ pub async fn restore_item_to<W: Write + Send + 'static>(
 ) -> Result<u64> {
     let reader = Arc::new(repo.blob_reader());
     repo.restore_item(&reader, snapshot, item, writer, progress)
+        .await
+        .map(|(_, n)| n)
+}
+
+/// The file a stream restore writes: the one at `name`, or the snapshot's
+/// only file; returns its path and entry.
+pub async fn find_file(
+    repo: &IndexedRepository,
+    snapshot: &Snapshot,
+    name: Option<&str>,
+) -> Result<(String, DirEntry)> {
+    let tree = SnapshotTree::open(Arc::new(repo.blob_reader()), snapshot)?;
+    let not_found = |what: String| Error::NotFound {
+        what,
+        hint: format!("list what it holds with `cairn ls {}`", snapshot.id.short()),
+    };
+    if let Some(name) = name {
+        return match tree.lookup(name.as_bytes()).await? {
+            Some(e) if matches!(e.node, Node::File { .. }) => Ok((name.to_string(), e)),
+            _ => Err(not_found(format!(
+                "file {name:?} in snapshot {}",
+                snapshot.id.short()
+            ))),
+        };
+    }
+    let mut walk = tree.walk().await?;
+    let mut files = Vec::new();
+    while let Some(w) = walk.next().await? {
+        if matches!(w.entry.node, Node::File { .. }) {
+            files.push((w.display(), w.entry));
+            if files.len() > 1 {
+                break;
+            }
+        }
+    }
+    match files.len() {
+        1 => Ok(files.remove(0)),
+        0 => Err(not_found(format!("a file in snapshot {}", snapshot.id.short()))),
+        _ => Err(Error::invalid(format!(
+            "snapshot {} holds several files; choose one with --item (e.g. {:?})",
+            snapshot.id.short(),
+            files[0].0
+        ))),
+    }
+}
+
+/// Writes the content of the file `entry` (found by [`find_file`]) to `writer`.
+pub async fn restore_entry_to<W: Write + Send + 'static>(
+    repo: &IndexedRepository,
+    snapshot: &Snapshot,
+    name: &str,
+    entry: &DirEntry,
+    writer: W,
+    progress: &dyn RestoreProgress,
+) -> Result<u64> {
+    let Node::File { root, chunks, .. } = entry.node else {
+        return Err(Error::invalid(format!("{name:?} is not a file")));
+    };
+    let content = FileContent {
+        root,
+        len: entry.size,
+        chunks: Some(chunks),
+    };
+    let reader = repo.blob_reader();
+    repo.restore_content(&reader, &snapshot.id, name, content, writer, false, progress)
         .await
         .map(|(_, n)| n)
 }

@@ -5,7 +5,10 @@
 //! error at the end of its output, so it is handled like any broken stream.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,7 +17,12 @@ use jiff::Timestamp;
 
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
+use rustix::fs::OFlags;
+
+use crate::dir::{DirEntry, Node, Time};
+use crate::id::BlobId;
 use crate::manifest::{ItemKind, SourceInfo, SourceKind, validate_item_name};
+use crate::ops::fsmeta::{self, OwnerNames};
 use crate::redact::redacted;
 
 /// Keep this much of a command's stderr for the error message.
@@ -93,8 +101,8 @@ pub(crate) struct Entry {
 
 /// Where an entry's bytes come from.
 pub(crate) enum Content {
-    /// A regular file, and its directory's identity when it was listed.
-    File(PathBuf, Option<FileId>),
+    /// A regular file, as listed.
+    File(FileAt),
     Stdin,
     Command(String),
     Reader(Box<dyn Read + Send>),
@@ -108,7 +116,7 @@ impl Content {
             detail,
         };
         Ok(match self {
-            Content::File(path, dir) => Box::new(StableFile::open(&path, dir, item)?.0),
+            Content::File(at) => Box::new(StableFile::open_at(&at, item)?.0),
             Content::Stdin => Box::new(io::stdin()),
             Content::Command(command) => Box::new(
                 CommandReader::spawn(&command)
@@ -145,9 +153,27 @@ impl Source {
         }
     }
 
-    /// The entries to store, sorted by name; fails before anything is stored
-    /// if a name is unusable or two arguments would give the same name.
-    pub(crate) fn into_entries(self) -> Result<Vec<Entry>> {
+    /// The top-level names this source stores, sorted (the snapshot's
+    /// `paths`; a backup's parent has the same).
+    pub(crate) fn paths(&self) -> Result<Vec<String>> {
+        let top = |name: &str| name.split('/').next().unwrap_or_default().to_string();
+        let mut names = match self {
+            Source::Paths(paths) => paths.iter().map(|p| base_name(p)).collect::<Result<Vec<_>>>()?,
+            Source::Stdin { name } | Source::Command { name, .. } | Source::Reader { name, .. } => {
+                vec![top(name)]
+            }
+            Source::Prepared(p) => p.entries.iter().map(|e| top(&e.name)).collect(),
+        };
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// The entries to store, in tree order (see [`SourceEntry`]); fails
+    /// before anything is stored if a name is unusable or two arguments
+    /// would give the same name. Files and directories are listed lazily,
+    /// one directory at a time.
+    pub(crate) fn into_tree(self) -> Result<Box<dyn Iterator<Item = Result<SourceEntry>> + Send>> {
         let single = |name: String, content: Content| -> Result<Vec<Entry>> {
             validate_item_name(&name).map_err(Error::invalid)?;
             Ok(vec![Entry {
@@ -160,60 +186,131 @@ impl Source {
                 content: Some(content),
             }])
         };
-        let mut entries = match self {
-            Source::Stdin { name } => return single(name, Content::Stdin),
-            Source::Command { command, name } => return single(name, Content::Command(command)),
-            Source::Reader { name, reader } => return single(name, Content::Reader(reader)),
+        let entries = match self {
+            Source::Stdin { name } => single(name, Content::Stdin)?,
+            Source::Command { command, name } => single(name, Content::Command(command))?,
+            Source::Reader { name, reader } => single(name, Content::Reader(reader))?,
             Source::Prepared(p) => {
                 for e in &p.entries {
                     validate_item_name(&e.name).map_err(Error::invalid)?;
                 }
-                return Ok(p.entries);
+                p.entries
             }
-            Source::Paths(paths) => {
-                if paths.is_empty() {
-                    return Err(Error::invalid(
-                        "nothing to back up: give paths, `-` or --command",
-                    ));
-                }
-                let mut entries = Vec::new();
-                for path in &paths {
-                    let base = base_name(path)?;
-                    walk(path, &base, None, &mut entries)?;
-                }
-                entries
-            }
+            Source::Paths(paths) => return Ok(Box::new(FsWalker::new(&paths)?)),
         };
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(w) = entries.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(Error::invalid(format!(
-                "two arguments would both be stored as {:?}; back them up separately or from their parent directory",
-                w[0].name
-            )));
+        Ok(Box::new(tree_order(entries)?.into_iter().map(Ok)))
+    }
+}
+
+/// One entry to store, in tree order: pre-order, each directory's entries
+/// in bytewise name order, a directory's own entry before what it holds.
+pub(crate) struct SourceEntry {
+    /// Directories above it.
+    pub depth: usize,
+    /// Its path, `/`-separated, for messages (lossy UTF-8).
+    pub path: String,
+    /// Its name and metadata; a file's or directory's `node` is filled in
+    /// when it is stored.
+    pub entry: DirEntry,
+    /// Where a file's bytes come from.
+    pub content: Option<Content>,
+    /// Chunking for a new item of this name (else the policy decides).
+    pub chunker: Option<ChunkerParams>,
+}
+
+/// Sorts named entries into tree order, adding a bare directory for every
+/// ancestor not listed.
+fn tree_order(entries: Vec<Entry>) -> Result<Vec<SourceEntry>> {
+    let mut entries: Vec<(Vec<String>, Entry)> = entries
+        .into_iter()
+        .map(|e| (e.name.split('/').map(str::to_string).collect(), e))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(Error::invalid(format!(
+            "two entries are both named {:?}",
+            w[0].1.name
+        )));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    let mut open: Vec<String> = Vec::new();
+    for (parts, e) in entries {
+        let (name, parents) = parts.split_last().ok_or_else(|| Error::invalid("an empty name"))?;
+        let common = open.iter().zip(parents).take_while(|(a, b)| a == b).count();
+        open.truncate(common);
+        for (depth, part) in parents.iter().enumerate().skip(common) {
+            out.push(SourceEntry {
+                depth,
+                path: parents[..=depth].join("/"),
+                entry: DirEntry::bare(part.as_bytes(), Node::Dir { tree: BlobId([0; 32]) }),
+                content: None,
+                chunker: None,
+            });
+            open.push(part.clone());
         }
-        Ok(entries)
+        let node = match e.kind {
+            ItemKind::File => placeholder_file(),
+            ItemKind::Dir => Node::Dir { tree: BlobId([0; 32]) },
+            ItemKind::Symlink => Node::Symlink {
+                target: e.target.clone().unwrap_or_default().into_bytes(),
+            },
+        };
+        if e.kind == ItemKind::Dir {
+            open.push(name.clone());
+        }
+        out.push(SourceEntry {
+            depth: parents.len(),
+            path: e.name,
+            entry: DirEntry {
+                mode: e.mode,
+                mtime: e.mtime.map(Time::from_timestamp),
+                ..DirEntry::bare(name.as_bytes(), node)
+            },
+            content: e.content,
+            chunker: e.chunker,
+        });
+    }
+    Ok(out)
+}
+
+/// A file's node before its content is stored.
+pub(crate) fn placeholder_file() -> Node {
+    Node::File {
+        root: BlobId([0; 32]),
+        chunks: 0,
+        chunker: ChunkerParams::DEFAULT,
     }
 }
 
 /// The name an argument is stored under: its last component.
 fn base_name(path: &Path) -> Result<String> {
+    let (_, name) = argument(path)?;
+    name.into_string()
+        .map_err(|n| Error::invalid(format!("file name {n:?} is not UTF-8")))
+}
+
+/// An argument's directory (to open) and name in it: a symlink argument
+/// is stored as itself, anything else by its canonical path's last component.
+fn argument(path: &Path) -> Result<(PathBuf, std::ffi::OsString)> {
     let absolute = std::fs::canonicalize(path).map_err(|e| Error::Source {
         item: path.display().to_string(),
         detail: format!("cannot read: {e}"),
     })?;
-    let name = match std::fs::symlink_metadata(path) {
-        // A symlink argument is stored as itself, under its own name.
-        Ok(m) if m.file_type().is_symlink() => path.file_name().map(|n| n.to_os_string()),
-        _ => absolute.file_name().map(|n| n.to_os_string()),
+    let chosen = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => path.to_path_buf(),
+        _ => absolute,
     };
-    let name = name.ok_or_else(|| {
+    let name = chosen.file_name().map(|n| n.to_os_string()).ok_or_else(|| {
         Error::invalid(format!(
             "cannot back up {} itself; name its contents",
             path.display()
         ))
     })?;
-    name.into_string()
-        .map_err(|n| Error::invalid(format!("file name {n:?} is not UTF-8")))
+    let dir = match chosen.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((dir, name))
 }
 
 /// A file's identity: device and inode.
@@ -224,87 +321,213 @@ fn file_id(meta: &std::fs::Metadata) -> FileId {
     (meta.dev(), meta.ino())
 }
 
-/// Lists `path` (stored as `name`), which lies in the directory `dir` as
-/// listed (`None` for an argument).
-fn walk(path: &Path, name: &str, dir: Option<FileId>, out: &mut Vec<Entry>) -> Result<()> {
-    let fail = |detail: String| Error::Source {
-        item: name.to_string(),
-        detail,
-    };
-    validate_item_name(name).map_err(Error::invalid)?;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| Timestamp::try_from(t).ok());
-    #[cfg(unix)]
-    let mode = {
-        use std::os::unix::fs::PermissionsExt;
-        Some(meta.permissions().mode() & 0o7777)
-    };
-    #[cfg(not(unix))]
-    let mode = None;
-    let ft = meta.file_type();
-    let mut entry = Entry {
-        name: name.to_string(),
-        kind: ItemKind::File,
-        mode,
-        mtime,
-        target: None,
-        chunker: None,
-        content: None,
-    };
-    if ft.is_dir() {
-        entry.kind = ItemKind::Dir;
-        out.push(entry);
-        let mut children: Vec<(String, PathBuf)> = Vec::new();
-        for child in std::fs::read_dir(path).map_err(|e| fail(format!("cannot list: {e}")))? {
-            let child = child.map_err(|e| fail(format!("cannot list: {e}")))?;
-            let child_name = child
-                .file_name()
-                .into_string()
-                .map_err(|n| fail(format!("contains a file name that is not UTF-8: {n:?}")))?;
-            children.push((child_name, child.path()));
+/// One directory being listed.
+struct Level {
+    fd: Arc<OwnedFd>,
+    path: String,
+    names: Vec<OsString>,
+    next: usize,
+}
+
+/// Lists files and directories lazily in tree order: one directory's names
+/// at a time, every name looked up relative to its directory's descriptor
+/// and never through a symlink.
+pub(crate) struct FsWalker {
+    /// The arguments not reached yet: (directory, name), by name.
+    roots: VecDeque<(PathBuf, OsString)>,
+    stack: Vec<Level>,
+    names: OwnerNames,
+}
+
+impl FsWalker {
+    fn new(paths: &[PathBuf]) -> Result<FsWalker> {
+        if paths.is_empty() {
+            return Err(Error::invalid(
+                "nothing to back up: give paths, `-` or --command",
+            ));
         }
-        children.sort();
-        for (child_name, child_path) in children {
-            walk(
-                &child_path,
-                &format!("{name}/{child_name}"),
-                Some(file_id(&meta)),
-                out,
-            )?;
+        let mut roots = paths
+            .iter()
+            .map(|p| argument(p))
+            .collect::<Result<Vec<_>>>()?;
+        roots.sort_by(|a, b| a.1.as_bytes().cmp(b.1.as_bytes()));
+        if let Some(w) = roots.windows(2).find(|w| w[0].1 == w[1].1) {
+            return Err(Error::invalid(format!(
+                "two arguments would both be stored as {:?}; back them up separately or from their parent directory",
+                w[0].1
+            )));
         }
-    } else if ft.is_symlink() {
-        let target =
-            std::fs::read_link(path).map_err(|e| fail(format!("cannot read link: {e}")))?;
-        entry.kind = ItemKind::Symlink;
-        entry.target = Some(
-            target
-                .into_os_string()
-                .into_string()
-                .map_err(|t| fail(format!("link target {t:?} is not UTF-8")))?,
-        );
-        out.push(entry);
-    } else if ft.is_file() {
-        entry.content = Some(Content::File(path.to_owned(), dir));
-        out.push(entry);
-    } else if dir.is_none() {
-        // An argument that is a FIFO, socket or device would give an empty
-        // or endless item: say so instead of writing a snapshot without it.
-        return Err(fail(format!(
-            "{} is not a regular file, directory or symlink (a FIFO, socket or device); to \
-             store what it gives, use `--command 'cat {}'`",
-            path.display(),
-            path.display()
-        )));
-    } else {
-        tracing::warn!(
-            "skipping {}: not a regular file, directory or symlink",
-            path.display()
-        );
+        for (_, name) in &roots {
+            base_name(Path::new(name))?;
+        }
+        Ok(FsWalker {
+            roots: roots.into(),
+            stack: Vec::new(),
+            names: OwnerNames::default(),
+        })
     }
-    Ok(())
+
+    /// Looks up `name` in `dir` (at `depth`); a directory is opened and
+    /// pushed. `None` for what is not stored (a socket, a file that vanished).
+    fn visit(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        dir_path: &str,
+        name: OsString,
+        depth: usize,
+        argument: bool,
+    ) -> Result<Option<SourceEntry>> {
+        let path = if dir_path.is_empty() {
+            name.to_string_lossy().into_owned()
+        } else {
+            format!("{dir_path}/{}", name.to_string_lossy())
+        };
+        let fail = |detail: String| Error::Source {
+            item: path.clone(),
+            detail,
+        };
+        let st = match fsmeta::stat_at(dir.as_fd(), &name) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !argument => {
+                tracing::warn!("{path} vanished while the backup listed its directory; skipped");
+                return Ok(None);
+            }
+            Err(e) => return Err(fail(format!("cannot read: {e}"))),
+        };
+        let Some(mut entry) = fsmeta::entry_from_stat(name.as_bytes().to_vec(), &st, &mut self.names)
+        else {
+            if argument {
+                return Err(fail("is a socket: nothing to back up".into()));
+            }
+            tracing::warn!("skipping {path}: a socket");
+            return Ok(None);
+        };
+        let mut content = None;
+        match entry.node {
+            Node::Dir { .. } => {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                let fd = rustix::fs::openat(dir.as_fd(), &name, flags, rustix::fs::Mode::empty())
+                    .map_err(|e| fail(format!("cannot open: {e}")))?;
+                let now = rustix::fs::fstat(&fd).map_err(|e| fail(format!("cannot read: {e}")))?;
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+                    return Err(fail("was replaced while the backup listed it; run the backup again".into()));
+                }
+                entry.xattrs = fsmeta::read_xattrs(fd.as_fd()).unwrap_or_else(|e| {
+                    tracing::warn!("{path}: cannot read extended attributes: {e}");
+                    Vec::new()
+                });
+                let names = list(&fd).map_err(|e| fail(format!("cannot list: {e}")))?;
+                self.stack.push(Level {
+                    fd: Arc::new(fd),
+                    path: path.clone(),
+                    names,
+                    next: 0,
+                });
+            }
+            Node::Symlink { ref mut target } => {
+                *target = fsmeta::read_link_at(dir.as_fd(), &name)
+                    .map_err(|e| fail(format!("cannot read link: {e}")))?;
+            }
+            Node::File { .. } => {
+                content = Some(Content::File(FileAt {
+                    dir: Arc::clone(dir),
+                    name: name.clone(),
+                    id: (st.st_dev, st.st_ino),
+                }));
+            }
+            _ if argument => {
+                // An argument that is a FIFO or device would give an empty
+                // or endless item: say so instead of writing a snapshot without it.
+                return Err(fail(format!(
+                    "is not a regular file, directory or symlink (a FIFO or device); to store \
+                     what it gives, use `--command 'cat {path}'`"
+                )));
+            }
+            _ => {}
+        }
+        if !matches!(entry.node, Node::Dir { .. }) {
+            let proc_path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(&name);
+            entry.xattrs = fsmeta::read_xattrs_path(&proc_path).unwrap_or_else(|e| {
+                tracing::warn!("{path}: cannot read extended attributes: {e}");
+                Vec::new()
+            });
+        }
+        Ok(Some(SourceEntry {
+            depth,
+            path,
+            entry,
+            content,
+            chunker: None,
+        }))
+    }
+
+    fn step(&mut self) -> Result<Option<SourceEntry>> {
+        loop {
+            if let Some(top) = self.stack.last_mut() {
+                if top.next == top.names.len() {
+                    self.stack.pop();
+                    continue;
+                }
+                let name = std::mem::take(&mut top.names[top.next]);
+                top.next += 1;
+                let (fd, path) = (Arc::clone(&top.fd), top.path.clone());
+                let depth = self.stack.len();
+                if let Some(e) = self.visit(&fd, &path, name, depth, false)? {
+                    return Ok(Some(e));
+                }
+                continue;
+            }
+            let Some((dir, name)) = self.roots.pop_front() else {
+                return Ok(None);
+            };
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let fd = rustix::fs::open(&dir, flags, rustix::fs::Mode::empty()).map_err(|e| Error::Source {
+                item: dir.display().to_string(),
+                detail: format!("cannot open: {e}"),
+            })?;
+            if let Some(e) = self.visit(&Arc::new(fd), "", name, 0, true)? {
+                return Ok(Some(e));
+            }
+        }
+    }
+}
+
+impl Iterator for FsWalker {
+    type Item = Result<SourceEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(Some(e)) => Some(Ok(e)),
+            Ok(None) => None,
+            Err(e) => {
+                self.stack.clear();
+                self.roots.clear();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// A directory's names, sorted bytewise, without `.` and `..`.
+fn list(fd: &OwnedFd) -> io::Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(fd)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name.to_vec()));
+        }
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// A listed regular file: its directory, its name in it, and its identity
+/// when listed.
+pub(crate) struct FileAt {
+    pub dir: Arc<OwnedFd>,
+    pub name: OsString,
+    pub id: FileId,
 }
 
 /// What identifies a file's content without reading it: compared before
@@ -344,57 +567,31 @@ pub(crate) struct StableFile {
 pub(crate) type ChangedFlag = Arc<std::sync::atomic::AtomicBool>;
 
 impl StableFile {
-    /// Opens `path` for item `item`; the flag tells afterwards whether the
-    /// read failed because the file changed (worth reading again).
+    /// Opens the listed file `at` for item `item`; the flag tells
+    /// afterwards whether the read failed because the file changed (worth
+    /// reading again).
     ///
-    /// What is opened is what was listed: a regular file (never through a
-    /// symlink, never a FIFO or device, which could block or never end) in
-    /// the directory `dir` as it was listed (a directory replaced by a
-    /// link meanwhile is refused): someone owning part of the tree cannot
+    /// What is opened is what was listed: a regular file with the identity
+    /// it had when listed, looked up in the directory as listed (held open
+    /// since), never through a symlink, never a FIFO or device, which
+    /// could block or never end: someone owning part of the tree cannot
     /// make the backup read a file elsewhere.
-    pub fn open(path: &Path, dir: Option<FileId>, item: &str) -> Result<(StableFile, ChangedFlag)> {
+    pub fn open_at(at: &FileAt, item: &str) -> Result<(StableFile, ChangedFlag)> {
         let refuse = |detail: String| Error::Source {
             item: item.to_string(),
-            detail: format!("cannot open {}: {detail}", path.display()),
+            detail: format!("cannot open: {detail}"),
         };
         let fail = |e: io::Error| refuse(e.to_string());
-        let replaced = "it was replaced since the backup listed it (by a link, a FIFO or a \
-                        device, or a directory above it by a link or a FIFO), so nothing is read \
-                        through it; run the backup again, and if this recurs, find what \
-                        replaces it";
-        let file = match dir {
-            Some(expected) => {
-                let parent = path.parent().ok_or_else(|| refuse("no directory".into()))?;
-                // A directory only, never blocking: the one listed may have
-                // been replaced by a FIFO or a device meanwhile.
-                let flags = rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::NONBLOCK
-                    | rustix::fs::OFlags::CLOEXEC;
-                let dir = match rustix::fs::open(parent, flags, rustix::fs::Mode::empty()) {
-                    Ok(fd) => std::fs::File::from(fd),
-                    Err(rustix::io::Errno::NOTDIR) => return Err(refuse(replaced.into())),
-                    Err(e) => return Err(fail(e.into())),
-                };
-                if file_id(&dir.metadata().map_err(fail)?) != expected {
-                    return Err(refuse(replaced.into()));
-                }
-                let leaf = path
-                    .file_name()
-                    .ok_or_else(|| refuse("no file name".into()))?;
-                rustix::fs::openat(&dir, leaf, read_flags(), rustix::fs::Mode::empty())
-                    .map(std::fs::File::from)
-            }
-            None => rustix::fs::open(path, read_flags(), rustix::fs::Mode::empty())
-                .map(std::fs::File::from),
-        };
-        let file = match file {
-            Ok(f) => f,
+        let replaced = "it was replaced since the backup listed it (by a link, a FIFO, a \
+                        device or another file), so nothing is read through it; run the backup \
+                        again, and if this recurs, find what replaces it";
+        let file = match rustix::fs::openat(at.dir.as_fd(), &at.name, read_flags(), rustix::fs::Mode::empty()) {
+            Ok(fd) => std::fs::File::from(fd),
             Err(rustix::io::Errno::LOOP) => return Err(refuse(replaced.into())),
             Err(e) => return Err(fail(e.into())),
         };
         let meta = file.metadata().map_err(fail)?;
-        if !meta.is_file() {
+        if !meta.is_file() || file_id(&meta) != at.id {
             return Err(refuse(replaced.into()));
         }
         let before = FileState::of(&meta);

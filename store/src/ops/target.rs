@@ -8,8 +8,10 @@
 //! written, renamed or changed outside the target directory. A symlink or
 //! file where a directory is needed is an error naming the path.
 
+use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
@@ -53,6 +55,34 @@ impl TargetDir {
         Ok(root)
     }
 
+    /// Opens `path` as the root of a restore into an existing directory
+    /// (`--overwrite`), creating it when missing.
+    pub fn create_or_open(path: &Path) -> Result<TargetDir> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        TargetDir::open(path)
+    }
+
+    /// Its descriptor.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The directory `rel` (`/`-separated bytes) is in, created when
+    /// missing, and its last component.
+    pub fn parent_of_bytes<'n>(&self, rel: &'n [u8]) -> Result<(TargetDir, &'n OsStr)> {
+        let at = rel.iter().rposition(|&b| b == b'/');
+        let (parent, leaf) = match at {
+            Some(at) => (&rel[..at], &rel[at + 1..]),
+            None => (&rel[..0], rel),
+        };
+        let mut dir = self.subdir("", false)?;
+        for name in parent.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            dir = dir.child(OsStr::from_bytes(name), true)?;
+        }
+        Ok((dir, OsStr::from_bytes(leaf)))
+    }
+
     /// Opens an existing directory `path` (following links in `path`).
     fn open(path: &Path) -> Result<TargetDir> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
@@ -65,8 +95,8 @@ impl TargetDir {
     }
 
     /// The path of `name` below this directory, for messages.
-    pub fn path_of(&self, name: &str) -> PathBuf {
-        self.path.join(name)
+    pub fn path_of(&self, name: impl AsRef<OsStr>) -> PathBuf {
+        self.path.join(name.as_ref())
     }
 
     /// The directory `rel` (components joined by `/`; empty for this one)
@@ -91,7 +121,9 @@ impl TargetDir {
         Ok((self.subdir(parent, true)?, leaf))
     }
 
-    fn child(&self, name: &str, create: bool) -> Result<TargetDir> {
+    /// The directory `name` here, created when missing and `create`.
+    pub fn child(&self, name: impl AsRef<OsStr>, create: bool) -> Result<TargetDir> {
+        let name = name.as_ref();
         let path = self.path.join(name);
         if create {
             match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o777)) {
@@ -114,7 +146,8 @@ impl TargetDir {
     }
 
     /// Creates the new file `name` here, writable; never through a link.
-    pub fn create_file(&self, name: &str) -> Result<File> {
+    pub fn create_file(&self, name: impl AsRef<OsStr>) -> Result<File> {
+        let name = name.as_ref();
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(0o666))
@@ -128,7 +161,8 @@ impl TargetDir {
     }
 
     /// Renames `from` to `to`, both here.
-    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+    pub fn rename(&self, from: impl AsRef<OsStr>, to: impl AsRef<OsStr>) -> Result<()> {
+        let (from, to) = (from.as_ref(), to.as_ref());
         rustix::fs::renameat(&self.fd, from, &self.fd, to).map_err(|e| {
             Error::io(
                 format!("renaming {}", self.path_of(from).display()),
@@ -138,7 +172,8 @@ impl TargetDir {
     }
 
     /// Removes the file `name` here (not following it if it is a link).
-    pub fn remove_file(&self, name: &str) -> Result<()> {
+    pub fn remove_file(&self, name: impl AsRef<OsStr>) -> Result<()> {
+        let name = name.as_ref();
         rustix::fs::unlinkat(&self.fd, name, rustix::fs::AtFlags::empty()).map_err(|e| {
             Error::io(
                 format!("removing {}", self.path_of(name).display()),
@@ -148,13 +183,56 @@ impl TargetDir {
     }
 
     /// Creates the symlink `name` here pointing at `target`.
-    pub fn symlink(&self, target: &str, name: &str) -> Result<()> {
+    pub fn symlink(&self, target: impl AsRef<OsStr>, name: impl AsRef<OsStr>) -> Result<()> {
+        let (target, name) = (target.as_ref(), name.as_ref());
         rustix::fs::symlinkat(target, &self.fd, name).map_err(|e| {
             Error::io(
                 format!("creating symlink {}", self.path_of(name).display()),
                 e.into(),
             )
         })
+    }
+
+    /// Removes whatever `name` is here (a directory with everything in
+    /// it), never following a link.
+    pub fn remove_any(&self, name: impl AsRef<OsStr>) -> Result<()> {
+        let name = name.as_ref();
+        let fail = |e: Errno| Error::io(format!("removing {}", self.path_of(name).display()), e.into());
+        match rustix::fs::unlinkat(&self.fd, name, rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::ISDIR | Errno::PERM) => {}
+            Err(e) => return Err(fail(e)),
+        }
+        let dir = self.child(name, false)?;
+        for child in dir.names()? {
+            dir.remove_any(&child)?;
+        }
+        rustix::fs::unlinkat(&self.fd, name, rustix::fs::AtFlags::REMOVEDIR).map_err(fail)
+    }
+
+    /// The names here, without `.` and `..`.
+    pub fn names(&self) -> Result<Vec<std::ffi::OsString>> {
+        use std::os::unix::ffi::OsStringExt;
+        let fail = |e: Errno| Error::io(format!("reading {}", self.path.display()), e.into());
+        let mut out = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd).map_err(fail)? {
+            let entry = entry.map_err(fail)?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                out.push(std::ffi::OsString::from_vec(name.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `name` here is, without following it; `None` when absent.
+    pub fn stat(&self, name: impl AsRef<OsStr>) -> Result<Option<rustix::fs::Stat>> {
+        let name = name.as_ref();
+        match rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::io(format!("reading {}", self.path_of(name).display()), e.into())),
+        }
     }
 
     /// The directory as a file, for `fchmod` and `futimens`.

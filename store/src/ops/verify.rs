@@ -30,6 +30,8 @@ use serde::Serialize;
 
 use crate::backend::{ObjectDir, ObjectKey};
 use crate::blob_reader::BlobReader;
+use crate::dir::Node;
+use crate::ops::walk::SnapshotTree;
 use crate::error::{Error, Result};
 use crate::frame::decode_frame;
 use crate::id::{BlobId, IdMap, PackId, SnapshotId};
@@ -311,11 +313,12 @@ impl Repository {
 
         // 5. Walk every snapshot.
         let repo = self.clone().with_index(index);
-        let reader = BlobReader::new(repo.clone(), 8, 16 << 20);
+        let reader = Arc::new(BlobReader::new(repo.clone(), 8, 16 << 20));
         let mut walker = Walker {
             reader: &reader,
             damage: &damage,
             memo: std::collections::HashMap::new(),
+            dirs: std::collections::HashMap::new(),
         };
         for snapshot in &list.snapshots {
             let mut items = walker.snapshot(snapshot).await?;
@@ -617,18 +620,37 @@ fn shadowing_index_objects(index: &Index, damage: &Damage, read_all: bool) -> Ve
         .collect()
 }
 
+/// Problems below a directory: (path relative to it, problems).
+type DirProblems = Arc<Vec<(String, Vec<String>)>>;
+
 /// Walks snapshots' trees, remembering each node's findings.
 struct Walker<'a> {
-    reader: &'a BlobReader,
+    reader: &'a Arc<BlobReader>,
     damage: &'a Damage,
     /// Problems found under each node checked so far (empty: intact), by
     /// node, expected level and expected length.
     memo: std::collections::HashMap<(BlobId, Option<u8>, u64), Arc<Vec<String>>>,
+    /// Problems found below each directory checked so far: a directory
+    /// shared by many snapshots is walked once.
+    dirs: std::collections::HashMap<BlobId, DirProblems>,
 }
 
 impl Walker<'_> {
     async fn snapshot(&mut self, snapshot: &Snapshot) -> Result<Vec<DamagedItem>> {
         let mut damaged = Vec::new();
+        if let Some(root) = snapshot.manifest.root {
+            let tree = SnapshotTree::open(Arc::clone(self.reader), snapshot)?;
+            for (path, mut problems) in self.dir(&tree, root).await?.iter().cloned() {
+                if problems.len() > MAX_PROBLEMS_PER_ITEM {
+                    let more = problems.len() - MAX_PROBLEMS_PER_ITEM;
+                    problems.truncate(MAX_PROBLEMS_PER_ITEM);
+                    problems.push(format!("and {more} more"));
+                }
+                let name = if path.is_empty() { "/".to_string() } else { path };
+                damaged.push(DamagedItem { name, problems });
+            }
+            return Ok(damaged);
+        }
         for item in &snapshot.manifest.items {
             let (ItemKind::File, Some(root)) = (item.kind, item.tree) else {
                 continue;
@@ -647,6 +669,60 @@ impl Walker<'_> {
             }
         }
         Ok(damaged)
+    }
+
+    /// Problems below the directory `id`: its nodes, and every file's
+    /// content, each file and directory checked once.
+    fn dir<'s>(
+        &'s mut self,
+        tree: &'s SnapshotTree,
+        id: BlobId,
+    ) -> futures::future::BoxFuture<'s, Result<DirProblems>> {
+        Box::pin(async move {
+            if let Some(found) = self.dirs.get(&id) {
+                return Ok(Arc::clone(found));
+            }
+            let mut out: Vec<(String, Vec<String>)> = Vec::new();
+            let fatal = |e: &Error| matches!(e, Error::Unreachable { .. } | Error::AccessDenied { .. });
+            match tree.dir(id).await {
+                Err(e) if fatal(&e) => return Err(e),
+                Err(e) => out.push((String::new(), vec![e.to_string()])),
+                Ok(mut cursor) => loop {
+                    let entry = match cursor.next().await {
+                        Err(e) if fatal(&e) => return Err(e),
+                        Err(e) => {
+                            out.push((String::new(), vec![e.to_string()]));
+                            break;
+                        }
+                        Ok(None) => break,
+                        Ok(Some(entry)) => entry,
+                    };
+                    let name = entry.display_name();
+                    match entry.node {
+                        Node::File { root, .. } => {
+                            let problems = self.node(root, None, entry.size).await?;
+                            if !problems.is_empty() {
+                                out.push((name, problems.as_ref().clone()));
+                            }
+                        }
+                        Node::Dir { tree: sub } => {
+                            for (path, problems) in self.dir(tree, sub).await?.iter() {
+                                let path = if path.is_empty() {
+                                    name.clone()
+                                } else {
+                                    format!("{name}/{path}")
+                                };
+                                out.push((path, problems.clone()));
+                            }
+                        }
+                        _ => {}
+                    }
+                },
+            }
+            let out = Arc::new(out);
+            self.dirs.insert(id, Arc::clone(&out));
+            Ok(out)
+        })
     }
 
     /// Problems under the node `id`, expected at `level` (any for a root)
