@@ -4,6 +4,7 @@
 pub mod backup;
 mod copies;
 pub mod forget;
+pub(crate) mod fsmeta;
 pub mod gc;
 mod mark;
 mod packer;
