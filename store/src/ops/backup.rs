@@ -38,7 +38,6 @@ use crate::ops::packer::{FinishedPack, Packer, store_index, upload_packs};
 use crate::ops::restore::TreeWalker;
 use crate::ops::source::{Content, FileAt, FileState, Source, SourceEntry, StableFile};
 use crate::ops::walk::{DirCursor, SnapshotTree};
-use crate::repo::IndexedRepository;
 use crate::session::WriteSession;
 use crate::tree::{EncodedNode, TreeBuilder};
 

@@ -70,8 +70,11 @@ pub struct RestoreSummary {
     pub deleted: u64,
     /// Entries whose owner could not be set (not root).
     pub owners_skipped: u64,
-    /// Entries whose extended attributes the target refused.
+    /// Extended attributes the target refused.
     pub xattrs_skipped: u64,
+    /// Set-user-id or set-group-id bits not restored (not root, or the
+    /// owner was not restored).
+    pub setid_dropped: u64,
     /// Content bytes written.
     pub bytes: u64,
 }
@@ -458,6 +461,7 @@ impl RestoreSummary {
     fn count(&mut self, report: fsmeta::ApplyReport) {
         self.owners_skipped += u64::from(report.owner_skipped);
         self.xattrs_skipped += u64::from(report.xattrs_skipped);
+        self.setid_dropped += u64::from(report.setid_dropped);
     }
 }
 

@@ -116,6 +116,7 @@ impl TargetDir {
     }
 
     /// The directory `rel` is in, created when missing, and its last component.
+    #[cfg(test)]
     pub fn parent_of<'n>(&self, rel: &'n str) -> Result<(TargetDir, &'n str)> {
         let (parent, leaf) = rel.rsplit_once('/').unwrap_or(("", rel));
         Ok((self.subdir(parent, true)?, leaf))
@@ -235,10 +236,6 @@ impl TargetDir {
         }
     }
 
-    /// The directory as a file, for `fchmod` and `futimens`.
-    pub fn into_file(self) -> File {
-        File::from(self.fd)
-    }
 }
 
 #[cfg(test)]
