@@ -1098,6 +1098,10 @@ fn manifest(c: &mut Criterion) {
             exit_status: None,
             url: None,
         },
+        paths: vec![],
+        parent: None,
+        root: None,
+        totals: None,
         items,
     };
     let (id, bytes) = m.encode_signed(&key).unwrap();

@@ -154,7 +154,7 @@ fn a_directory_tree_restores_byte_identical_with_modes_times_and_symlinks() {
     let out = ok(f.backup().arg(&src));
     let line = out.stdout_str();
     assert!(line.starts_with("snapshot "), "{line}");
-    assert!(line.contains(" saved: 15 items, "), "{line}");
+    assert!(line.contains(" saved: 15 entries "), "{line}");
     assert!(out.stderr.is_empty(), "{}", out.stderr);
 
     let target = f.path("restored");
@@ -208,7 +208,14 @@ fn backup_json_reports_its_work_and_an_identical_second_backup_stores_no_new_blo
     let second = ok(f.backup().arg(&src).arg("--json")).json();
     assert_eq!(second["new_blobs"], 0, "{second:#}");
     assert_eq!(second["packs"], 0, "{second:#}");
-    assert_eq!(second["bytes_read"], content_len);
+    // Nothing changed: no file is read again.
+    assert_eq!(second["bytes_read"], 0, "{second:#}");
+    let files = tree(&src)
+        .values()
+        .filter(|n| matches!(n, Node::File { .. }))
+        .count();
+    assert_eq!(second["files_unchanged"], files as u64, "{second:#}");
+    assert_eq!(second["parent"], first["snapshot"], "{second:#}");
     assert_ne!(second["snapshot"], first["snapshot"]);
     // Only a manifest was written.
     assert!(
@@ -278,11 +285,12 @@ fn stdin_and_command_backups_restore_exact_bytes_to_stdout() {
     assert_eq!(cmd_snapshot["source"]["kind"], "command");
     assert_eq!(cmd_snapshot["source"]["command"], command);
     assert_eq!(cmd_snapshot["source"]["exit_status"], 0);
-    assert_eq!(cmd_snapshot["items"][0]["name"], "command");
+    assert_eq!(cmd_snapshot["paths"][0], "command");
     let stdin_snapshot = list.iter().find(|s| s["id"] == stdin_id).unwrap();
     assert_eq!(stdin_snapshot["source"]["kind"], "stdin");
-    assert_eq!(stdin_snapshot["items"][0]["name"], "db.dump");
-    assert_eq!(stdin_snapshot["items"][0]["len"], 100_000);
+    assert_eq!(stdin_snapshot["paths"][0], "db.dump");
+    assert_eq!(stdin_snapshot["totals"]["files"], 1);
+    assert_eq!(stdin_snapshot["total_len"], 100_000);
 }
 
 #[test]
@@ -331,7 +339,7 @@ fn snapshots_json_lists_oldest_first_with_every_field_and_filters_by_tag_and_hos
         assert!(is_hex64(str_field(s, "id")));
         assert_eq!(str_field(s, "signer"), f.public);
         assert!(s["host"].is_string() && s["tags"].is_array(), "{s:#}");
-        assert_eq!(s["items"][0]["name"], "x");
+        assert_eq!(s["paths"][0], "x");
     }
     assert_eq!(list[1]["host"], "beta");
     assert_eq!(list[1]["tags"], serde_json::json!(["daily", "db"]));
@@ -565,13 +573,13 @@ fn restore_stdout_of_a_snapshot_with_several_files_needs_item() {
     ok(f.backup().arg(&src));
     run(f.cmd("restore").args(["latest", "--stdout"]))
         .expect_code(USAGE)
-        .stderr_has(&["2 file items", "--item", "\"d/a\""]);
+        .stderr_has(&["holds several files", "--item", "\"d/a\""]);
     assert_eq!(f.restore_stdout("latest", Some("d/b")), b"B");
     run(f
         .cmd("restore")
         .args(["latest", "--stdout", "--item", "d/zzz"]))
     .expect_code(NOT_FOUND)
-    .stderr_has(&["\"d/zzz\"", "cairn snapshots --json"]);
+    .stderr_has(&["\"d/zzz\"", "cairn ls"]);
 }
 
 // ---------------------------------------------------------------- verify and damage (3)
@@ -702,7 +710,8 @@ fn a_deleted_pack_fails_verify_without_read_data() {
     let out = run(&mut f.cmd("verify")).expect_code(DAMAGE).stdout_has(&[
         &format!("pack {pack_id} is missing"),
         &format!("damaged snapshot {}", t.dump),
-        "item db.dump:",
+        // The pack held the snapshot's directory node too: its whole tree.
+        "item /:",
         "DAMAGE FOUND",
     ]);
     assert!(!out.stdout_str().contains(&t.notes));
@@ -972,7 +981,7 @@ fn restoring_a_snapshot_that_does_not_exist_exits_5() {
         .arg("--target")
         .arg(&target))
     .expect_code(NOT_FOUND)
-    .stderr_has(&["\"nope\"", "cairn snapshots --json"]);
+    .stderr_has(&["\"nope\"", "cairn ls"]);
     assert_unchanged(&before, &f.contents());
 
     // An empty repository has no `latest`.
@@ -1180,10 +1189,10 @@ fn a_full_disk_exits_9_and_keeps_earlier_snapshots() {
 #[test]
 fn warnings_have_no_colour_codes_when_stderr_is_not_a_terminal() {
     let f = Fixture::new();
-    // A FIFO inside a directory is skipped with a logged warning.
+    // A socket inside a directory is skipped with a logged warning.
     let dir = f.path("dir");
     std::fs::create_dir(&dir).unwrap();
-    ok(assert_cmd::Command::new("mkfifo").arg(dir.join("pipe")));
+    let _socket = std::os::unix::net::UnixListener::bind(dir.join("socket")).unwrap();
     let out = ok(f.backup().arg(&dir));
     assert!(out.stderr.contains("skipping"), "{:?}", out.stderr);
     assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);

@@ -302,6 +302,14 @@ impl Manifest {
         tops.join(",")
     }
 
+    /// Entries: files, directories and the rest (version 1: items).
+    pub fn entry_count(&self) -> u64 {
+        match self.totals {
+            Some(t) => t.files.saturating_add(t.dirs).saturating_add(t.other),
+            None => self.items.len() as u64,
+        }
+    }
+
     /// Total content bytes.
     pub fn total_len(&self) -> u64 {
         if let Some(t) = self.totals {

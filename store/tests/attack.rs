@@ -332,6 +332,10 @@ fn manifest_of(items: Vec<cairn_store::manifest::Item>) -> cairn_store::manifest
             exit_status: None,
             url: None,
         },
+        paths: vec![],
+        parent: None,
+        root: None,
+        totals: None,
         items,
     }
 }

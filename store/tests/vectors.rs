@@ -1380,6 +1380,10 @@ fn vector_manifest() -> Manifest {
             exit_status: Some(0),
             url: None,
         },
+        paths: vec![],
+        parent: None,
+        root: None,
+        totals: None,
         items: vec![
             Item {
                 name: "db".into(),
@@ -1807,6 +1811,7 @@ async fn create_fixture(dir: &Path) {
         tags: vec![format!("v1-{n}")],
         time: Some(fixture_time(n)),
         upload_concurrency: 1,
+        ..BackupOptions::default()
     };
     let backup = |n: usize, source: Source| {
         let backend = backend.clone();

@@ -75,17 +75,17 @@ pub async fn run(args: SnapshotsArgs) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     println!(
-        "{:<10} {:<20} {:<16} {:>6} {:>10}  TAGS",
-        "ID", "TIME (UTC)", "HOST", "ITEMS", "SIZE"
+        "{:<10} {:<20} {:<16} {:>7} {:>10}  TAGS",
+        "ID", "TIME (UTC)", "HOST", "ENTRIES", "SIZE"
     );
     for s in &shown {
         let m = &s.manifest;
         println!(
-            "{:<10} {:<20} {:<16} {:>6} {:>10}  {}",
+            "{:<10} {:<20} {:<16} {:>7} {:>10}  {}",
             s.id.short(),
             m.time.strftime("%Y-%m-%d %H:%M:%S"),
             safe(&m.host),
-            m.items.len(),
+            m.entry_count(),
             human_bytes(m.total_len()),
             safe(&m.tags.join(","))
         );

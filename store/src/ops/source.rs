@@ -358,7 +358,9 @@ impl FsWalker {
             )));
         }
         for (_, name) in &roots {
-            base_name(Path::new(name))?;
+            if name.to_str().is_none() {
+                return Err(Error::invalid(format!("file name {name:?} is not UTF-8")));
+            }
         }
         Ok(FsWalker {
             roots: roots.into(),
