@@ -14,10 +14,33 @@ use cairn_store::manifest::{Item, ItemKind, MANIFEST_MAGIC, Manifest, SIGNATURE_
 use support::*;
 
 /// The manifest of a stored snapshot (its body, unchecked).
+/// The manifest of snapshot `id`, as a version-1 manifest listing its items.
 fn read_manifest(repo: &Path, id: &str) -> Manifest {
-    let bytes = std::fs::read(repo.join("snapshots").join(id)).unwrap();
-    let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    serde_json::from_slice(&bytes[12..12 + len]).unwrap()
+    use cairn_store::backend::{Backend, BackendOptions};
+    use cairn_store::repo::Repository;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let backend =
+            Backend::connect(repo.to_str().unwrap(), &BackendOptions::default(), false).unwrap();
+        let repo = Repository::open(backend).await.unwrap();
+        let trust = repo.trust(&[]);
+        let snapshot = repo
+            .load_snapshot(SnapshotId::from_hex(id).unwrap(), &trust)
+            .await
+            .unwrap();
+        let repo = repo.load_index().await.unwrap();
+        let reader = std::sync::Arc::new(repo.blob_reader());
+        let mut m = cairn_store::ops::walk::with_items(reader, &snapshot)
+            .await
+            .unwrap()
+            .manifest;
+        m.version = 1;
+        m.root = None;
+        m.totals = None;
+        m.paths = Vec::new();
+        m.parent = None;
+        m
+    })
 }
 
 /// Signs `manifest` with `key`, as a compromised signer would (no writer

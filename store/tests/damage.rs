@@ -52,7 +52,11 @@ async fn fixture(kind: Kind) -> Fixture {
                 dir.path().join("c.bin"),
             ]),
             &key(),
-            &options(),
+            // A's a.bin is C's parent version of it: C shares its chunks.
+            &cairn_store::ops::backup::BackupOptions {
+                parent: Some(a.to_hex()),
+                ..options()
+            },
             std::sync::Arc::new(cairn_store::ops::backup::NoProgress),
         )
         .await
@@ -102,9 +106,11 @@ async fn restore_of(f: &Fixture, id: SnapshotId, item: &str) -> cairn_store::Res
 
 /// After damage to A's pack: exactly A and C's a.bin are damaged; their
 /// restore fails with `kind`; B and C's c.bin restore byte-identical.
-async fn assert_precise(f: &Fixture, report: &VerifyReport, kind: ErrorKind) {
+/// `a_item` is what A's damage is named: `a.bin`, or `/` (its whole tree)
+/// when the damage also took A's directory node, which shares the pack.
+async fn assert_precise(f: &Fixture, report: &VerifyReport, kind: ErrorKind, a_item: &str) {
     let expected: BTreeSet<(SnapshotId, Vec<String>)> = [
-        (f.a, vec!["a.bin".to_string()]),
+        (f.a, vec![a_item.to_string()]),
         (f.c, vec!["a.bin".to_string()]),
     ]
     .into();
@@ -114,7 +120,7 @@ async fn assert_precise(f: &Fixture, report: &VerifyReport, kind: ErrorKind) {
     assert_eq!(err.kind(), kind, "{err}");
     let message = err.to_string();
     assert!(
-        message.contains("a.bin") && message.contains(&f.a.short()),
+        message.contains(a_item) && message.contains(&f.a.short()),
         "{message}"
     );
     let err = restore_of(f, f.c, "a.bin").await.unwrap_err();
@@ -133,7 +139,7 @@ async fn a_bit_flip_in_a_pack_condemns_exactly_the_snapshots_using_it() {
         raw_put(&f.backend, &f.a_pack, bytes).await;
 
         let report = verify(&f.backend, ReadData::All).await;
-        assert_precise(&f, &report, ErrorKind::Corrupt).await;
+        assert_precise(&f, &report, ErrorKind::Corrupt, "a.bin").await;
         // Pinned to the chunk it hit: one chunk of one item.
         let a = report
             .damaged_snapshots
@@ -160,7 +166,7 @@ async fn a_truncated_pack_condemns_exactly_the_snapshots_using_it() {
         // Structure alone (lengths) finds it; reading data agrees.
         for read in [ReadData::None, ReadData::All] {
             let report = verify(&f.backend, read).await;
-            assert_precise(&f, &report, ErrorKind::Corrupt).await;
+            assert_precise(&f, &report, ErrorKind::Corrupt, "/").await;
             assert!(
                 report
                     .problems
@@ -177,7 +183,7 @@ async fn a_deleted_pack_condemns_exactly_the_snapshots_using_it() {
         let f = fixture(kind).await;
         f.backend.delete(&f.a_pack).await.unwrap();
         let report = verify(&f.backend, ReadData::None).await;
-        assert_precise(&f, &report, ErrorKind::Corrupt).await;
+        assert_precise(&f, &report, ErrorKind::Corrupt, "/").await;
         let err = restore_of(&f, f.a, "a.bin").await.unwrap_err();
         assert!(matches!(err, cairn_store::Error::Missing { .. }), "{err}");
         assert!(err.to_string().contains("is missing"));

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cairn_store::ErrorKind;
 use cairn_store::backend::{Backend, ObjectDir, ObjectKey};
+use cairn_store::ops::backup::{BackupOptions, NoProgress};
 use cairn_store::ops::forget::ForgetOptions;
 use cairn_store::ops::gc::{GcOptions, GcReport};
 use cairn_store::ops::source::Source;
@@ -174,10 +175,21 @@ async fn mostly_empty_packs_are_repacked_and_their_live_data_survives() {
     let source = Source::Paths(vec![dir.path().join("big"), dir.path().join("small")]);
     let both = back_up(&session, source).await.unwrap();
     session.finish().await.unwrap();
-    let only_small = backup_bytes(&backend, "small", small.clone()).await;
+    // Compared with the first backup, `small` is unchanged: not read, not stored.
+    let session = writer(backend.clone()).await;
+    let options = BackupOptions {
+        parent: Some(both.snapshot.to_hex()),
+        ..options()
+    };
+    let only_small = session
+        .backup(Source::Paths(vec![dir.path().join("small")]), &key(), &options, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    session.finish().await.unwrap();
+    assert_eq!(only_small.files_unchanged, 1, "{only_small:?}");
     assert_eq!(
-        only_small.new_blobs, 0,
-        "same content, same tree: {only_small:?}"
+        only_small.new_blob_bytes, only_small.new_tree_bytes,
+        "same content, no chunk stored again: {only_small:?}"
     );
     forget(&backend, both.snapshot).await;
     let report = gc(&backend, Pauses::default()).await;

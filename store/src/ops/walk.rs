@@ -511,10 +511,11 @@ pub async fn with_items(reader: Arc<BlobReader>, snapshot: &Snapshot) -> Result<
     if snapshot.manifest.root.is_none() {
         return Ok(snapshot.clone());
     }
+    let context = |e| crate::ops::restore::in_item(e, &snapshot.id, "/");
     let tree = SnapshotTree::open(reader, snapshot)?;
-    let mut walk = tree.walk().await?;
+    let mut walk = tree.walk().await.map_err(context)?;
     let mut items = Vec::new();
-    while let Some(w) = walk.next().await? {
+    while let Some(w) = walk.next().await.map_err(context)? {
         let name = String::from_utf8(w.path.clone()).map_err(|_| {
             Error::invalid(format!("{:?} is not UTF-8", w.display()))
         })?;
