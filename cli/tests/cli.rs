@@ -719,14 +719,11 @@ fn a_deleted_pack_fails_verify_without_read_data() {
         .expect_code(DAMAGE)
         .json();
     assert_eq!(report["clean"], false);
-    assert_eq!(
-        report["damaged_snapshots"][0]["items"][0]["name"],
-        "db.dump"
-    );
+    assert_eq!(report["damaged_snapshots"][0]["items"][0]["name"], "/");
 
     run(f.cmd("restore").args(["latest", "--stdout"]))
         .expect_code(DAMAGE)
-        .stderr_has(&[&pack_id, "missing", "\"db.dump\"", "cairn verify"]);
+        .stderr_has(&[&pack_id, "missing", "item \"/\"", "cairn verify"]);
     assert_eq!(f.restore_stdout(&t.notes, None), b"keep me\n");
     assert_unchanged(&damaged, &f.contents());
     let _ = t.dump_data;

@@ -948,7 +948,12 @@ impl TreeAssembler {
     /// Adds `entry` at `depth` (0 = in the root). Directories deeper than
     /// `depth` are finished first; a directory's entry opens it (its
     /// `tree` is filled in when it is finished).
-    pub fn push(&mut self, depth: usize, entry: DirEntry, out: &mut Vec<EncodedNode>) -> Result<()> {
+    pub fn push(
+        &mut self,
+        depth: usize,
+        entry: DirEntry,
+        out: &mut Vec<EncodedNode>,
+    ) -> Result<()> {
         if depth > self.depth() {
             return Err(Error::invalid(format!(
                 "entry {:?} at depth {depth} has no directory above it",
@@ -991,7 +996,10 @@ impl TreeAssembler {
     }
 
     /// Finishes every open directory; returns the root's id and the totals.
-    pub fn finish(mut self, out: &mut Vec<EncodedNode>) -> Result<(BlobId, crate::manifest::Totals)> {
+    pub fn finish(
+        mut self,
+        out: &mut Vec<EncodedNode>,
+    ) -> Result<(BlobId, crate::manifest::Totals)> {
         while self.depth() > 0 {
             self.close(out)?;
         }

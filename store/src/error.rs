@@ -140,7 +140,9 @@ pub enum Error {
     )]
     Stale { from: String, detail: String },
 
-    #[error("internal error: {0}; this is a bug in cairn: please report it with the command that failed")]
+    #[error(
+        "internal error: {0}; this is a bug in cairn: please report it with the command that failed"
+    )]
     Bug(String),
 
     #[error("{what} does not match the snapshot: {detail}; {hint}")]

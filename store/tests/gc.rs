@@ -182,7 +182,12 @@ async fn mostly_empty_packs_are_repacked_and_their_live_data_survives() {
         ..options()
     };
     let only_small = session
-        .backup(Source::Paths(vec![dir.path().join("small")]), &key(), &options, Arc::new(NoProgress))
+        .backup(
+            Source::Paths(vec![dir.path().join("small")]),
+            &key(),
+            &options,
+            Arc::new(NoProgress),
+        )
         .await
         .unwrap();
     session.finish().await.unwrap();

@@ -6,6 +6,7 @@ mod forget;
 mod gc;
 mod init;
 mod key;
+mod ls;
 mod replicate;
 mod restore;
 mod serve;
@@ -39,6 +40,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// List snapshots (only those whose signatures check out).
     Snapshots(snapshots::SnapshotsArgs),
+    /// List what a snapshot holds (a directory, or everything with -r).
+    Ls(ls::LsArgs),
     /// Restore a snapshot into a directory, or one item to stdout.
     Restore(restore::RestoreArgs),
     /// Check signatures, structure and (with --read-data) every chunk.
@@ -64,6 +67,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Init(a) => init::run(a).await,
         Command::Backup(a) => backup::run(a).await,
         Command::Snapshots(a) => snapshots::run(a).await,
+        Command::Ls(a) => ls::run(a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Verify(a) => verify::run(a).await,
         Command::Forget(a) => forget::run(a).await,

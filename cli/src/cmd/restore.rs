@@ -167,10 +167,7 @@ pub async fn run(mut args: RestoreArgs) -> anyhow::Result<ExitCode> {
         .target
         .clone()
         .context("--target or --stdout is required")?;
-    let total = args
-        .item
-        .is_none()
-        .then(|| snapshot.manifest.total_len());
+    let total = args.item.is_none().then(|| snapshot.manifest.total_len());
     let bar = Bar::bytes(total, args.quiet || args.json);
     let options = cairn_store::ops::restore::RestoreOptions {
         overwrite: args.overwrite,

@@ -159,8 +159,14 @@ impl WriteSession {
             if s.manifest.source.kind != SourceKind::Couchdb {
                 continue;
             }
-            flat.insert(0, crate::ops::walk::with_items(Arc::clone(&reader), s).await?);
-            if dbs.iter().all(|db| previous_of(self.repo(), &flat, db).is_some()) {
+            flat.insert(
+                0,
+                crate::ops::walk::with_items(Arc::clone(&reader), s).await?,
+            );
+            if dbs
+                .iter()
+                .all(|db| previous_of(self.repo(), &flat, db).is_some())
+            {
                 break;
             }
         }

@@ -27,12 +27,12 @@ use crate::blob_reader::BlobReader;
 use crate::chunker::{Chunker, ChunkerParams, ChunkingPolicy};
 use crate::config::Config;
 use crate::cutter::{Cutter, ParentChunks};
+use crate::dir::{Change, DirEntry, Node, Time, TreeAssembler};
 use crate::error::{Error, Result};
 use crate::frame::FrameBuilder;
 use crate::id::{BlobId, IdSet, SnapshotId};
 use crate::index::Index;
 use crate::key::SecretKey;
-use crate::dir::{Change, DirEntry, Node, Time, TreeAssembler};
 use crate::manifest::{MANIFEST_VERSION, Manifest, Snapshot, Totals};
 use crate::ops::packer::{FinishedPack, Packer, store_index, upload_packs};
 use crate::ops::restore::TreeWalker;
@@ -165,7 +165,10 @@ impl WriteSession {
             Some(p) => match SnapshotTree::open(Arc::clone(&reader), p) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    tracing::warn!("cannot read the parent snapshot {} ({e}); reading every file", p.id.short());
+                    tracing::warn!(
+                        "cannot read the parent snapshot {} ({e}); reading every file",
+                        p.id.short()
+                    );
                     None
                 }
             },
@@ -190,7 +193,8 @@ impl WriteSession {
         let force_reread = options.force_reread;
         let ingest = tokio::task::spawn_blocking(move || {
             let entries = source.into_tree()?;
-            let mut ingest = Ingest::new(&config, &index, parents, parent_tree, force_reread, pack_tx)?;
+            let mut ingest =
+                Ingest::new(&config, &index, parents, parent_tree, force_reread, pack_tx)?;
             for entry in entries {
                 ingest.entry(entry?, progress.as_ref())?;
             }
@@ -257,7 +261,11 @@ impl WriteSession {
     /// The parent: the one asked for, else the newest usable snapshot with
     /// the same paths, of the same host if there is one.
     async fn parent(&self, paths: &[String], options: &BackupOptions) -> Result<Option<Snapshot>> {
-        let list = self.repo().repo().load_snapshots(&self.config().trust()).await?;
+        let list = self
+            .repo()
+            .repo()
+            .load_snapshots(&self.config().trust())
+            .await?;
         if let Some(prefix) = &options.parent {
             let selector = crate::ops::select::Selector::parse(prefix)?;
             return list
@@ -515,7 +523,9 @@ impl<'a> Ingest<'a> {
                 Some(c)
             }
             Err(e) => {
-                tracing::warn!("{path}: cannot read it in the parent snapshot ({e}); reading it whole");
+                tracing::warn!(
+                    "{path}: cannot read it in the parent snapshot ({e}); reading it whole"
+                );
                 None
             }
         }
@@ -528,7 +538,9 @@ impl<'a> Ingest<'a> {
         match self.parents.runtime.block_on(cursor.seek(name)) {
             Ok(found) => found,
             Err(e) => {
-                tracing::warn!("{path}: cannot read its directory in the parent snapshot ({e}); reading it whole");
+                tracing::warn!(
+                    "{path}: cannot read its directory in the parent snapshot ({e}); reading it whole"
+                );
                 self.parent_dirs[depth] = None;
                 None
             }

@@ -16,7 +16,6 @@
 // Backup and restore of format v2 call these; until they are wired in,
 // only the tests do.
 
-
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;

@@ -3,8 +3,8 @@
 
 pub mod backup;
 mod copies;
-pub(crate) mod fsmeta;
 pub mod forget;
+pub(crate) mod fsmeta;
 pub mod gc;
 mod mark;
 mod packer;

@@ -19,9 +19,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::blob_reader::BlobReader;
+use crate::dir::{DirEntry, Node};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
-use crate::dir::{DirEntry, Node};
 use crate::manifest::{Item, Snapshot};
 use crate::ops::fsmeta::{self, ApplyContext, ApplyOptions, SparseWriter};
 use crate::ops::target::TargetDir;
@@ -209,8 +209,16 @@ impl IndexedRepository {
             len: item.len,
             chunks: item.chunks,
         };
-        self.restore_content(reader, &snapshot.id, &item.name, content, writer, false, progress)
-            .await
+        self.restore_content(
+            reader,
+            &snapshot.id,
+            &item.name,
+            content,
+            writer,
+            false,
+            progress,
+        )
+        .await
     }
 
     /// Writes a file's content to `writer` (chunk by chunk, unbuffered,
@@ -256,9 +264,7 @@ impl IndexedRepository {
         });
 
         let fetched: Result<u64> = async {
-            let mut walker = TreeWalker::new(reader, root, len)
-                .await
-                .map_err(context)?;
+            let mut walker = TreeWalker::new(reader, root, len).await.map_err(context)?;
             let mut window = Vec::new();
             let mut total = 0u64;
             loop {
@@ -350,9 +356,10 @@ impl IndexedRepository {
             .map_err(|e| Error::corrupt(format!("snapshot {}", snapshot.id), e))?;
         let reader = Arc::new(self.blob_reader());
         let tree = SnapshotTree::open(Arc::clone(&reader), snapshot)?;
+        let context = |e| in_item(e, &snapshot.id, only.unwrap_or("/"));
         let walk = match only {
-            None => Some(tree.walk().await?),
-            Some(path) => tree.walk_at(path.as_bytes()).await?,
+            None => Some(tree.walk().await.map_err(context)?),
+            Some(path) => tree.walk_at(path.as_bytes()).await.map_err(context)?,
         };
         let Some(mut walk) = walk else {
             return Err(Error::NotFound {
@@ -398,7 +405,7 @@ impl IndexedRepository {
             summary: RestoreSummary::default(),
             progress,
         };
-        while let Some(w) = walk.next().await? {
+        while let Some(w) = walk.next().await.map_err(context)? {
             state.close_dirs(w.depth + 1)?;
             state.entry(w).await?;
         }
@@ -501,9 +508,16 @@ impl Restoring<'_> {
         let display = String::from_utf8_lossy(&path).into_owned();
         let name = OsStr::from_bytes(&entry.name).to_os_string();
         let overwrite = self.options.overwrite;
-        let parent = self.dirs.last_mut().ok_or_else(|| Error::Bug("no open directory".into()))?;
+        let parent = self
+            .dirs
+            .last_mut()
+            .ok_or_else(|| Error::Bug("no open directory".into()))?;
         parent.names.push(entry.name.clone());
-        let existing = if overwrite { parent.dir.stat(&name)? } else { None };
+        let existing = if overwrite {
+            parent.dir.stat(&name)?
+        } else {
+            None
+        };
         let existing_kind = existing.map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
         match &entry.node {
             Node::Dir { .. } => {
@@ -525,7 +539,10 @@ impl Restoring<'_> {
                     && let Some(first) = self.links.get(&group)
                 {
                     let (from, from_name) = self.root.parent_of_bytes(first)?;
-                    let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+                    let parent = self
+                        .dirs
+                        .last()
+                        .ok_or_else(|| Error::Bug("no open directory".into()))?;
                     if existing.is_some() {
                         parent.dir.remove_any(&name)?;
                     }
@@ -534,11 +551,17 @@ impl Restoring<'_> {
                     return Ok(());
                 }
                 let unchanged = existing.as_ref().is_some_and(|st| {
-                    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+                    rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        == rustix::fs::FileType::RegularFile
                         && st.st_size as u64 == entry.size
-                        && entry.mtime.is_some_and(|t| t.secs == st.st_mtime && i64::from(t.nanos) == st.st_mtime_nsec as i64)
+                        && entry.mtime.is_some_and(|t| {
+                            t.secs == st.st_mtime && i64::from(t.nanos) == st.st_mtime_nsec as i64
+                        })
                 });
-                let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+                let parent = self
+                    .dirs
+                    .last()
+                    .ok_or_else(|| Error::Bug("no open directory".into()))?;
                 if unchanged {
                     self.summary.unchanged += 1;
                 } else {
@@ -559,7 +582,15 @@ impl Restoring<'_> {
                     let writer = SparseWriter::new(file, entry.sparse);
                     let done = self
                         .repo
-                        .restore_content(self.reader, self.snapshot, &display, content, writer, entry.sparse, self.progress)
+                        .restore_content(
+                            self.reader,
+                            self.snapshot,
+                            &display,
+                            content,
+                            writer,
+                            entry.sparse,
+                            self.progress,
+                        )
                         .await
                         .and_then(|(w, n)| {
                             let file = w
@@ -574,7 +605,13 @@ impl Restoring<'_> {
                             return Err(e);
                         }
                     };
-                    let report = fsmeta::apply_metadata(parent.dir.fd(), &partial, Some(file.as_fd()), &entry, &mut self.ctx)?;
+                    let report = fsmeta::apply_metadata(
+                        parent.dir.fd(),
+                        &partial,
+                        Some(file.as_fd()),
+                        &entry,
+                        &mut self.ctx,
+                    )?;
                     self.summary.count(report);
                     drop(file);
                     parent.dir.rename(&partial, &name)?;
@@ -590,7 +627,10 @@ impl Restoring<'_> {
                 }
             }
             Node::Symlink { target } => {
-                let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+                let parent = self
+                    .dirs
+                    .last()
+                    .ok_or_else(|| Error::Bug("no open directory".into()))?;
                 if existing.is_some() {
                     parent.dir.remove_any(&name)?;
                 }
@@ -598,7 +638,10 @@ impl Restoring<'_> {
                 self.summary.symlinks += 1;
             }
             Node::Fifo | Node::CharDevice { .. } | Node::BlockDevice { .. } => {
-                let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+                let parent = self
+                    .dirs
+                    .last()
+                    .ok_or_else(|| Error::Bug("no open directory".into()))?;
                 if existing.is_some() {
                     parent.dir.remove_any(&name)?;
                 }
@@ -609,7 +652,10 @@ impl Restoring<'_> {
                 self.summary.specials += 1;
             }
         }
-        let parent = self.dirs.last().ok_or_else(|| Error::Bug("no open directory".into()))?;
+        let parent = self
+            .dirs
+            .last()
+            .ok_or_else(|| Error::Bug("no open directory".into()))?;
         let fd = parent.dir.fd();
         let report = fsmeta::apply_metadata(fd, &name, None, &entry, &mut self.ctx)?;
         self.summary.count(report);
@@ -667,12 +713,13 @@ pub async fn find_file(
     name: Option<&str>,
 ) -> Result<(String, DirEntry)> {
     let tree = SnapshotTree::open(Arc::new(repo.blob_reader()), snapshot)?;
+    let context = |e| in_item(e, &snapshot.id, name.unwrap_or("/"));
     let not_found = |what: String| Error::NotFound {
         what,
         hint: format!("list what it holds with `cairn ls {}`", snapshot.id.short()),
     };
     if let Some(name) = name {
-        return match tree.lookup(name.as_bytes()).await? {
+        return match tree.lookup(name.as_bytes()).await.map_err(context)? {
             Some(e) if matches!(e.node, Node::File { .. }) => Ok((name.to_string(), e)),
             _ => Err(not_found(format!(
                 "file {name:?} in snapshot {}",
@@ -680,9 +727,9 @@ pub async fn find_file(
             ))),
         };
     }
-    let mut walk = tree.walk().await?;
+    let mut walk = tree.walk().await.map_err(context)?;
     let mut files = Vec::new();
-    while let Some(w) = walk.next().await? {
+    while let Some(w) = walk.next().await.map_err(context)? {
         if matches!(w.entry.node, Node::File { .. }) {
             files.push((w.display(), w.entry));
             if files.len() > 1 {
@@ -692,7 +739,10 @@ pub async fn find_file(
     }
     match files.len() {
         1 => Ok(files.remove(0)),
-        0 => Err(not_found(format!("a file in snapshot {}", snapshot.id.short()))),
+        0 => Err(not_found(format!(
+            "a file in snapshot {}",
+            snapshot.id.short()
+        ))),
         _ => Err(Error::invalid(format!(
             "snapshot {} holds several files; choose one with --item (e.g. {:?})",
             snapshot.id.short(),
@@ -719,7 +769,15 @@ pub async fn restore_entry_to<W: Write + Send + 'static>(
         chunks: Some(chunks),
     };
     let reader = repo.blob_reader();
-    repo.restore_content(&reader, &snapshot.id, name, content, writer, false, progress)
-        .await
-        .map(|(_, n)| n)
+    repo.restore_content(
+        &reader,
+        &snapshot.id,
+        name,
+        content,
+        writer,
+        false,
+        progress,
+    )
+    .await
+    .map(|(_, n)| n)
 }

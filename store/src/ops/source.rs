@@ -158,7 +158,10 @@ impl Source {
     pub(crate) fn paths(&self) -> Result<Vec<String>> {
         let top = |name: &str| name.split('/').next().unwrap_or_default().to_string();
         let mut names = match self {
-            Source::Paths(paths) => paths.iter().map(|p| base_name(p)).collect::<Result<Vec<_>>>()?,
+            Source::Paths(paths) => paths
+                .iter()
+                .map(|p| base_name(p))
+                .collect::<Result<Vec<_>>>()?,
             Source::Stdin { name } | Source::Command { name, .. } | Source::Reader { name, .. } => {
                 vec![top(name)]
             }
@@ -235,14 +238,21 @@ fn tree_order(entries: Vec<Entry>) -> Result<Vec<SourceEntry>> {
     let mut out = Vec::with_capacity(entries.len());
     let mut open: Vec<String> = Vec::new();
     for (parts, e) in entries {
-        let (name, parents) = parts.split_last().ok_or_else(|| Error::invalid("an empty name"))?;
+        let (name, parents) = parts
+            .split_last()
+            .ok_or_else(|| Error::invalid("an empty name"))?;
         let common = open.iter().zip(parents).take_while(|(a, b)| a == b).count();
         open.truncate(common);
         for (depth, part) in parents.iter().enumerate().skip(common) {
             out.push(SourceEntry {
                 depth,
                 path: parents[..=depth].join("/"),
-                entry: DirEntry::bare(part.as_bytes(), Node::Dir { tree: BlobId([0; 32]) }),
+                entry: DirEntry::bare(
+                    part.as_bytes(),
+                    Node::Dir {
+                        tree: BlobId([0; 32]),
+                    },
+                ),
                 content: None,
                 chunker: None,
             });
@@ -250,7 +260,9 @@ fn tree_order(entries: Vec<Entry>) -> Result<Vec<SourceEntry>> {
         }
         let node = match e.kind {
             ItemKind::File => placeholder_file(),
-            ItemKind::Dir => Node::Dir { tree: BlobId([0; 32]) },
+            ItemKind::Dir => Node::Dir {
+                tree: BlobId([0; 32]),
+            },
             ItemKind::Symlink => Node::Symlink {
                 target: e.target.clone().unwrap_or_default().into_bytes(),
             },
@@ -300,12 +312,15 @@ fn argument(path: &Path) -> Result<(PathBuf, std::ffi::OsString)> {
         Ok(m) if m.file_type().is_symlink() => path.to_path_buf(),
         _ => absolute,
     };
-    let name = chosen.file_name().map(|n| n.to_os_string()).ok_or_else(|| {
-        Error::invalid(format!(
-            "cannot back up {} itself; name its contents",
-            path.display()
-        ))
-    })?;
+    let name = chosen
+        .file_name()
+        .map(|n| n.to_os_string())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "cannot back up {} itself; name its contents",
+                path.display()
+            ))
+        })?;
     let dir = match chosen.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -377,17 +392,20 @@ impl FsWalker {
         dir_path: &str,
         name: OsString,
         depth: usize,
-        argument: bool,
+        argument: Option<&Path>,
     ) -> Result<Option<SourceEntry>> {
         let path = if dir_path.is_empty() {
             name.to_string_lossy().into_owned()
         } else {
             format!("{dir_path}/{}", name.to_string_lossy())
         };
+        // An argument is named as given.
+        let shown = argument.map_or_else(|| path.clone(), |p| p.display().to_string());
         let fail = |detail: String| Error::Source {
-            item: path.clone(),
+            item: shown.clone(),
             detail,
         };
+        let argument = argument.is_some();
         let st = match fsmeta::stat_at(dir.as_fd(), &name) {
             Ok(st) => st,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !argument => {
@@ -396,7 +414,8 @@ impl FsWalker {
             }
             Err(e) => return Err(fail(format!("cannot read: {e}"))),
         };
-        let Some(mut entry) = fsmeta::entry_from_stat(name.as_bytes().to_vec(), &st, &mut self.names)
+        let Some(mut entry) =
+            fsmeta::entry_from_stat(name.as_bytes().to_vec(), &st, &mut self.names)
         else {
             if argument {
                 return Err(fail("is a socket: nothing to back up".into()));
@@ -412,7 +431,9 @@ impl FsWalker {
                     .map_err(|e| fail(format!("cannot open: {e}")))?;
                 let now = rustix::fs::fstat(&fd).map_err(|e| fail(format!("cannot read: {e}")))?;
                 if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
-                    return Err(fail("was replaced while the backup listed it; run the backup again".into()));
+                    return Err(fail(
+                        "was replaced while the backup listed it; run the backup again".into(),
+                    ));
                 }
                 entry.xattrs = fsmeta::read_xattrs(fd.as_fd()).unwrap_or_else(|e| {
                     tracing::warn!("{path}: cannot read extended attributes: {e}");
@@ -442,7 +463,7 @@ impl FsWalker {
                 // or endless item: say so instead of writing a snapshot without it.
                 return Err(fail(format!(
                     "is not a regular file, directory or symlink (a FIFO or device); to store \
-                     what it gives, use `--command 'cat {path}'`"
+                     what it gives, use `--command 'cat {shown}'`"
                 )));
             }
             _ => {}
@@ -474,7 +495,7 @@ impl FsWalker {
                 top.next += 1;
                 let (fd, path) = (Arc::clone(&top.fd), top.path.clone());
                 let depth = self.stack.len();
-                if let Some(e) = self.visit(&fd, &path, name, depth, false)? {
+                if let Some(e) = self.visit(&fd, &path, name, depth, None)? {
                     return Ok(Some(e));
                 }
                 continue;
@@ -483,11 +504,14 @@ impl FsWalker {
                 return Ok(None);
             };
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            let fd = rustix::fs::open(&dir, flags, rustix::fs::Mode::empty()).map_err(|e| Error::Source {
-                item: dir.display().to_string(),
-                detail: format!("cannot open: {e}"),
+            let fd = rustix::fs::open(&dir, flags, rustix::fs::Mode::empty()).map_err(|e| {
+                Error::Source {
+                    item: dir.display().to_string(),
+                    detail: format!("cannot open: {e}"),
+                }
             })?;
-            if let Some(e) = self.visit(&Arc::new(fd), "", name, 0, true)? {
+            let given = dir.join(&name);
+            if let Some(e) = self.visit(&Arc::new(fd), "", name, 0, Some(&given))? {
                 return Ok(Some(e));
             }
         }
@@ -587,7 +611,12 @@ impl StableFile {
         let replaced = "it was replaced since the backup listed it (by a link, a FIFO, a \
                         device or another file), so nothing is read through it; run the backup \
                         again, and if this recurs, find what replaces it";
-        let file = match rustix::fs::openat(at.dir.as_fd(), &at.name, read_flags(), rustix::fs::Mode::empty()) {
+        let file = match rustix::fs::openat(
+            at.dir.as_fd(),
+            &at.name,
+            read_flags(),
+            rustix::fs::Mode::empty(),
+        ) {
             Ok(fd) => std::fs::File::from(fd),
             Err(rustix::io::Errno::LOOP) => return Err(refuse(replaced.into())),
             Err(e) => return Err(fail(e.into())),

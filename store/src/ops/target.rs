@@ -198,7 +198,12 @@ impl TargetDir {
     /// it), never following a link.
     pub fn remove_any(&self, name: impl AsRef<OsStr>) -> Result<()> {
         let name = name.as_ref();
-        let fail = |e: Errno| Error::io(format!("removing {}", self.path_of(name).display()), e.into());
+        let fail = |e: Errno| {
+            Error::io(
+                format!("removing {}", self.path_of(name).display()),
+                e.into(),
+            )
+        };
         match rustix::fs::unlinkat(&self.fd, name, rustix::fs::AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => return Ok(()),
             Err(Errno::ISDIR | Errno::PERM) => {}
@@ -232,10 +237,12 @@ impl TargetDir {
         match rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(Errno::NOENT) => Ok(None),
-            Err(e) => Err(Error::io(format!("reading {}", self.path_of(name).display()), e.into())),
+            Err(e) => Err(Error::io(
+                format!("reading {}", self.path_of(name).display()),
+                e.into(),
+            )),
         }
     }
-
 }
 
 #[cfg(test)]

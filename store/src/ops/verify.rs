@@ -31,12 +31,12 @@ use serde::Serialize;
 use crate::backend::{ObjectDir, ObjectKey};
 use crate::blob_reader::BlobReader;
 use crate::dir::Node;
-use crate::ops::walk::SnapshotTree;
 use crate::error::{Error, Result};
 use crate::frame::decode_frame;
 use crate::id::{BlobId, IdMap, PackId, SnapshotId};
 use crate::index::{BlobLocation, Index, PackInfo};
 use crate::manifest::{ItemKind, Snapshot, Trust};
+use crate::ops::walk::SnapshotTree;
 use crate::pack::decode_pack;
 use crate::repo::Repository;
 use crate::tree::TreeNode;
@@ -646,7 +646,11 @@ impl Walker<'_> {
                     problems.truncate(MAX_PROBLEMS_PER_ITEM);
                     problems.push(format!("and {more} more"));
                 }
-                let name = if path.is_empty() { "/".to_string() } else { path };
+                let name = if path.is_empty() {
+                    "/".to_string()
+                } else {
+                    path
+                };
                 damaged.push(DamagedItem { name, problems });
             }
             return Ok(damaged);
@@ -683,7 +687,8 @@ impl Walker<'_> {
                 return Ok(Arc::clone(found));
             }
             let mut out: Vec<(String, Vec<String>)> = Vec::new();
-            let fatal = |e: &Error| matches!(e, Error::Unreachable { .. } | Error::AccessDenied { .. });
+            let fatal =
+                |e: &Error| matches!(e, Error::Unreachable { .. } | Error::AccessDenied { .. });
             match tree.dir(id).await {
                 Err(e) if fatal(&e) => return Err(e),
                 Err(e) => out.push((String::new(), vec![e.to_string()])),

@@ -99,7 +99,10 @@ impl SnapshotTree {
 
     /// Whether `id` is a node built from a version-1 manifest (not stored).
     pub fn is_built(&self, id: &BlobId) -> bool {
-        self.source.built.as_ref().is_some_and(|b| b.contains_key(id))
+        self.source
+            .built
+            .as_ref()
+            .is_some_and(|b| b.contains_key(id))
     }
 
     /// A cursor over the directory whose root node is `tree`.
@@ -110,7 +113,10 @@ impl SnapshotTree {
     /// The entry at `path` (`/`-separated components), if there is one.
     pub async fn lookup(&self, path: &[u8]) -> Result<Option<DirEntry>> {
         let mut tree = self.root;
-        let mut parts = path.split(|&b| b == b'/').filter(|p| !p.is_empty()).peekable();
+        let mut parts = path
+            .split(|&b| b == b'/')
+            .filter(|p| !p.is_empty())
+            .peekable();
         while let Some(part) = parts.next() {
             let mut cursor = self.dir(tree).await?;
             let Some(entry) = cursor.seek(part).await? else {
@@ -234,7 +240,11 @@ impl DirCursor {
                 }
             }
             let level = *level;
-            let n = children.len().min(if skip_below.is_some() { 1 } else { CHILDREN_PER_FETCH });
+            let n = children.len().min(if skip_below.is_some() {
+                1
+            } else {
+                CHILDREN_PER_FETCH
+            });
             let batch: Vec<DirChild> = children.drain(..n).collect();
             let ids: Vec<BlobId> = batch.iter().map(|c| c.id).collect();
             let blobs = self.source.read(&ids).await?;
@@ -409,7 +419,10 @@ impl Walk {
             if self.stack.len() >= MAX_DEPTH {
                 return Err(Error::corrupt(
                     format!("directory {tree}"),
-                    format!("{:?} is more than {MAX_DEPTH} directories deep", String::from_utf8_lossy(&path)),
+                    format!(
+                        "{:?} is more than {MAX_DEPTH} directories deep",
+                        String::from_utf8_lossy(&path)
+                    ),
                 ));
             }
             let cursor = DirCursor::open(self.source.clone(), tree).await?;
@@ -460,11 +473,22 @@ pub fn tree_of_items(items: &[Item]) -> Result<(BlobId, IdMap<BlobId, Bytes>)> {
     let mut out = Vec::new();
     let mut open: Vec<&[u8]> = Vec::new();
     for (parts, item) in sorted {
-        let (name, parents) = parts.split_last().ok_or_else(|| Error::invalid("an empty item name"))?;
+        let (name, parents) = parts
+            .split_last()
+            .ok_or_else(|| Error::invalid("an empty item name"))?;
         let common = open.iter().zip(parents).take_while(|(a, b)| a == b).count();
         open.truncate(common);
         for (depth, part) in parents.iter().enumerate().skip(common) {
-            tree.push(depth, DirEntry::bare(part.to_vec(), Node::Dir { tree: BlobId([0; 32]) }), &mut out)?;
+            tree.push(
+                depth,
+                DirEntry::bare(
+                    part.to_vec(),
+                    Node::Dir {
+                        tree: BlobId([0; 32]),
+                    },
+                ),
+                &mut out,
+            )?;
             open.push(part);
         }
         let entry = entry_of_item(name, item);
@@ -475,7 +499,12 @@ pub fn tree_of_items(items: &[Item]) -> Result<(BlobId, IdMap<BlobId, Bytes>)> {
         }
     }
     let (root, _) = tree.finish(&mut out)?;
-    Ok((root, out.into_iter().map(|n| (n.id, Bytes::from(n.bytes))).collect()))
+    Ok((
+        root,
+        out.into_iter()
+            .map(|n| (n.id, Bytes::from(n.bytes)))
+            .collect(),
+    ))
 }
 
 fn entry_of_item(name: &[u8], item: &Item) -> DirEntry {
@@ -516,14 +545,21 @@ pub async fn with_items(reader: Arc<BlobReader>, snapshot: &Snapshot) -> Result<
     let mut walk = tree.walk().await.map_err(context)?;
     let mut items = Vec::new();
     while let Some(w) = walk.next().await.map_err(context)? {
-        let name = String::from_utf8(w.path.clone()).map_err(|_| {
-            Error::invalid(format!("{:?} is not UTF-8", w.display()))
-        })?;
+        let name = String::from_utf8(w.path.clone())
+            .map_err(|_| Error::invalid(format!("{:?} is not UTF-8", w.display())))?;
         let e = &w.entry;
         let (kind, tree, chunks, chunker, target) = match &e.node {
-            Node::File { root, chunks, chunker } => {
-                (ItemKind::File, Some(*root), Some(*chunks), Some(*chunker), None)
-            }
+            Node::File {
+                root,
+                chunks,
+                chunker,
+            } => (
+                ItemKind::File,
+                Some(*root),
+                Some(*chunks),
+                Some(*chunker),
+                None,
+            ),
             Node::Dir { .. } => (ItemKind::Dir, None, None, None, None),
             Node::Symlink { target } => (
                 ItemKind::Symlink,

@@ -213,8 +213,9 @@ pub async fn restore_bytes(backend: &Backend, snapshot: &Snapshot) -> cairn_stor
         .await?
         .load_index()
         .await?;
-    let flat = cairn_store::ops::walk::with_items(std::sync::Arc::new(repo.blob_reader()), snapshot)
-        .await?;
+    let flat =
+        cairn_store::ops::walk::with_items(std::sync::Arc::new(repo.blob_reader()), snapshot)
+            .await?;
     let name = flat
         .manifest
         .items
@@ -236,8 +237,9 @@ pub async fn restore_item_bytes(
         .await?
         .load_index()
         .await?;
-    let flat = cairn_store::ops::walk::with_items(std::sync::Arc::new(repo.blob_reader()), snapshot)
-        .await?;
+    let flat =
+        cairn_store::ops::walk::with_items(std::sync::Arc::new(repo.blob_reader()), snapshot)
+            .await?;
     let item = flat.manifest.item(name).unwrap();
     let reader = repo.blob_reader();
     let (out, _) = repo
