@@ -338,7 +338,11 @@ impl DirEntry {
             Node::CharDevice { rdev } | Node::BlockDevice { rdev } => out.put_u64(*rdev),
         }
         if !self.xattrs.is_empty() {
-            out.extend_from_slice(&(self.xattrs.len() as u16).to_le_bytes());
+            out.extend_from_slice(
+                &u16::try_from(self.xattrs.len())
+                    .unwrap_or(u16::MAX)
+                    .to_le_bytes(),
+            );
             for x in &self.xattrs {
                 put_u8_bytes(out, &x.name);
                 out.put_u32(len_u32(x.value.len()));
@@ -680,12 +684,13 @@ fn put_child(out: &mut Vec<u8>, c: &DirChild) {
 }
 
 fn put_u16_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    // Lengths are checked first (`DirEntry::check`, `check_name`).
+    out.extend_from_slice(&u16::try_from(b.len()).unwrap_or(u16::MAX).to_le_bytes());
     out.put_bytes(b);
 }
 
 fn put_u8_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.put_u8(b.len() as u8);
+    out.put_u8(u8::try_from(b.len()).unwrap_or(u8::MAX));
     out.put_bytes(b);
 }
 
@@ -855,7 +860,7 @@ impl DirBuilder {
             let entries = children.iter().map(|c| c.entries).sum();
             let first = children.first().map(|c| c.first.clone());
             let node = DirNode::Children {
-                level: level as u8,
+                level: u8::try_from(level).unwrap_or(u8::MAX),
                 children,
             };
             (node.encode(), first, entries)
