@@ -182,11 +182,11 @@ fn second_backup_fetches_only_changed_documents_and_stores_little() {
     let third_db = db_stats(&third, &db);
     assert_eq!(third_db["fetched_leaves"], again.len() as u64, "{third_db}");
     assert_eq!(third_db["rewrote_base"], false);
-    let names: Vec<String> = f.snapshots(&[]).last().unwrap()["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_string())
+    let listing = ok(f.cmd("ls").args(["latest", "-r", "--json"])).stdout_str();
+    let names: Vec<String> = listing
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|i| i["path"].as_str().unwrap().to_string())
         .filter(|n| n.contains("/docs."))
         .collect();
     assert_eq!(names.len(), 3, "base and two overlays: {names:?}");
