@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Backs up each day of a workload (from workload.sh) with Cairn, restic and borg, one tool
-# at a time, and writes WORK_DIR/results.json and WORK_DIR/results.md.
+# Backs up each day of a workload (from workload.sh) with Cairn, restic and borg (and rustic
+# and bupstash if asked for), one tool at a time, and writes WORK_DIR/results.json and
+# WORK_DIR/results.md.
 #
-# Usage: benches/e2e/compare.sh WORK_DIR [--days N] [--tools cairn,restic,borg]
+# Usage: benches/e2e/compare.sh WORK_DIR [--days N] [--tools cairn,restic,borg,rustic,bupstash]
 #                               [--cairn PATH_TO_BINARY] [--drop-caches]
 #   WORK_DIR      holds day01/ .. dayNN/ from workload.sh; the run adds current/ (the staged
 #                 day, the one path every tool backs up), repos/, cache/, restore/, logs/
 #                 and the results (a previous run's are removed first)
 #   --days N      only the first N days [default: all dayNN dirs]
-#   --tools LIST  comma-separated, run in this order every day [default: cairn,restic,borg]
+#   --tools LIST  comma-separated, run in this order every day [default: cairn,restic,borg];
+#                 also rustic and bupstash (cargo install rustic-rs / bupstash, see setup.sh)
 #   --cairn PATH  the cairn binary [default: target/release/cairn of this repository]
 #   --drop-caches drop the page cache before every measured command (root only); by
 #                 default the staged input is read once before every backup instead, so
@@ -49,13 +51,14 @@ NDAYS=${#ALL_DAYS[@]}
 # ---- the tools (a missing binary skips that tool)
 export RESTIC_PASSWORD=cairn-bench BORG_PASSPHRASE=cairn-bench
 export BORG_BASE_DIR=$WORK/cache/borg BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+export RUSTIC_PASSWORD=cairn-bench
 RUN=()
 IFS=, read -r -a WANT <<<"$TOOLS"
 for t in "${WANT[@]}"; do
   case $t in
     cairn) bin=$CAIRN ;;
-    restic|borg) bin=$(command -v "$t" || true) ;;
-    *) echo "compare.sh: unknown tool $t (cairn, restic, borg)" >&2; exit 2 ;;
+    restic|borg|rustic|bupstash) bin=$(command -v "$t" || true) ;;
+    *) echo "compare.sh: unknown tool $t (cairn, restic, borg, rustic, bupstash)" >&2; exit 2 ;;
   esac
   if [[ -n $bin && -x $bin ]]; then
     RUN+=("$t")
@@ -80,6 +83,8 @@ version_of() {
     cairn) "$CAIRN" --version 2>/dev/null | head -1 || echo unknown ;;
     restic) restic version | head -1 ;;
     borg) borg --version | head -1 ;;
+    rustic) rustic --version 2>/dev/null | head -1 || echo unknown ;;
+    bupstash) bupstash version 2>/dev/null | head -1 || echo unknown ;;
   esac
 }
 
@@ -126,6 +131,13 @@ measure() {
 repo() { echo "$REPOS/$1"; }
 RESTIC=(restic --cache-dir "$CACHE/restic" --compression auto)
 CAIRN_ENV=(env XDG_CACHE_HOME="$CACHE/cairn" XDG_CONFIG_HOME="$CACHE/cairn")
+RUSTIC=(rustic --cache-dir "$CACHE/rustic")
+# bupstash: the repository, key and send log (its stat cache for incremental puts) by env.
+BUPSTASH=(env BUPSTASH_REPOSITORY="$REPOS/bupstash" BUPSTASH_KEY="$CACHE/bupstash/backup.key"
+          BUPSTASH_SEND_LOG="$CACHE/bupstash/send.log" bupstash)
+bupstash_id() {  # DAY: the id `bupstash put` printed for that day
+  tail -n1 "$LOGS/$(printf 'bupstash-day%02d' "$1")-backup.out"
+}
 
 tool_init() {  # TOOL
   case $1 in
@@ -135,6 +147,11 @@ tool_init() {  # TOOL
       measure cairn init 1 0 "${CAIRN_ENV[@]}" "$CAIRN" init --repo "$(repo cairn)" ;;
     restic) measure restic init 1 0 "${RESTIC[@]}" -r "$(repo restic)" init --repository-version 2 ;;
     borg) measure borg init 1 0 borg init --encryption=authenticated-blake2 "$(repo borg)" ;;
+    rustic) measure rustic init 1 0 "${RUSTIC[@]}" -r "$(repo rustic)" init ;;
+    bupstash)
+      mkdir -p "$CACHE/bupstash"
+      bupstash new-key -o "$CACHE/bupstash/backup.key" >"$LOGS/bupstash-key.out" 2>&1
+      measure bupstash init 1 0 "${BUPSTASH[@]}" init ;;
   esac
 }
 
@@ -145,6 +162,8 @@ tool_backup() {  # TOOL DAY BYTES
              --key "$CACHE/cairn/backup.key" --json current ;;
     restic) measure restic backup "$2" "$3" "${RESTIC[@]}" -r "$(repo restic)" backup --host cairn-bench current ;;
     borg) measure borg backup "$2" "$3" borg create --compression zstd,3 "$(repo borg)::$archive" current ;;
+    rustic) measure rustic backup "$2" "$3" "${RUSTIC[@]}" -r "$(repo rustic)" backup --host cairn-bench current ;;
+    bupstash) measure bupstash backup "$2" "$3" "${BUPSTASH[@]}" put name="$archive" current ;;
   esac
 }
 
@@ -154,6 +173,8 @@ tool_restore() {  # TOOL DAY BYTES TARGET
     cairn) measure cairn restore "$2" "$3" "${CAIRN_ENV[@]}" "$CAIRN" restore --repo "$(repo cairn)" latest --target "$4" ;;
     restic) measure restic restore "$2" "$3" "${RESTIC[@]}" -r "$(repo restic)" restore latest --target "$4" ;;
     borg) measure borg restore "$2" "$3" env -C "$4" borg extract "$(repo borg)::$archive" ;;
+    rustic) measure rustic restore "$2" "$3" "${RUSTIC[@]}" -r "$(repo rustic)" restore latest "$4" ;;
+    bupstash) measure bupstash restore "$2" "$3" "${BUPSTASH[@]}" restore --into "$4" id="$(bupstash_id "$2")" ;;
   esac
 }
 
@@ -163,6 +184,10 @@ tool_check() {  # TOOL DAY
     cairn) measure cairn check "$2" "$bytes" "${CAIRN_ENV[@]}" "$CAIRN" verify --repo "$(repo cairn)" --read-data ;;
     restic) measure restic check "$2" "$bytes" "${RESTIC[@]}" -r "$(repo restic)" check --read-data ;;
     borg) measure borg check "$2" "$bytes" borg check --verify-data "$(repo borg)" ;;
+    rustic) measure rustic check "$2" "$bytes" "${RUSTIC[@]}" -r "$(repo rustic)" check --read-data ;;
+    # bupstash has no repository-wide data check: `get` of the newest snapshot decrypts and
+    # verifies every chunk it needs.
+    bupstash) measure bupstash check "$2" "$bytes" sh -c '"$@" >/dev/null' sh "${BUPSTASH[@]}" get id="$(bupstash_id "$2")" ;;
   esac
 }
 
