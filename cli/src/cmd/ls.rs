@@ -54,7 +54,10 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
             continue; // the named directory itself
         }
         if args.json {
-            super::print_json(&json_of(&w.display(), &w.entry))?;
+            println!(
+                "{}",
+                serde_json::to_string(&json_of(&w.display(), &w.entry))?
+            );
         } else {
             println!("{}", line(&w.display(), &w.entry));
         }

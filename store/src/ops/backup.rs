@@ -587,7 +587,15 @@ impl<'a> Ingest<'a> {
 
     fn add_dir_nodes(&mut self, nodes: Vec<EncodedNode>) -> Result<()> {
         for node in nodes {
-            let vouched = self.vouched_dirs.contains(&node.id) && self.index.contains(&node.id);
+            // A large directory's nodes are emitted while it is still
+            // open: its cursor in the parent has recorded their twins.
+            let read = self.vouched_dirs.contains(&node.id)
+                || self
+                    .parent_dirs
+                    .iter()
+                    .flatten()
+                    .any(|c| c.has_node(&node.id));
+            let vouched = read && self.index.contains(&node.id);
             if !vouched {
                 self.add_blob_as(node.id, &node.bytes, true, true)?;
             }

@@ -208,6 +208,11 @@ impl DirCursor {
         self.nodes = Some(set);
     }
 
+    /// Whether node `id` was read and recorded.
+    pub fn has_node(&self, id: &BlobId) -> bool {
+        self.nodes.as_ref().is_some_and(|n| n.contains(id))
+    }
+
     /// The nodes recorded.
     pub fn take_nodes(&mut self) -> IdSet<BlobId> {
         self.nodes.take().unwrap_or_default()
