@@ -231,3 +231,58 @@ fn restoring_over_an_existing_directory_needs_overwrite_and_delete_prunes() {
     assert!(!target.join("vol/extra").exists());
     assert_eq!(std::fs::read(target.join("vol/keep")).unwrap(), b"keep");
 }
+
+#[test]
+fn diff_names_what_changed_and_skips_equal_subtrees() {
+    let f = Fixture::new();
+    let vol = f.path("vol");
+    for d in ["same/deep", "changing"] {
+        std::fs::create_dir_all(vol.join(d)).unwrap();
+    }
+    std::fs::write(vol.join("same/deep/x"), b"x").unwrap();
+    std::fs::write(vol.join("changing/edit"), b"before").unwrap();
+    std::fs::write(vol.join("changing/chmod"), b"c").unwrap();
+    std::fs::write(vol.join("changing/gone"), b"g").unwrap();
+    std::fs::write(vol.join("changing/kind"), b"k").unwrap();
+    let a = str_field(&ok(f.backup().arg(&vol).arg("--json")).json(), "snapshot").to_string();
+    std::fs::write(vol.join("changing/edit"), b"after!").unwrap();
+    std::fs::set_permissions(
+        vol.join("changing/chmod"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::remove_file(vol.join("changing/gone")).unwrap();
+    std::fs::remove_file(vol.join("changing/kind")).unwrap();
+    std::fs::create_dir(vol.join("changing/kind")).unwrap();
+    std::fs::write(vol.join("changing/kind/new"), b"n").unwrap();
+    let b = str_field(&ok(f.backup().arg(&vol).arg("--json")).json(), "snapshot").to_string();
+
+    let out = ok(f.cmd("diff").args([&a, &b]));
+    let lines: Vec<&str> = out.stdout_str().leak().lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "U vol/changing",
+            "U vol/changing/chmod",
+            "M vol/changing/edit",
+            "- vol/changing/gone",
+            "T vol/changing/kind",
+            "+ vol/changing/kind/new",
+        ],
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("(1 unchanged directories not read)"),
+        "{}",
+        out.stderr
+    );
+    let json = ok(f.cmd("diff").args([&a, &b, "--json"])).stdout_str();
+    let summary: serde_json::Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["modified"], 1);
+    assert_eq!(summary["added"], 1);
+    assert_eq!(summary["removed"], 1);
+    // A snapshot against itself: nothing, and nothing read.
+    let same = ok(f.cmd("diff").args([&a, &a]));
+    assert_eq!(same.stdout_str(), "");
+}

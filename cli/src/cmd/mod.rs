@@ -2,6 +2,7 @@
 
 mod backup;
 mod couch;
+mod diff;
 mod forget;
 mod gc;
 mod init;
@@ -42,6 +43,8 @@ pub enum Command {
     Snapshots(snapshots::SnapshotsArgs),
     /// List what a snapshot holds (a directory, or everything with -r).
     Ls(ls::LsArgs),
+    /// What changed between two snapshots (+ added, - removed, M content, U metadata, T kind).
+    Diff(diff::DiffArgs),
     /// Restore a snapshot into a directory, or one item to stdout.
     Restore(restore::RestoreArgs),
     /// Check signatures, structure and (with --read-data) every chunk.
@@ -68,6 +71,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Backup(a) => backup::run(a).await,
         Command::Snapshots(a) => snapshots::run(a).await,
         Command::Ls(a) => ls::run(a).await,
+        Command::Diff(a) => diff::run(a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::Verify(a) => verify::run(a).await,
         Command::Forget(a) => forget::run(a).await,

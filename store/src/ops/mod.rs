@@ -3,6 +3,7 @@
 
 pub mod backup;
 mod copies;
+pub mod diff;
 pub mod forget;
 pub(crate) mod fsmeta;
 pub mod gc;
