@@ -43,6 +43,8 @@ use crate::tree::{EncodedNode, TreeBuilder};
 
 /// Bytes read from the source per segment.
 const SEGMENT_LEN: usize = 4 << 20;
+/// Files up to this size are read whole on the ingest thread.
+const INLINE_MAX_LEN: u64 = 1 << 20;
 /// Segments read ahead of the ingest thread.
 const SEGMENTS_AHEAD: usize = 1;
 /// How often a file that changes while it is read is read again before the
@@ -673,9 +675,33 @@ impl<'a> Ingest<'a> {
     ) -> Result<((u64, u64, BlobId, ChunkerParams), FileState)> {
         let mut attempt = 1;
         loop {
-            let (file, changed) = StableFile::open_at(at, name)?;
+            let (mut file, changed) = StableFile::open_at(at, name)?;
             let state = file.state();
-            match self.stream(name, chunker, previous, Box::new(file), progress) {
+            // A small file is read whole on this thread: no reader thread
+            // to start, no segment to hand over (most files of a volume).
+            let streamed = if state.len <= INLINE_MAX_LEN {
+                let mut data = Vec::with_capacity(state.len as usize + 1);
+                match (&mut file).take(state.len + 1).read_to_end(&mut data) {
+                    Ok(n) if n as u64 == state.len => {
+                        progress.read(n as u64);
+                        self.ingest_whole(name, chunker, previous, &data)
+                    }
+                    Ok(_) => {
+                        changed.store(true, Ordering::SeqCst);
+                        Err(Error::Source {
+                            item: name.to_string(),
+                            detail: format!("{name} changed while it was read (it grew)"),
+                        })
+                    }
+                    Err(e) => Err(Error::Source {
+                        item: name.to_string(),
+                        detail: e.to_string(),
+                    }),
+                }
+            } else {
+                self.stream(name, chunker, previous, Box::new(file), progress)
+            };
+            match streamed {
                 Ok(streamed) => return Ok((streamed, state)),
                 Err(_) if changed.load(Ordering::SeqCst) && attempt < FILE_READS => {
                     tracing::warn!("{name} changed while it was read; reading it again");
@@ -707,21 +733,7 @@ impl<'a> Ingest<'a> {
     ) -> Result<(u64, u64, BlobId, ChunkerParams)> {
         let (tx, rx) = crossbeam_channel::bounded::<Result<Segment>>(SEGMENTS_AHEAD);
         let buffers = self.buffers.clone();
-        // A parent whose recorded parameters are unusable is ignored.
-        let (choice, parent) = match previous {
-            Some(previous) if previous.params.validate().is_ok() => {
-                let (parent, vouched) = self.parents.load(name, &previous);
-                self.vouched = vouched;
-                (Choice::Fixed(previous.params), parent)
-            }
-            _ => {
-                self.vouched = Vouched::Nothing;
-                match chunker.filter(|p| p.validate().is_ok()) {
-                    Some(params) => (Choice::Fixed(params), None),
-                    None => (Choice::Policy(self.policy), None),
-                }
-            }
-        };
+        let (choice, parent) = self.choose(name, chunker, previous);
         std::thread::scope(|scope| {
             let reader_thread = std::thread::Builder::new()
                 .name("cairn-reader".into())
@@ -759,6 +771,67 @@ impl<'a> Ingest<'a> {
                 .map_err(|_| Error::Bug("the reader thread panicked".into()))??;
             Ok((len, chunks, root, params))
         })
+    }
+
+    /// How a stream is cut, and its parent's chunks (also what it may
+    /// deduplicate against). A parent whose recorded parameters are
+    /// unusable is ignored.
+    fn choose(
+        &mut self,
+        name: &str,
+        chunker: Option<ChunkerParams>,
+        previous: Option<PreviousItem>,
+    ) -> (Choice, Option<ParentChunks>) {
+        match previous {
+            Some(previous) if previous.params.validate().is_ok() => {
+                let (parent, vouched) = self.parents.load(name, &previous);
+                self.vouched = vouched;
+                (Choice::Fixed(previous.params), parent)
+            }
+            _ => {
+                self.vouched = Vouched::Nothing;
+                match chunker.filter(|p| p.validate().is_ok()) {
+                    Some(params) => (Choice::Fixed(params), None),
+                    None => (Choice::Policy(self.policy), None),
+                }
+            }
+        }
+    }
+
+    /// Chunks, hashes and stores content read whole; returns what
+    /// [`Self::stream`] does.
+    fn ingest_whole(
+        &mut self,
+        name: &str,
+        chunker: Option<ChunkerParams>,
+        previous: Option<PreviousItem>,
+        data: &[u8],
+    ) -> Result<(u64, u64, BlobId, ChunkerParams)> {
+        let (choice, parent) = self.choose(name, chunker, previous);
+        let params = match choice {
+            Choice::Fixed(p) => p,
+            Choice::Policy(policy) => policy.choose(data),
+        };
+        let mut cutter = Cutter::new(Chunker::new(params)?, parent);
+        let (mut lens, mut ids) = (Vec::new(), Vec::new());
+        cutter.cut(data, true, &mut lens, &mut ids);
+        let mut tree = TreeBuilder::new(self.config.tree);
+        let mut nodes = Vec::new();
+        let mut at = 0usize;
+        for (&chunk_len, &id) in lens.iter().zip(&ids) {
+            let end = at + chunk_len as usize;
+            self.add_blob(id, &data[at..end], false)?;
+            tree.push(id, u64::from(chunk_len), &mut nodes);
+            at = end;
+        }
+        let root = tree.finish(&mut nodes);
+        for node in nodes.drain(..) {
+            self.add_blob(node.id, &node.bytes, true)?;
+        }
+        let len = data.len() as u64;
+        self.stats.bytes_read += len;
+        self.stats.chunks += ids.len() as u64;
+        Ok((len, ids.len() as u64, root, params))
     }
 
     /// Queues a blob for storage unless it is stored or queued already.
