@@ -680,7 +680,7 @@ impl<'a> Ingest<'a> {
             // A small file is read whole on this thread: no reader thread
             // to start, no segment to hand over (most files of a volume).
             let streamed = if state.len <= INLINE_MAX_LEN {
-                let mut data = Vec::with_capacity(state.len as usize + 1);
+                let mut data = Vec::with_capacity(usize::try_from(state.len).unwrap_or(0) + 1);
                 match (&mut file).take(state.len + 1).read_to_end(&mut data) {
                     Ok(n) if n as u64 == state.len => {
                         progress.read(n as u64);
