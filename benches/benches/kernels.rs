@@ -16,17 +16,17 @@ use std::hint::black_box;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cairn_store::chunker::{Chunker, ChunkerParams, ChunkingPolicy};
-use cairn_store::cutter::{CutStats, Cutter, ParentChunks};
-use cairn_store::frame::{Frame, FrameBuilder, decode_frame};
-use cairn_store::id::{BlobId, IdSet, IndexId, RepoId};
-use cairn_store::index::{Index, IndexedPack, decode_index, encode_index};
-use cairn_store::key::SecretKey;
-use cairn_store::manifest::{
+use cairn_store::format::chunker::{Chunker, ChunkerParams, ChunkingPolicy};
+use cairn_store::format::cutter::{CutStats, Cutter, ParentChunks};
+use cairn_store::format::frame::{Frame, FrameBuilder, decode_frame};
+use cairn_store::format::index::{Index, IndexedPack, decode_index, encode_index};
+use cairn_store::format::key::SecretKey;
+use cairn_store::format::manifest::{
     Item, ItemKind, MANIFEST_VERSION, Manifest, SourceInfo, SourceKind, Trust, decode_manifest,
 };
-use cairn_store::pack::{FOOTER_LEN, PackWriter, decode_pack, decode_trailer_from_tail};
-use cairn_store::tree::{TreeBuilder, TreeEntry, TreeParams, build_tree};
+use cairn_store::format::pack::{FOOTER_LEN, PackWriter, decode_pack, decode_trailer_from_tail};
+use cairn_store::format::tree::{TreeBuilder, TreeEntry, TreeParams, build_tree};
+use cairn_store::id::{BlobId, IdSet, IndexId, RepoId};
 use criterion::measurement::WallTime;
 use criterion::{
     BatchSize, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
@@ -993,7 +993,7 @@ fn indexed_packs(blobs: usize) -> Vec<IndexedPack> {
             // Stored as if compressed 5×; the bytes do not matter here.
             let mut frame = f.compress(1).unwrap();
             frame.payload = vec![0; frame.raw_len as usize / 5];
-            frame.codec = cairn_store::frame::Codec::Zstd;
+            frame.codec = cairn_store::format::frame::Codec::Zstd;
             w.add_frame(frame);
         }
         let (id, bytes, trailer) = w.finish();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cairn_store::backend::{Backend, BackendOptions};
-use cairn_store::key::PublicKey;
+use cairn_store::format::key::PublicKey;
 use cairn_store::repo::Repository;
 use clap::Args;
 

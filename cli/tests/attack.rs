@@ -75,14 +75,14 @@ fn refusal_reasons_quoting_a_signed_body_are_escaped() {
     let mut body: serde_json::Value = serde_json::from_slice(&bytes[12..12 + len]).unwrap();
     body["\x1b]0;PWNED\x07"] = serde_json::json!(1);
     let body = serde_json::to_vec(&body).unwrap();
-    let key = cairn_store::key::SecretKey::read_file(&f.key).unwrap();
-    let mut message = cairn_store::manifest::SIGNATURE_DOMAIN.to_vec();
+    let key = cairn_store::format::key::SecretKey::read_file(&f.key).unwrap();
+    let mut message = cairn_store::format::manifest::SIGNATURE_DOMAIN.to_vec();
     let repository: serde_json::Value = serde_json::from_slice(&bytes[12..12 + len]).unwrap();
     let repository: cairn_store::id::RepoId =
         serde_json::from_value(repository["repository"].clone()).unwrap();
     message.extend_from_slice(repository.as_bytes());
     message.extend_from_slice(&body);
-    let mut out = cairn_store::manifest::MANIFEST_MAGIC.to_vec();
+    let mut out = cairn_store::format::manifest::MANIFEST_MAGIC.to_vec();
     out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
     out.extend_from_slice(&body);
     out.extend_from_slice(key.public().as_bytes());

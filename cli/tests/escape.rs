@@ -8,9 +8,9 @@ mod support;
 
 use std::path::Path;
 
+use cairn_store::format::key::SecretKey;
+use cairn_store::format::manifest::{Item, ItemKind, MANIFEST_MAGIC, Manifest, SIGNATURE_DOMAIN};
 use cairn_store::id::SnapshotId;
-use cairn_store::key::SecretKey;
-use cairn_store::manifest::{Item, ItemKind, MANIFEST_MAGIC, Manifest, SIGNATURE_DOMAIN};
 use support::*;
 
 /// The manifest of a stored snapshot (its body, unchecked).

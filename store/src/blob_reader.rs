@@ -15,9 +15,9 @@ use rayon::prelude::*;
 
 use crate::backend::ObjectKey;
 use crate::error::{Error, ErrorKind, Result};
-use crate::frame::decode_frame;
+use crate::format::frame::decode_frame;
+use crate::format::index::{BlobLocation, Index};
 use crate::id::BlobId;
-use crate::index::{BlobLocation, Index};
 use crate::repo::IndexedRepository;
 
 /// Frames closer than this in one pack are fetched in one range read.

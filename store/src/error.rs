@@ -163,7 +163,7 @@ pub enum Error {
         "snapshot {snapshot} claims {time} but was stored at {seen} (the store's clock), more than \
          {} minutes before the time it claims: its signer's clock is wrong or its key is \
          compromised, so it is refused; inspect it, then remove it with `cairn forget {snapshot}`",
-        crate::retention::MAX_CLOCK_SKEW.as_mins()
+        crate::plan::retention::MAX_CLOCK_SKEW.as_mins()
     )]
     FromTheFuture {
         snapshot: String,

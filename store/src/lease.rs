@@ -150,7 +150,7 @@ impl Lease {
     fn new_record(kind: &str, ttl: Duration, holder: &str) -> LeaseRecord {
         LeaseRecord {
             kind: kind.into(),
-            host: crate::ops::hostname(),
+            host: hostname(),
             pid: std::process::id(),
             started: Timestamp::now(),
             ttl_secs: ttl.min(MAX_TTL).as_secs().max(1),
@@ -396,6 +396,17 @@ pub async fn store_now(backend: &Backend) -> Result<Timestamp> {
     let now = backend.head(&key).await?.last_modified;
     backend.delete(&key).await?;
     Ok(now)
+}
+
+/// This machine's host name, for snapshots (override it with `--host` where
+/// the host name is not stable, e.g. in a Kubernetes pod).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

@@ -1,34 +1,34 @@
 //! Cairn's store: on-disk formats, the repository, and the operations on it.
 //!
-//! Pure modules (no I/O): [`chunker`], [`frame`], [`pack`], [`index`],
-//! [`tree`], [`manifest`], [`key`], [`config`]. Everything that touches
-//! storage goes through [`backend`].
+//! The layers, each importing only from the ones above it in this list:
+//!
+//! - [`error`], [`id`]: the vocabulary.
+//! - [`format`]: the bytes of every object, pure functions (no I/O):
+//!   chunking, frames, packs, index objects, chunk lists, directory
+//!   trees, signed manifests, keys, the config.
+//! - [`plan`]: pure decisions over what is stored: which snapshots a
+//!   command means, which a retention policy keeps, what garbage
+//!   collection may delete.
+//! - [`backend`] (the one seam to storage), [`repo`] (a typed repository:
+//!   config read, index loaded), [`blob_reader`], [`lease`], [`pause`].
+//! - [`ops`]: operations (backup, restore, verify, forget, gc, replicate,
+//!   diff), each `…Options` in, `…Summary` or report out.
+//! - [`couch`]: CouchDB, built on the public seams of the layers above;
+//!   [`serve`]: the HTTP server of a repository.
 
 pub mod backend;
 pub mod blob_reader;
-pub mod chunker;
-pub mod config;
 pub mod couch;
 mod cpu;
-pub mod cutter;
-pub mod dir;
 pub mod error;
-pub mod frame;
-pub mod gc;
+pub mod format;
 pub mod id;
-pub mod index;
-pub mod key;
 pub mod lease;
-pub mod manifest;
 pub mod ops;
-pub mod pack;
 pub mod pause;
+pub mod plan;
 pub mod redact;
 pub mod repo;
-pub mod retention;
 pub mod serve;
-pub mod session;
-pub mod tree;
-mod wire;
 
 pub use error::{Error, ErrorKind, Result};

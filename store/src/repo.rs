@@ -11,13 +11,13 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::{Backend, ObjectDir, ObjectKey};
-use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::format::config::Config;
+use crate::format::index::{Index, decode_index};
+use crate::format::key::PublicKey;
+use crate::format::manifest::{Snapshot, Trust, decode_manifest};
 use crate::id::{IdSet, IndexId, PackId, SnapshotId};
-use crate::index::{Index, decode_index};
-use crate::key::PublicKey;
-use crate::manifest::{Snapshot, Trust, decode_manifest};
-use crate::retention::from_the_future;
+use crate::plan::retention::from_the_future;
 
 /// How many objects are fetched at once when listing snapshots or loading the index.
 const METADATA_CONCURRENCY: usize = 16;
@@ -45,7 +45,7 @@ pub struct SnapshotList {
     pub snapshots: Vec<Snapshot>,
     /// Snapshots that failed a check, with why; among them, validly signed
     /// ones claiming a time more than
-    /// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) after the store
+    /// [`MAX_CLOCK_SKEW`](crate::plan::retention::MAX_CLOCK_SKEW) after the store
     /// received them ([`Error::FromTheFuture`]).
     pub rejected: Vec<(SnapshotId, Error)>,
     /// The rejected snapshots that are intact, signed and trusted but
@@ -59,11 +59,11 @@ impl SnapshotList {
     /// rejected (a bad signature, say), not "not found".
     pub fn select(
         &self,
-        selector: &crate::ops::select::Selector,
-        filter: &crate::ops::select::SnapshotFilter,
+        selector: &crate::plan::select::Selector,
+        filter: &crate::plan::select::SnapshotFilter,
     ) -> Result<&Snapshot> {
-        let chosen = crate::ops::select::select(&self.snapshots, selector, filter);
-        if let (Err(Error::NotFound { .. }), crate::ops::select::Selector::IdPrefix(prefix)) =
+        let chosen = crate::plan::select::select(&self.snapshots, selector, filter);
+        if let (Err(Error::NotFound { .. }), crate::plan::select::Selector::IdPrefix(prefix)) =
             (&chosen, selector)
             && let Some((_, e)) = self
                 .rejected
@@ -252,7 +252,7 @@ impl Repository {
 
     /// Checks a snapshot's bytes (§13.1) and its time against `seen`, when
     /// the store received it: one claiming a time more than
-    /// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) later is
+    /// [`MAX_CLOCK_SKEW`](crate::plan::retention::MAX_CLOCK_SKEW) later is
     /// refused (format-spec §12.6).
     async fn check_snapshot(
         &self,
@@ -307,7 +307,7 @@ impl Repository {
         exclude: &IdSet<PackId>,
     ) -> Result<(Index, Vec<(IndexId, Error)>)> {
         let listed = self.backend.list(ObjectDir::Index).await?;
-        let mut loaded: Vec<(IndexId, Result<Vec<crate::index::IndexedPack>>)> =
+        let mut loaded: Vec<(IndexId, Result<Vec<crate::format::index::IndexedPack>>)> =
             futures::stream::iter(listed)
                 .map(|info| async move {
                     let ObjectKey::Index(id) = info.key else {
@@ -383,7 +383,7 @@ impl IndexedRepository {
 }
 
 /// The refusal of a snapshot that claims a time more than
-/// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) after the store
+/// [`MAX_CLOCK_SKEW`](crate::plan::retention::MAX_CLOCK_SKEW) after the store
 /// received it (format-spec §12.6), if it does.
 fn future_error(snapshot: &Snapshot) -> Option<Error> {
     let seen = snapshot.seen?;

@@ -99,9 +99,9 @@ async fn a_source_dating_its_objects_in_the_future_cannot_poison_the_replica() {
 /// deleted every chunk below it: history destroyed by an append token.
 #[tokio::test]
 async fn a_forged_level_cannot_hide_a_genuine_subtree_from_gc() {
-    use cairn_store::manifest::{Item, ItemKind};
+    use cairn_store::format::manifest::{Item, ItemKind};
+    use cairn_store::format::tree::{TreeEntry, TreeNode};
     use cairn_store::ops::gc::GcOptions;
-    use cairn_store::tree::{TreeEntry, TreeNode};
 
     let place = Place::new(Kind::Local);
     init(&place).await;
@@ -310,8 +310,8 @@ async fn a_file_swapped_for_a_link_after_listing_is_not_read_through_it() {
     assert_eq!(got.unwrap_err().kind(), ErrorKind::Source);
 }
 
-fn named(name: &str, kind: ItemKind) -> cairn_store::manifest::Item {
-    cairn_store::manifest::Item {
+fn named(name: &str, kind: ItemKind) -> cairn_store::format::manifest::Item {
+    cairn_store::format::manifest::Item {
         name: name.into(),
         kind,
         len: 0,
@@ -324,8 +324,10 @@ fn named(name: &str, kind: ItemKind) -> cairn_store::manifest::Item {
     }
 }
 
-fn manifest_of(items: Vec<cairn_store::manifest::Item>) -> cairn_store::manifest::Manifest {
-    use cairn_store::manifest::{Manifest, SourceInfo, SourceKind};
+fn manifest_of(
+    items: Vec<cairn_store::format::manifest::Item>,
+) -> cairn_store::format::manifest::Manifest {
+    use cairn_store::format::manifest::{Manifest, SourceInfo, SourceKind};
     Manifest {
         version: 1,
         repository: cairn_store::id::RepoId([1; 32]),
@@ -346,7 +348,7 @@ fn manifest_of(items: Vec<cairn_store::manifest::Item>) -> cairn_store::manifest
     }
 }
 
-use cairn_store::manifest::ItemKind;
+use cairn_store::format::manifest::ItemKind;
 
 /// A signer's manifest of thousands of 4096-byte names below a symlink
 /// cost a hash of every prefix of every name to check (seconds per

@@ -219,7 +219,7 @@ async fn a_tampered_manifest_is_refused_everywhere() {
             unreachable!()
         };
         let selected = list.select(
-            &cairn_store::ops::select::Selector::IdPrefix(forged_id.to_hex()[..8].into()),
+            &cairn_store::plan::select::Selector::IdPrefix(forged_id.to_hex()[..8].into()),
             &Default::default(),
         );
         assert_eq!(selected.unwrap_err().kind(), ErrorKind::BadSignature);
@@ -253,7 +253,7 @@ async fn a_tampered_manifest_is_refused_everywhere() {
 async fn snapshots_signed_by_other_keys_are_refused() {
     for kind in kinds() {
         let f = fixture(kind).await;
-        let stranger = cairn_store::key::SecretKey::from_seed(&[7; 32]).public();
+        let stranger = cairn_store::format::key::SecretKey::from_seed(&[7; 32]).public();
         let repo = Repository::open(f.backend.clone()).await.unwrap();
         let trust = repo.trust(&[stranger]);
         let list = repo.load_snapshots(&trust).await.unwrap();
@@ -292,7 +292,7 @@ async fn a_damaged_index_object_is_reported_and_backups_still_work() {
                 unreachable!()
             };
             let bytes = f.backend.get(&key).await.unwrap();
-            if cairn_store::index::decode_index(&bytes, id)
+            if cairn_store::format::index::decode_index(&bytes, id)
                 .unwrap()
                 .iter()
                 .any(|p| p.id == a_pack)

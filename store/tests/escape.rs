@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use cairn_store::ErrorKind;
 use cairn_store::backend::{Backend, ObjectKey};
+use cairn_store::format::manifest::{
+    Item, ItemKind, MANIFEST_MAGIC, Manifest, SIGNATURE_DOMAIN, Snapshot,
+};
 use cairn_store::id::SnapshotId;
-use cairn_store::manifest::{Item, ItemKind, MANIFEST_MAGIC, Manifest, SIGNATURE_DOMAIN, Snapshot};
 use cairn_store::ops::restore::NoRestoreProgress;
 use cairn_store::repo::Repository;
 use support::*;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cairn_store::ErrorKind;
 use cairn_store::backend::{Backend, BackendOptions};
-use cairn_store::key::SecretKey;
+use cairn_store::format::key::SecretKey;
 use cairn_store::ops::backup::NoProgress;
 use cairn_store::ops::source::Source;
 use cairn_store::repo::Repository;

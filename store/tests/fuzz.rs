@@ -37,21 +37,21 @@ use std::sync::Mutex;
 use serde_json::Value;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
-use cairn_store::config::Config;
 use cairn_store::couch::format::{
     self as couch, AttHeader, LocalLine, Meta, parse_doc_line, parse_item_name, parse_rev,
 };
-use cairn_store::frame::{Codec, MAX_FRAME_RAW_LEN, decode_frame};
-use cairn_store::id::{IndexId, PackId, RepoId, SnapshotId};
-use cairn_store::index::{Index, decode_index};
-use cairn_store::key::{PublicKey, SecretKey};
-use cairn_store::manifest::{MANIFEST_MAGIC, SIGNATURE_DOMAIN, Trust, decode_manifest};
-use cairn_store::pack::{
+use cairn_store::format::config::Config;
+use cairn_store::format::frame::{Codec, MAX_FRAME_RAW_LEN, decode_frame};
+use cairn_store::format::index::{Index, decode_index};
+use cairn_store::format::key::{PublicKey, SecretKey};
+use cairn_store::format::manifest::{MANIFEST_MAGIC, SIGNATURE_DOMAIN, Trust, decode_manifest};
+use cairn_store::format::pack::{
     FOOTER_LEN, MAX_TRAILER_LEN, PACK_END_MAGIC, PACK_MAGIC, PackFooter, PackTrailer, decode_pack,
     decode_trailer_from_tail,
 };
+use cairn_store::format::tree::{MAX_FANOUT, TreeNode};
+use cairn_store::id::{IndexId, PackId, RepoId, SnapshotId};
 use cairn_store::serve::{Tokens, valid_key};
-use cairn_store::tree::{MAX_FANOUT, TreeNode};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -811,7 +811,7 @@ fn sign_manifest(body: &[u8], key: &SecretKey, repository: &RepoId) -> Vec<u8> {
 }
 
 /// What readers call on a manifest that decoded.
-fn use_manifest(m: &cairn_store::manifest::Manifest) {
+fn use_manifest(m: &cairn_store::format::manifest::Manifest) {
     let _ = m.name();
     for item in &m.items {
         assert!(m.item(&item.name).is_some(), "items are found by name");
@@ -1050,8 +1050,8 @@ fn fuzz_lease_and_gc_objects() {
         DECODE_BOUND,
         20_000,
         |bytes| {
-            use cairn_store::gc::{CondemnedList, LoggedDeletion, WritersAtCondemnation};
             use cairn_store::lease::LeaseRecord;
+            use cairn_store::plan::gc::{CondemnedList, LoggedDeletion, WritersAtCondemnation};
             serde_json::from_slice::<LeaseRecord>(bytes).is_ok()
                 | serde_json::from_slice::<CondemnedList>(bytes).is_ok()
                 | serde_json::from_slice::<WritersAtCondemnation>(bytes).is_ok()

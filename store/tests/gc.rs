@@ -11,10 +11,10 @@ use cairn_store::backend::{Backend, ObjectDir, ObjectKey};
 use cairn_store::ops::backup::{BackupOptions, NoProgress};
 use cairn_store::ops::forget::ForgetOptions;
 use cairn_store::ops::gc::{GcOptions, GcReport};
+use cairn_store::ops::session::WriteOptions;
 use cairn_store::ops::source::Source;
 use cairn_store::pause::Pauses;
 use cairn_store::repo::Repository;
-use cairn_store::session::WriteOptions;
 use support::*;
 use tokio::sync::Notify;
 
@@ -469,7 +469,7 @@ async fn plant_fake_copy(
         panic!("{genuine:?} is not a pack")
     };
     let bytes = backend.get(genuine).await.unwrap();
-    let trailer = cairn_store::pack::decode_pack(&bytes, *genuine_id).unwrap();
+    let trailer = cairn_store::format::pack::decode_pack(&bytes, *genuine_id).unwrap();
     let claims: Vec<_> = (trailer.blobs.iter().enumerate())
         .map(|(n, b)| (b.id, random_bytes(b.len as usize, 1000 + n as u64)))
         .collect();
@@ -480,7 +480,9 @@ async fn plant_fake_copy(
 
 /// Writes a condemned list (and its writers list) GC never wrote.
 async fn plant_condemned_list(backend: &Backend, run: &str, packs: &[ObjectKey]) {
-    use cairn_store::gc::{CondemnReason, CondemnedList, CondemnedPack, WritersAtCondemnation};
+    use cairn_store::plan::gc::{
+        CondemnReason, CondemnedList, CondemnedPack, WritersAtCondemnation,
+    };
     let mut condemned = Vec::new();
     for key in packs {
         let ObjectKey::Pack(id) = key else { panic!() };
@@ -810,7 +812,7 @@ async fn a_lying_description_does_not_replace_a_surviving_packs_genuine_one() {
     let [ObjectKey::Index(genuine_index)] = keys(&backend, ObjectDir::Index).await[..] else {
         panic!("one index object expected")
     };
-    let genuine = cairn_store::index::decode_index(
+    let genuine = cairn_store::format::index::decode_index(
         &backend.get(&ObjectKey::Index(genuine_index)).await.unwrap(),
         genuine_index,
     )
@@ -826,7 +828,7 @@ async fn a_lying_description_does_not_replace_a_surviving_packs_genuine_one() {
     let other = random_bytes(1000, 31);
     let lie = put_pack(&backend, &[(cairn_store::id::BlobId::of(&other), other)]).await;
     let mut forged: Vec<_> = (genuine.iter())
-        .map(|g| cairn_store::index::IndexedPack {
+        .map(|g| cairn_store::format::index::IndexedPack {
             id: g.id,
             ..lie.clone()
         })

@@ -14,7 +14,7 @@ fn random_text(len: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sizes_around_the_chunk_limits_round_trip() {
-    let policy = cairn_store::chunker::ChunkingPolicy::DEFAULT;
+    let policy = cairn_store::format::chunker::ChunkingPolicy::DEFAULT;
     let binary = policy.params(policy.max_avg_len);
     let text = policy.params(policy.min_avg_len);
     for kind in kinds() {

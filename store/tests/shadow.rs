@@ -7,10 +7,10 @@
 mod support;
 
 use cairn_store::backend::{Backend, ObjectDir, ObjectKey};
+use cairn_store::format::index::{IndexedPack, decode_index};
+use cairn_store::format::pack::{BlobEntry, PackTrailer};
 use cairn_store::id::{IndexId, PackId};
-use cairn_store::index::{IndexedPack, decode_index};
 use cairn_store::ops::verify::{ReadData, VerifyOptions, VerifyReport};
-use cairn_store::pack::{BlobEntry, PackTrailer};
 use cairn_store::repo::Repository;
 use support::*;
 

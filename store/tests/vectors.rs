@@ -25,23 +25,23 @@ use serde_json::Value;
 
 use cairn_store::ErrorKind;
 use cairn_store::backend::{Backend, BackendOptions};
-use cairn_store::chunker::{Chunker, ChunkerAlgorithm, ChunkerParams, ChunkingPolicy};
-use cairn_store::config::Config;
-use cairn_store::frame::{
+use cairn_store::format::chunker::{Chunker, ChunkerAlgorithm, ChunkerParams, ChunkingPolicy};
+use cairn_store::format::config::Config;
+use cairn_store::format::frame::{
     Codec, CompressionAlgorithm, CompressionParams, Frame, FrameBuilder, decode_frame,
 };
-use cairn_store::id::{BlobId, IndexId, PackId, RepoId, SnapshotId};
-use cairn_store::index::{IndexedPack, decode_index, encode_index};
-use cairn_store::key::{PublicKey, SecretKey};
-use cairn_store::manifest::{
+use cairn_store::format::index::{IndexedPack, decode_index, encode_index};
+use cairn_store::format::key::{PublicKey, SecretKey};
+use cairn_store::format::manifest::{
     Item, ItemKind, MANIFEST_MAGIC, Manifest, SIGNATURE_DOMAIN, SourceInfo, SourceKind, Trust,
     decode_manifest,
 };
-use cairn_store::pack::{
+use cairn_store::format::pack::{
     FOOTER_LEN, PACK_END_MAGIC, PACK_MAGIC, PackFooter, PackWriter, decode_pack,
     decode_trailer_from_tail,
 };
-use cairn_store::tree::{TREE_MAGIC, TreeEntry, TreeNode, TreeParams, build_tree};
+use cairn_store::format::tree::{TREE_MAGIC, TreeEntry, TreeNode, TreeParams, build_tree};
+use cairn_store::id::{BlobId, IndexId, PackId, RepoId, SnapshotId};
 
 // ---------------------------------------------------------------------------
 // Fixed inputs shared by the vectors.
@@ -1819,7 +1819,7 @@ async fn create_fixture(dir: &Path) {
             let session = Repository::open(backend)
                 .await
                 .unwrap()
-                .begin_write(&cairn_store::session::WriteOptions::default())
+                .begin_write(&cairn_store::ops::session::WriteOptions::default())
                 .await
                 .unwrap();
             let summary = session
@@ -2251,8 +2251,8 @@ struct EntryJson {
     xattrs: Vec<(String, String)>,
 }
 
-fn entry_json(e: &cairn_store::dir::DirEntry) -> EntryJson {
-    use cairn_store::dir::Node;
+fn entry_json(e: &cairn_store::format::dir::DirEntry) -> EntryJson {
+    use cairn_store::format::dir::Node;
     let node = match &e.node {
         Node::File {
             root,
@@ -2302,8 +2302,8 @@ fn entry_json(e: &cairn_store::dir::DirEntry) -> EntryJson {
     }
 }
 
-fn entry_of_json(j: &EntryJson) -> cairn_store::dir::DirEntry {
-    use cairn_store::dir::{Change, DirEntry, Node, Owner, Time, Xattr};
+fn entry_of_json(j: &EntryJson) -> cairn_store::format::dir::DirEntry {
+    use cairn_store::format::dir::{Change, DirEntry, Node, Owner, Time, Xattr};
     let id = |v: &Value| BlobId::from_hex(v.as_str().unwrap()).unwrap();
     let n = |v: &Value| v.as_u64().unwrap();
     let node = match j.kind {
@@ -2361,8 +2361,8 @@ fn entry_of_json(j: &EntryJson) -> cairn_store::dir::DirEntry {
     }
 }
 
-fn dir_case(name: &str, entries: Vec<cairn_store::dir::DirEntry>) -> DirCase {
-    use cairn_store::dir::{DirNode, build_dir};
+fn dir_case(name: &str, entries: Vec<cairn_store::format::dir::DirEntry>) -> DirCase {
+    use cairn_store::format::dir::{DirNode, build_dir};
     let (root, nodes) = build_dir(&entries).unwrap();
     DirCase {
         name: name.into(),
@@ -2386,8 +2386,8 @@ fn dir_case(name: &str, entries: Vec<cairn_store::dir::DirEntry>) -> DirCase {
     }
 }
 
-fn sample_entries() -> Vec<cairn_store::dir::DirEntry> {
-    use cairn_store::dir::{Change, DirEntry, Node, Owner, Time, Xattr};
+fn sample_entries() -> Vec<cairn_store::format::dir::DirEntry> {
+    use cairn_store::format::dir::{Change, DirEntry, Node, Owner, Time, Xattr};
     let file = DirEntry {
         mode: Some(0o640),
         owner: Some(Owner {
@@ -2463,8 +2463,8 @@ fn sample_entries() -> Vec<cairn_store::dir::DirEntry> {
 
 /// The smallest directory of bare files `f00000`, `f00001`, … that the
 /// reference writer splits.
-fn split_entries() -> Vec<cairn_store::dir::DirEntry> {
-    use cairn_store::dir::{DirEntry, Node, build_dir};
+fn split_entries() -> Vec<cairn_store::format::dir::DirEntry> {
+    use cairn_store::format::dir::{DirEntry, Node, build_dir};
     let entry = |i: u64| DirEntry {
         size: i,
         ..DirEntry::bare(
@@ -2488,7 +2488,7 @@ fn split_entries() -> Vec<cairn_store::dir::DirEntry> {
 
 #[test]
 fn directory_nodes_match_their_vectors_both_ways() {
-    use cairn_store::dir::DirNode;
+    use cairn_store::format::dir::DirNode;
     let produced = DirVectors {
         description: vec![
             "Directory nodes (format v2); see README.md §10.2. Each case lists a directory's"
@@ -2544,7 +2544,7 @@ fn directory_nodes_match_their_vectors_both_ways() {
 /// a body naming a directory tree (dir.json's second case) instead of items.
 #[test]
 fn manifest_v2_vectors() {
-    use cairn_store::manifest::Totals;
+    use cairn_store::format::manifest::Totals;
     let dirs = dir_case("every kind and every optional field", sample_entries());
     let manifest = Manifest {
         version: 2,

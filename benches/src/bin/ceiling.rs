@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cairn_store::chunker::{Chunker, ChunkingPolicy};
-use cairn_store::cutter::{Cutter, ParentChunks};
-use cairn_store::frame::{CompressionParams, FrameBuilder, decode_frame};
+use cairn_store::format::chunker::{Chunker, ChunkingPolicy};
+use cairn_store::format::cutter::{Cutter, ParentChunks};
+use cairn_store::format::frame::{CompressionParams, FrameBuilder, decode_frame};
 use cairn_store::id::BlobId;
 
 fn files(dir: &Path) -> Vec<PathBuf> {

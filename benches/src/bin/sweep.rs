@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cairn_store::backend::Backend;
-use cairn_store::config::Config;
-use cairn_store::key::SecretKey;
+use cairn_store::format::config::Config;
+use cairn_store::format::key::SecretKey;
 use cairn_store::ops::backup::{BackupOptions, NoProgress};
 use cairn_store::ops::source::Source;
 use cairn_store::repo::Repository;

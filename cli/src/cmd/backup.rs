@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
-use cairn_store::key::SecretKey;
+use cairn_store::format::key::SecretKey;
 use cairn_store::ops::backup::BackupOptions;
-use cairn_store::ops::select::parse_time;
+use cairn_store::ops::session::WriteOptions;
 use cairn_store::ops::source::Source;
-use cairn_store::session::WriteOptions;
+use cairn_store::plan::select::parse_time;
 use clap::Args;
 
 use crate::progress::{Bar, human_bytes, rate};
@@ -49,7 +49,11 @@ impl WriteArgs {
     /// Opens a write session and the options of the snapshot.
     pub async fn begin(
         &self,
-    ) -> anyhow::Result<(cairn_store::session::WriteSession, SecretKey, BackupOptions)> {
+    ) -> anyhow::Result<(
+        cairn_store::ops::session::WriteSession,
+        SecretKey,
+        BackupOptions,
+    )> {
         let path = self
             .key
             .as_deref()

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cairn_store::ops::select::{Selector, SnapshotFilter};
+use cairn_store::plan::select::{Selector, SnapshotFilter};
 use clap::Args;
 
 use crate::repo_args::{RepoArgs, TrustArgs};

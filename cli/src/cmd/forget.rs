@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use cairn_store::ops::forget::ForgetOptions;
-use cairn_store::ops::select::SnapshotFilter;
-use cairn_store::retention::{ForgetPolicy, GroupBy, parse_span};
+use cairn_store::plan::retention::{ForgetPolicy, GroupBy, parse_span};
+use cairn_store::plan::select::SnapshotFilter;
 use clap::Args;
 
 use crate::repo_args::{RepoArgs, TrustArgs};

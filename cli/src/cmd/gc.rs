@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cairn_store::ops::gc::GcOptions;
-use cairn_store::retention::parse_span;
+use cairn_store::plan::retention::parse_span;
 use clap::Args;
 
 use crate::progress::human_bytes;

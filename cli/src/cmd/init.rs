@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use cairn_store::key::PublicKey;
+use cairn_store::format::key::PublicKey;
 use cairn_store::repo::Repository;
 use clap::Args;
 
@@ -26,7 +26,7 @@ pub struct InitArgs {
 }
 
 pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
-    let mut config = cairn_store::config::Config::new(args.trust)?;
+    let mut config = cairn_store::format::config::Config::new(args.trust)?;
     config.compression.level = args.compression_level;
     let repo = Repository::init_with_config(args.repo.backend(true)?, config).await?;
     let config = repo.config();

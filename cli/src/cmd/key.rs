@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cairn_store::key::SecretKey;
+use cairn_store::format::key::SecretKey;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]

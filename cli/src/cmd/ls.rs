@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cairn_store::dir::{DirEntry, Node};
+use cairn_store::format::dir::{DirEntry, Node};
 use cairn_store::ops::walk::SnapshotTree;
 use clap::Args;
 

@@ -4,12 +4,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use cairn_store::backend::{Backend, BackendOptions};
-use cairn_store::key::PublicKey;
+use cairn_store::format::key::PublicKey;
 use cairn_store::ops::forget::ForgetOptions;
 use cairn_store::ops::replicate::{ReplicateOptions, Selection};
-use cairn_store::ops::select::{SnapshotFilter, parse_time};
+use cairn_store::plan::retention::{ForgetPolicy, GroupBy};
+use cairn_store::plan::select::{SnapshotFilter, parse_time};
 use cairn_store::repo::Repository;
-use cairn_store::retention::{ForgetPolicy, GroupBy};
 use clap::Args;
 
 use crate::progress::{Bar, human_bytes};
@@ -85,7 +85,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         .max_age
         .as_deref()
         .map(|s| {
-            let span = cairn_store::retention::parse_span(s)?;
+            let span = cairn_store::plan::retention::parse_span(s)?;
             jiff::SignedDuration::try_from(span).map_err(|e| {
                 cairn_store::Error::invalid(format!(
                     "--max-age {s}: {e}; use hours or days (36h, 2d)"

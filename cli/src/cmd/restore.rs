@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use cairn_store::manifest::Snapshot;
-use cairn_store::ops::select::{Selector, SnapshotFilter, parse_time};
+use cairn_store::format::manifest::Snapshot;
+use cairn_store::plan::select::{Selector, SnapshotFilter, parse_time};
 use cairn_store::repo::IndexedRepository;
 use clap::Args;
 

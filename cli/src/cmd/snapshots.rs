@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use cairn_store::ops::select::SnapshotFilter;
+use cairn_store::plan::select::SnapshotFilter;
 use clap::Args;
 
 use crate::progress::human_bytes;

@@ -121,5 +121,6 @@ async fn check(
 ) -> cairn_store::Result<cairn_store::ops::verify::VerifyReport> {
     let repo = args.repo.open().await?;
     let trust = repo.trust(&args.trust.keys);
-    repo.verify(&trust, options).await
+    repo.verify_with(&trust, options, &[&cairn_store::couch::verify::CouchCheck])
+        .await
 }

@@ -67,7 +67,7 @@ pub const MAX_WHOLE_PACK_LEN: u64 = 128 << 20;
 /// under 32 MiB (format-spec §9, §14).
 pub const MAX_INDEX_OBJECT_LEN: u64 = 64 << 20;
 /// The longest snapshot manifest: framing (108 bytes) and the largest body.
-pub const MAX_MANIFEST_LEN: u64 = 108 + crate::manifest::MAX_BODY_LEN as u64;
+pub const MAX_MANIFEST_LEN: u64 = 108 + crate::format::manifest::MAX_BODY_LEN as u64;
 /// The longest garbage collection object (condemned list, writer list, log).
 pub const MAX_GC_OBJECT_LEN: u64 = 64 << 20;
 /// The longest lease, replica state or probe.
@@ -140,7 +140,7 @@ impl ObjectKey {
     /// The longest object of this kind a reader accepts (format-spec §14).
     pub fn max_len(&self) -> u64 {
         match self {
-            ObjectKey::Config => crate::config::MAX_CONFIG_LEN as u64,
+            ObjectKey::Config => crate::format::config::MAX_CONFIG_LEN as u64,
             ObjectKey::Pack(_) => MAX_WHOLE_PACK_LEN,
             ObjectKey::Index(_) => MAX_INDEX_OBJECT_LEN,
             ObjectKey::Snapshot(_) => MAX_MANIFEST_LEN,

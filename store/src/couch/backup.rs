@@ -35,12 +35,12 @@ use crate::couch::pipe::{Lines, PipeReader, PipeWriter};
 use crate::couch::sort::ExternalSorter;
 use crate::couch::{FirstFailure, backup_streams, stream_item, streams};
 use crate::error::{Error, Result};
-use crate::key::SecretKey;
-use crate::manifest::{Item, Snapshot, SourceInfo, SourceKind};
+use crate::format::key::SecretKey;
+use crate::format::manifest::{Item, Snapshot, SourceInfo, SourceKind};
 use crate::ops::backup::{BackupOptions, BackupSummary, Progress};
+use crate::ops::session::WriteSession;
 use crate::ops::source::Prepared;
 use crate::repo::IndexedRepository;
-use crate::session::WriteSession;
 
 /// Which databases to back up.
 #[derive(Debug, Clone)]

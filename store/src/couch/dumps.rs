@@ -20,11 +20,11 @@ use crate::couch::pipe::PipeWriter;
 use crate::couch::sort::ExternalSorter;
 use crate::couch::{FirstFailure, backup_streams, streams};
 use crate::error::{Error, Result};
-use crate::key::SecretKey;
-use crate::manifest::{SourceInfo, SourceKind};
+use crate::format::key::SecretKey;
+use crate::format::manifest::{SourceInfo, SourceKind};
 use crate::ops::backup::{BackupOptions, Progress};
+use crate::ops::session::WriteSession;
 use crate::ops::source::Prepared;
-use crate::session::WriteSession;
 
 /// The file that may name each dump's database.
 const MANIFEST: &str = "backup_manifest.json";

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunker::{ChunkerParams, ChunkingPolicy};
+use crate::format::chunker::{ChunkerParams, ChunkingPolicy};
 use serde_json::value::RawValue;
 
 /// The format identifier in `meta.json`.

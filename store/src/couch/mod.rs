@@ -26,15 +26,15 @@ pub use client::{CouchClient, CouchTarget, Credentials, RetryPolicy};
 use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 
-use crate::chunker::ChunkingPolicy;
 use crate::error::{Error, Result};
-use crate::key::SecretKey;
-use crate::manifest::{Item, ItemKind, Snapshot};
+use crate::format::chunker::ChunkingPolicy;
+use crate::format::key::SecretKey;
+use crate::format::manifest::{Item, ItemKind, Snapshot};
 use crate::ops::backup::{BackupOptions, BackupSummary, Progress};
 use crate::ops::restore::NoRestoreProgress;
+use crate::ops::session::WriteSession;
 use crate::ops::source::{Content, Entry, Prepared, Source};
 use crate::repo::IndexedRepository;
-use crate::session::WriteSession;
 use pipe::{Lines, PipeReader, PipeWriter, pipe};
 
 /// The streams of one database's files: entries for the backup to read,

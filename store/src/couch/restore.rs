@@ -39,7 +39,7 @@ type DocGroups = Merged<BufReader<PipeReader>>;
 use crate::couch::sort::{ExternalSorter, Sorted};
 use crate::couch::stream_item;
 use crate::error::{Error, Result};
-use crate::manifest::{Item, Snapshot, SourceKind};
+use crate::format::manifest::{Item, Snapshot, SourceKind};
 use crate::ops::restore::RestoreProgress;
 use crate::repo::IndexedRepository;
 

@@ -9,7 +9,7 @@ use crate::couch::format::{self, AttHeader, Counts, Meta};
 use crate::couch::merge::{GroupReader, Merged};
 use crate::couch::{DumpItems, stream_item};
 use crate::error::{Error, Result};
-use crate::manifest::{Item, Snapshot, SourceKind};
+use crate::format::manifest::{Item, Snapshot, SourceKind};
 use crate::ops::verify::DamagedItem;
 use crate::repo::IndexedRepository;
 
@@ -19,6 +19,27 @@ pub fn is_couchdb(snapshot: &Snapshot) -> bool {
         snapshot.manifest.source.kind,
         SourceKind::Couchdb | SourceKind::CouchdbImport
     )
+}
+
+/// Verify's check of CouchDB dumps: every database's documents, attachments
+/// and counts (see [`check_snapshot`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CouchCheck;
+
+#[async_trait::async_trait]
+impl crate::ops::verify::ContentCheck for CouchCheck {
+    fn applies(&self, snapshot: &Snapshot) -> bool {
+        is_couchdb(snapshot)
+    }
+
+    async fn check(
+        &self,
+        repo: &IndexedRepository,
+        snapshot: &Snapshot,
+        read: bool,
+    ) -> Result<Vec<DamagedItem>> {
+        check_snapshot(repo, snapshot, read).await
+    }
 }
 
 /// The problems of a snapshot's CouchDB items; with `read`, their content
@@ -229,13 +250,13 @@ mod tests {
 
     use crate::backend::Backend;
     use crate::couch::format;
-    use crate::key::SecretKey;
-    use crate::manifest::{ItemKind, SourceInfo, SourceKind};
+    use crate::format::key::SecretKey;
+    use crate::format::manifest::{ItemKind, SourceInfo, SourceKind};
     use crate::ops::backup::{BackupOptions, NoProgress};
+    use crate::ops::session::WriteOptions;
     use crate::ops::source::{Content, Entry, Prepared, Source};
     use crate::ops::verify::{ReadData, VerifyOptions};
     use crate::repo::Repository;
-    use crate::session::WriteOptions;
 
     const META: &str = r#"{"format":"cairn-couchdb/1","db":"lms","server":{},"db_info":{},"props":{},
         "security":{},"revs_limit":null,"local_listed":false,"last_seq":1,"method":"changes",
@@ -294,12 +315,13 @@ mod tests {
             .unwrap();
         session.finish().await.unwrap();
         let report = repo
-            .verify(
+            .verify_with(
                 &repo.trust(&[]),
                 &VerifyOptions {
                     read_data: ReadData::All,
                     concurrency: 2,
                 },
+                &[&super::CouchCheck],
             )
             .await
             .unwrap();

@@ -24,22 +24,22 @@ use tokio::sync::mpsc;
 
 use crate::backend::ObjectKey;
 use crate::blob_reader::BlobReader;
-use crate::chunker::{Chunker, ChunkerParams, ChunkingPolicy};
-use crate::config::Config;
-use crate::cutter::{Cutter, ParentChunks};
-use crate::dir::{Change, DirEntry, Node, Time, TreeAssembler};
 use crate::error::{Error, Result};
-use crate::frame::FrameBuilder;
+use crate::format::chunker::{Chunker, ChunkerParams, ChunkingPolicy};
+use crate::format::config::Config;
+use crate::format::cutter::{Cutter, ParentChunks};
+use crate::format::dir::{Change, DirEntry, Node, Time, TreeAssembler};
+use crate::format::frame::FrameBuilder;
+use crate::format::index::Index;
+use crate::format::key::SecretKey;
+use crate::format::manifest::{MANIFEST_VERSION, Manifest, Snapshot, Totals};
+use crate::format::tree::{EncodedNode, TreeBuilder};
 use crate::id::{BlobId, IdSet, SnapshotId};
-use crate::index::Index;
-use crate::key::SecretKey;
-use crate::manifest::{MANIFEST_VERSION, Manifest, Snapshot, Totals};
 use crate::ops::packer::{FinishedPack, Packer, store_index, upload_packs};
-use crate::ops::restore::TreeWalker;
+use crate::ops::session::WriteSession;
 use crate::ops::source::{Content, FileAt, FileState, Source, SourceEntry, StableFile};
+use crate::ops::walk::TreeWalker;
 use crate::ops::walk::{DirCursor, SnapshotTree};
-use crate::session::WriteSession;
-use crate::tree::{EncodedNode, TreeBuilder};
 
 /// Bytes read from the source per segment.
 const SEGMENT_LEN: usize = 4 << 20;
@@ -269,7 +269,7 @@ impl WriteSession {
             .load_snapshots(&self.config().trust())
             .await?;
         if let Some(prefix) = &options.parent {
-            let selector = crate::ops::select::Selector::parse(prefix)?;
+            let selector = crate::plan::select::Selector::parse(prefix)?;
             return list
                 .select(&selector, &Default::default())
                 .cloned()

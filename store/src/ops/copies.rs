@@ -13,9 +13,9 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::{Backend, ObjectKey};
 use crate::error::{Error, Result};
-use crate::frame::{Codec, MAX_FRAME_RAW_LEN, decode_frame};
+use crate::format::frame::{Codec, MAX_FRAME_RAW_LEN, decode_frame};
+use crate::format::index::IndexedPack;
 use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId};
-use crate::index::IndexedPack;
 
 /// A frame an index object says a pack holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -11,10 +11,10 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::blob_reader::BlobReader;
-use crate::dir::{DirEntry, Node};
 use crate::error::Result;
+use crate::format::dir::{DirEntry, Node};
+use crate::format::manifest::Snapshot;
 use crate::id::BlobId;
-use crate::manifest::Snapshot;
 use crate::ops::walk::{DirCursor, SnapshotTree};
 
 /// How an entry differs.

@@ -1,6 +1,6 @@
 //! Forget: remove snapshots (their manifests only) by policy or by id.
 //!
-//! The plan comes from [`crate::retention::plan_forget`]; applying it
+//! The plan comes from [`crate::plan::retention::plan_forget`]; applying it
 //! deletes the removed snapshots' manifest objects and nothing else. Their
 //! data goes when garbage collection finds that no snapshot needs it.
 
@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::backend::ObjectKey;
 use crate::error::{Error, Result};
+use crate::format::manifest::Trust;
 use crate::id::SnapshotId;
-use crate::manifest::Trust;
-use crate::ops::select::SnapshotFilter;
+use crate::plan::retention::{ForgetPlan, ForgetPolicy, SnapshotInfo, plan_forget};
+use crate::plan::select::SnapshotFilter;
 use crate::repo::Repository;
-use crate::retention::{ForgetPlan, ForgetPolicy, SnapshotInfo, plan_forget};
 
 /// What to forget.
 #[derive(Debug, Clone, Default)]

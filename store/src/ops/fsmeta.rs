@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use crate::chunker::ChunkerParams;
-use crate::dir::{Change, DirEntry, Kind, MAX_XATTR_VALUE_LEN, Node, Owner, Time, Xattr};
 use crate::error::{Error, Result};
+use crate::format::chunker::ChunkerParams;
+use crate::format::dir::{Change, DirEntry, Kind, MAX_XATTR_VALUE_LEN, Node, Owner, Time, Xattr};
 use crate::id::BlobId;
 
 // ---------------------------------------------------------------------------
@@ -628,7 +628,7 @@ fn set_times(at: &At<'_>, mtime: Time) -> Result<()> {
 
 /// Refuses a name that is not one path component.
 fn check_name(name: &OsStr) -> Result<()> {
-    crate::dir::check_name(name.as_bytes()).map_err(Error::invalid)
+    crate::format::dir::check_name(name.as_bytes()).map_err(Error::invalid)
 }
 
 /// A name for messages.

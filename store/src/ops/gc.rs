@@ -65,22 +65,22 @@ use tokio::sync::mpsc;
 use crate::backend::{Backend, ObjectDir, ObjectKey};
 use crate::blob_reader::BlobReader;
 use crate::error::{Error, Result};
-use crate::frame::FrameBuilder;
-use crate::gc::{
-    CondemnReason, CondemnedList, CondemnedPack, DeletionLog, LeftoverReason, LoggedDeletion,
-    PackContents, RepackLimits, UnindexedPack, UnusedLeft, WritersAtCondemnation,
-    plan_condemnation, plan_deletion,
-};
+use crate::format::frame::FrameBuilder;
+use crate::format::index::{IndexedPack, decode_index};
+use crate::format::manifest::Snapshot;
+use crate::format::pack::{FOOTER_LEN, PackWriter, decode_trailer_from_tail};
 use crate::id::{BlobId, IdMap, IdSet, IndexId, PackId};
-use crate::index::{IndexedPack, decode_index};
 use crate::lease::{DEFAULT_TTL, Lease, list_leases, store_now};
-use crate::manifest::Snapshot;
 use crate::ops::copies::{CopyRef, claimed_copies, verify_copies};
 use crate::ops::mark::mark;
 use crate::ops::packer::{FinishedPack, store_index, upload_packs};
 use crate::ops::stats::StatsReport;
-use crate::pack::{FOOTER_LEN, PackWriter, decode_trailer_from_tail};
 use crate::pause::Pauses;
+use crate::plan::gc::{
+    CondemnReason, CondemnedList, CondemnedPack, DeletionLog, LeftoverReason, LoggedDeletion,
+    PackContents, RepackLimits, UnindexedPack, UnusedLeft, WritersAtCondemnation,
+    plan_condemnation, plan_deletion,
+};
 use crate::repo::Repository;
 
 /// How to collect garbage.
@@ -166,7 +166,7 @@ pub struct GcReport {
     /// Objects GC could not parse and left alone (damage; `cairn verify`).
     pub skipped: Vec<Skipped>,
     /// Unreferenced data this run leaves in packs, and what would free it.
-    pub unused_left: Option<crate::gc::UnusedLeft>,
+    pub unused_left: Option<crate::plan::gc::UnusedLeft>,
 }
 
 /// Copies of live blobs that an index says a pack holds, but whose bytes

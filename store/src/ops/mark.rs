@@ -17,12 +17,12 @@
 //! kept apart from the blobs marked live.
 
 use crate::blob_reader::BlobReader;
-use crate::dir::{DirNode, Node};
 use crate::error::{Error, Result};
+use crate::format::dir::{DirNode, Node};
+use crate::format::manifest::{ItemKind, Snapshot};
+use crate::format::tree::TreeNode;
 use crate::id::{BlobId, IdSet};
-use crate::manifest::{ItemKind, Snapshot};
 use crate::repo::IndexedRepository;
-use crate::tree::TreeNode;
 
 /// Tree nodes read at once.
 const BATCH: usize = 512;

@@ -11,20 +11,11 @@ mod mark;
 mod packer;
 pub mod replicate;
 pub mod restore;
-pub mod select;
+pub mod session;
 pub mod source;
 pub mod stats;
 mod target;
 pub mod verify;
 pub mod walk;
 
-/// This machine's host name, for snapshots (override it with `--host` where
-/// the host name is not stable, e.g. in a Kubernetes pod).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into())
-}
+pub use crate::lease::hostname;

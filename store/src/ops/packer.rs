@@ -18,10 +18,10 @@ use tokio::sync::mpsc;
 
 use crate::backend::{Backend, Created, ObjectKey};
 use crate::error::{Error, Result};
-use crate::frame::{Frame, FrameBuilder};
+use crate::format::frame::{Frame, FrameBuilder};
+use crate::format::index::{IndexedPack, encode_index};
+use crate::format::pack::{PackTrailer, PackWriter, renonce};
 use crate::id::{IdSet, IndexId, PackId};
-use crate::index::{IndexedPack, encode_index};
-use crate::pack::{PackTrailer, PackWriter, renonce};
 use crate::pause::Pauses;
 
 /// A finished pack on its way to the uploader.

@@ -32,17 +32,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ObjectDir, ObjectKey};
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::index::{Index, IndexedPack};
+use crate::format::key::PublicKey;
+use crate::format::manifest::{Snapshot, Trust};
+use crate::format::pack::decode_pack;
 use crate::id::{BlobId, IdSet, PackId, SnapshotId};
-use crate::index::{Index, IndexedPack};
-use crate::key::PublicKey;
-use crate::manifest::{Snapshot, Trust};
 use crate::ops::mark::mark;
 use crate::ops::packer::store_index;
-use crate::ops::select::{Selector, SnapshotFilter};
+use crate::ops::session::WriteOptions;
 use crate::ops::verify::check_pack;
-use crate::pack::decode_pack;
+use crate::plan::select::{Selector, SnapshotFilter};
 use crate::repo::{Repository, SnapshotList};
-use crate::session::WriteOptions;
 
 /// Which snapshots to copy.
 #[derive(Debug, Clone, Default)]
@@ -557,7 +557,7 @@ async fn present<T: std::hash::Hash + Eq>(
 }
 
 /// Refuses (and holds) the source's snapshots that claim a time more than
-/// [`MAX_CLOCK_SKEW`](crate::retention::MAX_CLOCK_SKEW) after `now`, this
+/// [`MAX_CLOCK_SKEW`](crate::plan::retention::MAX_CLOCK_SKEW) after `now`, this
 /// machine's clock. The source dates its own objects, and a source the
 /// signer controls (node4's own store, pulled over `ssh://` or from its
 /// `cairn serve`) dates a forgery's object as far ahead as its `time`,
@@ -567,7 +567,7 @@ async fn present<T: std::hash::Hash + Eq>(
 fn hold_future(list: &mut SnapshotList, now: Timestamp) {
     let (future, timely): (Vec<Snapshot>, Vec<Snapshot>) = std::mem::take(&mut list.snapshots)
         .into_iter()
-        .partition(|s| crate::retention::from_the_future(s.manifest.time, now));
+        .partition(|s| crate::plan::retention::from_the_future(s.manifest.time, now));
     list.snapshots = timely;
     for s in future {
         list.rejected.push((

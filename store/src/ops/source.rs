@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 
-use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
+use crate::format::chunker::ChunkerParams;
 use rustix::fs::OFlags;
 
-use crate::dir::{DirEntry, Node, Time};
+use crate::format::dir::{DirEntry, Node, Time};
+use crate::format::manifest::{ItemKind, SourceInfo, SourceKind, validate_item_name};
 use crate::id::BlobId;
-use crate::manifest::{ItemKind, SourceInfo, SourceKind, validate_item_name};
 use crate::ops::fsmeta::{self, OwnerNames};
 use crate::redact::redacted;
 

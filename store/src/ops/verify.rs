@@ -30,17 +30,17 @@ use serde::Serialize;
 
 use crate::backend::{ObjectDir, ObjectKey};
 use crate::blob_reader::BlobReader;
-use crate::dir::Node;
 use crate::error::{Error, Result};
-use crate::frame::decode_frame;
+use crate::format::dir::Node;
+use crate::format::frame::decode_frame;
+use crate::format::index::{BlobLocation, Index, PackInfo};
+use crate::format::manifest::{ItemKind, Snapshot, Trust};
+use crate::format::pack::decode_pack;
+use crate::format::tree::TreeNode;
+use crate::format::wire::len_u32;
 use crate::id::{BlobId, IdMap, PackId, SnapshotId};
-use crate::index::{BlobLocation, Index, PackInfo};
-use crate::manifest::{ItemKind, Snapshot, Trust};
 use crate::ops::walk::SnapshotTree;
-use crate::pack::decode_pack;
 use crate::repo::Repository;
-use crate::tree::TreeNode;
-use crate::wire::len_u32;
 
 /// Problems listed per item before the rest are counted.
 const MAX_PROBLEMS_PER_ITEM: usize = 8;
@@ -63,6 +63,22 @@ pub struct VerifyOptions {
     pub read_data: ReadData,
     /// Packs read at once.
     pub concurrency: usize,
+}
+
+/// A deeper check of one kind of snapshot's content, run by
+/// [`Repository::verify_with`] on snapshots whose chunks are intact: the
+/// layers above (CouchDB) plug in here without verify knowing them.
+#[async_trait::async_trait]
+pub trait ContentCheck: Send + Sync {
+    /// Whether it checks `snapshot`.
+    fn applies(&self, snapshot: &Snapshot) -> bool;
+    /// The damaged items of `snapshot`; with `read`, content is read and checked.
+    async fn check(
+        &self,
+        repo: &crate::repo::IndexedRepository,
+        snapshot: &Snapshot,
+        read: bool,
+    ) -> Result<Vec<DamagedItem>>;
 }
 
 /// A problem with an object.
@@ -176,6 +192,17 @@ impl Repository {
     /// Verifies the repository; errors only when it cannot be checked at all
     /// (storage unreachable), never for damage, which goes in the report.
     pub async fn verify(&self, trust: &Trust, options: &VerifyOptions) -> Result<VerifyReport> {
+        self.verify_with(trust, options, &[]).await
+    }
+
+    /// [`Repository::verify`], then `checks` on every snapshot they apply
+    /// to whose chunks are intact (CouchDB dumps: their documents).
+    pub async fn verify_with(
+        &self,
+        trust: &Trust,
+        options: &VerifyOptions,
+        checks: &[&dyn ContentCheck],
+    ) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let list = self.load_snapshots(trust).await?;
         report.snapshots = (list.snapshots.len() + list.rejected.len()) as u64;
@@ -322,14 +349,13 @@ impl Repository {
         };
         for snapshot in &list.snapshots {
             let mut items = walker.snapshot(snapshot).await?;
-            // CouchDB dumps whose chunks are intact: their content too.
-            if items.is_empty() && crate::couch::verify::is_couchdb(snapshot) {
-                items = crate::couch::verify::check_snapshot(
-                    &repo,
-                    snapshot,
-                    options.read_data == ReadData::All,
-                )
-                .await?;
+            // Content a check understands (CouchDB dumps), when its chunks are intact.
+            for check in checks {
+                if items.is_empty() && check.applies(snapshot) {
+                    items = check
+                        .check(&repo, snapshot, options.read_data == ReadData::All)
+                        .await?;
+                }
             }
             if items.is_empty() {
                 report.snapshots_intact += 1;

@@ -8,6 +8,9 @@
 //! in tree order (pre-order), holding one cursor per level. Memory is
 //! bounded by depth times the largest node, whatever the number of files.
 //!
+//! A [`TreeWalker`] reads a file's chunk list the same way, a window of
+//! chunks at a time.
+//!
 //! A version-1 snapshot lists its items in the manifest: its tree is built
 //! from them in memory (the manifest already is), so everything reads both
 //! versions through this module.
@@ -18,11 +21,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::blob_reader::BlobReader;
-use crate::chunker::ChunkerParams;
-use crate::dir::{DirChild, DirEntry, DirNode, Node, Time, TreeAssembler};
 use crate::error::{Error, Result};
+use crate::format::chunker::ChunkerParams;
+use crate::format::dir::{DirChild, DirEntry, DirNode, Node, Time, TreeAssembler};
+use crate::format::manifest::{Item, ItemKind, Snapshot};
+use crate::format::tree::{TreeEntry, TreeNode};
 use crate::id::{BlobId, IdMap, IdSet};
-use crate::manifest::{Item, ItemKind, Snapshot};
+
+/// Child nodes fetched at once when expanding a chunk list.
+const NODES_PER_FETCH: usize = 64;
 
 /// The deepest path a reader follows.
 pub const MAX_DEPTH: usize = 1024;
@@ -591,4 +598,97 @@ pub async fn with_items(reader: Arc<BlobReader>, snapshot: &Snapshot) -> Result<
     let mut out = snapshot.clone();
     out.manifest.items = items;
     Ok(out)
+}
+
+/// Walks an item's tree, yielding its chunks in order a window at a time.
+#[derive(Debug)]
+pub struct TreeWalker<'a> {
+    reader: &'a BlobReader,
+    /// Pending entries per level, deepest level last.
+    stack: Vec<(u8, VecDeque<TreeEntry>)>,
+    pub(crate) chunks_seen: u64,
+    /// The ids of the nodes read so far (root first), when asked for.
+    nodes: Option<Vec<BlobId>>,
+}
+
+impl<'a> TreeWalker<'a> {
+    /// Starts at `root`, which must cover `len` bytes.
+    pub async fn new(reader: &'a BlobReader, root: BlobId, len: u64) -> Result<TreeWalker<'a>> {
+        let bytes = reader.read_blob(root).await?;
+        let node = TreeNode::decode(&bytes, &format!("tree node {root}"))?;
+        if node.content_len() != Some(len) {
+            return Err(Error::corrupt(
+                format!("tree node {root}"),
+                format!("covers {:?} bytes, the item has {len}", node.content_len()),
+            ));
+        }
+        Ok(TreeWalker {
+            reader,
+            stack: vec![(node.level, node.entries.into())],
+            chunks_seen: 0,
+            nodes: None,
+        })
+    }
+
+    /// Records the id of every node read from now on (and the root).
+    pub fn record_nodes(&mut self, root: BlobId) {
+        self.nodes = Some(vec![root]);
+    }
+
+    /// The nodes recorded (see [`TreeWalker::record_nodes`]).
+    pub fn take_nodes(&mut self) -> Vec<BlobId> {
+        self.nodes.take().unwrap_or_default()
+    }
+
+    /// Fills `out` with the next chunks, about `budget` bytes; empty at the end.
+    pub async fn next_window(&mut self, budget: u64, out: &mut Vec<TreeEntry>) -> Result<()> {
+        out.clear();
+        let mut taken = 0u64;
+        while taken < budget {
+            let Some((level, entries)) = self.stack.last_mut() else {
+                break;
+            };
+            if entries.is_empty() {
+                self.stack.pop();
+                continue;
+            }
+            if *level == 0 {
+                while taken < budget {
+                    let Some(e) = entries.pop_front() else { break };
+                    taken += e.len;
+                    out.push(e);
+                }
+                continue;
+            }
+            // Expand the next children of an inner node into one level-down run.
+            let child_level = *level - 1;
+            let n = entries.len().min(NODES_PER_FETCH);
+            let children: Vec<TreeEntry> = entries.drain(..n).collect();
+            let ids: Vec<BlobId> = children.iter().map(|c| c.id).collect();
+            let blobs = self.reader.read_blobs(&ids).await?;
+            if let Some(nodes) = &mut self.nodes {
+                nodes.extend_from_slice(&ids);
+            }
+            let mut run = VecDeque::new();
+            for (child, bytes) in children.iter().zip(blobs) {
+                let object = format!("tree node {}", child.id);
+                let node = TreeNode::decode(&bytes, &object)?;
+                if node.level != child_level || node.content_len() != Some(child.len) {
+                    return Err(Error::corrupt(
+                        object,
+                        format!(
+                            "level {} covering {:?} bytes where level {child_level} covering {} was expected",
+                            node.level,
+                            node.content_len(),
+                            child.len
+                        ),
+                    ));
+                }
+                run.extend(node.entries);
+            }
+            self.stack.push((child_level, run));
+        }
+        self.chunks_seen += out.len() as u64;
+        Ok(())
+    }
 }

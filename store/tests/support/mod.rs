@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use cairn_store::backend::fault::FaultStore;
 use cairn_store::backend::{Backend, BackendOptions};
-use cairn_store::key::SecretKey;
-use cairn_store::manifest::Snapshot;
+use cairn_store::format::key::SecretKey;
+use cairn_store::format::manifest::Snapshot;
 use cairn_store::ops::backup::{BackupOptions, BackupSummary, NoProgress};
 use cairn_store::ops::restore::NoRestoreProgress;
 use cairn_store::ops::source::Source;
@@ -175,7 +175,7 @@ pub fn stream(name: &str, data: Vec<u8>) -> Source {
 /// Backs `source` up in `session` with the test key and options, leaving
 /// the session open (many tests are about a backup that fails).
 pub async fn back_up(
-    session: &cairn_store::session::WriteSession,
+    session: &cairn_store::ops::session::WriteSession,
     source: Source,
 ) -> cairn_store::Result<BackupSummary> {
     session
@@ -198,11 +198,11 @@ pub async fn verify_all(backend: &Backend) -> cairn_store::ops::verify::VerifyRe
 }
 
 /// A write session (a lease, the index without condemned packs).
-pub async fn writer(backend: Backend) -> cairn_store::session::WriteSession {
+pub async fn writer(backend: Backend) -> cairn_store::ops::session::WriteSession {
     Repository::open(backend)
         .await
         .unwrap()
-        .begin_write(&cairn_store::session::WriteOptions::default())
+        .begin_write(&cairn_store::ops::session::WriteOptions::default())
         .await
         .unwrap()
 }
@@ -220,7 +220,7 @@ pub async fn restore_bytes(backend: &Backend, snapshot: &Snapshot) -> cairn_stor
         .manifest
         .items
         .iter()
-        .find(|i| i.kind == cairn_store::manifest::ItemKind::File)
+        .find(|i| i.kind == cairn_store::format::manifest::ItemKind::File)
         .unwrap()
         .name
         .clone();
@@ -402,9 +402,9 @@ pub async fn raw_put(backend: &Backend, key: &cairn_store::backend::ObjectKey, b
 pub async fn put_pack(
     backend: &Backend,
     blobs: &[(cairn_store::id::BlobId, Vec<u8>)],
-) -> cairn_store::index::IndexedPack {
-    use cairn_store::frame::FrameBuilder;
-    use cairn_store::pack::PackWriter;
+) -> cairn_store::format::index::IndexedPack {
+    use cairn_store::format::frame::FrameBuilder;
+    use cairn_store::format::pack::PackWriter;
     let mut pack = PackWriter::new();
     let mut frame = FrameBuilder::default();
     for (id, bytes) in blobs {
@@ -422,19 +422,19 @@ pub async fn put_pack(
         .put_new(&cairn_store::backend::ObjectKey::Pack(id), bytes)
         .await
         .unwrap();
-    cairn_store::index::IndexedPack { id, len, trailer }
+    cairn_store::format::index::IndexedPack { id, len, trailer }
 }
 
 /// Stores an index object naming `packs`, choosing the (ignored) nonce so
 /// that its id satisfies `placed` (index objects are loaded in id order).
 pub async fn put_index_where(
     backend: &Backend,
-    packs: &[cairn_store::index::IndexedPack],
+    packs: &[cairn_store::format::index::IndexedPack],
     placed: impl Fn(cairn_store::id::IndexId) -> bool,
 ) -> cairn_store::id::IndexId {
     use cairn_store::id::IndexId;
     let bytes = (0u64..)
-        .map(|nonce| cairn_store::index::encode_index(packs, nonce))
+        .map(|nonce| cairn_store::format::index::encode_index(packs, nonce))
         .find(|b| placed(IndexId::of(b)))
         .unwrap();
     let id = IndexId::of(&bytes);
@@ -447,7 +447,7 @@ pub async fn put_index_where(
 
 /// Makes `manifest` a version-1 manifest (items listed in it), as a signer
 /// of an old or forged snapshot would write it.
-pub fn as_v1(manifest: &mut cairn_store::manifest::Manifest) {
+pub fn as_v1(manifest: &mut cairn_store::format::manifest::Manifest) {
     manifest.version = 1;
     manifest.root = None;
     manifest.totals = None;

@@ -16,10 +16,10 @@
 use std::collections::hash_map::Entry;
 
 use crate::error::{Error, Result};
-use crate::frame::Codec;
+use crate::format::frame::Codec;
+use crate::format::pack::{FOOTER_LEN, MAX_PACK_LEN, MAX_TRAILER_LEN, PACK_MAGIC, PackTrailer};
+use crate::format::wire::{Put, Reader, len_u32};
 use crate::id::{BlobId, IdMap, IndexId, PackId};
-use crate::pack::{FOOTER_LEN, MAX_PACK_LEN, MAX_TRAILER_LEN, PACK_MAGIC, PackTrailer};
-use crate::wire::{Put, Reader, len_u32};
 
 /// First bytes of every index object.
 pub const INDEX_MAGIC: [u8; 8] = *b"CAIRNIX\x01";
@@ -353,8 +353,8 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::FrameBuilder;
-    use crate::pack::PackWriter;
+    use crate::format::frame::FrameBuilder;
+    use crate::format::pack::PackWriter;
 
     fn pack_of(blobs: &[&[u8]]) -> IndexedPack {
         let mut w = PackWriter::new();

@@ -14,9 +14,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::key::{PublicKey, SecretKey};
+use crate::format::wire::{Put, Reader, len_u32};
 use crate::id::{BlobId, RepoId, SnapshotId};
-use crate::key::{PublicKey, SecretKey};
-use crate::wire::{Put, Reader, len_u32};
 
 /// First bytes of every manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"CAIRNSN\x01";
@@ -128,7 +128,7 @@ pub struct Item {
     /// How the content was cut (files only); the next backup of the same
     /// name cuts the same way so that its chunks deduplicate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chunker: Option<crate::chunker::ChunkerParams>,
+    pub chunker: Option<crate::format::chunker::ChunkerParams>,
     /// Unix permission bits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
@@ -251,7 +251,7 @@ impl Manifest {
             return Err("a version-2 manifest needs a root and totals, and lists no items".into());
         }
         for (i, p) in self.paths.iter().enumerate() {
-            crate::dir::check_name(p.as_bytes())?;
+            crate::format::dir::check_name(p.as_bytes())?;
             if i > 0 && self.paths[i - 1] >= *p {
                 return Err(format!("paths not in strict order at {p:?}"));
             }

@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::wire::len_u32;
 use crate::id::BlobId;
-use crate::wire::len_u32;
 
 /// How a frame's bytes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::chunker::Chunker;
+use crate::format::chunker::Chunker;
+use crate::format::wire::len_u32;
 use crate::id::{BlobId, IdMap};
-use crate::wire::len_u32;
 
 /// The most chunks hashed per prediction or CDC batch.
 const BATCH: usize = 256;
@@ -326,7 +326,7 @@ enum Predicted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunker::ChunkerParams;
+    use crate::format::chunker::ChunkerParams;
     use proptest::prelude::*;
 
     fn data(len: usize, seed: u64) -> Vec<u8> {

@@ -27,8 +27,8 @@ use jiff::{SignedDuration, Span, Timestamp};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::format::manifest::Snapshot;
 use crate::id::SnapshotId;
-use crate::manifest::Snapshot;
 
 /// How far a snapshot's claimed time may run ahead of its arrival at the
 /// store (the signer's and the store's clocks disagreeing) before it is

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::config::Config;
 use crate::error::Result;
+use crate::format::config::Config;
 use crate::id::{IdSet, PackId};
 use crate::lease::{DEFAULT_TTL, Lease};
 use crate::pause::Pauses;

@@ -6,7 +6,7 @@
 use jiff::Timestamp;
 
 use crate::error::{Error, Result};
-use crate::manifest::Snapshot;
+use crate::format::manifest::Snapshot;
 
 /// Which snapshot a command means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,9 +109,9 @@ pub fn select<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::key::SecretKey;
+    use crate::format::manifest::{Manifest, SourceInfo, SourceKind};
     use crate::id::{RepoId, SnapshotId};
-    use crate::key::SecretKey;
-    use crate::manifest::{Manifest, SourceInfo, SourceKind};
 
     fn snap(n: u8, time: &str, host: &str) -> Snapshot {
         Snapshot {

@@ -21,9 +21,9 @@
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::frame::{Codec, Frame, MAX_FRAME_RAW_LEN};
+use crate::format::frame::{Codec, Frame, MAX_FRAME_RAW_LEN};
+use crate::format::wire::{Put, Reader, len_u32};
 use crate::id::{BlobId, PackId};
-use crate::wire::{Put, Reader, len_u32};
 
 /// First bytes of every pack.
 pub const PACK_MAGIC: [u8; 8] = *b"CAIRNPK\x01";
@@ -110,7 +110,7 @@ impl PackTrailer {
     /// `trailer_offset`, deriving every offset. `object` names the pack in errors.
     pub fn decode(bytes: &[u8], trailer_offset: u64, object: &str) -> Result<PackTrailer> {
         let bad = |detail: String| Error::corrupt(object, format!("trailer: {detail}"));
-        let short = |e: crate::wire::Short| bad(e.to_string());
+        let short = |e: crate::format::wire::Short| bad(e.to_string());
         let mut r = Reader::new(bytes);
         let nonce = r.u64().map_err(short)?;
         let frame_count = r.u32().map_err(short)? as usize;
@@ -380,7 +380,7 @@ pub fn renonce(bytes: &[u8], trailer: &PackTrailer, nonce: u64) -> (PackId, Byte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{FrameBuilder, decode_frame};
+    use crate::format::frame::{FrameBuilder, decode_frame};
 
     fn sample_pack() -> (PackId, Bytes, PackTrailer, Vec<Vec<u8>>) {
         let blobs: Vec<Vec<u8>> = (0..20u8)

@@ -4,7 +4,7 @@
 //! chunks and chunk-list nodes. A level-0 node lists entries (a file, a
 //! subdirectory, a symlink, ...) in strictly increasing bytewise name order,
 //! each with its metadata and what it points to: a file the root of its
-//! chunk list ([`crate::tree`]), a subdirectory the root of its own
+//! chunk list ([`crate::format::tree`]), a subdirectory the root of its own
 //! directory tree. A directory too large for one node is split where the
 //! content says (like chunk lists), and level-n nodes list level-(n-1)
 //! nodes with the first name beneath each, so a lookup by name reads one
@@ -28,11 +28,11 @@
 //! ```
 //! format-spec §10.2 is the normative description.
 
-use crate::chunker::{ChunkerAlgorithm, ChunkerParams};
 use crate::error::{Error, Result};
+use crate::format::chunker::{ChunkerAlgorithm, ChunkerParams};
+use crate::format::tree::EncodedNode;
+use crate::format::wire::{Put, Reader, len_u32};
 use crate::id::BlobId;
-use crate::tree::EncodedNode;
-use crate::wire::{Put, Reader, len_u32};
 
 /// First bytes of every directory node.
 pub const DIR_MAGIC: [u8; 8] = *b"CAIRNDR\x01";
@@ -426,7 +426,7 @@ impl DirEntry {
     }
 
     fn decode(r: &mut Reader<'_>) -> std::result::Result<DirEntry, String> {
-        let short = |e: crate::wire::Short| e.to_string();
+        let short = |e: crate::format::wire::Short| e.to_string();
         let name = u16_bytes(r)?.to_vec();
         let kind_byte = r.u8().map_err(short)?;
         let kind = Kind::from_byte(kind_byte).ok_or_else(|| format!("kind {kind_byte}"))?;
@@ -618,7 +618,7 @@ impl DirNode {
     }
 
     fn decode_inner(bytes: &[u8]) -> std::result::Result<DirNode, String> {
-        let short = |e: crate::wire::Short| e.to_string();
+        let short = |e: crate::format::wire::Short| e.to_string();
         if bytes.len() > MAX_NODE_LEN {
             return Err(format!("{} bytes, more than {MAX_NODE_LEN}", bytes.len()));
         }
@@ -726,7 +726,7 @@ fn time(r: &mut Reader<'_>) -> std::result::Result<Time, String> {
 }
 
 fn chunker(r: &mut Reader<'_>) -> std::result::Result<ChunkerParams, String> {
-    let short = |e: crate::wire::Short| e.to_string();
+    let short = |e: crate::format::wire::Short| e.to_string();
     let algorithm = match r.u8().map_err(short)? {
         1 => ChunkerAlgorithm::FastCdc2020,
         a => return Err(format!("chunker algorithm {a}")),
@@ -927,7 +927,7 @@ pub fn build_dir(entries: &[DirEntry]) -> Result<(BlobId, Vec<EncodedNode>)> {
 pub struct TreeAssembler {
     /// Open directories; `open[0]` is the root (no entry of its own).
     open: Vec<(Option<DirEntry>, DirBuilder)>,
-    totals: crate::manifest::Totals,
+    totals: crate::format::manifest::Totals,
 }
 
 impl Default for TreeAssembler {
@@ -1004,7 +1004,7 @@ impl TreeAssembler {
     pub fn finish(
         mut self,
         out: &mut Vec<EncodedNode>,
-    ) -> Result<(BlobId, crate::manifest::Totals)> {
+    ) -> Result<(BlobId, crate::format::manifest::Totals)> {
         while self.depth() > 0 {
             self.close(out)?;
         }

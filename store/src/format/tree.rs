@@ -17,8 +17,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::format::wire::{Put, Reader, len_u32};
 use crate::id::BlobId;
-use crate::wire::{Put, Reader, len_u32};
 
 /// First bytes of every tree node.
 pub const TREE_MAGIC: [u8; 8] = *b"CAIRNTR\x01";

@@ -8,13 +8,13 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::chunker::ChunkingPolicy;
 use crate::error::{Error, Result};
-use crate::frame::CompressionParams;
+use crate::format::chunker::ChunkingPolicy;
+use crate::format::frame::CompressionParams;
+use crate::format::key::PublicKey;
+use crate::format::manifest::Trust;
+use crate::format::tree::TreeParams;
 use crate::id::RepoId;
-use crate::key::PublicKey;
-use crate::manifest::Trust;
-use crate::tree::TreeParams;
 
 /// The repository format version this build writes and reads.
 pub const REPO_VERSION: u32 = 1;
@@ -163,7 +163,7 @@ const MAX_AVG_LEN: u32 = 2 << 20;
 /// zstd levels a writer uses.
 const LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
 /// Frame targets a writer uses: 1 byte to 16 MiB.
-const MAX_FRAME_TARGET_LEN: u32 = crate::frame::MAX_FRAME_RAW_LEN / 2;
+const MAX_FRAME_TARGET_LEN: u32 = crate::format::frame::MAX_FRAME_RAW_LEN / 2;
 /// The smallest pack target a writer uses.
 const MIN_PACK_TARGET_LEN: u32 = 64 << 10;
 
@@ -223,7 +223,7 @@ fn writer_param_problems(c: &Config) -> Vec<String> {
         format!("1..={MAX_FRAME_TARGET_LEN}"),
     );
     let tree = &c.tree;
-    let max_fanout = crate::tree::MAX_FANOUT;
+    let max_fanout = crate::format::tree::MAX_FANOUT;
     check(
         (2..=max_fanout).contains(&tree.min_fanout),
         "tree.min_fanout",
