@@ -151,6 +151,8 @@ fn unchanged_files_are_not_read_and_every_change_is() {
     for i in 0..20 {
         std::fs::write(vol.join(format!("f{i:02}")), random_bytes(10_000, i)).unwrap();
     }
+    // A file changed within a second of its parent's backup is read again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let first = ok(f.backup().arg(&vol).arg("--json")).json();
     assert_eq!(first["files_unchanged"], 0);
 
@@ -285,4 +287,59 @@ fn diff_names_what_changed_and_skips_equal_subtrees() {
     // A snapshot against itself: nothing, and nothing read.
     let same = ok(f.cmd("diff").args([&a, &a]));
     assert_eq!(same.stdout_str(), "");
+}
+
+#[test]
+fn only_settled_files_of_the_backups_own_signer_are_taken_unread() {
+    // Two keys the repository trusts: node1's and a node4 that may be compromised.
+    let tmp = tempfile::tempdir().unwrap();
+    let (k1, k4) = (tmp.path().join("k1"), tmp.path().join("k4"));
+    let (p1, p4) = (generate_key(&k1), generate_key(&k4));
+    let repo = tmp.path().join("repo");
+    ok(cairn_args(["init", "--trust", &p1, "--trust", &p4])
+        .arg("--repo")
+        .arg(&repo));
+    let vol = tmp.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("authorized_keys"), b"ssh-ed25519 AAAA admin\n").unwrap();
+    let backup = |key: &Path| {
+        let mut c = cairn();
+        c.arg("backup")
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--key")
+            .arg(key);
+        c.args(["--host", "node1", "--json"]).arg(&vol);
+        ok(&mut c).json()
+    };
+    // Written just now: a second backup right away reads it again (it may
+    // have changed within the same clock tick after the first read it).
+    backup(&k1);
+    let racy = backup(&k1);
+    assert_eq!(racy["files_unchanged"], 0, "{racy:#}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let later = backup(&k1);
+    assert_eq!(
+        later["files_unchanged"], 0,
+        "its parent began too soon after the change"
+    );
+    let settled = backup(&k1);
+    assert_eq!(settled["files_unchanged"], 1, "{settled:#}");
+    // node4's snapshot of the same host and paths is newer, but never the
+    // parent of node1's backup: its entries are not signed again unread.
+    let forged = backup(&k4);
+    let next = backup(&k1);
+    assert_eq!(next["parent"], settled["snapshot"], "{next:#}");
+    assert_eq!(next["files_unchanged"], 1, "{next:#}");
+    let mut c = cairn();
+    c.arg("backup")
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--key")
+        .arg(&k1);
+    c.args(["--parent", forged["snapshot"].as_str().unwrap()])
+        .arg(&vol);
+    run(&mut c)
+        .expect_code(2)
+        .stderr_has(&["not by this backup's key"]);
 }

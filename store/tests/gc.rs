@@ -171,6 +171,8 @@ async fn mostly_empty_packs_are_repacked_and_their_live_data_survives() {
     let (big, small) = (random_bytes(3 << 20, 3), random_bytes(300 << 10, 4));
     std::fs::write(dir.path().join("big"), &big).unwrap();
     std::fs::write(dir.path().join("small"), &small).unwrap();
+    // A file changed within a second of its parent's backup is read again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let session = writer(backend.clone()).await;
     let source = Source::Paths(vec![dir.path().join("big"), dir.path().join("small")]);
     let both = back_up(&session, source).await.unwrap();

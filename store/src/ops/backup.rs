@@ -160,7 +160,7 @@ impl WriteSession {
         }
         let source_info = source.info();
         let paths = source.paths()?;
-        let parent = self.parent(&paths, options).await?;
+        let parent = self.parent(&paths, options, &key.public()).await?;
         self.pauses().at("backup:parents-loaded").await;
         let reader = Arc::new(BlobReader::new(self.repo().clone(), 4, 4 << 20));
         let parent_tree = match &parent {
@@ -193,10 +193,20 @@ impl WriteSession {
         let config = self.config().clone();
         let index = Arc::clone(self.repo().index());
         let force_reread = options.force_reread;
+        let parent_time = parent
+            .as_ref()
+            .map(|p| Time::from_timestamp(p.manifest.time));
         let ingest = tokio::task::spawn_blocking(move || {
             let entries = source.into_tree()?;
-            let mut ingest =
-                Ingest::new(&config, &index, parents, parent_tree, force_reread, pack_tx)?;
+            let mut ingest = Ingest::new(
+                &config,
+                &index,
+                parents,
+                parent_tree,
+                parent_time,
+                force_reread,
+                pack_tx,
+            )?;
             for entry in entries {
                 ingest.entry(entry?, progress.as_ref())?;
             }
@@ -262,7 +272,17 @@ impl WriteSession {
 
     /// The parent: the one asked for, else the newest usable snapshot with
     /// the same paths, of the same host if there is one.
-    async fn parent(&self, paths: &[String], options: &BackupOptions) -> Result<Option<Snapshot>> {
+    ///
+    /// Only a snapshot signed with this backup's own key qualifies: its
+    /// unchanged files are taken without reading them and signed again, so
+    /// another signer's snapshot (a compromised node's, say) must never be
+    /// the parent, or its content would be laundered into this key's history.
+    async fn parent(
+        &self,
+        paths: &[String],
+        options: &BackupOptions,
+        signer: &crate::format::key::PublicKey,
+    ) -> Result<Option<Snapshot>> {
         let list = self
             .repo()
             .repo()
@@ -270,13 +290,19 @@ impl WriteSession {
             .await?;
         if let Some(prefix) = &options.parent {
             let selector = crate::plan::select::Selector::parse(prefix)?;
-            return list
-                .select(&selector, &Default::default())
-                .cloned()
-                .map(Some);
+            let chosen = list.select(&selector, &Default::default())?;
+            if chosen.signer != *signer {
+                return Err(Error::invalid(format!(
+                    "snapshot {} is signed by {}, not by this backup's key {signer}: a parent \
+                     must be your own snapshot (its unchanged files are signed again unread)",
+                    chosen.id.short(),
+                    chosen.signer
+                )));
+            }
+            return Ok(Some(chosen.clone()));
         }
         let name = paths.join(",");
-        let same = |s: &&Snapshot| s.manifest.name() == name;
+        let same = |s: &&Snapshot| s.manifest.name() == name && s.signer == *signer;
         let newest = |host: Option<&str>| {
             list.snapshots
                 .iter()
@@ -318,14 +344,41 @@ impl PreviousItem {
 }
 
 /// Whether a file is unchanged since the parent's entry for it: same size,
-/// modification time, status change time and inode.
-fn unchanged(now: &DirEntry, then: &DirEntry) -> bool {
+/// modification time, status change time and inode, and its change time
+/// more than a second before the parent's backup began (else it may have
+/// changed again within the same clock tick after it was read: "racily
+/// clean", as git calls it).
+fn unchanged(now: &DirEntry, then: &DirEntry, parent_time: Option<Time>) -> bool {
+    let settled = match (then.change, parent_time) {
+        (Some(c), Some(t)) => (c.ctime.secs.saturating_add(1), c.ctime.nanos) < (t.secs, t.nanos),
+        _ => false,
+    };
     matches!(then.node, Node::File { .. })
+        && settled
         && now.size == then.size
         && now.mtime.is_some()
         && now.mtime == then.mtime
         && now.change.is_some()
         && now.change == then.change
+}
+
+/// A file's state as listed, to tell a hard link of a file already read
+/// from another file that reused its inode meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LinkState {
+    size: u64,
+    mtime: Option<Time>,
+    change: Option<Change>,
+}
+
+impl LinkState {
+    fn of(entry: &DirEntry) -> LinkState {
+        LinkState {
+            size: entry.size,
+            mtime: entry.mtime,
+            change: entry.change,
+        }
+    }
 }
 
 /// Reads a previous item's chunk list from the ingest thread.
@@ -421,8 +474,12 @@ struct Ingest<'a> {
     parent_dirs: Vec<Option<DirCursor>>,
     force_reread: bool,
     tree: TreeAssembler,
-    /// Files of this backup by hard-link group: a second name reuses the content.
-    links: HashMap<u64, (u64, Node)>,
+    /// Files of this backup by hard-link group, with the state they were
+    /// read in: a further name listed in the same state reuses the content.
+    links: HashMap<u64, (LinkState, Node)>,
+    /// The parent's time: a file changed within a second of it may have
+    /// changed again, unseen, in the same clock tick; it is read again.
+    parent_time: Option<Time>,
     config: &'a Config,
     index: &'a Index,
     /// Blobs added by this backup (not yet in any index object).
@@ -481,6 +538,7 @@ impl<'a> Ingest<'a> {
         index: &'a Index,
         parents: ParentLoader,
         parent_tree: Option<SnapshotTree>,
+        parent_time: Option<Time>,
         force_reread: bool,
         pack_tx: mpsc::Sender<FinishedPack>,
     ) -> Result<Self> {
@@ -492,6 +550,7 @@ impl<'a> Ingest<'a> {
             force_reread,
             tree: TreeAssembler::new(),
             links: HashMap::new(),
+            parent_time,
             config,
             index,
             pending: IdSet::default(),
@@ -617,15 +676,16 @@ impl<'a> Ingest<'a> {
         progress: &dyn Progress,
     ) -> Result<()> {
         if let Some(group) = entry.link_group
-            && let Some((size, node)) = self.links.get(&group)
-            && *size == entry.size
+            && let Some((state, node)) = self.links.get(&group)
+            && *state == LinkState::of(entry)
         {
             entry.node = node.clone();
             return Ok(());
         }
         if let Some(p) = &previous
             && !self.force_reread
-            && unchanged(entry, p)
+            && unchanged(entry, p, self.parent_time)
+            && matches!(p.node, Node::File { root, .. } if self.index.contains(&root))
         {
             entry.node = p.node.clone();
             self.stats.files_unchanged += 1;
@@ -657,7 +717,8 @@ impl<'a> Ingest<'a> {
             };
         }
         if let Some(group) = entry.link_group {
-            self.links.insert(group, (entry.size, entry.node.clone()));
+            self.links
+                .insert(group, (LinkState::of(entry), entry.node.clone()));
         }
         Ok(())
     }
