@@ -372,6 +372,21 @@ struct LinkState {
 }
 
 impl LinkState {
+    /// The group recorded for a file of file-system group `group` in this state.
+    fn group(&self, group: u64) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(&group.to_le_bytes());
+        h.update(&self.size.to_le_bytes());
+        for t in [self.mtime, self.change.map(|c| c.ctime)] {
+            let t = t.unwrap_or_default();
+            h.update(&t.secs.to_le_bytes());
+            h.update(&t.nanos.to_le_bytes());
+        }
+        let bytes = h.finalize();
+        let g = u64::from_le_bytes(bytes.as_bytes()[..8].try_into().unwrap_or([1; 8]));
+        g.max(1)
+    }
+
     fn of(entry: &DirEntry) -> LinkState {
         LinkState {
             size: entry.size,
@@ -656,7 +671,13 @@ impl<'a> Ingest<'a> {
                     .iter()
                     .flatten()
                     .any(|c| c.has_node(&node.id));
-            let vouched = read && self.index.contains(&node.id);
+            // A version-1 parent's nodes are built in memory, not read:
+            // a stored copy under their id vouches for nothing.
+            let built = self
+                .parent_tree
+                .as_ref()
+                .is_some_and(|t| t.is_built(&node.id));
+            let vouched = read && !built && self.index.contains(&node.id);
             if !vouched {
                 self.add_blob_as(node.id, &node.bytes, true, true)?;
             }
@@ -675,6 +696,10 @@ impl<'a> Ingest<'a> {
         previous: Option<DirEntry>,
         progress: &dyn Progress,
     ) -> Result<()> {
+        // A hard-link group is one file in one state: names of an inode
+        // that was replaced (its number reused) or changed between them
+        // are different groups, restored as different files.
+        entry.link_group = entry.link_group.map(|g| LinkState::of(entry).group(g));
         if let Some(group) = entry.link_group
             && let Some((state, node)) = self.links.get(&group)
             && *state == LinkState::of(entry)

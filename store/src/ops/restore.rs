@@ -369,6 +369,29 @@ struct Restoring<'a> {
     progress: &'a dyn RestoreProgress,
 }
 
+/// Whether a file found in an `--overwrite` target is already what `entry`
+/// restores: a regular file with one name, the same size, mtime, mode and
+/// owner, and nothing that only root may set (set-id bits, capabilities),
+/// which a local user could otherwise plant to have a root restore bless.
+fn already_restored(st: &rustix::fs::Stat, entry: &DirEntry) -> bool {
+    let mode = st.st_mode & 0o7777;
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        && st.st_nlink == 1
+        && st.st_size as u64 == entry.size
+        && entry
+            .mtime
+            .is_some_and(|t| t.secs == st.st_mtime && u64::from(t.nanos) == st.st_mtime_nsec)
+        && entry.mode.is_some_and(|m| m & 0o6000 == 0 && m == mode)
+        && entry
+            .owner
+            .as_ref()
+            .is_none_or(|o| o.uid == st.st_uid && o.gid == st.st_gid)
+        && !entry
+            .xattrs
+            .iter()
+            .any(|x| x.name == b"security.capability")
+}
+
 impl RestoreSummary {
     fn count(&mut self, report: fsmeta::ApplyReport) {
         self.owners_skipped += u64::from(report.owner_skipped);
@@ -455,20 +478,30 @@ impl Restoring<'_> {
                     self.summary.hard_links += 1;
                     return Ok(());
                 }
-                let unchanged = existing.as_ref().is_some_and(|st| {
-                    rustix::fs::FileType::from_raw_mode(st.st_mode)
-                        == rustix::fs::FileType::RegularFile
-                        && st.st_size as u64 == entry.size
-                        && entry.mtime.is_some_and(|t| {
-                            t.secs == st.st_mtime && i64::from(t.nanos) == st.st_mtime_nsec as i64
-                        })
-                });
+                let unchanged = existing
+                    .as_ref()
+                    .is_some_and(|st| already_restored(st, &entry));
                 let parent = self
                     .dirs
                     .last()
                     .ok_or_else(|| Error::Bug("no open directory".into()))?;
                 if unchanged {
+                    // Its metadata goes on through a descriptor of the file
+                    // just checked: a name swapped meanwhile is refused.
+                    let kept = parent.dir.open_existing(&name, existing.as_ref())?;
+                    let report = fsmeta::apply_metadata(
+                        parent.dir.fd(),
+                        &name,
+                        Some(kept.as_fd()),
+                        &entry,
+                        &mut self.ctx,
+                    )?;
+                    self.summary.count(report);
                     self.summary.unchanged += 1;
+                    if let Some(group) = entry.link_group {
+                        self.links.insert(group, path);
+                    }
+                    return Ok(());
                 } else {
                     if existing_kind.is_some_and(|k| k == rustix::fs::FileType::Directory) {
                         parent.dir.remove_any(&name)?;
@@ -526,9 +559,6 @@ impl Restoring<'_> {
                         self.links.insert(group, path);
                     }
                     return Ok(());
-                }
-                if let Some(group) = entry.link_group {
-                    self.links.insert(group, path);
                 }
             }
             Node::Symlink { target } => {

@@ -425,6 +425,14 @@ impl FsWalker {
         };
         let mut content = None;
         match entry.node {
+            Node::Dir { .. } if depth >= MAX_SOURCE_DEPTH => {
+                // Readers refuse deeper trees (format-spec §10.2), and one
+                // descriptor is held per level: a user's nest of directories
+                // must not make the whole snapshot unrestorable.
+                tracing::warn!(
+                    "{path}: more than {MAX_SOURCE_DEPTH} directories deep; stored empty, what it holds is skipped"
+                );
+            }
             Node::Dir { .. } => {
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let fd = rustix::fs::openat(dir.as_fd(), &name, flags, rustix::fs::Mode::empty())
@@ -475,6 +483,7 @@ impl FsWalker {
                 Vec::new()
             });
         }
+        cap_xattrs(&path, &mut entry.xattrs);
         Ok(Some(SourceEntry {
             depth,
             path,
@@ -531,6 +540,31 @@ impl Iterator for FsWalker {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// Directories deeper than this are stored empty (with a warning).
+pub(crate) const MAX_SOURCE_DEPTH: usize = 256;
+/// Extended attributes of one entry beyond this many bytes are dropped,
+/// largest first (with a warning): an entry must fit a directory node.
+const MAX_XATTR_BYTES: usize = 512 << 10;
+
+/// Drops the largest extended attributes until the rest fit [`MAX_XATTR_BYTES`].
+fn cap_xattrs(path: &str, xattrs: &mut Vec<crate::format::dir::Xattr>) {
+    let total = |x: &[crate::format::dir::Xattr]| -> usize {
+        x.iter().map(|a| a.name.len() + a.value.len() + 5).sum()
+    };
+    while total(xattrs) > MAX_XATTR_BYTES {
+        let Some((at, _)) = xattrs.iter().enumerate().max_by_key(|(_, a)| a.value.len()) else {
+            return;
+        };
+        let dropped = xattrs.remove(at);
+        tracing::warn!(
+            "{path}: extended attribute {} ({} bytes) not stored: the entry's attributes exceed {} KiB",
+            String::from_utf8_lossy(&dropped.name),
+            dropped.value.len(),
+            MAX_XATTR_BYTES >> 10
+        );
     }
 }
 

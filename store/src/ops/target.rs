@@ -127,7 +127,7 @@ impl TargetDir {
         let name = name.as_ref();
         let path = self.path.join(name);
         if create {
-            match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o777)) {
+            match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o700)) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(Error::io(format!("creating {}", path.display()), e.into())),
             }
@@ -151,7 +151,7 @@ impl TargetDir {
         let name = name.as_ref();
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(0o666))
+        rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(0o600))
             .map(File::from)
             .map_err(|e| {
                 Error::io(
@@ -210,6 +210,18 @@ impl TargetDir {
             Err(e) => return Err(fail(e)),
         }
         let dir = self.child(name, false)?;
+        let (here, there) = (
+            rustix::fs::fstat(&self.fd).map_err(fail)?,
+            rustix::fs::fstat(&dir.fd).map_err(fail)?,
+        );
+        if here.st_dev != there.st_dev {
+            return Err(Error::io(
+                format!("removing {}", self.path_of(name).display()),
+                std::io::Error::other(
+                    "it is a mount point: restore removes nothing on another file system; unmount it first",
+                ),
+            ));
+        }
         for child in dir.names()? {
             dir.remove_any(&child)?;
         }
@@ -229,6 +241,29 @@ impl TargetDir {
             }
         }
         Ok(out)
+    }
+
+    /// Opens the existing regular file `name` here for its metadata, never
+    /// through a link, checking it is still the file `expected` describes.
+    pub fn open_existing(
+        &self,
+        name: impl AsRef<OsStr>,
+        expected: Option<&rustix::fs::Stat>,
+    ) -> Result<File> {
+        let name = name.as_ref();
+        let fail =
+            |e: std::io::Error| Error::io(format!("opening {}", self.path_of(name).display()), e);
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = rustix::fs::openat(&self.fd, name, flags, Mode::empty())
+            .map(File::from)
+            .map_err(|e| fail(e.into()))?;
+        let st = rustix::fs::fstat(&file).map_err(|e| fail(e.into()))?;
+        if expected.is_some_and(|e| (e.st_dev, e.st_ino) != (st.st_dev, st.st_ino)) {
+            return Err(fail(std::io::Error::other(
+                "it was replaced while the restore ran; run the restore again",
+            )));
+        }
+        Ok(file)
     }
 
     /// What `name` here is, without following it; `None` when absent.

@@ -646,6 +646,21 @@ fn shadowing_index_objects(index: &Index, damage: &Damage, read_all: bool) -> Ve
         .collect()
 }
 
+/// Adds a subdirectory's problems to its parent's, under its name.
+fn merge(out: &mut Vec<(String, Vec<String>)>, name: &str, problems: &[(String, Vec<String>)]) {
+    for (path, p) in problems {
+        let path = if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}/{path}")
+        };
+        out.push((path, p.clone()));
+    }
+}
+
+/// Damaged entries reported below one directory at most.
+const MAX_PROBLEMS_PER_DIR: usize = 100;
+
 /// Problems below a directory: (path relative to it, problems).
 type DirProblems = Arc<Vec<(String, Vec<String>)>>;
 
@@ -702,58 +717,101 @@ impl Walker<'_> {
     }
 
     /// Problems below the directory `id`: its nodes, and every file's
-    /// content, each file and directory checked once.
-    fn dir<'s>(
-        &'s mut self,
-        tree: &'s SnapshotTree,
-        id: BlobId,
-    ) -> futures::future::BoxFuture<'s, Result<DirProblems>> {
-        Box::pin(async move {
-            if let Some(found) = self.dirs.get(&id) {
-                return Ok(Arc::clone(found));
-            }
-            let mut out: Vec<(String, Vec<String>)> = Vec::new();
-            let fatal =
-                |e: &Error| matches!(e, Error::Unreachable { .. } | Error::AccessDenied { .. });
+    /// content, each file and directory checked once. Iterative (a stack
+    /// of open directories), so a deep tree cannot overflow the stack.
+    async fn dir(&mut self, tree: &SnapshotTree, id: BlobId) -> Result<DirProblems> {
+        struct Frame {
+            id: BlobId,
+            /// Its name in the directory above.
+            name: String,
+            cursor: Option<crate::ops::walk::DirCursor>,
+            out: Vec<(String, Vec<String>)>,
+        }
+        let fatal = |e: &Error| matches!(e, Error::Unreachable { .. } | Error::AccessDenied { .. });
+        let open = |id: BlobId, name: String| async move {
+            let mut frame = Frame {
+                id,
+                name,
+                cursor: None,
+                out: Vec::new(),
+            };
             match tree.dir(id).await {
+                Ok(c) => frame.cursor = Some(c),
                 Err(e) if fatal(&e) => return Err(e),
-                Err(e) => out.push((String::new(), vec![e.to_string()])),
-                Ok(mut cursor) => loop {
-                    let entry = match cursor.next().await {
-                        Err(e) if fatal(&e) => return Err(e),
-                        Err(e) => {
-                            out.push((String::new(), vec![e.to_string()]));
-                            break;
-                        }
-                        Ok(None) => break,
-                        Ok(Some(entry)) => entry,
-                    };
-                    let name = entry.display_name();
-                    match entry.node {
-                        Node::File { root, .. } => {
-                            let problems = self.node(root, None, entry.size).await?;
-                            if !problems.is_empty() {
-                                out.push((name, problems.as_ref().clone()));
-                            }
-                        }
-                        Node::Dir { tree: sub } => {
-                            for (path, problems) in self.dir(tree, sub).await?.iter() {
-                                let path = if path.is_empty() {
-                                    name.clone()
-                                } else {
-                                    format!("{name}/{path}")
-                                };
-                                out.push((path, problems.clone()));
-                            }
-                        }
-                        _ => {}
-                    }
-                },
+                Err(e) => frame.out.push((String::new(), vec![e.to_string()])),
             }
-            let out = Arc::new(out);
-            self.dirs.insert(id, Arc::clone(&out));
-            Ok(out)
-        })
+            Ok(frame)
+        };
+        if let Some(found) = self.dirs.get(&id) {
+            return Ok(Arc::clone(found));
+        }
+        let mut stack = vec![open(id, String::new()).await?];
+        loop {
+            let depth = stack.len();
+            let Some(top) = stack.last_mut() else {
+                return Err(Error::Bug("verify's directory stack is empty".into()));
+            };
+            let next = match &mut top.cursor {
+                None => None,
+                Some(c) => match c.next().await {
+                    Err(e) if fatal(&e) => return Err(e),
+                    Err(e) => {
+                        top.out.push((String::new(), vec![e.to_string()]));
+                        None
+                    }
+                    Ok(next) => next,
+                },
+            };
+            let Some(entry) = next else {
+                // This directory is done: remember it, report it to its parent.
+                let Some(mut done) = stack.pop() else {
+                    return Err(Error::Bug("verify's directory stack is empty".into()));
+                };
+                // Shared damaged directories must not multiply the report.
+                if done.out.len() > MAX_PROBLEMS_PER_DIR {
+                    let more = done.out.len() - MAX_PROBLEMS_PER_DIR;
+                    done.out.truncate(MAX_PROBLEMS_PER_DIR);
+                    done.out.push((
+                        String::new(),
+                        vec![format!("and {more} more damaged entries below")],
+                    ));
+                }
+                let problems = Arc::new(done.out);
+                self.dirs.insert(done.id, Arc::clone(&problems));
+                match stack.last_mut() {
+                    None => return Ok(problems),
+                    Some(parent) => merge(&mut parent.out, &done.name, &problems),
+                }
+                continue;
+            };
+            let name = entry.display_name();
+            match entry.node {
+                Node::File { root, .. } => {
+                    let problems = self.node(root, None, entry.size).await?;
+                    if !problems.is_empty() {
+                        top.out.push((name, problems.as_ref().clone()));
+                    }
+                }
+                Node::Dir { tree: sub } => {
+                    if let Some(found) = self.dirs.get(&sub) {
+                        let found = Arc::clone(found);
+                        merge(&mut top.out, &name, &found);
+                    } else if depth >= crate::ops::walk::MAX_DEPTH {
+                        top.out.push((
+                            name,
+                            vec![format!(
+                                "directory {sub}: more than {} directories deep (readers refuse it)",
+                                crate::ops::walk::MAX_DEPTH
+                            )],
+                        ));
+                    } else {
+                        let frame = open(sub, name).await?;
+                        stack.push(frame);
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Problems under the node `id`, expected at `level` (any for a root)
