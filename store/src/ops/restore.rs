@@ -30,6 +30,8 @@ use crate::repo::IndexedRepository;
 
 /// Content fetched per window.
 const WINDOW_LEN: u64 = 8 << 20;
+/// Files up to this size are restored without a writer thread.
+const INLINE_MAX_LEN: u64 = 1 << 20;
 /// Bytes gathered before each write call.
 const WRITE_BUFFER_LEN: usize = 1 << 20;
 
@@ -142,6 +144,12 @@ impl IndexedRepository {
     ) -> Result<(W, u64)> {
         let context = |e| in_item(e, snapshot, name);
         let FileContent { root, len, chunks } = content;
+        if len <= INLINE_MAX_LEN {
+            return self
+                .restore_small(reader, name, content, writer, progress)
+                .await
+                .map_err(context);
+        }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(1);
         let writer_thread = std::thread::spawn(move || -> std::io::Result<(W, u64)> {
             let mut written = 0u64;
@@ -224,6 +232,53 @@ impl IndexedRepository {
             )));
         }
         Ok((writer, written_len))
+    }
+
+    /// [`Self::restore_content`] for a small file: fetched and written on
+    /// this task, chunk by chunk (no writer thread to start per file).
+    async fn restore_small<W: Write + Send + 'static>(
+        &self,
+        reader: &BlobReader,
+        name: &str,
+        content: FileContent,
+        mut writer: W,
+        progress: &dyn RestoreProgress,
+    ) -> Result<(W, u64)> {
+        let FileContent { root, len, chunks } = content;
+        let mut walker = TreeWalker::new(reader, root, len).await?;
+        let mut window = Vec::new();
+        let mut total = 0u64;
+        loop {
+            walker.next_window(WINDOW_LEN, &mut window).await?;
+            if window.is_empty() {
+                break;
+            }
+            let ids: Vec<BlobId> = window.iter().map(|e| e.id).collect();
+            let blobs = reader.read_blobs(&ids).await?;
+            for (e, b) in window.iter().zip(&blobs) {
+                if b.len() as u64 != e.len {
+                    return Err(Error::corrupt(
+                        format!("chunk {}", e.id),
+                        format!("is {} bytes, the tree says {}", b.len(), e.len),
+                    ));
+                }
+                writer
+                    .write_all(b)
+                    .map_err(|e| Error::io(format!("writing {name}"), e))?;
+                total += b.len() as u64;
+            }
+            progress.written(blobs.iter().map(|b| b.len() as u64).sum());
+        }
+        if chunks.is_some_and(|c| c != walker.chunks_seen) || total != len {
+            return Err(Error::corrupt(
+                format!("tree {root}"),
+                format!(
+                    "lists {} chunks of {total} bytes, the snapshot says {chunks:?} of {len}",
+                    walker.chunks_seen
+                ),
+            ));
+        }
+        Ok((writer, total))
     }
 
     /// Restores a snapshot, or the entry at `only` and everything below
