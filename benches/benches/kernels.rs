@@ -1072,6 +1072,7 @@ fn manifest(c: &mut Criterion) {
         mode: Some(0o755),
         mtime: Some("2026-11-21T01:59:00Z".parse().unwrap()),
         target: None,
+        one_chunk: false,
     }];
     for i in 0..9u64 {
         items.push(Item {
@@ -1084,6 +1085,7 @@ fn manifest(c: &mut Criterion) {
             mode: Some(0o644),
             mtime: Some("2026-11-21T01:59:00Z".parse().unwrap()),
             target: None,
+            one_chunk: false,
         });
     }
     let m = Manifest {

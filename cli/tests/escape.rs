@@ -82,7 +82,10 @@ fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn a_snapshot_with_items_below_a_symlink_is_damage_and_restores_nothing_outside() {
     let f = Fixture::new();
-    let summary = f.backup_bytes("payload", b"ssh-ed25519 AAAA attacker\n", &[]);
+    // Several chunks: a version-1 item names a chunk-list node.
+    let mut payload = b"ssh-ed25519 AAAA attacker\n".to_vec();
+    payload.extend(random_bytes(3 << 20, 9));
+    let summary = f.backup_bytes("payload", &payload, &[]);
     let genuine = str_field(&summary, "snapshot").to_string();
     let key = SecretKey::read_file(&f.key).unwrap();
     let victim = f.path("victim");
@@ -102,6 +105,7 @@ fn a_snapshot_with_items_below_a_symlink_is_damage_and_restores_nothing_outside(
         mode: None,
         mtime: None,
         target: Some(target.into()),
+        one_chunk: false,
     };
     manifest.items = vec![
         link("s", victim.to_str().unwrap()),

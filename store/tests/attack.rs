@@ -140,6 +140,7 @@ async fn a_forged_level_cannot_hide_a_genuine_subtree_from_gc() {
         mode: None,
         mtime: None,
         target: None,
+        one_chunk: false,
     }];
     let (id, bytes) = manifest.encode_signed(&key()).unwrap();
     raw_put(&place.backend(), &ObjectKey::Snapshot(id), bytes).await;
@@ -321,6 +322,7 @@ fn named(name: &str, kind: ItemKind) -> cairn_store::format::manifest::Item {
         mode: None,
         mtime: None,
         target: (kind == ItemKind::Symlink).then(|| "/victim".to_string()),
+        one_chunk: false,
     }
 }
 

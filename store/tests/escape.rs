@@ -44,7 +44,14 @@ fn symlink(name: &str, target: &str) -> Item {
         mode: None,
         mtime: None,
         target: Some(target.into()),
+        one_chunk: false,
     }
+}
+
+fn payload_bytes() -> Vec<u8> {
+    let mut bytes = b"ssh-ed25519 AAAA attacker\n".to_vec();
+    bytes.extend(random_bytes(3 << 20, 9));
+    bytes
 }
 
 /// A repository holding one genuine file item `payload` and a victim
@@ -61,7 +68,9 @@ async fn scene() -> Scene {
     let place = Place::new(Kind::Local);
     init(&place).await;
     let backend = place.backend();
-    backup_bytes(&backend, "payload", b"ssh-ed25519 AAAA attacker\n".to_vec()).await;
+    // Several chunks, so that its root is a chunk-list node a version-1
+    // item can name (a file of one chunk names the chunk itself in v2).
+    backup_bytes(&backend, "payload", payload_bytes()).await;
     let genuine = snapshots(&backend).await.remove(0);
     let payload = genuine.manifest.items[0].clone();
     let victim = tempfile::tempdir().unwrap();
@@ -276,6 +285,7 @@ async fn directories_files_and_symlinks_still_restore() {
         mode: Some(mode),
         mtime: Some("2020-01-02T03:04:05Z".parse().unwrap()),
         target: None,
+        one_chunk: false,
     };
     let file = |name: &str| Item {
         name: name.into(),
@@ -304,7 +314,7 @@ async fn directories_files_and_symlinks_still_restore() {
         (3, 3, 1),
         "{summary:?}"
     );
-    let payload = b"ssh-ed25519 AAAA attacker\n".to_vec();
+    let payload = payload_bytes();
     assert_eq!(std::fs::read(target.join("a/link")).unwrap(), payload);
     assert_eq!(std::fs::read(target.join("x/implicit")).unwrap(), payload);
     use std::os::unix::fs::PermissionsExt;

@@ -151,6 +151,7 @@ async fn a_version_1_parents_built_nodes_vouch_for_nothing() {
         mode: None,
         mtime: None,
         target: None,
+        one_chunk: false,
     }];
     let (v1id, bytes) = m.encode_signed(&key()).unwrap();
     raw_put(&place.backend(), &ObjectKey::Snapshot(v1id), bytes).await;

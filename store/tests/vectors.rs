@@ -1395,6 +1395,7 @@ fn vector_manifest() -> Manifest {
                 mode: Some(0o755),
                 mtime: Some(mtime),
                 target: None,
+                one_chunk: false,
             },
             Item {
                 name: "db/app.sql".into(),
@@ -1406,6 +1407,7 @@ fn vector_manifest() -> Manifest {
                 mode: Some(0o644),
                 mtime: Some(mtime),
                 target: None,
+                one_chunk: false,
             },
             Item {
                 name: "db/empty".into(),
@@ -1417,6 +1419,7 @@ fn vector_manifest() -> Manifest {
                 mode: None,
                 mtime: None,
                 target: None,
+                one_chunk: false,
             },
             Item {
                 name: "db/latest".into(),
@@ -1428,6 +1431,7 @@ fn vector_manifest() -> Manifest {
                 mode: Some(0o777),
                 mtime: None,
                 target: Some("app.sql".into()),
+                one_chunk: false,
             },
         ],
     }
@@ -2245,6 +2249,7 @@ struct EntryJson {
     size: u64,
     link_group: Option<u64>,
     sparse: bool,
+    one_chunk: bool,
     /// File: [root, chunks, min, avg, max, normalization]; directory: [tree];
     /// symlink: [target hex]; device: [rdev]; FIFO: [].
     node: Vec<Value>,
@@ -2288,6 +2293,7 @@ fn entry_json(e: &cairn_store::format::dir::DirEntry) -> EntryJson {
         size: e.size,
         link_group: e.link_group,
         sparse: e.sparse,
+        one_chunk: e.one_chunk,
         node,
         xattrs: e
             .xattrs
@@ -2350,6 +2356,7 @@ fn entry_of_json(j: &EntryJson) -> cairn_store::format::dir::DirEntry {
         size: j.size,
         link_group: j.link_group,
         sparse: j.sparse,
+        one_chunk: j.one_chunk,
         xattrs: j
             .xattrs
             .iter()
@@ -2410,6 +2417,7 @@ fn sample_entries() -> Vec<cairn_store::format::dir::DirEntry> {
         size: 5,
         link_group: Some(0x0102_0304_0506_0708),
         sparse: true,
+        one_chunk: true,
         xattrs: vec![
             Xattr {
                 name: b"system.posix_acl_access".to_vec(),

@@ -68,8 +68,11 @@ pub mod flags {
     /// The file had fewer blocks allocated than its size (holes): a restore
     /// leaves runs of zeros as holes.
     pub const SPARSE: u8 = 64;
+    /// The file is one chunk, and `root` names the chunk itself (no
+    /// chunk-list node): most files of a volume are this small.
+    pub const ONE_CHUNK: u8 = 128;
     /// Every defined bit.
-    pub const ALL: u8 = 127;
+    pub const ALL: u8 = 255;
 }
 
 /// A time: seconds since the Unix epoch (may be negative) and nanoseconds.
@@ -253,6 +256,8 @@ pub struct DirEntry {
     pub link_group: Option<u64>,
     /// The file has holes.
     pub sparse: bool,
+    /// The file is one chunk and its node's `root` is that chunk's id.
+    pub one_chunk: bool,
     /// Extended attributes, in strictly increasing name order.
     pub xattrs: Vec<Xattr>,
 }
@@ -270,6 +275,7 @@ impl DirEntry {
             size: 0,
             link_group: None,
             sparse: false,
+            one_chunk: false,
             xattrs: Vec::new(),
         }
     }
@@ -289,6 +295,7 @@ impl DirEntry {
             (self.link_group.is_some(), flags::LINK),
             (!self.xattrs.is_empty(), flags::XATTRS),
             (self.sparse, flags::SPARSE),
+            (self.one_chunk, flags::ONE_CHUNK),
         ] {
             if set {
                 f |= bit;
@@ -355,6 +362,11 @@ impl DirEntry {
     pub fn check(&self) -> std::result::Result<(), String> {
         check_name(&self.name)?;
         let name = self.display_name();
+        if self.one_chunk && !matches!(self.node, Node::File { chunks: 1, .. }) {
+            return Err(format!(
+                "entry {name:?}: only a file of exactly one chunk names it directly"
+            ));
+        }
         if self.node.kind() != Kind::File && (self.size != 0 || self.sparse) {
             return Err(format!("entry {name:?}: only files have a size or holes"));
         }
@@ -510,6 +522,7 @@ impl DirEntry {
             size,
             link_group,
             sparse: f & flags::SPARSE != 0,
+            one_chunk: f & flags::ONE_CHUNK != 0,
             xattrs,
         };
         entry.check()?;
@@ -1159,14 +1172,19 @@ mod tests {
         let slash = DirNode::Entries(vec![sample_file("a/b", 1)]).encode();
         let mut trailing = good.clone();
         trailing.push(0);
-        let mut flag = good.clone();
-        flag[13 + 2 + 1 + 1] = 0x80; // first entry's flags
+        // ONE_CHUNK on a file of two chunks (the writer's check bypassed).
+        let mut two = sample_file("a", 1);
+        if let Node::File { chunks, .. } = &mut two.node {
+            *chunks = 2;
+        }
+        two.one_chunk = true;
+        let flag = DirNode::Entries(vec![two]).encode();
         for (bad, why) in [
             (unordered, "order"),
             (dotdot, "component"),
             (slash, "component"),
             (trailing, "after the last"),
-            (flag, "flags"),
+            (flag, "exactly one chunk"),
             (good[..good.len() - 1].to_vec(), "truncated"),
         ] {
             let e = DirNode::decode(&bad, "d").unwrap_err().to_string();

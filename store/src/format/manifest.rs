@@ -138,6 +138,11 @@ pub struct Item {
     /// Symlink target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Not part of a version-1 manifest: set when this item was read from
+    /// a version-2 tree whose entry names its one chunk directly (`tree`
+    /// is then that chunk, format-spec §10.2).
+    #[serde(skip)]
+    pub one_chunk: bool,
 }
 
 /// The kind of an item.
@@ -471,6 +476,7 @@ mod tests {
                 mode: None,
                 mtime: None,
                 target: None,
+                one_chunk: false,
             }],
         }
     }
@@ -538,6 +544,7 @@ mod tests {
             mode: None,
             mtime: None,
             target: (kind == ItemKind::Symlink).then(|| "/victim/.ssh".into()),
+            one_chunk: false,
         }
     }
 

@@ -320,7 +320,9 @@ impl WriteSession {
 #[derive(Debug, Clone, Copy)]
 struct PreviousItem {
     params: ChunkerParams,
+    /// The chunk-list root, or the one chunk when `one_chunk`.
     tree: BlobId,
+    one_chunk: bool,
     len: u64,
     chunks: u64,
 }
@@ -335,6 +337,7 @@ impl PreviousItem {
             } if chunker.validate().is_ok() => Some(PreviousItem {
                 params: chunker,
                 tree: root,
+                one_chunk: entry.one_chunk,
                 len: entry.size,
                 chunks,
             }),
@@ -414,8 +417,16 @@ impl ParentLoader {
             return (None, Vouched::Index);
         }
         let loaded = self.runtime.block_on(async {
-            let mut walker = TreeWalker::new(&self.reader, previous.tree, previous.len).await?;
-            walker.record_nodes(previous.tree);
+            let mut walker = TreeWalker::open(
+                &self.reader,
+                previous.tree,
+                previous.len,
+                previous.one_chunk,
+            )
+            .await?;
+            if !previous.one_chunk {
+                walker.record_nodes(previous.tree);
+            }
             let (mut chunks, mut window) = (Vec::new(), Vec::new());
             loop {
                 walker.next_window(u64::MAX, &mut window).await?;
@@ -491,7 +502,7 @@ struct Ingest<'a> {
     tree: TreeAssembler,
     /// Files of this backup by hard-link group, with the state they were
     /// read in: a further name listed in the same state reuses the content.
-    links: HashMap<u64, (LinkState, Node)>,
+    links: HashMap<u64, (LinkState, Node, bool)>,
     /// The parent's time: a file changed within a second of it may have
     /// changed again, unseen, in the same clock tick; it is read again.
     parent_time: Option<Time>,
@@ -701,10 +712,11 @@ impl<'a> Ingest<'a> {
         // are different groups, restored as different files.
         entry.link_group = entry.link_group.map(|g| LinkState::of(entry).group(g));
         if let Some(group) = entry.link_group
-            && let Some((state, node)) = self.links.get(&group)
+            && let Some((state, node, one_chunk)) = self.links.get(&group)
             && *state == LinkState::of(entry)
         {
             entry.node = node.clone();
+            entry.one_chunk = *one_chunk;
             return Ok(());
         }
         if let Some(p) = &previous
@@ -713,6 +725,7 @@ impl<'a> Ingest<'a> {
             && matches!(p.node, Node::File { root, .. } if self.index.contains(&root))
         {
             entry.node = p.node.clone();
+            entry.one_chunk = p.one_chunk;
             self.stats.files_unchanged += 1;
         } else {
             let previous = previous.as_ref().and_then(PreviousItem::of);
@@ -735,6 +748,7 @@ impl<'a> Ingest<'a> {
                 }
             };
             entry.size = len;
+            entry.one_chunk = chunks == 1;
             entry.node = Node::File {
                 root,
                 chunks,
@@ -742,8 +756,10 @@ impl<'a> Ingest<'a> {
             };
         }
         if let Some(group) = entry.link_group {
-            self.links
-                .insert(group, (LinkState::of(entry), entry.node.clone()));
+            self.links.insert(
+                group,
+                (LinkState::of(entry), entry.node.clone(), entry.one_chunk),
+            );
         }
         Ok(())
     }
@@ -830,6 +846,7 @@ impl<'a> Ingest<'a> {
             let mut tree = TreeBuilder::new(self.config.tree);
             let mut nodes = Vec::new();
             let (mut len, mut chunks) = (0u64, 0u64);
+            let mut last = None;
             for segment in rx {
                 let mut segment = segment?;
                 let mut at = 0usize;
@@ -840,16 +857,24 @@ impl<'a> Ingest<'a> {
                     at = end;
                     len += u64::from(chunk_len);
                     chunks += 1;
+                    last = Some(id);
                 }
                 for node in nodes.drain(..) {
                     self.add_blob(node.id, &node.bytes, true)?;
                 }
                 self.buffers.put(std::mem::take(&mut segment.data));
             }
-            let root = tree.finish(&mut nodes);
-            for node in nodes.drain(..) {
-                self.add_blob(node.id, &node.bytes, true)?;
-            }
+            let root = match (chunks, last) {
+                // One chunk: the entry names it; no chunk-list node.
+                (1, Some(only)) => only,
+                _ => {
+                    let root = tree.finish(&mut nodes);
+                    for node in nodes.drain(..) {
+                        self.add_blob(node.id, &node.bytes, true)?;
+                    }
+                    root
+                }
+            };
             self.stats.bytes_read += len;
             self.stats.chunks += chunks;
             let params = reader_thread
@@ -910,10 +935,17 @@ impl<'a> Ingest<'a> {
             tree.push(id, u64::from(chunk_len), &mut nodes);
             at = end;
         }
-        let root = tree.finish(&mut nodes);
-        for node in nodes.drain(..) {
-            self.add_blob(node.id, &node.bytes, true)?;
-        }
+        let root = match ids.as_slice() {
+            // One chunk: the entry names it; no chunk-list node.
+            [only] => *only,
+            _ => {
+                let root = tree.finish(&mut nodes);
+                for node in nodes.drain(..) {
+                    self.add_blob(node.id, &node.bytes, true)?;
+                }
+                root
+            }
+        };
         let len = data.len() as u64;
         self.stats.bytes_read += len;
         self.stats.chunks += ids.len() as u64;

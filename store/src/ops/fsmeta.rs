@@ -79,6 +79,7 @@ pub(crate) fn entry_from_stat(
         size,
         link_group: link_group(st, kind),
         sparse: file && nonneg(st.st_blocks).saturating_mul(512) < size,
+        one_chunk: false,
         xattrs: Vec::new(),
     })
 }

@@ -39,6 +39,8 @@ pub async fn mark(
     let reader = BlobReader::new(repo.clone(), 8, 16 << 20);
     let mut frontier: Vec<BlobId> = Vec::new();
     let mut dirs: Vec<BlobId> = Vec::new();
+    // Files of one chunk name it directly: live, not expanded.
+    let mut direct: Vec<BlobId> = Vec::new();
     for s in snapshots {
         if let Some(root) = s.manifest.root
             && nodes.insert(root)
@@ -76,6 +78,8 @@ pub async fn mark(
                         for e in entries {
                             match e.node {
                                 Node::Dir { tree } => reach(tree, &mut next),
+                                // A file of one chunk names the chunk: live, not expanded.
+                                Node::File { root, .. } if e.one_chunk => direct.push(root),
                                 Node::File { root, .. } => reach(root, &mut frontier),
                                 _ => {}
                             }
@@ -85,6 +89,15 @@ pub async fn mark(
             }
         }
         dirs = next;
+    }
+    for root in direct {
+        if !repo.index().contains(&root) {
+            return Err(Error::Missing {
+                object: format!("chunk {root}"),
+                context: " (no index names it)".into(),
+            });
+        }
+        live.insert(root);
     }
     while !frontier.is_empty() {
         let mut next = Vec::new();

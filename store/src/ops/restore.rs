@@ -113,6 +113,7 @@ impl IndexedRepository {
         })?;
         let content = FileContent {
             root,
+            one_chunk: item.one_chunk,
             len: item.len,
             chunks: item.chunks,
         };
@@ -143,7 +144,12 @@ impl IndexedRepository {
         progress: &dyn RestoreProgress,
     ) -> Result<(W, u64)> {
         let context = |e| in_item(e, snapshot, name);
-        let FileContent { root, len, chunks } = content;
+        let FileContent {
+            root,
+            len,
+            chunks,
+            one_chunk,
+        } = content;
         if len <= INLINE_MAX_LEN {
             return self
                 .restore_small(reader, name, content, writer, progress)
@@ -177,7 +183,9 @@ impl IndexedRepository {
         });
 
         let fetched: Result<u64> = async {
-            let mut walker = TreeWalker::new(reader, root, len).await.map_err(context)?;
+            let mut walker = TreeWalker::open(reader, root, len, one_chunk)
+                .await
+                .map_err(context)?;
             let mut window = Vec::new();
             let mut total = 0u64;
             loop {
@@ -244,8 +252,13 @@ impl IndexedRepository {
         mut writer: W,
         progress: &dyn RestoreProgress,
     ) -> Result<(W, u64)> {
-        let FileContent { root, len, chunks } = content;
-        let mut walker = TreeWalker::new(reader, root, len).await?;
+        let FileContent {
+            root,
+            len,
+            chunks,
+            one_chunk,
+        } = content;
+        let mut walker = TreeWalker::open(reader, root, len, one_chunk).await?;
         let mut window = Vec::new();
         let mut total = 0u64;
         loop {
@@ -382,7 +395,9 @@ impl IndexedRepository {
 /// Where a file's content is.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FileContent {
+    /// The chunk-list root, or the one chunk when `one_chunk`.
     pub root: BlobId,
+    pub one_chunk: bool,
     pub len: u64,
     pub chunks: Option<u64>,
 }
@@ -569,6 +584,7 @@ impl Restoring<'_> {
                     self.progress.item(&display, entry.size);
                     let content = FileContent {
                         root: *root,
+                        one_chunk: entry.one_chunk,
                         len: entry.size,
                         chunks: Some(*chunks),
                     };
@@ -755,6 +771,7 @@ pub async fn restore_entry_to<W: Write + Send + 'static>(
     };
     let content = FileContent {
         root,
+        one_chunk: entry.one_chunk,
         len: entry.size,
         chunks: Some(chunks),
     };

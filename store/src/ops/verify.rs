@@ -786,6 +786,12 @@ impl Walker<'_> {
             };
             let name = entry.display_name();
             match entry.node {
+                Node::File { root, .. } if entry.one_chunk => {
+                    let index = self.reader.repo().index();
+                    if let Some(problem) = self.damage.of_chunk(index, &root, Some(entry.size)) {
+                        top.out.push((name, vec![problem]));
+                    }
+                }
                 Node::File { root, .. } => {
                     let problems = self.node(root, None, entry.size).await?;
                     if !problems.is_empty() {

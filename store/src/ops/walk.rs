@@ -560,6 +560,7 @@ pub async fn with_items(reader: Arc<BlobReader>, snapshot: &Snapshot) -> Result<
         let name = String::from_utf8(w.path.clone())
             .map_err(|_| Error::invalid(format!("{:?} is not UTF-8", w.display())))?;
         let e = &w.entry;
+        let one_chunk = e.one_chunk;
         let (kind, tree, chunks, chunker, target) = match &e.node {
             Node::File {
                 root,
@@ -592,6 +593,7 @@ pub async fn with_items(reader: Arc<BlobReader>, snapshot: &Snapshot) -> Result<
             mode: e.mode,
             mtime: e.mtime.and_then(Time::to_timestamp),
             target,
+            one_chunk,
         });
     }
     items.sort_by(|a, b| a.name.cmp(&b.name));
@@ -612,6 +614,25 @@ pub struct TreeWalker<'a> {
 }
 
 impl<'a> TreeWalker<'a> {
+    /// Starts at a file's content: `root` covering `len` bytes, or, for a
+    /// file of one chunk named directly (format-spec §10.2), that chunk.
+    pub async fn open(
+        reader: &'a BlobReader,
+        root: BlobId,
+        len: u64,
+        one_chunk: bool,
+    ) -> Result<TreeWalker<'a>> {
+        if !one_chunk {
+            return TreeWalker::new(reader, root, len).await;
+        }
+        Ok(TreeWalker {
+            reader,
+            stack: vec![(0, vec![TreeEntry { id: root, len }].into())],
+            chunks_seen: 0,
+            nodes: None,
+        })
+    }
+
     /// Starts at `root`, which must cover `len` bytes.
     pub async fn new(reader: &'a BlobReader, root: BlobId, len: u64) -> Result<TreeWalker<'a>> {
         let bytes = reader.read_blob(root).await?;
