@@ -443,9 +443,6 @@ impl DirEntry {
         let kind_byte = r.u8().map_err(short)?;
         let kind = Kind::from_byte(kind_byte).ok_or_else(|| format!("kind {kind_byte}"))?;
         let f = r.u8().map_err(short)?;
-        if f & !flags::ALL != 0 {
-            return Err(format!("unknown flags {f:#04x}"));
-        }
         let mode = (f & flags::MODE != 0)
             .then(|| r.u32())
             .transpose()
