@@ -69,6 +69,12 @@ VOL=$WORK/volume REPOS=$WORK/repos CACHE=$WORK/cache LOGS=$WORK/logs RESTORE=$WO
 JSONL=$LOGS/records.jsonl
 rm -rf "$VOL" "$REPOS" "$CACHE" "$LOGS" "$RESTORE" "$WORK/volume-results.json" "$WORK/volume-results.md"
 mkdir -p "$REPOS" "$CACHE" "$LOGS" "$RESTORE"
+# Run a private copy of cairn: a rebuild into the same target dir during the run (another
+# worktree sharing CARGO_TARGET_DIR) would otherwise swap the binary between phases.
+if [[ " ${RUN[*]} " == *" cairn "* ]]; then
+  CAIRN_SRC=$CAIRN CAIRN=$CACHE/cairn.bin
+  cp "$CAIRN_SRC" "$CAIRN"
+fi
 declare -A FAILED=()  # tool -> why it stopped (a failed init or backup stops that tool)
 
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
@@ -76,7 +82,8 @@ record() { echo "$1" >>"$JSONL"; }
 
 version_of() {
   case $1 in
-    cairn) "$CAIRN" --version 2>/dev/null | head -1 || echo unknown ;;
+    cairn) echo "$("$CAIRN" --version 2>/dev/null | head -1 || echo unknown)," \
+         "$CAIRN_SRC of $(date -u -r "$CAIRN_SRC" +%FT%TZ), sha256 $(sha256sum "$CAIRN" | cut -c1-16)" ;;
     restic) restic version | head -1 ;;
     borg) borg --version | head -1 ;;
     rustic) rustic --version 2>/dev/null | head -1 || echo unknown ;;
@@ -478,11 +485,11 @@ L.append(f"Volume `{meta['volume']}`: {i0.get('files', 0):,} regular files, {fmt
          f"started {meta['started']}. Tools run one at a time, phase by phase; the volume is read once "
          "(tar) before every backup.\n")
 L.append("Versions: " + "; ".join(f"{t}: `{versions.get(t)}`" for t in tools) + "\n")
-others = [(r["other_cpu_s"], r["tool"], r["step"]) for r in records if r["kind"] == "measure" and "other_cpu_s" in r]
-if others:
-    worst = max(others)
+busy = [(r["other_cpu_s"], r["tool"], r["step"]) for r in records if r["kind"] == "measure" and "other_cpu_s" in r]
+if busy:
+    worst = max(busy)
     L.append(f"CPU used by other processes while a measured command ran (all CPUs, from /proc/stat, minus "
-             f"the command's own): {sum(o[0] for o in others):.1f} s in total, at most {worst[0]:.1f} s "
+             f"the command's own): {sum(b[0] for b in busy):.1f} s in total, at most {worst[0]:.1f} s "
              f"(during {worst[1]}'s {worst[2]}); per command in volume-results.json. Near 0 means the "
              "machine was otherwise idle.\n")
 L.append("MB = 10^6 bytes; MB/s = the volume's apparent size / wall time. "
