@@ -116,7 +116,7 @@ measure() {
   record "$(printf '{"kind":"measure","tool":"%s","op":"%s","day":%d,"bytes":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"max_rss_kib":%s,"exit":%d}' \
     "$tool" "$op" "$day" "$bytes" "$wall" "$user" "$sys" "$rss" "$rc")"
   awk -v t="$tool" -v o="$op" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v b="$bytes" -v rc="$rc" 'BEGIN {
-    printf "  %-6s %-8s %8.2f s wall %8.2f s cpu %7.1f MiB rss %8.1f MB/s%s\n", t, o, w, u + s, r / 1024,
+    printf "  %-8s %-8s %8.2f s wall %8.2f s cpu %7.1f MiB rss %8.1f MB/s%s\n", t, o, w, u + s, r / 1024,
       (w > 0 ? b / 1e6 / w : 0), (rc ? "  FAILED (exit " rc ")" : "") }'
   if ((rc)); then
     record "$(printf '{"kind":"failure","tool":"%s","op":"%s","day":%d,"what":%s}' "$tool" "$op" "$day" \
@@ -132,9 +132,10 @@ repo() { echo "$REPOS/$1"; }
 RESTIC=(restic --cache-dir "$CACHE/restic" --compression auto)
 CAIRN_ENV=(env XDG_CACHE_HOME="$CACHE/cairn" XDG_CONFIG_HOME="$CACHE/cairn")
 RUSTIC=(rustic --cache-dir "$CACHE/rustic")
-# bupstash: the repository, key and send log (its stat cache for incremental puts) by env.
+# bupstash: the repository, key, send log (its stat cache for incremental puts) and query
+# cache by env.
 BUPSTASH=(env BUPSTASH_REPOSITORY="$REPOS/bupstash" BUPSTASH_KEY="$CACHE/bupstash/backup.key"
-          BUPSTASH_SEND_LOG="$CACHE/bupstash/send.log" bupstash)
+          BUPSTASH_SEND_LOG="$CACHE/bupstash/send.log" XDG_CACHE_HOME="$CACHE/bupstash" bupstash)
 bupstash_id() {  # DAY: the id `bupstash put` printed for that day
   tail -n1 "$LOGS/$(printf 'bupstash-day%02d' "$1")-backup.out"
 }

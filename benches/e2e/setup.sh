@@ -37,6 +37,12 @@ ls -d /usr/lib/postgresql/*/bin
 
 if ((CARGO)); then
   command -v cargo >/dev/null || { echo "setup: --cargo needs cargo (rustup)" >&2; exit 1; }
+  # bupstash's build script links the system libsodium (found by pkg-config).
+  if ! dpkg-query -W -f='${Status}' libsodium-dev 2>/dev/null | grep -q 'install ok installed'; then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libsodium-dev pkg-config
+  fi
   for crate_bin in rustic-rs:rustic bupstash:bupstash; do
     crate=${crate_bin%%:*} bin=${crate_bin##*:}
     if command -v "$bin" >/dev/null; then

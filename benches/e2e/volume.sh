@@ -69,6 +69,12 @@ VOL=$WORK/volume REPOS=$WORK/repos CACHE=$WORK/cache LOGS=$WORK/logs RESTORE=$WO
 JSONL=$LOGS/records.jsonl
 rm -rf "$VOL" "$REPOS" "$CACHE" "$LOGS" "$RESTORE" "$WORK/volume-results.json" "$WORK/volume-results.md"
 mkdir -p "$REPOS" "$CACHE" "$LOGS" "$RESTORE"
+# Run a private copy of cairn: a rebuild into the same target dir during the run (another
+# worktree sharing CARGO_TARGET_DIR) would otherwise swap the binary between phases.
+if [[ " ${RUN[*]} " == *" cairn "* ]]; then
+  CAIRN_SRC=$CAIRN CAIRN=$CACHE/cairn.bin
+  cp "$CAIRN_SRC" "$CAIRN"
+fi
 declare -A FAILED=()  # tool -> why it stopped (a failed init or backup stops that tool)
 
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
@@ -76,7 +82,8 @@ record() { echo "$1" >>"$JSONL"; }
 
 version_of() {
   case $1 in
-    cairn) "$CAIRN" --version 2>/dev/null | head -1 || echo unknown ;;
+    cairn) echo "$("$CAIRN" --version 2>/dev/null | head -1 || echo unknown)," \
+         "$CAIRN_SRC of $(date -u -r "$CAIRN_SRC" +%FT%TZ), sha256 $(sha256sum "$CAIRN" | cut -c1-16)" ;;
     restic) restic version | head -1 ;;
     borg) borg --version | head -1 ;;
     rustic) rustic --version 2>/dev/null | head -1 || echo unknown ;;
@@ -284,20 +291,28 @@ PY
 # ---------------------------------------------------------------- measuring
 warm() { sync; tar -C "$VOL" -cf - . | cat >/dev/null; sync; }
 
+# CPU seconds (all CPUs, all processes) spent so far, from /proc/stat: user nice system irq
+# softirq steal.
+busy_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" { print ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit }' /proc/stat; }
+
 # measure TOOL STEP BYTES CMD... : runs CMD under /usr/bin/time, logs its output, records
 # wall/user/sys/max RSS. Returns CMD's status.
 measure() {
   local tool=$1 step=$2 bytes=$3; shift 3
-  local tag=$tool-$step rc=0
+  local tag=$tool-$step rc=0 busy0 busy1
   sync
+  busy0=$(busy_cpu_s)
   "$TIME" -f '%e %U %S %M' -o "$LOGS/$tag.time" "$@" >"$LOGS/$tag.out" 2>"$LOGS/$tag.err" || rc=$?
-  local wall user sys rss
+  busy1=$(busy_cpu_s)
+  local wall user sys rss load
   read -r wall user sys rss < <(tail -n1 "$LOGS/$tag.time")
-  record "$(printf '{"kind":"measure","tool":"%s","step":"%s","bytes":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"max_rss_kib":%s,"exit":%d}' \
-    "$tool" "$step" "$bytes" "$wall" "$user" "$sys" "$rss" "$rc")"
-  awk -v t="$tool" -v o="$step" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v b="$bytes" -v rc="$rc" 'BEGIN {
-    printf "  %-6s %-9s %8.2f s wall %8.2f s cpu %7.1f MiB rss %8.1f MB/s%s\n", t, o, w, u + s, r / 1024,
-      (w > 0 ? b / 1e6 / w : 0), (rc ? "  FAILED (exit " rc ")" : "") }'
+  # CPU seconds the rest of the machine used meanwhile: other work sharing the machine
+  load=$(awk -v a="$busy0" -v b="$busy1" -v u="$user" -v s="$sys" 'BEGIN { x = b - a - u - s; printf "%.2f", x < 0 ? 0 : x }')
+  record "$(printf '{"kind":"measure","tool":"%s","step":"%s","bytes":%s,"wall_s":%s,"user_s":%s,"sys_s":%s,"max_rss_kib":%s,"exit":%d,"other_cpu_s":%s}' \
+    "$tool" "$step" "$bytes" "$wall" "$user" "$sys" "$rss" "$rc" "$load")"
+  awk -v t="$tool" -v o="$step" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v b="$bytes" -v rc="$rc" -v l="$load" 'BEGIN {
+    printf "  %-6s %-9s %8.2f s wall %8.2f s cpu %7.1f MiB rss %8.1f MB/s  (others: %s s cpu)%s\n", t, o, w, u + s, r / 1024,
+      (w > 0 ? b / 1e6 / w : 0), l, (rc ? "  FAILED (exit " rc ")" : "") }'
   if ((rc)); then
     record "$(printf '{"kind":"failure","tool":"%s","step":"%s","what":%s}' "$tool" "$step" \
       "$(json_str "$step exited $rc (see logs/$tag.err)")")"
@@ -470,6 +485,13 @@ L.append(f"Volume `{meta['volume']}`: {i0.get('files', 0):,} regular files, {fmt
          f"started {meta['started']}. Tools run one at a time, phase by phase; the volume is read once "
          "(tar) before every backup.\n")
 L.append("Versions: " + "; ".join(f"{t}: `{versions.get(t)}`" for t in tools) + "\n")
+busy = [(r["other_cpu_s"], r["tool"], r["step"]) for r in records if r["kind"] == "measure" and "other_cpu_s" in r]
+if busy:
+    worst = max(busy)
+    L.append(f"CPU used by other processes while a measured command ran (all CPUs, from /proc/stat, minus "
+             f"the command's own): {sum(b[0] for b in busy):.1f} s in total, at most {worst[0]:.1f} s "
+             f"(during {worst[1]}'s {worst[2]}); per command in volume-results.json. Near 0 means the "
+             "machine was otherwise idle.\n")
 L.append("MB = 10^6 bytes; MB/s = the volume's apparent size / wall time. "
          "\"cairn speed vs X\" = X's wall time / cairn's (> 1: cairn is faster).\n")
 L.append("## Time\n")
