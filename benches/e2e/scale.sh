@@ -78,7 +78,7 @@ import os, random, sys
 root, seed, nfiles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 PER = 1000
-# A word stream of ~16 MB, the same for every directory (cached in ROOT/../pool-SEED.bin):
+# A word stream of ~16 MB, the same for every directory (cached as .pool-SEED.bin beside ROOT, i.e. in WORK_DIR):
 # files are slices of it at seeded offsets and lengths, so they compress like text and
 # (almost) never share a chunk.
 cache = os.path.join(os.path.dirname(os.path.abspath(root)), f".pool-{seed}.bin")
