@@ -1437,25 +1437,16 @@ fn vector_manifest() -> Manifest {
     }
 }
 
-#[test]
-fn manifest_vectors() {
-    let manifest = vector_manifest();
+/// The vector of a signed `manifest`: its object, layout and signature.
+fn manifest_vector(manifest: Manifest, description: &str) -> ManifestVectors {
     let (id, object) = manifest.encode_signed(&key()).unwrap();
     let body_len = u32_at(&object, 8) as usize;
     let body = &object[12..12 + body_len];
     let mut message = SIGNATURE_DOMAIN.to_vec();
     message.extend_from_slice(&REPO_ID);
     message.extend_from_slice(body);
-    let produced = ManifestVectors {
-        description: lines(
-            "One snapshot manifest signed with the ed25519 key whose 32-byte seed is `key_seed_hex`,\n\
-             for the repository `repository`; see README.md, \"Snapshot manifests\". `body` is the\n\
-             JSON body pretty-printed for reading; `body_text` is its exact stored bytes (compact).\n\
-             signed message = signature domain | repository id | body; the signature is RFC 8032\n\
-             Ed25519 (deterministic) and must pass `verify_strict`. `snapshot_id` is BLAKE3 of the\n\
-             whole object. The file item's tree is the first case of tree.json, the empty file's the\n\
-             second.",
-        ),
+    ManifestVectors {
+        description: lines(description),
         key_seed_hex: hex::encode(KEY_SEED),
         public_key: key().public().to_string(),
         repository: RepoId(REPO_ID).to_hex(),
@@ -1474,7 +1465,21 @@ fn manifest_vectors() {
             public_key_offset: (12 + body_len) as u32,
             signature_offset: (12 + body_len + 32) as u32,
         },
-    };
+    }
+}
+
+#[test]
+fn manifest_vectors() {
+    let produced = manifest_vector(
+        vector_manifest(),
+        "One snapshot manifest signed with the ed25519 key whose 32-byte seed is `key_seed_hex`,\n\
+             for the repository `repository`; see README.md, \"Snapshot manifests\". `body` is the\n\
+             JSON body pretty-printed for reading; `body_text` is its exact stored bytes (compact).\n\
+             signed message = signature domain | repository id | body; the signature is RFC 8032\n\
+             Ed25519 (deterministic) and must pass `verify_strict`. `snapshot_id` is BLAKE3 of the\n\
+             whole object. The file item's tree is the first case of tree.json, the empty file's the\n\
+             second.",
+    );
     let stored = settle("manifest.json", &produced);
 
     let object = unhex(&stored.object_hex);
@@ -2577,37 +2582,12 @@ fn manifest_v2_vectors() {
         }),
         items: vec![],
     };
-    let (id, object) = manifest.encode_signed(&key()).unwrap();
-    let body_len = u32_at(&object, 8) as usize;
-    let body = &object[12..12 + body_len];
-    let mut message = SIGNATURE_DOMAIN.to_vec();
-    message.extend_from_slice(&REPO_ID);
-    message.extend_from_slice(body);
-    let produced = ManifestVectors {
-        description: lines(
-            "A version-2 snapshot manifest (README.md §11.3): framing, signature and key as in\n\
+    let produced = manifest_vector(
+        manifest,
+        "A version-2 snapshot manifest (README.md §11.3): framing, signature and key as in\n\
              manifest.json; the body names the root of a directory tree (dir.json's second case)\n\
              and lists no items.",
-        ),
-        key_seed_hex: hex::encode(KEY_SEED),
-        public_key: key().public().to_string(),
-        repository: RepoId(REPO_ID).to_hex(),
-        signature_domain_hex: hex::encode(SIGNATURE_DOMAIN),
-        body: manifest,
-        body_text: String::from_utf8(body.to_vec()).unwrap(),
-        signed_message_hex: hex::encode(&message),
-        signature_hex: hex::encode(&object[object.len() - 64..]),
-        snapshot_id: id.to_hex(),
-        object_hex: hex::encode(&object),
-        layout: ManifestLayout {
-            len: object.len() as u32,
-            magic_hex: hex::encode(MANIFEST_MAGIC),
-            body_len: body_len as u32,
-            body_offset: 12,
-            public_key_offset: (12 + body_len) as u32,
-            signature_offset: (12 + body_len + 32) as u32,
-        },
-    };
+    );
     let stored = settle("manifest-v2.json", &produced);
     let object = unhex(&stored.object_hex);
     let id = SnapshotId::from_hex(&stored.snapshot_id).unwrap();

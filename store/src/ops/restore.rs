@@ -470,6 +470,12 @@ impl RestoreSummary {
     }
 }
 
+/// The directory the next entry goes into: the innermost open one.
+fn innermost(dirs: &[OpenDir]) -> Result<&OpenDir> {
+    dirs.last()
+        .ok_or_else(|| Error::Bug("no open directory".into()))
+}
+
 impl Restoring<'_> {
     /// Finishes the open directories beyond the first `keep`: removes what
     /// the snapshot lacks (`--delete`), then applies their metadata.
@@ -537,10 +543,7 @@ impl Restoring<'_> {
                     && let Some(first) = self.links.get(&group)
                 {
                     let (from, from_name) = self.root.parent_of_bytes(first)?;
-                    let parent = self
-                        .dirs
-                        .last()
-                        .ok_or_else(|| Error::Bug("no open directory".into()))?;
+                    let parent = innermost(&self.dirs)?;
                     if existing.is_some() {
                         parent.dir.remove_any(&name)?;
                     }
@@ -551,10 +554,7 @@ impl Restoring<'_> {
                 let unchanged = existing
                     .as_ref()
                     .is_some_and(|st| already_restored(st, &entry));
-                let parent = self
-                    .dirs
-                    .last()
-                    .ok_or_else(|| Error::Bug("no open directory".into()))?;
+                let parent = innermost(&self.dirs)?;
                 if unchanged {
                     // Its metadata goes on through a descriptor of the file
                     // just checked: a name swapped meanwhile is refused.
@@ -633,10 +633,7 @@ impl Restoring<'_> {
                 }
             }
             Node::Symlink { target } => {
-                let parent = self
-                    .dirs
-                    .last()
-                    .ok_or_else(|| Error::Bug("no open directory".into()))?;
+                let parent = innermost(&self.dirs)?;
                 if existing.is_some() {
                     parent.dir.remove_any(&name)?;
                 }
@@ -644,10 +641,7 @@ impl Restoring<'_> {
                 self.summary.symlinks += 1;
             }
             Node::Fifo | Node::CharDevice { .. } | Node::BlockDevice { .. } => {
-                let parent = self
-                    .dirs
-                    .last()
-                    .ok_or_else(|| Error::Bug("no open directory".into()))?;
+                let parent = innermost(&self.dirs)?;
                 if existing.is_some() {
                     parent.dir.remove_any(&name)?;
                 }
@@ -658,10 +652,7 @@ impl Restoring<'_> {
                 self.summary.specials += 1;
             }
         }
-        let parent = self
-            .dirs
-            .last()
-            .ok_or_else(|| Error::Bug("no open directory".into()))?;
+        let parent = innermost(&self.dirs)?;
         let fd = parent.dir.fd();
         let report = fsmeta::apply_metadata(fd, &name, None, &entry, &mut self.ctx)?;
         self.summary.count(report);
