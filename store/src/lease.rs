@@ -61,6 +61,7 @@ pub struct LeaseRecord {
     pub holder: String,
 }
 
+#[derive(Debug)]
 struct LeaseState {
     last_renewed: Instant,
     error: Option<String>,
@@ -196,6 +197,35 @@ impl Lease {
 
     /// Fails if the lease may have lapsed: not renewed for `ttl / 2`.
     pub fn check(&self) -> Result<()> {
+        self.checker().check()
+    }
+
+    /// A handle that checks this lease from another task.
+    pub fn checker(&self) -> LeaseChecker {
+        LeaseChecker {
+            id: self.id.clone(),
+            kind: self.record.kind.clone(),
+            ttl: self.ttl,
+            state: Arc::clone(&self.state),
+            taken: self.taken,
+        }
+    }
+}
+
+/// Checks a [`Lease`] from another task (an uploader writing index
+/// objects as it goes), as [`Lease::check`] does.
+#[derive(Debug, Clone)]
+pub struct LeaseChecker {
+    id: String,
+    kind: String,
+    ttl: Duration,
+    state: Arc<Mutex<LeaseState>>,
+    taken: Instant,
+}
+
+impl LeaseChecker {
+    /// Fails if the lease may have lapsed.
+    pub fn check(&self) -> Result<()> {
         if self.taken.elapsed() >= MAX_AGE - AGE_MARGIN {
             return Err(Error::Locked {
                 what: format!(
@@ -204,7 +234,7 @@ impl Lease {
                     self.taken.elapsed().as_secs() / 3600,
                     MAX_AGE.as_secs() / 3600
                 ),
-                hint: if self.record.kind == "gc" {
+                hint: if self.kind == "gc" {
                     "nothing more is deleted; run `cairn gc` again to go on where it stopped".into()
                 } else {
                     "nothing more is written (garbage collection no longer waits for this run); \
@@ -235,7 +265,9 @@ impl Lease {
         }
         Ok(())
     }
+}
 
+impl Lease {
     /// Renews the lease now (when a long step is about to start).
     pub async fn renew_now(&self) -> Result<()> {
         heartbeat(&self.backend, &self.id).await?;

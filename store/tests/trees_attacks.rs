@@ -436,3 +436,41 @@ async fn another_signers_snapshot_is_never_the_parent() {
         assert_eq!(got, b"ssh-ed25519 GENUINE-ADMIN-KEY");
     }
 }
+
+/// Index objects are written as packs are stored: a large backup holds
+/// little in memory, and what it wrote restores and verifies clean.
+#[tokio::test]
+async fn index_objects_written_during_a_backup_index_everything() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let data = random_bytes(6 << 20, 11);
+    let session = writer(place.backend()).await;
+    let options = cairn_store::ops::backup::BackupOptions {
+        index_every_blobs: 1,
+        ..options()
+    };
+    let s = session
+        .backup(
+            stream("big", data.clone()),
+            &key(),
+            &options,
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    session.finish().await.unwrap();
+    assert!(s.packs >= 2, "{s:?}");
+    let indexes = place.backend().list(ObjectDir::Index).await.unwrap();
+    assert_eq!(
+        indexes.len() as u64,
+        s.packs,
+        "one index object per pack here"
+    );
+    let snap = raw_snapshots(&place.backend())
+        .await
+        .into_iter()
+        .find(|x| x.id == s.snapshot)
+        .unwrap();
+    assert_eq!(restore_bytes(&place.backend(), &snap).await.unwrap(), data);
+    assert!(verify_all(&place.backend()).await.is_clean());
+}

@@ -35,7 +35,7 @@ use crate::format::key::SecretKey;
 use crate::format::manifest::{MANIFEST_VERSION, Manifest, Snapshot, Totals};
 use crate::format::tree::{EncodedNode, TreeBuilder};
 use crate::id::{BlobId, IdSet, SnapshotId};
-use crate::ops::packer::{FinishedPack, Packer, store_index, upload_packs};
+use crate::ops::packer::{FinishedPack, IndexFlush, Packer, store_index, upload_packs};
 use crate::ops::session::WriteSession;
 use crate::ops::source::{Content, FileAt, FileState, Source, SourceEntry, StableFile};
 use crate::ops::walk::TreeWalker;
@@ -43,6 +43,9 @@ use crate::ops::walk::{DirCursor, SnapshotTree};
 
 /// Bytes read from the source per segment.
 const SEGMENT_LEN: usize = 4 << 20;
+/// Index objects are written as packs are stored, every this many blobs
+/// (about 5 MB of pack descriptions held at most).
+const INDEX_FLUSH_BLOBS: usize = 131_072;
 /// Files up to this size are read whole on the ingest thread.
 const INLINE_MAX_LEN: u64 = 1 << 20;
 /// Segments read ahead of the ingest thread.
@@ -76,6 +79,9 @@ pub struct BackupOptions {
     pub parent: Option<String>,
     /// Read every file, even those unchanged since the parent.
     pub force_reread: bool,
+    /// Write an index object each time this many blobs were stored (so
+    /// memory stays flat however large the backup).
+    pub index_every_blobs: usize,
 }
 
 impl Default for BackupOptions {
@@ -87,6 +93,7 @@ impl Default for BackupOptions {
             upload_concurrency: 2,
             parent: None,
             force_reread: false,
+            index_every_blobs: INDEX_FLUSH_BLOBS,
         }
     }
 }
@@ -189,6 +196,10 @@ impl WriteSession {
             concurrency,
             Arc::clone(self.condemned()),
             self.pauses().clone(),
+            Some(IndexFlush {
+                every_blobs: options.index_every_blobs.max(1),
+                lease: self.lease().checker(),
+            }),
         ));
         let config = self.config().clone();
         let index = Arc::clone(self.repo().index());
@@ -226,11 +237,11 @@ impl WriteSession {
             (Err(e), Ok(_)) => return Err(e),
         };
 
-        let mut stored_bytes: u64 = packs.iter().map(|p| p.len).sum();
-        let pack_count = packs.len() as u64;
+        let mut stored_bytes = packs.pack_bytes + packs.index_bytes;
+        let pack_count = packs.packs;
         self.pauses().at("backup:packs-stored").await;
         self.lease().check()?;
-        stored_bytes += store_index(self.backend(), packs).await?;
+        stored_bytes += store_index(self.backend(), packs.unindexed).await?;
 
         let manifest = Manifest {
             version: MANIFEST_VERSION,

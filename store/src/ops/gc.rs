@@ -921,6 +921,7 @@ impl Repository {
             2,
             Arc::new(avoid.clone()),
             Pauses::default(),
+            None,
         ));
         let mut pack = PackWriter::new();
         let mut frame = FrameBuilder::default();
@@ -957,7 +958,7 @@ impl Repository {
         let packs = uploader
             .await
             .map_err(|e| Error::Bug(format!("upload task failed: {e}")))??;
-        store_index(self.backend(), packs).await?;
+        store_index(self.backend(), packs.unindexed).await?;
         Ok(written)
     }
 }

@@ -168,51 +168,93 @@ pub(crate) async fn upload_packs(
     concurrency: usize,
     avoid: Arc<IdSet<PackId>>,
     pauses: Pauses,
-) -> Result<Vec<IndexedPack>> {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) })
-        .map(|pack| {
-            let backend = backend.clone();
-            let avoid = Arc::clone(&avoid);
-            let pauses = pauses.clone();
-            async move {
-                let FinishedPack {
-                    mut id,
-                    mut bytes,
-                    mut trailer,
-                } = pack;
-                for attempt in 0..3 {
-                    let outcome = if avoid.contains(&id) {
-                        Ok(Created::Existed)
-                    } else {
-                        backend.put_new(&ObjectKey::Pack(id), bytes.clone()).await
-                    };
-                    match outcome {
-                        Ok(Created::New) => break,
-                        Ok(Created::Existed) if !avoid.contains(&id) => {
-                            tracing::debug!("pack {id} was already stored");
-                            break;
-                        }
-                        Ok(Created::Existed) | Err(Error::Corrupt { .. }) if attempt < 2 => {
-                            tracing::debug!(
-                                "pack {id} is condemned or damaged; storing it under another nonce"
-                            );
-                            (id, bytes, trailer) = renonce(&bytes, &trailer, random_nonce()?);
-                        }
-                        Ok(_) => return Err(Error::invalid(format!("pack {id}: no usable name"))),
-                        Err(e) => return Err(e),
+    flush: Option<IndexFlush>,
+) -> Result<Uploaded> {
+    let uploads = futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|p| (p, rx)) },
+    )
+    .map(|pack| {
+        let backend = backend.clone();
+        let avoid = Arc::clone(&avoid);
+        let pauses = pauses.clone();
+        async move {
+            let FinishedPack {
+                mut id,
+                mut bytes,
+                mut trailer,
+            } = pack;
+            for attempt in 0..3 {
+                let outcome = if avoid.contains(&id) {
+                    Ok(Created::Existed)
+                } else {
+                    backend.put_new(&ObjectKey::Pack(id), bytes.clone()).await
+                };
+                match outcome {
+                    Ok(Created::New) => break,
+                    Ok(Created::Existed) if !avoid.contains(&id) => {
+                        tracing::debug!("pack {id} was already stored");
+                        break;
                     }
+                    Ok(Created::Existed) | Err(Error::Corrupt { .. }) if attempt < 2 => {
+                        tracing::debug!(
+                            "pack {id} is condemned or damaged; storing it under another nonce"
+                        );
+                        (id, bytes, trailer) = renonce(&bytes, &trailer, random_nonce()?);
+                    }
+                    Ok(_) => return Err(Error::invalid(format!("pack {id}: no usable name"))),
+                    Err(e) => return Err(e),
                 }
-                pauses.at("backup:pack-stored").await;
-                Ok(IndexedPack {
-                    id,
-                    len: bytes.len() as u64,
-                    trailer,
-                })
             }
-        })
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await
+            pauses.at("backup:pack-stored").await;
+            Ok(IndexedPack {
+                id,
+                len: bytes.len() as u64,
+                trailer,
+            })
+        }
+    })
+    .buffer_unordered(concurrency);
+    futures::pin_mut!(uploads);
+    let mut done = Uploaded::default();
+    let mut blobs = 0usize;
+    while let Some(pack) = uploads.try_next().await? {
+        done.packs += 1;
+        done.pack_bytes += pack.len;
+        blobs += pack.trailer.blobs.len();
+        done.unindexed.push(pack);
+        if let Some(f) = &flush
+            && blobs >= f.every_blobs
+        {
+            // Index objects may follow their packs at any time before the
+            // manifest; writing them as we go keeps memory flat.
+            f.lease.check()?;
+            done.index_bytes += store_index(&backend, std::mem::take(&mut done.unindexed)).await?;
+            blobs = 0;
+        }
+    }
+    Ok(done)
+}
+
+/// What [`upload_packs`] stored.
+#[derive(Debug, Default)]
+pub(crate) struct Uploaded {
+    /// Packs stored.
+    pub packs: u64,
+    /// Their bytes.
+    pub pack_bytes: u64,
+    /// Bytes of the index objects already written for some of them.
+    pub index_bytes: u64,
+    /// The packs no index object names yet: the caller indexes them.
+    pub unindexed: Vec<IndexedPack>,
+}
+
+/// Index objects written during the upload, every `every_blobs` blobs,
+/// while `lease` holds.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexFlush {
+    pub every_blobs: usize,
+    pub lease: crate::lease::LeaseChecker,
 }
 
 /// Writes index objects naming `packs` (split to stay under 32 MiB each);
