@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::backend::{Backend, ObjectDir, ObjectKey};
 use crate::error::{Error, Result};
@@ -21,6 +21,11 @@ use crate::plan::retention::from_the_future;
 
 /// How many objects are fetched at once when listing snapshots or loading the index.
 const METADATA_CONCURRENCY: usize = 16;
+/// The most blobs the index table is sized for before loading (~800 MB).
+const MAX_INDEX_ESTIMATE: u64 = 1 << 24;
+/// Index objects fetched and decoded at once (each up to 32 MiB, held
+/// decoded until merged).
+const INDEX_LOAD_CONCURRENCY: usize = 4;
 
 /// An opened repository: config read and checked.
 #[derive(Debug, Clone)]
@@ -306,33 +311,36 @@ impl Repository {
         &self,
         exclude: &IdSet<PackId>,
     ) -> Result<(Index, Vec<(IndexId, Error)>)> {
-        let listed = self.backend.list(ObjectDir::Index).await?;
-        let mut loaded: Vec<(IndexId, Result<Vec<crate::format::index::IndexedPack>>)> =
-            futures::stream::iter(listed)
-                .map(|info| async move {
-                    let ObjectKey::Index(id) = info.key else {
-                        unreachable!("listing index yields index keys")
-                    };
-                    let result = match self.backend.get(&info.key).await {
-                        Ok(bytes) => crate::cpu::run(move || decode_index(&bytes, id)).await,
-                        Err(e) => Err(e),
-                    };
-                    Ok::<_, Error>((id, result))
-                })
-                .buffer_unordered(METADATA_CONCURRENCY)
-                .try_collect()
-                .await?;
-        // Deterministic: the same repository always yields the same index.
-        loaded.sort_by_key(|(id, _)| *id);
-        let blobs: usize = loaded
+        let mut listed = self.backend.list(ObjectDir::Index).await?;
+        // Deterministic: the same repository always yields the same index
+        // (objects added in id order, the first copy of a blob primary).
+        listed.sort_by_key(|o| o.key.path());
+        // Sized once from the objects' lengths (a blob takes at least 36
+        // bytes of an index object): no rehash while loading.
+        // The lengths are the store's claim: bounded as reads are (§14),
+        // and the estimate capped; past it the table grows as it fills.
+        let blobs: u64 = listed
             .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .flatten()
-            .map(|p| p.trailer.blobs.len())
-            .sum();
-        let mut index = Index::with_capacity(blobs);
+            .map(|o| o.len.min(crate::backend::MAX_INDEX_OBJECT_LEN) / 36)
+            .sum::<u64>()
+            .min(MAX_INDEX_ESTIMATE);
+        let mut index = Index::with_capacity(usize::try_from(blobs).unwrap_or(0));
         let mut damaged = Vec::new();
-        for (id, result) in loaded {
+        // Decoded a few at a time and merged in order as they arrive, so
+        // memory holds the index and a few objects, not every object.
+        let mut loaded = futures::stream::iter(listed)
+            .map(|info| async move {
+                let ObjectKey::Index(id) = info.key else {
+                    unreachable!("listing index yields index keys")
+                };
+                let result = match self.backend.get(&info.key).await {
+                    Ok(bytes) => crate::cpu::run(move || decode_index(&bytes, id)).await,
+                    Err(e) => Err(e),
+                };
+                (id, result)
+            })
+            .buffered(INDEX_LOAD_CONCURRENCY);
+        while let Some((id, result)) = loaded.next().await {
             match result {
                 Ok(mut packs) => {
                     packs.retain(|p| !exclude.contains(&p.id));
