@@ -29,7 +29,7 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 /// file, a FIFO, a device, a symlink, a setgid directory.
 fn make_volume(root: &Path) {
     assert!(
-        rustix_is_root(),
+        running_as_root(),
         "this test runs as root (the test suite does)"
     );
     std::fs::create_dir_all(root.join("uploads/course")).unwrap();
@@ -46,7 +46,7 @@ fn make_volume(root: &Path) {
     ));
 }
 
-fn rustix_is_root() -> bool {
+fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").unwrap().uid() == 0
 }
 

@@ -114,49 +114,28 @@ fn mode_string(mode: Option<u32>) -> String {
     let Some(m) = mode else {
         return "?????????".into();
     };
-    let bit = |b: u32, c: char| if m & b != 0 { c } else { '-' };
+    // Per class (user, group, other): r, w, and x or its special bit.
+    let class = |shift: u32, special: u32, set: char| {
+        let bits = (m >> shift) & 0o7;
+        let x = match (bits & 1 != 0, m & special != 0) {
+            (true, true) => set,
+            (false, true) => set.to_ascii_uppercase(),
+            (true, false) => 'x',
+            (false, false) => '-',
+        };
+        [
+            if bits & 4 != 0 { 'r' } else { '-' },
+            if bits & 2 != 0 { 'w' } else { '-' },
+            x,
+        ]
+    };
     [
-        bit(0o400, 'r'),
-        bit(0o200, 'w'),
-        match (m & 0o100 != 0, m & 0o4000 != 0) {
-            (true, true) => 's',
-            (false, true) => 'S',
-            (x, false) => {
-                if x {
-                    'x'
-                } else {
-                    '-'
-                }
-            }
-        },
-        bit(0o040, 'r'),
-        bit(0o020, 'w'),
-        match (m & 0o010 != 0, m & 0o2000 != 0) {
-            (true, true) => 's',
-            (false, true) => 'S',
-            (x, false) => {
-                if x {
-                    'x'
-                } else {
-                    '-'
-                }
-            }
-        },
-        bit(0o004, 'r'),
-        bit(0o002, 'w'),
-        match (m & 0o001 != 0, m & 0o1000 != 0) {
-            (true, true) => 't',
-            (false, true) => 'T',
-            (x, false) => {
-                if x {
-                    'x'
-                } else {
-                    '-'
-                }
-            }
-        },
+        class(6, 0o4000, 's'),
+        class(3, 0o2000, 's'),
+        class(0, 0o1000, 't'),
     ]
-    .iter()
+    .concat()
+    .into_iter()
     .collect()
 }
 

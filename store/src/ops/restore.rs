@@ -22,6 +22,7 @@ use crate::blob_reader::BlobReader;
 use crate::error::{Error, Result};
 use crate::format::dir::{DirEntry, Node};
 use crate::format::manifest::{Item, Snapshot};
+use crate::format::tree::TreeEntry;
 use crate::id::{BlobId, SnapshotId};
 use crate::ops::fsmeta::{self, ApplyContext, ApplyOptions, SparseWriter};
 use crate::ops::target::TargetDir;
@@ -144,12 +145,7 @@ impl IndexedRepository {
         progress: &dyn RestoreProgress,
     ) -> Result<(W, u64)> {
         let context = |e| in_item(e, snapshot, name);
-        let FileContent {
-            root,
-            len,
-            chunks,
-            one_chunk,
-        } = content;
+        let FileContent { root, len, .. } = content;
         if len <= INLINE_MAX_LEN {
             return self
                 .restore_small(reader, name, content, writer, progress)
@@ -183,50 +179,18 @@ impl IndexedRepository {
         });
 
         let fetched: Result<u64> = async {
-            let mut walker = TreeWalker::open(reader, root, len, one_chunk)
-                .await
-                .map_err(context)?;
-            let mut window = Vec::new();
-            let mut total = 0u64;
-            loop {
-                walker
-                    .next_window(WINDOW_LEN, &mut window)
-                    .await
-                    .map_err(context)?;
-                if window.is_empty() {
-                    break;
-                }
-                let ids: Vec<BlobId> = window.iter().map(|e| e.id).collect();
-                let blobs = reader.read_blobs(&ids).await.map_err(context)?;
-                for (e, b) in window.iter().zip(&blobs) {
-                    if b.len() as u64 != e.len {
-                        return Err(context(Error::corrupt(
-                            format!("chunk {}", e.id),
-                            format!("is {} bytes, the tree says {}", b.len(), e.len),
-                        )));
-                    }
-                }
+            let mut chunks = ContentReader::open(reader, content).await?;
+            while let Some(blobs) = chunks.next().await? {
                 let n: u64 = blobs.iter().map(|b| b.len() as u64).sum();
-                total += n;
                 if tx.send(blobs).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
                 progress.written(n);
             }
-            if let Some(expected) = chunks
-                && expected != walker.chunks_seen
-            {
-                return Err(context(Error::corrupt(
-                    format!("tree {root}"),
-                    format!(
-                        "lists {} chunks, the snapshot says {expected}",
-                        walker.chunks_seen
-                    ),
-                )));
-            }
-            Ok(total)
+            Ok(chunks.total)
         }
-        .await;
+        .await
+        .map_err(context);
         drop(tx);
         let written = writer_thread
             .join()
@@ -252,46 +216,16 @@ impl IndexedRepository {
         mut writer: W,
         progress: &dyn RestoreProgress,
     ) -> Result<(W, u64)> {
-        let FileContent {
-            root,
-            len,
-            chunks,
-            one_chunk,
-        } = content;
-        let mut walker = TreeWalker::open(reader, root, len, one_chunk).await?;
-        let mut window = Vec::new();
-        let mut total = 0u64;
-        loop {
-            walker.next_window(WINDOW_LEN, &mut window).await?;
-            if window.is_empty() {
-                break;
-            }
-            let ids: Vec<BlobId> = window.iter().map(|e| e.id).collect();
-            let blobs = reader.read_blobs(&ids).await?;
-            for (e, b) in window.iter().zip(&blobs) {
-                if b.len() as u64 != e.len {
-                    return Err(Error::corrupt(
-                        format!("chunk {}", e.id),
-                        format!("is {} bytes, the tree says {}", b.len(), e.len),
-                    ));
-                }
+        let mut chunks = ContentReader::open(reader, content).await?;
+        while let Some(blobs) = chunks.next().await? {
+            for b in &blobs {
                 writer
                     .write_all(b)
                     .map_err(|e| Error::io(format!("writing {name}"), e))?;
-                total += b.len() as u64;
             }
             progress.written(blobs.iter().map(|b| b.len() as u64).sum());
         }
-        if chunks.is_some_and(|c| c != walker.chunks_seen) || total != len {
-            return Err(Error::corrupt(
-                format!("tree {root}"),
-                format!(
-                    "lists {} chunks of {total} bytes, the snapshot says {chunks:?} of {len}",
-                    walker.chunks_seen
-                ),
-            ));
-        }
-        Ok((writer, total))
+        Ok((writer, chunks.total))
     }
 
     /// Restores a snapshot, or the entry at `only` and everything below
@@ -392,6 +326,66 @@ impl IndexedRepository {
     }
 }
 
+/// A file's content, a window of chunks at a time, each chunk checked
+/// against its id (by the blob reader) and its length (here), the chunk
+/// count and total length checked at the end.
+struct ContentReader<'a> {
+    reader: &'a BlobReader,
+    walker: TreeWalker<'a>,
+    window: Vec<TreeEntry>,
+    content: FileContent,
+    /// Bytes yielded so far.
+    total: u64,
+}
+
+impl<'a> ContentReader<'a> {
+    async fn open(reader: &'a BlobReader, content: FileContent) -> Result<ContentReader<'a>> {
+        let walker = TreeWalker::open(reader, content.root, content.len, content.one_chunk).await?;
+        Ok(ContentReader {
+            reader,
+            walker,
+            window: Vec::new(),
+            content,
+            total: 0,
+        })
+    }
+
+    /// The next chunks; `None` once the content is complete and consistent.
+    async fn next(&mut self) -> Result<Option<Vec<Bytes>>> {
+        self.walker
+            .next_window(WINDOW_LEN, &mut self.window)
+            .await?;
+        let FileContent {
+            root, len, chunks, ..
+        } = self.content;
+        if self.window.is_empty() {
+            let seen = self.walker.chunks_seen;
+            if chunks.is_some_and(|c| c != seen) || self.total != len {
+                return Err(Error::corrupt(
+                    format!("tree {root}"),
+                    format!(
+                        "lists {seen} chunks of {} bytes, the snapshot says {chunks:?} of {len}",
+                        self.total
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        let ids: Vec<BlobId> = self.window.iter().map(|e| e.id).collect();
+        let blobs = self.reader.read_blobs(&ids).await?;
+        for (e, b) in self.window.iter().zip(&blobs) {
+            if b.len() as u64 != e.len {
+                return Err(Error::corrupt(
+                    format!("chunk {}", e.id),
+                    format!("is {} bytes, the tree says {}", b.len(), e.len),
+                ));
+            }
+            self.total += e.len;
+        }
+        Ok(Some(blobs))
+    }
+}
+
 /// Where a file's content is.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FileContent {
@@ -445,7 +439,7 @@ struct Restoring<'a> {
 /// which a local user could otherwise plant to have a root restore bless.
 fn already_restored(st: &rustix::fs::Stat, entry: &DirEntry) -> bool {
     let mode = st.st_mode & 0o7777;
-    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+    is_kind(st, rustix::fs::FileType::RegularFile)
         && st.st_nlink == 1
         && st.st_size as u64 == entry.size
         && entry
@@ -468,6 +462,10 @@ impl RestoreSummary {
         self.xattrs_skipped += u64::from(report.xattrs_skipped);
         self.setid_dropped += u64::from(report.setid_dropped);
     }
+}
+
+fn is_kind(st: &rustix::fs::Stat, kind: rustix::fs::FileType) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == kind
 }
 
 /// The directory the next entry goes into: the innermost open one.
@@ -509,153 +507,160 @@ impl Restoring<'_> {
 
     async fn entry(&mut self, w: Walked) -> Result<()> {
         let Walked { path, entry, .. } = w;
-        let display = String::from_utf8_lossy(&path).into_owned();
         let name = OsStr::from_bytes(&entry.name).to_os_string();
-        let overwrite = self.options.overwrite;
         let parent = self
             .dirs
             .last_mut()
             .ok_or_else(|| Error::Bug("no open directory".into()))?;
         parent.names.push(entry.name.clone());
-        let existing = if overwrite {
-            parent.dir.stat(&name)?
-        } else {
-            None
+        let existing = match self.options.overwrite {
+            true => parent.dir.stat(&name)?,
+            false => None,
         };
-        let existing_kind = existing.map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
         match &entry.node {
-            Node::Dir { .. } => {
-                if existing_kind.is_some_and(|k| k != rustix::fs::FileType::Directory) {
-                    parent.dir.remove_any(&name)?;
-                }
-                let dir = parent.dir.child(&name, true)?;
-                self.summary.dirs += 1;
-                self.dirs.push(OpenDir {
-                    dir,
-                    entry: Some(entry),
-                    prune: true,
-                    names: Vec::new(),
-                });
-                return Ok(());
+            Node::Dir { .. } => return self.dir(entry, &name, existing.as_ref()),
+            Node::File { .. } => return self.file(path, entry, &name, existing.as_ref()).await,
+            _ => {}
+        }
+        // Symlinks, FIFOs and devices are made afresh.
+        let parent = innermost(&self.dirs)?;
+        if existing.is_some() {
+            parent.dir.remove_any(&name)?;
+        }
+        if let Node::Symlink { target } = &entry.node {
+            parent.dir.symlink(OsStr::from_bytes(target), &name)?;
+            self.summary.symlinks += 1;
+        } else if fsmeta::make_special(parent.dir.fd(), &name, &entry)? {
+            self.summary.specials += 1;
+        } else {
+            self.summary.specials_skipped += 1;
+            return Ok(());
+        }
+        let report = fsmeta::apply_metadata(parent.dir.fd(), &name, None, &entry, &mut self.ctx)?;
+        self.summary.count(report);
+        Ok(())
+    }
+
+    /// Opens (creating) a directory; its metadata goes on when it is closed.
+    fn dir(
+        &mut self,
+        entry: DirEntry,
+        name: &OsStr,
+        existing: Option<&rustix::fs::Stat>,
+    ) -> Result<()> {
+        let parent = innermost(&self.dirs)?;
+        if existing.is_some_and(|st| !is_kind(st, rustix::fs::FileType::Directory)) {
+            parent.dir.remove_any(name)?;
+        }
+        let dir = parent.dir.child(name, true)?;
+        self.summary.dirs += 1;
+        self.dirs.push(OpenDir {
+            dir,
+            entry: Some(entry),
+            prune: true,
+            names: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// A file: a further name of a link group already restored, a file
+    /// already as restored (`--overwrite`), or written afresh.
+    async fn file(
+        &mut self,
+        path: Vec<u8>,
+        entry: DirEntry,
+        name: &OsStr,
+        existing: Option<&rustix::fs::Stat>,
+    ) -> Result<()> {
+        let Node::File { root, chunks, .. } = entry.node else {
+            return Err(Error::Bug("a file entry that is not a file".into()));
+        };
+        if let Some(group) = entry.link_group
+            && let Some(first) = self.links.get(&group)
+        {
+            let (from, from_name) = self.root.parent_of_bytes(first)?;
+            let parent = innermost(&self.dirs)?;
+            if existing.is_some() {
+                parent.dir.remove_any(name)?;
             }
-            Node::File { root, chunks, .. } => {
-                if let Some(group) = entry.link_group
-                    && let Some(first) = self.links.get(&group)
-                {
-                    let (from, from_name) = self.root.parent_of_bytes(first)?;
-                    let parent = innermost(&self.dirs)?;
-                    if existing.is_some() {
-                        parent.dir.remove_any(&name)?;
-                    }
-                    fsmeta::hard_link(from.fd(), from_name, parent.dir.fd(), &name)?;
-                    self.summary.hard_links += 1;
-                    return Ok(());
-                }
-                let unchanged = existing
-                    .as_ref()
-                    .is_some_and(|st| already_restored(st, &entry));
-                let parent = innermost(&self.dirs)?;
-                if unchanged {
-                    // Its metadata goes on through a descriptor of the file
-                    // just checked: a name swapped meanwhile is refused.
-                    let kept = parent.dir.open_existing(&name, existing.as_ref())?;
-                    let report = fsmeta::apply_metadata(
-                        parent.dir.fd(),
-                        &name,
-                        Some(kept.as_fd()),
-                        &entry,
-                        &mut self.ctx,
-                    )?;
-                    self.summary.count(report);
-                    self.summary.unchanged += 1;
-                    if let Some(group) = entry.link_group {
-                        self.links.insert(group, path);
-                    }
-                    return Ok(());
-                } else {
-                    if existing_kind.is_some_and(|k| k == rustix::fs::FileType::Directory) {
-                        parent.dir.remove_any(&name)?;
-                    }
-                    // Written under a temporary name, renamed when complete: an
-                    // interrupted restore never leaves a short file under the real name.
-                    let mut partial = name.clone();
-                    partial.push(".cairn-partial");
-                    let file = parent.dir.create_file(&partial)?;
-                    self.progress.item(&display, entry.size);
-                    let content = FileContent {
-                        root: *root,
-                        one_chunk: entry.one_chunk,
-                        len: entry.size,
-                        chunks: Some(*chunks),
-                    };
-                    let writer = SparseWriter::new(file, entry.sparse);
-                    let done = self
-                        .repo
-                        .restore_content(
-                            self.reader,
-                            self.snapshot,
-                            &display,
-                            content,
-                            writer,
-                            entry.sparse,
-                            self.progress,
-                        )
-                        .await
-                        .and_then(|(w, n)| {
-                            let file = w
-                                .finish()
-                                .map_err(|e| Error::io(format!("writing {display}"), e))?;
-                            Ok((file, n))
-                        });
-                    let (file, len) = match done {
-                        Ok(done) => done,
-                        Err(e) => {
-                            let _ = parent.dir.remove_file(&partial);
-                            return Err(e);
-                        }
-                    };
-                    let report = fsmeta::apply_metadata(
-                        parent.dir.fd(),
-                        &partial,
-                        Some(file.as_fd()),
-                        &entry,
-                        &mut self.ctx,
-                    )?;
-                    self.summary.count(report);
-                    drop(file);
-                    parent.dir.rename(&partial, &name)?;
-                    self.summary.files += 1;
-                    self.summary.bytes += len;
-                    if let Some(group) = entry.link_group {
-                        self.links.insert(group, path);
-                    }
-                    return Ok(());
-                }
-            }
-            Node::Symlink { target } => {
-                let parent = innermost(&self.dirs)?;
-                if existing.is_some() {
-                    parent.dir.remove_any(&name)?;
-                }
-                parent.dir.symlink(OsStr::from_bytes(target), &name)?;
-                self.summary.symlinks += 1;
-            }
-            Node::Fifo | Node::CharDevice { .. } | Node::BlockDevice { .. } => {
-                let parent = innermost(&self.dirs)?;
-                if existing.is_some() {
-                    parent.dir.remove_any(&name)?;
-                }
-                if !fsmeta::make_special(parent.dir.fd(), &name, &entry)? {
-                    self.summary.specials_skipped += 1;
-                    return Ok(());
-                }
-                self.summary.specials += 1;
-            }
+            fsmeta::hard_link(from.fd(), from_name, parent.dir.fd(), name)?;
+            self.summary.hard_links += 1;
+            return Ok(());
         }
         let parent = innermost(&self.dirs)?;
-        let fd = parent.dir.fd();
-        let report = fsmeta::apply_metadata(fd, &name, None, &entry, &mut self.ctx)?;
-        self.summary.count(report);
+        if let Some(st) = existing.filter(|st| already_restored(st, &entry)) {
+            // Its metadata goes on through a descriptor of the file just
+            // checked: a name swapped meanwhile is refused.
+            let kept = parent.dir.open_existing(name, Some(st))?;
+            let report = fsmeta::apply_metadata(
+                parent.dir.fd(),
+                name,
+                Some(kept.as_fd()),
+                &entry,
+                &mut self.ctx,
+            )?;
+            self.summary.count(report);
+            self.summary.unchanged += 1;
+        } else {
+            if existing.is_some_and(|st| is_kind(st, rustix::fs::FileType::Directory)) {
+                parent.dir.remove_any(name)?;
+            }
+            // Written under a temporary name, renamed when complete: an
+            // interrupted restore never leaves a short file under the real
+            // name (and a rename replaces whatever else is there).
+            let display = String::from_utf8_lossy(&path).into_owned();
+            let mut partial = name.to_os_string();
+            partial.push(".cairn-partial");
+            let file = parent.dir.create_file(&partial)?;
+            self.progress.item(&display, entry.size);
+            let content = FileContent {
+                root,
+                one_chunk: entry.one_chunk,
+                len: entry.size,
+                chunks: Some(chunks),
+            };
+            let writer = SparseWriter::new(file, entry.sparse);
+            let done = self
+                .repo
+                .restore_content(
+                    self.reader,
+                    self.snapshot,
+                    &display,
+                    content,
+                    writer,
+                    entry.sparse,
+                    self.progress,
+                )
+                .await
+                .and_then(|(w, n)| {
+                    let file = w
+                        .finish()
+                        .map_err(|e| Error::io(format!("writing {display}"), e))?;
+                    Ok((file, n))
+                });
+            let (file, len) = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    let _ = parent.dir.remove_file(&partial);
+                    return Err(e);
+                }
+            };
+            let report = fsmeta::apply_metadata(
+                parent.dir.fd(),
+                &partial,
+                Some(file.as_fd()),
+                &entry,
+                &mut self.ctx,
+            )?;
+            self.summary.count(report);
+            drop(file);
+            parent.dir.rename(&partial, name)?;
+            self.summary.files += 1;
+            self.summary.bytes += len;
+        }
+        if let Some(group) = entry.link_group {
+            self.links.insert(group, path);
+        }
         Ok(())
     }
 }

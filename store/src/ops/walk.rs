@@ -35,6 +35,8 @@ const NODES_PER_FETCH: usize = 64;
 pub const MAX_DEPTH: usize = 1024;
 /// Child nodes read at once.
 const CHILDREN_PER_FETCH: usize = 16;
+/// Entries (claimed by the parent) read at once beyond the first child.
+const FETCH_ENTRY_BUDGET: u64 = 16_384;
 
 /// Where directory nodes come from.
 #[derive(Debug, Clone)]
@@ -252,11 +254,20 @@ impl DirCursor {
                 }
             }
             let level = *level;
-            let n = children.len().min(if skip_below.is_some() {
-                1
-            } else {
-                CHILDREN_PER_FETCH
-            });
+            // A few children at once, but never more entries than a
+            // budget: a signer's very wide nodes are read one at a time.
+            // (Claimed counts only size the batch; each is checked below.)
+            let mut n = 1;
+            if skip_below.is_none() {
+                let mut entries = children[0].entries;
+                while n < children.len().min(CHILDREN_PER_FETCH) {
+                    entries = entries.saturating_add(children[n].entries);
+                    if entries > FETCH_ENTRY_BUDGET {
+                        break;
+                    }
+                    n += 1;
+                }
+            }
             let batch: Vec<DirChild> = children.drain(..n).collect();
             let ids: Vec<BlobId> = batch.iter().map(|c| c.id).collect();
             let blobs = self.source.read(&ids).await?;
@@ -544,6 +555,9 @@ fn entry_of_item(name: &[u8], item: &Item) -> DirEntry {
     }
 }
 
+/// The most entries [`with_items`] lists (memory grows with them).
+pub const MAX_ITEMS: usize = 1 << 20;
+
 /// `snapshot` with `manifest.items` listing every entry of its tree that a
 /// version-1 manifest can express (files, directories, symlinks), as a
 /// version-1 snapshot has them. For code that looks up a few items by
@@ -557,6 +571,15 @@ pub async fn with_items(reader: Arc<BlobReader>, snapshot: &Snapshot) -> Result<
     let mut walk = tree.walk().await.map_err(context)?;
     let mut items = Vec::new();
     while let Some(w) = walk.next().await.map_err(context)? {
+        if items.len() >= MAX_ITEMS {
+            return Err(Error::corrupt(
+                format!("snapshot {}", snapshot.id),
+                format!(
+                    "holds more than {MAX_ITEMS} entries, too many to list as items (a CouchDB \
+                     snapshot holds a few per database); restore it with `cairn restore`"
+                ),
+            ));
+        }
         let name = String::from_utf8(w.path.clone())
             .map_err(|_| Error::invalid(format!("{:?} is not UTF-8", w.display())))?;
         let e = &w.entry;
