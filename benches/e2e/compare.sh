@@ -4,14 +4,17 @@
 # WORK_DIR/results.md.
 #
 # Usage: benches/e2e/compare.sh WORK_DIR [--days N] [--tools cairn,restic,borg,rustic,bupstash]
-#                               [--cairn PATH_TO_BINARY] [--drop-caches]
+#                               [--cairn PATH_TO_BINARY] [--cairn-v1 PATH] [--drop-caches]
 #   WORK_DIR      holds day01/ .. dayNN/ from workload.sh; the run adds current/ (the staged
 #                 day, the one path every tool backs up), repos/, cache/, restore/, logs/
 #                 and the results (a previous run's are removed first)
 #   --days N      only the first N days [default: all dayNN dirs]
 #   --tools LIST  comma-separated, run in this order every day [default: cairn,restic,borg];
-#                 also rustic and bupstash (cargo install rustic-rs / bupstash, see setup.sh)
+#                 also rustic and bupstash (cargo install rustic-rs / bupstash, see setup.sh),
+#                 and cairn-v1 (a second cairn, with --cairn-v1)
 #   --cairn PATH  the cairn binary [default: target/release/cairn of this repository]
+#   --cairn-v1 PATH  the binary of tool cairn-v1: another cairn build (say, one writing
+#                 format v1) run in the same way beside the first, with its own repository
 #   --drop-caches drop the page cache before every measured command (root only); by
 #                 default the staged input is read once before every backup instead, so
 #                 every tool starts from a warm cache
@@ -22,12 +25,13 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 WORK=$(cd "$1" && pwd); shift
-DAYS="" TOOLS="cairn,restic,borg" CAIRN="$ROOT/target/release/cairn" DROP=0
+DAYS="" TOOLS="cairn,restic,borg" CAIRN="$ROOT/target/release/cairn" CAIRN_V1="" DROP=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --days) DAYS=$2; shift 2 ;;
     --tools) TOOLS=$2; shift 2 ;;
     --cairn) CAIRN=$2; shift 2 ;;
+    --cairn-v1) CAIRN_V1=$2; shift 2 ;;
     --drop-caches) DROP=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage ;;
@@ -57,14 +61,15 @@ IFS=, read -r -a WANT <<<"$TOOLS"
 for t in "${WANT[@]}"; do
   case $t in
     cairn) bin=$CAIRN ;;
+    cairn-v1) bin=$CAIRN_V1 ;;
     restic|borg|rustic|bupstash) bin=$(command -v "$t" || true) ;;
-    *) echo "compare.sh: unknown tool $t (cairn, restic, borg, rustic, bupstash)" >&2; exit 2 ;;
+    *) echo "compare.sh: unknown tool $t (cairn, cairn-v1, restic, borg, rustic, bupstash)" >&2; exit 2 ;;
   esac
   if [[ -n $bin && -x $bin ]]; then
     RUN+=("$t")
   else
     echo "compare.sh: SKIPPING $t: binary not found${bin:+ at $bin}" \
-      "$([[ $t == cairn ]] && echo '(build it: cargo build --release, or pass --cairn PATH)' || echo '(run benches/e2e/setup.sh)')" >&2
+      "$([[ $t == cairn* ]] && echo '(build it: cargo build --release, or pass --cairn/--cairn-v1 PATH)' || echo '(run benches/e2e/setup.sh)')" >&2
   fi
 done
 ((${#RUN[@]})) || { echo "compare.sh: no tool to run" >&2; exit 1; }
@@ -78,9 +83,11 @@ declare -A FAILED=()  # tool -> why it stopped (a failed init or backup stops th
 json_str() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; }
 record() { echo "$1" >>"$JSONL"; }
 
+cairn_bin() { if [[ $1 == cairn-v1 ]]; then echo "$CAIRN_V1"; else echo "$CAIRN"; fi; }
+
 version_of() {
   case $1 in
-    cairn) "$CAIRN" --version 2>/dev/null | head -1 || echo unknown ;;
+    cairn*) "$(cairn_bin "$1")" --version 2>/dev/null | head -1 || echo unknown ;;
     restic) restic version | head -1 ;;
     borg) borg --version | head -1 ;;
     rustic) rustic --version 2>/dev/null | head -1 || echo unknown ;;
@@ -130,7 +137,7 @@ measure() {
 # ---- per-tool commands (run with the cwd = WORK_DIR; they back up the relative path "current")
 repo() { echo "$REPOS/$1"; }
 RESTIC=(restic --cache-dir "$CACHE/restic" --compression auto)
-CAIRN_ENV=(env XDG_CACHE_HOME="$CACHE/cairn" XDG_CONFIG_HOME="$CACHE/cairn")
+cairn_env() { local t=$1; shift; env XDG_CACHE_HOME="$CACHE/$t" XDG_CONFIG_HOME="$CACHE/$t" "$@"; }
 RUSTIC=(rustic --cache-dir "$CACHE/rustic")
 # bupstash: the repository, key, send log (its stat cache for incremental puts) and query
 # cache by env.
@@ -142,10 +149,10 @@ bupstash_id() {  # DAY: the id `bupstash put` printed for that day
 
 tool_init() {  # TOOL
   case $1 in
-    cairn)
-      mkdir -p "$CACHE/cairn"
-      "${CAIRN_ENV[@]}" "$CAIRN" key generate --output "$CACHE/cairn/backup.key" >"$LOGS/cairn-key.out" 2>&1
-      measure cairn init 1 0 "${CAIRN_ENV[@]}" "$CAIRN" init --repo "$(repo cairn)" ;;
+    cairn*)
+      mkdir -p "$CACHE/$1"
+      cairn_env "$1" "$(cairn_bin "$1")" key generate --output "$CACHE/$1/backup.key" >"$LOGS/$1-key.out" 2>&1
+      measure "$1" init 1 0 cairn_env "$1" "$(cairn_bin "$1")" init --repo "$(repo "$1")" ;;
     restic) measure restic init 1 0 "${RESTIC[@]}" -r "$(repo restic)" init --repository-version 2 ;;
     borg) measure borg init 1 0 borg init --encryption=authenticated-blake2 "$(repo borg)" ;;
     rustic) measure rustic init 1 0 "${RUSTIC[@]}" -r "$(repo rustic)" init ;;
@@ -159,8 +166,8 @@ tool_init() {  # TOOL
 tool_backup() {  # TOOL DAY BYTES
   local archive; archive=$(printf 'day%02d' "$2")
   case $1 in
-    cairn) measure cairn backup "$2" "$3" "${CAIRN_ENV[@]}" "$CAIRN" backup --repo "$(repo cairn)" \
-             --key "$CACHE/cairn/backup.key" --json current ;;
+    cairn*) measure "$1" backup "$2" "$3" cairn_env "$1" "$(cairn_bin "$1")" backup --repo "$(repo "$1")" \
+             --key "$CACHE/$1/backup.key" --json current ;;
     restic) measure restic backup "$2" "$3" "${RESTIC[@]}" -r "$(repo restic)" backup --host cairn-bench current ;;
     borg) measure borg backup "$2" "$3" borg create --compression zstd,3 "$(repo borg)::$archive" current ;;
     rustic) measure rustic backup "$2" "$3" "${RUSTIC[@]}" -r "$(repo rustic)" backup --host cairn-bench current ;;
@@ -171,7 +178,7 @@ tool_backup() {  # TOOL DAY BYTES
 tool_restore() {  # TOOL DAY BYTES TARGET
   local archive; archive=$(printf 'day%02d' "$2")
   case $1 in
-    cairn) measure cairn restore "$2" "$3" "${CAIRN_ENV[@]}" "$CAIRN" restore --repo "$(repo cairn)" latest --target "$4" ;;
+    cairn*) measure "$1" restore "$2" "$3" cairn_env "$1" "$(cairn_bin "$1")" restore --repo "$(repo "$1")" latest --target "$4" ;;
     restic) measure restic restore "$2" "$3" "${RESTIC[@]}" -r "$(repo restic)" restore latest --target "$4" ;;
     borg) measure borg restore "$2" "$3" env -C "$4" borg extract "$(repo borg)::$archive" ;;
     rustic) measure rustic restore "$2" "$3" "${RUSTIC[@]}" -r "$(repo rustic)" restore latest "$4" ;;
@@ -182,7 +189,7 @@ tool_restore() {  # TOOL DAY BYTES TARGET
 tool_check() {  # TOOL DAY
   local bytes; bytes=$(du -sb "$(repo "$1")" | cut -f1)
   case $1 in
-    cairn) measure cairn check "$2" "$bytes" "${CAIRN_ENV[@]}" "$CAIRN" verify --repo "$(repo cairn)" --read-data ;;
+    cairn*) measure "$1" check "$2" "$bytes" cairn_env "$1" "$(cairn_bin "$1")" verify --repo "$(repo "$1")" --read-data ;;
     restic) measure restic check "$2" "$bytes" "${RESTIC[@]}" -r "$(repo restic)" check --read-data ;;
     borg) measure borg check "$2" "$bytes" borg check --verify-data "$(repo borg)" ;;
     rustic) measure rustic check "$2" "$bytes" "${RUSTIC[@]}" -r "$(repo rustic)" check --read-data ;;
@@ -209,25 +216,25 @@ check_restored() {  # TOOL DAY TARGET
 }
 
 # Not timed: keeps `backup --json`'s summary and checks `snapshots --json` (newest last).
-cairn_sanity() {  # DAY
-  local tag; tag=$(printf 'cairn-day%02d' "$1")
-  "${CAIRN_ENV[@]}" "$CAIRN" snapshots --repo "$(repo cairn)" --json >"$LOGS/$tag-snapshots.json" 2>"$LOGS/$tag-snapshots.err" || true
-  python3 - "$1" "$LOGS/$tag-backup.out" "$LOGS/$tag-snapshots.json" >>"$JSONL" <<'PY' || echo "  cairn: could not read its JSON output (see logs/)" >&2
+cairn_sanity() {  # TOOL DAY
+  local tag; tag=$(printf '%s-day%02d' "$1" "$2")
+  cairn_env "$1" "$(cairn_bin "$1")" snapshots --repo "$(repo "$1")" --json >"$LOGS/$tag-snapshots.json" 2>"$LOGS/$tag-snapshots.err" || true
+  python3 - "$2" "$LOGS/$tag-backup.out" "$LOGS/$tag-snapshots.json" "$1" >>"$JSONL" <<'PY' || echo "  $1: could not read its JSON output (see logs/)" >&2
 import json, sys
-day, backup_out, snaps = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+day, backup_out, snaps, tool = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 try:
     summary = json.load(open(backup_out))
 except ValueError:
     summary = None
-    print(f"  cairn: backup --json did not print one JSON document on day {day}", file=sys.stderr)
+    print(f"  {tool}: backup --json did not print one JSON document on day {day}", file=sys.stderr)
 try:
     listing = json.load(open(snaps))
 except ValueError:
     listing = None
 if not isinstance(listing, list) or len(listing) != day or not all("id" in s and "time" in s for s in listing):
-    print(f"  cairn: snapshots --json after day {day} is not a list of {day} snapshots with id and time", file=sys.stderr)
+    print(f"  {tool}: snapshots --json after day {day} is not a list of {day} snapshots with id and time", file=sys.stderr)
 newest = listing[-1].get("id") if isinstance(listing, list) and listing and isinstance(listing[-1], dict) else None
-print(json.dumps({"kind": "cairn_summary", "day": day, "backup_json": summary, "snapshots": len(listing) if isinstance(listing, list) else None, "newest_id": newest}))
+print(json.dumps({"kind": "cairn_summary", "tool": tool, "day": day, "backup_json": summary, "snapshots": len(listing) if isinstance(listing, list) else None, "newest_id": newest}))
 PY
 }
 
@@ -255,7 +262,7 @@ for ((i = 0; i < NDAYS; i++)); do
     if tool_backup "$t" "$day" "$bytes"; then
       size=$(du -sb "$(repo "$t")" | cut -f1)
       record "$(printf '{"kind":"repo_size","tool":"%s","day":%d,"bytes":%d}' "$t" "$day" "$size")"
-      [[ $t != cairn ]] || cairn_sanity "$day"
+      [[ $t != cairn* ]] || cairn_sanity "$t" "$day"
     fi
   done
 

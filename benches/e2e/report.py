@@ -12,7 +12,7 @@ import argparse
 import json
 import statistics
 
-TOOL_ORDER = ["cairn", "restic", "borg"]
+TOOL_ORDER = ["cairn", "cairn-v1", "restic", "borg", "rustic", "bupstash"]
 
 
 def load(path):
