@@ -2107,6 +2107,10 @@ struct CouchVectors {
     attachment_header: cairn_store::couch::format::AttHeader,
     attachment_data_hex: String,
     attachment_record_hex: String,
+    /// An attachment the server stored gzip-encoded: `digest` is the
+    /// server's (of its encoding), the bytes are the identity bytes.
+    gzip_attachment_header: cairn_store::couch::format::AttHeader,
+    gzip_attachment_record_hex: String,
     md5_digests: Vec<(String, String)>,
     rev_order: Vec<String>,
 }
@@ -2155,10 +2159,25 @@ fn couchdb_vectors() {
         name: "a.txt".into(),
         revpos: 1,
         digest: format::md5_digest(b"hello"),
+        encoding: None,
+        data_digest: None,
         len: 5,
     };
     let mut record = Vec::new();
     format::encode_attachment(&header, b"hello", &mut record);
+    let gzip_header = AttHeader {
+        id: "doc02000".into(),
+        name: "data.json".into(),
+        revpos: 2,
+        // CouchDB 3.5's digest of a gzip-encoded 7-byte application/json
+        // attachment (format-spec §19.3); the bytes kept are the identity.
+        digest: "md5-TRLVIP5eD2weIbIYDVFsLA==".into(),
+        encoding: Some("gzip".into()),
+        data_digest: Some(format::md5_digest(br#"{"a":1}"#)),
+        len: 7,
+    };
+    let mut gzip_record = Vec::new();
+    format::encode_attachment(&gzip_header, br#"{"a":1}"#, &mut gzip_record);
     let mut gone = Vec::new();
     format::encode_gone("purged", &mut gone);
     let mut revs: Vec<String> = ["10-a", "9-z", "10-0", "1-x"].map(String::from).to_vec();
@@ -2185,6 +2204,8 @@ fn couchdb_vectors() {
         attachment_header: header,
         attachment_data_hex: hex::encode(b"hello"),
         attachment_record_hex: hex::encode(&record),
+        gzip_attachment_header: gzip_header,
+        gzip_attachment_record_hex: hex::encode(&gzip_record),
         md5_digests: [&b""[..], b"hello"]
             .iter()
             .map(|d| (hex::encode(d), format::md5_digest(d)))
@@ -2215,6 +2236,14 @@ fn couchdb_vectors() {
     let data = &record[newline + 1..record.len() - 1];
     assert_eq!(data, unhex(&stored.attachment_data_hex));
     assert_eq!(format::md5_digest(data), header.digest);
+    assert_eq!(header.expected_data_digest(), Ok(header.digest.as_str()));
+    let record = unhex(&stored.gzip_attachment_record_hex);
+    let newline = record.iter().position(|&b| b == b'\n').unwrap();
+    let header: AttHeader = serde_json::from_slice(&record[..newline]).unwrap();
+    assert_eq!(header, stored.gzip_attachment_header);
+    let data = &record[newline + 1..record.len() - 1];
+    assert_eq!(header.expected_data_digest().map(str::to_string), Ok(format::md5_digest(data)));
+    assert_ne!(format::md5_digest(data), header.digest);
 }
 
 // ---------------------------------------------------------------- dir.json

@@ -28,6 +28,7 @@ use serde_json::value::RawValue;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use crate::couch::attachment;
 use crate::couch::client::{Body, CouchClient, db_path, doc_path, query_value};
 use crate::couch::format::{self, AttHeader, AttKey, Counts, Meta};
 use crate::couch::merge::{Group, GroupReader, Merged, encode_gone};
@@ -458,7 +459,7 @@ async fn open_revs_all(client: Arc<CouchClient>, db: String, id: String) -> Resu
 }
 
 /// An attachment a document names: its key, a leaf that has it, its length.
-type AttRef = (AttKey, String, u64);
+type AttRef = (AttKey, String, Option<u64>);
 
 /// A document line awaiting output, in id order.
 enum Slot {
@@ -731,9 +732,18 @@ impl Producer<'_> {
             .unwrap_or_else(|| serde_json::json!({}));
         let revs_limit = self.optional_get(&format!("{base}/_revs_limit"))?;
 
-        let plan = self.plan(&info, compact);
+        let mut plan = self.plan(&info, compact);
+        let (mut sorted, mut design, mut last_seq, listed) = self.enumerate(plan.since.clone())?;
+        if plan.since.is_some() && server_ids(&info).is_some_and(|ids| listed >= ids) {
+            // As many changes as the database has documents: it was deleted
+            // and created again (CouchDB 3 then replays it from the start,
+            // since the shards in the sequence are gone), or everything
+            // changed. Either way ids absent from the base must be found
+            // gone, which only a whole listing shows.
+            plan.since = None;
+            (sorted, design, last_seq, _) = self.enumerate(None)?;
+        }
         self.stats.only_changes = plan.since.is_some();
-        let (sorted, design, last_seq) = self.enumerate(plan.since.clone())?;
         let design = match &plan.since {
             Some(_) => self.previous_design(design)?,
             None => design,
@@ -789,7 +799,8 @@ impl Producer<'_> {
     }
 
     /// Every id's leaves from `_changes?style=all_docs`: other documents
-    /// sorted (spilling to disk), design documents apart, and the last seq.
+    /// sorted (spilling to disk), design documents apart, the last seq, and
+    /// the rows listed (an id changed meanwhile may count twice).
     #[allow(clippy::type_complexity)]
     fn enumerate(
         &mut self,
@@ -798,15 +809,18 @@ impl Producer<'_> {
         crate::couch::sort::Sorted,
         BTreeMap<String, Vec<String>>,
         serde_json::Value,
+        u64,
     )> {
         let client = Arc::clone(&self.context.client);
         let mut sorter = ExternalSorter::new(self.context.options.sort_memory, None);
         let mut design = BTreeMap::new();
+        let mut rows = 0u64;
         let since = self.block_on(client.each_leaves(
             self.db,
             self.context.options.changes_page,
             since,
             |id, revs| {
+                rows += 1;
                 if id.starts_with("_design/") {
                     design.insert(id, revs);
                     Ok(())
@@ -827,7 +841,7 @@ impl Producer<'_> {
         let sorted = sorter
             .finish()
             .map_err(|e| Error::io("sorting document ids", e))?;
-        Ok((sorted, design, since))
+        Ok((sorted, design, since, rows))
     }
 
     /// How to read the database: the whole `_changes` or only what came
@@ -1247,7 +1261,7 @@ impl Producer<'_> {
                         digest,
                     },
                     parsed.rev.to_string(),
-                    stub.length.unwrap_or(0),
+                    stub.length,
                 ));
             }
         }
@@ -1271,7 +1285,7 @@ impl Producer<'_> {
         let requests = self.context.options.requests.max(1);
         let mut in_flight: VecDeque<JoinHandle<Result<Vec<u8>>>> = VecDeque::new();
         let mut ready: VecDeque<Option<Vec<u8>>> = VecDeque::new(); // None: the next in flight
-        for (key, rev, _len) in wanted {
+        for (key, rev, len) in wanted {
             // Advance the previous attachments to this key.
             let mut reused = None;
             while let Some(lines) = previous.as_mut() {
@@ -1325,6 +1339,7 @@ impl Producer<'_> {
                         self.db.to_string(),
                         key,
                         rev,
+                        len,
                     )));
                     ready.push_back(None);
                 }
@@ -1423,12 +1438,21 @@ fn next_header(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// Fetches one attachment and returns its record; checks length and digest.
+/// How many ids the database has, live and deleted, by its info (CouchDB's
+/// `doc_count` + `doc_del_count`; unknown where the server lacks either).
+fn server_ids(info: &serde_json::Value) -> Option<u64> {
+    Some(info.get("doc_count")?.as_u64()? + info.get("doc_del_count")?.as_u64()?)
+}
+
+/// Fetches one attachment and returns its record; checks it against the
+/// stub's digest and length the way the server means them
+/// ([`attachment::check`]): gzip-encoded ones as stored, kept decoded.
 async fn fetch_attachment(
     client: Arc<CouchClient>,
     db: String,
     key: AttKey,
     rev: String,
+    length: Option<u64>,
 ) -> Result<Vec<u8>> {
     let path = format!(
         "{}/{}?rev={}",
@@ -1437,36 +1461,34 @@ async fn fetch_attachment(
         query_value(&rev)
     );
     let mut last = String::new();
-    // A digest mismatch is retried once: a connection cut mid-body.
+    // A mismatch is retried once: a connection cut mid-body.
     for _ in 0..2 {
-        let response = client
-            .request_bounded(
-                Method::GET,
-                &path,
-                None,
-                crate::couch::client::MAX_ATTACHMENT_RESPONSE_LEN,
-            )
-            .await?;
+        let response = client.get_attachment(&path).await?;
         if !response.status.is_success() {
             return Err(client.rejected(&path, "fetching an attachment", &response));
         }
-        let digest = format::md5_digest(&response.body);
-        if digest == key.digest {
-            let header = AttHeader {
-                id: key.id.clone(),
-                name: key.name.clone(),
-                revpos: key.revpos,
-                digest: key.digest.clone(),
-                len: response.body.len() as u64,
-            };
-            let mut record = Vec::with_capacity(response.body.len() + 200);
-            format::encode_attachment(&header, &response.body, &mut record);
-            return Ok(record);
+        let body = response.body;
+        let max = crate::couch::client::MAX_ATTACHMENT_RESPONSE_LEN;
+        let (digest, gzip) = (key.digest.clone(), response.gzip);
+        let checked =
+            crate::cpu::run(move || attachment::check(&body, gzip, &digest, length, max)).await;
+        match checked {
+            Ok(checked) => {
+                let header = AttHeader {
+                    id: key.id.clone(),
+                    name: key.name.clone(),
+                    revpos: key.revpos,
+                    digest: key.digest.clone(),
+                    encoding: checked.encoding.map(str::to_string),
+                    data_digest: checked.encoding.map(|_| format::md5_digest(&checked.data)),
+                    len: checked.data.len() as u64,
+                };
+                let mut record = Vec::with_capacity(checked.data.len() + 200);
+                format::encode_attachment(&header, &checked.data, &mut record);
+                return Ok(record);
+            }
+            Err(detail) => last = detail,
         }
-        last = format!(
-            "its bytes have digest {digest}, the document says {}",
-            key.digest
-        );
     }
     Err(Error::Rejected {
         url: client.url_of(&path),

@@ -196,6 +196,9 @@ pub struct WireStats {
 pub(crate) struct Response {
     pub status: StatusCode,
     pub body: Bytes,
+    /// The body came with `Content-Encoding: gzip` (only asked for by
+    /// [`CouchClient::get_attachment`]).
+    pub gzip: bool,
 }
 
 impl Response {
@@ -307,7 +310,7 @@ impl CouchClient {
                 "_session",
                 Some(&Body::json(body.to_string())),
                 &Auth::None,
-                MAX_JSON_RESPONSE_LEN,
+                Ask::json(),
             )
             .await;
         let response = match response {
@@ -351,19 +354,30 @@ impl CouchClient {
         path: &str,
         body: Option<Body>,
     ) -> Result<Response> {
-        self.request_bounded(method, path, body, MAX_JSON_RESPONSE_LEN)
-            .await
+        self.request_with(method, path, body, Ask::json()).await
     }
 
-    /// [`CouchClient::request`] whose answer may be up to `max_len` bytes:
-    /// a longer one is refused by its `Content-Length`, or as soon as more
+    /// GET of an attachment, as the server stores it: gzip-encoded
+    /// attachments come encoded (`Accept-Encoding: gzip`), so their bytes
+    /// can be checked against the digest (see `couch::attachment`). At most
+    /// [`MAX_ATTACHMENT_RESPONSE_LEN`] bytes.
+    pub(crate) async fn get_attachment(&self, path: &str) -> Result<Response> {
+        let ask = Ask {
+            max_len: MAX_ATTACHMENT_RESPONSE_LEN,
+            gzip: true,
+        };
+        self.request_with(Method::GET, path, None, ask).await
+    }
+
+    /// [`CouchClient::request`] as `ask` says: an answer longer than
+    /// `ask.max_len` is refused by its `Content-Length`, or as soon as more
     /// arrives, without buffering the rest.
-    pub(crate) async fn request_bounded(
+    async fn request_with(
         &self,
         method: Method,
         path: &str,
         body: Option<Body>,
-        max_len: u64,
+        ask: Ask,
     ) -> Result<Response> {
         let mut relogged = false;
         let mut attempt = 0u32;
@@ -371,7 +385,7 @@ impl CouchClient {
             attempt += 1;
             let auth = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let outcome = self
-                .send_once(method.clone(), path, body.as_ref(), &auth, max_len)
+                .send_once(method.clone(), path, body.as_ref(), &auth, ask)
                 .await;
             let detail = match outcome {
                 Ok((response, _)) => {
@@ -454,13 +468,16 @@ impl CouchClient {
         path: &str,
         body: Option<&Body>,
         auth: &Auth,
-        max_len: u64,
+        ask: Ask,
     ) -> std::result::Result<(Response, Option<String>), Attempt> {
         let url = format!("{}{}", self.target.base, path);
         let mut request = self
             .http
             .request(method, &url)
             .header(header::ACCEPT, "application/json");
+        if ask.gzip {
+            request = request.header(header::ACCEPT_ENCODING, "gzip");
+        }
         match (auth, &self.target.credentials) {
             (Auth::Cookie(cookie), _) => request = request.header(header::COOKIE, cookie),
             (Auth::Basic, Some(c)) => request = request.basic_auth(&c.user, Some(&c.password)),
@@ -481,8 +498,19 @@ impl CouchClient {
             .find(|v| v.starts_with("AuthSession="))
             .and_then(|v| v.split(';').next())
             .map(str::to_string);
-        let body = read_body(response, max_len).await?;
-        Ok((Response { status, body }, cookie))
+        let gzip = match response.headers().get(header::CONTENT_ENCODING) {
+            None => false,
+            Some(v) if v.as_bytes().eq_ignore_ascii_case(b"identity") => false,
+            Some(v) if ask.gzip && v.as_bytes().eq_ignore_ascii_case(b"gzip") => true,
+            Some(v) => {
+                return Err(Attempt::Fatal(format!(
+                    "the answer has Content-Encoding {:?}, which Cairn did not ask for",
+                    String::from_utf8_lossy(v.as_bytes())
+                )));
+            }
+        };
+        let body = read_body(response, ask.max_len).await?;
+        Ok((Response { status, body, gzip }, cookie))
     }
 
     /// GET a JSON document; `None` on 404.
@@ -512,6 +540,24 @@ impl CouchClient {
             what: what.to_string(),
             detail: response.reason(),
             hint,
+        }
+    }
+}
+
+/// What a request accepts back.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    /// The longest body read.
+    max_len: u64,
+    /// Accept a gzip-encoded body (and say so in the response).
+    gzip: bool,
+}
+
+impl Ask {
+    fn json() -> Ask {
+        Ask {
+            max_len: MAX_JSON_RESPONSE_LEN,
+            gzip: false,
         }
     }
 }

@@ -27,7 +27,10 @@
 //!
 //! An attachment record is a JSON header line, the raw bytes, and `\n`:
 //! `{"id":…,"name":…,"revpos":N,"digest":"md5-…","len":N}\n<bytes>\n`, sorted
-//! by (id, name, revpos, digest). A stub in a document line finds its bytes
+//! by (id, name, revpos, digest). The bytes are always the identity bytes;
+//! an attachment the server stored gzip-encoded (CouchDB 3's compressible
+//! types) has `"encoding":"gzip","data_digest":"md5-…"` after `digest`,
+//! which is then the server's digest of the encoding. A stub in a document line finds its bytes
 //! by that key. Each distinct attachment is stored once per database and is
 //! content-chunked like everything else, so unchanged attachments cost
 //! nothing in later snapshots.
@@ -251,13 +254,32 @@ pub struct AttHeader {
     pub name: String,
     /// Its revpos.
     pub revpos: u64,
-    /// Its digest (`md5-<base64>`).
+    /// Its digest (`md5-<base64>`), as the server gave it.
     pub digest: String,
+    /// `"gzip"` when the server stored the attachment gzip-encoded: its
+    /// `digest` is of that encoding, and the bytes here are the identity
+    /// bytes, whose digest is `data_digest`. Absent: `digest` is of the bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// With `encoding`: the digest of the bytes that follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_digest: Option<String>,
     /// Length of the bytes that follow.
     pub len: u64,
 }
 
 impl AttHeader {
+    /// The digest the bytes that follow must have.
+    pub fn expected_data_digest(&self) -> Result<&str, String> {
+        match (self.encoding.as_deref(), &self.data_digest) {
+            (None, None) => Ok(&self.digest),
+            (Some("gzip"), Some(d)) => Ok(d),
+            (Some("gzip"), None) => Err("a gzip-encoded attachment without data_digest".into()),
+            (None, Some(_)) => Err("data_digest without an encoding".into()),
+            (Some(e), _) => Err(format!("unknown encoding {e:?}")),
+        }
+    }
+
     /// The key this record answers.
     pub fn key(&self) -> AttKey {
         AttKey {

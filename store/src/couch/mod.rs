@@ -9,6 +9,7 @@
 //! keeps revision ids and is idempotent, so an interrupted restore can
 //! simply run again; it ends by comparing the target with the snapshot.
 
+mod attachment;
 pub mod backup;
 pub mod client;
 mod dumps;

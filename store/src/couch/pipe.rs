@@ -294,6 +294,8 @@ mod tests {
             name: "a.txt".into(),
             revpos: 1,
             digest: "md5-XUFAKrxLKna5cZ2REBfFkg==".into(),
+            encoding: None,
+            data_digest: None,
             len: 5,
         };
         let mut stream = Vec::new();

@@ -204,14 +204,19 @@ fn check_db(
                     problems.push((name(format::ATTACHMENTS_FILE), e.to_string()));
                     break;
                 }
-                if format::md5_digest(&data) != header.digest {
-                    problems.push((
+                match header.expected_data_digest() {
+                    Ok(digest) if format::md5_digest(&data) == digest => {}
+                    Ok(_) => problems.push((
                         name(format::ATTACHMENTS_FILE),
                         format!(
                             "attachment {:?} of {:?} does not match its digest",
                             header.name, header.id
                         ),
-                    ));
+                    )),
+                    Err(e) => problems.push((
+                        name(format::ATTACHMENTS_FILE),
+                        format!("attachment {:?} of {:?}: {e}", header.name, header.id),
+                    )),
                 }
                 counts.attachments += 1;
                 counts.attachment_bytes += header.len;

@@ -1,0 +1,175 @@
+//! Checking an attachment the way the server means its digest.
+//!
+//! CouchDB 3 stores attachments of compressible types (`[attachments]
+//! compressible_types`: `text/*`, JSON, JavaScript, XML by default)
+//! gzip-encoded, and a stub's `digest` is the MD5 of the **encoded** bytes.
+//! A plain GET returns the identity bytes, whose MD5 is something else; a
+//! GET with `Accept-Encoding: gzip` returns the stored encoding as is, with
+//! `Content-Encoding: gzip`. So a backup asks for gzip and checks the bytes
+//! exactly as they arrive against the digest, then keeps the identity bytes
+//! (which deduplicate across documents and days, and are what a restore
+//! sends). Binary types are stored as is: their digest is of the bytes.
+//!
+//! A proxy in between may gzip an identity attachment on the fly: then the
+//! decoded bytes, not the encoded ones, match the digest. Anything else is
+//! damage, and is named.
+
+use std::io::Read;
+
+use crate::couch::format::md5_digest;
+
+/// An attachment's bytes, checked against its stub.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The identity bytes.
+    pub data: Vec<u8>,
+    /// `Some("gzip")` when the server holds the gzip encoding (its digest
+    /// is of that encoding, not of `data`).
+    pub encoding: Option<&'static str>,
+}
+
+/// Checks an attachment answer: `body` as it arrived (`gzip`: it came with
+/// `Content-Encoding: gzip`) against the stub's `digest` and identity
+/// `length`. Decodes at most `max_len` bytes. Returns why it does not match.
+pub fn check(
+    body: &[u8],
+    gzip: bool,
+    digest: &str,
+    length: Option<u64>,
+    max_len: u64,
+) -> Result<Checked, String> {
+    let checked = if gzip {
+        let limit = length.unwrap_or(max_len).min(max_len);
+        let data =
+            gunzip(body, limit).map_err(|e| format!("its gzip encoding does not decode ({e})"))?;
+        if md5_digest(body) == digest {
+            Checked {
+                data,
+                encoding: Some("gzip"),
+            }
+        } else {
+            let decoded = md5_digest(&data);
+            if decoded != digest {
+                return Err(format!(
+                    "its gzip-encoded bytes have digest {}, and decoded {decoded}; the document \
+                     says {digest}",
+                    md5_digest(body)
+                ));
+            }
+            Checked {
+                data,
+                encoding: None,
+            }
+        }
+    } else {
+        let got = md5_digest(body);
+        if got != digest {
+            return Err(format!(
+                "its bytes have digest {got}, the document says {digest}"
+            ));
+        }
+        Checked {
+            data: body.to_vec(),
+            encoding: None,
+        }
+    };
+    match length {
+        Some(len) if checked.data.len() as u64 != len => Err(format!(
+            "it is {} bytes, the document says {len}",
+            checked.data.len()
+        )),
+        _ => Ok(checked),
+    }
+}
+
+/// Decodes one gzip stream of at most `limit` bytes (a bomb is refused as
+/// soon as it passes the limit, not after).
+fn gunzip(encoded: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut decoder = flate2::read::GzDecoder::new(encoded).take(limit.saturating_add(1));
+    decoder.read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it decodes to more than {limit} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(8));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    const MAX: u64 = 1 << 20;
+
+    #[test]
+    fn identity_attachments_match_their_bytes() {
+        let digest = md5_digest(b"hello");
+        let got = check(b"hello", false, &digest, Some(5), MAX).unwrap();
+        assert_eq!(got.data, b"hello");
+        assert_eq!(got.encoding, None);
+        let err = check(b"hellO", false, &digest, Some(5), MAX).unwrap_err();
+        assert!(err.contains(&digest), "{err}");
+    }
+
+    #[test]
+    fn gzip_stored_attachments_match_their_encoding_and_keep_identity_bytes() {
+        let data = b"{\"a\":1}".repeat(100);
+        let encoded = gzip(&data);
+        let digest = md5_digest(&encoded);
+        let got = check(&encoded, true, &digest, Some(data.len() as u64), MAX).unwrap();
+        assert_eq!(got.data, data);
+        assert_eq!(got.encoding, Some("gzip"));
+        // The plain GET of such an attachment: identity bytes, another md5.
+        let err = check(&data, false, &digest, Some(data.len() as u64), MAX).unwrap_err();
+        assert!(err.contains("the document says"), "{err}");
+    }
+
+    #[test]
+    fn an_identity_attachment_gzipped_on_the_way_matches_once_decoded() {
+        let data = b"plain text".repeat(10);
+        let got = check(&gzip(&data), true, &md5_digest(&data), None, MAX).unwrap();
+        assert_eq!((got.data, got.encoding), (data, None));
+    }
+
+    #[test]
+    fn damaged_encodings_and_wrong_lengths_are_named() {
+        let data = b"some text that compresses ".repeat(50);
+        let encoded = gzip(&data);
+        let digest = md5_digest(&encoded);
+        // Other content, well encoded: neither digest matches.
+        let other = gzip(&b"some text that compresses!".repeat(50));
+        let err = check(&other, true, &digest, None, MAX).unwrap_err();
+        assert!(err.contains("gzip-encoded bytes have digest"), "{err}");
+        // A flipped byte in the deflate stream: it fails to decode or to match.
+        let mut flipped = encoded.clone();
+        flipped[20] ^= 0x55;
+        assert!(check(&flipped, true, &digest, None, MAX).is_err());
+        // Truncated.
+        let err = check(&encoded[..encoded.len() - 9], true, &digest, None, MAX).unwrap_err();
+        assert!(err.contains("does not decode"), "{err}");
+        // The length the stub claims.
+        let err = check(&encoded, true, &digest, Some(3), MAX).unwrap_err();
+        assert!(
+            err.contains("does not decode") || err.contains("bytes"),
+            "{err}"
+        );
+        let err = check(b"hello", false, &md5_digest(b"hello"), Some(6), MAX).unwrap_err();
+        assert!(err.contains("the document says 6"), "{err}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_limit() {
+        let bomb = gzip(&vec![0u8; 10 << 20]);
+        let err = check(&bomb, true, &md5_digest(&bomb), None, 1 << 20).unwrap_err();
+        assert!(err.contains("more than 1048576 bytes"), "{err}");
+    }
+}
