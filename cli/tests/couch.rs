@@ -4,6 +4,8 @@
 
 #[path = "support/couch.rs"]
 mod couch;
+#[path = "support/couch3.rs"]
+mod couch3;
 #[path = "support/faulty.rs"]
 mod faulty;
 mod support;
@@ -53,6 +55,147 @@ fn assert_restores_as_now(f: &Fixture, couch: &Couch, snapshot: &str, db: &str, 
     couch.delete_db(&copy);
 }
 
+/// Runs each test twice: against the server as it is (pouchdb-server), and
+/// through the proxy that makes it behave as Apache CouchDB 3.
+macro_rules! plain_and_couchdb3 {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn plain() {
+                if let Some(couch) = super::Couch::from_env() {
+                    super::$name(&couch);
+                }
+            }
+
+            #[test]
+            fn couchdb3() {
+                if let Some(couch) = super::Couch::from_env() {
+                    super::$name(&couch.couchdb3());
+                }
+            }
+        }
+    )*};
+}
+
+plain_and_couchdb3!(
+    backup_drop_restore_gives_back_every_revision_attachment_view_and_setting,
+    second_backup_fetches_only_changed_documents_and_stores_little,
+    restore_refuses_a_non_empty_database_and_changes_nothing,
+    restore_killed_anywhere_and_run_again_gives_the_same_database,
+    an_imported_all_docs_dump_restores_with_the_same_revisions,
+    failures_have_clear_messages_and_distinct_exit_codes,
+    transient_failures_are_retried_big_batches_split_and_a_403_stops,
+    several_databases_at_once_and_a_refusing_target_exits_16,
+);
+
+/// CouchDB 3 stores text and JSON attachments gzip-encoded, and their
+/// digests are of the encoding: a backup checks each as stored, keeps the
+/// identity bytes (so equal ones are stored once), and they restore byte
+/// for byte. An encoding damaged on the server is still found and named,
+/// and leaves no snapshot.
+#[test]
+fn gzip_encoded_attachments_back_up_byte_identical_and_damage_is_named() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(server) = Couch::from_env() else {
+        return;
+    };
+    let (couch, proxy) = server.couchdb3_proxy();
+    let emulation = proxy.couch3.as_ref().unwrap();
+    let f = Fixture::new();
+    let db = couch.new_db("gzip");
+    couch.create_db(&db);
+    let text = b"Week 3: the water cycle. Evaporation, condensation, rain.\n".repeat(300);
+    let json_bytes = br#"{"course":"course-v1:School+M1+2026","blocks":[1,2,3]}"#.to_vec();
+    let html = b"<html><body><p>Quiz</p></body></html>\n".repeat(50);
+    let png = support::random_bytes(200_000, 7);
+    let revs = couch.write(
+        &db,
+        &[
+            json!({"_id": "lesson", "v": 1}),
+            json!({"_id": "copy", "v": 2}),
+        ],
+    );
+    let mut rev = revs["lesson"].clone();
+    for (name, kind, data) in [
+        ("notes.txt", "text/plain", &text),
+        ("data.json", "application/json", &json_bytes),
+        ("page.html", "text/html; charset=utf-8", &html),
+        ("figure.png", "image/png", &png),
+    ] {
+        rev = couch.attach_typed(&db, "lesson", &rev, name, kind, data);
+    }
+    couch.attach_typed(&db, "copy", &revs["copy"], "notes.txt", "text/plain", &text);
+    // The emulation shows what CouchDB 3 shows: the digest of the encoding.
+    let doc = couch.ok("GET", &format!("{db}/lesson?att_encoding_info=true"), None);
+    let stub = &doc["_attachments"]["notes.txt"];
+    assert_eq!(
+        stub["digest"],
+        couch3::md5_digest(&couch3::gzip(&text)),
+        "{stub}"
+    );
+    assert_ne!(stub["digest"], couch3::md5_digest(&text));
+    assert_eq!(stub["encoding"], "gzip");
+    assert_eq!(
+        doc["_attachments"]["figure.png"]["digest"],
+        couch3::md5_digest(&png)
+    );
+    let want = couch.fingerprint(&db);
+
+    let summary = ok(&mut backup(&f, &couch.url, &["--db", &db])).json();
+    assert_eq!(
+        db_stats(&summary, &db)["counts"]["attachments"],
+        5,
+        "{summary}"
+    );
+    assert!(
+        emulation.gzip_answers.load(SeqCst) >= 4,
+        "fetched as stored"
+    );
+    // The records hold identity bytes; the gzip-encoded ones say so.
+    let records = f.restore_stdout("latest", Some(&format!("couchdb/{db}/attachments.bin")));
+    let encoded = memmem_count(&records, br#""encoding":"gzip","data_digest":"md5-"#);
+    assert_eq!(encoded, 4, "notes.txt twice, data.json, page.html");
+    assert!(memmem_count(&records, &text) == 2 && memmem_count(&records, &png) == 1);
+    let verified = ok(f.cmd("verify").args(["--read-data", "--json"])).json();
+    assert_eq!(verified["damaged_snapshots"], json!([]), "{verified}");
+
+    // Restored into CouchDB 3 under another name: the same bytes, types and
+    // (CouchDB 3 encodes them the same way) digests.
+    let copy = format!("{db}_copy");
+    let report = ok(&mut restore(
+        &f,
+        "latest",
+        &couch.url,
+        &["--db", &format!("{db}:{copy}")],
+    ))
+    .json();
+    assert_eq!(report["clean"], true, "{report}");
+    couch::assert_same(&couch.fingerprint(&copy), &want, "restored");
+    let restored = couch.ok("GET", &format!("{copy}/lesson"), None);
+    assert_eq!(
+        restored["_attachments"]["page.html"]["content_type"],
+        "text/html; charset=utf-8"
+    );
+    assert_eq!(couch.bytes(&format!("{copy}/lesson/data.json")), json_bytes);
+
+    // The server's copy of data.json damaged: named, exit 15, no snapshot.
+    emulation.damaged.lock().unwrap().push("data.json".into());
+    let fresh = Fixture::new();
+    run(&mut backup(&fresh, &couch.url, &["--db", &db]))
+        .expect_code(15)
+        .stderr_has(&["data.json", "\"lesson\"", "damaged on the server"]);
+    assert!(fresh.snapshots(&[]).is_empty());
+    couch.delete_db(&db);
+    couch.delete_db(&copy);
+}
+
+fn memmem_count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
 fn db_stats<'a>(summary: &'a Value, db: &str) -> &'a Value {
     summary["databases"]
         .as_array()
@@ -62,11 +205,7 @@ fn db_stats<'a>(summary: &'a Value, db: &str) -> &'a Value {
         .unwrap()
 }
 
-#[test]
-fn backup_drop_restore_gives_back_every_revision_attachment_view_and_setting() {
-    let Some(couch) = Couch::from_env() else {
-        return;
-    };
+fn backup_drop_restore_gives_back_every_revision_attachment_view_and_setting(couch: &Couch) {
     let f = Fixture::new();
     let db = couch.new_db("faithful");
     couch.populate(&db, 300);
@@ -79,7 +218,7 @@ fn backup_drop_restore_gives_back_every_revision_attachment_view_and_setting() {
     assert_eq!(stats["counts"]["conflicted_docs"], 1);
     assert_eq!(stats["counts"]["deleted_leaves"], 3);
     assert_eq!(stats["counts"]["design_leaves"], 1);
-    assert_eq!(stats["counts"]["attachments"], 2);
+    assert_eq!(stats["counts"]["attachments"], 3);
     // verify reads the dump back: lines, counts, attachment digests.
     let verified = ok(f.cmd("verify").args(["--read-data", "--json"])).json();
     assert_eq!(verified["damaged_snapshots"], json!([]), "{verified}");
@@ -101,11 +240,7 @@ fn backup_drop_restore_gives_back_every_revision_attachment_view_and_setting() {
     couch.delete_db(&db);
 }
 
-#[test]
-fn second_backup_fetches_only_changed_documents_and_stores_little() {
-    let Some(couch) = Couch::from_env() else {
-        return;
-    };
+fn second_backup_fetches_only_changed_documents_and_stores_little(couch: &Couch) {
     let f = Fixture::new();
     let db = couch.new_db("incremental");
     couch.create_db(&db);
@@ -218,11 +353,7 @@ fn second_backup_fetches_only_changed_documents_and_stores_little() {
     couch.delete_db(&db);
 }
 
-#[test]
-fn restore_refuses_a_non_empty_database_and_changes_nothing() {
-    let Some(couch) = Couch::from_env() else {
-        return;
-    };
+fn restore_refuses_a_non_empty_database_and_changes_nothing(couch: &Couch) {
     let f = Fixture::new();
     let db = couch.new_db("refuse");
     couch.create_db(&db);
@@ -257,11 +388,7 @@ fn restore_refuses_a_non_empty_database_and_changes_nothing() {
     couch.delete_db(&target);
 }
 
-#[test]
-fn restore_killed_anywhere_and_run_again_gives_the_same_database() {
-    let Some(couch) = Couch::from_env() else {
-        return;
-    };
+fn restore_killed_anywhere_and_run_again_gives_the_same_database(couch: &Couch) {
     let f = Fixture::new();
     let db = couch.new_db("crash");
     couch.populate(&db, 2000);
@@ -309,11 +436,7 @@ fn restore_killed_anywhere_and_run_again_gives_the_same_database() {
     couch.delete_db(&db);
 }
 
-#[test]
-fn an_imported_all_docs_dump_restores_with_the_same_revisions() {
-    let Some(couch) = Couch::from_env() else {
-        return;
-    };
+fn an_imported_all_docs_dump_restores_with_the_same_revisions(couch: &Couch) {
     let f = Fixture::new();
     let db = couch.new_db("legacy");
     couch.populate(&db, 120);
@@ -368,11 +491,7 @@ fn encode(id: &str) -> String {
     }
 }
 
-#[test]
-fn failures_have_clear_messages_and_distinct_exit_codes() {
-    let Some(couch) = Couch::from_env() else {
-        return;
-    };
+fn failures_have_clear_messages_and_distinct_exit_codes(couch: &Couch) {
     let f = Fixture::new();
     let db = couch.new_db("errors");
     couch.create_db(&db);
@@ -419,12 +538,8 @@ fn failures_have_clear_messages_and_distinct_exit_codes() {
     couch.delete_db(&db);
 }
 
-#[test]
-fn transient_failures_are_retried_big_batches_split_and_a_403_stops() {
+fn transient_failures_are_retried_big_batches_split_and_a_403_stops(couch: &Couch) {
     use std::sync::atomic::Ordering::SeqCst;
-    let Some(couch) = Couch::from_env() else {
-        return;
-    };
     let f = Fixture::new();
     let db = couch.new_db("faults");
     couch.create_db(&db);
@@ -481,11 +596,7 @@ fn transient_failures_are_retried_big_batches_split_and_a_403_stops() {
     couch.delete_db(&other);
 }
 
-#[test]
-fn several_databases_at_once_and_a_refusing_target_exits_16() {
-    let Some(couch) = Couch::from_env() else {
-        return;
-    };
+fn several_databases_at_once_and_a_refusing_target_exits_16(couch: &Couch) {
     let f = Fixture::new();
     let dbs: Vec<String> = (0..3).map(|i| couch.new_db(&format!("multi{i}"))).collect();
     for (i, db) in dbs.iter().enumerate() {

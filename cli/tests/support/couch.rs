@@ -37,6 +37,27 @@ impl Couch {
         }
     }
 
+    /// The same server behind a proxy that makes it behave as Apache
+    /// CouchDB 3 where pouchdb-server differs (`couch3.rs`).
+    pub fn couchdb3(&self) -> Couch {
+        self.couchdb3_proxy().0
+    }
+
+    /// [`Couch::couchdb3`], and the proxy (to damage what it serves).
+    pub fn couchdb3_proxy(&self) -> (Couch, crate::faulty::Proxy) {
+        let upstream = reqwest::Url::parse(&self.url).unwrap();
+        let proxy = crate::faulty::Proxy::couchdb3(format!(
+            "{}:{}",
+            upstream.host_str().unwrap(),
+            upstream.port().unwrap()
+        ));
+        let couch = Couch {
+            url: proxy.url(&self.url),
+            http: self.http.clone(),
+        };
+        (couch, proxy)
+    }
+
     /// A fresh database name.
     pub fn new_db(&self, prefix: &str) -> String {
         format!("t_{prefix}_{}", crate::support::unique_name())
@@ -118,12 +139,25 @@ impl Couch {
             .collect()
     }
 
-    /// Adds an attachment; returns the new revision.
+    /// Adds a binary attachment; returns the new revision.
     pub fn attach(&self, db: &str, id: &str, rev: &str, name: &str, data: &[u8]) -> String {
+        self.attach_typed(db, id, rev, name, "application/octet-stream", data)
+    }
+
+    /// Adds an attachment of a content type; returns the new revision.
+    pub fn attach_typed(
+        &self,
+        db: &str,
+        id: &str,
+        rev: &str,
+        name: &str,
+        content_type: &str,
+        data: &[u8],
+    ) -> String {
         let r = self
             .http
             .put(format!("{}/{db}/{id}/{name}?rev={rev}", self.url))
-            .header("Content-Type", "application/octet-stream")
+            .header("Content-Type", content_type)
             .body(data.to_vec())
             .send()
             .unwrap();
@@ -209,7 +243,8 @@ impl Couch {
 
     /// A database with every kind of content: `n` ordinary documents (some
     /// updated, so they have history), conflicts, deleted documents (one a
-    /// deleted conflict leaf), a small and a 1.5 MiB attachment, a `_local`
+    /// deleted conflict leaf), attachments (text, JSON: compressible, which
+    /// CouchDB 3 stores gzip-encoded; and 1.5 MiB of binary), a `_local`
     /// document, a design document with a view and a validate_doc_update that
     /// rejects documents without `v`, and `_security`.
     pub fn populate(&self, db: &str, n: usize) {
@@ -254,7 +289,22 @@ impl Couch {
         // Attachments.
         let rev =
             self.write(db, &[json!({"_id": "with-files", "v": "files"})])["with-files"].clone();
-        let rev = self.attach(db, "with-files", &rev, "note.txt", b"a small note\n");
+        let rev = self.attach_typed(
+            db,
+            "with-files",
+            &rev,
+            "note.txt",
+            "text/plain",
+            &b"a small note, and a longer line that compresses\n".repeat(40),
+        );
+        let rev = self.attach_typed(
+            db,
+            "with-files",
+            &rev,
+            "data.json",
+            "application/json",
+            br#"{"ok":true}"#,
+        );
         let big = crate::support::random_bytes(1_536 * 1024, 42);
         self.attach(db, "with-files", &rev, "scan.bin", &big);
         // Local document, design document, security.

@@ -1,12 +1,16 @@
 //! A fault-injecting HTTP proxy in front of the real test server (like
 //! toxiproxy): it answers some requests itself with 503, 413, 401 or 403, or
 //! drops the connection, and forwards the rest. One request per connection.
+//! Started with [`Proxy::couchdb3`], it also makes pouchdb-server behave as
+//! Apache CouchDB 3 does where they differ (`couch3.rs`).
 #![allow(dead_code, clippy::unwrap_used, missing_debug_implementations)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::couch3::{Couch3, Request, Response};
 
 /// What to break.
 #[derive(Default)]
@@ -30,24 +34,41 @@ pub struct Faults {
 pub struct Proxy {
     pub port: u16,
     pub faults: Arc<Faults>,
+    /// The CouchDB 3 emulation, when on.
+    pub couch3: Option<Arc<Couch3>>,
 }
 
 impl Proxy {
     /// Starts a proxy to `upstream` (`host:port`).
     pub fn start(upstream: String) -> Proxy {
+        Proxy::start_with(upstream, None)
+    }
+
+    /// Starts a proxy to `upstream` that behaves as CouchDB 3.
+    pub fn couchdb3(upstream: String) -> Proxy {
+        Proxy::start_with(upstream, Some(Arc::new(Couch3::default())))
+    }
+
+    fn start_with(upstream: String, couch3: Option<Arc<Couch3>>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let faults = Arc::new(Faults::default());
         let f = Arc::clone(&faults);
+        let emulation = couch3.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (f, upstream) = (Arc::clone(&f), upstream.clone());
+                let emulation = emulation.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &upstream, &f);
+                    let _ = serve(stream, &upstream, &f, emulation.as_deref());
                 });
             }
         });
-        Proxy { port, faults }
+        Proxy {
+            port,
+            faults,
+            couch3,
+        }
     }
 
     /// `url` (with credentials) pointed at the proxy.
@@ -66,9 +87,15 @@ fn answer(mut client: TcpStream, status: &str, body: &str) -> std::io::Result<()
     )
 }
 
-fn serve(client: TcpStream, upstream: &str, faults: &Faults) -> std::io::Result<()> {
+fn serve(
+    client: TcpStream,
+    upstream: &str,
+    faults: &Faults,
+    couch3: Option<&Couch3>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
+    let mut header_lines = Vec::new();
     let mut content_length = 0usize;
     let mut request_line = String::new();
     loop {
@@ -84,6 +111,13 @@ fn serve(client: TcpStream, upstream: &str, faults: &Faults) -> std::io::Result<
             content_length = v.trim().parse().unwrap_or(0);
         }
         if lower.starts_with("connection:") {
+            continue;
+        }
+        if line != "\r\n" && request_line != line {
+            header_lines.push(line.clone());
+        }
+        // The emulation decides the encoding; the server always sends identity.
+        if couch3.is_some() && lower.starts_with("accept-encoding:") {
             continue;
         }
         if line == "\r\n" {
@@ -135,11 +169,23 @@ fn serve(client: TcpStream, upstream: &str, faults: &Faults) -> std::io::Result<
             r#"{"error":"too_large","reason":"the request entity is too large"}"#,
         );
     }
+    let request = Request::parse(&request_line, &header_lines);
+    if let Some(c3) = couch3 {
+        let line = c3.rewrite_request(&request, &request_line);
+        head.splice(..request_line.len(), line.into_bytes());
+    }
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(&head)?;
     up.write_all(&body)?;
     let mut response = Vec::new();
     up.read_to_end(&mut response)?;
+    if let Some(c3) = couch3
+        && let Some(mut parsed) = Response::parse(&response)
+    {
+        c3.rewrite_response(&request, upstream, &mut parsed);
+        let mut client = client;
+        return client.write_all(&parsed.to_bytes());
+    }
     // Make the client close too: one request per connection.
     let split = response
         .windows(4)
