@@ -291,7 +291,7 @@ fn second_backup_fetches_only_changed_documents_and_stores_little(couch: &Couch)
     // The second snapshot is complete on its own.
     assert_restores_as_now(
         &f,
-        &couch,
+        couch,
         second["snapshot"].as_str().unwrap(),
         &db,
         "second snapshot",
@@ -326,7 +326,7 @@ fn second_backup_fetches_only_changed_documents_and_stores_little(couch: &Couch)
         .collect();
     assert_eq!(names.len(), 3, "base and two overlays: {names:?}");
     assert!(third["stored_bytes"].as_u64().unwrap() * 10 < stored1);
-    assert_restores_as_now(&f, &couch, "latest", &db, "two overlays");
+    assert_restores_as_now(&f, couch, "latest", &db, "two overlays");
 
     // Documents that vanish (the database recreated with fewer) leave an
     // overlay as removals; that snapshot restores exactly.
@@ -341,7 +341,7 @@ fn second_backup_fetches_only_changed_documents_and_stores_little(couch: &Couch)
     assert_eq!(fourth_db["rewrote_base"], false, "{fourth_db}");
     // The database's sequence went back (it was recreated): every id listed.
     assert_eq!(fourth_db["only_changes"], false);
-    assert_restores_as_now(&f, &couch, "latest", &db, "removals");
+    assert_restores_as_now(&f, couch, "latest", &db, "removals");
 
     // The overlays now outweigh half the base: the next backup writes a new
     // base, still without fetching anything.
@@ -349,7 +349,7 @@ fn second_backup_fetches_only_changed_documents_and_stores_little(couch: &Couch)
     let fifth_db = db_stats(&fifth, &db);
     assert_eq!(fifth_db["rewrote_base"], true, "{fifth_db}");
     assert_eq!(fifth_db["fetched_leaves"], 0);
-    assert_restores_as_now(&f, &couch, "latest", &db, "new base");
+    assert_restores_as_now(&f, couch, "latest", &db, "new base");
     couch.delete_db(&db);
 }
 

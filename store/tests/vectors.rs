@@ -2242,7 +2242,10 @@ fn couchdb_vectors() {
     let header: AttHeader = serde_json::from_slice(&record[..newline]).unwrap();
     assert_eq!(header, stored.gzip_attachment_header);
     let data = &record[newline + 1..record.len() - 1];
-    assert_eq!(header.expected_data_digest().map(str::to_string), Ok(format::md5_digest(data)));
+    assert_eq!(
+        header.expected_data_digest().map(str::to_string),
+        Ok(format::md5_digest(data))
+    );
     assert_ne!(format::md5_digest(data), header.digest);
 }
 
