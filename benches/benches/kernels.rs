@@ -1101,6 +1101,7 @@ fn manifest(c: &mut Criterion) {
             url: None,
         },
         paths: vec![],
+        started: None,
         parent: None,
         root: None,
         totals: None,

@@ -290,6 +290,36 @@ fn diff_names_what_changed_and_skips_equal_subtrees() {
 }
 
 #[test]
+fn a_backup_given_its_time_is_compared_by_when_it_ran() {
+    let f = Fixture::new();
+    let vol = f.path("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("old"), b"settled long ago").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let backup = |time: Option<&str>| {
+        let mut c = f.backup();
+        c.arg("--json");
+        if let Some(t) = time {
+            c.args(["--time", t]);
+        }
+        ok(c.arg(&vol)).json()
+    };
+    // An import dated in the past: its files settled before it ran, so the
+    // next backup takes them unread (the date alone would make every file
+    // look changed after it).
+    backup(Some("2020-01-01T00:00:00Z"));
+    let next = backup(None);
+    assert_eq!(next["files_unchanged"], 1, "{next:#}");
+    // Dated in the future: a file written just before it ran may change
+    // again within the same tick, so the next backup reads it again (the
+    // date alone would call it settled).
+    std::fs::write(vol.join("new"), b"written right now").unwrap();
+    backup(Some("2030-01-01T00:00:00Z"));
+    let after = backup(None);
+    assert_eq!(after["files_unchanged"], 1, "only the old file: {after:#}");
+}
+
+#[test]
 fn only_settled_files_of_the_backups_own_signer_are_taken_unread() {
     // Two keys the repository trusts: node1's and a node4 that may be compromised.
     let tmp = tempfile::tempdir().unwrap();

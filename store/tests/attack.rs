@@ -343,6 +343,7 @@ fn manifest_of(
             url: None,
         },
         paths: vec![],
+        started: None,
         parent: None,
         root: None,
         totals: None,

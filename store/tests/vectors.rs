@@ -1381,6 +1381,7 @@ fn vector_manifest() -> Manifest {
             url: None,
         },
         paths: vec![],
+        started: None,
         parent: None,
         root: None,
         totals: None,
@@ -2604,6 +2605,8 @@ fn manifest_v2_vectors() {
             url: None,
         },
         paths: vec!["volumes".into()],
+        // Its time was given (an import): when it really ran.
+        started: Some("2026-12-06T03:10:00.5Z".parse().unwrap()),
         parent: Some(SnapshotId::of(b"the parent")),
         root: Some(BlobId::from_hex(&dirs.root).unwrap()),
         totals: Some(Totals {

@@ -48,6 +48,11 @@ pub struct Manifest {
     /// up; a backup's parent is the newest snapshot of the same host and paths).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,
+    /// Version 2: when the backup really started, where `time` says
+    /// otherwise (a backup given its time, as an import of an old dump is):
+    /// a later backup compares files' change times with this, not `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Timestamp>,
     /// Version 2: the snapshot this backup compared its files with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<SnapshotId>,
@@ -200,6 +205,12 @@ fn signed_message(repository: &RepoId, body: &[u8]) -> Vec<u8> {
 }
 
 impl Manifest {
+    /// When the backup that wrote this snapshot began reading: `started`,
+    /// else `time`.
+    pub fn started(&self) -> Timestamp {
+        self.started.unwrap_or(self.time)
+    }
+
     /// Checks what a reader relies on: version, item names and order, the
     /// fields each kind has, and that only directories hold items.
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -463,6 +474,7 @@ mod tests {
                 url: None,
             },
             paths: vec![],
+            started: None,
             parent: None,
             root: None,
             totals: None,

@@ -159,7 +159,8 @@ impl WriteSession {
         options: &BackupOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<BackupSummary> {
-        let time = options.time.unwrap_or_else(Timestamp::now);
+        let started = Timestamp::now();
+        let time = options.time.unwrap_or(started);
         if !self.config().trust().accepts(&key.public()) {
             return Err(Error::SigningKeyNotTrusted {
                 key: key.public().to_string(),
@@ -206,7 +207,7 @@ impl WriteSession {
         let force_reread = options.force_reread;
         let parent_time = parent
             .as_ref()
-            .map(|p| Time::from_timestamp(p.manifest.time));
+            .map(|p| Time::from_timestamp(p.manifest.started()));
         let ingest = tokio::task::spawn_blocking(move || {
             let entries = source.into_tree()?;
             let mut ingest = Ingest::new(
@@ -251,6 +252,7 @@ impl WriteSession {
             tags: options.tags.clone(),
             source: source_info,
             paths,
+            started: (time != started).then_some(started),
             parent: parent.as_ref().map(|p| p.id),
             root: Some(root),
             totals: Some(totals),

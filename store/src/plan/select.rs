@@ -130,6 +130,7 @@ mod tests {
                     url: None,
                 },
                 paths: vec![],
+                started: None,
                 parent: None,
                 root: None,
                 totals: None,
