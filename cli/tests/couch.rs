@@ -189,6 +189,61 @@ fn gzip_encoded_attachments_back_up_byte_identical_and_damage_is_named() {
     couch.delete_db(&copy);
 }
 
+/// A database keeps its shard count and partitioning when restored into a
+/// cluster; its replica count where the target has the nodes for it.
+#[test]
+fn restored_databases_keep_their_shards_and_partitioning() {
+    let Some(server) = Couch::from_env() else {
+        return;
+    };
+    let couch = server.couchdb3();
+    let f = Fixture::new();
+    let (sharded, parts) = (couch.new_db("q4"), couch.new_db("parts"));
+    couch.ok("PUT", &format!("{sharded}?q=4&n=3"), None);
+    couch.ok("PUT", &format!("{parts}?partitioned=true"), None);
+    for db in [&sharded, &parts] {
+        couch.write(db, &[json!({"_id": "school:1", "v": 1})]);
+    }
+    ok(&mut backup(
+        &f,
+        &couch.url,
+        &["--db", &sharded, "--db", &parts],
+    ));
+
+    let copy = |db: &str, extra: &[&str]| {
+        let target = format!("{db}_copy");
+        couch.delete_db(&target);
+        let mut args = vec!["--db".to_string(), format!("{db}:{target}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let report = ok(&mut restore(&f, "latest", &couch.url, &args)).json();
+        assert_eq!(report["clean"], true, "{report}");
+        let info = couch.ok("GET", &target, None);
+        couch.delete_db(&target);
+        (report["databases"][0]["shape"].clone(), info)
+    };
+    // Same q; n=3 needs three nodes and the target has one: its default.
+    let (shape, info) = copy(&sharded, &[]);
+    assert_eq!(info["cluster"]["q"], 4, "{info}");
+    assert_eq!(info["cluster"]["n"], 1, "{info}");
+    assert_eq!(
+        shape,
+        json!({"q": 4, "n": null, "partitioned": false, "n_lowered_from": 3})
+    );
+    // As asked.
+    let (_, info) = copy(&sharded, &["--q", "8", "--n", "1"]);
+    assert_eq!(
+        (&info["cluster"]["q"], &info["cluster"]["n"]),
+        (&json!(8), &json!(1))
+    );
+    // Partitioned stays partitioned.
+    let (shape, info) = copy(&parts, &[]);
+    assert_eq!(info["props"]["partitioned"], true, "{info}");
+    assert_eq!(shape["partitioned"], true);
+    couch.delete_db(&sharded);
+    couch.delete_db(&parts);
+}
+
 fn memmem_count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())

@@ -200,6 +200,15 @@ pub struct CouchRestoreArgs {
     /// this may create conflicts with what is there).
     #[arg(long)]
     merge: bool,
+    /// Shards of each database created (default: as many as the backed-up
+    /// database had, `cluster.q`).
+    #[arg(long, value_name = "Q", value_parser = clap::value_parser!(u64).range(1..))]
+    q: Option<u64>,
+    /// Replicas of each shard of a database created (default: as many as
+    /// the backed-up database had, `cluster.n`, where the target has that
+    /// many nodes; else the target's default).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    n: Option<u64>,
     /// Documents per `_bulk_docs` request.
     #[arg(long, default_value_t = 500, value_name = "N")]
     batch_docs: usize,
@@ -238,6 +247,8 @@ pub async fn restore(args: CouchRestoreArgs) -> anyhow::Result<ExitCode> {
         batch_docs: args.batch_docs.max(1),
         batch_bytes: args.batch_bytes.max(1024),
         requests: args.server.requests.max(1),
+        q: args.q,
+        n: args.n,
         ..CouchRestoreOptions::default()
     };
     let bar = Bar::bytes(None, args.quiet || args.json);
@@ -264,7 +275,12 @@ pub async fn restore(args: CouchRestoreArgs) -> anyhow::Result<ExitCode> {
                  {} missing, {} extra, _security {}",
                 db.source,
                 db.target,
-                if db.created { " (created)" } else { "" },
+                match (&db.shape, db.created) {
+                    (Some(shape), true) =>
+                        format!(" (created{})", shape.query().replace(['?', '&'], " ")),
+                    (None, true) => " (created)".to_string(),
+                    _ => String::new(),
+                },
                 if db.resumed { " (resumed)" } else { "" },
                 db.leaves_sent,
                 db.design_sent,

@@ -13,7 +13,9 @@
 //!   one of a database since deleted and created again (its shards' uuids
 //!   are in the sequence) replays the new database from the start;
 //! - `GET /db` says the database's shard and replica counts in `cluster`,
-//!   which `PUT /db?q=Q&n=N` sets, and `doc_del_count`.
+//!   which `PUT /db?q=Q&n=N` sets, `props.partitioned` (from
+//!   `?partitioned=true`) and `doc_del_count`;
+//! - `GET /_membership` names the nodes: one (a single node).
 //!
 //! pouchdb-server stores identity bytes and hashes them; the proxy fetches an
 //! attachment's bytes from it to compute the digest CouchDB 3 would show.
@@ -38,6 +40,8 @@ pub struct Couch3 {
     digests: Mutex<HashMap<String, (String, usize)>>,
     /// `q`, `n` and the instance (a number per creation) by database.
     shards: Mutex<HashMap<String, (u64, u64, usize)>>,
+    /// Databases created partitioned.
+    partitioned: Mutex<Vec<String>>,
     /// Databases created so far.
     created: AtomicUsize,
     /// Attachments (by name) whose stored encoding is damaged: served with
@@ -162,6 +166,17 @@ impl Couch3 {
     pub fn rewrite_response(&self, request: &Request, upstream: &str, response: &mut Response) {
         let node = self.requests.fetch_add(1, Ordering::SeqCst) % 3;
         let s = request.segments();
+        if request.method == "GET" && s == ["_membership"] {
+            let nodes = json!(["couchdb@127.0.0.1"]);
+            *response = Response {
+                status_line: "HTTP/1.1 200 OK".into(),
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: json!({"all_nodes": nodes, "cluster_nodes": nodes})
+                    .to_string()
+                    .into_bytes(),
+            };
+            return;
+        }
         let created = response.status_line.contains(" 201");
         if created && request.method == "PUT" && s.len() == 1 && !s[0].starts_with('_') {
             let num = |k: &str| request.param(k).and_then(|v| v.parse().ok());
@@ -171,6 +186,11 @@ impl Couch3 {
                 .lock()
                 .unwrap()
                 .insert(s[0].to_string(), (q, n, instance));
+            let mut partitioned = self.partitioned.lock().unwrap();
+            partitioned.retain(|d| d != s[0]);
+            if request.param("partitioned").as_deref() == Some("true") {
+                partitioned.push(s[0].to_string());
+            }
         }
         if !response.status_line.contains(" 200") && !response.status_line.contains(" 201") {
             return;
@@ -219,6 +239,9 @@ impl Couch3 {
                 .filter(|r| r["deleted"] == true)
                 .count();
             value["doc_del_count"] = json!(deleted);
+            if self.partitioned.lock().unwrap().contains(&db) {
+                value["props"] = json!({"partitioned": true});
+            }
             if let Some(seq) = value.get("update_seq").and_then(Value::as_u64) {
                 value["update_seq"] = json!(opaque(seq, instance, node));
             }

@@ -63,6 +63,11 @@ pub struct CouchRestoreOptions {
     pub requests: usize,
     /// Memory for sorting ids while verifying.
     pub sort_memory: usize,
+    /// Shards of a database created (default: the source's `cluster.q`).
+    pub q: Option<u64>,
+    /// Replicas of a database created (default: the source's `cluster.n`
+    /// where the target has that many nodes, else the target's default).
+    pub n: Option<u64>,
 }
 
 impl Default for CouchRestoreOptions {
@@ -74,6 +79,66 @@ impl Default for CouchRestoreOptions {
             batch_bytes: 4 << 20,
             requests: 4,
             sort_memory: 64 << 20,
+            q: None,
+            n: None,
+        }
+    }
+}
+
+/// How a database is created: CouchDB's `PUT /db?q=Q&n=N&partitioned=true`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Shape {
+    /// Shards (`q`); `None`: the server's default.
+    pub q: Option<u64>,
+    /// Replicas of each shard (`n`); `None`: the server's default.
+    pub n: Option<u64>,
+    /// Partitioned (`props.partitioned`).
+    pub partitioned: bool,
+    /// The source's `n`, when the target has fewer nodes (or does not say
+    /// how many) and got its default instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_lowered_from: Option<u64>,
+}
+
+impl Shape {
+    /// The source database's shape, as its backup recorded it (`GET /db`:
+    /// `cluster.q`, `cluster.n`, `props.partitioned`).
+    pub fn of(meta: &Meta) -> Shape {
+        let cluster = |k: &str| {
+            meta.db_info
+                .get("cluster")
+                .and_then(|c| c.get(k))
+                .and_then(serde_json::Value::as_u64)
+                .filter(|&v| v > 0)
+        };
+        Shape {
+            q: cluster("q"),
+            n: cluster("n"),
+            partitioned: meta
+                .props
+                .get("partitioned")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+            n_lowered_from: None,
+        }
+    }
+
+    /// The query string of the `PUT` that creates it (`""` for defaults).
+    pub fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(q) = self.q {
+            parts.push(format!("q={q}"));
+        }
+        if let Some(n) = self.n {
+            parts.push(format!("n={n}"));
+        }
+        if self.partitioned {
+            parts.push("partitioned=true".to_string());
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", parts.join("&"))
         }
     }
 }
@@ -104,6 +169,10 @@ pub struct DbRestoreReport {
     pub target: String,
     /// Whether it was created.
     pub created: bool,
+    /// How it was created: the shard (`q`) and replica (`n`) counts asked
+    /// for (absent: the server's default) and whether partitioned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Shape>,
     /// Whether an interrupted restore of the same snapshot was resumed.
     pub resumed: bool,
     /// Leaf revisions sent.
@@ -452,7 +521,7 @@ impl Driver {
             _ => 0,
         };
         if plan.state == Target::Missing {
-            self.create(db, &plan.meta)?;
+            report.shape = Some(self.create(db, &plan.meta)?);
             report.created = true;
         }
         let mut marker = self.set_marker(db, &plan.source, PHASES[resume_from], None)?;
@@ -506,23 +575,49 @@ impl Driver {
         Ok(report)
     }
 
-    fn create(&self, db: &str, meta: &Meta) -> Result<()> {
-        let partitioned = meta
-            .props
-            .get("partitioned")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false);
-        let path = if partitioned {
-            format!("{}?partitioned=true", db_path(db))
-        } else {
-            db_path(db)
+    /// Creates `db` shaped as the source was (or as asked).
+    fn create(&self, db: &str, meta: &Meta) -> Result<Shape> {
+        let source = Shape::of(meta);
+        let mut shape = Shape {
+            q: self.options.q.or(source.q),
+            n: self.options.n,
+            partitioned: source.partitioned,
+            n_lowered_from: None,
         };
+        if shape.n.is_none()
+            && let Some(want) = source.n
+        {
+            // A replica count only where the target has that many nodes.
+            match self.cluster_nodes()? {
+                Some(nodes) if nodes >= want => shape.n = Some(want),
+                _ => shape.n_lowered_from = Some(want),
+            }
+        }
+        let path = format!("{}{}", db_path(db), shape.query());
         let r = self.block_on(self.client.request(Method::PUT, &path, None))?;
         match r.status {
-            s if s.is_success() => Ok(()),
-            StatusCode::PRECONDITION_FAILED => Ok(()), // created meanwhile
+            s if s.is_success() => Ok(shape),
+            StatusCode::PRECONDITION_FAILED => Ok(shape), // created meanwhile
             _ => Err(self.client.rejected(&path, "creating the database", &r)),
         }
+    }
+
+    /// The target's cluster nodes (`GET /_membership`), where it says.
+    fn cluster_nodes(&self) -> Result<Option<u64>> {
+        #[derive(serde::Deserialize)]
+        struct Membership {
+            cluster_nodes: Vec<serde_json::Value>,
+        }
+        let path = "_membership";
+        let r = self.block_on(self.client.request(Method::GET, path, None))?;
+        if !r.status.is_success() {
+            return Ok(None);
+        }
+        Ok(
+            r.json::<Membership>(&self.client.url_of(path), "_membership")
+                .ok()
+                .map(|m| m.cluster_nodes.len() as u64),
+        )
     }
 
     /// Writes the marker; returns its new revision.
