@@ -19,8 +19,6 @@ use crate::format::manifest::{Snapshot, Trust, decode_manifest};
 use crate::id::{IdSet, IndexId, PackId, SnapshotId};
 use crate::plan::retention::from_the_future;
 
-/// How many objects are fetched at once when listing snapshots or loading the index.
-const METADATA_CONCURRENCY: usize = 16;
 /// The most blobs the index table is sized for before loading (~800 MB).
 const MAX_INDEX_ESTIMATE: u64 = 1 << 24;
 /// Index objects fetched and decoded at once (each up to 32 MiB, held
@@ -214,7 +212,7 @@ impl Repository {
                 };
                 (id, loaded)
             })
-            .buffer_unordered(METADATA_CONCURRENCY)
+            .buffer_unordered(self.backend.small_reads())
             .collect()
             .await;
         let mut list = SnapshotList::default();
@@ -339,7 +337,7 @@ impl Repository {
                 };
                 (id, result)
             })
-            .buffered(INDEX_LOAD_CONCURRENCY);
+            .buffered(INDEX_LOAD_CONCURRENCY.min(self.backend.small_reads()));
         while let Some((id, result)) = loaded.next().await {
             match result {
                 Ok(mut packs) => {

@@ -303,7 +303,15 @@ pub struct Backend {
     store: Arc<dyn ObjectStore>,
     url: Arc<str>,
     max_list_entries: usize,
+    small_reads: usize,
 }
+
+/// Small objects (manifests) worth reading at once from a remote store:
+/// latency, not bandwidth, is the limit.
+const REMOTE_SMALL_READS: usize = 16;
+/// And from a local disk, where each read takes a blocking thread (and its
+/// memory) for a page-cache copy: more buy nothing.
+const LOCAL_SMALL_READS: usize = 2;
 
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -318,7 +326,13 @@ impl Backend {
             store,
             url: url.into().into(),
             max_list_entries: MAX_LIST_ENTRIES,
+            small_reads: REMOTE_SMALL_READS,
         }
+    }
+
+    /// How many small objects to read at once.
+    pub fn small_reads(&self) -> usize {
+        self.small_reads
     }
 
     /// The same store with a lower bound on listings (tests).
@@ -388,7 +402,9 @@ impl Backend {
                 )
             })?
             .with_fsync(true);
-        Ok(Backend::new(Arc::new(store), url))
+        let mut backend = Backend::new(Arc::new(store), url);
+        backend.small_reads = LOCAL_SMALL_READS;
+        Ok(backend)
     }
 
     fn connect_s3(
