@@ -137,7 +137,8 @@ measure() {
 # ---- per-tool commands (run with the cwd = WORK_DIR; they back up the relative path "current")
 repo() { echo "$REPOS/$1"; }
 RESTIC=(restic --cache-dir "$CACHE/restic" --compression auto)
-cairn_env() { local t=$1; shift; env XDG_CACHE_HOME="$CACHE/$t" XDG_CONFIG_HOME="$CACHE/$t" "$@"; }
+# cairn_cmd TOOL: sets CAIRN_CMD to how that cairn build runs (its own cache and config).
+cairn_cmd() { CAIRN_CMD=(env XDG_CACHE_HOME="$CACHE/$1" XDG_CONFIG_HOME="$CACHE/$1" "$(cairn_bin "$1")"); }
 RUSTIC=(rustic --cache-dir "$CACHE/rustic")
 # bupstash: the repository, key, send log (its stat cache for incremental puts) and query
 # cache by env.
@@ -148,11 +149,12 @@ bupstash_id() {  # DAY: the id `bupstash put` printed for that day
 }
 
 tool_init() {  # TOOL
+  [[ $1 != cairn* ]] || cairn_cmd "$1"
   case $1 in
     cairn*)
       mkdir -p "$CACHE/$1"
-      cairn_env "$1" "$(cairn_bin "$1")" key generate --output "$CACHE/$1/backup.key" >"$LOGS/$1-key.out" 2>&1
-      measure "$1" init 1 0 cairn_env "$1" "$(cairn_bin "$1")" init --repo "$(repo "$1")" ;;
+      "${CAIRN_CMD[@]}" key generate --output "$CACHE/$1/backup.key" >"$LOGS/$1-key.out" 2>&1
+      measure "$1" init 1 0 "${CAIRN_CMD[@]}" init --repo "$(repo "$1")" ;;
     restic) measure restic init 1 0 "${RESTIC[@]}" -r "$(repo restic)" init --repository-version 2 ;;
     borg) measure borg init 1 0 borg init --encryption=authenticated-blake2 "$(repo borg)" ;;
     rustic) measure rustic init 1 0 "${RUSTIC[@]}" -r "$(repo rustic)" init ;;
@@ -164,9 +166,10 @@ tool_init() {  # TOOL
 }
 
 tool_backup() {  # TOOL DAY BYTES
+  [[ $1 != cairn* ]] || cairn_cmd "$1"
   local archive; archive=$(printf 'day%02d' "$2")
   case $1 in
-    cairn*) measure "$1" backup "$2" "$3" cairn_env "$1" "$(cairn_bin "$1")" backup --repo "$(repo "$1")" \
+    cairn*) measure "$1" backup "$2" "$3" "${CAIRN_CMD[@]}" backup --repo "$(repo "$1")" \
              --key "$CACHE/$1/backup.key" --json current ;;
     restic) measure restic backup "$2" "$3" "${RESTIC[@]}" -r "$(repo restic)" backup --host cairn-bench current ;;
     borg) measure borg backup "$2" "$3" borg create --compression zstd,3 "$(repo borg)::$archive" current ;;
@@ -176,9 +179,10 @@ tool_backup() {  # TOOL DAY BYTES
 }
 
 tool_restore() {  # TOOL DAY BYTES TARGET
+  [[ $1 != cairn* ]] || cairn_cmd "$1"
   local archive; archive=$(printf 'day%02d' "$2")
   case $1 in
-    cairn*) measure "$1" restore "$2" "$3" cairn_env "$1" "$(cairn_bin "$1")" restore --repo "$(repo "$1")" latest --target "$4" ;;
+    cairn*) measure "$1" restore "$2" "$3" "${CAIRN_CMD[@]}" restore --repo "$(repo "$1")" latest --target "$4" ;;
     restic) measure restic restore "$2" "$3" "${RESTIC[@]}" -r "$(repo restic)" restore latest --target "$4" ;;
     borg) measure borg restore "$2" "$3" env -C "$4" borg extract "$(repo borg)::$archive" ;;
     rustic) measure rustic restore "$2" "$3" "${RUSTIC[@]}" -r "$(repo rustic)" restore latest "$4" ;;
@@ -187,9 +191,10 @@ tool_restore() {  # TOOL DAY BYTES TARGET
 }
 
 tool_check() {  # TOOL DAY
+  [[ $1 != cairn* ]] || cairn_cmd "$1"
   local bytes; bytes=$(du -sb "$(repo "$1")" | cut -f1)
   case $1 in
-    cairn*) measure "$1" check "$2" "$bytes" cairn_env "$1" "$(cairn_bin "$1")" verify --repo "$(repo "$1")" --read-data ;;
+    cairn*) measure "$1" check "$2" "$bytes" "${CAIRN_CMD[@]}" verify --repo "$(repo "$1")" --read-data ;;
     restic) measure restic check "$2" "$bytes" "${RESTIC[@]}" -r "$(repo restic)" check --read-data ;;
     borg) measure borg check "$2" "$bytes" borg check --verify-data "$(repo borg)" ;;
     rustic) measure rustic check "$2" "$bytes" "${RUSTIC[@]}" -r "$(repo rustic)" check --read-data ;;
@@ -217,8 +222,9 @@ check_restored() {  # TOOL DAY TARGET
 
 # Not timed: keeps `backup --json`'s summary and checks `snapshots --json` (newest last).
 cairn_sanity() {  # TOOL DAY
+  [[ $1 != cairn* ]] || cairn_cmd "$1"
   local tag; tag=$(printf '%s-day%02d' "$1" "$2")
-  cairn_env "$1" "$(cairn_bin "$1")" snapshots --repo "$(repo "$1")" --json >"$LOGS/$tag-snapshots.json" 2>"$LOGS/$tag-snapshots.err" || true
+  "${CAIRN_CMD[@]}" snapshots --repo "$(repo "$1")" --json >"$LOGS/$tag-snapshots.json" 2>"$LOGS/$tag-snapshots.err" || true
   python3 - "$2" "$LOGS/$tag-backup.out" "$LOGS/$tag-snapshots.json" "$1" >>"$JSONL" <<'PY' || echo "  $1: could not read its JSON output (see logs/)" >&2
 import json, sys
 day, backup_out, snaps, tool = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
