@@ -86,7 +86,54 @@ plain_and_couchdb3!(
     failures_have_clear_messages_and_distinct_exit_codes,
     transient_failures_are_retried_big_batches_split_and_a_403_stops,
     several_databases_at_once_and_a_refusing_target_exits_16,
+    every_database_is_listed_page_by_page_and_changes_to_the_list_are_named,
 );
+
+/// `--all-dbs` lists the server's databases a page at a time, and the
+/// next backup names the ones that appeared and vanished since.
+fn every_database_is_listed_page_by_page_and_changes_to_the_list_are_named(couch: &Couch) {
+    let upstream = reqwest::Url::parse(&couch.url).unwrap();
+    let proxy = faulty::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap()
+    ));
+    // Other tests share the server: the proxy lists only this test's.
+    let prefix = format!("{}_", couch.new_db("many"));
+    *proxy.faults.only_dbs.lock().unwrap() = Some(prefix.clone());
+    let url = proxy.url(&couch.url);
+    let f = Fixture::new();
+    let names: Vec<String> = (0..30).map(|i| format!("{prefix}{i:02}")).collect();
+    for (i, db) in names.iter().enumerate() {
+        couch.create_db(db);
+        couch.write(db, &[couch::body(i, 0), couch::body(i + 100, 0)]);
+    }
+    let all = ["--all-dbs", "--dbs-page", "7"];
+    let first = ok(&mut backup(&f, &url, &all)).json();
+    let listed: Vec<&str> = first["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["db"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, names, "five pages of seven, each name once");
+    assert_eq!(
+        (&first["appeared"], &first["vanished"]),
+        (&json!([]), &json!([]))
+    );
+
+    couch.delete_db(&names[3]);
+    let newcomer = format!("{prefix}zz");
+    couch.create_db(&newcomer);
+    couch.write(&newcomer, &[couch::body(7, 0)]);
+    let second = ok(&mut backup(&f, &url, &all)).json();
+    assert_eq!(second["databases"].as_array().unwrap().len(), 30);
+    assert_eq!(second["appeared"], json!([newcomer]), "{second}");
+    assert_eq!(second["vanished"], json!([names[3]]), "{second}");
+    for db in names.iter().chain([&newcomer]) {
+        couch.delete_db(db);
+    }
+}
 
 /// CouchDB 3 stores text and JSON attachments gzip-encoded, and their
 /// digests are of the encoding: a backup checks each as stored, keeps the

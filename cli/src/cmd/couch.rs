@@ -75,9 +75,14 @@ pub struct CouchBackupArgs {
     /// A database to back up (repeatable).
     #[arg(long = "db", value_name = "NAME")]
     dbs: Vec<String>,
-    /// Every database on the server (with --exclude to leave some out).
+    /// Every database on the server (with --exclude to leave some out),
+    /// `_users` and `_replicator` included; `_global_changes`, `_dbs` and
+    /// `_nodes` (logs and a node's own metadata) only when named with --db.
     #[arg(long, conflicts_with = "dbs")]
     all_dbs: bool,
+    /// Names per `_all_dbs` request.
+    #[arg(long, default_value_t = 1000, value_name = "N", hide = true)]
+    dbs_page: usize,
     /// With --all-dbs: a database to leave out (repeatable).
     #[arg(long, value_name = "NAME", requires = "all_dbs")]
     exclude: Vec<String>,
@@ -122,6 +127,7 @@ pub async fn backup(args: CouchBackupArgs) -> anyhow::Result<ExitCode> {
             jobs: args.jobs.max(1),
             requests: args.server.requests.max(1),
             full: args.full,
+            dbs_page: args.dbs_page.max(2),
             ..CouchBackupOptions::default()
         };
         match args.server.connect().await {
@@ -164,6 +170,15 @@ pub async fn backup(args: CouchBackupArgs) -> anyhow::Result<ExitCode> {
             db.fetched_attachments,
             db.reused_leaves,
             db.reused_attachments,
+        );
+    }
+    if !summary.appeared.is_empty() {
+        println!("new since the last backup: {}", summary.appeared.join(", "));
+    }
+    if !summary.vanished.is_empty() {
+        println!(
+            "no longer listed by the server (kept in earlier snapshots): {}",
+            summary.vanished.join(", ")
         );
     }
     let b = &summary.backup;

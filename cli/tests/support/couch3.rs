@@ -103,7 +103,7 @@ impl Request {
             .collect()
     }
 
-    fn param(&self, name: &str) -> Option<String> {
+    pub fn param(&self, name: &str) -> Option<String> {
         self.query
             .split('&')
             .filter_map(|kv| kv.split_once('='))

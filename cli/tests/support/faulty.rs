@@ -25,6 +25,10 @@ pub struct Faults {
     pub unauthorized_once: AtomicBool,
     /// Answer 403 to requests whose path contains this.
     pub forbid: std::sync::Mutex<Option<String>>,
+    /// List only the databases whose names start with this in `_all_dbs`
+    /// (a test's own, on a server other tests share), paged as CouchDB
+    /// pages it (`limit`, `start_key`).
+    pub only_dbs: std::sync::Mutex<Option<String>>,
     /// Requests seen, and answered by the proxy itself.
     pub seen: AtomicUsize,
     pub injected: AtomicUsize,
@@ -170,7 +174,11 @@ fn serve(
         );
     }
     let request = Request::parse(&request_line, &header_lines);
-    if let Some(c3) = couch3 {
+    if request.path == "/_all_dbs" && faults.only_dbs.lock().unwrap().is_some() {
+        // The whole list from the server; the proxy filters and pages it.
+        let line = request_line.replacen(&format!("?{}", request.query), "", 1);
+        head.splice(..request_line.len(), line.into_bytes());
+    } else if let Some(c3) = couch3 {
         let line = c3.rewrite_request(&request, &request_line);
         head.splice(..request_line.len(), line.into_bytes());
     }
@@ -179,6 +187,15 @@ fn serve(
     up.write_all(&body)?;
     let mut response = Vec::new();
     up.read_to_end(&mut response)?;
+    let only = faults.only_dbs.lock().unwrap().clone();
+    if let Some(prefix) = only
+        && request.path == "/_all_dbs"
+        && let Some(mut parsed) = Response::parse(&response)
+    {
+        page_dbs(&request, &prefix, &mut parsed);
+        let mut client = client;
+        return client.write_all(&parsed.to_bytes());
+    }
     if let Some(c3) = couch3
         && let Some(mut parsed) = Response::parse(&response)
     {
@@ -204,4 +221,19 @@ fn serve(
     let mut client = client;
     client.write_all(out.as_bytes())?;
     client.write_all(rest)
+}
+
+/// `_all_dbs` as CouchDB answers it, of the names with `prefix` only.
+fn page_dbs(request: &Request, prefix: &str, response: &mut Response) {
+    let all: Vec<String> = serde_json::from_slice(&response.body).unwrap_or_default();
+    let mut names: Vec<String> = all.into_iter().filter(|n| n.starts_with(prefix)).collect();
+    names.sort();
+    if let Some(start) = request.param("start_key") {
+        let start: String = serde_json::from_str(&start).unwrap();
+        names.retain(|n| *n >= start);
+    }
+    if let Some(limit) = request.param("limit").and_then(|l| l.parse().ok()) {
+        names.truncate(limit);
+    }
+    response.body = serde_json::to_vec(&names).unwrap();
 }

@@ -68,6 +68,8 @@ pub struct CouchBackupOptions {
     pub batch: usize,
     /// Rows per `_changes` page.
     pub changes_page: usize,
+    /// Names per `_all_dbs` page.
+    pub dbs_page: usize,
     /// Memory for sorting ids before spilling to temporary files.
     pub sort_memory: usize,
     /// Write every database's documents anew (no overlay on the previous base).
@@ -84,6 +86,7 @@ impl Default for CouchBackupOptions {
             requests: 4,
             batch: 500,
             changes_page: 10_000,
+            dbs_page: 1_000,
             sort_memory: 64 << 20,
             full: false,
         }
@@ -129,6 +132,12 @@ pub struct CouchBackupSummary {
     pub retries: u64,
     /// Response bytes received.
     pub bytes_received: u64,
+    /// With every database selected: databases the newest earlier CouchDB
+    /// snapshot of this server did not hold.
+    pub appeared: Vec<String>,
+    /// And databases it held that the server no longer lists (deleted, or
+    /// hidden from these credentials): kept in that snapshot, not in this one.
+    pub vanished: Vec<String>,
 }
 
 impl WriteSession {
@@ -141,7 +150,7 @@ impl WriteSession {
         backup: &BackupOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<CouchBackupSummary> {
-        let dbs = list_dbs(&client, &options.dbs).await?;
+        let dbs = list_dbs(&client, &options.dbs, options.dbs_page).await?;
         let server: serde_json::Value = client
             .get_json("", "the server's welcome")
             .await?
@@ -170,6 +179,32 @@ impl WriteSession {
             {
                 break;
             }
+        }
+
+        let (appeared, vanished) = match (&options.dbs, newest_of(&flat, &client.url())) {
+            (DbSelection::All { exclude }, Some(newest)) => {
+                let before: std::collections::BTreeSet<String> = newest
+                    .manifest
+                    .items
+                    .iter()
+                    .filter_map(|i| format::parse_item_name(&i.name))
+                    .filter(|(db, file)| *file == format::META_FILE && !exclude.contains(db))
+                    .map(|(db, _)| db)
+                    .collect();
+                let now: std::collections::BTreeSet<String> = dbs.iter().cloned().collect();
+                (
+                    now.difference(&before).cloned().collect(),
+                    before.difference(&now).cloned().collect::<Vec<_>>(),
+                )
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
+        for db in &vanished {
+            tracing::warn!(
+                "database {db:?} was in the last backup of {} and is no longer listed: \
+                 deleted, or hidden from these credentials (the earlier snapshots keep it)",
+                client.url()
+            );
         }
 
         let failure = FirstFailure::default();
@@ -229,12 +264,32 @@ impl WriteSession {
             requests: wire.requests.load(Relaxed),
             retries: wire.retries.load(Relaxed),
             bytes_received: wire.bytes_received.load(Relaxed),
+            appeared,
+            vanished,
         })
     }
 }
 
+/// System databases `--all-dbs` leaves out (name them to back them up):
+/// `_global_changes` is CouchDB's log of database events, rebuilt as it
+/// runs, and `_dbs`/`_nodes` are a node's own cluster metadata. `_users`
+/// (accounts and their password hashes) and `_replicator` (replication
+/// jobs) are backed up: a recovery needs them.
+pub const SKIPPED_SYSTEM_DBS: [&str; 3] = ["_global_changes", "_dbs", "_nodes"];
+
+/// The newest of `flat` (oldest first) that backed up the server at `url`.
+fn newest_of<'a>(flat: &'a [Snapshot], url: &str) -> Option<&'a Snapshot> {
+    flat.iter()
+        .rev()
+        .find(|s| s.manifest.source.url.as_deref() == Some(url))
+}
+
 /// The databases to back up, checked to exist.
-async fn list_dbs(client: &CouchClient, selection: &DbSelection) -> Result<Vec<String>> {
+async fn list_dbs(
+    client: &CouchClient,
+    selection: &DbSelection,
+    page: usize,
+) -> Result<Vec<String>> {
     let mut dbs = match selection {
         DbSelection::Named(names) => {
             for name in names {
@@ -252,11 +307,10 @@ async fn list_dbs(client: &CouchClient, selection: &DbSelection) -> Result<Vec<S
             names.clone()
         }
         DbSelection::All { exclude } => {
-            let all: Vec<String> = client
-                .get_json("_all_dbs", "the list of databases")
-                .await?
-                .unwrap_or_default();
-            all.into_iter().filter(|d| !exclude.contains(d)).collect()
+            let all = client.all_dbs(page).await?;
+            all.into_iter()
+                .filter(|d| !exclude.contains(d) && !SKIPPED_SYSTEM_DBS.contains(&d.as_str()))
+                .collect()
         }
     };
     dbs.sort();

@@ -544,6 +544,10 @@ impl CouchClient {
     }
 }
 
+/// The most databases a server may list (a bound on what a hostile one
+/// makes Cairn hold).
+const MAX_DATABASES: usize = 1_000_000;
+
 /// What a request accepts back.
 #[derive(Debug, Clone, Copy)]
 struct Ask {
@@ -635,6 +639,54 @@ fn is_transient(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
+}
+
+impl CouchClient {
+    /// Every database's name, `page` at a time (`_all_dbs?limit&start_key`),
+    /// sorted. A server that does not page (it ignores `start_key`, or sends
+    /// more than asked) is asked once for the whole list instead.
+    pub(crate) async fn all_dbs(&self, page: usize) -> Result<Vec<String>> {
+        let page = page.max(2);
+        let what = "the list of databases";
+        let mut all: Vec<String> = Vec::new();
+        loop {
+            let path = match all.last() {
+                None => format!("_all_dbs?limit={page}"),
+                Some(last) => format!(
+                    "_all_dbs?limit={page}&start_key={}",
+                    query_value(&serde_json::Value::from(last.as_str()).to_string())
+                ),
+            };
+            let names: Vec<String> = self.get_json(&path, what).await?.unwrap_or_default();
+            let continues = match (all.last(), names.first()) {
+                (Some(last), Some(first)) => first == last,
+                (None, _) | (_, None) => true,
+            };
+            let sorted = names.windows(2).all(|w| w[0] < w[1]);
+            if names.len() > page || !continues || !sorted {
+                // Not paged as asked: the whole list in one answer.
+                let mut names: Vec<String> =
+                    self.get_json("_all_dbs", what).await?.unwrap_or_default();
+                names.sort();
+                names.dedup();
+                return Ok(names);
+            }
+            let full = names.len() == page;
+            let skip = usize::from(!all.is_empty());
+            all.extend(names.into_iter().skip(skip));
+            if all.len() > MAX_DATABASES {
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "{}: the server lists more than {MAX_DATABASES} databases",
+                        self.url()
+                    ),
+                });
+            }
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
 }
 
 /// `_changes` rows.

@@ -146,6 +146,8 @@ impl WriteSession {
             requests: 0,
             retries: 0,
             bytes_received: 0,
+            appeared: Vec::new(),
+            vanished: Vec::new(),
         })
     }
 }
