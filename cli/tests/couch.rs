@@ -87,6 +87,7 @@ plain_and_couchdb3!(
     transient_failures_are_retried_big_batches_split_and_a_403_stops,
     several_databases_at_once_and_a_refusing_target_exits_16,
     every_database_is_listed_page_by_page_and_changes_to_the_list_are_named,
+    unchanged_databases_cost_three_requests_and_restore_whole,
 );
 
 /// `--all-dbs` lists the server's databases a page at a time, and the
@@ -131,6 +132,76 @@ fn every_database_is_listed_page_by_page_and_changes_to_the_list_are_named(couch
     assert_eq!(second["appeared"], json!([newcomer]), "{second}");
     assert_eq!(second["vanished"], json!([names[3]]), "{second}");
     for db in names.iter().chain([&newcomer]) {
+        couch.delete_db(db);
+    }
+}
+
+/// A database unchanged since the last backup (the same counts, no change
+/// since its sequence, the same `_security`) is taken from it unread, with
+/// three requests; one whose documents or `_security` changed is backed up as
+/// usual; every snapshot still restores whole.
+fn unchanged_databases_cost_three_requests_and_restore_whole(couch: &Couch) {
+    let f = Fixture::new();
+    let dbs: Vec<String> = (0..12)
+        .map(|i| couch.new_db(&format!("still{i}")))
+        .collect();
+    for (i, db) in dbs.iter().enumerate() {
+        couch.create_db(db);
+        couch.write(db, &[couch::body(i, 0), couch::body(i + 50, 0)]);
+    }
+    let rev = couch.write(&dbs[0], &[json!({"_id": "with-note", "v": 1})])["with-note"].clone();
+    couch.attach_typed(
+        &dbs[0],
+        "with-note",
+        &rev,
+        "n.txt",
+        "text/plain",
+        b"a note\n",
+    );
+    let mut args: Vec<&str> = Vec::new();
+    for db in &dbs {
+        args.extend(["--db", db.as_str()]);
+    }
+    let first = ok(&mut backup(&f, &couch.url, &args)).json();
+    // In the order of `dbs`.
+    let unchanged = |summary: &Value| -> Vec<bool> {
+        dbs.iter()
+            .map(|db| db_stats(summary, db)["unchanged"].as_bool().unwrap())
+            .collect()
+    };
+    assert_eq!(unchanged(&first), vec![false; 12]);
+
+    let second = ok(&mut backup(&f, &couch.url, &args)).json();
+    assert_eq!(unchanged(&second), vec![true; 12], "{second}");
+    // Per database: the existence check of --db, `GET /db`, `_changes`,
+    // `_security`.
+    let requests = second["requests"].as_u64().unwrap();
+    assert!(requests <= 12 * 4 + 2, "{requests} requests: {second}");
+    assert!(
+        requests < first["requests"].as_u64().unwrap(),
+        "{requests} vs {}",
+        first["requests"]
+    );
+    assert_eq!(second["new_blobs"], 0, "{second}");
+    for db in [&dbs[0], &dbs[5]] {
+        assert_restores_as_now(&f, couch, "latest", db, "taken unread");
+    }
+
+    // A document written in one, `_security` set in another.
+    couch.write(&dbs[1], &[couch::body(99, 1)]);
+    couch.ok(
+        "PUT",
+        &format!("{}/_security", dbs[2]),
+        Some(&json!({"admins": {"names": ["head"], "roles": []}, "members": {"names": [], "roles": []}})),
+    );
+    let third = ok(&mut backup(&f, &couch.url, &args)).json();
+    let mut want = vec![true; 12];
+    (want[1], want[2]) = (false, false);
+    assert_eq!(unchanged(&third), want, "{third}");
+    for db in &dbs[..3] {
+        assert_restores_as_now(&f, couch, "latest", db, "after changes");
+    }
+    for db in &dbs {
         couch.delete_db(db);
     }
 }

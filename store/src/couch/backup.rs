@@ -37,10 +37,11 @@ use crate::couch::sort::ExternalSorter;
 use crate::couch::{FirstFailure, backup_streams, stream_item, streams};
 use crate::error::{Error, Result};
 use crate::format::key::SecretKey;
+use crate::format::manifest::ItemKind;
 use crate::format::manifest::{Item, Snapshot, SourceInfo, SourceKind};
 use crate::ops::backup::{BackupOptions, BackupSummary, Progress};
 use crate::ops::session::WriteSession;
-use crate::ops::source::Prepared;
+use crate::ops::source::{Content, Entry, Prepared, StoredContent};
 use crate::repo::IndexedRepository;
 
 /// Which databases to back up.
@@ -116,6 +117,10 @@ pub struct DbBackupStats {
     /// Whether only the changes since the previous snapshot were listed
     /// (else every id was).
     pub only_changes: bool,
+    /// Nothing changed since the previous snapshot (the same document
+    /// counts, no change in `_changes` since its sequence, the same
+    /// `_security`): its dump was taken as it is, unread, with three requests.
+    pub unchanged: bool,
 }
 
 /// What a CouchDB backup did.
@@ -161,17 +166,19 @@ impl WriteSession {
             .load_snapshots(&self.config().trust())
             .await?;
 
-        // The newest CouchDB snapshots, their trees read, until every
-        // database has its newest earlier dump.
+        // The newest CouchDB snapshots signed with this key (what is copied
+        // or taken from them is signed again: never another signer's), their
+        // trees read, until every database has its newest earlier dump.
         let mut flat = Vec::new();
         let reader = Arc::new(self.repo().blob_reader());
+        let signer = key.public();
         for s in snapshots.snapshots.iter().rev() {
-            if s.manifest.source.kind != SourceKind::Couchdb {
+            if s.manifest.source.kind != SourceKind::Couchdb || s.signer != signer {
                 continue;
             }
             flat.insert(
                 0,
-                crate::ops::walk::with_items(Arc::clone(&reader), s).await?,
+                Flat::new(crate::ops::walk::with_items(Arc::clone(&reader), s).await?),
             );
             if dbs
                 .iter()
@@ -207,17 +214,26 @@ impl WriteSession {
             );
         }
 
+        let mut unchanged = if options.full {
+            HashMap::new()
+        } else {
+            unchanged_dbs(&client, self.repo(), &flat, &dbs).await
+        };
         let failure = FirstFailure::default();
         let mut entries = Vec::new();
         let mut jobs = Vec::new();
+        let mut taken = Vec::new();
         for db in &dbs {
+            if let Some((stored, stats)) = unchanged.remove(db) {
+                entries.extend(stored);
+                taken.push(stats);
+                continue;
+            }
             let previous = previous_of(self.repo(), &flat, db);
             // A new base, or the previous base and overlays and one more.
-            let compact = previous.as_ref().is_none_or(|p| {
-                options.full
-                    || p.overlays.len() >= format::MAX_OVERLAYS
-                    || p.overlays.iter().map(|o| o.len).sum::<u64>() > p.docs.len / 2
-            });
+            let compact = previous
+                .as_ref()
+                .is_none_or(|p| options.full || p.due_for_new_base());
             let overlays = previous
                 .as_ref()
                 .filter(|_| !compact)
@@ -246,7 +262,7 @@ impl WriteSession {
             exit_status: None,
             url: Some(client.url()),
         };
-        let (backup, stats) = backup_streams(
+        let (backup, mut stats) = backup_streams(
             self,
             Prepared { info, entries },
             key,
@@ -256,6 +272,8 @@ impl WriteSession {
             move || run_jobs(context, jobs),
         )
         .await?;
+        stats.extend(taken);
+        stats.sort_by(|a, b| a.db.cmp(&b.db));
         let wire = &client.stats;
         use std::sync::atomic::Ordering::Relaxed;
         Ok(CouchBackupSummary {
@@ -277,10 +295,36 @@ impl WriteSession {
 /// jobs) are backed up: a recovery needs them.
 pub const SKIPPED_SYSTEM_DBS: [&str; 3] = ["_global_changes", "_dbs", "_nodes"];
 
+/// An earlier CouchDB snapshot with its items (a version-2 tree read
+/// flat), shared by every database's job, and its items by name.
+struct Flat {
+    snapshot: Arc<Snapshot>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Flat {
+    fn new(snapshot: Snapshot) -> Flat {
+        let by_name = (snapshot.manifest.items.iter().enumerate())
+            .map(|(i, item)| (item.name.clone(), i))
+            .collect();
+        Flat {
+            snapshot: Arc::new(snapshot),
+            by_name,
+        }
+    }
+
+    fn item(&self, name: &str) -> Option<&Item> {
+        self.by_name
+            .get(name)
+            .map(|&i| &self.snapshot.manifest.items[i])
+    }
+}
+
 /// The newest of `flat` (oldest first) that backed up the server at `url`.
-fn newest_of<'a>(flat: &'a [Snapshot], url: &str) -> Option<&'a Snapshot> {
+fn newest_of<'a>(flat: &'a [Flat], url: &str) -> Option<&'a Snapshot> {
     flat.iter()
         .rev()
+        .map(|f| &*f.snapshot)
         .find(|s| s.manifest.source.url.as_deref() == Some(url))
 }
 
@@ -325,14 +369,14 @@ async fn list_dbs(
 }
 
 /// The newest earlier dump of `db`: its documents and attachments.
-fn previous_of(repo: &IndexedRepository, snapshots: &[Snapshot], db: &str) -> Option<PreviousDb> {
+fn previous_of(repo: &IndexedRepository, snapshots: &[Flat], db: &str) -> Option<PreviousDb> {
     let docs_name = format::item_name(db, format::DOCS_FILE);
     let atts_name = format::item_name(db, format::ATTACHMENTS_FILE);
-    snapshots.iter().rev().find_map(|s| {
-        if s.manifest.source.kind != SourceKind::Couchdb {
+    snapshots.iter().rev().find_map(|flat| {
+        if flat.snapshot.manifest.source.kind != SourceKind::Couchdb {
             return None;
         }
-        let find = |name: &str| s.manifest.items.iter().find(|i| i.name == name).cloned();
+        let find = |name: &str| flat.item(name).cloned();
         let mut overlays = Vec::new();
         while let Some(o) = find(&format::item_name(
             db,
@@ -342,11 +386,12 @@ fn previous_of(repo: &IndexedRepository, snapshots: &[Snapshot], db: &str) -> Op
         }
         Some(PreviousDb {
             repo: repo.clone(),
-            snapshot: s.clone(),
+            snapshot: Arc::clone(&flat.snapshot),
             docs: find(&docs_name)?,
             overlays,
             attachments: find(&atts_name)?,
             design: find(&format::item_name(db, format::DESIGN_FILE))?,
+            local: find(&format::item_name(db, format::LOCAL_FILE))?,
             meta: find(&format::item_name(db, format::META_FILE))?,
         })
     })
@@ -354,13 +399,188 @@ fn previous_of(repo: &IndexedRepository, snapshots: &[Snapshot], db: &str) -> Op
 
 struct PreviousDb {
     repo: IndexedRepository,
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
     docs: Item,
     overlays: Vec<Item>,
     attachments: Item,
     design: Item,
+    local: Item,
     meta: Item,
 }
+
+impl PreviousDb {
+    /// Whether its overlays are to be folded into a new base: too many, or
+    /// together more than half the base.
+    fn due_for_new_base(&self) -> bool {
+        self.overlays.len() >= format::MAX_OVERLAYS
+            || self.overlays.iter().map(|o| o.len).sum::<u64>() > self.docs.len / 2
+    }
+
+    /// Its items, as entries that take their content unread.
+    fn stored_entries(&self) -> Option<Vec<Entry>> {
+        let items = [
+            &self.design,
+            &self.docs,
+            &self.attachments,
+            &self.local,
+            &self.meta,
+        ];
+        items
+            .into_iter()
+            .chain(&self.overlays)
+            .map(|item| {
+                let stored = StoredContent {
+                    root: item.tree?,
+                    one_chunk: item.one_chunk,
+                    chunks: item.chunks?,
+                    len: item.len,
+                    chunker: item.chunker?,
+                };
+                Some(Entry {
+                    name: item.name.clone(),
+                    kind: ItemKind::File,
+                    mode: None,
+                    mtime: None,
+                    target: None,
+                    chunker: item.chunker,
+                    content: Some(Content::Stored(stored)),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Databases at most this many are checked for changes at once.
+const CHECKS_AT_ONCE: usize = 8;
+
+/// The databases of `dbs` that did not change since their newest dump in
+/// `flat` (and whose overlays are not due to be folded): the same document
+/// counts, no change in `_changes` since its sequence (which any node of a
+/// cluster answers), and the same `_security`. Each comes as
+/// its dump's entries, to be taken unread, and its statistics. A database
+/// whose check fails for any reason is backed up as usual (which reports
+/// the failure).
+async fn unchanged_dbs(
+    client: &Arc<CouchClient>,
+    repo: &IndexedRepository,
+    flat: &[Flat],
+    dbs: &[String],
+) -> HashMap<String, (Vec<Entry>, DbBackupStats)> {
+    use futures::StreamExt;
+    let candidates: Vec<(String, PreviousDb)> = dbs
+        .iter()
+        .filter_map(|db| previous_of(repo, flat, db).map(|p| (db.clone(), p)))
+        .filter(|(_, p)| !p.due_for_new_base())
+        .collect();
+    futures::stream::iter(candidates)
+        .map(|(db, previous)| async move {
+            match unchanged_since(client, &db, &previous).await {
+                Ok(Some(meta)) => {
+                    let entries = previous.stored_entries()?;
+                    let counts = meta.counts;
+                    let stats = DbBackupStats {
+                        db: db.clone(),
+                        reused_leaves: counts.doc_leaves + counts.design_leaves,
+                        reused_attachments: counts.attachments,
+                        counts,
+                        previous: Some(previous.snapshot.id.to_string()),
+                        only_changes: true,
+                        unchanged: true,
+                        ..DbBackupStats::default()
+                    };
+                    Some((db, (entries, stats)))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::debug!("database {db:?}: checking for changes: {e}");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(CHECKS_AT_ONCE)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await
+}
+
+/// The previous dump's metadata when `db` has not changed since it.
+async fn unchanged_since(
+    client: &CouchClient,
+    db: &str,
+    previous: &PreviousDb,
+) -> Result<Option<Meta>> {
+    if previous.meta.len > MAX_META_LEN {
+        return Ok(None);
+    }
+    let reader = previous.repo.blob_reader();
+    let (bytes, _) = previous
+        .repo
+        .restore_item(
+            &reader,
+            &previous.snapshot,
+            &previous.meta,
+            Vec::new(),
+            &crate::ops::restore::NoRestoreProgress,
+        )
+        .await?;
+    let meta: Meta = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(previous.meta.name.clone(), e.to_string()))?;
+    if meta.method != "changes" || meta.last_seq.is_null() {
+        return Ok(None);
+    }
+    // The same database, as many documents: a database deleted and created
+    // again under the name (its sequence restarted, or replays from the
+    // start on CouchDB 3) or purged shows here.
+    let Some(info) = client
+        .get_json::<serde_json::Value>(&db_path(db), "database info")
+        .await?
+    else {
+        return Ok(None);
+    };
+    if !same_database(&meta.db_info, &info) {
+        return Ok(None);
+    }
+    let since = match &meta.last_seq {
+        serde_json::Value::String(s) => query_value(s),
+        other => query_value(&other.to_string()),
+    };
+    let path = format!("{}/_changes?limit=1&since={since}", db_path(db));
+    let response = client.request(Method::GET, &path, None).await?;
+    if !response.status.is_success() {
+        return Ok(None);
+    }
+    #[derive(Deserialize)]
+    struct Page {
+        results: Vec<serde_json::Value>,
+    }
+    let page: Page = response.json(&client.url_of(&path), "_changes")?;
+    if !page.results.is_empty() {
+        return Ok(None);
+    }
+    let security = client
+        .get_json::<serde_json::Value>(&format!("{}/_security", db_path(db)), "_security")
+        .await?
+        .unwrap_or_else(|| serde_json::json!({}));
+    Ok((security == meta.security).then_some(meta))
+}
+
+/// Whether two `GET /db` answers can be of the same, unchanged database:
+/// the same document and deleted-document counts, and (where sequences
+/// are numbers, as on pouchdb-server; CouchDB's differ per node) the same
+/// update sequence. Only a hint: `_changes` decides.
+fn same_database(before: &serde_json::Value, now: &serde_json::Value) -> bool {
+    let same = |k: &str| before.get(k) == now.get(k);
+    let seq = |v: &serde_json::Value| v.get("update_seq").and_then(serde_json::Value::as_u64);
+    same("doc_count")
+        && same("doc_del_count")
+        && match (seq(before), seq(now)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+}
+
+/// The longest `meta.json` read back for the check (it is a few KiB).
+const MAX_META_LEN: u64 = 1 << 20;
 
 impl PreviousDb {
     fn open(&self, runtime: &Handle, item: &Item) -> Lines<BufReader<PipeReader>> {
@@ -1145,16 +1365,13 @@ impl Producer<'_> {
             .unwrap_or_default();
         for (i, (out, item)) in kept.iter_mut().zip(previous).enumerate() {
             let file = format::overlay_file(i + 1);
+            let previous = self
+                .previous
+                .ok_or_else(|| Error::invalid("no previous dump"))?;
             let mut lines = stream_item(
                 &self.context.runtime,
-                &self
-                    .previous
-                    .map(|p| p.repo.clone())
-                    .ok_or_else(|| Error::invalid("no previous dump"))?,
-                &self
-                    .previous
-                    .map(|p| p.snapshot.clone())
-                    .ok_or_else(|| Error::invalid("no previous dump"))?,
+                &previous.repo,
+                &previous.snapshot,
                 item,
             );
             let mut buf = Vec::new();

@@ -106,6 +106,21 @@ pub(crate) enum Content {
     Stdin,
     Command(String),
     Reader(Box<dyn Read + Send>),
+    /// Content this key stored before, taken as it is, unread (a CouchDB
+    /// database unchanged since its last backup). The backup takes it only
+    /// if an index object names its root.
+    Stored(StoredContent),
+}
+
+/// Where stored content is: what a file entry's node names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredContent {
+    /// The chunk-list root, or the one chunk when `one_chunk`.
+    pub root: BlobId,
+    pub one_chunk: bool,
+    pub chunks: u64,
+    pub len: u64,
+    pub chunker: ChunkerParams,
 }
 
 impl Content {
@@ -123,6 +138,9 @@ impl Content {
                     .map_err(|e| fail(format!("cannot start `{}`: {e}", redacted(&command))))?,
             ),
             Content::Reader(r) => r,
+            Content::Stored(_) => {
+                return Err(Error::Bug(format!("{item}: stored content is not read")));
+            }
         })
     }
 }
