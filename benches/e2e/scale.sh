@@ -26,7 +26,8 @@
 # is backed up M+1 times into its own repository with a fixed --host and --time a day apart,
 # the last one now; before every backup but the first, 10 seeded files are rewritten. After
 # snapshot 1, 10, 100 and M (those <= M): `cairn snapshots` 3 times (median wall and RSS
-# reported), and the next backup is the measured one ("backup with k snapshots"). Every
+# reported), and the next backup is the measured one ("backup with k snapshots"), first run
+# three times on copies of the repository (median reported). Every
 # backup's time and RSS is recorded anyway.
 set -euo pipefail
 
@@ -192,6 +193,16 @@ for ((i = 1; i <= NSNAP + 1; i++)); do
   ((i > 1)) && gen "$SNAPVOL" 20261206 "$SNAPFILES" "$i"
   when=$(date -u -d "@$((NOW - (NSNAP + 1 - i) * 86400))" +%FT%TZ)
   have=$((i - 1))  # snapshots in the repository before this backup
+  if [[ " ${CHECK[*]} " == *" $have "* ]]; then
+    # The backup measured at a checkpoint, three times on copies of the
+    # repository (one run's peak RSS varies by a few percent).
+    for r in 1 2 3; do
+      rm -rf "$repo.probe"; cp -a "$repo" "$repo.probe"
+      measure "snap-probe-$have-$r" "\"part\":\"snapshots\",\"step\":\"probe\",\"snapshots_before\":$have,\"run\":$r" \
+        "$CAIRN" backup --repo "$repo.probe" --key "$KEY" --host "$HOST" --time "$when" --json "$SNAPVOL"
+    done
+    rm -rf "$repo.probe"
+  fi
   measure "snap-backup-$i" "\"part\":\"snapshots\",\"step\":\"backup\",\"index\":$i,\"snapshots_before\":$have" \
     "$CAIRN" backup --repo "$repo" --key "$KEY" --host "$HOST" --time "$when" --json "$SNAPVOL"
   if [[ " ${CHECK[*]} " == *" $i "* ]]; then
@@ -232,6 +243,10 @@ g = [sizes.get((big, "first")), sizes.get((big, "unchanged"))]
 growth = g[1] - g[0] if None not in g else None
 
 backups = {r["snapshots_before"]: r for r in meas if r.get("step") == "backup"}
+probes = {}
+for r in meas:
+    if r.get("step") == "probe":
+        probes.setdefault(r["snapshots_before"], []).append(r)
 lists = {}
 for r in meas:
     if r.get("step") == "list":
@@ -244,8 +259,11 @@ for k in sorted(lists):
                   "list_wall_s_median": statistics.median(x["wall_s"] for x in runs),
                   "list_max_rss_mb_median": round(mb(statistics.median(x["max_rss_kib"] for x in runs)), 1),
                   "list_wall_s_runs": [x["wall_s"] for x in runs],
-                  "backup_wall_s": b["wall_s"] if b else None,
-                  "backup_max_rss_mb": round(mb(b["max_rss_kib"]), 1) if b else None})
+                  "backup_wall_s": (statistics.median(x["wall_s"] for x in probes[k]) if k in probes
+                                    else b["wall_s"] if b else None),
+                  "backup_max_rss_mb": (round(mb(statistics.median(x["max_rss_kib"] for x in probes[k])), 1)
+                                        if k in probes else round(mb(b["max_rss_kib"]), 1) if b else None),
+                  "backup_max_rss_mb_runs": [round(mb(x["max_rss_kib"]), 1) for x in probes.get(k, [])]})
 all_backups = [{"index": r["index"], "snapshots_before": r["snapshots_before"], "wall_s": r["wall_s"],
                 "max_rss_mb": round(mb(r["max_rss_kib"]), 1)} for r in sorted(backups.values(), key=lambda r: r["index"])]
 
@@ -292,12 +310,13 @@ for f in files:
 L.append(f"\nRepository growth of the unchanged backup of {big:,} files: {fmt(growth, 0)} bytes.\n")
 L.append(f"## Snapshots: one repository, 5,000 files, 10 rewritten between backups, --time a day apart\n")
 L.append("`cairn snapshots`: median of 3 runs. Backup: the next backup after that many snapshots "
-         "(parent = the newest; 10 changed files).\n")
+         "(parent = the newest; 10 changed files), run 3 times on copies of the repository: median (runs).\n")
 L.append("| snapshots | listed | `snapshots` wall s (runs) | `snapshots` peak RSS MB | backup wall s | backup peak RSS MB |")
 L.append("|---:|---:|---:|---:|---:|---:|")
 for s in snaps:
     L.append(f"| {s['snapshots']:,} | {s['listed']} | {fmt(s['list_wall_s_median'], 2)} ({', '.join(f'{x:.2f}' for x in s['list_wall_s_runs'])}) | "
-             f"{fmt(s['list_max_rss_mb_median'])} | {fmt(s['backup_wall_s'], 2)} | {fmt(s['backup_max_rss_mb'])} |")
+             f"{fmt(s['list_max_rss_mb_median'])} | {fmt(s['backup_wall_s'], 2)} | {fmt(s['backup_max_rss_mb'])}"
+             + (f" ({', '.join(str(x) for x in s['backup_max_rss_mb_runs'])})" if s['backup_max_rss_mb_runs'] else "") + " |")
 if all_backups:
     w = [b["wall_s"] for b in all_backups[1:]] or [0]
     r = [b["max_rss_mb"] for b in all_backups[1:]] or [0]

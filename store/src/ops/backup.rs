@@ -60,6 +60,11 @@ const MAX_PARENT_CHUNKS: u64 = 1 << 20;
 /// bytes) is read on its own, when walking a tree or predicting cuts, and
 /// the whole frame is decoded for it; chunk lists barely compress anyway.
 const TREE_FRAME_TARGET_LEN: usize = 64 * 1024;
+/// Decoded frames kept while reading the parent's tree. Its nodes are read
+/// once each, in order; a frame serves the nodes written beside it. More
+/// only grows with how scattered the parent is: with 4 MiB, a backup beside
+/// 10 or 300 snapshots peaked 1.8 MB (9 %) above one beside one.
+const PARENT_CACHE_LEN: usize = 1 << 20;
 /// Frames compressing or waiting to be packed at once.
 const FRAMES_IN_FLIGHT: usize = 8;
 
@@ -170,7 +175,7 @@ impl WriteSession {
         let paths = source.paths()?;
         let parent = self.parent(&paths, options, &key.public()).await?;
         self.pauses().at("backup:parents-loaded").await;
-        let reader = Arc::new(BlobReader::new(self.repo().clone(), 4, 4 << 20));
+        let reader = Arc::new(BlobReader::new(self.repo().clone(), 4, PARENT_CACHE_LEN));
         let parent_tree = match &parent {
             Some(p) => match SnapshotTree::open(Arc::clone(&reader), p) {
                 Ok(t) => Some(t),
@@ -730,6 +735,25 @@ impl<'a> Ingest<'a> {
         {
             entry.node = node.clone();
             entry.one_chunk = *one_chunk;
+            return Ok(());
+        }
+        if let Content::Stored(stored) = content {
+            // Stored before by this key (the source checked the signer):
+            // taken unread, as an unchanged file is, once the index names it.
+            if !self.index.contains(&stored.root) {
+                return Err(Error::Missing {
+                    object: format!("content {} of {path}", stored.root),
+                    context: " (no index names it; back up with --full)".into(),
+                });
+            }
+            entry.size = stored.len;
+            entry.one_chunk = stored.one_chunk;
+            entry.node = Node::File {
+                root: stored.root,
+                chunks: stored.chunks,
+                chunker: stored.chunker,
+            };
+            self.stats.files_unchanged += 1;
             return Ok(());
         }
         if let Some(p) = &previous
