@@ -87,7 +87,7 @@ plain_and_couchdb3!(
     transient_failures_are_retried_big_batches_split_and_a_403_stops,
     several_databases_at_once_and_a_refusing_target_exits_16,
     every_database_is_listed_page_by_page_and_changes_to_the_list_are_named,
-    unchanged_databases_cost_three_requests_and_restore_whole,
+    unchanged_databases_cost_five_requests_and_restore_whole,
 );
 
 /// `--all-dbs` lists the server's databases a page at a time, and the
@@ -137,10 +137,10 @@ fn every_database_is_listed_page_by_page_and_changes_to_the_list_are_named(couch
 }
 
 /// A database unchanged since the last backup (the same counts, no change
-/// since its sequence, the same `_security`) is taken from it unread, with
-/// three requests; one whose documents or `_security` changed is backed up as
+/// since its sequence, the same `_security`, `_revs_limit` and `_local`
+/// documents) is taken from it unread, with five requests; one whose documents or `_security` changed is backed up as
 /// usual; every snapshot still restores whole.
-fn unchanged_databases_cost_three_requests_and_restore_whole(couch: &Couch) {
+fn unchanged_databases_cost_five_requests_and_restore_whole(couch: &Couch) {
     let f = Fixture::new();
     let dbs: Vec<String> = (0..12)
         .map(|i| couch.new_db(&format!("still{i}")))
@@ -174,9 +174,9 @@ fn unchanged_databases_cost_three_requests_and_restore_whole(couch: &Couch) {
     let second = ok(&mut backup(&f, &couch.url, &args)).json();
     assert_eq!(unchanged(&second), vec![true; 12], "{second}");
     // Per database: the existence check of --db, `GET /db`, `_changes`,
-    // `_security`.
+    // `_security`, `_revs_limit`, `_local_docs`.
     let requests = second["requests"].as_u64().unwrap();
-    assert!(requests <= 12 * 4 + 2, "{requests} requests: {second}");
+    assert!(requests <= 12 * 6 + 2, "{requests} requests: {second}");
     assert!(
         requests < first["requests"].as_u64().unwrap(),
         "{requests} vs {}",
@@ -200,6 +200,32 @@ fn unchanged_databases_cost_three_requests_and_restore_whole(couch: &Couch) {
     assert_eq!(unchanged(&third), want, "{third}");
     for db in &dbs[..3] {
         assert_restores_as_now(&f, couch, "latest", db, "after changes");
+    }
+
+    // Where the server has them (CouchDB; pouchdb-server lacks both),
+    // `_revs_limit` and `_local` documents, which `_changes` does not show.
+    let (status, _) = couch.req("GET", &format!("{}/_revs_limit", dbs[3]), None);
+    if status == 200 {
+        let limit = reqwest::blocking::Client::new()
+            .put(format!("{}/{}/_revs_limit", couch.url, dbs[3]))
+            .body("500")
+            .send()
+            .unwrap();
+        assert!(limit.status().is_success());
+        couch.ok(
+            "PUT",
+            &format!("{}/_local/prefs", dbs[4]),
+            Some(&json!({"theme": "light"})),
+        );
+        let fourth = ok(&mut backup(&f, &couch.url, &args)).json();
+        let mut want = vec![true; 12];
+        (want[3], want[4]) = (false, false);
+        // 1 and 2 may fold their new overlay into a new base now.
+        let mut got = unchanged(&fourth);
+        (got[1], got[2]) = (true, true);
+        assert_eq!(got, want, "{fourth}");
+        let fifth = ok(&mut backup(&f, &couch.url, &args)).json();
+        assert_eq!(unchanged(&fifth), vec![true; 12], "{fifth}");
     }
     for db in &dbs {
         couch.delete_db(db);

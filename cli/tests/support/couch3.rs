@@ -15,7 +15,9 @@
 //! - `GET /db` says the database's shard and replica counts in `cluster`,
 //!   which `PUT /db?q=Q&n=N` sets, `props.partitioned` (from
 //!   `?partitioned=true`) and `doc_del_count`;
-//! - `GET /_membership` names the nodes: one (a single node).
+//! - `GET /_membership` names the nodes: one (a single node);
+//! - `_revs_limit` (GET and PUT) and `_local_docs` (of the `_local`
+//!   documents written through the proxy), which pouchdb-server lacks.
 //!
 //! pouchdb-server stores identity bytes and hashes them; the proxy fetches an
 //! attachment's bytes from it to compute the digest CouchDB 3 would show.
@@ -42,6 +44,10 @@ pub struct Couch3 {
     shards: Mutex<HashMap<String, (u64, u64, usize)>>,
     /// Databases created partitioned.
     partitioned: Mutex<Vec<String>>,
+    /// `_revs_limit` by database, where set.
+    revs_limits: Mutex<HashMap<String, u64>>,
+    /// `_local` document ids written through the proxy, by database.
+    locals: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
     /// Databases created so far.
     created: AtomicUsize,
     /// Attachments (by name) whose stored encoding is damaged: served with
@@ -54,6 +60,8 @@ pub struct Couch3 {
 /// A request as the proxy read it.
 pub struct Request {
     pub method: String,
+    /// The body sent.
+    pub body: Vec<u8>,
     /// The path without the query, as sent (percent-encoded).
     pub path: String,
     pub query: String,
@@ -71,7 +79,7 @@ pub struct Response {
 
 impl Request {
     /// Parses the request line and the header lines.
-    pub fn parse(request_line: &str, header_lines: &[String]) -> Request {
+    pub fn parse(request_line: &str, header_lines: &[String], body: &[u8]) -> Request {
         let mut parts = request_line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("/");
@@ -79,6 +87,7 @@ impl Request {
         let lower = |l: &String| l.to_ascii_lowercase();
         Request {
             method,
+            body: body.to_vec(),
             path: path.to_string(),
             query: query.to_string(),
             auth: header_lines
@@ -166,6 +175,67 @@ impl Couch3 {
     pub fn rewrite_response(&self, request: &Request, upstream: &str, response: &mut Response) {
         let node = self.requests.fetch_add(1, Ordering::SeqCst) % 3;
         let s = request.segments();
+        if s.len() == 2 && s[1] == "_revs_limit" {
+            let db = s[0].to_string();
+            let body = match request.method.as_str() {
+                "PUT" => {
+                    let limit = String::from_utf8_lossy(&request.body)
+                        .trim()
+                        .parse()
+                        .unwrap_or(1000);
+                    self.revs_limits.lock().unwrap().insert(db, limit);
+                    json!({"ok": true})
+                }
+                _ => json!(
+                    self.revs_limits
+                        .lock()
+                        .unwrap()
+                        .get(&db)
+                        .copied()
+                        .unwrap_or(1000)
+                ),
+            };
+            *response = json_response(body);
+            return;
+        }
+        if s.len() == 3 && s[1] == "_local" && response.status_line.contains(" 20") {
+            let mut locals = self.locals.lock().unwrap();
+            let ids = locals.entry(s[0].to_string()).or_default();
+            let id = format!("_local/{}", percent_decode(s[2]));
+            match request.method.as_str() {
+                "PUT" => {
+                    ids.insert(id);
+                }
+                "DELETE" => {
+                    ids.remove(&id);
+                }
+                _ => {}
+            }
+        }
+        if request.method == "GET" && s.len() == 2 && s[1] == "_local_docs" {
+            let ids: Vec<String> = self
+                .locals
+                .lock()
+                .unwrap()
+                .get(s[0])
+                .map(|ids| ids.iter().cloned().collect())
+                .unwrap_or_default();
+            let rows: Vec<Value> = ids
+                .iter()
+                .map(|id| {
+                    let path = format!(
+                        "/{}/_local/{}",
+                        s[0],
+                        percent_encode(&id["_local/".len()..])
+                    );
+                    let doc: Value =
+                        serde_json::from_slice(&fetch(upstream, &request.auth, &path)).unwrap();
+                    json!({"id": id, "key": id, "value": {"rev": doc["_rev"]}, "doc": doc})
+                })
+                .collect();
+            *response = json_response(json!({"total_rows": null, "offset": null, "rows": rows}));
+            return;
+        }
         if request.method == "GET" && s == ["_membership"] {
             let nodes = json!(["couchdb@127.0.0.1"]);
             *response = Response {
@@ -539,4 +609,13 @@ fn fetch(upstream: &str, auth: &[String], path: &str) -> Vec<u8> {
         response.status_line
     );
     response.body
+}
+
+/// A 200 answer with a JSON body.
+fn json_response(body: Value) -> Response {
+    Response {
+        status_line: "HTTP/1.1 200 OK".into(),
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }
 }

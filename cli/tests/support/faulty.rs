@@ -173,7 +173,7 @@ fn serve(
             r#"{"error":"too_large","reason":"the request entity is too large"}"#,
         );
     }
-    let request = Request::parse(&request_line, &header_lines);
+    let request = Request::parse(&request_line, &header_lines, &body);
     if request.path == "/_all_dbs" && faults.only_dbs.lock().unwrap().is_some() {
         // The whole list from the server; the proxy filters and pages it.
         let line = request_line.replacen(&format!("?{}", request.query), "", 1);

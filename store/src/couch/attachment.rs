@@ -82,11 +82,11 @@ pub fn check(
     }
 }
 
-/// Decodes one gzip stream of at most `limit` bytes (a bomb is refused as
-/// soon as it passes the limit, not after).
+/// Decodes a gzip stream (every member of it) of at most `limit` bytes (a
+/// bomb is refused as soon as it passes the limit, not after).
 fn gunzip(encoded: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    let mut decoder = flate2::read::GzDecoder::new(encoded).take(limit.saturating_add(1));
+    let mut decoder = flate2::read::MultiGzDecoder::new(encoded).take(limit.saturating_add(1));
     decoder.read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(std::io::Error::new(
@@ -164,6 +164,14 @@ mod tests {
         );
         let err = check(b"hello", false, &md5_digest(b"hello"), Some(6), MAX).unwrap_err();
         assert!(err.contains("the document says 6"), "{err}");
+    }
+
+    #[test]
+    fn every_member_of_a_gzip_stream_is_decoded() {
+        let mut two = gzip(b"first half, ");
+        two.extend(gzip(b"second half"));
+        let got = check(&two, true, &md5_digest(&two), Some(23), MAX).unwrap();
+        assert_eq!(got.data, b"first half, second half");
     }
 
     #[test]

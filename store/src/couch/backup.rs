@@ -117,9 +117,10 @@ pub struct DbBackupStats {
     /// Whether only the changes since the previous snapshot were listed
     /// (else every id was).
     pub only_changes: bool,
-    /// Nothing changed since the previous snapshot (the same document
-    /// counts, no change in `_changes` since its sequence, the same
-    /// `_security`): its dump was taken as it is, unread, with three requests.
+    /// Nothing changed since the previous snapshot of this server (the same
+    /// document and purge counts, no change in `_changes` since its sequence,
+    /// the same `_security`, `_revs_limit` and `_local` documents): its dump
+    /// was taken as it is, unread, with five requests.
     pub unchanged: bool,
 }
 
@@ -195,7 +196,11 @@ impl WriteSession {
                     .items
                     .iter()
                     .filter_map(|i| format::parse_item_name(&i.name))
-                    .filter(|(db, file)| *file == format::META_FILE && !exclude.contains(db))
+                    .filter(|(db, file)| {
+                        *file == format::META_FILE
+                            && !exclude.contains(db)
+                            && !SKIPPED_SYSTEM_DBS.contains(&db.as_str())
+                    })
                     .map(|(db, _)| db)
                     .collect();
                 let now: std::collections::BTreeSet<String> = dbs.iter().cloned().collect();
@@ -416,8 +421,10 @@ impl PreviousDb {
             || self.overlays.iter().map(|o| o.len).sum::<u64>() > self.docs.len / 2
     }
 
-    /// Its items, as entries that take their content unread.
+    /// Its items, as entries that take their content unread; `None` if the
+    /// index lacks one's content (it is then read and stored again).
     fn stored_entries(&self) -> Option<Vec<Entry>> {
+        let index = self.repo.index();
         let items = [
             &self.design,
             &self.docs,
@@ -429,8 +436,9 @@ impl PreviousDb {
             .into_iter()
             .chain(&self.overlays)
             .map(|item| {
+                let root = item.tree.filter(|root| index.contains(root))?;
                 let stored = StoredContent {
-                    root: item.tree?,
+                    root,
                     one_chunk: item.one_chunk,
                     chunks: item.chunks?,
                     len: item.len,
@@ -454,9 +462,10 @@ impl PreviousDb {
 const CHECKS_AT_ONCE: usize = 8;
 
 /// The databases of `dbs` that did not change since their newest dump in
-/// `flat` (and whose overlays are not due to be folded): the same document
-/// counts, no change in `_changes` since its sequence (which any node of a
-/// cluster answers), and the same `_security`. Each comes as
+/// `flat` (a dump of this server, whose overlays are not due to be folded):
+/// the same document and purge counts, no change in `_changes` since its
+/// sequence (which any node of a cluster answers), the same `_security`,
+/// `_revs_limit` and `_local` documents (which `_changes` does not show). Each comes as
 /// its dump's entries, to be taken unread, and its statistics. A database
 /// whose check fails for any reason is backed up as usual (which reports
 /// the failure).
@@ -509,20 +518,14 @@ async fn unchanged_since(
     db: &str,
     previous: &PreviousDb,
 ) -> Result<Option<Meta>> {
-    if previous.meta.len > MAX_META_LEN {
+    // A dump of this server only: another server's database of the same
+    // name, counts and (numeric) sequence is another database.
+    if previous.snapshot.manifest.source.url.as_deref() != Some(client.url().as_str()) {
         return Ok(None);
     }
-    let reader = previous.repo.blob_reader();
-    let (bytes, _) = previous
-        .repo
-        .restore_item(
-            &reader,
-            &previous.snapshot,
-            &previous.meta,
-            Vec::new(),
-            &crate::ops::restore::NoRestoreProgress,
-        )
-        .await?;
+    let Some(bytes) = read_previous(previous, &previous.meta, MAX_META_LEN).await? else {
+        return Ok(None);
+    };
     let meta: Meta = serde_json::from_slice(&bytes)
         .map_err(|e| Error::corrupt(previous.meta.name.clone(), e.to_string()))?;
     if meta.method != "changes" || meta.last_seq.is_null() {
@@ -561,8 +564,33 @@ async fn unchanged_since(
         .get_json::<serde_json::Value>(&format!("{}/_security", db_path(db)), "_security")
         .await?
         .unwrap_or_else(|| serde_json::json!({}));
-    Ok((security == meta.security).then_some(meta))
+    if security != meta.security {
+        return Ok(None);
+    }
+    // Neither shows in `_changes`: `_revs_limit` and `_local` documents.
+    let revs_limit = optional_json(client, &format!("{}/_revs_limit", db_path(db))).await?;
+    if revs_limit != meta.revs_limit {
+        return Ok(None);
+    }
+    let local = optional_json(client, &local_docs_path(db)).await?;
+    if local.is_some() != meta.local_listed {
+        return Ok(None);
+    }
+    if let Some(listed) = &local {
+        let (lines, _) = local_lines(listed).map_err(|e| Error::invalid(e.to_string()))?;
+        let Some(before) = read_previous(previous, &previous.local, MAX_LOCAL_LEN).await? else {
+            return Ok(None);
+        };
+        if lines != before {
+            return Ok(None);
+        }
+    }
+    Ok(Some(meta))
 }
+
+/// The longest previous `local.ndjson` compared (else the database is
+/// backed up as usual).
+const MAX_LOCAL_LEN: u64 = 16 << 20;
 
 /// Whether two `GET /db` answers can be of the same, unchanged database:
 /// the same document and deleted-document counts, and (where sequences
@@ -571,12 +599,87 @@ async fn unchanged_since(
 fn same_database(before: &serde_json::Value, now: &serde_json::Value) -> bool {
     let same = |k: &str| before.get(k) == now.get(k);
     let seq = |v: &serde_json::Value| v.get("update_seq").and_then(serde_json::Value::as_u64);
+    let purges = |v: &serde_json::Value| {
+        v.get("purge_seq").map(|p| match p {
+            // CouchDB 3's is `N-opaque`, like its update sequences.
+            serde_json::Value::String(s) => serde_json::json!(s.split('-').next()),
+            other => other.clone(),
+        })
+    };
     same("doc_count")
         && same("doc_del_count")
+        && purges(before) == purges(now)
         && match (seq(before), seq(now)) {
             (Some(a), Some(b)) => a == b,
             _ => true,
         }
+}
+
+/// `GET` of the `_local` documents, bodies included.
+fn local_docs_path(db: &str) -> String {
+    format!("{}/_local_docs?include_docs=true", db_path(db))
+}
+
+/// The lines of `local.ndjson` for a `_local_docs?include_docs=true`
+/// answer, sorted by id, and how many.
+fn local_lines(listed: &serde_json::Value) -> serde_json::Result<(Vec<u8>, u64)> {
+    #[derive(Deserialize)]
+    struct LocalDocs {
+        rows: Vec<LocalRow>,
+    }
+    #[derive(Deserialize)]
+    struct LocalRow {
+        id: String,
+        #[serde(default)]
+        doc: Option<Box<RawValue>>,
+    }
+    let mut docs: LocalDocs = serde_json::from_str(&listed.to_string())?;
+    docs.rows.sort_by(|a, b| a.id.cmp(&b.id));
+    let (mut buf, mut count) = (Vec::new(), 0);
+    for row in docs.rows {
+        let Some(doc) = row.doc else { continue };
+        serde_json::to_writer(
+            &mut buf,
+            &format::LocalLine {
+                id: row.id,
+                doc: &doc,
+            },
+        )?;
+        buf.push(b'\n');
+        count += 1;
+    }
+    Ok((buf, count))
+}
+
+/// A GET whose endpoint the server may lack (404, 400, 405 give `None`).
+async fn optional_json(client: &CouchClient, path: &str) -> Result<Option<serde_json::Value>> {
+    let response = client.request(Method::GET, path, None).await?;
+    match response.status {
+        s if s.is_success() => response.json(&client.url_of(path), path).map(Some),
+        StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => {
+            Ok(None)
+        }
+        _ => Err(client.rejected(path, path, &response)),
+    }
+}
+
+/// An item of a previous dump, read back whole if at most `max` bytes.
+async fn read_previous(previous: &PreviousDb, item: &Item, max: u64) -> Result<Option<Vec<u8>>> {
+    if item.len > max {
+        return Ok(None);
+    }
+    let reader = previous.repo.blob_reader();
+    let (bytes, _) = previous
+        .repo
+        .restore_item(
+            &reader,
+            &previous.snapshot,
+            item,
+            Vec::new(),
+            &crate::ops::restore::NoRestoreProgress,
+        )
+        .await?;
+    Ok(Some(bytes))
 }
 
 /// The longest `meta.json` read back for the check (it is a few KiB).
@@ -1654,41 +1757,18 @@ impl Producer<'_> {
 
     /// `_local` documents, where the server lists them; false where it does not.
     fn write_local(&mut self, out: &mut PipeWriter) -> Result<bool> {
-        #[derive(Deserialize)]
-        struct LocalDocs {
-            rows: Vec<LocalRow>,
-        }
-        #[derive(Deserialize)]
-        struct LocalRow {
-            id: String,
-            #[serde(default)]
-            doc: Option<Box<RawValue>>,
-        }
-        let path = format!("{}/_local_docs?include_docs=true", db_path(self.db));
+        let path = local_docs_path(self.db);
         let listed = self.optional_get(&path)?;
         let mut buf = Vec::new();
         if let Some(value) = &listed {
-            let mut docs: LocalDocs =
-                serde_json::from_str(&value.to_string()).map_err(|e| Error::Rejected {
-                    url: self.context.client.url_of(&path),
-                    what: "_local_docs".into(),
-                    detail: e.to_string(),
-                    hint: "check the server".into(),
-                })?;
-            docs.rows.sort_by(|a, b| a.id.cmp(&b.id));
-            for row in docs.rows {
-                let Some(doc) = row.doc else { continue };
-                serde_json::to_writer(
-                    &mut buf,
-                    &format::LocalLine {
-                        id: row.id,
-                        doc: &doc,
-                    },
-                )
-                .map_err(|e| Error::invalid(e.to_string()))?;
-                buf.push(b'\n');
-                self.stats.counts.local_docs += 1;
-            }
+            let (lines, count) = local_lines(value).map_err(|e| Error::Rejected {
+                url: self.context.client.url_of(&path),
+                what: "_local_docs".into(),
+                detail: e.to_string(),
+                hint: "check the server".into(),
+            })?;
+            buf = lines;
+            self.stats.counts.local_docs += count;
         }
         out.write_all(&buf)
             .and_then(|()| out.finish())

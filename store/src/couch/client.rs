@@ -544,6 +544,45 @@ impl CouchClient {
     }
 }
 
+impl CouchClient {
+    fn too_many_databases(&self) -> Error {
+        Error::Unsupported {
+            what: format!(
+                "{}: the server lists more than {MAX_DATABASES} databases",
+                self.url()
+            ),
+        }
+    }
+
+    /// Refuses a listing with a name CouchDB would not give a database (at
+    /// most 238 bytes, lowercase letters, digits and `_$()+-/`, a letter or
+    /// `_` first): memory stays bounded by the count of names.
+    fn check_db_names(&self, names: &[String]) -> Result<()> {
+        let valid = |n: &String| {
+            let b = n.as_bytes();
+            (1..=MAX_DB_NAME_LEN).contains(&b.len())
+                && (b[0].is_ascii_lowercase() || b[0] == b'_')
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_$()+-/".contains(c))
+        };
+        match names.iter().find(|n| !valid(n)) {
+            None => Ok(()),
+            Some(bad) => Err(Error::Rejected {
+                url: self.url_of("_all_dbs"),
+                what: "the list of databases".into(),
+                detail: format!(
+                    "it names a database CouchDB could not have: {:?}",
+                    bad.chars().take(80).collect::<String>()
+                ),
+                hint: "is this a CouchDB server?".into(),
+            }),
+        }
+    }
+}
+
+/// CouchDB's longest database name.
+const MAX_DB_NAME_LEN: usize = 238;
+
 /// The most databases a server may list (a bound on what a hostile one
 /// makes Cairn hold).
 const MAX_DATABASES: usize = 1_000_000;
@@ -658,6 +697,7 @@ impl CouchClient {
                 ),
             };
             let names: Vec<String> = self.get_json(&path, what).await?.unwrap_or_default();
+            self.check_db_names(&names)?;
             let continues = match (all.last(), names.first()) {
                 (Some(last), Some(first)) => first == last,
                 (None, _) | (_, None) => true,
@@ -667,6 +707,10 @@ impl CouchClient {
                 // Not paged as asked: the whole list in one answer.
                 let mut names: Vec<String> =
                     self.get_json("_all_dbs", what).await?.unwrap_or_default();
+                self.check_db_names(&names)?;
+                if names.len() > MAX_DATABASES {
+                    return Err(self.too_many_databases());
+                }
                 names.sort();
                 names.dedup();
                 return Ok(names);
@@ -675,12 +719,7 @@ impl CouchClient {
             let skip = usize::from(!all.is_empty());
             all.extend(names.into_iter().skip(skip));
             if all.len() > MAX_DATABASES {
-                return Err(Error::Unsupported {
-                    what: format!(
-                        "{}: the server lists more than {MAX_DATABASES} databases",
-                        self.url()
-                    ),
-                });
+                return Err(self.too_many_databases());
             }
             if !full {
                 return Ok(all);

@@ -85,6 +85,9 @@ impl Default for CouchRestoreOptions {
     }
 }
 
+/// The most shards (or replicas) a restore asks for on the source's word.
+const MAX_SHARDS: u64 = 256;
+
 /// How a database is created: CouchDB's `PUT /db?q=Q&n=N&partitioned=true`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Shape {
@@ -112,8 +115,9 @@ impl Shape {
                 .filter(|&v| v > 0)
         };
         Shape {
-            q: cluster("q"),
-            n: cluster("n"),
+            // A source claiming absurd counts gets the target's defaults.
+            q: cluster("q").filter(|&q| q <= MAX_SHARDS),
+            n: cluster("n").filter(|&n| n <= MAX_SHARDS),
             partitioned: meta
                 .props
                 .get("partitioned")
@@ -521,7 +525,7 @@ impl Driver {
             _ => 0,
         };
         if plan.state == Target::Missing {
-            report.shape = Some(self.create(db, &plan.meta)?);
+            report.shape = self.create(db, &plan.meta)?;
             report.created = true;
         }
         let mut marker = self.set_marker(db, &plan.source, PHASES[resume_from], None)?;
@@ -575,8 +579,9 @@ impl Driver {
         Ok(report)
     }
 
-    /// Creates `db` shaped as the source was (or as asked).
-    fn create(&self, db: &str, meta: &Meta) -> Result<Shape> {
+    /// Creates `db` shaped as the source was (or as asked); `None` when
+    /// another client created it meanwhile (shaped as that one asked).
+    fn create(&self, db: &str, meta: &Meta) -> Result<Option<Shape>> {
         let source = Shape::of(meta);
         let mut shape = Shape {
             q: self.options.q.or(source.q),
@@ -596,8 +601,8 @@ impl Driver {
         let path = format!("{}{}", db_path(db), shape.query());
         let r = self.block_on(self.client.request(Method::PUT, &path, None))?;
         match r.status {
-            s if s.is_success() => Ok(shape),
-            StatusCode::PRECONDITION_FAILED => Ok(shape), // created meanwhile
+            s if s.is_success() => Ok(Some(shape)),
+            StatusCode::PRECONDITION_FAILED => Ok(None), // created meanwhile
             _ => Err(self.client.rejected(&path, "creating the database", &r)),
         }
     }
