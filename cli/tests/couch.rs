@@ -227,6 +227,20 @@ fn unchanged_databases_cost_five_requests_and_restore_whole(couch: &Couch) {
         let fifth = ok(&mut backup(&f, &couch.url, &args)).json();
         assert_eq!(unchanged(&fifth), vec![true; 12], "{fifth}");
     }
+    // The same names on another server (here: another URL) are other
+    // databases: nothing is taken from this server's dumps.
+    let upstream = reqwest::Url::parse(&couch.url).unwrap();
+    let other = faulty::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap()
+    ));
+    let elsewhere = ok(&mut backup(&f, &other.url(&couch.url), &args)).json();
+    for db in &dbs {
+        let stats = db_stats(&elsewhere, db);
+        assert_eq!(stats["unchanged"], false, "{stats}");
+        assert_eq!(stats["previous"], Value::Null, "{stats}");
+    }
     for db in &dbs {
         couch.delete_db(db);
     }

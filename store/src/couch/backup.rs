@@ -167,14 +167,18 @@ impl WriteSession {
             .load_snapshots(&self.config().trust())
             .await?;
 
-        // The newest CouchDB snapshots signed with this key (what is copied
-        // or taken from them is signed again: never another signer's), their
+        // The newest CouchDB snapshots of this server signed with this key
+        // (what is copied or taken from them is signed again: never another
+        // signer's, nor another server's database of the same name), their
         // trees read, until every database has its newest earlier dump.
         let mut flat = Vec::new();
         let reader = Arc::new(self.repo().blob_reader());
-        let signer = key.public();
+        let (signer, url) = (key.public(), client.url());
         for s in snapshots.snapshots.iter().rev() {
-            if s.manifest.source.kind != SourceKind::Couchdb || s.signer != signer {
+            if s.manifest.source.kind != SourceKind::Couchdb
+                || s.signer != signer
+                || s.manifest.source.url.as_deref() != Some(url.as_str())
+            {
                 continue;
             }
             flat.insert(
@@ -518,8 +522,8 @@ async fn unchanged_since(
     db: &str,
     previous: &PreviousDb,
 ) -> Result<Option<Meta>> {
-    // A dump of this server only: another server's database of the same
-    // name, counts and (numeric) sequence is another database.
+    // A dump of this server only (`flat` holds no other): another server's
+    // database of the same name, counts and sequence is another database.
     if previous.snapshot.manifest.source.url.as_deref() != Some(client.url().as_str()) {
         return Ok(None);
     }
