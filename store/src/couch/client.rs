@@ -855,6 +855,80 @@ mod tests {
         (url, sent)
     }
 
+    /// A server answering every request with `answer(path and query)`.
+    async fn scripted(answer: fn(&str) -> String) -> CouchClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 8192];
+                    let n = socket.read(&mut request).await.unwrap_or(0);
+                    let text = String::from_utf8_lossy(&request[..n]).to_string();
+                    let body = answer(text.split_whitespace().nth(1).unwrap_or("/"));
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        let target = CouchTarget::parse(&url, None, None).unwrap();
+        CouchClient::connect(target, RetryPolicy::default())
+            .await
+            .unwrap()
+    }
+
+    /// 25 database names, `_all_dbs` as CouchDB pages it (`start_key`
+    /// inclusive, `limit`), or ignoring `start_key` when `honest` is false.
+    fn all_dbs_answer(path: &str, honest: bool) -> String {
+        let names: Vec<String> = (0..25).map(|i| format!("db{i:03}")).collect();
+        let query = path.split_once('?').map_or("", |(_, q)| q);
+        let param = |k: &str| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .to_string()
+                })
+        };
+        let mut page: Vec<&String> = names.iter().collect();
+        if let (true, Some(start)) = (honest, param("start_key")) {
+            let start: String = serde_json::from_str(&start).unwrap();
+            page.retain(|n| **n >= start);
+        }
+        if let Some(limit) = param("limit").and_then(|l| l.parse().ok()) {
+            page.truncate(limit);
+        }
+        serde_json::to_string(&page).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_database_is_listed_whether_or_not_the_server_pages() {
+        let want: Vec<String> = (0..25).map(|i| format!("db{i:03}")).collect();
+        let paging = scripted(|p| all_dbs_answer(p, true)).await;
+        assert_eq!(paging.all_dbs(10).await.unwrap(), want);
+        assert_eq!(
+            paging.all_dbs(5).await.unwrap(),
+            want,
+            "a last page that is full"
+        );
+        // A server that ignores start_key would repeat its first page
+        // forever: asked once for the whole list instead.
+        let repeating = scripted(|p| all_dbs_answer(p, false)).await;
+        assert_eq!(repeating.all_dbs(10).await.unwrap(), want);
+        // A name CouchDB cannot have (here 10,000 bytes): refused.
+        let hostile = scripted(|_| serde_json::to_string(&["a".repeat(10_000)]).unwrap()).await;
+        let err = hostile.all_dbs(10).await.unwrap_err();
+        assert!(err.to_string().contains("could not have"), "{err}");
+    }
+
     /// A hostile CouchDB answering with an endless body, or declaring one
     /// far over the limit: refused as it arrives, never buffered whole.
     #[tokio::test]
