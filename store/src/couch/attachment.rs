@@ -16,13 +16,15 @@
 
 use std::io::Read;
 
+use bytes::Bytes;
+
 use crate::couch::format::md5_digest;
 
 /// An attachment's bytes, checked against its stub.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Checked {
-    /// The identity bytes.
-    pub data: Vec<u8>,
+    /// The identity bytes (the answer itself when it was not encoded).
+    pub data: Bytes,
     /// `Some("gzip")` when the server holds the gzip encoding (its digest
     /// is of that encoding, not of `data`).
     pub encoding: Option<&'static str>,
@@ -32,7 +34,7 @@ pub struct Checked {
 /// `Content-Encoding: gzip`) against the stub's `digest` and identity
 /// `length`. Decodes at most `max_len` bytes. Returns why it does not match.
 pub fn check(
-    body: &[u8],
+    body: Bytes,
     gzip: bool,
     digest: &str,
     length: Option<u64>,
@@ -40,9 +42,10 @@ pub fn check(
 ) -> Result<Checked, String> {
     let checked = if gzip {
         let limit = length.unwrap_or(max_len).min(max_len);
-        let data =
-            gunzip(body, limit).map_err(|e| format!("its gzip encoding does not decode ({e})"))?;
-        if md5_digest(body) == digest {
+        let data = Bytes::from(
+            gunzip(&body, limit).map_err(|e| format!("its gzip encoding does not decode ({e})"))?,
+        );
+        if md5_digest(&body) == digest {
             Checked {
                 data,
                 encoding: Some("gzip"),
@@ -53,7 +56,7 @@ pub fn check(
                 return Err(format!(
                     "its gzip-encoded bytes have digest {}, and decoded {decoded}; the document \
                      says {digest}",
-                    md5_digest(body)
+                    md5_digest(&body)
                 ));
             }
             Checked {
@@ -62,14 +65,14 @@ pub fn check(
             }
         }
     } else {
-        let got = md5_digest(body);
+        let got = md5_digest(&body);
         if got != digest {
             return Err(format!(
                 "its bytes have digest {got}, the document says {digest}"
             ));
         }
         Checked {
-            data: body.to_vec(),
+            data: body,
             encoding: None,
         }
     };
@@ -113,10 +116,10 @@ mod tests {
     #[test]
     fn identity_attachments_match_their_bytes() {
         let digest = md5_digest(b"hello");
-        let got = check(b"hello", false, &digest, Some(5), MAX).unwrap();
-        assert_eq!(got.data, b"hello");
+        let got = check(Bytes::from_static(b"hello"), false, &digest, Some(5), MAX).unwrap();
+        assert_eq!(&got.data[..], b"hello");
         assert_eq!(got.encoding, None);
-        let err = check(b"hellO", false, &digest, Some(5), MAX).unwrap_err();
+        let err = check(Bytes::from_static(b"hellO"), false, &digest, Some(5), MAX).unwrap_err();
         assert!(err.contains(&digest), "{err}");
     }
 
@@ -125,19 +128,40 @@ mod tests {
         let data = b"{\"a\":1}".repeat(100);
         let encoded = gzip(&data);
         let digest = md5_digest(&encoded);
-        let got = check(&encoded, true, &digest, Some(data.len() as u64), MAX).unwrap();
-        assert_eq!(got.data, data);
+        let got = check(
+            Bytes::from(encoded.clone()),
+            true,
+            &digest,
+            Some(data.len() as u64),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(&got.data[..], &data[..]);
         assert_eq!(got.encoding, Some("gzip"));
         // The plain GET of such an attachment: identity bytes, another md5.
-        let err = check(&data, false, &digest, Some(data.len() as u64), MAX).unwrap_err();
+        let err = check(
+            Bytes::from(data.clone()),
+            false,
+            &digest,
+            Some(data.len() as u64),
+            MAX,
+        )
+        .unwrap_err();
         assert!(err.contains("the document says"), "{err}");
     }
 
     #[test]
     fn an_identity_attachment_gzipped_on_the_way_matches_once_decoded() {
         let data = b"plain text".repeat(10);
-        let got = check(&gzip(&data), true, &md5_digest(&data), None, MAX).unwrap();
-        assert_eq!((got.data, got.encoding), (data, None));
+        let got = check(
+            Bytes::from(gzip(&data)),
+            true,
+            &md5_digest(&data),
+            None,
+            MAX,
+        )
+        .unwrap();
+        assert_eq!((&got.data[..], got.encoding), (&data[..], None));
     }
 
     #[test]
@@ -147,22 +171,36 @@ mod tests {
         let digest = md5_digest(&encoded);
         // Other content, well encoded: neither digest matches.
         let other = gzip(&b"some text that compresses!".repeat(50));
-        let err = check(&other, true, &digest, None, MAX).unwrap_err();
+        let err = check(Bytes::from(other), true, &digest, None, MAX).unwrap_err();
         assert!(err.contains("gzip-encoded bytes have digest"), "{err}");
         // A flipped byte in the deflate stream: it fails to decode or to match.
         let mut flipped = encoded.clone();
         flipped[20] ^= 0x55;
-        assert!(check(&flipped, true, &digest, None, MAX).is_err());
+        assert!(check(Bytes::from(flipped), true, &digest, None, MAX).is_err());
         // Truncated.
-        let err = check(&encoded[..encoded.len() - 9], true, &digest, None, MAX).unwrap_err();
+        let err = check(
+            Bytes::copy_from_slice(&encoded[..encoded.len() - 9]),
+            true,
+            &digest,
+            None,
+            MAX,
+        )
+        .unwrap_err();
         assert!(err.contains("does not decode"), "{err}");
         // The length the stub claims.
-        let err = check(&encoded, true, &digest, Some(3), MAX).unwrap_err();
+        let err = check(Bytes::from(encoded.clone()), true, &digest, Some(3), MAX).unwrap_err();
         assert!(
             err.contains("does not decode") || err.contains("bytes"),
             "{err}"
         );
-        let err = check(b"hello", false, &md5_digest(b"hello"), Some(6), MAX).unwrap_err();
+        let err = check(
+            Bytes::from_static(b"hello"),
+            false,
+            &md5_digest(b"hello"),
+            Some(6),
+            MAX,
+        )
+        .unwrap_err();
         assert!(err.contains("the document says 6"), "{err}");
     }
 
@@ -170,14 +208,28 @@ mod tests {
     fn every_member_of_a_gzip_stream_is_decoded() {
         let mut two = gzip(b"first half, ");
         two.extend(gzip(b"second half"));
-        let got = check(&two, true, &md5_digest(&two), Some(23), MAX).unwrap();
-        assert_eq!(got.data, b"first half, second half");
+        let got = check(
+            Bytes::from(two.clone()),
+            true,
+            &md5_digest(&two),
+            Some(23),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(&got.data[..], b"first half, second half");
     }
 
     #[test]
     fn a_gzip_bomb_stops_at_the_limit() {
         let bomb = gzip(&vec![0u8; 10 << 20]);
-        let err = check(&bomb, true, &md5_digest(&bomb), None, 1 << 20).unwrap_err();
+        let err = check(
+            Bytes::from(bomb.clone()),
+            true,
+            &md5_digest(&bomb),
+            None,
+            1 << 20,
+        )
+        .unwrap_err();
         assert!(err.contains("more than 1048576 bytes"), "{err}");
     }
 }

@@ -522,11 +522,6 @@ async fn unchanged_since(
     db: &str,
     previous: &PreviousDb,
 ) -> Result<Option<Meta>> {
-    // A dump of this server only (`flat` holds no other): another server's
-    // database of the same name, counts and sequence is another database.
-    if previous.snapshot.manifest.source.url.as_deref() != Some(client.url().as_str()) {
-        return Ok(None);
-    }
     let Some(bytes) = read_previous(previous, &previous.meta, MAX_META_LEN).await? else {
         return Ok(None);
     };
@@ -1168,15 +1163,7 @@ impl Producer<'_> {
 
     /// A GET whose endpoint the server may lack (404, 400, 405 give `None`).
     fn optional_get(&self, path: &str) -> Result<Option<serde_json::Value>> {
-        let client = &self.context.client;
-        let response = self.block_on(client.request(Method::GET, path, None))?;
-        match response.status {
-            s if s.is_success() => response.json(&client.url_of(path), path).map(Some),
-            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => {
-                Ok(None)
-            }
-            _ => Err(client.rejected(path, path, &response)),
-        }
+        self.block_on(optional_json(&self.context.client, path))
     }
 
     /// Every id's leaves from `_changes?style=all_docs`: other documents
@@ -1826,7 +1813,7 @@ async fn fetch_attachment(
         let max = crate::couch::client::MAX_ATTACHMENT_RESPONSE_LEN;
         let (digest, gzip) = (key.digest.clone(), response.gzip);
         let checked =
-            crate::cpu::run(move || attachment::check(&body, gzip, &digest, length, max)).await;
+            crate::cpu::run(move || attachment::check(body, gzip, &digest, length, max)).await;
         match checked {
             Ok(checked) => {
                 let header = AttHeader {

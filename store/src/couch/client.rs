@@ -548,7 +548,8 @@ impl CouchClient {
     fn too_many_databases(&self) -> Error {
         Error::Unsupported {
             what: format!(
-                "{}: the server lists more than {MAX_DATABASES} databases",
+                "{}: the server lists more than {MAX_DATABASES} databases, more than Cairn \
+                 reads in one backup; name the ones to back up with --db",
                 self.url()
             ),
         }

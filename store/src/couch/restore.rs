@@ -607,17 +607,19 @@ impl Driver {
         }
     }
 
-    /// The target's cluster nodes (`GET /_membership`), where it says.
+    /// The target's cluster nodes (`GET /_membership`), where it says (a
+    /// server that lacks it, or keeps it from these credentials, does not).
     fn cluster_nodes(&self) -> Result<Option<u64>> {
         #[derive(serde::Deserialize)]
         struct Membership {
             cluster_nodes: Vec<serde_json::Value>,
         }
         let path = "_membership";
-        let r = self.block_on(self.client.request(Method::GET, path, None))?;
-        if !r.status.is_success() {
-            return Ok(None);
-        }
+        let r = match self.block_on(self.client.request(Method::GET, path, None)) {
+            Ok(r) if r.status.is_success() => r,
+            Ok(_) | Err(Error::CouchForbidden { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
         Ok(
             r.json::<Membership>(&self.client.url_of(path), "_membership")
                 .ok()
