@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cairn_store::backend::ObjectKey;
 use cairn_store::error::ErrorKind;
-use cairn_store::ops::backup::{BackupOptions, NoProgress};
+use cairn_store::ops::backup::BackupOptions;
 use cairn_store::ops::replicate::ReplicateOptions;
 use cairn_store::repo::Repository;
 use support::*;
@@ -23,8 +23,7 @@ async fn back_up_dated_2099(place: &Place, data: Vec<u8>) -> cairn_store::id::Sn
         time: Some(future),
         ..BackupOptions::default()
     };
-    let forged = session
-        .backup(stream("a", data), &key(), &options, Arc::new(NoProgress))
+    let forged = back_up_with(&session, stream("a", data), &options)
         .await
         .unwrap();
     session.finish().await.unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cairn_store::ErrorKind;
 use cairn_store::backend::{Backend, ObjectDir, ObjectKey};
-use cairn_store::ops::backup::{BackupOptions, NoProgress};
+use cairn_store::ops::backup::BackupOptions;
 use cairn_store::ops::forget::ForgetOptions;
 use cairn_store::ops::gc::{GcOptions, GcReport};
 use cairn_store::ops::session::WriteOptions;
@@ -183,15 +183,13 @@ async fn mostly_empty_packs_are_repacked_and_their_live_data_survives() {
         parent: Some(both.snapshot.to_hex()),
         ..options()
     };
-    let only_small = session
-        .backup(
-            Source::Paths(vec![dir.path().join("small")]),
-            &key(),
-            &options,
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap();
+    let only_small = back_up_with(
+        &session,
+        Source::Paths(vec![dir.path().join("small")]),
+        &options,
+    )
+    .await
+    .unwrap();
     session.finish().await.unwrap();
     assert_eq!(only_small.files_unchanged, 1, "{only_small:?}");
     assert_eq!(

@@ -449,13 +449,7 @@ async fn index_objects_written_during_a_backup_index_everything() {
         index_every_blobs: 1,
         ..options()
     };
-    let s = session
-        .backup(
-            stream("big", data.clone()),
-            &key(),
-            &options,
-            Arc::new(NoProgress),
-        )
+    let s = back_up_with(&session, stream("big", data.clone()), &options)
         .await
         .unwrap();
     session.finish().await.unwrap();

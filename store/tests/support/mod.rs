@@ -178,8 +178,17 @@ pub async fn back_up(
     session: &cairn_store::ops::session::WriteSession,
     source: Source,
 ) -> cairn_store::Result<BackupSummary> {
+    back_up_with(session, source, &options()).await
+}
+
+/// [`back_up`] with other options.
+pub async fn back_up_with(
+    session: &cairn_store::ops::session::WriteSession,
+    source: Source,
+    options: &BackupOptions,
+) -> cairn_store::Result<BackupSummary> {
     session
-        .backup(source, &key(), &options(), Arc::new(NoProgress))
+        .backup(source, &key(), options, Arc::new(NoProgress))
         .await
 }
 
