@@ -44,7 +44,13 @@ pub struct BlobReader {
     cache: Mutex<FrameCache>,
     /// Copies that failed a check, so that later reads prefer others.
     bad: Mutex<BadCopies>,
+    /// Frames being fetched by some call, so that a concurrent call waits
+    /// for them instead of decoding them a second time.
+    in_flight: Mutex<std::collections::HashMap<FrameKey, FrameWaiter>>,
 }
+
+/// Receives a frame another call is fetching; `None` until it is there.
+type FrameWaiter = tokio::sync::watch::Receiver<Option<FrameResult>>;
 
 #[derive(Debug)]
 struct FrameCache {
@@ -100,6 +106,7 @@ impl BlobReader {
                 order: VecDeque::new(),
             }),
             bad: Mutex::new(BadCopies::default()),
+            in_flight: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -198,12 +205,7 @@ impl BlobReader {
             }
         }
         if !missing.is_empty() {
-            let fetched = self.fetch_frames(missing).await?;
-            let mut cache = self.cache();
-            for (key, frame) in fetched {
-                if let Ok(f) = &frame {
-                    cache.insert(key, Arc::clone(f));
-                }
+            for (key, frame) in self.fetch_or_wait(missing).await? {
                 frames.insert(key, frame);
             }
         }
@@ -296,6 +298,82 @@ impl BlobReader {
         }
     }
 
+    /// The frames `keys`, none of them cached: the ones no other call is
+    /// fetching are fetched (and cached) here, the others awaited. If the
+    /// call fetching a frame gave up (its error is its own caller's), the
+    /// frame is fetched here after all.
+    async fn fetch_or_wait(&self, keys: Vec<FrameKey>) -> Result<Vec<(FrameKey, FrameResult)>> {
+        let mut mine = Vec::new();
+        let mut senders = Vec::new();
+        let mut waiting = Vec::new();
+        {
+            let mut in_flight = self.in_flight();
+            for key in keys {
+                match in_flight.get(&key) {
+                    Some(rx) => waiting.push((key, rx.clone())),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(None);
+                        in_flight.insert(key, rx);
+                        mine.push(key);
+                        senders.push(tx);
+                    }
+                }
+            }
+        }
+        // Whatever happens to this call, the frames it took on are no
+        // longer in flight once it is done.
+        let _done = InFlightGuard {
+            reader: self,
+            keys: mine.clone(),
+        };
+        let fetch_mine = async {
+            let fetched = self.fetch_frames(mine).await?;
+            let mut cache = self.cache();
+            for (key, frame) in &fetched {
+                if let Ok(f) = frame {
+                    cache.insert(*key, Arc::clone(f));
+                }
+            }
+            drop(cache);
+            let by_key: std::collections::HashMap<FrameKey, &FrameResult> =
+                fetched.iter().map(|(k, f)| (*k, f)).collect();
+            for (tx, key) in senders.iter().zip(&_done.keys) {
+                if let Some(f) = by_key.get(key) {
+                    tx.send_replace(Some((*f).clone()));
+                }
+            }
+            Ok::<_, Error>(fetched)
+        };
+        let wait_theirs = async {
+            let mut got = Vec::with_capacity(waiting.len());
+            let mut again = Vec::new();
+            for (key, mut rx) in waiting {
+                let frame = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|f| f.clone());
+                match frame {
+                    Some(frame) => got.push((key, frame)),
+                    None => again.push(key),
+                }
+            }
+            Ok::<_, Error>((got, again))
+        };
+        let (fetched, (mut got, again)) = futures::try_join!(fetch_mine, wait_theirs)?;
+        got.extend(fetched);
+        if !again.is_empty() {
+            got.extend(self.fetch_frames(again).await?);
+        }
+        Ok(got)
+    }
+
+    fn in_flight(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<FrameKey, FrameWaiter>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Fetches and decodes frames, coalescing neighbours into range reads.
     /// A frame that cannot be read or decoded is a failed copy; only an
     /// error that is not about the data (storage unreachable) is returned.
@@ -367,6 +445,21 @@ impl BlobReader {
 
 /// A decoded frame, or why it could not be had.
 type FrameResult = std::result::Result<Arc<CachedFrame>, FailedCopy>;
+
+/// Takes the frames a call fetches off the in-flight list when it ends.
+struct InFlightGuard<'a> {
+    reader: &'a BlobReader,
+    keys: Vec<FrameKey>,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.reader.in_flight();
+        for key in &self.keys {
+            in_flight.remove(key);
+        }
+    }
+}
 
 /// What failed in a copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

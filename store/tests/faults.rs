@@ -278,3 +278,31 @@ impl object_store::ObjectStore for OverwritingStore {
         self.0.copy_opts(from, to, options).await
     }
 }
+
+/// Two reads at once of blobs in one frame fetch and decode it once: the
+/// second waits for the first (a restore fetches several windows at once,
+/// and neighbouring windows share frames).
+#[tokio::test]
+async fn concurrent_reads_of_one_frame_fetch_it_once() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let (backend, fault) = place.faulty_backend();
+    backup_bytes(&backend, "docs.ndjson", json_dump(2000, 5, None)).await;
+    let repo = open(backend).await;
+    let mut by_frame: std::collections::HashMap<(u32, u32), Vec<cairn_store::id::BlobId>> =
+        std::collections::HashMap::new();
+    for (id, loc) in repo.index().blobs() {
+        by_frame.entry((loc.pack, loc.frame)).or_default().push(*id);
+    }
+    let ids = by_frame
+        .values()
+        .find(|ids| ids.len() >= 2)
+        .expect("a frame of several chunks");
+    let reader = cairn_store::blob_reader::BlobReader::new(repo.clone(), 8, 16 << 20);
+    let gets = || cairn_store::backend::fault::Counters::get(&fault.counters.gets);
+    let before = gets();
+    let (a, b) = futures::join!(reader.read_blobs(&ids[..1]), reader.read_blobs(&ids[1..2]));
+    assert_eq!(cairn_store::id::BlobId::of(&a.unwrap()[0]), ids[0]);
+    assert_eq!(cairn_store::id::BlobId::of(&b.unwrap()[0]), ids[1]);
+    assert_eq!(gets() - before, 1, "the frame was fetched once");
+}
