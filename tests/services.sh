@@ -218,3 +218,47 @@ CONF
   $CAIRN_SSH_COMMAND -p "$p" "$user@127.0.0.1" -s sftp < /dev/null > /dev/null 2>&1 || true
   log "sshd at 127.0.0.1:$p (user $user, keys in $dir, repositories under $dir/remote)"
 }
+
+install_postgres() {
+  if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || [ ! -x /usr/bin/pg_dump ]; then
+    log "installing postgresql (Debian)"
+    local sudo=
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null ||
+      { $sudo apt-get update -q >/dev/null &&
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }
+  fi
+}
+
+# Starts a private PostgreSQL cluster in a temp dir on a loopback port
+# (trust authentication: loopback and tests only; Debian's own cluster stays
+# down). initdb and postgres refuse root, so as root they run as `postgres`.
+# Exports CAIRN_TEST_PG (host:port) and CAIRN_TEST_PG_CTL (a command that
+# stops or starts the cluster: `$CAIRN_TEST_PG_CTL stop`), for tests that
+# need the server to fail.
+start_postgres() {
+  install_postgres
+  local bin dir="$SERVICES_DIR/pg" p=15432 as=()
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    # The services directory is root's (0700): let `postgres` through to its own.
+    chmod 711 "$SERVICES_DIR"
+    chown postgres:postgres "$dir"
+    as=(runuser -u postgres --)
+  fi
+  "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null ||
+    return 1
+  p=$(free_port "$p")
+  cat > "$dir/ctl" <<CTL
+#!/bin/sh
+# stop | start: the test PostgreSQL cluster.
+exec ${as[*]} "$bin/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -w -t 60 -m fast \
+  -o "-p $p -c listen_addresses=127.0.0.1 -k $dir -c fsync=off" "\$1"
+CTL
+  chmod 755 "$dir/ctl"
+  "$dir/ctl" start >/dev/null || { cat "$dir/pg.log" >&2; return 1; }
+  CLEANUPS+=("$dir/ctl stop >/dev/null 2>&1")
+  export CAIRN_TEST_PG=127.0.0.1:$p CAIRN_TEST_PG_CTL=$dir/ctl
+  log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') at 127.0.0.1:$p (user postgres, trust, log $dir/pg.log)"
+}

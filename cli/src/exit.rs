@@ -45,6 +45,9 @@ pub const MISMATCH: u8 = 16;
 pub const ROLLED_BACK: u8 = 17;
 /// A replication source has nothing newer than `--max-age`.
 pub const STALE: u8 = 18;
+/// `cairn run`: some steps failed (each is named on stderr and in the
+/// report); the others ran.
+pub const PARTIAL: u8 = 19;
 /// The output pipe closed before everything was written.
 pub const BROKEN_PIPE: u8 = 141;
 

@@ -1,7 +1,9 @@
 //! `cairn`: content-addressed, deduplicating, signed backups.
 
 mod cmd;
+mod config;
 mod exit;
+mod metrics;
 mod pause;
 mod progress;
 mod repo_args;
@@ -16,6 +18,7 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
+    cmd::run::die_with_parent();
     let cli = cmd::Cli::parse();
     init_logging(cli.verbose);
     // CPU work on rayon, one thread per core; waiting on tokio.

@@ -10,6 +10,7 @@ mod key;
 mod ls;
 mod replicate;
 mod restore;
+pub mod run;
 mod serve;
 mod snapshots;
 mod stats;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Serve a repository over HTTP(S) to `http(s)://` repository URLs,
     /// with read, append and admin tokens.
     Serve(serve::ServeArgs),
+    /// Run the whole job of a configuration file (cairn.toml): back up each
+    /// source, apply retention, gc when due, replicate, verify, write metrics.
+    Run(run::RunArgs),
 }
 
 /// Runs a command; the exit code on success (verify may report damage).
@@ -79,6 +83,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Stats(a) => stats::run(a).await,
         Command::Replicate(a) => replicate::run(a).await,
         Command::Serve(a) => serve::run(a).await,
+        Command::Run(a) => run::run(a).await,
     }
 }
 

@@ -1,0 +1,710 @@
+//! `cairn run`: the whole nightly job from `cairn.toml`, as a plan of steps
+//! each run as a child `cairn` process: one backup per source (its own
+//! snapshot, tagged `source:NAME`), retention per source, gc when due,
+//! replication to each replica, an optional verify, then metrics.
+//!
+//! A child per step gives each its own timeout (the child is killed, and
+//! dies with this process if this one is killed), its own exit code and
+//! JSON summary, and keeps one source's failure from touching the others.
+//! A step that fails is reported and the job goes on; only the steps that
+//! depend on it (a failed source's retention) are skipped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::{self, Config, S3, SourceKind};
+use crate::exit;
+use crate::metrics;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(
+        long,
+        env = "CAIRN_CONFIG",
+        default_value = "/etc/cairn/cairn.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+    /// Back up only this source (repeatable); default: every source.
+    #[arg(long = "source", value_name = "NAME")]
+    sources: Vec<String>,
+    /// Print the plan (each step's command; secrets stay out) and run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON document at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a step does (and what its outcome feeds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum StepKind {
+    Backup(String),
+    Retention(String),
+    Gc,
+    Replicate(String),
+    Verify,
+    /// Lists the repository's snapshots, for the metrics.
+    Snapshots,
+    /// Lists a replica's snapshots, for the metrics.
+    ReplicaSnapshots(String),
+    /// Repository sizes, for the metrics.
+    Stats,
+}
+
+/// One step of the plan: a `cairn` command line and its environment.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub kind: StepKind,
+    pub args: Vec<String>,
+    /// Extra environment (credentials): values never printed.
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+impl Step {
+    /// `backup/lms`, `gc`, `replicate/offsite`, …
+    pub fn id(&self) -> String {
+        match &self.kind {
+            StepKind::Backup(n) => format!("backup/{n}"),
+            StepKind::Retention(n) => format!("retention/{n}"),
+            StepKind::Gc => "gc".into(),
+            StepKind::Replicate(n) => format!("replicate/{n}"),
+            StepKind::Verify => "verify".into(),
+            StepKind::Snapshots => "snapshots".into(),
+            StepKind::ReplicaSnapshots(n) => format!("snapshots/{n}"),
+            StepKind::Stats => "stats".into(),
+        }
+    }
+
+    /// The step that must have succeeded for this one to run.
+    fn after(&self) -> Option<StepKind> {
+        match &self.kind {
+            StepKind::Retention(n) => Some(StepKind::Backup(n.clone())),
+            StepKind::ReplicaSnapshots(n) => Some(StepKind::Replicate(n.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// The tag every snapshot of a source carries.
+pub fn source_tag(name: &str) -> String {
+    format!("source:{name}")
+}
+
+fn s3_env(s3: &S3, env: &mut BTreeMap<String, String>) {
+    if let Some((id, secret)) = &s3.credentials {
+        env.insert("AWS_ACCESS_KEY_ID".into(), id.clone());
+        env.insert("AWS_SECRET_ACCESS_KEY".into(), secret.clone());
+    }
+    if let Some(region) = &s3.region {
+        env.insert("AWS_REGION".into(), region.clone());
+    }
+}
+
+/// `--repo URL [--s3-endpoint E]` for the job's repository.
+fn repo_flags(c: &Config) -> Vec<String> {
+    let mut out = vec!["--repo".to_string(), c.repository.url.clone()];
+    if let Some(e) = &c.repository.s3.endpoint {
+        out.extend(["--s3-endpoint".into(), e.clone()]);
+    }
+    out
+}
+
+/// The job as steps, in order. `only`: the sources to back up (all when
+/// empty); `weekday`: today's, for gc.
+pub fn plan(c: &Config, only: &[String], weekday: jiff::civil::Weekday) -> Vec<Step> {
+    let mut repo_env = BTreeMap::new();
+    s3_env(&c.repository.s3, &mut repo_env);
+    let step = |kind, args: Vec<String>, env: &BTreeMap<String, String>, timeout| Step {
+        kind,
+        args,
+        env: env.clone(),
+        timeout,
+    };
+    let mut steps = Vec::new();
+    let chosen = c
+        .sources
+        .iter()
+        .filter(|s| only.is_empty() || only.contains(&s.name));
+    for s in chosen.clone() {
+        let mut args = vec!["backup".to_string()];
+        let mut env = repo_env.clone();
+        if let SourceKind::Couchdb { .. } = s.kind {
+            args.push("couchdb".into());
+        }
+        args.extend(repo_flags(c));
+        args.extend([
+            "--key".into(),
+            c.repository.key_file.display().to_string(),
+            "--tag".into(),
+            source_tag(&s.name),
+            "--json".into(),
+            "--quiet".into(),
+        ]);
+        if let Some(h) = &c.repository.host {
+            args.extend(["--host".into(), h.clone()]);
+        }
+        match &s.kind {
+            SourceKind::Couchdb {
+                url,
+                user,
+                password,
+                dbs,
+                exclude,
+            } => {
+                args.extend(["--url".into(), url.clone()]);
+                if let Some(u) = user {
+                    env.insert("COUCHDB_USER".into(), u.clone());
+                }
+                if let Some(p) = password {
+                    env.insert("COUCHDB_PASSWORD".into(), p.clone());
+                }
+                if dbs.is_empty() {
+                    args.push("--all-dbs".into());
+                    for x in exclude {
+                        args.extend(["--exclude".into(), x.clone()]);
+                    }
+                } else {
+                    for d in dbs {
+                        args.extend(["--db".into(), d.clone()]);
+                    }
+                }
+            }
+            SourceKind::Command {
+                command,
+                item,
+                env: extra,
+            } => {
+                args.extend(["--command".into(), command.clone()]);
+                if let Some(i) = item {
+                    args.extend(["--name".into(), i.clone()]);
+                }
+                env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            SourceKind::Files { paths } => {
+                args.push("--".into());
+                args.extend(paths.iter().map(|p| p.display().to_string()));
+            }
+        }
+        let timeout = s.timeout.unwrap_or(c.step_timeout);
+        steps.push(step(StepKind::Backup(s.name.clone()), args, &env, timeout));
+    }
+    if let Some(policy) = &c.retention {
+        for s in chosen {
+            let mut args = vec!["forget".to_string()];
+            args.extend(repo_flags(c));
+            args.extend(["--tag".into(), source_tag(&s.name), "--json".into()]);
+            args.extend(policy.flags());
+            steps.push(step(
+                StepKind::Retention(s.name.clone()),
+                args,
+                &repo_env,
+                c.step_timeout,
+            ));
+        }
+    }
+    if c.gc.weekdays.contains(&weekday) {
+        let mut args = vec!["gc".to_string()];
+        args.extend(repo_flags(c));
+        args.push("--json".into());
+        steps.push(step(StepKind::Gc, args, &repo_env, c.step_timeout));
+    }
+    for r in &c.replicas {
+        // The replica's credentials: the source is the local repository, or
+        // an S3 one reachable with the same (see the README).
+        let mut env = repo_env.clone();
+        s3_env(&r.s3, &mut env);
+        let mut args = vec![
+            "replicate".to_string(),
+            "--from".into(),
+            c.repository.url.clone(),
+            "--to".into(),
+            r.url.clone(),
+            "--json".into(),
+            "--quiet".into(),
+        ];
+        if let Some(e) = r.s3.endpoint.as_ref().or(c.repository.s3.endpoint.as_ref()) {
+            args.extend(["--s3-endpoint".into(), e.clone()]);
+        }
+        if let Some(n) = r.keep_last {
+            args.extend(["--keep-last".into(), n.to_string()]);
+        }
+        if r.verify {
+            args.push("--verify".into());
+        }
+        steps.push(step(
+            StepKind::Replicate(r.name.clone()),
+            args,
+            &env,
+            c.step_timeout,
+        ));
+        let mut args = vec!["snapshots".to_string(), "--repo".into(), r.url.clone()];
+        if let Some(e) = r.s3.endpoint.as_ref().or(c.repository.s3.endpoint.as_ref()) {
+            args.extend(["--s3-endpoint".into(), e.clone()]);
+        }
+        args.push("--json".into());
+        steps.push(step(
+            StepKind::ReplicaSnapshots(r.name.clone()),
+            args,
+            &env,
+            c.step_timeout,
+        ));
+    }
+    if let Some(pct) = c.verify_subset {
+        let mut args = vec!["verify".to_string()];
+        args.extend(repo_flags(c));
+        args.extend([
+            "--read-data-subset".into(),
+            pct.to_string(),
+            "--json".into(),
+        ]);
+        steps.push(step(StepKind::Verify, args, &repo_env, c.step_timeout));
+    }
+    for (kind, cmd) in [
+        (StepKind::Snapshots, "snapshots"),
+        (StepKind::Stats, "stats"),
+    ] {
+        let mut args = vec![cmd.to_string()];
+        args.extend(repo_flags(c));
+        args.push("--json".into());
+        steps.push(step(kind, args, &repo_env, c.step_timeout));
+    }
+    steps
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub step: String,
+    #[serde(flatten)]
+    pub kind: StepKind,
+    /// ok, failed, timed_out, skipped.
+    pub status: &'static str,
+    /// The child's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    pub seconds: f64,
+    /// Why it failed or was skipped (the child's last error lines).
+    pub message: Option<String>,
+    /// The child's JSON summary.
+    pub summary: Option<serde_json::Value>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// Tells a child `cairn` the pid of the `cairn run` it must die with.
+pub const PARENT_ENV: &str = "CAIRN_RUN_PARENT";
+
+/// In a child of `cairn run`: asks the kernel to kill this process when
+/// its parent dies, then checks the parent did not die already (before the
+/// request); exits if it did.
+pub fn die_with_parent() {
+    let Some(parent) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let asked =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    if asked.is_err() || ppid != parent {
+        eprintln!("cairn: the `cairn run` that started this step is gone; stopping");
+        std::process::exit(i32::from(crate::exit::PARTIAL));
+    }
+}
+
+/// The most of a child's output kept.
+const MAX_OUTPUT: usize = 64 << 20;
+
+/// Runs one step as a child `cairn`, killed at its timeout or `deadline`.
+async fn execute(step: &Step, deadline: Instant) -> Outcome {
+    let started = Instant::now();
+    let finish = |status, exit_code, message: Option<String>, summary| Outcome {
+        step: step.id(),
+        kind: step.kind.clone(),
+        status,
+        exit_code,
+        seconds: started.elapsed().as_secs_f64(),
+        message,
+        summary,
+    };
+    let left = deadline.saturating_duration_since(started);
+    if left.is_zero() {
+        return finish(
+            "skipped",
+            None,
+            Some("the run's deadline passed".into()),
+            None,
+        );
+    }
+    let limit = step.timeout.min(left);
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            return finish(
+                "failed",
+                None,
+                Some(format!("finding cairn itself: {e}")),
+                None,
+            );
+        }
+    };
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(&step.args)
+        .envs(&step.env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // The child dies with this process (a CronJob's pod killed, `kill -9`):
+    // no orphaned backup writing on after the run is gone (see
+    // `die_with_parent`, which the child calls first thing).
+    cmd.env(PARENT_ENV, std::process::id().to_string());
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return finish("failed", None, Some(format!("starting: {e}")), None),
+    };
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Err(_) => {
+            let why = if limit < step.timeout {
+                "the run's deadline"
+            } else {
+                "its timeout"
+            };
+            return finish(
+                "timed_out",
+                None,
+                Some(format!(
+                    "killed at {why} ({})",
+                    jiff::SignedDuration::try_from(limit)
+                        .map(|d| format!("{d:#}"))
+                        .unwrap_or_default()
+                )),
+                None,
+            );
+        }
+        Ok(Err(e)) => return finish("failed", None, Some(format!("waiting: {e}")), None),
+        Ok(Ok(o)) => o,
+    };
+    let stdout = &output.stdout[..output.stdout.len().min(MAX_OUTPUT)];
+    let summary = serde_json::from_slice::<serde_json::Value>(stdout).ok();
+    let code = output.status.code();
+    if output.status.success() {
+        return finish("ok", code, None, summary);
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = lines[lines.len().saturating_sub(5)..].join(" | ");
+    let message = if message.is_empty() {
+        format!("exited with {}", output.status)
+    } else {
+        message
+    };
+    finish("failed", code, Some(message), summary)
+}
+
+/// `arg` as a shell would need it typed (for showing a plan).
+fn shell_quoted(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@%+,-".contains(&b));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+/// One log line per step, for CronJob logs.
+fn log_line(o: &Outcome) -> String {
+    let mut line = format!("cairn run: {}: {} in {:.1} s", o.step, o.status, o.seconds);
+    if let Some(code) = o.exit_code.filter(|_| !o.ok()) {
+        line.push_str(&format!(" (exit {code})"));
+    }
+    if let (StepKind::Backup(_), Some(s)) = (&o.kind, &o.summary)
+        && let Some(id) = s["snapshot"].as_str()
+    {
+        line.push_str(&format!(", snapshot {}", &id[..id.len().min(8)]));
+        for (field, what) in [("bytes_read", "read"), ("new_blob_bytes", "new")] {
+            if let Some(n) = s[field].as_u64() {
+                line.push_str(&format!(", {} {what}", crate::progress::human_bytes(n)));
+            }
+        }
+    }
+    if let Some(m) = &o.message {
+        line.push_str(&format!(": {m}"));
+    }
+    line
+}
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    ok: bool,
+    started: String,
+    seconds: f64,
+    exit_code: u8,
+    steps: &'a [Outcome],
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let c = config::load(&args.config)?;
+    for name in &args.sources {
+        if !c.sources.iter().any(|s| &s.name == name) {
+            let known: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+            return Err(cairn_store::Error::invalid(format!(
+                "--source {name:?}: no such source in {} (it has {})",
+                args.config.display(),
+                known.join(", ")
+            ))
+            .into());
+        }
+    }
+    let started_at = jiff::Timestamp::now();
+    let weekday = started_at.to_zoned(jiff::tz::TimeZone::UTC).weekday();
+    let steps = plan(&c, &args.sources, weekday);
+    if args.dry_run {
+        for s in &steps {
+            let env: Vec<&str> = s.env.keys().map(String::as_str).collect();
+            println!(
+                "{:<22} cairn {}{}",
+                s.id(),
+                s.args
+                    .iter()
+                    .map(|a| shell_quoted(a))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if env.is_empty() {
+                    String::new()
+                } else {
+                    format!("   (environment: {})", env.join(", "))
+                }
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = Instant::now();
+    let deadline = started + c.deadline;
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(steps.len());
+    for step in &steps {
+        let blocked = step.after().and_then(|needed| {
+            outcomes
+                .iter()
+                .find(|o| o.kind == needed && !o.ok())
+                .map(|o| o.step.clone())
+        });
+        let outcome = match blocked {
+            Some(failed) => Outcome {
+                step: step.id(),
+                kind: step.kind.clone(),
+                status: "skipped",
+                exit_code: None,
+                seconds: 0.0,
+                message: Some(format!("{failed} did not succeed")),
+                summary: None,
+            },
+            None => execute(step, deadline).await,
+        };
+        eprintln!("{}", log_line(&outcome));
+        outcomes.push(outcome);
+    }
+    let all_ok = outcomes.iter().all(Outcome::ok);
+    let code = if all_ok { exit::OK } else { exit::PARTIAL };
+    let samples = metrics::samples(
+        &c,
+        &args.sources,
+        &outcomes,
+        started_at,
+        started.elapsed(),
+        all_ok,
+    );
+    let mut metric_errors = Vec::new();
+    if let Some(path) = &c.metrics.textfile
+        && let Err(e) = metrics::write_textfile(path, &samples)
+    {
+        metric_errors.push(format!("metrics file {}: {e}", path.display()));
+    }
+    if let Some(url) = &c.metrics.push
+        && let Err(e) = metrics::push(url, &c.metrics.job, &samples).await
+    {
+        metric_errors.push(format!("pushing metrics to {url}: {e}"));
+    }
+    for e in &metric_errors {
+        eprintln!("cairn run: {e}");
+    }
+    let code = if metric_errors.is_empty() {
+        code
+    } else {
+        exit::PARTIAL
+    };
+    if args.json {
+        super::print_json(&Report {
+            ok: code == exit::OK,
+            started: started_at.to_string(),
+            seconds: started.elapsed().as_secs_f64(),
+            exit_code: code,
+            steps: &outcomes,
+        })?;
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("{:<24} {:<10} {:>9}  DETAIL", "STEP", "STATUS", "SECONDS");
+        for o in &outcomes {
+            println!(
+                "{:<24} {:<10} {:>9.1}  {}",
+                o.step,
+                o.status,
+                o.seconds,
+                o.message.as_deref().unwrap_or("")
+            );
+        }
+    }
+    if code != exit::OK {
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| !o.ok())
+            .map(|o| o.step.as_str())
+            .collect();
+        eprintln!(
+            "cairn run: not everything succeeded ({}); exit {code}",
+            if failed.is_empty() {
+                "metrics".to_string()
+            } else {
+                failed.join(", ")
+            }
+        );
+    }
+    Ok(ExitCode::from(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        config::parse(
+            r#"
+            [repository]
+            url = "/backups/repo"
+            key_file = "/k/backup.key"
+            host = "node4"
+            [[source]]
+            name = "lms"
+            kind = "couchdb"
+            url = "http://couchdb:5984"
+            exclude = ["_replicator"]
+            [[source]]
+            name = "pg"
+            kind = "command"
+            command = "pg_dump -Fc openedx"
+            item = "openedx.dump"
+            env = { PGHOST = "postgres" }
+            [[source]]
+            name = "uploads"
+            kind = "files"
+            paths = ["/data/uploads"]
+            [retention]
+            keep_daily = 7
+            [gc]
+            weekdays = ["sunday"]
+            [[replica]]
+            name = "offsite"
+            url = "s3://offsite/school"
+            s3_endpoint = "https://s3.example"
+            keep_last = 30
+            [verify]
+            read_data_subset = 5
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn plans_show_arguments_as_a_shell_would_take_them() {
+        assert_eq!(shell_quoted("--repo"), "--repo");
+        assert_eq!(shell_quoted("pg_dump -Fc lms"), "'pg_dump -Fc lms'");
+        assert_eq!(shell_quoted("it's"), "'it'\\''s'");
+        assert_eq!(shell_quoted(""), "''");
+    }
+
+    fn ids(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(Step::id).collect()
+    }
+
+    #[test]
+    fn the_plan_backs_up_each_source_then_retention_gc_replicas_verify() {
+        use jiff::civil::Weekday;
+        let steps = plan(&config(), &[], Weekday::Sunday);
+        assert_eq!(
+            ids(&steps),
+            [
+                "backup/lms",
+                "backup/pg",
+                "backup/uploads",
+                "retention/lms",
+                "retention/pg",
+                "retention/uploads",
+                "gc",
+                "replicate/offsite",
+                "snapshots/offsite",
+                "verify",
+                "snapshots",
+                "stats"
+            ]
+        );
+        assert!(!ids(&plan(&config(), &[], Weekday::Monday)).contains(&"gc".to_string()));
+        let only = plan(&config(), &["pg".to_string()], Weekday::Monday);
+        assert!(ids(&only).starts_with(&["backup/pg".to_string(), "retention/pg".to_string()]));
+        assert!(!ids(&only).contains(&"backup/lms".to_string()));
+    }
+
+    #[test]
+    fn each_step_is_the_command_a_person_would_type() {
+        let steps = plan(&config(), &[], jiff::civil::Weekday::Monday);
+        let line = |id: &str| steps.iter().find(|s| s.id() == id).unwrap().args.join(" ");
+        assert_eq!(
+            line("backup/lms"),
+            "backup couchdb --repo /backups/repo --key /k/backup.key --tag source:lms --json \
+             --quiet --host node4 --url http://couchdb:5984 --all-dbs --exclude _replicator"
+        );
+        assert_eq!(
+            line("backup/pg"),
+            "backup --repo /backups/repo --key /k/backup.key --tag source:pg --json --quiet \
+             --host node4 --command pg_dump -Fc openedx --name openedx.dump"
+        );
+        assert_eq!(
+            line("backup/uploads"),
+            "backup --repo /backups/repo --key /k/backup.key --tag source:uploads --json --quiet \
+             --host node4 -- /data/uploads"
+        );
+        assert_eq!(
+            line("retention/pg"),
+            "forget --repo /backups/repo --tag source:pg --json --keep-daily 7"
+        );
+        assert_eq!(
+            line("replicate/offsite"),
+            "replicate --from /backups/repo --to s3://offsite/school --json --quiet \
+             --s3-endpoint https://s3.example --keep-last 30"
+        );
+        assert_eq!(
+            line("verify"),
+            "verify --repo /backups/repo --read-data-subset 5 --json"
+        );
+        let pg = steps.iter().find(|s| s.id() == "backup/pg").unwrap();
+        assert_eq!(pg.env.get("PGHOST").map(String::as_str), Some("postgres"));
+    }
+}

@@ -1,0 +1,428 @@
+//! `cairn run` against the real servers tests/run starts: a CouchDB source
+//! (pouchdb-server), a pg_dump source (a private PostgreSQL cluster), a
+//! volume, an S3 replica (SeaweedFS); metrics read back with a Prometheus
+//! text parser. One nightly story per test, steps in order.
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/couch.rs"]
+mod couch;
+#[path = "support/couch3.rs"]
+mod couch3;
+#[path = "support/faulty.rs"]
+mod faulty;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use couch::Couch;
+use serde_json::Value;
+use support::{Fixture, cairn_args, ok, run, s3_base, unique_name};
+
+/// The test PostgreSQL (`host:port`) and the script that stops/starts it.
+fn pg() -> Option<(String, String, String)> {
+    match (
+        std::env::var("CAIRN_TEST_PG"),
+        std::env::var("CAIRN_TEST_PG_CTL"),
+    ) {
+        (Ok(addr), Ok(ctl)) => {
+            let (host, port) = addr.split_once(':').unwrap();
+            Some((host.to_string(), port.to_string(), ctl))
+        }
+        _ => {
+            assert!(
+                std::env::var_os("CAIRN_TEST_REQUIRE_PG").is_none(),
+                "CAIRN_TEST_PG is not set: run tests/run"
+            );
+            eprintln!("skipped: no PostgreSQL (CAIRN_TEST_PG); tests/run starts one");
+            None
+        }
+    }
+}
+
+fn psql(host: &str, port: &str, db: &str, sql: &str) -> String {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-tA",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            host,
+            "-p",
+            port,
+        ])
+        .args(["-U", "postgres", "-d", db, "-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Starts the test PostgreSQL again when dropped (a failing test must not
+/// leave it down for the others).
+struct RestartPg(String);
+impl Drop for RestartPg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0).arg("start").output();
+    }
+}
+
+/// The metrics file, parsed by a Prometheus text-format parser: each
+/// sample as `name{label="value"}` → value.
+fn metrics(path: &Path) -> BTreeMap<String, f64> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    assert!(!scrape.docs.is_empty(), "HELP lines parsed");
+    scrape
+        .samples
+        .iter()
+        .map(|s| {
+            let labels: Vec<String> = s
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            let key = if labels.is_empty() {
+                s.metric.clone()
+            } else {
+                format!("{}{{{}}}", s.metric, labels.join(","))
+            };
+            let value = match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{} is not a gauge: {other:?}", s.metric),
+            };
+            (key, value)
+        })
+        .collect()
+}
+
+/// The repository's snapshots per `source:` tag: (id, time as seconds).
+fn by_source(listing: &Value) -> BTreeMap<String, Vec<(String, f64)>> {
+    let mut out: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+    for s in listing.as_array().unwrap() {
+        let time: jiff::Timestamp = s["time"].as_str().unwrap().parse().unwrap();
+        for t in s["tags"].as_array().unwrap() {
+            if let Some(name) = t.as_str().unwrap().strip_prefix("source:") {
+                out.entry(name.to_string()).or_default().push((
+                    s["id"].as_str().unwrap().to_string(),
+                    time.as_millisecond() as f64 / 1000.0,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
+}
+
+#[test]
+fn nightly_runs_back_up_every_source_and_a_failed_one_keeps_its_last_success() {
+    let (Some(couch), Some(s3), Some((pg_host, pg_port, pg_ctl))) =
+        (Couch::from_env(), s3_base(), pg())
+    else {
+        return;
+    };
+    let f = Fixture::new();
+    // CouchDB: credentials out of the URL, the password in a file.
+    let db = couch.new_db("run");
+    couch.populate(&db, 30);
+    let url = reqwest::Url::parse(&couch.url).unwrap();
+    let password = f.path("couch-password");
+    std::fs::write(&password, format!("{}\n", url.password().unwrap())).unwrap();
+    let bare = format!("http://{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    // PostgreSQL: a database with rows.
+    let pg_db = format!("run_{}", unique_name());
+    psql(
+        &pg_host,
+        &pg_port,
+        "postgres",
+        &format!("CREATE DATABASE {pg_db}"),
+    );
+    psql(
+        &pg_host,
+        &pg_port,
+        &pg_db,
+        "CREATE TABLE grades (id int PRIMARY KEY, score int); \
+         INSERT INTO grades SELECT i, i % 100 FROM generate_series(1, 1000) i",
+    );
+    // A volume.
+    let volume = f.path("uploads");
+    std::fs::create_dir_all(volume.join("course")).unwrap();
+    std::fs::write(volume.join("course/a.html"), "<p>a</p>").unwrap();
+    std::fs::write(volume.join("b.bin"), vec![7u8; 100_000]).unwrap();
+    let replica = format!("{s3}/run-{}", unique_name());
+    let prom = f.path("cairn.prom");
+    let config = f.path("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[repository]
+url = "{repo}"
+key_file = "{key}"
+host = "node4"
+
+[[source]]
+name = "lms"
+kind = "couchdb"
+url = "{bare}"
+user = "{user}"
+password = {{ file = "{password}" }}
+dbs = ["{db}"]
+
+[[source]]
+name = "pg"
+kind = "command"
+command = "pg_dump -Fc {pg_db}"
+item = "{pg_db}.dump"
+env = {{ PGHOST = "{pg_host}", PGPORT = "{pg_port}", PGUSER = "postgres" }}
+
+[[source]]
+name = "uploads"
+kind = "files"
+paths = ["{volume}"]
+
+[retention]
+keep_last = 1
+
+[gc]
+weekdays = ["daily"]
+
+[[replica]]
+name = "offsite"
+url = "{replica}"
+keep_last = 5
+
+[verify]
+read_data_subset = 100
+
+[metrics]
+textfile = "{prom}"
+"#,
+            repo = f.repo.display(),
+            key = f.key.display(),
+            user = url.username(),
+            password = password.display(),
+            volume = volume.display(),
+            prom = prom.display(),
+        ),
+    )
+    .unwrap();
+
+    // Night 1: everything succeeds.
+    let night1 = ok(cairn_args(["run", "--json", "--config"]).arg(&config)).json();
+    assert_eq!(night1["exit_code"], 0, "{night1:#}");
+    for id in [
+        "backup/lms",
+        "backup/pg",
+        "backup/uploads",
+        "retention/lms",
+        "gc",
+        "replicate/offsite",
+        "verify",
+    ] {
+        assert_eq!(step(&night1, id)["status"], "ok", "{id}: {night1:#}");
+    }
+    let listing = ok(f.cmd("snapshots").arg("--json")).json();
+    let first = by_source(&listing);
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        ["lms", "pg", "uploads"],
+        "one snapshot per source: {listing:#}"
+    );
+    assert!(first.values().all(|v| v.len() == 1));
+    let replicated = ok(&mut cairn_args(["snapshots", "--json", "--repo", &replica])).json();
+    assert_eq!(replicated.as_array().unwrap().len(), 3);
+    // The pg snapshot holds the dump pg_dump wrote.
+    let dump = ok(f.cmd("restore").args([
+        &first["pg"][0].0,
+        "--item",
+        &format!("{pg_db}.dump"),
+        "--stdout",
+    ]))
+    .stdout;
+    assert!(dump.starts_with(b"PGDMP"), "a custom-format dump");
+    let m = metrics(&prom);
+    assert_eq!(m["cairn_run_success"], 1.0);
+    for s in ["lms", "pg", "uploads"] {
+        assert_eq!(
+            m[&format!("cairn_source_last_attempt_success{{source=\"{s}\"}}")],
+            1.0
+        );
+        assert_eq!(m[&format!("cairn_source_snapshots{{source=\"{s}\"}}")], 1.0);
+        let last = m[&format!("cairn_source_last_success_timestamp_seconds{{source=\"{s}\"}}")];
+        assert!(
+            (last - first[s][0].1).abs() < 0.002,
+            "{s}: {last} vs {:?}",
+            first[s]
+        );
+    }
+    assert!(m["cairn_source_bytes_read{source=\"uploads\"}"] >= 100_008.0);
+    assert_eq!(
+        m["cairn_replica_last_attempt_success{replica=\"offsite\"}"],
+        1.0
+    );
+    assert_eq!(m["cairn_replica_lag_seconds{replica=\"offsite\"}"], 0.0);
+    assert_eq!(m["cairn_verify_success"], 1.0);
+    assert!(m["cairn_repository_stored_bytes"] > 0.0);
+
+    // Night 2: PostgreSQL is down.
+    let _restart = RestartPg(pg_ctl.clone());
+    let stopped = std::process::Command::new(&pg_ctl)
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    let night2 = run(cairn_args(["run", "--json", "--config"]).arg(&config))
+        .expect_code(19)
+        .stderr_has(&["backup/pg: failed", "pg_dump", "not everything succeeded"])
+        .json();
+    let pg_step = step(&night2, "backup/pg");
+    assert_eq!(pg_step["status"], "failed");
+    let message = pg_step["message"].as_str().unwrap();
+    assert!(
+        message.contains("pg_dump") && message.contains("connection"),
+        "pg_dump's own message: {message}"
+    );
+    assert_eq!(step(&night2, "retention/pg")["status"], "skipped");
+    for id in ["backup/lms", "backup/uploads", "replicate/offsite"] {
+        assert_eq!(step(&night2, id)["status"], "ok", "{id}: {night2:#}");
+    }
+    let second = by_source(&ok(f.cmd("snapshots").arg("--json")).json());
+    assert_eq!(
+        second["pg"], first["pg"],
+        "no new pg snapshot; the old one kept"
+    );
+    for s in ["lms", "uploads"] {
+        assert_eq!(second[s].len(), 1, "retention kept the newest {s} only");
+        assert_ne!(second[s][0].0, first[s][0].0, "a new {s} snapshot");
+    }
+    let m = metrics(&prom);
+    assert_eq!(m["cairn_run_success"], 0.0);
+    assert_eq!(m["cairn_source_last_attempt_success{source=\"pg\"}"], 0.0);
+    assert_eq!(m["cairn_source_last_attempt_success{source=\"lms\"}"], 1.0);
+    let pg_last = m["cairn_source_last_success_timestamp_seconds{source=\"pg\"}"];
+    assert!(
+        (pg_last - first["pg"][0].1).abs() < 0.002,
+        "pg's last success kept"
+    );
+    assert!(
+        m["cairn_source_last_attempt_timestamp_seconds{source=\"pg\"}"] > pg_last,
+        "the attempt is newer than the success"
+    );
+    assert!(!m.contains_key("cairn_source_bytes_read{source=\"pg\"}"));
+}
+
+/// Whether a process runs whose command line contains `marker`.
+fn running_with(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+    })
+}
+
+#[test]
+fn a_run_killed_mid_backup_leaves_nothing_that_blocks_the_next() {
+    let f = Fixture::new();
+    let marker = format!("slow-{}", unique_name());
+    let config = f.path("cairn.toml");
+    let write_config = |command: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[repository]\nurl = \"{}\"\nkey_file = \"{}\"\n\
+                 [[source]]\nname = \"{marker}\"\nkind = \"command\"\ncommand = \"{command}\"\n\
+                 [gc]\nweekdays = [\"daily\"]\n",
+                f.repo.display(),
+                f.key.display()
+            ),
+        )
+        .unwrap();
+    };
+    // A dump that writes a little, then hangs.
+    write_config("head -c 3000000 /dev/urandom; sleep 30");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cairn"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Mid-backup: the backup's lease is in the repository.
+    let started = Instant::now();
+    while std::fs::read_dir(f.repo.join("locks"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no lease appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The step's `cairn backup` dies with the run.
+    let tag = format!("source:{marker}");
+    let gone = Instant::now();
+    while running_with(&tag) {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "the backup step outlived its run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        ok(f.cmd("snapshots").arg("--json")).json(),
+        Value::Array(vec![]),
+        "the killed run left no snapshot"
+    );
+    // The next run completes: no unlocking by hand.
+    write_config("echo tonight");
+    let report = ok(cairn_args(["run", "--json", "--config"]).arg(&config)).json();
+    assert_eq!(report["exit_code"], 0, "{report:#}");
+    assert_eq!(step(&report, "gc")["status"], "ok");
+    let listing = ok(f.cmd("snapshots").arg("--json")).json();
+    assert_eq!(listing.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_bad_config_is_refused_before_anything_runs() {
+    let f = Fixture::new();
+    let config = f.path("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = \"{}\"\nkey_file = \"{}\"\n\
+             [[source]]\nname = \"pg\"\nkind = \"command\"\ncommand = \"echo x\"\n\
+             secret_env = {{ PGPASSWORD = {{ file = \"/nonexistent/pg-password\" }} }}\n",
+            f.repo.display(),
+            f.key.display()
+        ),
+    )
+    .unwrap();
+    run(cairn_args(["run", "--config"]).arg(&config))
+        .expect_code(2)
+        .stderr_has(&["secret_env.PGPASSWORD", "/nonexistent/pg-password"]);
+    assert_eq!(
+        ok(f.cmd("snapshots").arg("--json")).json(),
+        Value::Array(vec![])
+    );
+}
