@@ -25,6 +25,19 @@ pub struct Config {
     /// Percent of packs `verify --read-data-subset` reads after the job.
     pub verify_subset: Option<f64>,
     pub metrics: Metrics,
+    pub drill: Drill,
+}
+
+/// Where `cairn drill` restores to.
+#[derive(Debug, Clone, Default)]
+pub struct Drill {
+    /// Directory for restored files and dumps (each drill's own
+    /// subdirectory, removed afterwards).
+    pub scratch: PathBuf,
+    /// CouchDB server drill databases are created on, with credentials.
+    pub couchdb: Option<(String, Option<String>, Option<String>)>,
+    /// Environment of `createdb`, `pg_restore`/`psql` and `dropdb` (PG*).
+    pub postgres_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +80,8 @@ pub enum SourceKind {
         command: String,
         item: Option<String>,
         env: BTreeMap<String, String>,
+        /// The dump is PostgreSQL's (`pg_dump`): a drill loads it.
+        postgres: bool,
     },
     /// Files and directories.
     Files { paths: Vec<PathBuf> },
@@ -145,6 +160,18 @@ struct File {
     replicas: Vec<ReplicaFile>,
     verify: Option<VerifyFile>,
     metrics: Option<MetricsFile>,
+    drill: Option<DrillFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillFile {
+    scratch: Option<PathBuf>,
+    couchdb_url: Option<String>,
+    couchdb_user: Option<String>,
+    couchdb_password: Option<Secret>,
+    postgres_env: Option<BTreeMap<String, String>>,
+    postgres_secret_env: Option<BTreeMap<String, Secret>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +210,8 @@ struct SourceFile {
     item: Option<String>,
     env: Option<BTreeMap<String, String>>,
     secret_env: Option<BTreeMap<String, Secret>>,
+    /// "postgres": the command is a pg_dump (a drill loads it).
+    dump: Option<String>,
     // files
     paths: Option<Vec<PathBuf>>,
 }
@@ -470,7 +499,45 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
             }
         }
     };
+    let drill = match file.drill {
+        None => Drill {
+            scratch: std::env::temp_dir(),
+            ..Drill::default()
+        },
+        Some(d) => {
+            let mut postgres_env = d.postgres_env.unwrap_or_default();
+            for (name, secret) in d.postgres_secret_env.unwrap_or_default() {
+                postgres_env.insert(
+                    name.clone(),
+                    secret.read(&format!("drill.postgres_secret_env.{name}"))?,
+                );
+            }
+            let couchdb = match d.couchdb_url {
+                None => None,
+                Some(url) if url.contains('@') => {
+                    return Err(invalid(
+                        "drill.couchdb_url",
+                        "holds credentials: give couchdb_user and couchdb_password instead",
+                    ));
+                }
+                Some(url) => Some((
+                    url,
+                    d.couchdb_user,
+                    d.couchdb_password
+                        .as_ref()
+                        .map(|p| p.read("drill.couchdb_password"))
+                        .transpose()?,
+                )),
+            };
+            Drill {
+                scratch: d.scratch.unwrap_or_else(std::env::temp_dir),
+                couchdb,
+                postgres_env,
+            }
+        }
+    };
     Ok(Config {
+        drill,
         repository,
         deadline,
         step_timeout,
@@ -521,6 +588,7 @@ fn source(i: usize, s: SourceFile) -> anyhow::Result<Source> {
         ("item", s.item.is_some()),
         ("env", s.env.is_some()),
         ("secret_env", s.secret_env.is_some()),
+        ("dump", s.dump.is_some()),
         ("paths", s.paths.is_some()),
     ]
     .into_iter()
@@ -528,7 +596,7 @@ fn source(i: usize, s: SourceFile) -> anyhow::Result<Source> {
     .collect();
     let allowed: &[&str] = match s.kind.as_str() {
         "couchdb" => &["url", "user", "password", "dbs", "exclude"],
-        "command" => &["command", "item", "env", "secret_env"],
+        "command" => &["command", "item", "env", "secret_env", "dump"],
         "files" => &["paths"],
         other => {
             return Err(invalid(
@@ -587,10 +655,21 @@ fn source(i: usize, s: SourceFile) -> anyhow::Result<Source> {
                 let value = secret.read(&named(&format!("secret_env.{name}")))?;
                 env.insert(name, value);
             }
+            let postgres = match s.dump.as_deref() {
+                None => false,
+                Some("postgres") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        &named("dump"),
+                        format!("{other:?}: the only kind known is \"postgres\""),
+                    ));
+                }
+            };
             SourceKind::Command {
                 command,
                 item: s.item,
                 env,
+                postgres,
             }
         }
         _ => {

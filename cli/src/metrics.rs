@@ -102,6 +102,18 @@ pub const METRICS: &[(&str, &str)] = &[
         "cairn_verify_timestamp_seconds",
         "When the last verify ran.",
     ),
+    (
+        "cairn_drill_timestamp_seconds",
+        "When the last restore drill ran.",
+    ),
+    (
+        "cairn_drill_success",
+        "1 if the source's last restore drill passed, else 0.",
+    ),
+    (
+        "cairn_drill_rto_seconds",
+        "How long the source's last restore drill took to restore.",
+    ),
 ];
 
 fn seconds(t: jiff::Timestamp) -> f64 {
@@ -345,6 +357,8 @@ pub async fn push(base: &str, job: &str, samples: &[Sample]) -> anyhow::Result<(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -372,6 +386,72 @@ mod tests {
              cairn_source_last_attempt_success{source=\"a\\\"b\"} 0\n"
         );
         assert!(render(&samples, Some("source")).contains("cairn_source_last_attempt_success 0\n"));
+    }
+
+    #[test]
+    fn every_metric_written_is_documented() {
+        let sources = [
+            include_str!("metrics.rs"),
+            include_str!("cmd/run.rs"),
+            include_str!("cmd/drill.rs"),
+        ];
+        for text in sources {
+            for (i, _) in text.match_indices("\"cairn_") {
+                let name: String = text[i + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    METRICS.iter().any(|(m, _)| *m == name) || name == "cairn_",
+                    "{name} is written but not in METRICS"
+                );
+            }
+        }
+    }
+
+    /// The shipped alerting rules parse, alert on metrics that exist, and
+    /// hold the three the runbook relies on.
+    #[test]
+    fn the_alerting_rules_parse_and_use_real_metrics() {
+        let text = include_str!("../../deploy/prometheus/cairn-alerts.yml");
+        let docs = yaml_rust2::YamlLoader::load_from_str(text).unwrap();
+        let groups = docs[0]["groups"].as_vec().unwrap();
+        let mut alerts = BTreeMap::new();
+        for g in groups {
+            assert!(g["name"].as_str().is_some());
+            for r in g["rules"].as_vec().unwrap() {
+                let name = r["alert"].as_str().unwrap();
+                let expr = r["expr"].as_str().unwrap();
+                assert!(
+                    ["critical", "warning"].contains(&r["labels"]["severity"].as_str().unwrap()),
+                    "{name}"
+                );
+                assert!(r["annotations"]["summary"].as_str().is_some(), "{name}");
+                for (i, _) in expr.match_indices("cairn_") {
+                    let metric: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    assert!(
+                        METRICS.iter().any(|(m, _)| *m == metric),
+                        "{name} uses {metric}, which cairn never writes"
+                    );
+                }
+                alerts.insert(name.to_string(), expr.to_string());
+            }
+        }
+        assert_eq!(
+            alerts["CairnBackupMissing"],
+            "time() - cairn_source_last_success_timestamp_seconds > 26 * 3600"
+        );
+        assert_eq!(
+            alerts["CairnReplicaBehind"],
+            "time() - cairn_replica_newest_snapshot_timestamp_seconds > 36 * 3600"
+        );
+        assert_eq!(
+            alerts["CairnVerifyFoundDamage"],
+            "cairn_verify_success == 0"
+        );
     }
 
     #[test]

@@ -130,48 +130,66 @@ fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
 }
 
-#[test]
-fn nightly_runs_back_up_every_source_and_a_failed_one_keeps_its_last_success() {
-    let (Some(couch), Some(s3), Some((pg_host, pg_port, pg_ctl))) =
-        (Couch::from_env(), s3_base(), pg())
-    else {
-        return;
-    };
-    let f = Fixture::new();
-    // CouchDB: credentials out of the URL, the password in a file.
-    let db = couch.new_db("run");
-    couch.populate(&db, 30);
-    let url = reqwest::Url::parse(&couch.url).unwrap();
-    let password = f.path("couch-password");
-    std::fs::write(&password, format!("{}\n", url.password().unwrap())).unwrap();
-    let bare = format!("http://{}:{}", url.host_str().unwrap(), url.port().unwrap());
-    // PostgreSQL: a database with rows.
-    let pg_db = format!("run_{}", unique_name());
-    psql(
-        &pg_host,
-        &pg_port,
-        "postgres",
-        &format!("CREATE DATABASE {pg_db}"),
-    );
-    psql(
-        &pg_host,
-        &pg_port,
-        &pg_db,
-        "CREATE TABLE grades (id int PRIMARY KEY, score int); \
-         INSERT INTO grades SELECT i, i % 100 FROM generate_series(1, 1000) i",
-    );
-    // A volume.
-    let volume = f.path("uploads");
-    std::fs::create_dir_all(volume.join("course")).unwrap();
-    std::fs::write(volume.join("course/a.html"), "<p>a</p>").unwrap();
-    std::fs::write(volume.join("b.bin"), vec![7u8; 100_000]).unwrap();
-    let replica = format!("{s3}/run-{}", unique_name());
-    let prom = f.path("cairn.prom");
-    let config = f.path("cairn.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+/// The school's job on the test servers: a CouchDB database, a PostgreSQL
+/// database, a volume, an S3 replica, metrics; drills restore into the
+/// same servers and a scratch directory.
+struct School {
+    f: Fixture,
+    couch: Couch,
+    config: std::path::PathBuf,
+    prom: std::path::PathBuf,
+    scratch: std::path::PathBuf,
+    replica: String,
+    pg_host: String,
+    pg_port: String,
+    pg_ctl: String,
+    pg_db: String,
+}
+
+impl School {
+    fn new() -> Option<School> {
+        let (Some(couch), Some(s3), Some((pg_host, pg_port, pg_ctl))) =
+            (Couch::from_env(), s3_base(), pg())
+        else {
+            return None;
+        };
+        let f = Fixture::new();
+        // CouchDB: credentials out of the URL, the password in a file.
+        let db = couch.new_db("run");
+        couch.populate(&db, 30);
+        let url = reqwest::Url::parse(&couch.url).unwrap();
+        let password = f.path("couch-password");
+        std::fs::write(&password, format!("{}\n", url.password().unwrap())).unwrap();
+        let bare = format!("http://{}:{}", url.host_str().unwrap(), url.port().unwrap());
+        // PostgreSQL: a database with rows.
+        let pg_db = format!("run_{}", unique_name());
+        psql(
+            &pg_host,
+            &pg_port,
+            "postgres",
+            &format!("CREATE DATABASE {pg_db}"),
+        );
+        psql(
+            &pg_host,
+            &pg_port,
+            &pg_db,
+            "CREATE TABLE grades (id int PRIMARY KEY, score int); \
+             INSERT INTO grades SELECT i, i % 100 FROM generate_series(1, 1000) i",
+        );
+        // A volume.
+        let volume = f.path("uploads");
+        std::fs::create_dir_all(volume.join("course")).unwrap();
+        std::fs::write(volume.join("course/a.html"), "<p>a</p>").unwrap();
+        std::fs::write(volume.join("b.bin"), vec![7u8; 100_000]).unwrap();
+        let replica = format!("{s3}/run-{}", unique_name());
+        let prom = f.path("cairn.prom");
+        let scratch = f.path("scratch");
+        std::fs::create_dir_all(&scratch).unwrap();
+        let config = f.path("cairn.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 [repository]
 url = "{repo}"
 key_file = "{key}"
@@ -190,6 +208,7 @@ name = "pg"
 kind = "command"
 command = "pg_dump -Fc {pg_db}"
 item = "{pg_db}.dump"
+dump = "postgres"
 env = {{ PGHOST = "{pg_host}", PGPORT = "{pg_port}", PGUSER = "postgres" }}
 
 [[source]]
@@ -213,17 +232,53 @@ read_data_subset = 100
 
 [metrics]
 textfile = "{prom}"
-"#,
-            repo = f.repo.display(),
-            key = f.key.display(),
-            user = url.username(),
-            password = password.display(),
-            volume = volume.display(),
-            prom = prom.display(),
-        ),
-    )
-    .unwrap();
 
+[drill]
+scratch = "{scratch}"
+couchdb_url = "{bare}"
+couchdb_user = "{user}"
+couchdb_password = {{ file = "{password}" }}
+postgres_env = {{ PGHOST = "{pg_host}", PGPORT = "{pg_port}", PGUSER = "postgres" }}
+"#,
+                repo = f.repo.display(),
+                key = f.key.display(),
+                user = url.username(),
+                password = password.display(),
+                volume = volume.display(),
+                prom = prom.display(),
+                scratch = scratch.display(),
+            ),
+        )
+        .unwrap();
+        Some(School {
+            f,
+            couch,
+            config,
+            prom,
+            scratch,
+            replica,
+            pg_host,
+            pg_port,
+            pg_ctl,
+            pg_db,
+        })
+    }
+}
+
+#[test]
+fn nightly_runs_back_up_every_source_and_a_failed_one_keeps_its_last_success() {
+    let Some(School {
+        f,
+        config,
+        prom,
+        replica,
+        pg_ctl,
+        pg_db,
+        ..
+    }) = School::new()
+    else {
+        return;
+    };
     // Night 1: everything succeeds.
     let night1 = ok(cairn_args(["run", "--json", "--config"]).arg(&config)).json();
     assert_eq!(night1["exit_code"], 0, "{night1:#}");
@@ -425,4 +480,110 @@ fn a_bad_config_is_refused_before_anything_runs() {
         ok(f.cmd("snapshots").arg("--json")).json(),
         Value::Array(vec![])
     );
+}
+
+/// What drills could leave behind: drill databases on CouchDB and
+/// PostgreSQL, files in the scratch directory.
+fn leftovers(s: &School) -> Vec<String> {
+    let mut out: Vec<String> = s
+        .couch
+        .ok("GET", "_all_dbs", None)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_str())
+        .filter(|d| d.starts_with("drill-"))
+        .map(str::to_string)
+        .collect();
+    out.extend(
+        psql(
+            &s.pg_host,
+            &s.pg_port,
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'drill%'",
+        )
+        .lines()
+        .map(str::to_string),
+    );
+    out.extend(
+        std::fs::read_dir(&s.scratch)
+            .unwrap()
+            .map(|e| e.unwrap().path().display().to_string()),
+    );
+    out
+}
+
+#[test]
+fn a_drill_restores_every_source_and_fails_naming_a_damaged_one() {
+    let Some(school) = School::new() else {
+        return;
+    };
+    let s = &school;
+    ok(cairn_args(["run", "--config"]).arg(&s.config));
+    let report = ok(cairn_args(["drill", "--json", "--config"]).arg(&s.config)).json();
+    assert_eq!(report["passed"], true, "{report:#}");
+    let sources = report["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 3);
+    for r in sources {
+        assert_eq!(r["status"], "ok", "{r:#}");
+        assert!(r["rto_seconds"].as_f64().unwrap() > 0.0, "{r:#}");
+    }
+    assert_eq!(leftovers(s), Vec::<String>::new(), "nothing left behind");
+    let drill_prom = s.prom.with_file_name("cairn-drill.prom");
+    let m = metrics(&drill_prom);
+    for source in ["lms", "pg", "uploads"] {
+        assert_eq!(
+            m[&format!("cairn_drill_success{{source=\"{source}\"}}")],
+            1.0
+        );
+        assert!(m[&format!("cairn_drill_rto_seconds{{source=\"{source}\"}}")] > 0.0);
+    }
+    assert_eq!(
+        metrics(&s.prom)["cairn_run_success"],
+        1.0,
+        "the run's file untouched"
+    );
+
+    // Damage the volume's pack: a byte in the middle of the pack holding its
+    // 100 kB file (the only pack that large).
+    let mut packs = Vec::new();
+    let mut dirs = vec![s.f.repo.join("packs")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else {
+                packs.push(e.path());
+            }
+        }
+    }
+    for p in &packs {
+        let mut bytes = std::fs::read(p).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x55;
+        std::fs::write(p, bytes).unwrap();
+    }
+    let failed = run(cairn_args(["drill", "--json", "--config"]).arg(&s.config))
+        .expect_code(19)
+        .stderr_has(&["cairn drill: FAILED for"]);
+    let report = failed.json();
+    assert_eq!(report["passed"], false);
+    let bad: Vec<&str> = report["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    assert!(!bad.is_empty(), "{report:#}");
+    for source in &bad {
+        assert!(
+            failed
+                .stderr
+                .contains(&format!("cairn drill: {source}: failed")),
+            "{}",
+            failed.stderr
+        );
+    }
+    assert_eq!(leftovers(s), Vec::<String>::new(), "nothing left behind");
 }

@@ -3,6 +3,7 @@
 mod backup;
 mod couch;
 mod diff;
+mod drill;
 mod forget;
 mod gc;
 mod init;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Run the whole job of a configuration file (cairn.toml): back up each
     /// source, apply retention, gc when due, replicate, verify, write metrics.
     Run(run::RunArgs),
+    /// Restore each source's newest snapshot into scratch targets, check
+    /// it, report the time it took (RTO), and remove what was created.
+    Drill(drill::DrillArgs),
 }
 
 /// Runs a command; the exit code on success (verify may report damage).
@@ -84,6 +88,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replicate(a) => replicate::run(a).await,
         Command::Serve(a) => serve::run(a).await,
         Command::Run(a) => run::run(a).await,
+        Command::Drill(a) => drill::run(a).await,
     }
 }
 

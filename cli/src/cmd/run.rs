@@ -57,6 +57,8 @@ pub enum StepKind {
     ReplicaSnapshots(String),
     /// Repository sizes, for the metrics.
     Stats,
+    /// A restore drill's command.
+    Drill(String),
 }
 
 /// One step of the plan: a `cairn` command line and its environment.
@@ -81,6 +83,7 @@ impl Step {
             StepKind::Snapshots => "snapshots".into(),
             StepKind::ReplicaSnapshots(n) => format!("snapshots/{n}"),
             StepKind::Stats => "stats".into(),
+            StepKind::Drill(n) => format!("drill/{n}"),
         }
     }
 
@@ -99,7 +102,7 @@ pub fn source_tag(name: &str) -> String {
     format!("source:{name}")
 }
 
-fn s3_env(s3: &S3, env: &mut BTreeMap<String, String>) {
+pub fn s3_env(s3: &S3, env: &mut BTreeMap<String, String>) {
     if let Some((id, secret)) = &s3.credentials {
         env.insert("AWS_ACCESS_KEY_ID".into(), id.clone());
         env.insert("AWS_SECRET_ACCESS_KEY".into(), secret.clone());
@@ -110,7 +113,7 @@ fn s3_env(s3: &S3, env: &mut BTreeMap<String, String>) {
 }
 
 /// `--repo URL [--s3-endpoint E]` for the job's repository.
-fn repo_flags(c: &Config) -> Vec<String> {
+pub fn repo_flags(c: &Config) -> Vec<String> {
     let mut out = vec!["--repo".to_string(), c.repository.url.clone()];
     if let Some(e) = &c.repository.s3.endpoint {
         out.extend(["--s3-endpoint".into(), e.clone()]);
@@ -182,6 +185,7 @@ pub fn plan(c: &Config, only: &[String], weekday: jiff::civil::Weekday) -> Vec<S
                 command,
                 item,
                 env: extra,
+                ..
             } => {
                 args.extend(["--command".into(), command.clone()]);
                 if let Some(i) = item {
@@ -329,7 +333,7 @@ pub fn die_with_parent() {
 const MAX_OUTPUT: usize = 64 << 20;
 
 /// Runs one step as a child `cairn`, killed at its timeout or `deadline`.
-async fn execute(step: &Step, deadline: Instant) -> Outcome {
+pub async fn execute(step: &Step, deadline: Instant) -> Outcome {
     let started = Instant::now();
     let finish = |status, exit_code, message: Option<String>, summary| Outcome {
         step: step.id(),

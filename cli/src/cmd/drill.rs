@@ -1,0 +1,517 @@
+//! `cairn drill`: the restore drill as one command. For each source of
+//! `cairn.toml`, its newest snapshot is restored into a scratch target and
+//! checked, and the time it took (what a real recovery would wait) reported:
+//!
+//! - files: restored into a scratch directory (every chunk of every file is
+//!   checked against the signed tree as it is written);
+//! - a command's dump: restored to a scratch file; a `dump = "postgres"`
+//!   one is then loaded into a new database (`pg_restore`, or `psql` for a
+//!   plain SQL dump), which must succeed;
+//! - CouchDB: each database restored into `drill-SOURCE-TIME-N` on the
+//!   drill server, which `restore couchdb` compares with the snapshot
+//!   (every leaf revision, `_security`) after loading.
+//!
+//! Whatever happens, what a drill created is removed afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::run::{Step, StepKind, execute, repo_flags, s3_env, source_tag};
+use crate::config::{self, Config, Source, SourceKind};
+use crate::exit;
+use crate::metrics::{self, Sample};
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// The configuration file.
+    #[arg(
+        long,
+        env = "CAIRN_CONFIG",
+        default_value = "/etc/cairn/cairn.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+    /// Drill only this source (repeatable); default: every source.
+    #[arg(long = "source", value_name = "NAME")]
+    sources: Vec<String>,
+    /// Print one JSON document at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One source's drill.
+#[derive(Debug, Serialize)]
+pub struct DrillResult {
+    pub source: String,
+    pub snapshot: Option<String>,
+    /// ok, failed.
+    pub status: &'static str,
+    /// Seconds to restore (and load): the recovery time this source would see.
+    pub rto_seconds: f64,
+    pub message: Option<String>,
+}
+
+/// A `cairn` child step of a drill.
+fn step(c: &Config, source: &str, args: Vec<String>) -> Step {
+    let mut env = std::collections::BTreeMap::new();
+    s3_env(&c.repository.s3, &mut env);
+    Step {
+        kind: StepKind::Drill(source.to_string()),
+        args,
+        env,
+        timeout: c.step_timeout,
+    }
+}
+
+/// Runs a child step; its JSON summary, or why it failed.
+async fn cairn(step: &Step, deadline: Instant) -> Result<Option<serde_json::Value>, String> {
+    let o = execute(step, deadline).await;
+    if o.ok() {
+        Ok(o.summary)
+    } else {
+        Err(format!(
+            "`cairn {}` {}: {}",
+            step.args.first().map_or("", String::as_str),
+            o.status,
+            o.message.unwrap_or_default()
+        ))
+    }
+}
+
+/// Runs a PostgreSQL client program with the drill's environment.
+async fn pg(c: &Config, program: &str, args: &[&str]) -> Result<(), String> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .envs(&c.drill.postgres_env)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("starting {program}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    Err(format!(
+        "{program} {}: {}",
+        out.status,
+        tail[tail.len().saturating_sub(3)..].join(" | ")
+    ))
+}
+
+/// The CouchDB database names a snapshot holds (its `couchdb/` directory).
+async fn couch_dbs(
+    c: &Config,
+    source: &str,
+    id: &str,
+    deadline: Instant,
+) -> Result<Vec<String>, String> {
+    let mut args = vec!["ls".to_string(), id.to_string(), "couchdb".into()];
+    args.extend(repo_flags(c));
+    args.push("--json".into());
+    // `ls --json` prints one JSON object per line: not one document.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let step = step(c, source, args);
+    let out = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        tokio::process::Command::new(exe)
+            .args(&step.args)
+            .envs(&step.env)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "listing the snapshot: the drill's deadline passed".to_string())?
+    .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "listing the snapshot's databases: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let mut dbs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        if v["kind"] == "dir"
+            && let Some(name) = v["path"].as_str().and_then(|p| p.strip_prefix("couchdb/"))
+            && !name.contains('/')
+        {
+            dbs.push(percent_decode(name));
+        }
+    }
+    Ok(dbs)
+}
+
+/// Undoes the `%XX` escapes of a database's directory name.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A name for a drill's database: lowercase, as CouchDB and PostgreSQL
+/// both accept (`drill-lms-20261206t0230-0`; `_` for PostgreSQL).
+fn drill_name(source: &str, stamp: &str, n: usize, sep: char) -> String {
+    let source: String = source
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() {
+                ch.to_ascii_lowercase()
+            } else {
+                sep
+            }
+        })
+        .collect();
+    format!("drill{sep}{source}{sep}{stamp}{sep}{n}")
+}
+
+/// Drills one source: restore, check, measure; removes what it created.
+async fn drill(
+    c: &Config,
+    source: &Source,
+    snapshot: &str,
+    stamp: &str,
+    scratch: &Path,
+    deadline: Instant,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let restore = |extra: Vec<String>| {
+        let mut args = vec!["restore".to_string(), snapshot.to_string()];
+        args.extend(repo_flags(c));
+        args.extend(["--quiet".to_string()]);
+        args.extend(extra);
+        step(c, &source.name, args)
+    };
+    match &source.kind {
+        SourceKind::Files { .. } => {
+            let target = scratch.join("files");
+            let s = restore(vec!["--target".into(), target.display().to_string()]);
+            cairn(&s, deadline).await?;
+            Ok(started.elapsed())
+        }
+        SourceKind::Command { item, postgres, .. } => {
+            let file = scratch.join("dump");
+            let item = item.clone().unwrap_or_else(|| "command".into());
+            let s = restore(vec![
+                "--item".into(),
+                item,
+                "--output".into(),
+                file.display().to_string(),
+            ]);
+            cairn(&s, deadline).await?;
+            if !postgres {
+                return Ok(started.elapsed());
+            }
+            let db = drill_name(&source.name, stamp, 0, '_');
+            pg(c, "createdb", &[&db]).await?;
+            let custom = std::fs::File::open(&file)
+                .and_then(|mut f| {
+                    let mut magic = [0u8; 5];
+                    std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic == *b"PGDMP")
+                })
+                .unwrap_or(false);
+            let path = file.display().to_string();
+            let loaded = if custom {
+                pg(
+                    c,
+                    "pg_restore",
+                    &["--exit-on-error", "--no-owner", "-d", &db, &path],
+                )
+                .await
+            } else {
+                pg(
+                    c,
+                    "psql",
+                    &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db, "-f", &path],
+                )
+                .await
+            };
+            let took = started.elapsed();
+            let dropped = pg(c, "dropdb", &["--if-exists", &db]).await;
+            loaded?;
+            dropped
+                .map_err(|e| format!("the drill database {db} was loaded but not dropped: {e}"))?;
+            Ok(took)
+        }
+        SourceKind::Couchdb { .. } => {
+            let Some((url, user, password)) = &c.drill.couchdb else {
+                return Err("no [drill] couchdb_url to restore CouchDB into".into());
+            };
+            let dbs = couch_dbs(c, &source.name, snapshot, deadline).await?;
+            if dbs.is_empty() {
+                return Err("the snapshot holds no database".into());
+            }
+            let targets: Vec<String> = (0..dbs.len())
+                .map(|n| drill_name(&source.name, stamp, n, '-'))
+                .collect();
+            let mut args = vec![
+                "restore".to_string(),
+                "couchdb".into(),
+                snapshot.to_string(),
+                "--url".into(),
+                url.clone(),
+                "--quiet".into(),
+            ];
+            args.extend(repo_flags(c));
+            for (db, target) in dbs.iter().zip(&targets) {
+                args.extend(["--db".into(), format!("{db}:{target}")]);
+            }
+            let mut s = step(c, &source.name, args);
+            if let Some(u) = user {
+                s.env.insert("COUCHDB_USER".into(), u.clone());
+            }
+            if let Some(p) = password {
+                s.env.insert("COUCHDB_PASSWORD".into(), p.clone());
+            }
+            let restored = cairn(&s, deadline).await;
+            let took = started.elapsed();
+            let removed =
+                delete_couch_dbs(url, user.as_deref(), password.as_deref(), &targets).await;
+            restored?;
+            removed?;
+            Ok(took)
+        }
+    }
+}
+
+/// Deletes the drill's CouchDB databases (those that exist).
+async fn delete_couch_dbs(
+    url: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+    dbs: &[String],
+) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut failed = Vec::new();
+    for db in dbs {
+        let mut req = client.delete(format!("{}/{db}", url.trim_end_matches('/')));
+        if let Some(u) = user {
+            req = req.basic_auth(u, password);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {}
+            Ok(r) => failed.push(format!("{db}: {}", r.status())),
+            Err(e) => failed.push(format!("{db}: {e}")),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "drill databases not deleted: {}",
+            failed.join(", ")
+        ))
+    }
+}
+
+/// Where the drill's metrics go: beside the run's (`cairn.prom` →
+/// `cairn-drill.prom`), so that neither overwrites the other.
+fn drill_textfile(run_file: &Path) -> PathBuf {
+    let stem = run_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cairn".into());
+    run_file.with_file_name(format!("{stem}-drill.prom"))
+}
+
+pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
+    let c = config::load(&args.config)?;
+    let started_at = jiff::Timestamp::now();
+    let deadline = Instant::now() + c.deadline;
+    let stamp = started_at.strftime("%Y%m%dt%H%M%S").to_string();
+    // The newest snapshot of each source.
+    let mut list = vec!["snapshots".to_string()];
+    list.extend(repo_flags(&c));
+    list.push("--json".into());
+    let listing = match cairn(&step(&c, "snapshots", list), deadline).await {
+        Ok(listing) => listing.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("cairn drill: listing the repository's snapshots failed: {e}");
+            return Ok(ExitCode::from(exit::UNREACHABLE));
+        }
+    };
+    let mut results = Vec::new();
+    for source in c
+        .sources
+        .iter()
+        .filter(|s| args.sources.is_empty() || args.sources.contains(&s.name))
+    {
+        let tag = source_tag(&source.name);
+        let newest = listing
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| {
+                s["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x.as_str() == Some(&tag)))
+            })
+            .max_by_key(|s| {
+                s["time"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .parse::<jiff::Timestamp>()
+                    .ok()
+            })
+            .and_then(|s| s["id"].as_str())
+            .map(|id| id.to_string());
+        let Some(snapshot) = newest else {
+            results.push(DrillResult {
+                source: source.name.clone(),
+                snapshot: None,
+                status: "failed",
+                rto_seconds: 0.0,
+                message: Some(format!("no snapshot tagged {tag}")),
+            });
+            continue;
+        };
+        let scratch = c.drill.scratch.join(format!(
+            "cairn-drill-{}-{stamp}-{}",
+            source.name,
+            std::process::id()
+        ));
+        let outcome = match std::fs::create_dir_all(&scratch) {
+            Ok(()) => drill(&c, source, &snapshot, &stamp, &scratch, deadline).await,
+            Err(e) => Err(format!("scratch directory {}: {e}", scratch.display())),
+        };
+        let cleaned = match std::fs::remove_dir_all(&scratch) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!(
+                "scratch directory {} not removed: {e}",
+                scratch.display()
+            )),
+            _ => Ok(()),
+        };
+        let result = match (outcome, cleaned) {
+            (Ok(took), Ok(())) => DrillResult {
+                source: source.name.clone(),
+                snapshot: Some(snapshot),
+                status: "ok",
+                rto_seconds: took.as_secs_f64(),
+                message: None,
+            },
+            (Ok(_), Err(why)) | (Err(why), _) => DrillResult {
+                source: source.name.clone(),
+                snapshot: Some(snapshot),
+                status: "failed",
+                rto_seconds: 0.0,
+                message: Some(why),
+            },
+        };
+        eprintln!(
+            "cairn drill: {}: {}{}",
+            result.source,
+            result.status,
+            match (&result.message, result.status) {
+                (Some(m), _) => format!(": {m}"),
+                (None, _) => format!(", restored in {:.1} s", result.rto_seconds),
+            }
+        );
+        results.push(result);
+    }
+    let passed = results.iter().all(|r| r.status == "ok");
+    if let Some(path) = &c.metrics.textfile {
+        let mut samples = vec![Sample {
+            name: "cairn_drill_timestamp_seconds",
+            label: None,
+            value: started_at.as_millisecond() as f64 / 1000.0,
+        }];
+        for r in &results {
+            samples.push(Sample {
+                name: "cairn_drill_success",
+                label: Some(("source", r.source.clone())),
+                value: if r.status == "ok" { 1.0 } else { 0.0 },
+            });
+            if r.status == "ok" {
+                samples.push(Sample {
+                    name: "cairn_drill_rto_seconds",
+                    label: Some(("source", r.source.clone())),
+                    value: r.rto_seconds,
+                });
+            }
+        }
+        let file = drill_textfile(path);
+        if let Err(e) = metrics::write_textfile(&file, &samples) {
+            eprintln!("cairn drill: metrics file {}: {e}", file.display());
+        }
+    }
+    if args.json {
+        super::print_json(&serde_json::json!({
+            "passed": passed,
+            "started": started_at.to_string(),
+            "sources": results,
+        }))?;
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("{:<20} {:<8} {:>10}  DETAIL", "SOURCE", "RESULT", "RTO (s)");
+        for r in &results {
+            println!(
+                "{:<20} {:<8} {:>10.1}  {}",
+                r.source,
+                r.status,
+                r.rto_seconds,
+                r.message.as_deref().unwrap_or("")
+            );
+        }
+    }
+    if passed {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|r| r.status != "ok")
+            .map(|r| r.source.as_str())
+            .collect();
+        eprintln!(
+            "cairn drill: FAILED for {}; exit {}",
+            failed.join(", "),
+            exit::PARTIAL
+        );
+        Ok(ExitCode::from(exit::PARTIAL))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drill_names_suit_couchdb_and_postgres() {
+        assert_eq!(
+            drill_name("LMS_db", "20261206t023000", 2, '-'),
+            "drill-lms-db-20261206t023000-2"
+        );
+        assert_eq!(
+            drill_name("pg", "20261206t023000", 0, '_'),
+            "drill_pg_20261206t023000_0"
+        );
+        assert_eq!(percent_decode("a%2Fb%zz%41"), "a/b%zzA");
+        assert_eq!(
+            drill_textfile(Path::new("/var/lib/node_exporter/cairn.prom")),
+            Path::new("/var/lib/node_exporter/cairn-drill.prom")
+        );
+    }
+}
