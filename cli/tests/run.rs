@@ -528,6 +528,11 @@ fn a_drill_restores_every_source_and_fails_naming_a_damaged_one() {
         assert_eq!(r["status"], "ok", "{r:#}");
         assert!(r["rto_seconds"].as_f64().unwrap() > 0.0, "{r:#}");
     }
+    let pg_drill = sources.iter().find(|r| r["source"] == "pg").unwrap();
+    assert_eq!(
+        pg_drill["checked"], "1 table(s), 1000 rows counted",
+        "the loaded rows were compared with the dump's"
+    );
     assert_eq!(leftovers(s), Vec::<String>::new(), "nothing left behind");
     let drill_prom = s.prom.with_file_name("cairn-drill.prom");
     let m = metrics(&drill_prom);
@@ -586,4 +591,43 @@ fn a_drill_restores_every_source_and_fails_naming_a_damaged_one() {
         );
     }
     assert_eq!(leftovers(s), Vec::<String>::new(), "nothing left behind");
+}
+
+#[test]
+fn a_step_past_its_timeout_is_killed_and_the_job_goes_on() {
+    let f = Fixture::new();
+    let marker = format!("hang-{}", unique_name());
+    let config = f.path("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = \"{}\"\nkey_file = \"{}\"\n\
+             [[source]]\nname = \"{marker}\"\nkind = \"command\"\ncommand = \"sleep 60.4242\"\ntimeout = \"1s\"\n\
+             [[source]]\nname = \"quick\"\nkind = \"command\"\ncommand = \"echo fine\"\n",
+            f.repo.display(),
+            f.key.display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let report = run(cairn_args(["run", "--json", "--config"]).arg(&config))
+        .expect_code(19)
+        .stderr_has(&["timed_out", "killed at its timeout (1s)"])
+        .json();
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "not waited out"
+    );
+    assert_eq!(
+        step(&report, &format!("backup/{marker}"))["status"],
+        "timed_out"
+    );
+    assert_eq!(step(&report, "backup/quick")["status"], "ok");
+    let listing = by_source(&ok(f.cmd("snapshots").arg("--json")).json());
+    assert_eq!(listing.keys().collect::<Vec<_>>(), ["quick"]);
+    assert!(
+        !running_with(&format!("source:{marker}")),
+        "the step was killed"
+    );
+    assert!(!running_with("sleep 60.4242"), "and what it started");
 }

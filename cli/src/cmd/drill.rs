@@ -6,7 +6,8 @@
 //!   checked against the signed tree as it is written);
 //! - a command's dump: restored to a scratch file; a `dump = "postgres"`
 //!   one is then loaded into a new database (`pg_restore`, or `psql` for a
-//!   plain SQL dump), which must succeed;
+//!   plain SQL dump), which must succeed, and each table's row count must
+//!   be the rows the dump holds for it (its `COPY` blocks);
 //! - CouchDB: each database restored into `drill-SOURCE-TIME-N` on the
 //!   drill server, which `restore couchdb` compares with the snapshot
 //!   (every leaf revision, `_security`) after loading.
@@ -52,6 +53,8 @@ pub struct DrillResult {
     pub status: &'static str,
     /// Seconds to restore (and load): the recovery time this source would see.
     pub rto_seconds: f64,
+    /// What was checked beyond the restore's own checks.
+    pub checked: Option<String>,
     pub message: Option<String>,
 }
 
@@ -195,7 +198,7 @@ async fn drill(
     stamp: &str,
     scratch: &Path,
     deadline: Instant,
-) -> Result<Duration, String> {
+) -> Result<(Duration, Option<String>), String> {
     let started = Instant::now();
     let restore = |extra: Vec<String>| {
         let mut args = vec!["restore".to_string(), snapshot.to_string()];
@@ -209,7 +212,7 @@ async fn drill(
             let target = scratch.join("files");
             let s = restore(vec!["--target".into(), target.display().to_string()]);
             cairn(&s, deadline).await?;
-            Ok(started.elapsed())
+            Ok((started.elapsed(), None))
         }
         SourceKind::Command { item, postgres, .. } => {
             let file = scratch.join("dump");
@@ -222,7 +225,7 @@ async fn drill(
             ]);
             cairn(&s, deadline).await?;
             if !postgres {
-                return Ok(started.elapsed());
+                return Ok((started.elapsed(), None));
             }
             let db = drill_name(&source.name, stamp, 0, '_');
             pg(c, "createdb", &[&db]).await?;
@@ -249,11 +252,15 @@ async fn drill(
                 .await
             };
             let took = started.elapsed();
+            let checked = match loaded {
+                Ok(()) => check_row_counts(c, &db, &file, custom).await,
+                Err(e) => Err(e),
+            };
             let dropped = pg(c, "dropdb", &["--if-exists", &db]).await;
-            loaded?;
+            let checked = checked?;
             dropped
                 .map_err(|e| format!("the drill database {db} was loaded but not dropped: {e}"))?;
-            Ok(took)
+            Ok((took, Some(checked)))
         }
         SourceKind::Couchdb { .. } => {
             let Some((url, user, password)) = &c.drill.couchdb else {
@@ -291,8 +298,101 @@ async fn drill(
                 delete_couch_dbs(url, user.as_deref(), password.as_deref(), &targets).await;
             restored?;
             removed?;
-            Ok(took)
+            Ok((
+                took,
+                Some(format!(
+                    "{} database(s): every leaf and _security",
+                    dbs.len()
+                )),
+            ))
         }
+    }
+}
+
+/// Each table's rows in a dump, as its `COPY ... FROM stdin;` blocks hold
+/// them: the counts at backup time.
+fn copy_counts(sql: impl std::io::BufRead) -> std::io::Result<Vec<(String, u64)>> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut open: Option<(String, u64)> = None;
+    for line in sql.split(b'\n') {
+        let line = line?;
+        match &mut open {
+            Some((_, n)) if line != b"\\." => *n += 1,
+            Some(_) => out.extend(open.take()),
+            None => {
+                if let Some(rest) = line.strip_prefix(b"COPY ")
+                    && line.ends_with(b" FROM stdin;")
+                {
+                    let rest = String::from_utf8_lossy(rest);
+                    // `COPY public.t (a, b) FROM stdin;`: the table is up to the column list.
+                    let table = rest.split(" (").next().unwrap_or_default();
+                    let table = table.trim_end_matches(" FROM stdin;").to_string();
+                    open = Some((table, 0));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compares every table's row count in the drill database with the rows
+/// its dump holds.
+async fn check_row_counts(
+    c: &Config,
+    db: &str,
+    file: &Path,
+    custom: bool,
+) -> Result<String, String> {
+    let counts = if custom {
+        // The dump's data as SQL, read as it streams (never whole in memory).
+        let mut child = std::process::Command::new("pg_restore")
+            .args(["--data-only", "-f", "-"])
+            .arg(file)
+            .envs(&c.drill.postgres_env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting pg_restore: {e}"))?;
+        let stdout = child.stdout.take().ok_or("pg_restore's output")?;
+        let counted =
+            tokio::task::spawn_blocking(move || copy_counts(std::io::BufReader::new(stdout)))
+                .await
+                .map_err(|e| e.to_string())?;
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("pg_restore listing the dump's rows: {status}"));
+        }
+        counted.map_err(|e| e.to_string())?
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
+        copy_counts(std::io::BufReader::new(f)).map_err(|e| e.to_string())?
+    };
+    let mut differ = Vec::new();
+    for (table, want) in &counts {
+        let out = tokio::process::Command::new("psql")
+            .args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-d", db, "-c"])
+            .arg(format!("SELECT count(*) FROM {table}"))
+            .envs(&c.drill.postgres_env)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("starting psql: {e}"))?;
+        let got = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .ok();
+        if got != Some(*want) {
+            differ.push(format!(
+                "{table}: {} rows loaded, the dump holds {want}",
+                got.map_or_else(|| "?".to_string(), |n| n.to_string())
+            ));
+        }
+    }
+    if differ.is_empty() {
+        let rows: u64 = counts.iter().map(|(_, n)| n).sum();
+        Ok(format!("{} table(s), {rows} rows counted", counts.len()))
+    } else {
+        Err(format!("row counts differ: {}", differ.join("; ")))
     }
 }
 
@@ -386,6 +486,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
                 snapshot: None,
                 status: "failed",
                 rto_seconds: 0.0,
+                checked: None,
                 message: Some(format!("no snapshot tagged {tag}")),
             });
             continue;
@@ -407,11 +508,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             _ => Ok(()),
         };
         let result = match (outcome, cleaned) {
-            (Ok(took), Ok(())) => DrillResult {
+            (Ok((took, checked)), Ok(())) => DrillResult {
                 source: source.name.clone(),
                 snapshot: Some(snapshot),
                 status: "ok",
                 rto_seconds: took.as_secs_f64(),
+                checked,
                 message: None,
             },
             (Ok(_), Err(why)) | (Err(why), _) => DrillResult {
@@ -419,6 +521,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
                 snapshot: Some(snapshot),
                 status: "failed",
                 rto_seconds: 0.0,
+                checked: None,
                 message: Some(why),
             },
         };
@@ -497,6 +600,20 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_counts_come_from_the_dumps_copy_blocks() {
+        let sql = "SET x;\nCOPY public.grades (id, score) FROM stdin;\n1\t2\n2\t3\n\\.\n\
+                   COPY public.\"Empty T\" (a) FROM stdin;\n\\.\nCOPY public.notes FROM stdin;\nx\n\\.\n";
+        assert_eq!(
+            copy_counts(sql.as_bytes()).unwrap(),
+            [
+                ("public.grades".to_string(), 2),
+                ("public.\"Empty T\"".to_string(), 0),
+                ("public.notes".to_string(), 1)
+            ]
+        );
+    }
 
     #[test]
     fn drill_names_suit_couchdb_and_postgres() {

@@ -376,12 +376,21 @@ pub async fn execute(step: &Step, deadline: Instant) -> Outcome {
     // no orphaned backup writing on after the run is gone (see
     // `die_with_parent`, which the child calls first thing).
     cmd.env(PARENT_ENV, std::process::id().to_string());
+    // Its own process group, so that a timeout kills what it started too
+    // (the shell and pg_dump of a command source).
+    cmd.process_group(0);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return finish("failed", None, Some(format!("starting: {e}")), None),
     };
+    let group = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32));
     let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
         Err(_) => {
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
             let why = if limit < step.timeout {
                 "the run's deadline"
             } else {
