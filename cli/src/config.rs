@@ -760,6 +760,32 @@ mod tests {
         assert!(e.contains("holds credentials"), "{e}");
     }
 
+    /// The school's example (deploy/cairn.toml) loads, its secrets read
+    /// from files put where it says.
+    #[test]
+    fn the_shipped_example_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = include_str!("../../deploy/cairn.toml")
+            .replace("/run/secrets/", &format!("{}/", dir.path().display()));
+        for line in text.lines() {
+            for (i, _) in line.match_indices("{ file = \"") {
+                let rest = &line[i + 10..];
+                let path = &rest[..rest.find('"').unwrap()];
+                if line.trim_start().starts_with('#') {
+                    continue;
+                }
+                std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();
+                std::fs::write(path, "secret\n").unwrap();
+            }
+        }
+        let c = parse(&text).unwrap();
+        let names: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["couchdb", "postgres", "volumes"]);
+        assert_eq!(c.gc.weekdays, [jiff::civil::Weekday::Sunday]);
+        assert_eq!(c.replicas[0].s3.credentials.as_ref().unwrap().0, "secret");
+        assert_eq!(c.drill.postgres_env["PGPASSWORD"], "secret");
+    }
+
     #[test]
     fn policies_that_keep_nothing_are_refused() {
         let e = error(&format!("{MINIMAL}\n[retention]\n"));
