@@ -262,3 +262,31 @@ CTL
   export CAIRN_TEST_PG=127.0.0.1:$p CAIRN_TEST_PG_CTL=$dir/ctl
   log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') at 127.0.0.1:$p (user postgres, trust, log $dir/pg.log)"
 }
+
+install_prometheus_tools() {
+  if [ ! -x /usr/bin/prometheus-pushgateway ] || [ ! -x /usr/bin/promtool ]; then
+    log "installing prometheus-pushgateway and prometheus (for promtool) (Debian)"
+    local sudo=
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    local pkgs=(prometheus-pushgateway prometheus)
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null ||
+      { $sudo apt-get update -q >/dev/null &&
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null; }
+  fi
+}
+
+# Starts a Prometheus Pushgateway on a loopback port (in memory). Exports
+# CAIRN_TEST_PUSHGATEWAY (its URL) and CAIRN_TEST_PROMTOOL (promtool, which
+# checks the shipped alerting rules).
+start_pushgateway() {
+  install_prometheus_tools
+  local dir="$SERVICES_DIR/pushgateway" p=19091 pid
+  mkdir -p "$dir"
+  p=$(free_port "$p")
+  /usr/bin/prometheus-pushgateway --web.listen-address="127.0.0.1:$p" > "$dir/log.txt" 2>&1 &
+  pid=$!
+  wait_ready "$pid" 40 listens "$pid" "$p" || { cat "$dir/log.txt" >&2; return 1; }
+  CLEANUPS+=("kill $pid 2>/dev/null; wait $pid 2>/dev/null")
+  export CAIRN_TEST_PUSHGATEWAY=http://127.0.0.1:$p CAIRN_TEST_PROMTOOL=/usr/bin/promtool
+  log "Pushgateway at http://127.0.0.1:$p (log $dir/log.txt)"
+}

@@ -631,3 +631,106 @@ fn a_step_past_its_timeout_is_killed_and_the_job_goes_on() {
     );
     assert!(!running_with("sleep 60.4242"), "and what it started");
 }
+
+/// The test Pushgateway and promtool (tests/run starts and installs them).
+fn pushgateway() -> Option<(String, String)> {
+    match (
+        std::env::var("CAIRN_TEST_PUSHGATEWAY"),
+        std::env::var("CAIRN_TEST_PROMTOOL"),
+    ) {
+        (Ok(url), Ok(promtool)) => Some((url, promtool)),
+        _ => {
+            assert!(
+                std::env::var_os("CAIRN_TEST_REQUIRE_PUSHGATEWAY").is_none(),
+                "CAIRN_TEST_PUSHGATEWAY is not set: run tests/run"
+            );
+            eprintln!("skipped: no Pushgateway (CAIRN_TEST_PUSHGATEWAY); tests/run starts one");
+            None
+        }
+    }
+}
+
+#[test]
+fn metrics_reach_a_pushgateway_one_group_per_source() {
+    let Some((gateway, _)) = pushgateway() else {
+        return;
+    };
+    let f = Fixture::new();
+    let job = format!("cairn_{}", unique_name());
+    let volume = f.path("data");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("a"), "a").unwrap();
+    let config = f.path("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = \"{}\"\nkey_file = \"{}\"\n\
+             [[source]]\nname = \"files\"\nkind = \"files\"\npaths = [\"{}\"]\n\
+             [[source]]\nname = \"broken\"\nkind = \"command\"\ncommand = \"exit 3\"\n\
+             [metrics]\npush = \"{gateway}\"\njob = \"{job}\"\n",
+            f.repo.display(),
+            f.key.display(),
+            volume.display()
+        ),
+    )
+    .unwrap();
+    run(cairn_args(["run", "--config"]).arg(&config)).expect_code(19);
+    // What Prometheus would scrape from the gateway, for this job.
+    let text = reqwest::blocking::get(format!("{gateway}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |metric: &str, source: Option<&str>| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == metric
+                    && s.labels.get("job") == Some(&job)
+                    && s.labels.get("source") == source
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{metric}: {other:?}"),
+            })
+    };
+    assert_eq!(
+        value("cairn_source_last_attempt_success", Some("files")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("cairn_source_last_attempt_success", Some("broken")),
+        Some(0.0)
+    );
+    assert_eq!(value("cairn_source_snapshots", Some("files")), Some(1.0));
+    assert!(value("cairn_source_last_success_timestamp_seconds", Some("files")).unwrap() > 1.7e9);
+    assert_eq!(value("cairn_run_success", None), Some(0.0));
+    // The gateway's own record of each group's last push.
+    for source in [Some("files"), Some("broken"), None] {
+        assert!(
+            value("push_time_seconds", source).is_some(),
+            "group {source:?}"
+        );
+    }
+}
+
+#[test]
+fn the_alerting_rules_pass_promtool() {
+    let Some((_, promtool)) = pushgateway() else {
+        return;
+    };
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/cairn-alerts.yml");
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("SUCCESS: 6 rules found"), "{said}");
+}

@@ -464,6 +464,12 @@ fn log_line(o: &Outcome) -> String {
     if let Some(m) = &o.message {
         line.push_str(&format!(": {m}"));
     }
+    if o.exit_code == Some(i32::from(exit::LOCKED)) {
+        line.push_str(
+            " (a lease left by a killed run lapses by itself within its time-to-live, \
+             10 minutes by default: nothing to unlock by hand; the next run goes on)",
+        );
+    }
     line
 }
 
