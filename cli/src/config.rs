@@ -83,8 +83,11 @@ pub enum SourceKind {
         /// The dump is PostgreSQL's (`pg_dump`): a drill loads it.
         postgres: bool,
     },
-    /// Files and directories.
-    Files { paths: Vec<PathBuf> },
+    /// Files and directories, less what `exclude`'s globs match.
+    Files {
+        paths: Vec<PathBuf>,
+        exclude: Vec<String>,
+    },
 }
 
 /// Retention, applied to each source's snapshots on their own.
@@ -597,7 +600,7 @@ fn source(i: usize, s: SourceFile) -> anyhow::Result<Source> {
     let allowed: &[&str] = match s.kind.as_str() {
         "couchdb" => &["url", "user", "password", "dbs", "exclude"],
         "command" => &["command", "item", "env", "secret_env", "dump"],
-        "files" => &["paths"],
+        "files" => &["paths", "exclude"],
         other => {
             return Err(invalid(
                 &named("kind"),
@@ -677,7 +680,11 @@ fn source(i: usize, s: SourceFile) -> anyhow::Result<Source> {
             if paths.is_empty() {
                 return Err(invalid(&named("paths"), "required for kind \"files\""));
             }
-            SourceKind::Files { paths }
+            let exclude = s.exclude.unwrap_or_default();
+            // Checked now, not when the backup runs.
+            cairn_store::ops::backup::Exclude::new(&exclude)
+                .map_err(|e| invalid(&named("exclude"), e))?;
+            SourceKind::Files { paths, exclude }
         }
     };
     Ok(Source {

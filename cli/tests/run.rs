@@ -181,6 +181,7 @@ impl School {
         std::fs::create_dir_all(volume.join("course")).unwrap();
         std::fs::write(volume.join("course/a.html"), "<p>a</p>").unwrap();
         std::fs::write(volume.join("b.bin"), vec![7u8; 100_000]).unwrap();
+        std::fs::write(volume.join("course/upload.tmp"), "half an upload").unwrap();
         let replica = format!("{s3}/run-{}", unique_name());
         let prom = f.path("cairn.prom");
         let scratch = f.path("scratch");
@@ -215,6 +216,7 @@ env = {{ PGHOST = "{pg_host}", PGPORT = "{pg_port}", PGUSER = "postgres" }}
 name = "uploads"
 kind = "files"
 paths = ["{volume}"]
+exclude = ["*.tmp"]
 
 [retention]
 keep_last = 1
@@ -312,6 +314,9 @@ fn nightly_runs_back_up_every_source_and_a_failed_one_keeps_its_last_success() {
     ]))
     .stdout;
     assert!(dump.starts_with(b"PGDMP"), "a custom-format dump");
+    let listed = ok(f.cmd("ls").args([&first["uploads"][0].0, "-r", "--json"])).stdout_str();
+    assert!(listed.contains("uploads/course/a.html"), "{listed}");
+    assert!(!listed.contains("upload.tmp"), "excluded: {listed}");
     let m = metrics(&prom);
     assert_eq!(m["cairn_run_success"], 1.0);
     for s in ["lms", "pg", "uploads"] {

@@ -105,6 +105,11 @@ pub struct BackupArgs {
     /// Read every file, even those unchanged since the parent.
     #[arg(long)]
     force_reread: bool,
+    /// Leave out files and directories matching this glob (repeatable): a
+    /// pattern without `/` matches names anywhere (`*.log`, `cache`), one
+    /// starting with `/` or `**/` whole paths (`/srv/volumes/*/tmp`).
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -155,10 +160,17 @@ pub async fn run(mut args: BackupArgs) -> anyhow::Result<ExitCode> {
         return super::couch::backup(couch).await;
     }
     let source = source(&args)?;
+    if !args.exclude.is_empty() && !matches!(source, Source::Paths(_)) {
+        bail!(cairn_store::Error::invalid(
+            "--exclude applies to files and directories, not to `-` or --command"
+        ));
+    }
+    let exclude = cairn_store::ops::backup::Exclude::new(&args.exclude)?;
     let write = &args.write;
     let (session, key, mut options) = write.begin().await?;
     options.parent = args.parent.clone();
     options.force_reread = args.force_reread;
+    options.exclude = exclude;
     let args = write;
     let started = Instant::now();
     let bar = Bar::bytes(None, args.quiet || args.json);

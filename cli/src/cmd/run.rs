@@ -193,7 +193,10 @@ pub fn plan(c: &Config, only: &[String], weekday: jiff::civil::Weekday) -> Vec<S
                 }
                 env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            SourceKind::Files { paths } => {
+            SourceKind::Files { paths, exclude } => {
+                for x in exclude {
+                    args.extend(["--exclude".into(), x.clone()]);
+                }
                 args.push("--".into());
                 args.extend(paths.iter().map(|p| p.display().to_string()));
             }
@@ -636,6 +639,7 @@ mod tests {
             name = "uploads"
             kind = "files"
             paths = ["/data/uploads"]
+            exclude = ["*.tmp"]
             [retention]
             keep_daily = 7
             [gc]
@@ -708,7 +712,7 @@ mod tests {
         assert_eq!(
             line("backup/uploads"),
             "backup --repo /backups/repo --key /k/backup.key --tag source:uploads --json --quiet \
-             --host node4 -- /data/uploads"
+             --host node4 --exclude *.tmp -- /data/uploads"
         );
         assert_eq!(
             line("retention/pg"),

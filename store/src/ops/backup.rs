@@ -37,6 +37,7 @@ use crate::format::tree::{EncodedNode, TreeBuilder};
 use crate::id::{BlobId, IdSet, SnapshotId};
 use crate::ops::packer::{FinishedPack, IndexFlush, Packer, store_index, upload_packs};
 use crate::ops::session::WriteSession;
+pub use crate::ops::source::Exclude;
 use crate::ops::source::{Content, FileAt, FileState, Source, SourceEntry, StableFile};
 use crate::ops::walk::TreeWalker;
 use crate::ops::walk::{DirCursor, SnapshotTree};
@@ -87,6 +88,8 @@ pub struct BackupOptions {
     /// Write an index object each time this many blobs were stored (so
     /// memory stays flat however large the backup).
     pub index_every_blobs: usize,
+    /// Files and directories not to back up (see [`Exclude`]).
+    pub exclude: Exclude,
 }
 
 impl Default for BackupOptions {
@@ -99,6 +102,7 @@ impl Default for BackupOptions {
             parent: None,
             force_reread: false,
             index_every_blobs: INDEX_FLUSH_BLOBS,
+            exclude: Exclude::default(),
         }
     }
 }
@@ -210,11 +214,12 @@ impl WriteSession {
         let config = self.config().clone();
         let index = Arc::clone(self.repo().index());
         let force_reread = options.force_reread;
+        let exclude = options.exclude.clone();
         let parent_time = parent
             .as_ref()
             .map(|p| Time::from_timestamp(p.manifest.started()));
         let ingest = tokio::task::spawn_blocking(move || {
-            let entries = source.into_tree()?;
+            let entries = source.into_tree(&exclude)?;
             let mut ingest = Ingest::new(
                 &config,
                 &index,

@@ -194,7 +194,10 @@ impl Source {
     /// before anything is stored if a name is unusable or two arguments
     /// would give the same name. Files and directories are listed lazily,
     /// one directory at a time.
-    pub(crate) fn into_tree(self) -> Result<Box<dyn Iterator<Item = Result<SourceEntry>> + Send>> {
+    pub(crate) fn into_tree(
+        self,
+        exclude: &Exclude,
+    ) -> Result<Box<dyn Iterator<Item = Result<SourceEntry>> + Send>> {
         let single = |name: String, content: Content| -> Result<Vec<Entry>> {
             validate_item_name(&name).map_err(Error::invalid)?;
             Ok(vec![Entry {
@@ -217,7 +220,7 @@ impl Source {
                 }
                 p.entries
             }
-            Source::Paths(paths) => return Ok(Box::new(FsWalker::new(&paths)?)),
+            Source::Paths(paths) => return Ok(Box::new(FsWalker::new(&paths, exclude.clone())?)),
         };
         Ok(Box::new(tree_order(entries)?.into_iter().map(Ok)))
     }
@@ -368,12 +371,83 @@ struct Level {
 pub(crate) struct FsWalker {
     /// The arguments not reached yet: (directory, name), by name.
     roots: VecDeque<(PathBuf, OsString)>,
+    /// The directory holding the argument being walked (for `exclude`).
+    root_dir: PathBuf,
     stack: Vec<Level>,
     names: OwnerNames,
+    exclude: Exclude,
+}
+
+/// Files and directories a backup leaves out: glob patterns. A pattern
+/// without `/` is matched against every name (`*.log`, `cache`, `.git`);
+/// one with `/` against the whole absolute path (`/srv/volumes/*/tmp`,
+/// `/srv/**/node_modules`). `*` and `?` stay within one name, `**` spans
+/// directories. A directory left out is not read at all.
+#[derive(Debug, Clone, Default)]
+pub struct Exclude {
+    names: Option<globset::GlobSet>,
+    paths: Option<globset::GlobSet>,
+    patterns: Vec<String>,
+}
+
+impl Exclude {
+    /// From patterns; an invalid one is an error naming it.
+    pub fn new(patterns: &[String]) -> Result<Exclude> {
+        let mut names = globset::GlobSetBuilder::new();
+        let mut paths = globset::GlobSetBuilder::new();
+        let (mut any_name, mut any_path) = (false, false);
+        for p in patterns {
+            let glob = globset::GlobBuilder::new(p.trim_end_matches('/'))
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| Error::invalid(format!("--exclude {p:?}: {e}")))?;
+            if p.trim_end_matches('/').contains('/') {
+                if !p.starts_with('/') && !p.starts_with("**") {
+                    return Err(Error::invalid(format!(
+                        "--exclude {p:?}: a pattern with `/` matches whole paths: start it with `/` \
+                         (an absolute path) or `**/`"
+                    )));
+                }
+                paths.add(glob);
+                any_path = true;
+            } else {
+                names.add(glob);
+                any_name = true;
+            }
+        }
+        let build = |b: globset::GlobSetBuilder, any: bool| -> Result<Option<globset::GlobSet>> {
+            if !any {
+                return Ok(None);
+            }
+            b.build()
+                .map(Some)
+                .map_err(|e| Error::invalid(format!("--exclude: {e}")))
+        };
+        Ok(Exclude {
+            names: build(names, any_name)?,
+            paths: build(paths, any_path)?,
+            patterns: patterns.to_vec(),
+        })
+    }
+
+    /// The patterns given.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Whether the entry `name` at absolute path `path` is left out.
+    pub fn excludes(&self, name: &[u8], path: &Path) -> bool {
+        let by_name = self
+            .names
+            .as_ref()
+            .is_some_and(|g| g.is_match(Path::new(std::ffi::OsStr::from_bytes(name))));
+        by_name || self.paths.as_ref().is_some_and(|g| g.is_match(path))
+    }
 }
 
 impl FsWalker {
-    fn new(paths: &[PathBuf]) -> Result<FsWalker> {
+    fn new(paths: &[PathBuf], exclude: Exclude) -> Result<FsWalker> {
         if paths.is_empty() {
             return Err(Error::invalid(
                 "nothing to back up: give paths, `-` or --command",
@@ -397,8 +471,10 @@ impl FsWalker {
         }
         Ok(FsWalker {
             roots: roots.into(),
+            root_dir: PathBuf::new(),
             stack: Vec::new(),
             names: OwnerNames::default(),
+            exclude,
         })
     }
 
@@ -417,6 +493,13 @@ impl FsWalker {
         } else {
             format!("{dir_path}/{}", name.to_string_lossy())
         };
+        if self
+            .exclude
+            .excludes(name.as_bytes(), &self.root_dir.join(&path))
+        {
+            tracing::debug!("{path}: excluded");
+            return Ok(None);
+        }
         // An argument is named as given.
         let shown = argument.map_or_else(|| path.clone(), |p| p.display().to_string());
         let fail = |detail: String| Error::Source {
@@ -538,6 +621,7 @@ impl FsWalker {
                 }
             })?;
             let given = dir.join(&name);
+            self.root_dir = dir;
             if let Some(e) = self.visit(&Arc::new(fd), "", name, 0, Some(&given))? {
                 return Ok(Some(e));
             }
@@ -827,5 +911,58 @@ impl Drop for CommandReader {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walked(root: &Path, patterns: &[&str]) -> Vec<String> {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        let exclude = Exclude::new(&patterns).unwrap();
+        Source::Paths(vec![root.to_path_buf()])
+            .into_tree(&exclude)
+            .unwrap()
+            .map(|e| e.unwrap().path)
+            .collect()
+    }
+
+    #[test]
+    fn excluded_names_and_paths_are_left_out_directories_unread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("vol");
+        for (file, text) in [
+            ("a/keep.txt", "k"),
+            ("a/x.log", "l"),
+            ("a/cache/big", "b"),
+            ("b/tmp/t", "t"),
+            ("b/log.txt", "n"),
+        ] {
+            let path = root.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let tmp_path = format!("{}/b/tmp", root.display());
+        let got = walked(&root, &["*.log", "cache", &tmp_path]);
+        assert_eq!(
+            got,
+            ["vol", "vol/a", "vol/a/keep.txt", "vol/b", "vol/b/log.txt"]
+        );
+        let all = walked(&root, &[]);
+        assert_eq!(all.len(), 10);
+        let deep = walked(&root, &["**/cache/*"]);
+        assert!(
+            deep.contains(&"vol/a/cache".to_string())
+                && !deep.contains(&"vol/a/cache/big".to_string())
+        );
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_by_name() {
+        let e = Exclude::new(&["a/[b".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("a/[b"), "{e}");
+        let e = Exclude::new(&["srv/tmp".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("start it with `/`"), "{e}");
     }
 }
