@@ -438,10 +438,11 @@ async fn target_state(
     {
         return Ok(Target::Missing);
     }
+    // An unreadable marker is an error, not "no marker": read as absent, a
+    // restore interrupted on a busy server would be refused as non-empty.
     let marker: Option<Marker> = client
         .get_json(&doc_path(db, MARKER), "the restore marker")
-        .await
-        .unwrap_or(None);
+        .await?;
     if let Some(m) = marker
         && m.snapshot == snapshot
         && m.source == source
