@@ -9,6 +9,7 @@
 //! - [`plan`]: pure decisions over what is stored: which snapshots a
 //!   command means, which a retention policy keeps, what garbage
 //!   collection may delete.
+//! - [`cpu`]: CPU work handed from async code to rayon's pool.
 //! - [`backend`] (the one seam to storage), [`repo`] (a typed repository:
 //!   config read, index loaded), [`blob_reader`], [`lease`], [`pause`].
 //! - [`ops`]: operations (backup, restore, verify, forget, gc, replicate,
@@ -19,7 +20,7 @@
 pub mod backend;
 pub mod blob_reader;
 pub mod couch;
-mod cpu;
+pub mod cpu;
 pub mod error;
 pub mod format;
 pub mod id;
