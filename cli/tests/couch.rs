@@ -644,7 +644,17 @@ fn restore_killed_anywhere_and_run_again_gives_the_same_database(couch: &Couch) 
         if let Some(status) = finished {
             assert!(status.success(), "seed {seed}: {status}");
         } else {
-            let report = ok(&mut restore(&f, "latest", &couch.url, &["--db", &mapping])).json();
+            let again = run(&mut restore(&f, "latest", &couch.url, &["--db", &mapping]));
+            if again.code != 0 {
+                let (_, marker) = couch.req("GET", &format!("{target}/_local/cairn-restore"), None);
+                let (_, changes) = couch.req("GET", &format!("{target}/_changes?limit=3"), None);
+                let (_, info) = couch.req("GET", &target, None);
+                panic!(
+                    "seed {seed} (killed at {fraction:.2} of {full:?}): exit {}\n{}\nmarker {marker}\nchanges {changes}\ninfo {info}",
+                    again.code, again.stderr
+                );
+            }
+            let report = again.json();
             assert_eq!(report["clean"], true, "seed {seed}: {report}");
         }
         couch::assert_same(&couch.fingerprint(&target), &want, &format!("seed {seed}"));

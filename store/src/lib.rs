@@ -9,17 +9,22 @@
 //! - [`plan`]: pure decisions over what is stored: which snapshots a
 //!   command means, which a retention policy keeps, what garbage
 //!   collection may delete.
+//! - [`cpu`]: CPU work handed from async code to rayon's pool.
 //! - [`backend`] (the one seam to storage), [`repo`] (a typed repository:
 //!   config read, index loaded), [`blob_reader`], [`lease`], [`pause`].
 //! - [`ops`]: operations (backup, restore, verify, forget, gc, replicate,
 //!   diff), each `…Options` in, `…Summary` or report out.
-//! - [`couch`]: CouchDB, built on the public seams of the layers above;
-//!   [`serve`]: the HTTP server of a repository.
+//! - [`serve`]: the HTTP server of a repository.
+//!
+//! CouchDB is not here: the `cairn-couch` crate builds it on the public
+//! seams of these layers (a [`Source::Prepared`](ops::source::Source::Prepared)
+//! of entries to back up, [`restore_item`](repo::IndexedRepository::restore_item)
+//! and [`with_items`](ops::walk::with_items) to read items back, and a
+//! [`ContentCheck`](ops::verify::ContentCheck) for verify).
 
 pub mod backend;
 pub mod blob_reader;
-pub mod couch;
-mod cpu;
+pub mod cpu;
 pub mod error;
 pub mod format;
 pub mod id;

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
-//! The format test vectors in `format-spec/` and the v1 fixture repository.
+//! The format test vectors in `format-spec/` and the v1 fixture repository
+//! (`couchdb.json` is CouchDB's: `couch/tests/vectors.rs` checks it).
 //!
 //! Each vector test builds its vector from fixed inputs with the library (the
 //! writer direction) and requires the stored file to be identical to what it
@@ -16,10 +17,9 @@
 //! absent and regeneration is asked for, because every later version must
 //! still read the one that exists.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -113,101 +113,10 @@ fn vector_config() -> Config {
 // ---------------------------------------------------------------------------
 // Plumbing: where the vectors live, and comparing or rewriting them.
 
-fn spec_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("format-spec")
-}
+#[path = "vectors/plumbing.rs"]
+mod plumbing;
 
-fn regenerating() -> bool {
-    std::env::var("CAIRN_REGENERATE_VECTORS").as_deref() == Ok("1")
-}
-
-fn to_text<T: Serialize>(value: &T) -> String {
-    let mut text = serde_json::to_string_pretty(value).unwrap();
-    text.push('\n');
-    text
-}
-
-/// Writer direction: what this build produces must be the stored file,
-/// byte for byte (or, when regenerating, becomes it). Returns the stored
-/// vector, parsed, for the reader direction.
-fn settle<T: Serialize + DeserializeOwned>(name: &str, produced: &T) -> T {
-    let path = spec_dir().join(name);
-    let text = to_text(produced);
-    if regenerating() {
-        // Atomically: other tests read some vectors while this one runs.
-        let partial = path.with_extension("json.partial");
-        std::fs::write(&partial, &text).unwrap();
-        std::fs::rename(&partial, &path).unwrap();
-    }
-    let stored = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; create it with CAIRN_REGENERATE_VECTORS=1",
-            path.display()
-        )
-    });
-    if stored != text {
-        let a: Value = serde_json::from_str(&stored).unwrap();
-        let b: Value = serde_json::from_str(&text).unwrap();
-        panic!(
-            "format-spec/{name}: this build writes something other than the stored vector \
-             (first difference at {}). The on-disk format changed: if that is deliberate, \
-             regenerate with CAIRN_REGENERATE_VECTORS=1 and record it in format-spec/README.md",
-            first_difference(&a, &b, "$").unwrap_or_else(|| "formatting".into())
-        );
-    }
-    serde_json::from_str(&stored).unwrap()
-}
-
-fn first_difference(stored: &Value, now: &Value, at: &str) -> Option<String> {
-    match (stored, now) {
-        (Value::Object(x), Value::Object(y)) => {
-            for (k, v) in x {
-                match y.get(k) {
-                    None => return Some(format!("{at}.{k} (only in the stored file)")),
-                    Some(w) => {
-                        if let Some(d) = first_difference(v, w, &format!("{at}.{k}")) {
-                            return Some(d);
-                        }
-                    }
-                }
-            }
-            y.keys()
-                .find(|k| !x.contains_key(*k))
-                .map(|k| format!("{at}.{k} (only in what this build writes)"))
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            for (i, (v, w)) in x.iter().zip(y).enumerate() {
-                if let Some(d) = first_difference(v, w, &format!("{at}[{i}]")) {
-                    return Some(d);
-                }
-            }
-            (x.len() != y.len())
-                .then(|| format!("{at}: {} elements stored, {} now", x.len(), y.len()))
-        }
-        _ if stored == now => None,
-        _ => {
-            let cut = |v: &Value| {
-                let s = v.to_string();
-                if s.len() > 80 {
-                    format!("{}…", &s[..80])
-                } else {
-                    s
-                }
-            };
-            Some(format!("{at}: stored {}, now {}", cut(stored), cut(now)))
-        }
-    }
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    hex::decode(s).unwrap()
-}
-
-fn lines(text: &str) -> Vec<String> {
-    text.lines().map(str::to_string).collect()
-}
+use plumbing::*;
 
 /// The first `len` bytes of the BLAKE3 extendable output of `seed`.
 fn xof(seed: &str, len: usize) -> Vec<u8> {
@@ -2088,166 +1997,6 @@ async fn fixture_repository_v1_still_reads() {
         .filter(|o| o.key.starts_with("index/"))
         .count();
     assert_eq!(index_objects, 2);
-}
-
-#[derive(Serialize, Deserialize)]
-struct CouchLineCase {
-    id: String,
-    rev: String,
-    deleted: bool,
-    doc: String,
-    line: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CouchVectors {
-    description: Vec<String>,
-    item_names: Vec<(String, String, String)>,
-    doc_lines: Vec<CouchLineCase>,
-    gone_line: (String, String),
-    attachment_header: cairn_store::couch::format::AttHeader,
-    attachment_data_hex: String,
-    attachment_record_hex: String,
-    /// An attachment the server stored gzip-encoded: `digest` is the
-    /// server's (of its encoding), the bytes are the identity bytes.
-    gzip_attachment_header: cairn_store::couch::format::AttHeader,
-    gzip_attachment_record_hex: String,
-    md5_digests: Vec<(String, String)>,
-    rev_order: Vec<String>,
-}
-
-#[test]
-fn couchdb_vectors() {
-    use cairn_store::couch::format::{self, AttHeader};
-    use serde_json::value::RawValue;
-    let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
-    let cases = [
-        (
-            "doc-1",
-            "2-b",
-            false,
-            r#"{"_id":"doc-1","_rev":"2-b","_revisions":{"start":2,"ids":["b","a"]},"v":1}"#,
-        ),
-        (
-            "gone",
-            "3-x",
-            true,
-            r#"{"_id":"gone","_rev":"3-x","_deleted":true,"_revisions":{"start":3,"ids":["x","y","z"]}}"#,
-        ),
-        (
-            "quote\"é/x",
-            "1-q",
-            false,
-            r#"{"_id":"quote\"é/x","_rev":"1-q","_revisions":{"start":1,"ids":["q"]},"_attachments":{"a.txt":{"content_type":"text/plain","digest":"md5-XUFAKrxLKna5cZ2REBfFkg==","length":5,"revpos":1,"stub":true}}}"#,
-        ),
-    ];
-    let doc_lines = cases
-        .iter()
-        .map(|(id, rev, deleted, doc)| {
-            let mut line = Vec::new();
-            format::encode_doc_line(id, rev, *deleted, &raw(doc), &mut line);
-            CouchLineCase {
-                id: id.to_string(),
-                rev: rev.to_string(),
-                deleted: *deleted,
-                doc: doc.to_string(),
-                line: String::from_utf8(line).unwrap(),
-            }
-        })
-        .collect();
-    let header = AttHeader {
-        id: "quote\"é/x".into(),
-        name: "a.txt".into(),
-        revpos: 1,
-        digest: format::md5_digest(b"hello"),
-        encoding: None,
-        data_digest: None,
-        len: 5,
-    };
-    let mut record = Vec::new();
-    format::encode_attachment(&header, b"hello", &mut record);
-    let gzip_header = AttHeader {
-        id: "doc02000".into(),
-        name: "data.json".into(),
-        revpos: 2,
-        // CouchDB 3.5's digest of a gzip-encoded 7-byte application/json
-        // attachment (format-spec §19.3); the bytes kept are the identity.
-        digest: "md5-TRLVIP5eD2weIbIYDVFsLA==".into(),
-        encoding: Some("gzip".into()),
-        data_digest: Some(format::md5_digest(br#"{"a":1}"#)),
-        len: 7,
-    };
-    let mut gzip_record = Vec::new();
-    format::encode_attachment(&gzip_header, br#"{"a":1}"#, &mut gzip_record);
-    let mut gone = Vec::new();
-    format::encode_gone("purged", &mut gone);
-    let mut revs: Vec<String> = ["10-a", "9-z", "10-0", "1-x"].map(String::from).to_vec();
-    format::sort_revs(&mut revs);
-    let produced = CouchVectors {
-        description: lines(
-            "CouchDB dumps (README.md, \"CouchDB dumps\"): the item names of a database, document lines\n\
-             (`line` is exactly what encoding `id`, `rev`, `deleted` and the document text `doc` gives),\n\
-             an overlay removal line, an attachment record (header line, raw bytes, newline) with its\n\
-             md5 digest, and revisions in line order (generation, then hash).",
-        ),
-        item_names: format::FILES
-            .iter()
-            .map(|f| {
-                (
-                    "a/b".to_string(),
-                    f.to_string(),
-                    format::item_name("a/b", f),
-                )
-            })
-            .collect(),
-        doc_lines,
-        gone_line: ("purged".into(), String::from_utf8(gone).unwrap()),
-        attachment_header: header,
-        attachment_data_hex: hex::encode(b"hello"),
-        attachment_record_hex: hex::encode(&record),
-        gzip_attachment_header: gzip_header,
-        gzip_attachment_record_hex: hex::encode(&gzip_record),
-        md5_digests: [&b""[..], b"hello"]
-            .iter()
-            .map(|d| (hex::encode(d), format::md5_digest(d)))
-            .collect(),
-        rev_order: revs,
-    };
-    let stored = settle("couchdb.json", &produced);
-    // Reader direction: the stored lines parse back to their fields.
-    for case in &stored.doc_lines {
-        let line = case.line.strip_suffix('\n').unwrap();
-        let parsed = format::parse_doc_line(line.as_bytes()).unwrap();
-        assert_eq!(
-            (&*parsed.id, &*parsed.rev, parsed.del),
-            (case.id.as_str(), case.rev.as_str(), case.deleted)
-        );
-        assert_eq!(parsed.doc.get(), case.doc);
-    }
-    for (db, file, name) in &stored.item_names {
-        assert_eq!(
-            format::parse_item_name(name),
-            Some((db.clone(), file.as_str()))
-        );
-    }
-    let record = unhex(&stored.attachment_record_hex);
-    let newline = record.iter().position(|&b| b == b'\n').unwrap();
-    let header: AttHeader = serde_json::from_slice(&record[..newline]).unwrap();
-    assert_eq!(header, stored.attachment_header);
-    let data = &record[newline + 1..record.len() - 1];
-    assert_eq!(data, unhex(&stored.attachment_data_hex));
-    assert_eq!(format::md5_digest(data), header.digest);
-    assert_eq!(header.expected_data_digest(), Ok(header.digest.as_str()));
-    let record = unhex(&stored.gzip_attachment_record_hex);
-    let newline = record.iter().position(|&b| b == b'\n').unwrap();
-    let header: AttHeader = serde_json::from_slice(&record[..newline]).unwrap();
-    assert_eq!(header, stored.gzip_attachment_header);
-    let data = &record[newline + 1..record.len() - 1];
-    assert_eq!(
-        header.expected_data_digest().map(str::to_string),
-        Ok(format::md5_digest(data))
-    );
-    assert_ne!(format::md5_digest(data), header.digest);
 }
 
 // ---------------------------------------------------------------- dir.json

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_store::couch::restore::CouchRestoreOptions;
-use cairn_store::couch::{CouchBackupOptions, CouchClient, CouchTarget, DbSelection, RetryPolicy};
+use cairn_couch::restore::CouchRestoreOptions;
+use cairn_couch::{CouchBackupOptions, CouchClient, CouchTarget, DbSelection, RetryPolicy};
 use clap::Args;
 
 use super::backup::WriteArgs;
@@ -104,9 +104,14 @@ pub async fn backup(args: CouchBackupArgs) -> anyhow::Result<ExitCode> {
     let (session, key, options) = args.write.begin().await?;
     let bar = Bar::bytes(None, args.write.quiet || args.write.json);
     let result = if !args.import.is_empty() {
-        session
-            .import_couchdb_dumps(&args.import, &key, &options, Arc::new(bar.clone()))
-            .await
+        cairn_couch::import_couchdb_dumps(
+            &session,
+            &args.import,
+            &key,
+            &options,
+            Arc::new(bar.clone()),
+        )
+        .await
     } else {
         let dbs = if args.all_dbs {
             DbSelection::All {
@@ -132,9 +137,15 @@ pub async fn backup(args: CouchBackupArgs) -> anyhow::Result<ExitCode> {
         };
         match args.server.connect().await {
             Ok(client) => {
-                session
-                    .backup_couchdb(client, &couch, &key, &options, Arc::new(bar.clone()))
-                    .await
+                cairn_couch::backup_couchdb(
+                    &session,
+                    client,
+                    &couch,
+                    &key,
+                    &options,
+                    Arc::new(bar.clone()),
+                )
+                .await
             }
             Err(e) => {
                 bar.finish();
@@ -267,9 +278,9 @@ pub async fn restore(args: CouchRestoreArgs) -> anyhow::Result<ExitCode> {
         ..CouchRestoreOptions::default()
     };
     let bar = Bar::bytes(None, args.quiet || args.json);
-    let report = repo
-        .restore_couchdb(&snapshot, client, &options, Arc::new(bar.clone()))
-        .await;
+    let report =
+        cairn_couch::restore_couchdb(&repo, &snapshot, client, &options, Arc::new(bar.clone()))
+            .await;
     bar.finish();
     let report = report?;
     let seconds = started.elapsed().as_secs_f64();

@@ -121,6 +121,6 @@ async fn check(
 ) -> cairn_store::Result<cairn_store::ops::verify::VerifyReport> {
     let repo = args.repo.open().await?;
     let trust = repo.trust(&args.trust.keys);
-    repo.verify_with(&trust, options, &[&cairn_store::couch::verify::CouchCheck])
+    repo.verify_with(&trust, options, &[&cairn_couch::verify::CouchCheck])
         .await
 }

@@ -108,7 +108,7 @@ pub enum SourceKind {
     Stdin,
     /// A command's standard output.
     Command,
-    /// CouchDB databases (see `couch::format`).
+    /// CouchDB databases (see `cairn_couch::format`).
     Couchdb,
     /// CouchDB `_all_docs` dump files imported (winning revisions only).
     CouchdbImport,

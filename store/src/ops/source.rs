@@ -52,8 +52,8 @@ pub enum Source {
         /// The content.
         reader: Box<dyn Read + Send>,
     },
-    /// Entries made by another part of the store (a CouchDB dump), stored
-    /// in the order given and listed by name in the manifest.
+    /// Entries made by the caller (CouchDB dumps), stored in the order
+    /// given and listed by name in the manifest.
     Prepared(Prepared),
 }
 
@@ -61,6 +61,14 @@ pub enum Source {
 pub struct Prepared {
     pub(crate) info: SourceInfo,
     pub(crate) entries: Vec<Entry>,
+}
+
+impl Prepared {
+    /// A source that stores `entries`, in the order given, and records
+    /// `info` as its description in the manifest.
+    pub fn new(info: SourceInfo, entries: Vec<Entry>) -> Prepared {
+        Prepared { info, entries }
+    }
 }
 
 impl std::fmt::Debug for Prepared {
@@ -86,17 +94,63 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// One thing to store, in name order.
-pub(crate) struct Entry {
-    pub name: String,
-    pub kind: ItemKind,
-    pub mode: Option<u32>,
-    pub mtime: Option<Timestamp>,
-    pub target: Option<String>,
+/// One thing to store, in name order. Outside the store, entries of a
+/// [`Prepared`] source are made with [`Entry::reader`] and [`Entry::stored`].
+pub struct Entry {
+    pub(crate) name: String,
+    pub(crate) kind: ItemKind,
+    pub(crate) mode: Option<u32>,
+    pub(crate) mtime: Option<Timestamp>,
+    pub(crate) target: Option<String>,
     /// Chunking for a new item of this name (else the policy decides by
     /// measuring); an item of this name in an earlier snapshot keeps its own.
-    pub chunker: Option<ChunkerParams>,
-    pub content: Option<Content>,
+    pub(crate) chunker: Option<ChunkerParams>,
+    pub(crate) content: Option<Content>,
+}
+
+impl Entry {
+    /// A file item `name` whose bytes are read from `reader`; `chunker`
+    /// cuts a new item of this name (`None`: the policy decides by
+    /// measuring), an item of this name in an earlier snapshot keeps its own.
+    pub fn reader(
+        name: String,
+        chunker: Option<ChunkerParams>,
+        reader: Box<dyn Read + Send>,
+    ) -> Entry {
+        Entry {
+            name,
+            kind: ItemKind::File,
+            mode: None,
+            mtime: None,
+            target: None,
+            chunker,
+            content: Some(Content::Reader(reader)),
+        }
+    }
+
+    /// A file item `name` that takes content this key stored before as it
+    /// is, unread (see [`StoredContent`]); `chunker` as for [`Entry::reader`].
+    pub fn stored(name: String, chunker: Option<ChunkerParams>, stored: StoredContent) -> Entry {
+        Entry {
+            name,
+            kind: ItemKind::File,
+            mode: None,
+            mtime: None,
+            target: None,
+            chunker,
+            content: Some(Content::Stored(stored)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("chunker", &self.chunker)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where an entry's bytes come from.
@@ -112,14 +166,20 @@ pub(crate) enum Content {
     Stored(StoredContent),
 }
 
-/// Where stored content is: what a file entry's node names.
+/// Where stored content is: what a file entry's node names (as an earlier
+/// snapshot's [`Item`](crate::format::manifest::Item) records it). A backup
+/// takes it only if an index object names its root, else it fails.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct StoredContent {
+pub struct StoredContent {
     /// The chunk-list root, or the one chunk when `one_chunk`.
     pub root: BlobId,
+    /// Whether `root` is the content's one chunk rather than a chunk list.
     pub one_chunk: bool,
+    /// The number of chunks.
     pub chunks: u64,
+    /// The content's length in bytes.
     pub len: u64,
+    /// How the content was cut.
     pub chunker: ChunkerParams,
 }
 

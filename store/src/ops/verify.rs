@@ -66,8 +66,9 @@ pub struct VerifyOptions {
 }
 
 /// A deeper check of one kind of snapshot's content, run by
-/// [`Repository::verify_with`] on snapshots whose chunks are intact: the
-/// layers above (CouchDB) plug in here without verify knowing them.
+/// [`Repository::verify_with`] on snapshots whose chunks are intact: other
+/// crates (`cairn-couch`'s CouchDB check) plug in here without verify
+/// knowing them.
 #[async_trait::async_trait]
 pub trait ContentCheck: Send + Sync {
     /// Whether it checks `snapshot`.

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::couch::format::{self, AttHeader, Counts, Meta};
-use crate::couch::merge::{GroupReader, Merged};
-use crate::couch::{DumpItems, stream_item};
-use crate::error::{Error, Result};
-use crate::format::manifest::{Item, Snapshot, SourceKind};
-use crate::ops::verify::DamagedItem;
-use crate::repo::IndexedRepository;
+use cairn_store::error::{Error, Result};
+use cairn_store::format::manifest::{Item, Snapshot, SourceKind};
+use cairn_store::ops::verify::DamagedItem;
+use cairn_store::repo::IndexedRepository;
+
+use crate::format::{self, AttHeader, Counts, Meta};
+use crate::merge::{GroupReader, Merged};
+use crate::{DumpItems, stream_item};
 
 /// Whether a snapshot holds CouchDB dumps.
 pub fn is_couchdb(snapshot: &Snapshot) -> bool {
@@ -27,7 +28,7 @@ pub fn is_couchdb(snapshot: &Snapshot) -> bool {
 pub struct CouchCheck;
 
 #[async_trait::async_trait]
-impl crate::ops::verify::ContentCheck for CouchCheck {
+impl cairn_store::ops::verify::ContentCheck for CouchCheck {
     fn applies(&self, snapshot: &Snapshot) -> bool {
         is_couchdb(snapshot)
     }
@@ -50,9 +51,9 @@ pub async fn check_snapshot(
     read: bool,
 ) -> Result<Vec<DamagedItem>> {
     let mut damaged = Vec::new();
-    let flat = crate::ops::walk::with_items(Arc::new(repo.blob_reader()), snapshot).await?;
+    let flat = cairn_store::ops::walk::with_items(Arc::new(repo.blob_reader()), snapshot).await?;
     let snapshot = &flat;
-    for (db, items) in crate::couch::dumps(snapshot) {
+    for (db, items) in crate::dumps(snapshot) {
         let mut problems: Vec<(String, String)> = Vec::new();
         for file in format::FILES {
             if !items.files.contains_key(file) {
@@ -253,15 +254,16 @@ fn check_db(
 mod tests {
     use std::sync::Arc;
 
-    use crate::backend::Backend;
-    use crate::couch::format;
-    use crate::format::key::SecretKey;
-    use crate::format::manifest::{ItemKind, SourceInfo, SourceKind};
-    use crate::ops::backup::{BackupOptions, NoProgress};
-    use crate::ops::session::WriteOptions;
-    use crate::ops::source::{Content, Entry, Prepared, Source};
-    use crate::ops::verify::{ReadData, VerifyOptions};
-    use crate::repo::Repository;
+    use cairn_store::backend::Backend;
+    use cairn_store::format::key::SecretKey;
+    use cairn_store::format::manifest::{SourceInfo, SourceKind};
+    use cairn_store::ops::backup::{BackupOptions, NoProgress};
+    use cairn_store::ops::session::WriteOptions;
+    use cairn_store::ops::source::{Entry, Prepared, Source};
+    use cairn_store::ops::verify::{ReadData, VerifyOptions};
+    use cairn_store::repo::Repository;
+
+    use crate::format;
 
     const META: &str = r#"{"format":"cairn-couchdb/1","db":"lms","server":{},"db_info":{},"props":{},
         "security":{},"revs_limit":null,"local_listed":false,"last_seq":1,"method":"changes",
@@ -283,27 +285,23 @@ mod tests {
         ];
         let entries = files
             .iter()
-            .map(|(file, text)| Entry {
-                name: format::item_name("lms", file),
-                kind: ItemKind::File,
-                mode: None,
-                mtime: None,
-                target: None,
-                chunker: None,
-                content: Some(Content::Reader(Box::new(std::io::Cursor::new(
-                    text.as_bytes().to_vec(),
-                )))),
+            .map(|(file, text)| {
+                Entry::reader(
+                    format::item_name("lms", file),
+                    None,
+                    Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+                )
             })
             .collect();
-        let source = Source::Prepared(Prepared {
-            info: SourceInfo {
+        let source = Source::Prepared(Prepared::new(
+            SourceInfo {
                 kind: SourceKind::Couchdb,
                 command: None,
                 exit_status: None,
                 url: None,
             },
             entries,
-        });
+        ));
         let session = repo
             .clone()
             .begin_write(&WriteOptions::default())

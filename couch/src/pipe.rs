@@ -277,7 +277,7 @@ mod tests {
         let mut lines = Lines::new(bytes);
         let (mut line, mut data, mut records) = (Vec::new(), Vec::new(), 0);
         while lines.next_into(&mut line)? {
-            let header: crate::couch::format::AttHeader =
+            let header: crate::format::AttHeader =
                 serde_json::from_slice(&line).map_err(io::Error::other)?;
             lines.read_blob(header.len, &mut data)?;
             assert!(data.capacity() <= bytes.len().max(1 << 20));
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn attachment_streams_with_any_length_or_cut_are_errors_not_panics() {
-        use crate::couch::format::{AttHeader, encode_attachment};
+        use crate::format::{AttHeader, encode_attachment};
         let header = AttHeader {
             id: "doc".into(),
             name: "a.txt".into(),

@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::chunker::{ChunkerParams, ChunkingPolicy};
+use cairn_store::format::chunker::{ChunkerParams, ChunkingPolicy};
 use serde_json::value::RawValue;
 
 /// The format identifier in `meta.json`.
@@ -48,7 +48,7 @@ pub const FORMAT: &str = "cairn-couchdb/1";
 
 /// Item names of one database.
 pub fn item_name(db: &str, file: &str) -> String {
-    format!("couchdb/{}/{file}", crate::couch::client::db_path(db))
+    format!("couchdb/{}/{file}", crate::client::db_path(db))
 }
 
 /// The files of one database, in the order a backup writes them.

@@ -8,6 +8,13 @@
 //! restore writes them back with `_bulk_docs` and `new_edits:false`, which
 //! keeps revision ids and is idempotent, so an interrupted restore can
 //! simply run again; it ends by comparing the target with the snapshot.
+//!
+//! Built on `cairn-store`'s public API only: a backup is a
+//! [`Source::Prepared`] of entries whose streams this crate fills (or whose
+//! content it takes unread from an earlier snapshot), restore and verify
+//! read items back with [`with_items`](cairn_store::ops::walk::with_items)
+//! and [`restore_item`](IndexedRepository::restore_item), and
+//! [`verify::CouchCheck`] is the store's verify hook for CouchDB dumps.
 
 mod attachment;
 pub mod backup;
@@ -21,21 +28,25 @@ pub mod restore;
 mod sort;
 pub mod verify;
 
-pub use backup::{CouchBackupOptions, CouchBackupSummary, DbBackupStats, DbSelection};
+pub use backup::{
+    CouchBackupOptions, CouchBackupSummary, DbBackupStats, DbSelection, backup_couchdb,
+};
 pub use client::{CouchClient, CouchTarget, Credentials, RetryPolicy};
+pub use dumps::import_couchdb_dumps;
+pub use restore::restore_couchdb;
 
 use std::io::BufReader;
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
-use crate::format::chunker::ChunkingPolicy;
-use crate::format::key::SecretKey;
-use crate::format::manifest::{Item, ItemKind, Snapshot};
-use crate::ops::backup::{BackupOptions, BackupSummary, Progress};
-use crate::ops::restore::NoRestoreProgress;
-use crate::ops::session::WriteSession;
-use crate::ops::source::{Content, Entry, Prepared, Source};
-use crate::repo::IndexedRepository;
+use cairn_store::error::{Error, Result};
+use cairn_store::format::chunker::ChunkingPolicy;
+use cairn_store::format::key::SecretKey;
+use cairn_store::format::manifest::{Item, Snapshot};
+use cairn_store::ops::backup::{BackupOptions, BackupSummary, Progress};
+use cairn_store::ops::restore::NoRestoreProgress;
+use cairn_store::ops::session::WriteSession;
+use cairn_store::ops::source::{Entry, Prepared, Source};
+use cairn_store::repo::IndexedRepository;
 use pipe::{Lines, PipeReader, PipeWriter, pipe};
 
 /// The streams of one database's files: entries for the backup to read,
@@ -49,15 +60,11 @@ pub(crate) fn streams(
         .iter()
         .map(|file| {
             let (writer, reader) = pipe(16);
-            let entry = Entry {
-                name: format::item_name(db, file),
-                kind: ItemKind::File,
-                mode: None,
-                mtime: None,
-                target: None,
-                chunker: format::chunker_for(file, policy),
-                content: Some(Content::Reader(Box::new(reader))),
-            };
+            let entry = Entry::reader(
+                format::item_name(db, file),
+                format::chunker_for(file, policy),
+                Box::new(reader),
+            );
             (entry, writer)
         })
         .unzip()
@@ -169,9 +176,9 @@ impl Default for DumpItems {
 
 impl DumpItems {
     /// A file's item, or why it is missing.
-    pub fn file(&self, db: &str, file: &str) -> crate::Result<Item> {
+    pub fn file(&self, db: &str, file: &str) -> cairn_store::Result<Item> {
         self.files.get(file).cloned().ok_or_else(|| {
-            crate::Error::corrupt(
+            cairn_store::Error::corrupt(
                 format::item_name(db, file),
                 "missing from the snapshot".to_string(),
             )

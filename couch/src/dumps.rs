@@ -11,20 +11,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::couch::backup::{CouchBackupSummary, DbBackupStats};
-use crate::couch::format::{self, Counts, Meta};
-use crate::couch::import::{
-    DumpStats, ImportError, db_name_from_file, read_all_docs, read_manifest,
-};
-use crate::couch::pipe::PipeWriter;
-use crate::couch::sort::ExternalSorter;
-use crate::couch::{FirstFailure, backup_streams, streams};
-use crate::error::{Error, Result};
-use crate::format::key::SecretKey;
-use crate::format::manifest::{SourceInfo, SourceKind};
-use crate::ops::backup::{BackupOptions, Progress};
-use crate::ops::session::WriteSession;
-use crate::ops::source::Prepared;
+use cairn_store::error::{Error, Result};
+use cairn_store::format::key::SecretKey;
+use cairn_store::format::manifest::{SourceInfo, SourceKind};
+use cairn_store::ops::backup::{BackupOptions, Progress};
+use cairn_store::ops::session::WriteSession;
+use cairn_store::ops::source::Prepared;
+
+use crate::backup::{CouchBackupSummary, DbBackupStats};
+use crate::format::{self, Counts, Meta};
+use crate::import::{DumpStats, ImportError, db_name_from_file, read_all_docs, read_manifest};
+use crate::pipe::PipeWriter;
+use crate::sort::ExternalSorter;
+use crate::{FirstFailure, backup_streams, streams};
 
 /// The file that may name each dump's database.
 const MANIFEST: &str = "backup_manifest.json";
@@ -96,60 +95,58 @@ pub(crate) fn dump_files(paths: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-impl WriteSession {
-    /// Imports `_all_docs` dump files as one snapshot.
-    pub async fn import_couchdb_dumps(
-        &self,
-        paths: &[PathBuf],
-        key: &SecretKey,
-        options: &BackupOptions,
-        progress: Arc<dyn Progress>,
-    ) -> Result<CouchBackupSummary> {
-        let files = dump_files(paths)?;
-        let failure = FirstFailure::default();
-        let mut entries = Vec::new();
-        let mut jobs = Vec::new();
-        for (db, path) in files {
-            let (db_entries, writers) = streams(&db, &format::files(0), &self.config().chunking);
-            entries.extend(db_entries);
-            jobs.push((db, path, writers));
-        }
-        let info = SourceInfo {
-            kind: SourceKind::CouchdbImport,
-            command: None,
-            exit_status: None,
-            url: None,
-        };
-        let slot = failure.clone();
-        let (backup, databases) = backup_streams(
-            self,
-            Prepared { info, entries },
-            key,
-            options,
-            progress,
-            &failure,
-            move || {
-                let mut stats = Vec::new();
-                for (db, path, mut writers) in jobs {
-                    match import_one(&db, &path, &mut writers) {
-                        Ok(s) => stats.push(s),
-                        Err(e) => slot.fail(e, &path.display().to_string(), &mut writers),
-                    }
-                }
-                stats
-            },
-        )
-        .await?;
-        Ok(CouchBackupSummary {
-            backup,
-            databases,
-            requests: 0,
-            retries: 0,
-            bytes_received: 0,
-            appeared: Vec::new(),
-            vanished: Vec::new(),
-        })
+/// Imports `_all_docs` dump files as one snapshot.
+pub async fn import_couchdb_dumps(
+    session: &WriteSession,
+    paths: &[PathBuf],
+    key: &SecretKey,
+    options: &BackupOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<CouchBackupSummary> {
+    let files = dump_files(paths)?;
+    let failure = FirstFailure::default();
+    let mut entries = Vec::new();
+    let mut jobs = Vec::new();
+    for (db, path) in files {
+        let (db_entries, writers) = streams(&db, &format::files(0), &session.config().chunking);
+        entries.extend(db_entries);
+        jobs.push((db, path, writers));
     }
+    let info = SourceInfo {
+        kind: SourceKind::CouchdbImport,
+        command: None,
+        exit_status: None,
+        url: None,
+    };
+    let slot = failure.clone();
+    let (backup, databases) = backup_streams(
+        session,
+        Prepared::new(info, entries),
+        key,
+        options,
+        progress,
+        &failure,
+        move || {
+            let mut stats = Vec::new();
+            for (db, path, mut writers) in jobs {
+                match import_one(&db, &path, &mut writers) {
+                    Ok(s) => stats.push(s),
+                    Err(e) => slot.fail(e, &path.display().to_string(), &mut writers),
+                }
+            }
+            stats
+        },
+    )
+    .await?;
+    Ok(CouchBackupSummary {
+        backup,
+        databases,
+        requests: 0,
+        retries: 0,
+        bytes_received: 0,
+        appeared: Vec::new(),
+        vanished: Vec::new(),
+    })
 }
 
 /// Reads one dump and writes its five streams.

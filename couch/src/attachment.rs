@@ -18,7 +18,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-use crate::couch::format::md5_digest;
+use crate::format::md5_digest;
 
 /// An attachment's bytes, checked against its stub.
 #[derive(Debug, PartialEq, Eq)]

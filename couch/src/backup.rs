@@ -28,21 +28,21 @@ use serde_json::value::RawValue;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::couch::attachment;
-use crate::couch::client::{Body, CouchClient, db_path, doc_path, query_value};
-use crate::couch::format::{self, AttHeader, AttKey, Counts, Meta};
-use crate::couch::merge::{Group, GroupReader, Merged, encode_gone};
-use crate::couch::pipe::{Lines, PipeReader, PipeWriter};
-use crate::couch::sort::ExternalSorter;
-use crate::couch::{FirstFailure, backup_streams, stream_item, streams};
-use crate::error::{Error, Result};
-use crate::format::key::SecretKey;
-use crate::format::manifest::ItemKind;
-use crate::format::manifest::{Item, Snapshot, SourceInfo, SourceKind};
-use crate::ops::backup::{BackupOptions, BackupSummary, Progress};
-use crate::ops::session::WriteSession;
-use crate::ops::source::{Content, Entry, Prepared, StoredContent};
-use crate::repo::IndexedRepository;
+use cairn_store::error::{Error, Result};
+use cairn_store::format::key::SecretKey;
+use cairn_store::format::manifest::{Item, Snapshot, SourceInfo, SourceKind};
+use cairn_store::ops::backup::{BackupOptions, BackupSummary, Progress};
+use cairn_store::ops::session::WriteSession;
+use cairn_store::ops::source::{Entry, Prepared, StoredContent};
+use cairn_store::repo::IndexedRepository;
+
+use crate::attachment;
+use crate::client::{Body, CouchClient, db_path, doc_path, query_value};
+use crate::format::{self, AttHeader, AttKey, Counts, Meta};
+use crate::merge::{Group, GroupReader, Merged, encode_gone};
+use crate::pipe::{Lines, PipeReader, PipeWriter};
+use crate::sort::ExternalSorter;
+use crate::{FirstFailure, backup_streams, stream_item, streams};
 
 /// Which databases to back up.
 #[derive(Debug, Clone)]
@@ -146,155 +146,153 @@ pub struct CouchBackupSummary {
     pub vanished: Vec<String>,
 }
 
-impl WriteSession {
-    /// Backs up CouchDB databases as one snapshot.
-    pub async fn backup_couchdb(
-        &self,
-        client: Arc<CouchClient>,
-        options: &CouchBackupOptions,
-        key: &SecretKey,
-        backup: &BackupOptions,
-        progress: Arc<dyn Progress>,
-    ) -> Result<CouchBackupSummary> {
-        let dbs = list_dbs(&client, &options.dbs, options.dbs_page).await?;
-        let server: serde_json::Value = client
-            .get_json("", "the server's welcome")
-            .await?
-            .unwrap_or_default();
-        let snapshots = self
-            .repo()
-            .repo()
-            .load_snapshots(&self.config().trust())
-            .await?;
-
-        // The newest CouchDB snapshots of this server signed with this key
-        // (what is copied or taken from them is signed again: never another
-        // signer's, nor another server's database of the same name), their
-        // trees read, until every database has its newest earlier dump.
-        let mut flat = Vec::new();
-        let reader = Arc::new(self.repo().blob_reader());
-        let (signer, url) = (key.public(), client.url());
-        for s in snapshots.snapshots.iter().rev() {
-            if s.manifest.source.kind != SourceKind::Couchdb
-                || s.signer != signer
-                || s.manifest.source.url.as_deref() != Some(url.as_str())
-            {
-                continue;
-            }
-            flat.insert(
-                0,
-                Flat::new(crate::ops::walk::with_items(Arc::clone(&reader), s).await?),
-            );
-            if dbs
-                .iter()
-                .all(|db| previous_of(self.repo(), &flat, db).is_some())
-            {
-                break;
-            }
-        }
-
-        let (appeared, vanished) = match (&options.dbs, newest_of(&flat, &client.url())) {
-            (DbSelection::All { exclude }, Some(newest)) => {
-                let before: std::collections::BTreeSet<String> = newest
-                    .manifest
-                    .items
-                    .iter()
-                    .filter_map(|i| format::parse_item_name(&i.name))
-                    .filter(|(db, file)| {
-                        *file == format::META_FILE
-                            && !exclude.contains(db)
-                            && !SKIPPED_SYSTEM_DBS.contains(&db.as_str())
-                    })
-                    .map(|(db, _)| db)
-                    .collect();
-                let now: std::collections::BTreeSet<String> = dbs.iter().cloned().collect();
-                (
-                    now.difference(&before).cloned().collect(),
-                    before.difference(&now).cloned().collect::<Vec<_>>(),
-                )
-            }
-            _ => (Vec::new(), Vec::new()),
-        };
-        for db in &vanished {
-            tracing::warn!(
-                "database {db:?} was in the last backup of {} and is no longer listed: \
-                 deleted, or hidden from these credentials (the earlier snapshots keep it)",
-                client.url()
-            );
-        }
-
-        let mut unchanged = if options.full {
-            HashMap::new()
-        } else {
-            unchanged_dbs(&client, self.repo(), &flat, &dbs).await
-        };
-        let failure = FirstFailure::default();
-        let mut entries = Vec::new();
-        let mut jobs = Vec::new();
-        let mut taken = Vec::new();
-        for db in &dbs {
-            if let Some((stored, stats)) = unchanged.remove(db) {
-                entries.extend(stored);
-                taken.push(stats);
-                continue;
-            }
-            let previous = previous_of(self.repo(), &flat, db);
-            // A new base, or the previous base and overlays and one more.
-            let compact = previous
-                .as_ref()
-                .is_none_or(|p| options.full || p.due_for_new_base());
-            let overlays = previous
-                .as_ref()
-                .filter(|_| !compact)
-                .map_or(0, |p| p.overlays.len() + 1);
-            let (db_entries, writers) =
-                streams(db, &format::files(overlays), &self.config().chunking);
-            entries.extend(db_entries);
-            jobs.push(DbJob {
-                db: db.clone(),
-                previous,
-                compact,
-                writers,
-            });
-        }
-
-        let context = Arc::new(JobContext {
-            client: Arc::clone(&client),
-            runtime: Handle::current(),
-            options: options.clone(),
-            server,
-            failure: failure.clone(),
-        });
-        let info = SourceInfo {
-            kind: SourceKind::Couchdb,
-            command: None,
-            exit_status: None,
-            url: Some(client.url()),
-        };
-        let (backup, mut stats) = backup_streams(
-            self,
-            Prepared { info, entries },
-            key,
-            backup,
-            progress,
-            &failure,
-            move || run_jobs(context, jobs),
-        )
+/// Backs up CouchDB databases as one snapshot.
+pub async fn backup_couchdb(
+    session: &WriteSession,
+    client: Arc<CouchClient>,
+    options: &CouchBackupOptions,
+    key: &SecretKey,
+    backup: &BackupOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<CouchBackupSummary> {
+    let dbs = list_dbs(&client, &options.dbs, options.dbs_page).await?;
+    let server: serde_json::Value = client
+        .get_json("", "the server's welcome")
+        .await?
+        .unwrap_or_default();
+    let snapshots = session
+        .repo()
+        .repo()
+        .load_snapshots(&session.config().trust())
         .await?;
-        stats.extend(taken);
-        stats.sort_by(|a, b| a.db.cmp(&b.db));
-        let wire = &client.stats;
-        use std::sync::atomic::Ordering::Relaxed;
-        Ok(CouchBackupSummary {
-            backup,
-            databases: stats,
-            requests: wire.requests.load(Relaxed),
-            retries: wire.retries.load(Relaxed),
-            bytes_received: wire.bytes_received.load(Relaxed),
-            appeared,
-            vanished,
-        })
+
+    // The newest CouchDB snapshots of this server signed with this key
+    // (what is copied or taken from them is signed again: never another
+    // signer's, nor another server's database of the same name), their
+    // trees read, until every database has its newest earlier dump.
+    let mut flat = Vec::new();
+    let reader = Arc::new(session.repo().blob_reader());
+    let (signer, url) = (key.public(), client.url());
+    for s in snapshots.snapshots.iter().rev() {
+        if s.manifest.source.kind != SourceKind::Couchdb
+            || s.signer != signer
+            || s.manifest.source.url.as_deref() != Some(url.as_str())
+        {
+            continue;
+        }
+        flat.insert(
+            0,
+            Flat::new(cairn_store::ops::walk::with_items(Arc::clone(&reader), s).await?),
+        );
+        if dbs
+            .iter()
+            .all(|db| previous_of(session.repo(), &flat, db).is_some())
+        {
+            break;
+        }
     }
+
+    let (appeared, vanished) = match (&options.dbs, newest_of(&flat, &client.url())) {
+        (DbSelection::All { exclude }, Some(newest)) => {
+            let before: std::collections::BTreeSet<String> = newest
+                .manifest
+                .items
+                .iter()
+                .filter_map(|i| format::parse_item_name(&i.name))
+                .filter(|(db, file)| {
+                    *file == format::META_FILE
+                        && !exclude.contains(db)
+                        && !SKIPPED_SYSTEM_DBS.contains(&db.as_str())
+                })
+                .map(|(db, _)| db)
+                .collect();
+            let now: std::collections::BTreeSet<String> = dbs.iter().cloned().collect();
+            (
+                now.difference(&before).cloned().collect(),
+                before.difference(&now).cloned().collect::<Vec<_>>(),
+            )
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    for db in &vanished {
+        tracing::warn!(
+            "database {db:?} was in the last backup of {} and is no longer listed: \
+             deleted, or hidden from these credentials (the earlier snapshots keep it)",
+            client.url()
+        );
+    }
+
+    let mut unchanged = if options.full {
+        HashMap::new()
+    } else {
+        unchanged_dbs(&client, session.repo(), &flat, &dbs).await
+    };
+    let failure = FirstFailure::default();
+    let mut entries = Vec::new();
+    let mut jobs = Vec::new();
+    let mut taken = Vec::new();
+    for db in &dbs {
+        if let Some((stored, stats)) = unchanged.remove(db) {
+            entries.extend(stored);
+            taken.push(stats);
+            continue;
+        }
+        let previous = previous_of(session.repo(), &flat, db);
+        // A new base, or the previous base and overlays and one more.
+        let compact = previous
+            .as_ref()
+            .is_none_or(|p| options.full || p.due_for_new_base());
+        let overlays = previous
+            .as_ref()
+            .filter(|_| !compact)
+            .map_or(0, |p| p.overlays.len() + 1);
+        let (db_entries, writers) =
+            streams(db, &format::files(overlays), &session.config().chunking);
+        entries.extend(db_entries);
+        jobs.push(DbJob {
+            db: db.clone(),
+            previous,
+            compact,
+            writers,
+        });
+    }
+
+    let context = Arc::new(JobContext {
+        client: Arc::clone(&client),
+        runtime: Handle::current(),
+        options: options.clone(),
+        server,
+        failure: failure.clone(),
+    });
+    let info = SourceInfo {
+        kind: SourceKind::Couchdb,
+        command: None,
+        exit_status: None,
+        url: Some(client.url()),
+    };
+    let (backup, mut stats) = backup_streams(
+        session,
+        Prepared::new(info, entries),
+        key,
+        backup,
+        progress,
+        &failure,
+        move || run_jobs(context, jobs),
+    )
+    .await?;
+    stats.extend(taken);
+    stats.sort_by(|a, b| a.db.cmp(&b.db));
+    let wire = &client.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(CouchBackupSummary {
+        backup,
+        databases: stats,
+        requests: wire.requests.load(Relaxed),
+        retries: wire.retries.load(Relaxed),
+        bytes_received: wire.bytes_received.load(Relaxed),
+        appeared,
+        vanished,
+    })
 }
 
 /// System databases `--all-dbs` leaves out (name them to back them up):
@@ -448,15 +446,7 @@ impl PreviousDb {
                     len: item.len,
                     chunker: item.chunker?,
                 };
-                Some(Entry {
-                    name: item.name.clone(),
-                    kind: ItemKind::File,
-                    mode: None,
-                    mtime: None,
-                    target: None,
-                    chunker: item.chunker,
-                    content: Some(Content::Stored(stored)),
-                })
+                Some(Entry::stored(item.name.clone(), item.chunker, stored))
             })
             .collect()
     }
@@ -675,7 +665,7 @@ async fn read_previous(previous: &PreviousDb, item: &Item, max: u64) -> Result<O
             &previous.snapshot,
             item,
             Vec::new(),
-            &crate::ops::restore::NoRestoreProgress,
+            &cairn_store::ops::restore::NoRestoreProgress,
         )
         .await?;
     Ok(Some(bytes))
@@ -961,7 +951,7 @@ enum Step {
 /// from the whole `_changes` (ids missing from it are gone), or from the
 /// previous dump updated with the changes since it.
 struct Steps {
-    sorted: std::iter::Peekable<crate::couch::sort::Sorted>,
+    sorted: std::iter::Peekable<crate::sort::Sorted>,
     only_changes: bool,
     previous: PrevView,
     gone: VecDeque<Step>,
@@ -1174,7 +1164,7 @@ impl Producer<'_> {
         &mut self,
         since: Option<serde_json::Value>,
     ) -> Result<(
-        crate::couch::sort::Sorted,
+        crate::sort::Sorted,
         BTreeMap<String, Vec<String>>,
         serde_json::Value,
         u64,
@@ -1334,7 +1324,7 @@ impl Producer<'_> {
     /// fetched; the overlay keeps day-to-day storage proportional to change.
     fn write_docs(
         &mut self,
-        sorted: crate::couch::sort::Sorted,
+        sorted: crate::sort::Sorted,
         plan: DocsPlan,
         base_out: &mut PipeWriter,
         overlay_outs: &mut [PipeWriter],
@@ -1799,7 +1789,7 @@ async fn fetch_attachment(
     let path = format!(
         "{}/{}?rev={}",
         doc_path(&db, &key.id),
-        crate::couch::client::query_value(&key.name),
+        crate::client::query_value(&key.name),
         query_value(&rev)
     );
     let mut last = String::new();
@@ -1810,10 +1800,11 @@ async fn fetch_attachment(
             return Err(client.rejected(&path, "fetching an attachment", &response));
         }
         let body = response.body;
-        let max = crate::couch::client::MAX_ATTACHMENT_RESPONSE_LEN;
+        let max = crate::client::MAX_ATTACHMENT_RESPONSE_LEN;
         let (digest, gzip) = (key.digest.clone(), response.gzip);
         let checked =
-            crate::cpu::run(move || attachment::check(body, gzip, &digest, length, max)).await;
+            cairn_store::cpu::run(move || attachment::check(body, gzip, &digest, length, max))
+                .await;
         match checked {
             Ok(checked) => {
                 let header = AttHeader {

@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use cairn_store::error::{Error, Result};
 
 /// Characters left as they are in a path segment: RFC 3986's unreserved set.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -786,7 +786,7 @@ impl CouchClient {
             let rows = changes.results.len();
             for row in changes.results {
                 let mut revs: Vec<String> = row.changes.into_iter().map(|c| c.rev).collect();
-                crate::couch::format::sort_revs(&mut revs);
+                crate::format::sort_revs(&mut revs);
                 each(row.id, revs)?;
             }
             since = changes.last_seq;

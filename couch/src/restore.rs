@@ -30,18 +30,19 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::couch::client::{Body, CouchClient, db_path, doc_path};
-use crate::couch::format::{self, AttHeader, Meta};
-use crate::couch::merge::{Group, GroupReader, Merged};
-use crate::couch::pipe::{Lines, PipeReader};
+use cairn_store::error::{Error, Result};
+use cairn_store::format::manifest::{Item, Snapshot, SourceKind};
+use cairn_store::ops::restore::RestoreProgress;
+use cairn_store::repo::IndexedRepository;
+
+use crate::client::{Body, CouchClient, db_path, doc_path};
+use crate::format::{self, AttHeader, Meta};
+use crate::merge::{Group, GroupReader, Merged};
+use crate::pipe::{Lines, PipeReader};
+use crate::sort::{ExternalSorter, Sorted};
+use crate::stream_item;
 
 type DocGroups = Merged<BufReader<PipeReader>>;
-use crate::couch::sort::{ExternalSorter, Sorted};
-use crate::couch::stream_item;
-use crate::error::{Error, Result};
-use crate::format::manifest::{Item, Snapshot, SourceKind};
-use crate::ops::restore::RestoreProgress;
-use crate::repo::IndexedRepository;
 
 /// The marker a restore keeps in each target while it runs.
 pub const MARKER: &str = "_local/cairn-restore";
@@ -299,108 +300,106 @@ struct Marker {
     rev: Option<String>,
 }
 
-impl IndexedRepository {
-    /// Restores CouchDB databases of `snapshot` through `client`.
-    pub async fn restore_couchdb(
-        &self,
-        snapshot: &Snapshot,
-        client: Arc<CouchClient>,
-        options: &CouchRestoreOptions,
-        progress: Arc<dyn RestoreProgress>,
-    ) -> Result<CouchRestoreReport> {
-        if !matches!(
-            snapshot.manifest.source.kind,
-            SourceKind::Couchdb | SourceKind::CouchdbImport
-        ) {
-            return Err(Error::invalid(format!(
-                "snapshot {} is not a CouchDB backup; restore it with `cairn restore`",
-                snapshot.id
-            )));
-        }
-        let flat = crate::ops::walk::with_items(Arc::new(self.blob_reader()), snapshot).await?;
-        let snapshot = &flat;
-        let available = crate::couch::dumps(snapshot);
-        let mapping: Vec<(String, String)> = if options.dbs.is_empty() {
-            let mut all: Vec<String> = available
-                .keys()
-                .filter(|d| *d != "_replicator")
-                .cloned()
-                .collect();
-            all.sort();
-            all.into_iter().map(|d| (d.clone(), d)).collect()
-        } else {
-            options.dbs.clone()
-        };
-        let mut plans = Vec::new();
-        for (source, target) in &mapping {
-            let items = available.get(source).ok_or_else(|| Error::NotFound {
-                what: format!("database {source:?} in snapshot {}", snapshot.id),
-                hint: format!("it holds {}", sorted_names(available.keys()).join(", ")),
-            })?;
-            let item = |file: &str| items.file(source, file);
-            let meta_bytes = read_item(self, snapshot, &item(format::META_FILE)?).await?;
-            let meta: Meta = serde_json::from_slice(&meta_bytes).map_err(|e| {
-                Error::corrupt(format::item_name(source, format::META_FILE), e.to_string())
-            })?;
-            let state = target_state(&client, target, &snapshot.id.to_string(), source).await?;
-            plans.push(DbPlan {
-                source: source.clone(),
-                target: target.clone(),
-                meta,
-                state,
-                docs: item(format::DOCS_FILE)?,
-                overlays: items.overlays.clone().map_err(|e| {
-                    Error::corrupt(format!("snapshot {} database {source:?}", snapshot.id), e)
-                })?,
-                design: item(format::DESIGN_FILE)?,
-                attachments: item(format::ATTACHMENTS_FILE)?,
-                local: item(format::LOCAL_FILE)?,
-            });
-        }
-        let busy: Vec<&str> = plans
-            .iter()
-            .filter(|p| p.state == Target::NonEmpty)
-            .map(|p| p.target.as_str())
-            .collect();
-        if !busy.is_empty() && !options.merge {
-            return Err(Error::AlreadyExists {
-                what: format!(
-                    "database {} on {} is not empty",
-                    busy.join(", "),
-                    client.url()
-                ),
-                hint: "restore into a new database (--db NAME:NEWNAME), or add --merge to add \
-                       the snapshot's revisions to what is there (it may create conflicts); \
-                       nothing was changed"
-                    .into(),
-            });
-        }
-
-        let mut reports = Vec::new();
-        for plan in plans {
-            let driver = Driver {
-                repo: self.clone(),
-                snapshot: snapshot.clone(),
-                client: Arc::clone(&client),
-                runtime: Handle::current(),
-                options: options.clone(),
-                progress: Arc::clone(&progress),
-            };
-            let report = tokio::task::spawn_blocking(move || driver.restore(plan))
-                .await
-                .map_err(|e| Error::Bug(format!("restore thread failed: {e}")))??;
-            reports.push(report);
-        }
-        let wire = &client.stats;
-        Ok(CouchRestoreReport {
-            snapshot: snapshot.id.to_string(),
-            databases: reports,
-            merge: options.merge,
-            requests: wire.requests.load(Relaxed),
-            retries: wire.retries.load(Relaxed),
-            bytes_sent: wire.bytes_sent.load(Relaxed),
-        })
+/// Restores CouchDB databases of `snapshot` through `client`.
+pub async fn restore_couchdb(
+    repo: &IndexedRepository,
+    snapshot: &Snapshot,
+    client: Arc<CouchClient>,
+    options: &CouchRestoreOptions,
+    progress: Arc<dyn RestoreProgress>,
+) -> Result<CouchRestoreReport> {
+    if !matches!(
+        snapshot.manifest.source.kind,
+        SourceKind::Couchdb | SourceKind::CouchdbImport
+    ) {
+        return Err(Error::invalid(format!(
+            "snapshot {} is not a CouchDB backup; restore it with `cairn restore`",
+            snapshot.id
+        )));
     }
+    let flat = cairn_store::ops::walk::with_items(Arc::new(repo.blob_reader()), snapshot).await?;
+    let snapshot = &flat;
+    let available = crate::dumps(snapshot);
+    let mapping: Vec<(String, String)> = if options.dbs.is_empty() {
+        let mut all: Vec<String> = available
+            .keys()
+            .filter(|d| *d != "_replicator")
+            .cloned()
+            .collect();
+        all.sort();
+        all.into_iter().map(|d| (d.clone(), d)).collect()
+    } else {
+        options.dbs.clone()
+    };
+    let mut plans = Vec::new();
+    for (source, target) in &mapping {
+        let items = available.get(source).ok_or_else(|| Error::NotFound {
+            what: format!("database {source:?} in snapshot {}", snapshot.id),
+            hint: format!("it holds {}", sorted_names(available.keys()).join(", ")),
+        })?;
+        let item = |file: &str| items.file(source, file);
+        let meta_bytes = read_item(repo, snapshot, &item(format::META_FILE)?).await?;
+        let meta: Meta = serde_json::from_slice(&meta_bytes).map_err(|e| {
+            Error::corrupt(format::item_name(source, format::META_FILE), e.to_string())
+        })?;
+        let state = target_state(&client, target, &snapshot.id.to_string(), source).await?;
+        plans.push(DbPlan {
+            source: source.clone(),
+            target: target.clone(),
+            meta,
+            state,
+            docs: item(format::DOCS_FILE)?,
+            overlays: items.overlays.clone().map_err(|e| {
+                Error::corrupt(format!("snapshot {} database {source:?}", snapshot.id), e)
+            })?,
+            design: item(format::DESIGN_FILE)?,
+            attachments: item(format::ATTACHMENTS_FILE)?,
+            local: item(format::LOCAL_FILE)?,
+        });
+    }
+    let busy: Vec<&str> = plans
+        .iter()
+        .filter(|p| p.state == Target::NonEmpty)
+        .map(|p| p.target.as_str())
+        .collect();
+    if !busy.is_empty() && !options.merge {
+        return Err(Error::AlreadyExists {
+            what: format!(
+                "database {} on {} is not empty",
+                busy.join(", "),
+                client.url()
+            ),
+            hint: "restore into a new database (--db NAME:NEWNAME), or add --merge to add \
+                   the snapshot's revisions to what is there (it may create conflicts); \
+                   nothing was changed"
+                .into(),
+        });
+    }
+
+    let mut reports = Vec::new();
+    for plan in plans {
+        let driver = Driver {
+            repo: repo.clone(),
+            snapshot: snapshot.clone(),
+            client: Arc::clone(&client),
+            runtime: Handle::current(),
+            options: options.clone(),
+            progress: Arc::clone(&progress),
+        };
+        let report = tokio::task::spawn_blocking(move || driver.restore(plan))
+            .await
+            .map_err(|e| Error::Bug(format!("restore thread failed: {e}")))??;
+        reports.push(report);
+    }
+    let wire = &client.stats;
+    Ok(CouchRestoreReport {
+        snapshot: snapshot.id.to_string(),
+        databases: reports,
+        merge: options.merge,
+        requests: wire.requests.load(Relaxed),
+        retries: wire.retries.load(Relaxed),
+        bytes_sent: wire.bytes_sent.load(Relaxed),
+    })
 }
 
 fn sorted_names<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
@@ -418,7 +417,7 @@ async fn read_item(repo: &IndexedRepository, snapshot: &Snapshot, item: &Item) -
             snapshot,
             item,
             Vec::new(),
-            &crate::ops::restore::NoRestoreProgress,
+            &cairn_store::ops::restore::NoRestoreProgress,
         )
         .await?;
     Ok(bytes)
@@ -671,7 +670,7 @@ impl Driver {
             Some(rev) => format!(
                 "{}?rev={}",
                 doc_path(db, MARKER),
-                crate::couch::client::query_value(&rev)
+                crate::client::query_value(&rev)
             ),
             None => doc_path(db, MARKER),
         };

@@ -7,8 +7,8 @@ use std::io::{self, BufRead};
 
 use serde::Deserialize;
 
-use crate::couch::format;
-use crate::couch::pipe::Lines;
+use crate::format;
+use crate::pipe::Lines;
 
 /// All lines of one document id.
 #[derive(Debug, Default)]
