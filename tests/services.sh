@@ -117,12 +117,14 @@ pouchdb_ready() {
 }
 
 # Starts pouchdb-server (CouchDB API, in memory) with an admin; exports
-# CAIRN_TEST_COUCH (URL with credentials) and CAIRN_TEST_COUCH_LOG.
+# CAIRN_TEST_COUCH (URL with credentials) and CAIRN_TEST_COUCH_LOG, or the
+# variable named by $1 (and ${1}_LOG), with its files in $SERVICES_DIR/$2.
 # With an admin configured, an anonymous PUT/DELETE of a database crashes
 # pouchdb-server 4.2.0: always send credentials beyond GET /.
 start_pouchdb() {
   install_pouchdb
-  local dir="$SERVICES_DIR/couch" p=15984 pid attempt ready=
+  local var=${1:-CAIRN_TEST_COUCH}
+  local dir="$SERVICES_DIR/${2:-couch}" p=15984 pid attempt ready=
   mkdir -p "$dir"
   echo '{"admins":{"admin":"s3cret"}}' > "$dir/config.json"
   for attempt in 1 2 3 4 5; do
@@ -140,8 +142,8 @@ start_pouchdb() {
   done
   [ -n "$ready" ] || return 1
   CLEANUPS+=("kill $pid 2>/dev/null; wait $pid 2>/dev/null")
-  export CAIRN_TEST_COUCH=http://admin:s3cret@127.0.0.1:$p
-  export CAIRN_TEST_COUCH_LOG=$dir/log.txt
+  export "$var=http://admin:s3cret@127.0.0.1:$p"
+  export "${var}_LOG=$dir/log.txt"
   log "pouchdb-server (CouchDB API) at http://127.0.0.1:$p (admin:s3cret, in memory, log $dir/log.txt)"
 }
 

@@ -880,3 +880,56 @@ fn several_databases_at_once_and_a_refusing_target_exits_16(couch: &Couch) {
         couch.delete_db(db);
     }
 }
+
+/// After losing a server: its `_users` (the accounts) restores into a
+/// fresh server, whose `_users` already holds CouchDB's own
+/// `_design/_auth`; that one stays the target's and is not compared.
+#[test]
+fn users_restore_into_a_fresh_server_keeping_its_own_auth_design() {
+    let Some(couch) = Couch::from_env() else {
+        return;
+    };
+    let fresh = match std::env::var("CAIRN_TEST_COUCH_FRESH") {
+        Ok(url) => Couch::at(&url),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CAIRN_TEST_REQUIRE_COUCH").is_none(),
+                "CAIRN_TEST_COUCH_FRESH is not set: run tests/run"
+            );
+            return;
+        }
+    };
+    let name = format!("t_user_{}", support::unique_name());
+    let id = format!("org.couchdb.user:{name}");
+    couch.ok(
+        "PUT",
+        &format!("_users/{}", encode(&id)),
+        Some(&json!({"_id": id, "name": name, "type": "user", "roles": ["learner"], "password": "pw"})),
+    );
+    let f = Fixture::new();
+    ok(&mut backup(&f, &couch.url, &["--db", "_users"]));
+    let (_, auth_before) = fresh.req("GET", "_users/_design/_auth", None);
+    assert!(
+        auth_before["_rev"].is_string(),
+        "a fresh server has its own: {auth_before}"
+    );
+
+    let report = ok(&mut restore(&f, "latest", &fresh.url, &["--db", "_users"])).json();
+    assert_eq!(report["clean"], true, "{report:#}");
+    let db = &report["databases"][0];
+    assert_eq!(db["design_kept"], 1, "{report:#}");
+    let (status, user) = fresh.req("GET", &format!("_users/{}", encode(&id)), None);
+    assert_eq!(status, 200, "{user}");
+    assert_eq!(user["roles"], json!(["learner"]));
+    let (_, auth_after) = fresh.req("GET", "_users/_design/_auth", None);
+    assert_eq!(
+        auth_after["_rev"], auth_before["_rev"],
+        "the server's own design kept"
+    );
+    // Every account of the source is there, with the same leaves.
+    assert_eq!(
+        fresh.leaves("_users").get(&id),
+        couch.leaves("_users").get(&id),
+        "same revisions"
+    );
+}

@@ -37,6 +37,17 @@ impl Couch {
         }
     }
 
+    /// The server at `url` (with admin credentials).
+    pub fn at(url: &str) -> Couch {
+        Couch {
+            url: url.trim_end_matches('/').to_string(),
+            http: Client::builder()
+                .timeout(std::time::Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        }
+    }
+
     /// The same server behind a proxy that makes it behave as Apache
     /// CouchDB 3 where pouchdb-server differs (`couch3.rs`).
     pub fn couchdb3(&self) -> Couch {
