@@ -21,24 +21,15 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::run::{Step, StepKind, execute, repo_flags, s3_env, source_tag};
-use crate::config::{self, Config, Source, SourceKind};
+use super::run::{JobArgs, Step, StepKind, execute, repo_flags, s3_env, source_tag};
+use crate::config::{Config, Source, SourceKind};
 use crate::exit;
 use crate::metrics::{self, Sample};
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
-    /// The configuration file.
-    #[arg(
-        long,
-        env = "CAIRN_CONFIG",
-        default_value = "/etc/cairn/cairn.toml",
-        value_name = "FILE"
-    )]
-    config: PathBuf,
-    /// Drill only this source (repeatable); default: every source.
-    #[arg(long = "source", value_name = "NAME")]
-    sources: Vec<String>,
+    #[command(flatten)]
+    job: JobArgs,
     /// Print one JSON document at the end.
     #[arg(long)]
     json: bool,
@@ -440,7 +431,7 @@ fn drill_textfile(run_file: &Path) -> PathBuf {
 }
 
 pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
-    let c = config::load(&args.config)?;
+    let c = args.job.load()?;
     let started_at = jiff::Timestamp::now();
     let deadline = Instant::now() + c.deadline;
     let stamp = started_at.strftime("%Y%m%dt%H%M%S").to_string();
@@ -456,11 +447,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut results = Vec::new();
-    for source in c
-        .sources
-        .iter()
-        .filter(|s| args.sources.is_empty() || args.sources.contains(&s.name))
-    {
+    for source in c.sources.iter().filter(|s| args.job.covers(&s.name)) {
         let tag = source_tag(&source.name);
         let newest = listing
             .as_array()

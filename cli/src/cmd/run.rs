@@ -21,8 +21,9 @@ use crate::config::{self, Config, S3, SourceKind};
 use crate::exit;
 use crate::metrics;
 
+/// The configuration and the sources a job is about (`run`, `drill`).
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct JobArgs {
     /// The configuration file.
     #[arg(
         long,
@@ -30,10 +31,40 @@ pub struct RunArgs {
         default_value = "/etc/cairn/cairn.toml",
         value_name = "FILE"
     )]
-    config: PathBuf,
-    /// Back up only this source (repeatable); default: every source.
+    pub config: PathBuf,
+    /// Only this source (repeatable); default: every source.
     #[arg(long = "source", value_name = "NAME")]
-    sources: Vec<String>,
+    pub sources: Vec<String>,
+}
+
+impl JobArgs {
+    /// Loads the configuration; a `--source` it does not name is refused.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let c = config::load(&self.config)?;
+        for name in &self.sources {
+            if !c.sources.iter().any(|s| &s.name == name) {
+                let known: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
+                return Err(cairn_store::Error::invalid(format!(
+                    "--source {name:?}: no such source in {} (it has {})",
+                    self.config.display(),
+                    known.join(", ")
+                ))
+                .into());
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether the job covers source `name`.
+    pub fn covers(&self, name: &str) -> bool {
+        self.sources.is_empty() || self.sources.iter().any(|s| s == name)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    job: JobArgs,
     /// Print the plan (each step's command; secrets stay out) and run nothing.
     #[arg(long)]
     dry_run: bool,
@@ -238,9 +269,13 @@ pub fn plan(c: &Config, only: &[String], weekday: jiff::civil::Weekday) -> Vec<S
             "--json".into(),
             "--quiet".into(),
         ];
-        if let Some(e) = r.s3.endpoint.as_ref().or(c.repository.s3.endpoint.as_ref()) {
-            args.extend(["--s3-endpoint".into(), e.clone()]);
-        }
+        let endpoint: Vec<String> =
+            r.s3.endpoint
+                .as_ref()
+                .or(c.repository.s3.endpoint.as_ref())
+                .map(|e| vec!["--s3-endpoint".into(), e.clone()])
+                .unwrap_or_default();
+        args.extend(endpoint.iter().cloned());
         if let Some(n) = r.keep_last {
             args.extend(["--keep-last".into(), n.to_string()]);
         }
@@ -254,9 +289,7 @@ pub fn plan(c: &Config, only: &[String], weekday: jiff::civil::Weekday) -> Vec<S
             c.step_timeout,
         ));
         let mut args = vec!["snapshots".to_string(), "--repo".into(), r.url.clone()];
-        if let Some(e) = r.s3.endpoint.as_ref().or(c.repository.s3.endpoint.as_ref()) {
-            args.extend(["--s3-endpoint".into(), e.clone()]);
-        }
+        args.extend(endpoint);
         args.push("--json".into());
         steps.push(step(
             StepKind::ReplicaSnapshots(r.name.clone()),
@@ -486,21 +519,10 @@ struct Report<'a> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let c = config::load(&args.config)?;
-    for name in &args.sources {
-        if !c.sources.iter().any(|s| &s.name == name) {
-            let known: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
-            return Err(cairn_store::Error::invalid(format!(
-                "--source {name:?}: no such source in {} (it has {})",
-                args.config.display(),
-                known.join(", ")
-            ))
-            .into());
-        }
-    }
+    let c = args.job.load()?;
     let started_at = jiff::Timestamp::now();
     let weekday = started_at.to_zoned(jiff::tz::TimeZone::UTC).weekday();
-    let steps = plan(&c, &args.sources, weekday);
+    let steps = plan(&c, &args.job.sources, weekday);
     if args.dry_run {
         for s in &steps {
             let env: Vec<&str> = s.env.keys().map(String::as_str).collect();
@@ -550,7 +572,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let code = if all_ok { exit::OK } else { exit::PARTIAL };
     let samples = metrics::samples(
         &c,
-        &args.sources,
+        &args.job.sources,
         &outcomes,
         started_at,
         started.elapsed(),
