@@ -276,7 +276,9 @@ mod tests {
     #[test]
     fn spill_pipes_never_block_their_writer() {
         let (mut w, mut r) = spill_pipe();
-        let data: Vec<u8> = (0..5 * CHUNK_LEN + 123).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..5 * CHUNK_LEN + 123)
+            .map(|i| u8::try_from(i % 251).unwrap_or_default())
+            .collect();
         for piece in data.chunks(10_000) {
             w.write_all(piece).unwrap();
         }
