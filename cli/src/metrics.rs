@@ -120,10 +120,13 @@ fn seconds(t: jiff::Timestamp) -> f64 {
     t.as_millisecond() as f64 / 1000.0
 }
 
-/// The newest snapshot time and count of a snapshot listing (`snapshots
-/// --json`), of those carrying `tag` if given.
-fn newest(listing: &serde_json::Value, tag: Option<&str>) -> (Option<jiff::Timestamp>, u64) {
-    let mut best: Option<jiff::Timestamp> = None;
+/// The newest snapshot of a listing (`snapshots --json`) with its time,
+/// and how many there are, of those carrying `tag` if given.
+pub fn newest<'a>(
+    listing: &'a serde_json::Value,
+    tag: Option<&str>,
+) -> (Option<(jiff::Timestamp, &'a serde_json::Value)>, u64) {
+    let mut best: Option<(jiff::Timestamp, &serde_json::Value)> = None;
     let mut count = 0;
     for s in listing.as_array().into_iter().flatten() {
         let tagged = tag.is_none_or(|t| {
@@ -138,8 +141,9 @@ fn newest(listing: &serde_json::Value, tag: Option<&str>) -> (Option<jiff::Times
         if let Some(t) = s["time"]
             .as_str()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            && best.is_none_or(|(b, _)| t > b)
         {
-            best = Some(best.map_or(t, |b| b.max(t)));
+            best = Some((t, s));
         }
     }
     (best, count)
@@ -176,8 +180,8 @@ pub fn samples(
     for s in &c.sources {
         let label = || Some(("source", s.name.clone()));
         if let Some(listing) = &listing {
-            let (time, count) = newest(listing, Some(&source_tag(&s.name)));
-            if let Some(t) = time {
+            let (found, count) = newest(listing, Some(&source_tag(&s.name)));
+            if let Some((t, _)) = found {
                 push(
                     "cairn_source_last_success_timestamp_seconds",
                     label(),
@@ -211,7 +215,10 @@ pub fn samples(
             }
         }
     }
-    let repo_newest = listing.as_ref().and_then(|l| newest(l, None).0);
+    let repo_newest = listing
+        .as_ref()
+        .and_then(|l| newest(l, None).0)
+        .map(|(t, _)| t);
     for r in &c.replicas {
         let label = || Some(("replica", r.name.clone()));
         if let Some(o) = find(&StepKind::Replicate(r.name.clone())) {
@@ -220,7 +227,8 @@ pub fn samples(
         let replica_newest = find(&StepKind::ReplicaSnapshots(r.name.clone()))
             .filter(|o| o.ok())
             .and_then(|o| o.summary.as_ref())
-            .and_then(|l| newest(l, None).0);
+            .and_then(|l| newest(l, None).0)
+            .map(|(t, _)| t);
         if let Some(t) = replica_newest {
             push(
                 "cairn_replica_newest_snapshot_timestamp_seconds",
@@ -461,11 +469,13 @@ mod tests {
             {"time": "2026-12-03T02:00:00Z", "tags": ["source:pg"]},
             {"time": "2026-12-04T02:00:00Z", "tags": ["source:lms"]},
         ]);
-        let (t, n) = newest(&listing, Some("source:pg"));
-        assert_eq!(t.unwrap().to_string(), "2026-12-03T02:00:00Z");
+        let (found, n) = newest(&listing, Some("source:pg"));
+        let (t, s) = found.unwrap();
+        assert_eq!(s, &listing[1]);
+        assert_eq!(t.to_string(), "2026-12-03T02:00:00Z");
         assert_eq!(n, 2);
         assert_eq!(newest(&listing, None).1, 3);
-        assert_eq!(newest(&listing, Some("source:none")), (None, 0));
+        assert!(matches!(newest(&listing, Some("source:none")), (None, 0)));
     }
 
     #[test]

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
-use super::run::{JobArgs, Step, StepKind, execute, repo_flags, s3_env, source_tag};
+use super::run::{
+    Ended, JobArgs, Status, Step, StepKind, execute, repo_flags, run_bounded, s3_env, source_tag,
+};
 use crate::config::{Config, Source, SourceKind};
 use crate::exit;
 use crate::metrics::{self, Sample};
@@ -40,8 +42,8 @@ pub struct DrillArgs {
 pub struct DrillResult {
     pub source: String,
     pub snapshot: Option<String>,
-    /// ok, failed.
-    pub status: &'static str,
+    /// ok or failed.
+    pub status: Status,
     /// Seconds to restore (and load): the recovery time this source would see.
     pub rto_seconds: f64,
     /// What was checked beyond the restore's own checks.
@@ -76,93 +78,60 @@ async fn cairn(step: &Step, deadline: Instant) -> Result<Option<serde_json::Valu
     }
 }
 
-/// Runs a PostgreSQL client program with the drill's environment.
-async fn pg(c: &Config, program: &str, args: &[&str]) -> Result<(), String> {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .envs(&c.drill.postgres_env)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("starting {program}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
+/// Runs a PostgreSQL client program with the drill's environment, until
+/// the drill's deadline; its standard output.
+async fn pg(
+    c: &Config,
+    program: &str,
+    args: &[&str],
+    deadline: Instant,
+) -> Result<Vec<u8>, String> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).envs(&c.drill.postgres_env);
+    match run_bounded(&mut cmd, deadline.saturating_duration_since(Instant::now())).await {
+        Ended::Finished(done) if done.status.success() => done
+            .stdout
+            .ok_or_else(|| format!("{program} printed more than cairn keeps")),
+        Ended::Finished(done) => Err(format!("{program} {}: {}", done.status, done.stderr_tail)),
+        Ended::TimedOut => Err(format!("{program}: killed at the drill's deadline")),
+        Ended::Failed(why) => Err(format!("{program}: {why}")),
     }
-    let err = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    Err(format!(
-        "{program} {}: {}",
-        out.status,
-        tail[tail.len().saturating_sub(3)..].join(" | ")
-    ))
 }
 
-/// The CouchDB database names a snapshot holds (its `couchdb/` directory).
+/// The CouchDB databases a snapshot holds: its items named as CouchDB's
+/// (`cairn_couch::format::parse_item_name`), each database once.
 async fn couch_dbs(
     c: &Config,
     source: &str,
     id: &str,
     deadline: Instant,
 ) -> Result<Vec<String>, String> {
-    let mut args = vec!["ls".to_string(), id.to_string(), "couchdb".into()];
+    let mut args = vec![
+        "ls".to_string(),
+        id.to_string(),
+        "couchdb".into(),
+        "-r".into(),
+    ];
     args.extend(repo_flags(c));
     args.push("--json".into());
-    // `ls --json` prints one JSON object per line: not one document.
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let step = step(c, source, args);
-    let out = tokio::time::timeout(
-        deadline.saturating_duration_since(Instant::now()),
-        tokio::process::Command::new(exe)
-            .args(&step.args)
-            .envs(&step.env)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| "listing the snapshot: the drill's deadline passed".to_string())?
-    .map_err(|e| e.to_string())?;
-    if !out.status.success() {
+    let listing = cairn(&step(c, source, args), deadline).await?;
+    let mut dbs: Vec<String> = listing
+        .as_ref()
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["path"].as_str())
+        .filter_map(cairn_couch::format::parse_item_name)
+        .map(|(db, _)| db)
+        .collect();
+    dbs.dedup();
+    // `--db NAME:TARGET` splits at the first `:`, which no CouchDB name has.
+    if let Some(bad) = dbs.iter().find(|d| d.contains(':')) {
         return Err(format!(
-            "listing the snapshot's databases: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "the snapshot names a database CouchDB could not have: {bad:?}"
         ));
     }
-    let mut dbs = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        if v["kind"] == "dir"
-            && let Some(name) = v["path"].as_str().and_then(|p| p.strip_prefix("couchdb/"))
-            && !name.contains('/')
-        {
-            dbs.push(percent_decode(name));
-        }
-    }
     Ok(dbs)
-}
-
-/// Undoes the `%XX` escapes of a database's directory name.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A name for a drill's database: lowercase, as CouchDB and PostgreSQL
@@ -219,7 +188,7 @@ async fn drill(
                 return Ok((started.elapsed(), None));
             }
             let db = drill_name(&source.name, stamp, 0, '_');
-            pg(c, "createdb", &[&db]).await?;
+            pg(c, "createdb", &[&db], deadline).await?;
             let custom = std::fs::File::open(&file)
                 .and_then(|mut f| {
                     let mut magic = [0u8; 5];
@@ -232,22 +201,28 @@ async fn drill(
                     c,
                     "pg_restore",
                     &["--exit-on-error", "--no-owner", "-d", &db, &path],
+                    deadline,
                 )
                 .await
+                .map(drop)
             } else {
                 pg(
                     c,
                     "psql",
                     &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db, "-f", &path],
+                    deadline,
                 )
                 .await
+                .map(drop)
             };
             let took = started.elapsed();
             let checked = match loaded {
-                Ok(()) => check_row_counts(c, &db, &file, custom).await,
+                Ok(()) => check_row_counts(c, &db, &file, custom, deadline).await,
                 Err(e) => Err(e),
             };
-            let dropped = pg(c, "dropdb", &["--if-exists", &db]).await;
+            // Dropped even past the deadline: nothing is left behind.
+            let cleanup = Instant::now() + Duration::from_secs(60);
+            let dropped = pg(c, "dropdb", &["--if-exists", &db], cleanup).await;
             let checked = checked?;
             dropped
                 .map_err(|e| format!("the drill database {db} was loaded but not dropped: {e}"))?;
@@ -300,13 +275,34 @@ async fn drill(
     }
 }
 
+/// The most of one line [`copy_counts`] keeps: enough for a `COPY` header;
+/// a data row's bytes beyond it are only counted past, never held.
+const MAX_HEADER_LEN: usize = 64 << 10;
+
 /// Each table's rows in a dump, as its `COPY ... FROM stdin;` blocks hold
-/// them: the counts at backup time.
-fn copy_counts(sql: impl std::io::BufRead) -> std::io::Result<Vec<(String, u64)>> {
+/// them: the counts at backup time. Memory stays bounded whatever the
+/// lines' lengths (a row may be a large `bytea`).
+fn copy_counts(mut sql: impl std::io::BufRead) -> std::io::Result<Vec<(String, u64)>> {
     let mut out: Vec<(String, u64)> = Vec::new();
     let mut open: Option<(String, u64)> = None;
-    for line in sql.split(b'\n') {
-        let line = line?;
+    // The start of the current line (at most MAX_HEADER_LEN bytes).
+    let mut line = Vec::new();
+    loop {
+        let buf = sql.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(out);
+        }
+        let (part, ended) = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => (&buf[..at], at + 1),
+            None => (buf, buf.len()),
+        };
+        let room = MAX_HEADER_LEN.saturating_sub(line.len());
+        line.extend_from_slice(&part[..part.len().min(room)]);
+        let complete = ended > part.len();
+        sql.consume(ended);
+        if !complete {
+            continue;
+        }
         match &mut open {
             Some((_, n)) if line != b"\\." => *n += 1,
             Some(_) => out.extend(open.take()),
@@ -322,8 +318,8 @@ fn copy_counts(sql: impl std::io::BufRead) -> std::io::Result<Vec<(String, u64)>
                 }
             }
         }
+        line.clear();
     }
-    Ok(out)
 }
 
 /// Compares every table's row count in the drill database with the rows
@@ -333,6 +329,7 @@ async fn check_row_counts(
     db: &str,
     file: &Path,
     custom: bool,
+    deadline: Instant,
 ) -> Result<String, String> {
     let counts = if custom {
         // The dump's data as SQL, read as it streams (never whole in memory).
@@ -360,18 +357,10 @@ async fn check_row_counts(
     };
     let mut differ = Vec::new();
     for (table, want) in &counts {
-        let out = tokio::process::Command::new("psql")
-            .args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-d", db, "-c"])
-            .arg(format!("SELECT count(*) FROM {table}"))
-            .envs(&c.drill.postgres_env)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| format!("starting psql: {e}"))?;
-        let got = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u64>()
-            .ok();
+        let query = format!("SELECT count(*) FROM {table}");
+        let args = ["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", &query];
+        let out = pg(c, "psql", &args, deadline).await?;
+        let got = String::from_utf8_lossy(&out).trim().parse::<u64>().ok();
         if got != Some(*want) {
             differ.push(format!(
                 "{table}: {} rows loaded, the dump holds {want}",
@@ -449,29 +438,15 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let mut results = Vec::new();
     for source in c.sources.iter().filter(|s| args.job.covers(&s.name)) {
         let tag = source_tag(&source.name);
-        let newest = listing
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| {
-                s["tags"]
-                    .as_array()
-                    .is_some_and(|t| t.iter().any(|x| x.as_str() == Some(&tag)))
-            })
-            .max_by_key(|s| {
-                s["time"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .parse::<jiff::Timestamp>()
-                    .ok()
-            })
-            .and_then(|s| s["id"].as_str())
-            .map(|id| id.to_string());
+        let newest = metrics::newest(&listing, Some(&tag))
+            .0
+            .and_then(|(_, s)| s["id"].as_str())
+            .map(str::to_string);
         let Some(snapshot) = newest else {
             results.push(DrillResult {
                 source: source.name.clone(),
                 snapshot: None,
-                status: "failed",
+                status: Status::Failed,
                 rto_seconds: 0.0,
                 checked: None,
                 message: Some(format!("no snapshot tagged {tag}")),
@@ -498,7 +473,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             (Ok((took, checked)), Ok(())) => DrillResult {
                 source: source.name.clone(),
                 snapshot: Some(snapshot),
-                status: "ok",
+                status: Status::Ok,
                 rto_seconds: took.as_secs_f64(),
                 checked,
                 message: None,
@@ -506,7 +481,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             (Ok(_), Err(why)) | (Err(why), _) => DrillResult {
                 source: source.name.clone(),
                 snapshot: Some(snapshot),
-                status: "failed",
+                status: Status::Failed,
                 rto_seconds: 0.0,
                 checked: None,
                 message: Some(why),
@@ -516,14 +491,14 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             "cairn drill: {}: {}{}",
             result.source,
             result.status,
-            match (&result.message, result.status) {
-                (Some(m), _) => format!(": {m}"),
-                (None, _) => format!(", restored in {:.1} s", result.rto_seconds),
+            match &result.message {
+                Some(m) => format!(": {m}"),
+                None => format!(", restored in {:.1} s", result.rto_seconds),
             }
         );
         results.push(result);
     }
-    let passed = results.iter().all(|r| r.status == "ok");
+    let passed = results.iter().all(|r| r.status == Status::Ok);
     if let Some(path) = &c.metrics.textfile {
         let mut samples = vec![Sample {
             name: "cairn_drill_timestamp_seconds",
@@ -534,9 +509,9 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             samples.push(Sample {
                 name: "cairn_drill_success",
                 label: Some(("source", r.source.clone())),
-                value: if r.status == "ok" { 1.0 } else { 0.0 },
+                value: if r.status == Status::Ok { 1.0 } else { 0.0 },
             });
-            if r.status == "ok" {
+            if r.status == Status::Ok {
                 samples.push(Sample {
                     name: "cairn_drill_rto_seconds",
                     label: Some(("source", r.source.clone())),
@@ -572,7 +547,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
     } else {
         let failed: Vec<&str> = results
             .iter()
-            .filter(|r| r.status != "ok")
+            .filter(|r| r.status != Status::Ok)
             .map(|r| r.source.as_str())
             .collect();
         eprintln!(
@@ -603,6 +578,15 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_row_is_counted_not_held() {
+        let mut sql = b"COPY public.files (id, data) FROM stdin;\n".to_vec();
+        sql.extend(std::iter::repeat_n(b'x', 3 * MAX_HEADER_LEN));
+        sql.extend(b"\nshort\n\\.\n");
+        let counts = copy_counts(std::io::BufReader::with_capacity(4096, &sql[..])).unwrap();
+        assert_eq!(counts, [("public.files".to_string(), 2)]);
+    }
+
+    #[test]
     fn drill_names_suit_couchdb_and_postgres() {
         assert_eq!(
             drill_name("LMS_db", "20261206t023000", 2, '-'),
@@ -612,7 +596,6 @@ mod tests {
             drill_name("pg", "20261206t023000", 0, '_'),
             "drill_pg_20261206t023000_0"
         );
-        assert_eq!(percent_decode("a%2Fb%zz%41"), "a/b%zzA");
         assert_eq!(
             drill_textfile(Path::new("/var/lib/node_exporter/cairn.prom")),
             Path::new("/var/lib/node_exporter/cairn-drill.prom")

@@ -321,13 +321,33 @@ pub fn plan(c: &Config, only: &[String], weekday: jiff::civil::Weekday) -> Vec<S
 }
 
 /// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Failed,
+    TimedOut,
+    Skipped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::Skipped => "skipped",
+        })
+    }
+}
+
+/// How a step ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub step: String,
     #[serde(flatten)]
     pub kind: StepKind,
-    /// ok, failed, timed_out, skipped.
-    pub status: &'static str,
+    pub status: Status,
     /// The child's exit code, when it exited.
     pub exit_code: Option<i32>,
     pub seconds: f64,
@@ -339,7 +359,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn ok(&self) -> bool {
-        self.status == "ok"
+        self.status == Status::Ok
     }
 }
 
@@ -365,8 +385,120 @@ pub fn die_with_parent() {
     }
 }
 
-/// The most of a child's output kept.
+/// The most of a child's standard output kept (its JSON summary).
 const MAX_OUTPUT: usize = 64 << 20;
+/// The most of a child's standard error kept: its end, where the error is.
+const MAX_STDERR: usize = 64 << 10;
+
+/// What a child program left when it ended.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    /// Its standard output, or `None` if it wrote more than [`MAX_OUTPUT`].
+    pub stdout: Option<Vec<u8>>,
+    /// The last lines of its standard error, joined by ` | `.
+    pub stderr_tail: String,
+}
+
+/// How running a child program ended.
+pub enum Ended {
+    Finished(Finished),
+    /// Killed, with its process group, at `limit`.
+    TimedOut,
+    /// It could not be started or waited for.
+    Failed(String),
+}
+
+/// Reads `r` to its end keeping at most `max` bytes: the first ones, or
+/// the last ones when `tail`. Whether anything was left out.
+async fn read_bounded(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    max: usize,
+    tail: bool,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    use tokio::io::AsyncReadExt;
+    let (mut kept, mut cut, mut buf) = (Vec::new(), false, vec![0u8; 64 << 10]);
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((kept, cut));
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > max {
+            cut = true;
+            if tail {
+                kept.drain(..kept.len() - max);
+            } else {
+                kept.truncate(max);
+            }
+        }
+    }
+}
+
+/// Runs `cmd` in its own process group, its output read bounded; at
+/// `limit` the whole group is killed (a shell and what it started too).
+pub async fn run_bounded(cmd: &mut tokio::process::Command, limit: Duration) -> Ended {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Ended::Failed(format!("starting: {e}")),
+    };
+    let group = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Ended::Failed("its output could not be read".into());
+    };
+    let ran = tokio::time::timeout(limit, async {
+        let (out, err, status) = tokio::join!(
+            read_bounded(out, MAX_OUTPUT, false),
+            read_bounded(err, MAX_STDERR, true),
+            child.wait()
+        );
+        Ok::<_, std::io::Error>((out?, err?, status?))
+    })
+    .await;
+    match ran {
+        Err(_) => {
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            Ended::TimedOut
+        }
+        Ok(Err(e)) => Ended::Failed(format!("waiting: {e}")),
+        Ok(Ok(((stdout, stdout_cut), (stderr, _), status))) => {
+            let stderr = String::from_utf8_lossy(&stderr);
+            let lines: Vec<&str> = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            Ended::Finished(Finished {
+                status,
+                stdout: (!stdout_cut).then_some(stdout),
+                stderr_tail: lines[lines.len().saturating_sub(5)..].join(" | "),
+            })
+        }
+    }
+}
+
+/// A child's JSON output: one document, or one per line (`ls --json`) as
+/// an array.
+fn parse_output(stdout: &[u8]) -> Option<serde_json::Value> {
+    if let Ok(v) = serde_json::from_slice(stdout) {
+        return Some(v);
+    }
+    stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(serde_json::from_slice)
+        .collect::<Result<Vec<serde_json::Value>, _>>()
+        .ok()
+        .map(serde_json::Value::Array)
+}
 
 /// Runs one step as a child `cairn`, killed at its timeout or `deadline`.
 pub async fn execute(step: &Step, deadline: Instant) -> Outcome {
@@ -383,7 +515,7 @@ pub async fn execute(step: &Step, deadline: Instant) -> Outcome {
     let left = deadline.saturating_duration_since(started);
     if left.is_zero() {
         return finish(
-            "skipped",
+            Status::Skipped,
             None,
             Some("the run's deadline passed".into()),
             None,
@@ -393,79 +525,49 @@ pub async fn execute(step: &Step, deadline: Instant) -> Outcome {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
-            return finish(
-                "failed",
-                None,
-                Some(format!("finding cairn itself: {e}")),
-                None,
-            );
+            let why = format!("finding cairn itself: {e}");
+            return finish(Status::Failed, None, Some(why), None);
         }
     };
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(&step.args)
-        .envs(&step.env)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args(&step.args).envs(&step.env);
     // The child dies with this process (a CronJob's pod killed, `kill -9`):
     // no orphaned backup writing on after the run is gone (see
     // `die_with_parent`, which the child calls first thing).
     cmd.env(PARENT_ENV, std::process::id().to_string());
-    // Its own process group, so that a timeout kills what it started too
-    // (the shell and pg_dump of a command source).
-    cmd.process_group(0);
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return finish("failed", None, Some(format!("starting: {e}")), None),
-    };
-    let group = child
-        .id()
-        .and_then(|id| rustix::process::Pid::from_raw(id as i32));
-    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Err(_) => {
-            if let Some(group) = group {
-                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-            }
+    let done = match run_bounded(&mut cmd, limit).await {
+        Ended::TimedOut => {
             let why = if limit < step.timeout {
                 "the run's deadline"
             } else {
                 "its timeout"
             };
-            return finish(
-                "timed_out",
-                None,
-                Some(format!(
-                    "killed at {why} ({})",
-                    jiff::SignedDuration::try_from(limit)
-                        .map(|d| format!("{d:#}"))
-                        .unwrap_or_default()
-                )),
-                None,
-            );
+            let limit = jiff::SignedDuration::try_from(limit)
+                .map(|d| format!("{d:#}"))
+                .unwrap_or_default();
+            let message = format!("killed at {why} ({limit})");
+            return finish(Status::TimedOut, None, Some(message), None);
         }
-        Ok(Err(e)) => return finish("failed", None, Some(format!("waiting: {e}")), None),
-        Ok(Ok(o)) => o,
+        Ended::Failed(why) => return finish(Status::Failed, None, Some(why), None),
+        Ended::Finished(done) => done,
     };
-    let stdout = &output.stdout[..output.stdout.len().min(MAX_OUTPUT)];
-    let summary = serde_json::from_slice::<serde_json::Value>(stdout).ok();
-    let code = output.status.code();
-    if output.status.success() {
-        return finish("ok", code, None, summary);
+    let summary = done.stdout.as_deref().and_then(parse_output);
+    let code = done.status.code();
+    if done.status.success() {
+        return match done.stdout {
+            Some(_) => finish(Status::Ok, code, None, summary),
+            None => {
+                let why = format!("it printed more than {} MiB", MAX_OUTPUT >> 20);
+                finish(Status::Failed, code, Some(why), None)
+            }
+        };
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let message = lines[lines.len().saturating_sub(5)..].join(" | ");
-    let message = if message.is_empty() {
-        format!("exited with {}", output.status)
+    let message = if done.stderr_tail.is_empty() {
+        format!("exited with {}", done.status)
     } else {
-        message
+        done.stderr_tail
     };
-    finish("failed", code, Some(message), summary)
+    finish(Status::Failed, code, Some(message), summary)
 }
 
 /// `arg` as a shell would need it typed (for showing a plan).
@@ -557,7 +659,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(failed) => Outcome {
                 step: step.id(),
                 kind: step.kind.clone(),
-                status: "skipped",
+                status: Status::Skipped,
                 exit_code: None,
                 seconds: 0.0,
                 message: Some(format!("{failed} did not succeed")),
@@ -676,6 +778,30 @@ mod tests {
             "#,
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn child_output_is_kept_bounded_head_or_tail() {
+        let data: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let (head, cut) = read_bounded(&data[..], 100, false).await.unwrap();
+        assert!(cut && head == data[..100]);
+        let (tail, cut) = read_bounded(&data[..], 100, true).await.unwrap();
+        assert!(cut && tail == data[data.len() - 100..]);
+        let (all, cut) = read_bounded(&data[..], data.len(), true).await.unwrap();
+        assert!(!cut && all == data);
+    }
+
+    #[test]
+    fn child_json_is_one_document_or_one_per_line() {
+        assert_eq!(
+            parse_output(b"{\"a\": 1}\n"),
+            Some(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            parse_output(b"{\"a\": 1}\n{\"a\": 2}\n"),
+            Some(serde_json::json!([{"a": 1}, {"a": 2}]))
+        );
+        assert_eq!(parse_output(b"not json\n"), None);
     }
 
     #[test]
