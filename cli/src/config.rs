@@ -394,14 +394,6 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
         sources.push(source);
     }
     if let Some(policy) = &file.retention
-        && policy.flags().is_empty()
-    {
-        return Err(invalid(
-            "retention",
-            "keeps nothing: give at least one keep_* (or leave [retention] out)",
-        ));
-    }
-    if let Some(policy) = &file.retention
         && [
             policy.keep_last,
             policy.keep_hourly,
@@ -415,7 +407,7 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
     {
         return Err(invalid(
             "retention",
-            "every keep_* is 0: that keeps nothing",
+            "keeps nothing: give at least one keep_* above 0 (or leave [retention] out)",
         ));
     }
     let gc = match file.gc {

@@ -335,6 +335,7 @@ pub async fn push(base: &str, job: &str, samples: &[Sample]) -> anyhow::Result<(
         .iter()
         .filter_map(|s| s.label.as_ref().map(|(_, v)| v.clone()))
         .collect();
+    names.sort();
     names.dedup();
     for name in names {
         let of: Vec<Sample> = per_source

@@ -322,7 +322,7 @@ impl BlobReader {
         }
         // Whatever happens to this call, the frames it took on are no
         // longer in flight once it is done.
-        let _done = InFlightGuard {
+        let done = InFlightGuard {
             reader: self,
             keys: mine.clone(),
         };
@@ -337,7 +337,7 @@ impl BlobReader {
             drop(cache);
             let by_key: std::collections::HashMap<FrameKey, &FrameResult> =
                 fetched.iter().map(|(k, f)| (*k, f)).collect();
-            for (tx, key) in senders.iter().zip(&_done.keys) {
+            for (tx, key) in senders.iter().zip(&done.keys) {
                 if let Some(f) = by_key.get(key) {
                     tx.send_replace(Some((*f).clone()));
                 }

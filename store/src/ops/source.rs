@@ -447,7 +447,6 @@ pub(crate) struct FsWalker {
 pub struct Exclude {
     names: Option<globset::GlobSet>,
     paths: Option<globset::GlobSet>,
-    patterns: Vec<String>,
 }
 
 impl Exclude {
@@ -487,13 +486,7 @@ impl Exclude {
         Ok(Exclude {
             names: build(names, any_name)?,
             paths: build(paths, any_path)?,
-            patterns: patterns.to_vec(),
         })
-    }
-
-    /// The patterns given.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
     }
 
     /// Whether the entry `name` at absolute path `path` is left out.
