@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use cairn_store::ops::source::CommandLine;
+
 /// A loaded, checked configuration with its secrets read.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -75,9 +77,9 @@ pub enum SourceKind {
         dbs: Vec<String>,
         exclude: Vec<String>,
     },
-    /// A shell command whose standard output is the dump.
+    /// A command whose standard output is the dump.
     Command {
-        command: String,
+        command: CommandLine,
         item: Option<String>,
         env: BTreeMap<String, String>,
         /// The dump is PostgreSQL's (`pg_dump`): a drill loads it.
@@ -208,8 +210,8 @@ struct SourceFile {
     password: Option<Secret>,
     dbs: Option<Vec<String>>,
     exclude: Option<Vec<String>>,
-    // command
-    command: Option<String>,
+    // command: a string runs with `sh -c`, an array without a shell
+    command: Option<CommandSpec>,
     item: Option<String>,
     env: Option<BTreeMap<String, String>>,
     secret_env: Option<BTreeMap<String, Secret>>,
@@ -217,6 +219,15 @@ struct SourceFile {
     dump: Option<String>,
     // files
     paths: Option<Vec<PathBuf>>,
+}
+
+/// `command = "pg_dump -Fc lms | gzip"` (a shell line) or
+/// `command = ["pg_dump", "-Fc", "lms"]` (no shell: images without one).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CommandSpec {
+    Shell(String),
+    Argv(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -642,9 +653,16 @@ fn source(i: usize, s: SourceFile) -> anyhow::Result<Source> {
             }
         }
         "command" => {
-            let command = s
-                .command
-                .ok_or_else(|| invalid(&named("command"), "required for kind \"command\""))?;
+            let command = match s.command {
+                None => return Err(invalid(&named("command"), "required for kind \"command\"")),
+                Some(CommandSpec::Shell(line)) if !line.trim().is_empty() => {
+                    CommandLine::Shell(line)
+                }
+                Some(CommandSpec::Argv(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
+                    CommandLine::Argv(argv)
+                }
+                Some(_) => return Err(invalid(&named("command"), "an empty command")),
+            };
             let mut env = s.env.unwrap_or_default();
             for (name, secret) in s.secret_env.unwrap_or_default() {
                 let value = secret.read(&named(&format!("secret_env.{name}")))?;

@@ -9,7 +9,7 @@ use cairn_store::ErrorKind;
 use cairn_store::backend::{Backend, BackendOptions};
 use cairn_store::format::key::SecretKey;
 use cairn_store::ops::backup::NoProgress;
-use cairn_store::ops::source::Source;
+use cairn_store::ops::source::{CommandLine, Source};
 use cairn_store::repo::Repository;
 use support::*;
 
@@ -85,7 +85,7 @@ async fn a_failing_command_writes_no_snapshot_and_reports_its_stderr() {
         let command =
             "head -c 3000000 /dev/urandom; echo 'pg_dump: error: connection refused' >&2; exit 3";
         let source = Source::Command {
-            command: command.into(),
+            command: CommandLine::Shell(command.into()),
             name: "db.sql".into(),
         };
         let err = back_up(&repo, source).await.unwrap_err();
@@ -100,7 +100,7 @@ async fn a_failing_command_writes_no_snapshot_and_reports_its_stderr() {
 
         // A command that dies from a signal is a failure too.
         let source = Source::Command {
-            command: "kill -9 $$".into(),
+            command: CommandLine::Shell("kill -9 $$".into()),
             name: "x".into(),
         };
         let err = back_up(&repo, source).await.unwrap_err();

@@ -9,7 +9,7 @@ use anyhow::bail;
 use cairn_store::format::key::SecretKey;
 use cairn_store::ops::backup::BackupOptions;
 use cairn_store::ops::session::WriteOptions;
-use cairn_store::ops::source::Source;
+use cairn_store::ops::source::{CommandLine, Source};
 use cairn_store::plan::select::parse_time;
 use clap::Args;
 
@@ -94,6 +94,10 @@ pub struct BackupArgs {
     /// Back up the standard output of this shell command; a non-zero exit writes no snapshot.
     #[arg(long, value_name = "CMD", conflicts_with = "paths")]
     command: Option<String>,
+    /// The words after `--` are a program and its arguments, run without a
+    /// shell (as --command otherwise): `--exec -- pg_dump -Fc openedx`.
+    #[arg(long, conflicts_with = "command", requires = "paths")]
+    exec: bool,
     /// Files or directories to back up, or `-` for standard input.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
@@ -122,9 +126,23 @@ enum BackupSource {
 
 fn source(args: &BackupArgs) -> anyhow::Result<Source> {
     let stdin = args.paths.len() == 1 && args.paths[0].as_os_str() == "-";
-    Ok(match (&args.command, stdin) {
+    let command = match (&args.command, args.exec) {
+        (Some(line), _) => Some(CommandLine::Shell(line.clone())),
+        (None, true) => Some(CommandLine::Argv(
+            args.paths
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+        )),
+        (None, false) => None,
+    };
+    Ok(match (command, stdin) {
         (Some(command), _) => {
-            if let Some(stored) = cairn_store::redact::redact_command(command) {
+            let line = match &command {
+                CommandLine::Shell(line) => line.clone(),
+                CommandLine::Argv(argv) => argv.join(" "),
+            };
+            if let Some(stored) = cairn_store::redact::redact_command(&line) {
                 eprintln!(
                     "cairn: warning: the command line holds a password; it is stored in the \
                      snapshot as `{stored}`; keep secrets out of it (a ~/.pgpass file, or a \
@@ -132,7 +150,7 @@ fn source(args: &BackupArgs) -> anyhow::Result<Source> {
                 );
             }
             Source::Command {
-                command: command.clone(),
+                command,
                 name: args.name.clone().unwrap_or_else(|| "command".into()),
             }
         }

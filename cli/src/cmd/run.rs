@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::config::{self, Config, S3, SourceKind};
 use crate::exit;
 use crate::metrics;
+use cairn_store::ops::source::CommandLine;
 
 /// The configuration and the sources a job is about (`run`, `drill`).
 #[derive(Debug, Args)]
@@ -218,9 +219,15 @@ pub fn plan(c: &Config, only: &[String], weekday: jiff::civil::Weekday) -> Vec<S
                 env: extra,
                 ..
             } => {
-                args.extend(["--command".into(), command.clone()]);
                 if let Some(i) = item {
                     args.extend(["--name".into(), i.clone()]);
+                }
+                match command {
+                    CommandLine::Shell(line) => args.extend(["--command".into(), line.clone()]),
+                    CommandLine::Argv(argv) => {
+                        args.extend(["--exec".into(), "--".into()]);
+                        args.extend(argv.iter().cloned());
+                    }
                 }
                 env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
@@ -741,9 +748,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
 
-    fn config() -> Config {
-        config::parse(
-            r#"
+    const CONFIG: &str = r#"
             [repository]
             url = "/backups/repo"
             key_file = "/k/backup.key"
@@ -775,9 +780,10 @@ mod tests {
             keep_last = 30
             [verify]
             read_data_subset = 5
-            "#,
-        )
-        .unwrap()
+            "#;
+
+    fn config() -> Config {
+        config::parse(CONFIG).unwrap()
     }
 
     #[tokio::test]
@@ -844,6 +850,27 @@ mod tests {
     }
 
     #[test]
+    fn a_command_given_as_words_runs_without_a_shell() {
+        let c = config::parse(&CONFIG.replace(
+            r#"command = "pg_dump -Fc openedx""#,
+            r#"command = ["pg_dump", "-Fc", "open edx"]"#,
+        ))
+        .unwrap();
+        let steps = plan(&c, &[], jiff::civil::Weekday::Monday);
+        let step = steps.iter().find(|s| s.id() == "backup/pg").unwrap();
+        let want = [
+            "--name",
+            "openedx.dump",
+            "--exec",
+            "--",
+            "pg_dump",
+            "-Fc",
+            "open edx",
+        ];
+        assert_eq!(step.args[step.args.len() - want.len()..], want);
+    }
+
+    #[test]
     fn each_step_is_the_command_a_person_would_type() {
         let steps = plan(&config(), &[], jiff::civil::Weekday::Monday);
         let line = |id: &str| steps.iter().find(|s| s.id() == id).unwrap().args.join(" ");
@@ -855,7 +882,7 @@ mod tests {
         assert_eq!(
             line("backup/pg"),
             "backup --repo /backups/repo --key /k/backup.key --tag source:pg --json --quiet \
-             --host node4 --command pg_dump -Fc openedx --name openedx.dump"
+             --host node4 --name openedx.dump --command pg_dump -Fc openedx"
         );
         assert_eq!(
             line("backup/uploads"),

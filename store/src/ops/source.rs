@@ -28,6 +28,66 @@ use crate::redact::redacted;
 /// Keep this much of a command's stderr for the error message.
 const STDERR_TAIL_LEN: usize = 4096;
 
+/// How a command is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandLine {
+    /// `sh -c LINE`: pipes, redirections and variables work.
+    Shell(String),
+    /// A program and its arguments, started without a shell (an image
+    /// without one; arguments that must not be re-split).
+    Argv(Vec<String>),
+}
+
+impl CommandLine {
+    /// As a snapshot records it and messages show it: the shell line, or the
+    /// arguments quoted as a shell would need them; secrets replaced.
+    pub fn shown(&self) -> String {
+        match self {
+            CommandLine::Shell(line) => redacted(line),
+            CommandLine::Argv(argv) => redacted(&quote_words(argv)),
+        }
+    }
+
+    fn command(&self) -> io::Result<Command> {
+        Ok(match self {
+            CommandLine::Shell(line) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(line);
+                c
+            }
+            CommandLine::Argv(argv) => {
+                let (program, args) = argv
+                    .split_first()
+                    .ok_or_else(|| io::Error::other("an empty command"))?;
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+        })
+    }
+}
+
+/// Words joined as `sh` would read them back: plain where safe, else in
+/// single quotes.
+fn quote_words(words: &[String]) -> String {
+    let safe = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,+@%".contains(&b))
+    };
+    words
+        .iter()
+        .map(|w| {
+            if safe(w) {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What to back up.
 pub enum Source {
     /// Files and directories; each file is an item named by its path below
@@ -38,10 +98,10 @@ pub enum Source {
         /// The item's name.
         name: String,
     },
-    /// A shell command's standard output as one item (`sh -c COMMAND`).
+    /// A command's standard output as one item.
     Command {
         /// The command line.
-        command: String,
+        command: CommandLine,
         /// The item's name.
         name: String,
     },
@@ -87,7 +147,9 @@ impl std::fmt::Debug for Source {
         match self {
             Source::Paths(p) => write!(f, "Paths({p:?})"),
             Source::Stdin { name } => write!(f, "Stdin({name})"),
-            Source::Command { command, name } => write!(f, "Command({command:?} as {name})"),
+            Source::Command { command, name } => {
+                write!(f, "Command({:?} as {name})", command.shown())
+            }
             Source::Reader { name, .. } => write!(f, "Reader({name})"),
             Source::Prepared(p) => p.fmt(f),
         }
@@ -158,7 +220,7 @@ pub(crate) enum Content {
     /// A regular file, as listed.
     File(FileAt),
     Stdin,
-    Command(String),
+    Command(CommandLine),
     Reader(Box<dyn Read + Send>),
     /// Content this key stored before, taken as it is, unread (a CouchDB
     /// database unchanged since its last backup). The backup takes it only
@@ -195,7 +257,7 @@ impl Content {
             Content::Stdin => Box::new(io::stdin()),
             Content::Command(command) => Box::new(
                 CommandReader::spawn(&command)
-                    .map_err(|e| fail(format!("cannot start `{}`: {e}", redacted(&command))))?,
+                    .map_err(|e| fail(format!("cannot start `{}`: {e}", command.shown())))?,
             ),
             Content::Reader(r) => r,
             Content::Stored(_) => {
@@ -223,7 +285,7 @@ impl Source {
             },
             Source::Command { command, .. } => SourceInfo {
                 kind: SourceKind::Command,
-                command: Some(redacted(command)),
+                command: Some(command.shown()),
                 exit_status: Some(0),
                 url: None,
             },
@@ -877,10 +939,9 @@ struct CommandReader {
 }
 
 impl CommandReader {
-    fn spawn(command: &str) -> io::Result<CommandReader> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(command)
+    fn spawn(command: &CommandLine) -> io::Result<CommandReader> {
+        let mut child = command
+            .command()?
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -908,7 +969,7 @@ impl CommandReader {
             }
         });
         Ok(CommandReader {
-            command: redacted(command),
+            command: command.shown(),
             child,
             stdout,
             stderr_tail,
@@ -970,6 +1031,35 @@ impl Drop for CommandReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_run_without_a_shell_and_show_quoted() {
+        let words = ["printf", "%s|", "a b;c", "it's", "$HOME"];
+        let line = CommandLine::Argv(words.iter().map(|w| w.to_string()).collect());
+        let mut out = String::new();
+        Content::Command(line.clone())
+            .open("x")
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "a b;c|it's|$HOME|");
+        assert_eq!(line.shown(), r#"printf '%s|' 'a b;c' 'it'\''s' '$HOME'"#);
+        // Read back by a shell, the shown line runs the same words.
+        let mut again = String::new();
+        Content::Command(CommandLine::Shell(line.shown()))
+            .open("x")
+            .unwrap()
+            .read_to_string(&mut again)
+            .unwrap();
+        assert_eq!(again, out);
+        let missing = CommandLine::Argv(vec!["/nonexistent/pg_dump".into()]);
+        let err = Content::Command(missing).open("db").err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("cannot start `/nonexistent/pg_dump`"),
+            "{err}"
+        );
+    }
 
     fn walked(root: &Path, patterns: &[&str]) -> Vec<String> {
         let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
