@@ -138,6 +138,8 @@ pub struct Replica {
     pub s3: S3,
     pub keep_last: Option<u32>,
     pub verify: bool,
+    /// Written create-only, never overwritten or deleted (`--append-only`).
+    pub append_only: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -248,6 +250,8 @@ struct ReplicaFile {
     keep_last: Option<u32>,
     #[serde(default)]
     verify: bool,
+    #[serde(default)]
+    append_only: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -451,6 +455,13 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
                 "each replica needs its own name and a URL other than the repository's",
             ));
         }
+        if r.append_only && r.keep_last.is_some() {
+            return Err(invalid(
+                &format!("{field}.keep_last"),
+                "an append_only replica is never trimmed from here (it may not delete); \
+                 run forget and gc there with a credential that may",
+            ));
+        }
         replicas.push(Replica {
             s3: S3 {
                 endpoint: r.s3_endpoint,
@@ -465,6 +476,7 @@ pub fn parse(text: &str) -> anyhow::Result<Config> {
             url: r.url,
             keep_last: r.keep_last,
             verify: r.verify,
+            append_only: r.append_only,
         });
     }
     let verify_subset = match file.verify {
@@ -801,6 +813,33 @@ mod tests {
         assert_eq!(c.gc.weekdays, [jiff::civil::Weekday::Sunday]);
         assert_eq!(c.replicas[0].s3.credentials.as_ref().unwrap().0, "secret");
         assert_eq!(c.drill.postgres_env["PGPASSWORD"], "secret");
+    }
+
+    #[test]
+    fn an_append_only_replica_is_never_trimmed_from_here() {
+        let replica = "\n[[replica]]\nname = \"offsite\"\nurl = \"s3://b/p\"\nappend_only = true\n";
+        assert!(parse(&format!("{MINIMAL}{replica}")).unwrap().replicas[0].append_only);
+        let e = error(&format!("{MINIMAL}{replica}keep_last = 3\n"));
+        assert!(
+            e.contains("replica[0].keep_last") && e.contains("may not delete"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_command_is_a_shell_line_or_words() {
+        let words = MINIMAL.replace("\"pg_dump -Fc lms\"", "[\"pg_dump\", \"-Fc\", \"lms\"]");
+        let SourceKind::Command { command, .. } = &parse(&words).unwrap().sources[0].kind else {
+            panic!("a command source");
+        };
+        assert_eq!(
+            *command,
+            CommandLine::Argv(vec!["pg_dump".into(), "-Fc".into(), "lms".into()])
+        );
+        for empty in ["[]", "[\"\"]", "\" \""] {
+            let e = error(&MINIMAL.replace("\"pg_dump -Fc lms\"", empty));
+            assert!(e.contains("an empty command"), "{empty}: {e}");
+        }
     }
 
     #[test]

@@ -16,7 +16,13 @@
 //!
 //! Garbage collection holds `locks/gc`, created create-only so that only one
 //! runs at a time; a dead one may be taken over.
+//!
+//! A writer on an append-only store (it may not overwrite or delete)
+//! renews by creating `locks/<id>.alive-<n>` (n = 1, 2, …) instead of
+//! rewriting `locks/<id>.alive`, and releases by letting the lease expire;
+//! readers take the newest of a lease's heartbeats.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +84,8 @@ pub struct Lease {
     renewer: Option<tokio::task::JoinHandle<()>>,
     /// When it was taken, by the holder's clock.
     taken: Instant,
+    /// Heartbeats created (append-only stores).
+    beats: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -166,12 +174,14 @@ impl Lease {
             error: None,
         }));
         let stop = Arc::new(tokio::sync::Notify::new());
+        let beats = Arc::new(AtomicU64::new(0));
         let renewer = tokio::spawn(renew(
             backend.clone(),
             id.clone(),
             ttl,
             Arc::clone(&state),
             Arc::clone(&stop),
+            Arc::clone(&beats),
         ));
         Lease {
             backend: backend.clone(),
@@ -182,6 +192,7 @@ impl Lease {
             stop,
             renewer: Some(renewer),
             taken: Instant::now(),
+            beats,
         }
     }
 
@@ -270,7 +281,7 @@ impl LeaseChecker {
 impl Lease {
     /// Renews the lease now (when a long step is about to start).
     pub async fn renew_now(&self) -> Result<()> {
-        heartbeat(&self.backend, &self.id).await?;
+        heartbeat(&self.backend, &self.id, &self.beats).await?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.last_renewed = Instant::now();
         state.error = None;
@@ -278,11 +289,15 @@ impl Lease {
     }
 
     /// Ends the lease: stops renewing (after any renewal in flight, which
-    /// could otherwise land after the delete) and deletes its objects.
+    /// could otherwise land after the delete) and deletes its objects; on an
+    /// append-only store, leaves it to expire.
     pub async fn release(mut self) -> Result<()> {
         self.stop.notify_one();
         if let Some(renewer) = self.renewer.take() {
             let _ = renewer.await;
+        }
+        if self.backend.is_append_only() {
+            return Ok(());
         }
         release_objects(&self.backend, &self.id).await
     }
@@ -301,10 +316,37 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-async fn heartbeat(backend: &Backend, id: &str) -> Result<()> {
-    let key = ObjectKey::Lock(format!("{id}{ALIVE_SUFFIX}"));
-    let body = encode(&serde_json::json!({ "renewed": Timestamp::now() }));
-    backend.put_overwrite(&key, Bytes::from(body)).await
+/// Renews lease `id`: rewrites its heartbeat, or on an append-only store
+/// creates the next one (`beats` counts those made).
+async fn heartbeat(backend: &Backend, id: &str, beats: &AtomicU64) -> Result<()> {
+    let body = Bytes::from(encode(&serde_json::json!({ "renewed": Timestamp::now() })));
+    if !backend.is_append_only() {
+        let key = ObjectKey::Lock(format!("{id}{ALIVE_SUFFIX}"));
+        return backend.put_overwrite(&key, body).await;
+    }
+    loop {
+        let n = beats.fetch_add(1, Ordering::Relaxed) + 1;
+        let key = ObjectKey::Lock(format!("{id}{ALIVE_SUFFIX}-{n}"));
+        // One that exists already was made by a request that seemed to fail.
+        if backend.put_new(&key, body.clone()).await? == Created::New {
+            return Ok(());
+        }
+    }
+}
+
+/// The lease a lock object's name belongs to, and whether it is a
+/// heartbeat (`<id>.alive`, `<id>.alive-<n>`) rather than the start object.
+fn lease_of(name: &str) -> (&str, bool) {
+    if let Some(id) = name.strip_suffix(ALIVE_SUFFIX) {
+        return (id, true);
+    }
+    if let Some((id, n)) = name.rsplit_once(&format!("{ALIVE_SUFFIX}-"))
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+    {
+        return (id, true);
+    }
+    (name, false)
 }
 
 async fn renew(
@@ -313,10 +355,11 @@ async fn renew(
     ttl: Duration,
     state: Arc<Mutex<LeaseState>>,
     stop: Arc<tokio::sync::Notify>,
+    beats: Arc<AtomicU64>,
 ) {
     let period = (ttl / 4).max(Duration::from_millis(100));
     loop {
-        let outcome = heartbeat(&backend, &id).await;
+        let outcome = heartbeat(&backend, &id, &beats).await;
         {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             match outcome {
@@ -387,11 +430,12 @@ pub async fn list_leases(backend: &Backend) -> Result<Vec<LeaseStatus>> {
         let ObjectKey::Lock(name) = &o.key else {
             continue;
         };
-        match name.strip_suffix(ALIVE_SUFFIX) {
-            Some(id) => {
-                heartbeats.insert(id.to_string(), o.last_modified);
+        match lease_of(name) {
+            (id, true) => {
+                let newest = heartbeats.entry(id.to_string()).or_insert(o.last_modified);
+                *newest = (*newest).max(o.last_modified);
             }
-            None => {
+            (_, false) => {
                 leases.insert(
                     name.clone(),
                     LeaseStatus {
@@ -464,5 +508,55 @@ mod tests {
         // credential renewing its own lease cannot hold gc off for ever.
         assert!(!status(73, 10, now).is_alive(now));
         assert!(!status(1, 3600, now).is_alive(now));
+    }
+}
+
+#[cfg(test)]
+mod append_only_tests {
+    use super::*;
+    use crate::backend::fault::{Counters, FaultStore};
+
+    #[tokio::test]
+    async fn an_append_only_lease_renews_by_new_objects_and_deletes_nothing() {
+        let store = FaultStore::new(Arc::new(object_store::memory::InMemory::new()));
+        store.create_only();
+        let backend = Backend::new(store.clone(), "memory:").append_only();
+        let lease = Lease::acquire(&backend, "replicate", Duration::from_millis(800))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        lease.check().unwrap();
+        let names: Vec<String> = backend
+            .list(ObjectDir::Locks)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.to_string())
+            .collect();
+        let id = lease.id().to_string();
+        for beat in ["alive-1", "alive-2", "alive-3"] {
+            assert!(
+                names.iter().any(|n| n.ends_with(&format!("{id}.{beat}"))),
+                "{beat}: {names:?}"
+            );
+        }
+        let listed = list_leases(&backend).await.unwrap();
+        assert_eq!(listed.len(), 1, "heartbeats are not leases: {listed:?}");
+        assert!(listed[0].renewed > listed[0].started);
+        lease.release().await.unwrap();
+        assert_eq!(Counters::get(&store.counters.refused), 0);
+        assert_eq!(Counters::get(&store.counters.deletes), 0);
+    }
+
+    #[test]
+    fn heartbeat_names_belong_to_their_lease() {
+        assert_eq!(lease_of("backup-ab.alive"), ("backup-ab", true));
+        assert_eq!(lease_of("backup-ab.alive-12"), ("backup-ab", true));
+        assert_eq!(lease_of("backup-ab"), ("backup-ab", false));
+        assert_eq!(lease_of("backup-ab.alive-"), ("backup-ab.alive-", false));
+        assert_eq!(
+            lease_of("backup-ab.alive-1x"),
+            ("backup-ab.alive-1x", false)
+        );
     }
 }

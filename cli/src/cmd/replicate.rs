@@ -40,8 +40,14 @@ pub struct ReplicateArgs {
     snapshots: Vec<String>,
     /// Then keep only the newest N snapshots at the destination (forget
     /// there; run `cairn gc --repo DEST` to free the space).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "append_only")]
     keep_last: Option<u32>,
+    /// Write the destination append-only: create objects, never overwrite
+    /// or delete one (leases expire instead of being removed). For a
+    /// credential that may not delete or overwrite, such as the offsite
+    /// bucket's on node4 (deploy/s3/).
+    #[arg(long)]
+    append_only: bool,
     /// Re-read every copied pack, and every selected snapshot's manifest,
     /// at the destination.
     #[arg(long)]
@@ -94,7 +100,10 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
         })
         .transpose()?;
     let source = Repository::open(connect(&args.from, &args.s3_endpoint, false)?).await?;
-    let destination = connect(&args.to, &args.s3_endpoint, true)?;
+    let mut destination = connect(&args.to, &args.s3_endpoint, true)?;
+    if args.append_only {
+        destination = destination.append_only();
+    }
     let bar = Bar::bytes(None, args.quiet || args.json);
     let options = ReplicateOptions {
         selection,

@@ -289,6 +289,9 @@ pub fn plan(c: &Config, only: &[String], weekday: jiff::civil::Weekday) -> Vec<S
         if r.verify {
             args.push("--verify".into());
         }
+        if r.append_only {
+            args.push("--append-only".into());
+        }
         steps.push(step(
             StepKind::Replicate(r.name.clone()),
             args,

@@ -36,6 +36,8 @@ pub struct Counters {
     pub get_bytes: AtomicU64,
     /// Deletes.
     pub deletes: AtomicU64,
+    /// Overwrites and deletes refused by a create-only credential.
+    pub refused: AtomicU64,
 }
 
 impl Counters {
@@ -69,6 +71,9 @@ struct Faults {
     /// Whole-object GETs of a path containing this text, after the first
     /// `honest` of them, answer these bytes.
     swap: Vec<Swap>,
+    /// As a create-only credential: a PUT without `If-None-Match: *`, a
+    /// copy or rename, and a delete are refused (403), and counted.
+    create_only: bool,
 }
 
 #[derive(Debug)]
@@ -161,6 +166,20 @@ impl FaultStore {
         (rule.seen > rule.honest).then(|| rule.bytes.clone())
     }
 
+    /// From now on, answers as a store whose credential may only create
+    /// (deploy/s3/): overwrites and deletes are refused as access denied.
+    pub fn create_only(&self) {
+        self.faults().create_only = true;
+    }
+
+    fn refuse(&self, what: &str, path: &Path) -> object_store::Error {
+        self.counters.refused.fetch_add(1, Ordering::SeqCst);
+        object_store::Error::PermissionDenied {
+            path: path.to_string(),
+            source: format!("{what} refused: the credential may only create (injected)").into(),
+        }
+    }
+
     /// Removes every fault.
     pub fn heal(&self) {
         *self.faults() = Faults::default();
@@ -205,6 +224,9 @@ impl ObjectStore for FaultStore {
     ) -> object_store::Result<PutResult> {
         let len = payload.content_length() as u64;
         self.check(Op::Put, location, len)?;
+        if self.faults().create_only && !matches!(opts.mode, object_store::PutMode::Create) {
+            return Err(self.refuse("a PUT that may overwrite", location));
+        }
         let result = self.inner.put_opts(location, payload, opts).await;
         if result.is_ok() {
             self.counters.puts.fetch_add(1, Ordering::SeqCst);
@@ -219,6 +241,9 @@ impl ObjectStore for FaultStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.check(Op::Put, location, 0)?;
+        if self.faults().create_only {
+            return Err(self.refuse("a multipart upload (may overwrite)", location));
+        }
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -265,6 +290,7 @@ impl ObjectStore for FaultStore {
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let down = self.faults().unreachable;
+        let create_only = self.faults().create_only;
         let fail: Vec<String> = self
             .faults()
             .fail
@@ -276,6 +302,14 @@ impl ObjectStore for FaultStore {
         let checked = locations
             .map(move |l| {
                 let l = l?;
+                if create_only {
+                    counters.refused.fetch_add(1, Ordering::SeqCst);
+                    return Err(object_store::Error::PermissionDenied {
+                        path: l.to_string(),
+                        source: "a delete refused: the credential may only create (injected)"
+                            .into(),
+                    });
+                }
                 if down || fail.iter().any(|t| l.as_ref().contains(t.as_str())) {
                     return Err(io_error(std::io::Error::other(format!(
                         "injected failure of delete {l}"
@@ -308,6 +342,9 @@ impl ObjectStore for FaultStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.check(Op::Put, to, 0)?;
+        if self.faults().create_only {
+            return Err(self.refuse("a copy", to));
+        }
         self.inner.copy_opts(from, to, options).await
     }
 
@@ -318,6 +355,9 @@ impl ObjectStore for FaultStore {
         options: RenameOptions,
     ) -> object_store::Result<()> {
         self.check(Op::Put, to, 0)?;
+        if self.faults().create_only {
+            return Err(self.refuse("a rename", to));
+        }
         self.inner.rename_opts(from, to, options).await
     }
 }

@@ -37,6 +37,9 @@ use object_store::{
 use crate::error::{Error, Result, is_storage_full};
 use crate::id::{IndexId, PackId, SnapshotId};
 
+/// The probe an append-only writer creates (and leaves): `probe-append-only`.
+const APPEND_ONLY_PROBE: &str = "append-only";
+
 /// A stored object's name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ObjectKey {
@@ -55,7 +58,9 @@ pub enum ObjectKey {
     /// `gc/<name>`: garbage collection's condemned lists and logs.
     Gc(String),
     /// `replicas/<source repository id>`: what a replica accepted from a
-    /// source (overwritten by each replication).
+    /// source (overwritten by each replication); append-only,
+    /// `replicas/<source repository id>.<first 32 hex of a snapshot id>`,
+    /// one per newest snapshot accepted.
     Replica(String),
 }
 
@@ -96,6 +101,8 @@ pub enum ObjectDir {
     Locks,
     /// Garbage collection state.
     Gc,
+    /// What replicas accepted from their sources.
+    Replicas,
 }
 
 impl ObjectDir {
@@ -106,6 +113,7 @@ impl ObjectDir {
             ObjectDir::Snapshots => "snapshots",
             ObjectDir::Locks => "locks",
             ObjectDir::Gc => "gc",
+            ObjectDir::Replicas => "replicas",
         }
     }
 }
@@ -167,6 +175,9 @@ impl ObjectKey {
             }
             (ObjectDir::Gc, ["gc", name]) if valid_state_name(name) => {
                 Some(ObjectKey::Gc(name.to_string()))
+            }
+            (ObjectDir::Replicas, ["replicas", name]) if valid_state_name(name) => {
+                Some(ObjectKey::Replica(name.to_string()))
             }
             _ => None,
         };
@@ -304,6 +315,7 @@ pub struct Backend {
     url: Arc<str>,
     max_list_entries: usize,
     small_reads: usize,
+    append_only: bool,
 }
 
 /// Small objects (manifests) worth reading at once from a remote store:
@@ -327,7 +339,38 @@ impl Backend {
             url: url.into().into(),
             max_list_entries: MAX_LIST_ENTRIES,
             small_reads: REMOTE_SMALL_READS,
+            append_only: false,
         }
+    }
+
+    /// The same store, written append-only: every write create-only,
+    /// nothing overwritten or deleted (a credential that may not, such as
+    /// a replica bucket's on a node that could be compromised). Leases,
+    /// probes and replica states then take their create-only forms
+    /// (format-spec §12).
+    #[must_use]
+    pub fn append_only(mut self) -> Backend {
+        self.append_only = true;
+        self
+    }
+
+    /// Whether writes are append-only.
+    pub fn is_append_only(&self) -> bool {
+        self.append_only
+    }
+
+    fn refuse_if_append_only(&self, key: &ObjectKey, doing: &str) -> Result<()> {
+        if self.append_only {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "{} at {}: {doing} it, but this store is written append-only \
+                     (--append-only); run that with a credential that may delete, \
+                     away from the writer",
+                    key, self.url
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// How many small objects to read at once.
@@ -527,6 +570,7 @@ impl Backend {
         if !mutable {
             return Err(Error::invalid(format!("{key} may not be overwritten")));
         }
+        self.refuse_if_append_only(key, "overwriting")?;
         self.store
             .put_opts(
                 &key.path(),
@@ -751,6 +795,7 @@ impl Backend {
 
     /// Deletes an object; deleting a missing one is not an error.
     pub async fn delete(&self, key: &ObjectKey) -> Result<()> {
+        self.refuse_if_append_only(key, "deleting")?;
         match self.store.delete(&key.path()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.classify(e, key, "deleting")),
@@ -760,9 +805,16 @@ impl Backend {
     /// Checks that the store honours create-only writes, which every Cairn
     /// write relies on; says clearly when it does not.
     pub async fn probe_conditional_create(&self) -> Result<()> {
-        let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce).map_err(|e| Error::invalid(format!("no randomness: {e}")))?;
-        let key = ObjectKey::Probe(hex::encode(nonce));
+        // Append-only, one probe object for good (it cannot be removed): a
+        // second create of it must be refused, whoever made the first.
+        let key = if self.append_only {
+            ObjectKey::Probe(APPEND_ONLY_PROBE.into())
+        } else {
+            let mut nonce = [0u8; 16];
+            getrandom::fill(&mut nonce)
+                .map_err(|e| Error::invalid(format!("no randomness: {e}")))?;
+            ObjectKey::Probe(hex::encode(nonce))
+        };
         let first = self.put_new(&key, Bytes::from_static(b"first")).await;
         let unsupported = |detail: String| Error::Unsupported {
             what: format!(
@@ -774,6 +826,7 @@ impl Backend {
         };
         match first {
             Ok(Created::New) => {}
+            Ok(Created::Existed) if self.append_only => {}
             Ok(Created::Existed) => {
                 return Err(unsupported("a fresh key reported as existing".into()));
             }
@@ -788,7 +841,9 @@ impl Backend {
             )),
             Err(e) => Err(e),
         };
-        if let Err(e) = self.delete(&key).await {
+        if !self.append_only
+            && let Err(e) = self.delete(&key).await
+        {
             tracing::debug!("could not remove probe object {key}: {e}");
         }
         outcome

@@ -595,18 +595,7 @@ async fn check_freshness(
     newest: Option<&Snapshot>,
     options: &ReplicateOptions,
 ) -> Result<()> {
-    let key = state_key(source);
-    let state: Option<ReplicaState> = if destination.exists(&key).await? {
-        let bytes = destination.get(&key).await?;
-        Some(serde_json::from_slice(&bytes).map_err(|e| {
-            Error::corrupt(
-                format!("{key} at {}", destination.url()),
-                format!("{e}; delete it to accept the source's snapshots as they are"),
-            )
-        })?)
-    } else {
-        None
-    };
+    let state = accepted(destination, source).await?;
     if let Some(state) = state {
         let rolled_back = match newest {
             None => true,
@@ -647,7 +636,48 @@ async fn check_freshness(
     Ok(())
 }
 
-/// Records the newest snapshot accepted from `source`.
+/// The newest snapshot `destination` accepted from `source`: the newest of
+/// its state object and of those an append-only writer created beside it.
+async fn accepted(destination: &Backend, source: &Repository) -> Result<Option<ReplicaState>> {
+    let ObjectKey::Replica(base) = state_key(source) else {
+        return Err(Error::Bug("a replica state key".into()));
+    };
+    let mut keys = Vec::new();
+    for o in destination.list(ObjectDir::Replicas).await? {
+        if let ObjectKey::Replica(name) = &o.key
+            && (*name == base
+                || name
+                    .strip_prefix(base.as_str())
+                    .is_some_and(|rest| rest.starts_with('.')))
+        {
+            keys.push(o.key);
+        }
+    }
+    let mut newest: Option<ReplicaState> = None;
+    for key in keys {
+        let bytes = match destination.get(&key).await {
+            Ok(b) => b,
+            Err(Error::Missing { .. }) => continue, // removed meanwhile
+            Err(e) => return Err(e),
+        };
+        let state: ReplicaState = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::corrupt(
+                format!("{key} at {}", destination.url()),
+                format!("{e}; delete it to accept the source's snapshots as they are"),
+            )
+        })?;
+        if newest
+            .as_ref()
+            .is_none_or(|n| state.newest_time > n.newest_time)
+        {
+            newest = Some(state);
+        }
+    }
+    Ok(newest)
+}
+
+/// Records the newest snapshot accepted from `source`: rewrites its state,
+/// or on an append-only store creates one named by the snapshot.
 async fn remember(destination: &Backend, source: &Repository, newest: &Snapshot) -> Result<()> {
     let state = ReplicaState {
         source: source.backend().url().to_string(),
@@ -655,7 +685,16 @@ async fn remember(destination: &Backend, source: &Repository, newest: &Snapshot)
         newest_time: newest.manifest.time,
     };
     let bytes = serde_json::to_vec_pretty(&state).map_err(|e| Error::invalid(e.to_string()))?;
-    destination
-        .put_overwrite(&state_key(source), Bytes::from(bytes))
-        .await
+    let key = state_key(source);
+    if destination.is_append_only() {
+        let ObjectKey::Replica(base) = key else {
+            return Err(Error::Bug("a replica state key".into()));
+        };
+        // Named by the snapshot's first 128 bits: names stay within the
+        // 128 characters a state object's may have.
+        let key = ObjectKey::Replica(format!("{base}.{}", &newest.id.to_hex()[..32]));
+        destination.put_new(&key, Bytes::from(bytes)).await?;
+        return Ok(());
+    }
+    destination.put_overwrite(&key, Bytes::from(bytes)).await
 }
