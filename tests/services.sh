@@ -42,10 +42,20 @@ start_seaweedfs() {
   local dir="$SERVICES_DIR/s3" p
   mkdir -p "$dir"
   p=$(port_base)
-  cat > "$dir/s3.json" <<'JSON'
-{"identities":[{"name":"ci","credentials":[{"accessKey":"testkey","secretKey":"testsecret"}],
-  "actions":["Admin","Read","List","Tagging","Write"]}]}
-JSON
+  # The admin identity the tests use, plus deploy/s3's create-only replica
+  # identity (its policy scoped to the test bucket), as node4 would hold it.
+  python3 - "$CAIRN_ROOT/deploy/s3/seaweedfs-identities.json" > "$dir/s3.json" <<'PY'
+import json, sys
+shipped = json.load(open(sys.argv[1]))
+policies = [dict(p, content=p["content"].replace("arn:aws:s3:::cairn-replica", "arn:aws:s3:::test"))
+            for p in shipped["policies"]]
+replica = next(i for i in shipped["identities"] if i["name"] == "cairn-replica")
+replica["credentials"] = [{"accessKey": "appendkey", "secretKey": "appendsecret"}]
+print(json.dumps({"identities": [
+    {"name": "ci", "credentials": [{"accessKey": "testkey", "secretKey": "testsecret"}],
+     "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+    replica], "policies": policies}))
+PY
   "$WEED" mini -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.port=$((p + 1)) -master.port.grpc=$((p + 10001)) \
     -volume.port=$((p + 2)) -volume.port.grpc=$((p + 10002)) \
@@ -68,6 +78,7 @@ JSON
   export AWS_ENDPOINT_URL=http://127.0.0.1:$((p + 4))
   export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_REGION=us-east-1
   export CAIRN_TEST_S3=s3://test
+  export CAIRN_TEST_S3_CREATE_ONLY=appendkey:appendsecret
   log "SeaweedFS S3 at $AWS_ENDPOINT_URL (bucket test)"
 }
 
@@ -150,11 +161,7 @@ start_pouchdb() {
 install_sshd() {
   if [ ! -x /usr/sbin/sshd ] || [ ! -x /usr/bin/ssh ]; then
     log "installing openssh-server and openssh-client (Debian)"
-    local sudo=
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client >/dev/null ||
-      { $sudo apt-get update -q >/dev/null &&
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client >/dev/null; }
+    apt_install openssh-server openssh-client
   fi
 }
 
@@ -221,14 +228,27 @@ CONF
   log "sshd at 127.0.0.1:$p (user $user, keys in $dir, repositories under $dir/remote)"
 }
 
+# Installs Debian packages (updating the package lists once if needed).
+apt_install() {
+  local sudo=
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null ||
+    { $sudo apt-get update -q >/dev/null &&
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+}
+
 install_postgres() {
   if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || [ ! -x /usr/bin/pg_dump ]; then
     log "installing postgresql (Debian)"
-    local sudo=
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null ||
-      { $sudo apt-get update -q >/dev/null &&
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }
+    apt_install postgresql
+  fi
+}
+
+# podman and runc (Debian) build and run the image without a Docker daemon.
+install_podman() {
+  if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+    log "installing podman and runc (Debian)"
+    apt_install podman runc
   fi
 }
 
@@ -268,12 +288,7 @@ CTL
 install_prometheus_tools() {
   if [ ! -x /usr/bin/prometheus-pushgateway ] || [ ! -x /usr/bin/promtool ]; then
     log "installing prometheus-pushgateway and prometheus (for promtool) (Debian)"
-    local sudo=
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    local pkgs=(prometheus-pushgateway prometheus)
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null ||
-      { $sudo apt-get update -q >/dev/null &&
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null; }
+    apt_install prometheus-pushgateway prometheus
   fi
 }
 

@@ -122,6 +122,77 @@ fn replication_to_and_from_s3() {
     assert!(one == two);
 }
 
+/// The shipped create-only credential (deploy/s3/seaweedfs-identities.json,
+/// as tests/services.sh loads it into SeaweedFS): `replicate --append-only`
+/// works through it; SeaweedFS refuses its deletes, so neither a plain
+/// replication's lease release nor `forget` nor `gc` gets through.
+#[test]
+fn the_create_only_credential_replicates_append_only_and_cannot_delete() {
+    let Some(base) = s3_base() else { return };
+    let (key, secret) = std::env::var("CAIRN_TEST_S3_CREATE_ONLY")
+        .expect("tests/services.sh exports CAIRN_TEST_S3_CREATE_ONLY with CAIRN_TEST_S3")
+        .split_once(':')
+        .map(|(k, s)| (k.to_string(), s.to_string()))
+        .unwrap();
+    let as_replica = |c: &mut assert_cmd::Command| {
+        c.env("AWS_ACCESS_KEY_ID", &key)
+            .env("AWS_SECRET_ACCESS_KEY", &secret);
+    };
+    let f = Fixture::new();
+    let src = f.repo.to_str().unwrap().to_string();
+    f.backup_bytes("a", &random_bytes(2 << 20, 5), &[]);
+    f.backup_bytes("b", &random_bytes(1 << 20, 6), &[]);
+
+    // Written as usual, replication must delete its lease: refused.
+    let plain = format!("{base}/create-only-plain-{}", unique_name());
+    let mut c = replicate(&src, &plain, &[]);
+    as_replica(&mut c);
+    run(&mut c)
+        .expect_code(10)
+        .stderr_has(&["locks/", "access denied"]);
+
+    // Append-only: done, twice (the second finds its probe and state).
+    let offsite = format!("{base}/create-only-{}", unique_name());
+    for _ in 0..2 {
+        let mut c = replicate(&src, &offsite, &["--append-only", "--verify"]);
+        as_replica(&mut c);
+        ok(&mut c);
+    }
+    assert_same_snapshots(&src, &offsite);
+
+    // What a compromised node4 would try next, with the same credential.
+    let mut forget = cairn_args([
+        "forget",
+        "--repo",
+        &offsite,
+        "--keep-last",
+        "1",
+        "--group-by",
+        "host",
+    ]);
+    as_replica(&mut forget);
+    run(&mut forget).expect_code(10);
+    let mut gc = cairn_args(["gc", "--repo", &offsite]);
+    as_replica(&mut gc);
+    assert_ne!(run(&mut gc).code, 0);
+    assert_eq!(
+        snapshot_ids(&offsite),
+        snapshot_ids(&src),
+        "nothing was deleted"
+    );
+    // The admin's credential (off node4) may.
+    ok(&mut cairn_args([
+        "forget",
+        "--repo",
+        &offsite,
+        "--keep-last",
+        "1",
+        "--group-by",
+        "host",
+    ]));
+    assert_eq!(snapshot_ids(&offsite).len(), 1);
+}
+
 #[test]
 fn replication_to_an_ssh_server_and_back() {
     let Some((base, dir)) = ssh_base() else {
@@ -334,4 +405,103 @@ fn bad_signatures_damaged_chunks_rollbacks_and_stale_sources_are_refused() {
     run(&mut replicate(&src3, &dst4, &["--max-age", "1h"]))
         .expect_code(18)
         .stderr_has(&["stale"]);
+}
+
+/// The admin PC's pull reports to node_exporter whether it worked, and
+/// what the local copy's newest snapshot is, failures included.
+#[test]
+fn a_pull_writes_its_metrics_whether_it_succeeds_or_fails() {
+    let f = Fixture::new();
+    let src = f.repo.to_str().unwrap().to_string();
+    f.backup_bytes("a", &random_bytes(10_000, 7), &["--tag", "source:pg"]);
+    f.backup_bytes("a", &random_bytes(10_000, 8), &["--tag", "source:pg"]);
+    f.backup_bytes("b", &random_bytes(10_000, 9), &["--tag", "source:couchdb"]);
+    let copy = f.path("copy").to_str().unwrap().to_string();
+    let prom = f.path("pull.prom");
+    let metrics = || -> std::collections::BTreeMap<String, f64> {
+        std::fs::read_to_string(&prom)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect()
+    };
+    let prom_arg = prom.to_str().unwrap();
+    let pulled = ok(&mut replicate(
+        &src,
+        &copy,
+        &[
+            "--keep-last",
+            "1",
+            "--metrics-file",
+            prom_arg,
+            "--metrics-name",
+            "admin-pc",
+        ],
+    ))
+    .json();
+    assert_eq!(
+        pulled["forgotten"], 1,
+        "the newest of each source kept: {pulled}"
+    );
+    let m = metrics();
+    assert_eq!(
+        m["cairn_replica_last_attempt_success{replica=\"admin-pc\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["cairn_replica_last_attempt_exit_code{replica=\"admin-pc\"}"],
+        0.0
+    );
+    let listing = ok(&mut cairn_args(["snapshots", "--repo", &copy, "--json"])).json();
+    let newest = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["time"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                .as_millisecond() as f64
+                / 1000.0
+        })
+        .fold(0.0, f64::max);
+    assert_eq!(listing.as_array().unwrap().len(), 2);
+    assert_eq!(
+        m["cairn_replica_newest_snapshot_timestamp_seconds{replica=\"admin-pc\"}"],
+        newest
+    );
+    // node4 stopped backing up: the pull fails (18) and says so.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run(&mut replicate(
+        &src,
+        &copy,
+        &[
+            "--max-age",
+            "1s",
+            "--metrics-file",
+            prom_arg,
+            "--metrics-name",
+            "admin-pc",
+        ],
+    ))
+    .expect_code(18);
+    let m = metrics();
+    assert_eq!(
+        m["cairn_replica_last_attempt_success{replica=\"admin-pc\"}"],
+        0.0
+    );
+    assert_eq!(
+        m["cairn_replica_last_attempt_exit_code{replica=\"admin-pc\"}"],
+        18.0
+    );
+    assert_eq!(
+        m["cairn_replica_newest_snapshot_timestamp_seconds{replica=\"admin-pc\"}"],
+        newest
+    );
 }

@@ -925,6 +925,14 @@ fn classify_cause(
             detail: format!("no S3 credentials found ({doing}): {text}"),
         };
     }
+    // A refusal inside a 200 answer: DeleteObjects reports each key's
+    // error by code (S3's bulk delete, which object_store uses).
+    if text.contains("(code: AccessDenied)") {
+        return Error::AccessDenied {
+            url: url.to_string(),
+            detail: format!("{doing}: {text}"),
+        };
+    }
     // S3-compatible stores report a full disk or quota by error code.
     if [
         "QuotaExceeded",
