@@ -27,6 +27,18 @@ pub struct Sample {
 /// Every metric: its name, help and type.
 pub const METRICS: &[(&str, &str)] = &[
     (
+        "cairn_replica_last_attempt_timestamp_seconds",
+        "When `cairn replicate --metrics-file` last ran.",
+    ),
+    (
+        "cairn_replica_last_attempt_exit_code",
+        "Its exit code (0: success; the README lists the others).",
+    ),
+    (
+        "cairn_replica_duration_seconds",
+        "How long that replication took.",
+    ),
+    (
         "cairn_run_timestamp_seconds",
         "When the last cairn run started.",
     ),
@@ -297,6 +309,44 @@ pub fn render(samples: &[Sample], skip_label: Option<&str>) -> String {
     text
 }
 
+/// What `cairn replicate --metrics-file` reports of one run into `replica`
+/// (the admin PC's daily pull): its outcome, and the destination's newest
+/// snapshot (`None`: it could not be read).
+pub fn replica_samples(replica: &str, code: u8, secs: f64, newest: Option<f64>) -> Vec<Sample> {
+    let label = || Some(("replica", replica.to_string()));
+    let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+    let mut samples = vec![
+        Sample {
+            name: "cairn_replica_last_attempt_success",
+            label: label(),
+            value: f64::from(u8::from(code == 0)),
+        },
+        Sample {
+            name: "cairn_replica_last_attempt_exit_code",
+            label: label(),
+            value: f64::from(code),
+        },
+        Sample {
+            name: "cairn_replica_last_attempt_timestamp_seconds",
+            label: label(),
+            value: now,
+        },
+        Sample {
+            name: "cairn_replica_duration_seconds",
+            label: label(),
+            value: secs,
+        },
+    ];
+    if let Some(t) = newest {
+        samples.push(Sample {
+            name: "cairn_replica_newest_snapshot_timestamp_seconds",
+            label: label(),
+            value: t,
+        });
+    }
+    samples
+}
+
 /// Writes the metrics file atomically: a temporary file beside it, synced,
 /// then renamed over it (the collector never reads half a file).
 pub fn write_textfile(path: &Path, samples: &[Sample]) -> std::io::Result<()> {
@@ -403,6 +453,7 @@ mod tests {
             include_str!("metrics.rs"),
             include_str!("cmd/run.rs"),
             include_str!("cmd/drill.rs"),
+            include_str!("cmd/replicate.rs"),
         ];
         for text in sources {
             for (i, _) in text.match_indices("\"cairn_") {

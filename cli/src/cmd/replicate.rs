@@ -38,8 +38,9 @@ pub struct ReplicateArgs {
     /// Snapshots to copy (ids or prefixes); default: all.
     #[arg(value_name = "SNAPSHOT")]
     snapshots: Vec<String>,
-    /// Then keep only the newest N snapshots at the destination (forget
-    /// there; run `cairn gc --repo DEST` to free the space).
+    /// Then keep only the newest N snapshots of each host and tag set (each
+    /// `cairn run` source) at the destination (forget there; run `cairn gc
+    /// --repo DEST` to free the space).
     #[arg(long, value_name = "N", conflicts_with = "append_only")]
     keep_last: Option<u32>,
     /// Write the destination append-only: create objects, never overwrite
@@ -62,6 +63,20 @@ pub struct ReplicateArgs {
     /// S3 endpoint for S3-compatible stores (else AWS_ENDPOINT_URL).
     #[arg(long, env = "CAIRN_S3_ENDPOINT", value_name = "URL")]
     s3_endpoint: Option<String>,
+    /// Write Prometheus metrics of this run to this file (atomically, for
+    /// node_exporter's textfile collector), whether it succeeds or fails:
+    /// success, exit code, time, duration and the destination's newest
+    /// snapshot, labelled `replica="NAME"` (--metrics-name).
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<std::path::PathBuf>,
+    /// The `replica` label of those metrics.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "pull",
+        requires = "metrics_file"
+    )]
+    metrics_name: String,
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
@@ -81,6 +96,47 @@ fn connect(url: &str, endpoint: &Option<String>, create: bool) -> cairn_store::R
 
 pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let outcome = copy(&args, started).await;
+    if let Some(path) = &args.metrics_file {
+        let code = match &outcome {
+            Ok(_) => crate::exit::OK,
+            Err(e) => crate::exit::store_error(e)
+                .map_or(crate::exit::INTERNAL, |s| crate::exit::code_for(s.kind())),
+        };
+        let newest = newest_at(&args).await;
+        let samples = crate::metrics::replica_samples(
+            &args.metrics_name,
+            code,
+            started.elapsed().as_secs_f64(),
+            newest,
+        );
+        if let Err(e) = crate::metrics::write_textfile(path, &samples) {
+            let e = anyhow::Error::new(e)
+                .context(format!("writing the metrics file {}", path.display()));
+            return match outcome {
+                Ok(_) => Err(e),
+                Err(first) => {
+                    eprintln!("cairn: warning: {e:#}");
+                    Err(first)
+                }
+            };
+        }
+    }
+    outcome
+}
+
+/// The time of the destination's newest verified snapshot, if it can be read.
+async fn newest_at(args: &ReplicateArgs) -> Option<f64> {
+    let repo = Repository::open(connect(&args.to, &args.s3_endpoint, false).ok()?)
+        .await
+        .ok()?;
+    let trust = repo.trust(&args.trust);
+    let list = repo.load_snapshots(&trust).await.ok()?;
+    let newest = list.snapshots.last()?;
+    Some(newest.manifest.time.as_millisecond() as f64 / 1000.0)
+}
+
+async fn copy(args: &ReplicateArgs, started: Instant) -> anyhow::Result<ExitCode> {
     let selection = match (&args.latest, &args.since) {
         (Some(n), _) => Selection::Latest(*n),
         (None, Some(t)) => Selection::Since(parse_time(t)?),
@@ -137,7 +193,7 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
                 yearly: None,
                 within: None,
                 tags: Vec::new(),
-                group_by: GroupBy::parse("")?,
+                group_by: GroupBy::parse("host,tags")?,
                 max_lag: None,
             }),
             ids: Vec::new(),
