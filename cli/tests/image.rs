@@ -15,7 +15,7 @@ mod couch3;
 mod faulty;
 mod support;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -142,7 +142,12 @@ fn the_image_builds_to_the_same_digest_and_holds_no_shell() {
             "{shell} in the pg image"
         );
     }
-    assert!(pg_files.contains("usr/lib/postgresql/15/bin/pg_dump"));
+    for tool in ["pg_dump", "pg_restore", "psql", "createdb", "dropdb"] {
+        assert!(
+            pg_files.contains(&format!("usr/lib/postgresql/15/bin/{tool}")),
+            "{tool} is missing from the pg image"
+        );
+    }
     let user = output(podman().args(["image", "inspect", "--format", "{{.Config.User}}", &image]));
     assert_eq!(user.trim(), "65532:65532");
     // No shell to start, restricted or not.
@@ -254,11 +259,14 @@ fn cairn_run_in_the_image_backs_up_and_replicates_and_the_host_restores_it() {
     }
     std::fs::create_dir_all(secrets.join("cairn")).unwrap();
     std::fs::copy(&f.key, secrets.join("cairn/backup.key")).unwrap();
-    std::fs::set_permissions(
-        secrets.join("cairn/backup.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    // As Kubernetes mounts a Secret for a pod with fsGroup 65532: root's
+    // files, readable by that group only.
+    output(Command::new("chown").args(["-R", "0:65532"]).arg(&secrets));
+    output(
+        Command::new("find")
+            .arg(&secrets)
+            .args(["-type", "f", "-exec", "chmod", "0440", "{}", "+"]),
+    );
     let replica = format!("{s3}/image-{}", unique_name());
     let etc = f.path("etc");
     std::fs::create_dir_all(&etc).unwrap();
@@ -314,7 +322,7 @@ textfile = "/metrics/cairn.prom"
     .unwrap();
     let metrics = f.path("metrics");
     std::fs::create_dir_all(&metrics).unwrap();
-    for owned in [&f.repo, &secrets, &metrics] {
+    for owned in [&f.repo, &metrics] {
         give_to_image_user(owned);
     }
     let mount = |host: &Path, at: &str, mode: &str| format!("{}:{at}:{mode}", host.display());

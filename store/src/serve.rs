@@ -154,14 +154,11 @@ impl Tokens {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(Error::invalid(format!(
-                    "{} is readable by others; chmod 600 it",
-                    path.display()
-                )));
-            }
+        if let Some(why) = crate::format::key::secret_file_exposed(&meta) {
+            return Err(Error::invalid(format!(
+                "{} {why}; chmod 600 it",
+                path.display()
+            )));
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;

@@ -213,15 +213,11 @@ impl SecretKey {
             .metadata()
             .map_err(|e| fail(format!("cannot read: {e}")))?;
         #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(fail(format!(
-                    "is readable by group or others (mode {mode:03o}); the secret key may \
-                     have leaked: `chmod 600` it (and replace the key if others could read it)"
-                )));
-            }
+        if let Some(why) = secret_file_exposed(&meta) {
+            return Err(fail(format!(
+                "{why}; the secret key may have leaked: `chmod 600` it (and replace the key if \
+                 others could read it)"
+            )));
         }
         if meta.len() > MAX_KEY_FILE_LEN {
             return Err(fail(format!(
@@ -239,8 +235,51 @@ impl SecretKey {
     }
 }
 
+/// Why a secret file (a key, `cairn serve`'s tokens) is readable by others
+/// than this process's user, or `None` when it is not: mode 0600 or
+/// stricter, or the one shape Kubernetes gives a Secret mounted for a pod
+/// with `fsGroup` (owned by root, readable by its group, writable by no
+/// one but root, the group being this non-root process's own).
+#[cfg(unix)]
+pub fn secret_file_exposed(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    let egid = rustix::process::getegid().as_raw();
+    exposure(meta.mode() & 0o777, meta.uid(), meta.gid(), euid, egid)
+}
+
+/// [`secret_file_exposed`] over plain numbers.
+fn exposure(mode: u32, uid: u32, gid: u32, euid: u32, egid: u32) -> Option<String> {
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    let kubernetes_secret = mode & 0o037 == 0 && uid == 0 && euid != 0 && gid == egid;
+    if kubernetes_secret {
+        return None;
+    }
+    Some(format!("is readable by group or others (mode {mode:03o})"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_private_files_or_a_pod_group_secret_count_as_secret() {
+        use super::exposure;
+        // (mode, owner, group) as this process (uid 65532, gid 65532) sees them.
+        let me = |mode, uid, gid| exposure(mode, uid, gid, 65532, 65532).is_none();
+        assert!(me(0o600, 65532, 65532) && me(0o400, 65532, 1));
+        assert!(me(0o440, 0, 65532), "a Secret mounted with fsGroup 65532");
+        assert!(!me(0o444, 0, 65532), "others may read");
+        assert!(!me(0o460, 0, 65532), "the group may write");
+        assert!(!me(0o440, 1000, 65532), "owned by another user");
+        assert!(!me(0o440, 0, 100), "another group");
+        assert!(!me(0o640, 65532, 65532), "group-readable, not root's");
+        assert!(
+            exposure(0o440, 0, 0, 0, 0).is_some(),
+            "as root, group 0 is everyone's root"
+        );
+    }
+
     use super::*;
 
     #[test]
