@@ -336,7 +336,7 @@ async fn heartbeat(backend: &Backend, id: &str, beats: &AtomicU64) -> Result<()>
 
 /// The lease a lock object's name belongs to, and whether it is a
 /// heartbeat (`<id>.alive`, `<id>.alive-<n>`) rather than the start object.
-fn lease_of(name: &str) -> (&str, bool) {
+pub(crate) fn lease_of(name: &str) -> (&str, bool) {
     if let Some(id) = name.strip_suffix(ALIVE_SUFFIX) {
         return (id, true);
     }
@@ -431,6 +431,10 @@ pub async fn list_leases(backend: &Backend) -> Result<Vec<LeaseStatus>> {
             continue;
         };
         match lease_of(name) {
+            // Garbage collection renews by rewriting `gc.alive` only (it is
+            // never append-only): counting created heartbeats for it would let
+            // a create-only credential hold gc off for [`MAX_AGE`].
+            (id, true) if id == GC_LEASE && !name.ends_with(ALIVE_SUFFIX) => {}
             (id, true) => {
                 let newest = heartbeats.entry(id.to_string()).or_insert(o.last_modified);
                 *newest = (*newest).max(o.last_modified);
@@ -546,6 +550,22 @@ mod append_only_tests {
         lease.release().await.unwrap();
         assert_eq!(Counters::get(&store.counters.refused), 0);
         assert_eq!(Counters::get(&store.counters.deletes), 0);
+    }
+
+    #[tokio::test]
+    async fn created_heartbeats_never_prolong_garbage_collections_lease() {
+        let backend = Backend::new(Arc::new(object_store::memory::InMemory::new()), "memory:");
+        let put = |name: &str| {
+            let backend = backend.clone();
+            let key = ObjectKey::Lock(name.to_string());
+            async move { backend.put_new(&key, Bytes::from_static(b"{}")).await.unwrap() }
+        };
+        put("gc").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        put("gc.alive-1").await;
+        let gc = list_leases(&backend).await.unwrap();
+        assert_eq!(gc.len(), 1, "{gc:?}");
+        assert_eq!(gc[0].renewed, gc[0].started, "gc.alive-1 counted: {gc:?}");
     }
 
     #[test]

@@ -244,14 +244,16 @@ enum Access {
 
 const GC_LEASE_UNIT: &str = "locks/gc";
 
-/// The lease or probe a key belongs to: `locks/<id>` for a lease's two
-/// objects, the key itself for a probe.
+/// The lease or probe a key belongs to: `locks/<id>` for a lease's start
+/// object and its heartbeats (`.alive`, `.alive-<n>`), the key itself for a
+/// probe.
 fn owned_unit(key: &str) -> Option<&str> {
     if key.starts_with("probe-") {
         return Some(key);
     }
-    key.starts_with("locks/")
-        .then(|| key.strip_suffix(".alive").unwrap_or(key))
+    let name = key.strip_prefix("locks/")?;
+    let (id, _) = crate::lease::lease_of(name);
+    Some(&key[.."locks/".len() + id.len()])
 }
 
 /// What `role` may do to `key` (a valid key, [`valid_key`]).
@@ -1142,6 +1144,8 @@ mod tests {
             (Overwrite, "locks/gc.alive", Refuse),
             (Delete, "locks/gc", Refuse),
             (Delete, "locks/gc.alive", Refuse),
+            (Create, "locks/gc.alive-1", Refuse),
+            (Create, "locks/backup-1.alive-7", owner("locks/backup-1")),
             (Create, "locks/backup-1", record("locks/backup-1")),
             (Overwrite, "locks/backup-1", Refuse),
             (Create, "locks/backup-1.alive", owner("locks/backup-1")),

@@ -478,47 +478,6 @@ async fn plant_fake_copy(
     fake.id
 }
 
-/// Writes a condemned list (and its writers list) GC never wrote.
-async fn plant_condemned_list(backend: &Backend, run: &str, packs: &[ObjectKey]) {
-    use cairn_store::plan::gc::{
-        CondemnReason, CondemnedList, CondemnedPack, WritersAtCondemnation,
-    };
-    let mut condemned = Vec::new();
-    for key in packs {
-        let ObjectKey::Pack(id) = key else { panic!() };
-        condemned.push(CondemnedPack {
-            id: *id,
-            reason: CondemnReason::Unreferenced,
-            len: backend.head(key).await.unwrap().len,
-        });
-    }
-    let list = CondemnedList {
-        version: 1,
-        run: run.into(),
-        packs: condemned,
-    };
-    let writers = WritersAtCondemnation {
-        run: run.into(),
-        writers: vec![],
-    };
-    let put = |name: String, body: Vec<u8>| async move {
-        backend
-            .put_new(&ObjectKey::Gc(name), body.into())
-            .await
-            .unwrap()
-    };
-    put(
-        format!("condemned-{run}"),
-        serde_json::to_vec(&list).unwrap(),
-    )
-    .await;
-    put(
-        format!("writers-{run}"),
-        serde_json::to_vec(&writers).unwrap(),
-    )
-    .await;
-}
-
 /// Issue 13, critical 2 (the gc side): a fake pack claiming every live
 /// blob, an index naming it and a forged condemned list naming the genuine
 /// pack must not make GC delete the genuine pack.

@@ -116,3 +116,41 @@ async fn verify_finds_a_damaged_manifest_an_earlier_run_left_at_the_destination(
         "{err}"
     );
 }
+
+/// Replication is a writer like a backup (format-spec §12.2): a pack that
+/// a garbage collection at the destination has condemned is never taken
+/// as present, so that gc cannot delete what a new snapshot needs. Here an
+/// interrupted run left a pack there, unindexed, and the gc condemned it.
+#[tokio::test]
+async fn a_pack_condemned_at_the_destination_is_never_taken_as_present() {
+    let src = Place::new(Kind::Local);
+    init(&src).await;
+    let one = backup_bytes(&src.backend(), "a", random_bytes(400_000, 11)).await;
+    let dst = Place::new(Kind::Local);
+    // A first run that stopped after its packs: copied, not indexed.
+    let source = Repository::open(src.backend()).await.unwrap();
+    source
+        .replicate(dst.backend(), &ReplicateOptions::default())
+        .await
+        .unwrap();
+    let packs = keys(&dst.backend(), cairn_store::backend::ObjectDir::Packs).await;
+    for key in keys(&dst.backend(), cairn_store::backend::ObjectDir::Index).await {
+        dst.backend().delete(&key).await.unwrap();
+    }
+    dst.backend()
+        .delete(&ObjectKey::Snapshot(one.snapshot))
+        .await
+        .unwrap();
+    plant_condemned_list(&dst.backend(), "20261206-000000-00000001", &packs).await;
+
+    let err = source
+        .replicate(dst.backend(), &ReplicateOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), cairn_store::ErrorKind::Locked, "{err}");
+    assert!(err.to_string().contains("condemned"), "{err}");
+    assert!(
+        snapshots(&dst.backend()).await.is_empty(),
+        "no snapshot may name a condemned pack"
+    );
+}

@@ -227,7 +227,7 @@ impl Repository {
             })
             .await?;
         let copied = self
-            .copy(&dest, &destination, &todo, &manifests, options, &mut report)
+            .copy(&dest, &session, &todo, &manifests, options, &mut report)
             .await;
         let released = session.finish().await;
         copied?;
@@ -254,10 +254,14 @@ impl Repository {
         Ok(report)
     }
 
+    /// Copies what `todo` needs and then its manifests, as a writer under
+    /// `session`'s lease: packs a garbage collection at the destination has
+    /// condemned are never taken as present (gc may delete them before our
+    /// snapshots land), and nothing is written once the lease may have lapsed.
     async fn copy(
         &self,
         dest: &Repository,
-        destination: &Backend,
+        session: &crate::ops::session::WriteSession,
         todo: &[Snapshot],
         manifests: &std::collections::HashMap<SnapshotId, Bytes>,
         options: &ReplicateOptions,
@@ -266,6 +270,8 @@ impl Repository {
         if todo.is_empty() {
             return Ok(());
         }
+        let destination = session.backend();
+        let condemned = session.condemned();
         let source = self.clone().load_index().await?;
         let mut live: IdSet<BlobId> = IdSet::default();
         mark(&source, todo, &mut live, &mut IdSet::default()).await?;
@@ -284,6 +290,13 @@ impl Repository {
         let (present, missing): (Vec<u32>, Vec<u32>) = needed
             .into_iter()
             .partition(|p| at_destination.contains(&index.pack(*p).id));
+        if let Some(p) = present
+            .iter()
+            .map(|p| index.pack(*p).id)
+            .find(|id| condemned.contains(id))
+        {
+            return Err(condemned_needed(p, destination));
+        }
         report.packs_present = present.len() as u64;
         report.bytes_skipped = present.iter().map(|p| index.pack(*p).len).sum();
         // Packs an interrupted run copied but did not yet index: checked
@@ -367,9 +380,15 @@ impl Repository {
                 .chain(&orphans)
                 .flat_map(|p| p.trailer.blobs.iter().map(|b| b.id))
                 .collect();
+            // Indexed there, in a pack gc has not condemned.
+            let kept_there = |b: &BlobId| {
+                dest_index
+                    .locations(b)
+                    .any(|loc| !condemned.contains(&dest_index.pack(loc.pack).id))
+            };
             let uncovered: Vec<&BlobId> = live
                 .iter()
-                .filter(|b| !covered.contains(b) && !dest_index.contains(b))
+                .filter(|b| !covered.contains(b) && !kept_there(b))
                 .collect();
             if uncovered.is_empty() {
                 break;
@@ -405,6 +424,9 @@ impl Repository {
             retry.dedup();
             for id in retry {
                 fetched.insert(id);
+                if condemned.contains(&id) {
+                    return Err(condemned_needed(id, destination));
+                }
                 if at_destination.contains(&id) {
                     // There already (an earlier run's): checked where it is.
                     let bytes = destination.get(&ObjectKey::Pack(id)).await?;
@@ -442,6 +464,7 @@ impl Repository {
             }
         }
         packs.extend(orphans);
+        session.lease().check()?;
         bytes_sent += store_index(destination, packs).await?;
         // Manifests last, oldest first, byte for byte (their signatures):
         // the bytes that were checked, never a second read.
@@ -456,6 +479,7 @@ impl Repository {
                     context: format!(" among those read from {}", self.backend().url()),
                 })?;
             bytes_sent += bytes.len() as u64;
+            session.lease().check()?;
             destination
                 .put_new(&ObjectKey::Snapshot(s.id), bytes)
                 .await?;
@@ -463,6 +487,23 @@ impl Repository {
         }
         report.bytes_sent = bytes_sent;
         Ok(())
+    }
+}
+
+/// The refusal when a pack the snapshots need is condemned at the
+/// destination: it cannot be copied again under its own name until that
+/// garbage collection has deleted it.
+fn condemned_needed(pack: PackId, destination: &Backend) -> Error {
+    Error::Locked {
+        what: format!(
+            "pack {pack}, which the snapshots to copy need, is condemned at {} by a garbage \
+             collection in progress there (gc/condemned-*), which may delete it at any time",
+            destination.url()
+        ),
+        hint: "nothing was written; run `cairn gc` at the destination to finish that \
+               collection (it deletes the pack once its grace period has passed), then \
+               replicate again: the pack is copied afresh"
+            .into(),
     }
 }
 
