@@ -125,4 +125,32 @@ fn passwords_on_a_command_line_are_not_stored() {
         "true postgresql://lms:***@db:5432/lms --password=***; PGPASSWORD=*** printf ok"
     );
     assert_eq!(f.restore_stdout("latest", None), b"ok");
+
+    // The same as words run without a shell: each secret hidden whole,
+    // whatever characters it holds.
+    let run = ok(f.backup().args([
+        "--name",
+        "words.sql",
+        "--exec",
+        "--",
+        "true",
+        "--password",
+        "PGPASSWORD=hun ter'2",
+        "postgresql://lms:s3c;ret@db/lms",
+    ]));
+    assert!(run.stderr.contains("password"), "{}", run.stderr);
+    for (name, bytes) in f.contents() {
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in ["hun ter", "ter'2", "s3c;ret"] {
+            assert!(!text.contains(secret), "{secret} stored in {name}");
+        }
+    }
+    let command = f.snapshots(&[])[1]["source"]["command"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        command,
+        "true --password 'PGPASSWORD=***' 'postgresql://lms:***@db/lms'"
+    );
 }

@@ -558,7 +558,12 @@ mod append_only_tests {
         let put = |name: &str| {
             let backend = backend.clone();
             let key = ObjectKey::Lock(name.to_string());
-            async move { backend.put_new(&key, Bytes::from_static(b"{}")).await.unwrap() }
+            async move {
+                backend
+                    .put_new(&key, Bytes::from_static(b"{}"))
+                    .await
+                    .unwrap()
+            }
         };
         put("gc").await;
         tokio::time::sleep(Duration::from_millis(20)).await;

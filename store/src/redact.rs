@@ -73,6 +73,55 @@ pub fn redact_command(command: &str) -> Option<String> {
     changed.then_some(out)
 }
 
+/// A command given as words (run without a shell), each with its secrets
+/// replaced by the rules of [`redact_command`]; a value runs to the end of
+/// its word, since no shell cuts it. `None` if it held none.
+pub fn redact_argv(words: &[String]) -> Option<Vec<String>> {
+    let program = words
+        .first()
+        .map_or("", |w| w.rsplit('/').next().unwrap_or(w));
+    let mut previous = "";
+    let mut changed = false;
+    let mut out = Vec::with_capacity(words.len());
+    for word in words {
+        let after = |at: usize| format!("{}{HIDDEN}", &word[..at]);
+        let lower = word.to_ascii_lowercase();
+        let redacted = if USER_OPTIONS.contains(&previous) {
+            word.find(':').map(|c| after(c + 1))
+        } else if takes_secret(program, previous) && !word.starts_with('-') {
+            Some(HIDDEN.to_string())
+        } else if MYSQL.contains(&program) && word.starts_with("-p") && word.len() > 2 {
+            Some(after(2))
+        } else if let Some(at) = ["bearer ", "basic "]
+            .iter()
+            .find_map(|s| lower.find(s).map(|i| i + s.len()))
+        {
+            // One word holding a whole header: `Authorization: Bearer …`.
+            Some(after(at))
+        } else if let Some(eq) = word.find('=')
+            && secret_name(&word[..eq])
+        {
+            Some(after(eq + 1))
+        } else if let Some(eq) = word.find('=')
+            && word[..eq].eq_ignore_ascii_case("--user")
+        {
+            word[eq..].find(':').map(|c| after(eq + c + 1))
+        } else {
+            redact_userinfo(word)
+        };
+        changed |= redacted.is_some();
+        out.push(redacted.unwrap_or_else(|| word.clone()));
+        previous = word;
+    }
+    changed.then_some(out)
+}
+
+/// Whether a `NAME=` says its value is a secret.
+fn secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace(['-', '_'], "");
+    SECRET_NAMES.iter().any(|s| name.contains(s))
+}
+
 /// Programs whose `-pPASSWORD` (attached) is a password.
 const MYSQL: &[&str] = &[
     "mysql",
@@ -111,16 +160,15 @@ fn hide_value(word: &str, start: usize) -> Option<String> {
 
 fn redact_word(word: &str) -> Option<String> {
     if let Some(eq) = word.find('=') {
-        let name = word[..eq].to_ascii_lowercase().replace(['-', '_'], "");
         // A quote opening the value stays; the value ends where the shell
         // would end the word.
         let start = eq + 1 + usize::from(word[eq + 1..].starts_with(['\'', '"']));
-        if SECRET_NAMES.iter().any(|s| name.contains(s))
+        if secret_name(&word[..eq])
             && let Some(hidden) = hide_value(word, start)
         {
             return Some(hidden);
         }
-        if name == "user" {
+        if word[..eq].to_ascii_lowercase().replace(['-', '_'], "") == "user" {
             return redact_after_colon(word);
         }
     }
@@ -155,6 +203,50 @@ fn redact_userinfo(word: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_run_without_a_shell_lose_their_whole_secret() {
+        let words = |s: &[&str]| s.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let cases: [(&[&str], Option<&[&str]>); 9] = [
+            (
+                &["mongodump", "--password", "abc!d'ef", "--archive"],
+                Some(&["mongodump", "--password", "***", "--archive"]),
+            ),
+            (
+                &["redis-cli", "-a", "p@ss word;x", "--rdb", "-"],
+                Some(&["redis-cli", "-a", "***", "--rdb", "-"]),
+            ),
+            (
+                &["mysqldump", "-ps3 cr'et", "db"],
+                Some(&["mysqldump", "-p***", "db"]),
+            ),
+            (
+                &["env", "PGPASSWORD=a b|c", "pg_dump"],
+                Some(&["env", "PGPASSWORD=***", "pg_dump"]),
+            ),
+            (
+                &["curl", "-u", "me:p w", "https://x"],
+                Some(&["curl", "-u", "me:***", "https://x"]),
+            ),
+            (
+                &["curl", "--user=me:p;w", "https://x"],
+                Some(&["curl", "--user=me:***", "https://x"]),
+            ),
+            (
+                &["curl", "-H", "Authorization: Bearer tok en", "u"],
+                Some(&["curl", "-H", "Authorization: Bearer ***", "u"]),
+            ),
+            (
+                &["pg_dump", "postgresql://u:p'w@db/lms"],
+                Some(&["pg_dump", "postgresql://u:***@db/lms"]),
+            ),
+            (&["pg_dump", "-Fc", "openedx"], None),
+        ];
+        for (input, want) in cases {
+            let want = want.map(words);
+            assert_eq!(redact_argv(&words(input)), want, "{input:?}");
+        }
+    }
 
     #[test]
     fn passwords_are_hidden_and_the_rest_kept() {

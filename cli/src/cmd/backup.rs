@@ -138,15 +138,12 @@ fn source(args: &BackupArgs) -> anyhow::Result<Source> {
     };
     Ok(match (command, stdin) {
         (Some(command), _) => {
-            let line = match &command {
-                CommandLine::Shell(line) => line.clone(),
-                CommandLine::Argv(argv) => argv.join(" "),
-            };
-            if let Some(stored) = cairn_store::redact::redact_command(&line) {
+            if command.holds_secret() {
                 eprintln!(
                     "cairn: warning: the command line holds a password; it is stored in the \
-                     snapshot as `{stored}`; keep secrets out of it (a ~/.pgpass file, or a \
-                     variable set before cairn runs)"
+                     snapshot as `{}`; keep secrets out of it (a ~/.pgpass file, or a \
+                     variable set before cairn runs)",
+                    crate::terminal::safe(&command.shown())
                 );
             }
             Source::Command {

@@ -580,17 +580,27 @@ pub async fn execute(step: &Step, deadline: Instant) -> Outcome {
     finish(Status::Failed, code, Some(message), summary)
 }
 
-/// `arg` as a shell would need it typed (for showing a plan).
-fn shell_quoted(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@%+,-".contains(&b));
-    if plain {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', "'\\''"))
+/// A step's command line as a person would type it, secrets hidden: the
+/// `--command` line and the words after `--exec --` by the rules of
+/// [`cairn_store::redact`].
+fn shown_args(args: &[String]) -> String {
+    let split = args
+        .windows(2)
+        .position(|w| w[0] == "--exec" && w[1] == "--")
+        .map_or(args.len(), |i| i + 2);
+    let (head, tail) = args.split_at(split);
+    let mut words: Vec<String> = Vec::with_capacity(args.len());
+    let mut previous = "";
+    for a in head {
+        words.push(if previous == "--command" {
+            cairn_store::redact::redacted(a)
+        } else {
+            a.clone()
+        });
+        previous = a;
     }
+    words.extend(cairn_store::redact::redact_argv(tail).unwrap_or_else(|| tail.to_vec()));
+    cairn_store::ops::source::quote_words(&words)
 }
 
 /// One log line per step, for CronJob logs.
@@ -641,11 +651,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{:<22} cairn {}{}",
                 s.id(),
-                s.args
-                    .iter()
-                    .map(|a| shell_quoted(a))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                shown_args(&s.args),
                 if env.is_empty() {
                     String::new()
                 } else {
@@ -814,11 +820,32 @@ mod tests {
     }
 
     #[test]
-    fn plans_show_arguments_as_a_shell_would_take_them() {
-        assert_eq!(shell_quoted("--repo"), "--repo");
-        assert_eq!(shell_quoted("pg_dump -Fc lms"), "'pg_dump -Fc lms'");
-        assert_eq!(shell_quoted("it's"), "'it'\\''s'");
-        assert_eq!(shell_quoted(""), "''");
+    fn plans_show_arguments_as_a_shell_would_take_them_secrets_hidden() {
+        let args = |s: &[&str]| s.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            shown_args(&args(&[
+                "backup",
+                "--command",
+                "PGPASSWORD=x pg_dump -Fc lms"
+            ])),
+            "backup --command 'PGPASSWORD=*** pg_dump -Fc lms'"
+        );
+        assert_eq!(
+            shown_args(&args(&[
+                "backup",
+                "--exec",
+                "--",
+                "mongodump",
+                "--password",
+                "a b",
+                "--archive"
+            ])),
+            "backup --exec -- mongodump --password '***' --archive"
+        );
+        assert_eq!(
+            shown_args(&args(&["backup", "--name", "it's"])),
+            "backup --name 'it'\\''s'"
+        );
     }
 
     fn ids(steps: &[Step]) -> Vec<String> {

@@ -39,12 +39,22 @@ pub enum CommandLine {
 }
 
 impl CommandLine {
+    /// Whether it holds a secret [`CommandLine::shown`] hides.
+    pub fn holds_secret(&self) -> bool {
+        match self {
+            CommandLine::Shell(line) => crate::redact::redact_command(line).is_some(),
+            CommandLine::Argv(argv) => crate::redact::redact_argv(argv).is_some(),
+        }
+    }
+
     /// As a snapshot records it and messages show it: the shell line, or the
     /// arguments quoted as a shell would need them; secrets replaced.
     pub fn shown(&self) -> String {
         match self {
             CommandLine::Shell(line) => redacted(line),
-            CommandLine::Argv(argv) => redacted(&quote_words(argv)),
+            CommandLine::Argv(argv) => {
+                quote_words(&crate::redact::redact_argv(argv).unwrap_or_else(|| argv.clone()))
+            }
         }
     }
 
@@ -67,25 +77,26 @@ impl CommandLine {
     }
 }
 
-/// Words joined as `sh` would read them back: plain where safe, else in
-/// single quotes.
-fn quote_words(words: &[String]) -> String {
-    let safe = |w: &str| {
-        !w.is_empty()
-            && w.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,+@%".contains(&b))
-    };
+/// Words joined as `sh` would read them back.
+pub fn quote_words(words: &[String]) -> String {
     words
         .iter()
-        .map(|w| {
-            if safe(w) {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
+        .map(|w| shell_quote(w))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// One word as `sh` reads it back: plain where safe, else in single quotes.
+pub fn shell_quote(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,+@%".contains(&b));
+    if safe {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// What to back up.
@@ -1044,6 +1055,8 @@ mod tests {
             .unwrap();
         assert_eq!(out, "a b;c|it's|$HOME|");
         assert_eq!(line.shown(), r#"printf '%s|' 'a b;c' 'it'\''s' '$HOME'"#);
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("--repo"), "--repo");
         // Read back by a shell, the shown line runs the same words.
         let mut again = String::new();
         Content::Command(CommandLine::Shell(line.shown()))

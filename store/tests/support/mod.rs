@@ -466,7 +466,8 @@ pub fn as_v1(manifest: &mut cairn_store::format::manifest::Manifest) {
 
 /// Writes a condemned list (and its writers list) GC never wrote.
 pub async fn plant_condemned_list(
-    backend: &Backend, run: &str,
+    backend: &Backend,
+    run: &str,
     packs: &[cairn_store::backend::ObjectKey],
 ) {
     use cairn_store::backend::ObjectKey;
