@@ -324,15 +324,27 @@ async fn heartbeat(backend: &Backend, id: &str, beats: &AtomicU64) -> Result<()>
         let key = ObjectKey::Lock(format!("{id}{ALIVE_SUFFIX}"));
         return backend.put_overwrite(&key, body).await;
     }
-    loop {
+    // One that exists already was made by a request that seemed to fail;
+    // a store that says every name exists is not believed for ever.
+    for _ in 0..MAX_TAKEN_HEARTBEATS {
         let n = beats.fetch_add(1, Ordering::Relaxed) + 1;
         let key = ObjectKey::Lock(format!("{id}{ALIVE_SUFFIX}-{n}"));
-        // One that exists already was made by a request that seemed to fail.
         if backend.put_new(&key, body.clone()).await? == Created::New {
             return Ok(());
         }
     }
+    Err(Error::corrupt(
+        format!("locks/{id}.alive-* at {}", backend.url()),
+        format!(
+            "{MAX_TAKEN_HEARTBEATS} heartbeat names in a row were taken already; the store \
+             answers every create as existing"
+        ),
+    ))
 }
+
+/// Heartbeat names tried in a row before a store claiming each is taken is
+/// not believed.
+const MAX_TAKEN_HEARTBEATS: usize = 64;
 
 /// The lease a lock object's name belongs to, and whether it is a
 /// heartbeat (`<id>.alive`, `<id>.alive-<n>`) rather than the start object.

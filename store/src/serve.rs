@@ -52,6 +52,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{Error, Result};
 
+/// The longest token file read (a few hundred tokens).
+const MAX_TOKEN_FILE_LEN: u64 = 1 << 20;
+
 /// The largest request body accepted: the largest object a writer makes.
 /// A pack is under 64 MiB (§14: `pack_target_len` ≤ 32 MiB, trailer
 /// included, plus one frame under 32 MiB), an index object under 32 MiB,
@@ -151,17 +154,38 @@ impl Tokens {
 
     /// Reads and parses a token file, refusing one others can read.
     pub fn read_file(path: &FsPath) -> Result<Tokens> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |e| Error::io(format!("reading {}", path.display()), e);
+        // Opened once, without blocking (a FIFO), checked and read through
+        // the same descriptor, at most MAX_TOKEN_FILE_LEN bytes.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(Error::invalid(format!("{} is not a file", path.display())));
+        }
         #[cfg(unix)]
-        if let Some(why) = crate::format::key::secret_file_exposed(&meta) {
+        if let Some(why) = crate::format::key::secret_file_exposed(&file, &meta) {
             return Err(Error::invalid(format!(
                 "{} {why}; chmod 600 it",
                 path.display()
             )));
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(&file, MAX_TOKEN_FILE_LEN + 1),
+            &mut text,
+        )
+        .map_err(io)?;
+        if text.len() as u64 > MAX_TOKEN_FILE_LEN {
+            return Err(Error::invalid(format!(
+                "{} is over {MAX_TOKEN_FILE_LEN} bytes: not a token file",
+                path.display()
+            )));
+        }
         Tokens::parse(&text)
     }
 
@@ -1117,6 +1141,19 @@ mod tests {
             Tokens::parse("read aaaaaaaaaaaaaaaaaaaaaaaaaaaa\nadmin aaaaaaaaaaaaaaaaaaaaaaaaaaaa")
                 .is_err()
         );
+        // A FIFO or a huge file in its place: refused, never waited on or
+        // read whole.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from(0o600)).unwrap();
+        let e = Tokens::read_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a file"), "{e}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'#'; (1 << 20) + 10]).unwrap();
+        std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let e = Tokens::read_file(&big).unwrap_err().to_string();
+        assert!(e.contains("not a token file"), "{e}");
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl SecretKey {
             .metadata()
             .map_err(|e| fail(format!("cannot read: {e}")))?;
         #[cfg(unix)]
-        if let Some(why) = secret_file_exposed(&meta) {
+        if let Some(why) = secret_file_exposed(&file, &meta) {
             return Err(fail(format!(
                 "{why}; the secret key may have leaked: `chmod 600` it (and replace the key if \
                  others could read it)"
@@ -240,12 +240,34 @@ impl SecretKey {
 /// stricter, or the one shape Kubernetes gives a Secret mounted for a pod
 /// with `fsGroup` (owned by root, readable by its group, writable by no
 /// one but root, the group being this non-root process's own).
+/// `meta` is the opened `file`'s own, not its path's: nothing can swap
+/// the file between the check and the read. A file with a POSIX access
+/// ACL is never taken for the Kubernetes shape (its group bits are then
+/// only a mask, and a named user may read it).
 #[cfg(unix)]
-pub fn secret_file_exposed(meta: &std::fs::Metadata) -> Option<String> {
+pub fn secret_file_exposed(file: &std::fs::File, meta: &std::fs::Metadata) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let euid = rustix::process::geteuid().as_raw();
     let egid = rustix::process::getegid().as_raw();
-    exposure(meta.mode() & 0o777, meta.uid(), meta.gid(), euid, egid)
+    let why = exposure(meta.mode() & 0o777, meta.uid(), meta.gid(), euid, egid);
+    if why.is_none() && meta.mode() & 0o070 != 0 && has_access_acl(file) {
+        return Some(format!(
+            "has a POSIX ACL beside mode {:03o} (others may read it)",
+            meta.mode() & 0o777
+        ));
+    }
+    why
+}
+
+/// Whether the file carries an access ACL (`system.posix_acl_access`).
+#[cfg(unix)]
+fn has_access_acl(file: &std::fs::File) -> bool {
+    let mut buf = [0u8; 0];
+    match rustix::fs::fgetxattr(file, "system.posix_acl_access", &mut buf[..]) {
+        Ok(_) => true,
+        // ERANGE: present (and longer than the empty buffer).
+        Err(e) => e == rustix::io::Errno::RANGE,
+    }
 }
 
 /// [`secret_file_exposed`] over plain numbers.
@@ -262,6 +284,37 @@ fn exposure(mode: u32, uid: u32, gid: u32, euid: u32, egid: u32) -> Option<Strin
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_access_acl_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "x").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(!super::has_access_acl(&file));
+        // user::rw-, user:1000:r--, group::r--, mask::r--, other::---
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (0x01u16, 6u16, u32::MAX),
+            (0x02, 4, 1000),
+            (0x04, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(perm.to_le_bytes());
+            acl.extend(id.to_le_bytes());
+        }
+        rustix::fs::setxattr(
+            &path,
+            "system.posix_acl_access",
+            &acl,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(super::has_access_acl(&file), "user:1000 may read it");
+    }
+
     #[test]
     fn only_private_files_or_a_pod_group_secret_count_as_secret() {
         use super::exposure;
