@@ -416,6 +416,14 @@ fn a_pull_writes_its_metrics_whether_it_succeeds_or_fails() {
     f.backup_bytes("a", &random_bytes(10_000, 7), &["--tag", "source:pg"]);
     f.backup_bytes("a", &random_bytes(10_000, 8), &["--tag", "source:pg"]);
     f.backup_bytes("b", &random_bytes(10_000, 9), &["--tag", "source:couchdb"]);
+    // --latest counts per source as --keep-last does: the newest of each.
+    let newest = f.path("newest").to_str().unwrap().to_string();
+    let report = ok(&mut replicate(&src, &newest, &["--latest", "1"])).json();
+    assert_eq!(
+        report["snapshots_copied"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
     let copy = f.path("copy").to_str().unwrap().to_string();
     let prom = f.path("pull.prom");
     let metrics = || -> std::collections::BTreeMap<String, f64> {

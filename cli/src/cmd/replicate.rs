@@ -29,7 +29,8 @@ pub struct ReplicateArgs {
     /// unless named.
     #[arg(long = "trust", value_name = "PUBKEY", value_delimiter = ',')]
     trust: Vec<PublicKey>,
-    /// Copy only the newest N snapshots.
+    /// Copy only the newest N snapshots of each host and tag set (each
+    /// `cairn run` source).
     #[arg(long, value_name = "N", conflicts_with_all = ["since", "snapshots"])]
     latest: Option<usize>,
     /// Copy only snapshots at or after this time (RFC 3339 with offset).

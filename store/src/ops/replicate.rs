@@ -50,7 +50,7 @@ pub enum Selection {
     /// Every snapshot.
     #[default]
     All,
-    /// The newest N.
+    /// The newest N of each host and tag set (each `cairn run` source).
     Latest(usize),
     /// Those at or after a time.
     Since(Timestamp),
@@ -567,7 +567,7 @@ fn select(list: &SnapshotList, selection: &Selection) -> Result<Vec<Snapshot>> {
     let snapshots = &list.snapshots;
     Ok(match selection {
         Selection::All => snapshots.clone(),
-        Selection::Latest(n) => snapshots[snapshots.len().saturating_sub(*n)..].to_vec(),
+        Selection::Latest(n) => newest_of_each_source(snapshots, *n),
         Selection::Since(t) => snapshots
             .iter()
             .filter(|s| s.manifest.time >= *t)
@@ -626,6 +626,26 @@ fn hold_future(list: &mut SnapshotList, now: Timestamp) {
 
 fn state_key(source: &Repository) -> ObjectKey {
     ObjectKey::Replica(source.config().id.to_string())
+}
+
+/// The newest `n` snapshots of each host and tag set, in time order
+/// (`snapshots` is oldest first).
+fn newest_of_each_source(snapshots: &[Snapshot], n: usize) -> Vec<Snapshot> {
+    let mut kept: std::collections::HashMap<(&str, Vec<&str>), usize> = Default::default();
+    let mut out: Vec<Snapshot> = snapshots
+        .iter()
+        .rev()
+        .filter(|s| {
+            let mut tags: Vec<&str> = s.manifest.tags.iter().map(String::as_str).collect();
+            tags.sort_unstable();
+            let count = kept.entry((s.manifest.host.as_str(), tags)).or_default();
+            *count += 1;
+            *count <= n
+        })
+        .cloned()
+        .collect();
+    out.reverse();
+    out
 }
 
 /// Refuses a source rolled back behind what the destination accepted, or
