@@ -46,13 +46,29 @@ What is checked (tests/k8s/check runs this on the base and every overlay):
     container from a Secret; the Job's activeDeadlineSeconds exceeds the
     run's deadline;
   - the forget of the snapshots made outside `cairn run` (tag
-    retention:extra) keeps what cairn.toml's [retention] keeps.
+    retention:extra) keeps what cairn.toml's [retention] keeps;
+  - `cairn run`'s config has no [drill] (loading a config reads every
+    secret it names: the nightly must not read the superuser's password),
+    the drill's has one, and a ConfigMap's drill.toml equals its cairn.toml
+    but for [drill]; a container run with --config mounts no Secret file
+    that its config (or its --key/--tokens) does not read;
+  - the cluster-objects dump (every `kubectl get` of configmaps or secrets in
+    a container's script) can reach neither namespace cairn (node4's
+    signing key, the bucket credential, serve's tokens, the admin
+    passwords: any serve token reads the whole repository) nor
+    kube-system's Secrets;
+  - every container that restores a database source (`drill`, `restore
+    couchdb`, `restore --tag source:<a cairn.toml source>`) has CAIRN_TRUST
+    set to node4's key alone (cairn-site's NODE4_PUBLIC_KEY, one key, one
+    of TRUSTED_KEYS) and no --trust overriding it; `cairn run` has none
+    (its verify must accept the volume jobs' snapshots).
 """
 
 import argparse
 import copy
 import posixpath
 import re
+import shlex
 import sys
 import tomllib
 
@@ -76,6 +92,23 @@ KEY_FILE_NAME = re.compile(r"(\.key|^tokens)$")
 SECRET_MODE_FORBIDDEN = 0o037
 SECRET_DEFAULT_MODE = 0o644   # Kubernetes' default for a Secret volume
 SUSPENDED_TEMPLATES = re.compile(r"^cairn-(restore-.*|init)$")
+# The namespace of node4's own Secrets (signing key, bucket credential, serve
+# tokens, admin passwords): never in the cluster-objects dump.
+CAIRN_NAMESPACE = "cairn"
+# Namespaces whose Secrets the dump leaves out too (k3s' own).
+NO_SECRETS_DUMPED = ("kube-system",)
+# cairn-site's key holding node4's public key alone (CAIRN_TRUST of the
+# database restores), and the list the repository trusts.
+NODE4_KEY = "NODE4_PUBLIC_KEY"
+TRUSTED_KEYS = "TRUSTED_KEYS"
+# Database sources whatever cairn.toml says (their tags).
+DATABASE_TAGS = {"source:postgres", "source:couchdb"}
+# kubectl flags that take a value as the next word.
+KUBECTL_VALUE_FLAGS = {
+    "-n", "--namespace", "--field-selector", "-l", "--selector", "-o", "--output",
+    "--request-timeout", "--context", "--kubeconfig", "--cluster", "--user", "-s", "--server",
+    "--token", "--chunk-size", "--sort-by", "--template", "-L", "--label-columns",
+}
 
 
 class Policy:
@@ -138,6 +171,8 @@ class Policy:
         self.check_cronjobs()
         self.check_service_accounts()
         self.check_local_pv()
+        self.check_config_pairs()
+        self.check_site_keys()
         for owner, pod, ns in self.pod_templates():
             self.check_pod(owner, pod, ns)
         for d in self.docs:
@@ -330,6 +365,11 @@ class Policy:
             if args[:1] == ["forget"] and "retention:extra" in args:
                 self.check_extra_retention(owner, args, ns)
 
+        # Who may sign what a database restore loads; what the dump reads.
+        for c in containers:
+            self.check_trust(owner, c, ns)
+            self.check_dump(owner, c, ns, pod.get("serviceAccountName") == K8S_READER)
+
     def check_extra_retention(self, owner, args, ns):
         configs = [d for d in self.docs if d.get("kind") == "ConfigMap"
                    and (d.get("metadata") or {}).get("namespace") == ns
@@ -424,13 +464,16 @@ class Policy:
             if "--config" in args[:-1] and self.is_cairn(c):
                 for d in self.docs:
                     if d.get("kind") == "ConfigMap" and (d.get("metadata") or {}).get("namespace") == ns:
-                        try:
-                            config = tomllib.loads((d.get("data") or {}).get("cairn.toml", ""))
-                        except tomllib.TOMLDecodeError:
-                            continue
-                        key_file = (config.get("repository") or {}).get("key_file")
-                        if key_file:
-                            paths.add(key_file)
+                        for name, text in (d.get("data") or {}).items():
+                            if not name.endswith(".toml"):
+                                continue
+                            try:
+                                config = tomllib.loads(text)
+                            except tomllib.TOMLDecodeError:
+                                continue
+                            key_file = (config.get("repository") or {}).get("key_file")
+                            if key_file:
+                                paths.add(key_file)
         return paths
 
     def check_key_files(self, owner, pod, ns, volumes):
@@ -563,6 +606,19 @@ class Policy:
         for f in files:
             if not f or not self.provides(pod, c, volumes, f, ns):
                 self.fail(owner, f"{where}: the config reads {f}, which is not mounted in the container")
+        # Least privilege: a Secret file mounted here is read by the config
+        # or named by an argument, else it has no business in this pod.
+        args = self.args(c)
+        wanted = set(files) | {args[i + 1] for i, a in enumerate(args[:-1]) if a in KEY_ARGS}
+        for f, (vname, _) in sorted(self.secret_files(c, volumes, ns).items()):
+            if f not in wanted:
+                self.fail(owner, f"{where}: mounts {f} (volume {vname}), which its config does not read "
+                                 f"(mount only the Secret's keys it names: items)")
+        if verb == "run" and "drill" in config:
+            self.fail(owner, f"{where}: `cairn run`'s config names [drill]: loading it reads [drill]'s "
+                             f"secrets (the superuser's password); give the drill its own file (drill.toml)")
+        if verb == "drill" and "drill" not in config:
+            self.fail(owner, f"{where}: the drill's config has no [drill] section")
         mounts = {m.get("mountPath", "").rstrip("/") for m in c.get("volumeMounts") or []}
         url = config.get("repository", {}).get("url", "")
         if url.startswith("/") and url.rstrip("/") not in mounts:
@@ -579,6 +635,210 @@ class Policy:
             active = ((owner["spec"].get("jobTemplate") or {}).get("spec") or {}).get("activeDeadlineSeconds")
             if isinstance(active, int) and deadline is not None and active <= deadline:
                 self.fail(owner, f"activeDeadlineSeconds {active} is not above the config's run deadline ({deadline} s)")
+
+    def check_config_pairs(self):
+        """A ConfigMap's drill.toml is its cairn.toml plus [drill], and
+        cairn.toml has no [drill]."""
+        for d in self.docs:
+            data = (d.get("data") or {}) if d.get("kind") == "ConfigMap" else {}
+            if "cairn.toml" not in data or "drill.toml" not in data:
+                continue
+            try:
+                run, drill = tomllib.loads(data["cairn.toml"]), tomllib.loads(data["drill.toml"])
+            except tomllib.TOMLDecodeError as e:
+                self.fail(d, f"cairn.toml or drill.toml is not valid TOML: {e}")
+                continue
+            if "drill" in run:
+                self.fail(d, "cairn.toml has a [drill] section (it belongs in drill.toml only)")
+            if "drill" not in drill:
+                self.fail(d, "drill.toml has no [drill] section")
+            rest = {k: v for k, v in drill.items() if k != "drill"}
+            mine = {k: v for k, v in run.items() if k != "drill"}
+            if rest != mine:
+                differ = sorted(k for k in set(rest) | set(mine) if rest.get(k) != mine.get(k))
+                self.fail(d, f"drill.toml differs from cairn.toml outside [drill], in {differ} "
+                             f"(keep the two equal but for [drill])")
+
+    def check_site_keys(self):
+        """NODE4_PUBLIC_KEY is one key, and one the repository trusts."""
+        for d in self.docs:
+            data = (d.get("data") or {}) if d.get("kind") == "ConfigMap" else {}
+            if NODE4_KEY not in data:
+                continue
+            node4 = split_keys(data[NODE4_KEY])
+            if len(node4) != 1:
+                self.fail(d, f"{NODE4_KEY} names {len(node4)} keys; node4's public key alone is wanted")
+            if TRUSTED_KEYS in data and not set(node4) <= set(split_keys(data[TRUSTED_KEYS])):
+                self.fail(d, f"{NODE4_KEY} is not one of {TRUSTED_KEYS}")
+
+    def database_tags(self, ns):
+        """source:NAME of every source of a cairn config in namespace ns:
+        node4 makes them all (the volume jobs' sources are not there)."""
+        tags = set(DATABASE_TAGS)
+        for d in self.docs:
+            if d.get("kind") != "ConfigMap" or (d.get("metadata") or {}).get("namespace") != ns:
+                continue
+            for name, text in (d.get("data") or {}).items():
+                if name.endswith(".toml"):
+                    try:
+                        config = tomllib.loads(text)
+                    except tomllib.TOMLDecodeError:
+                        continue
+                    tags |= {f"source:{s.get('name')}" for s in config.get("source") or []}
+        return tags
+
+    def env_value(self, c, name, ns):
+        """(present, value or None, where the value comes from) of env var name."""
+        for e in c.get("env") or []:
+            if e.get("name") != name:
+                continue
+            if "value" in e:
+                return True, str(e["value"]), "value"
+            ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
+            if ref:
+                cm = self.get("ConfigMap", ns, ref.get("name"))
+                value = ((cm or {}).get("data") or {}).get(ref.get("key"))
+                return True, value, ref.get("key")
+            return True, None, "valueFrom"
+        return False, None, None
+
+    def check_trust(self, owner, c, ns):
+        if not self.is_cairn(c):
+            return
+        args = self.args(c)
+        tags = {args[i + 1] for i, a in enumerate(args[:-1]) if a == "--tag"} | {
+            a.split("=", 1)[1] for a in args if a.startswith("--tag=")}
+        what = None
+        if args[:1] == ["drill"]:
+            what = "the drill"
+        elif args[:2] == ["restore", "couchdb"]:
+            what = "a CouchDB restore"
+        elif args[:1] == ["restore"] and tags & self.database_tags(ns):
+            what = f"a restore of {sorted(tags & self.database_tags(ns))[0]}"
+        present, value, source = self.env_value(c, "CAIRN_TRUST", ns)
+        name = c.get("name")
+        if args[:1] == ["run"] and present:
+            self.fail(owner, f"container {name}: `cairn run` with CAIRN_TRUST: its verify would refuse the "
+                             f"volume jobs' snapshots (only the database restores trust node4 alone)")
+        if what is None:
+            return
+        if not present:
+            self.fail(owner, f"container {name}: {what} without CAIRN_TRUST: a snapshot signed by the volume "
+                             f"jobs' key (on node1-3) would be loaded; set it to cairn-site's {NODE4_KEY}")
+            return
+        if any(a == "--trust" or a.startswith("--trust=") for a in args):
+            self.fail(owner, f"container {name}: {what} passes --trust, which overrides CAIRN_TRUST")
+        if source not in (NODE4_KEY, "value"):
+            self.fail(owner, f"container {name}: CAIRN_TRUST comes from {source!r}, not cairn-site's {NODE4_KEY}")
+        elif value is not None and len(split_keys(value)) != 1:
+            self.fail(owner, f"container {name}: CAIRN_TRUST names {len(split_keys(value))} keys; node4's alone")
+
+    def check_dump(self, owner, c, ns, reader):
+        """Every `kubectl get` of configmaps or secrets leaves out namespace
+        cairn, and kube-system's Secrets. In the reader's pod, a container
+        other than cairn's must show its `kubectl get` plainly."""
+        commands = kubectl_commands(self.args(c))
+        if reader and not self.is_cairn(c) and not any("get" in argv for argv in commands):
+            self.fail(owner, f"container {c.get('name')}: no plain `kubectl get` in its command: "
+                             f"the policy cannot tell which namespaces it dumps")
+        for argv in commands:
+            words = argv[1:]
+            if "get" not in words:
+                continue
+            rest = words[words.index("get") + 1:]
+            positional, namespace, all_ns, selector = [], None, False, ""
+            i = 0
+            while i < len(rest):
+                w = rest[i]
+                if w.startswith("--"):
+                    flag, eq, val = w.partition("=")
+                elif w.startswith("-") and len(w) > 2:     # -nNAME, -oyaml
+                    flag, eq, val = w[:2], "=", w[2:]
+                else:
+                    flag, eq, val = w, "", ""
+                if flag in KUBECTL_VALUE_FLAGS and not eq:
+                    i += 1
+                    val = rest[i] if i < len(rest) else ""
+                if flag in ("-A", "--all-namespaces"):
+                    all_ns = val != "false"
+                elif flag in ("-n", "--namespace"):
+                    namespace = val
+                elif flag == "--field-selector":
+                    selector = val
+                elif not w.startswith("-"):
+                    positional.append(w)
+                i += 1
+            if not positional:
+                continue
+            kinds = {KUBECTL_KINDS.get(r.split("/", 1)[0].split(".", 1)[0].lower())
+                     for r in positional[0].split(",")}
+            only, excluded = namespaces_of(selector)
+            if all_ns:
+                reach = lambda n: (only is None or n in only) and n not in excluded
+            else:
+                target = namespace or ns
+                reach = lambda n: n == target and (only is None or n in only) and n not in excluded
+            shown = " ".join(argv)
+            if kinds & {"secrets", "configmaps"} and reach(CAIRN_NAMESPACE):
+                self.fail(owner, f"container {c.get('name')}: `{shown}` can dump namespace {CAIRN_NAMESPACE} "
+                                 f"(node4's signing key, the bucket credential, serve's tokens), which any "
+                                 f"serve token could then read: --field-selector metadata.namespace!={CAIRN_NAMESPACE}")
+            for n in NO_SECRETS_DUMPED:
+                if "secrets" in kinds and reach(n):
+                    self.fail(owner, f"container {c.get('name')}: `{shown}` can dump {n}'s Secrets "
+                                     f"(--field-selector metadata.namespace!={n})")
+
+
+KUBECTL_KINDS = {"secret": "secrets", "secrets": "secrets",
+                 "configmap": "configmaps", "configmaps": "configmaps", "cm": "configmaps"}
+
+
+def split_keys(text):
+    return [k.strip() for k in str(text).split(",") if k.strip()]
+
+
+def namespaces_of(selector):
+    """(the only namespaces a field selector allows, or None; those it excludes)."""
+    only, excluded = None, set()
+    for req in filter(None, (r.strip() for r in selector.split(","))):
+        m = re.match(r"^metadata\.namespace\s*(!=|==|=)\s*(.*)$", req)
+        if not m:
+            continue
+        if m.group(1) == "!=":
+            excluded.add(m.group(2))
+        else:
+            only = {m.group(2)} if only is None else only & {m.group(2)}
+    return only, excluded
+
+
+def kubectl_commands(argv):
+    """Every kubectl command line in a container's argv: the argv itself, or
+    each one in a shell script passed as an argument."""
+    if argv and posixpath.basename(argv[0]) == "kubectl":
+        return [argv]
+    out = []
+    for a in argv:
+        if "kubectl" not in a:
+            continue
+        for line in a.replace("\\\n", " ").splitlines():
+            lex = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lex.whitespace_split = True
+            lex.commenters = "#"
+            try:
+                words = list(lex)
+            except ValueError:
+                words = line.split()
+            command = []
+            for w in words + [";"]:
+                if w and set(w) <= set("();<>|&"):
+                    while command and command[0] in ("{", "}", "!", "then", "do", "else", "exec", "command"):
+                        command.pop(0)
+                    if command and posixpath.basename(command[0]) == "kubectl":
+                        out.append(command)
+                    command = []
+                else:
+                    command.append(w)
+    return out
 
 
 def secret_files(node):
@@ -637,6 +897,34 @@ def set_in(d, path, value):
     for p in path[:-1]:
         d = d[p]
     d[path[-1]] = value
+
+
+def m_dump(docs, edit):
+    """Edits the script of the cluster-objects dump (kubectl-dump's args)."""
+    c = next(c for c in cj_pod(docs, "cairn-k8s-objects")["initContainers"] if c["name"] == "kubectl-dump")
+    c["args"] = [edit(a) for a in c["args"]]
+
+
+def m_file(docs, key, edit):
+    cm = hashed(docs, "ConfigMap", "cairn-config")
+    cm["data"][key] = edit(cm["data"][key])
+
+
+def without_env(c, name):
+    c["env"] = [e for e in c.get("env") or [] if e["name"] != name]
+
+
+def init_container(docs, cj, name):
+    return next(c for c in cj_pod(docs, cj)["initContainers"] if c["name"] == name)
+
+
+# The dump as it was before namespace cairn was left out.
+DUMP_EVERYTHING = """set -euo pipefail
+umask 077
+kubectl get configmaps,secrets --all-namespaces --output=yaml --request-timeout=120s \\
+  > /dump/.kubernetes-objects.yaml.part
+mv /dump/.kubernetes-objects.yaml.part /dump/kubernetes-objects.yaml
+"""
 
 
 MUTATIONS = [
@@ -739,6 +1027,47 @@ MUTATIONS = [
     ("workload PVC writable with fsGroup", "kubelet would chgrp its files",
      lambda ds: next(v for v in cj_pod(ds, "cairn-volume-lms-uploads")["volumes"]
                      if v["name"] == "uploads")["persistentVolumeClaim"].pop("readOnly")),
+    # F2: the cluster-objects dump never reaches namespace cairn.
+    ("dump of every namespace", "can dump namespace cairn",
+     lambda ds: m_dump(ds, lambda a: DUMP_EVERYTHING if "kubectl" in a else a)),
+    ("dump without the cairn exclusion", "can dump namespace cairn",
+     lambda ds: m_dump(ds, lambda a: a.replace("metadata.namespace!=cairn,", "").replace(
+         "'metadata.namespace!=cairn'", "'metadata.namespace!=default'"))),
+    ("dump of the pod's own namespace", "can dump namespace cairn",
+     lambda ds: m_dump(ds, lambda a: a.replace("echo ---", "kubectl get secrets -o yaml; echo ---"))),
+    ("dump through a variable", "the policy cannot tell which namespaces it dumps",
+     lambda ds: m_dump(ds, lambda a: a.replace("kubectl get", '"$KUBECTL" get').replace(
+         "umask 077", "umask 077; KUBECTL=kubectl"))),
+    ("dump of kube-system's Secrets", "can dump kube-system's Secrets",
+     lambda ds: m_dump(ds, lambda a: a.replace(",metadata.namespace!=kube-system", ""))),
+    # F3: database restores trust node4's key alone.
+    ("drill without CAIRN_TRUST", "the drill without CAIRN_TRUST",
+     lambda ds: without_env(container(ds, "cairn-drill"), "CAIRN_TRUST")),
+    ("CouchDB restore without CAIRN_TRUST", "a CouchDB restore without CAIRN_TRUST",
+     lambda ds: without_env(container(ds, "cairn-restore-couchdb"), "CAIRN_TRUST")),
+    ("PostgreSQL restore without CAIRN_TRUST", "a restore of source:postgres without CAIRN_TRUST",
+     lambda ds: without_env(init_container(ds, "cairn-restore-postgres", "cairn-restore"), "CAIRN_TRUST")),
+    ("CAIRN_TRUST from TRUSTED_KEYS", "CAIRN_TRUST comes from 'TRUSTED_KEYS'",
+     lambda ds: set_in(next(e for e in container(ds, "cairn-drill")["env"] if e["name"] == "CAIRN_TRUST"),
+                       ["valueFrom", "configMapKeyRef", "key"], "TRUSTED_KEYS")),
+    ("--trust overriding CAIRN_TRUST", "passes --trust, which overrides CAIRN_TRUST",
+     lambda ds: container(ds, "cairn-restore-couchdb")["args"].extend(["--trust", "$(TRUSTED_KEYS)"])),
+    ("NODE4_PUBLIC_KEY with the volume key", "NODE4_PUBLIC_KEY names 2 keys",
+     lambda ds: hashed(ds, "ConfigMap", "cairn-site")["data"].__setitem__(
+         "NODE4_PUBLIC_KEY", hashed(ds, "ConfigMap", "cairn-site")["data"]["NODE4_PUBLIC_KEY"] + ",ed25519:OTHER")),
+    ("NODE4_PUBLIC_KEY not trusted", "NODE4_PUBLIC_KEY is not one of TRUSTED_KEYS",
+     lambda ds: hashed(ds, "ConfigMap", "cairn-site")["data"].__setitem__("NODE4_PUBLIC_KEY", "ed25519:OTHER")),
+    ("nightly with CAIRN_TRUST", "`cairn run` with CAIRN_TRUST",
+     lambda ds: container(ds, "cairn-nightly").setdefault("env", []).append({"name": "CAIRN_TRUST", "value": "x"})),
+    # F9: the nightly reads no [drill], and drill.toml is cairn.toml plus [drill].
+    ("[drill] in the nightly's config", "`cairn run`'s config names [drill]",
+     lambda ds: m_file(ds, "cairn.toml", lambda t: t + "\n[drill]\nscratch = \"/tmp\"\n")),
+    ("drill.toml drifts from cairn.toml", "drill.toml differs from cairn.toml outside [drill], in ['source']",
+     lambda ds: m_file(ds, "drill.toml", lambda t: t.replace('PGUSER = "openedx"', 'PGUSER = "postgres"', 1))),
+    ("drill config without [drill]", "the drill's config has no [drill] section",
+     lambda ds: m_file(ds, "drill.toml", lambda t: t[:t.index("[drill]")])),
+    ("superuser's password mounted in the nightly", "mounts /run/secrets/postgres/admin-password",
+     lambda ds: next(v for v in cj_pod(ds, "cairn-nightly")["volumes"] if v["name"] == "postgres")["secret"].pop("items")),
 ]
 
 

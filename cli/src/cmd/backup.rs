@@ -131,8 +131,15 @@ fn source(args: &BackupArgs) -> anyhow::Result<Source> {
         (None, true) => Some(CommandLine::Argv(
             args.paths
                 .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect(),
+                .map(|p| {
+                    p.to_str().map(str::to_string).ok_or_else(|| {
+                        cairn_store::Error::invalid(format!(
+                            "--exec: the word {p:?} is not UTF-8; it would be recorded \
+                             (and run) altered"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         )),
         (None, false) => None,
     };
