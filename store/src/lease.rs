@@ -481,6 +481,43 @@ pub async fn list_leases(backend: &Backend) -> Result<Vec<LeaseStatus>> {
     Ok(leases.into_values().collect())
 }
 
+/// Removes the objects of every writer's lease that is no longer alive at
+/// `now` (start objects and heartbeats, heartbeats first), and heartbeats
+/// left without a start object for longer than [`MAX_TTL`]: what leases an
+/// append-only writer leaves behind, and those of killed writers. Never
+/// garbage collection's own. Returns how many objects went.
+pub async fn remove_expired(backend: &Backend, now: Timestamp) -> Result<u64> {
+    let leases = list_leases(backend).await?;
+    let dead: std::collections::HashSet<&str> = leases
+        .iter()
+        .filter(|l| l.id != GC_LEASE && !l.is_alive(now))
+        .map(|l| l.id.as_str())
+        .collect();
+    let started: std::collections::HashSet<&str> = leases.iter().map(|l| l.id.as_str()).collect();
+    let max_ttl = jiff::SignedDuration::try_from(MAX_TTL).unwrap_or(jiff::SignedDuration::MAX);
+    let mut heartbeats = Vec::new();
+    let mut starts = Vec::new();
+    for o in backend.list(ObjectDir::Locks).await? {
+        let ObjectKey::Lock(name) = &o.key else {
+            continue;
+        };
+        let (id, beat) = lease_of(name);
+        let orphan = beat && !started.contains(id) && now.duration_since(o.last_modified) > max_ttl;
+        if id != GC_LEASE && (dead.contains(id) || orphan) {
+            if beat {
+                heartbeats.push(o.key);
+            } else {
+                starts.push(o.key);
+            }
+        }
+    }
+    let removed = (heartbeats.len() + starts.len()) as u64;
+    for key in heartbeats.into_iter().chain(starts) {
+        backend.delete(&key).await?;
+    }
+    Ok(removed)
+}
+
 /// The store's clock now: write a probe and read its `last_modified`.
 pub async fn store_now(backend: &Backend) -> Result<Timestamp> {
     let key = ObjectKey::Probe(format!("clock-{}", random_hex(8)?));
@@ -583,6 +620,43 @@ mod append_only_tests {
         let gc = list_leases(&backend).await.unwrap();
         assert_eq!(gc.len(), 1, "{gc:?}");
         assert_eq!(gc[0].renewed, gc[0].started, "gc.alive-1 counted: {gc:?}");
+    }
+
+    #[tokio::test]
+    async fn expired_leases_are_removed_live_ones_and_gcs_kept() {
+        let backend = Backend::new(Arc::new(object_store::memory::InMemory::new()), "memory:");
+        let append_only = backend.clone().append_only();
+        let old = Lease::acquire(&append_only, "replicate", Duration::from_millis(400))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        old.release().await.unwrap(); // append-only: left to expire
+        let live = Lease::acquire(&backend, "backup", DEFAULT_TTL)
+            .await
+            .unwrap();
+        backend
+            .put_new(&ObjectKey::Lock(GC_LEASE.into()), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        // Leases count in whole seconds: one second after its last heartbeat.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let now = store_now(&backend).await.unwrap();
+        let removed = remove_expired(&backend, now).await.unwrap();
+        assert!(
+            removed >= 2,
+            "the start object and its heartbeats: {removed}"
+        );
+        let names: Vec<String> = backend
+            .list(ObjectDir::Locks)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.to_string())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("replicate-")), "{names:?}");
+        assert!(names.iter().any(|n| n.ends_with(live.id())), "{names:?}");
+        assert!(names.iter().any(|n| n == "lock gc"), "{names:?}");
+        live.release().await.unwrap();
     }
 
     #[test]

@@ -57,6 +57,28 @@ async fn replication_through_a_create_only_credential_appends_and_keeps_its_guar
             random_bytes(300_000, 2)
         );
 
+        // The admin's gc there (a credential that may delete) prunes the
+        // superseded replica state; the newest one still guards.
+        let states = |b: cairn_store::backend::Backend| async move {
+            b.list(cairn_store::backend::ObjectDir::Replicas)
+                .await
+                .unwrap()
+                .len()
+        };
+        assert_eq!(
+            states(dst.backend()).await,
+            2,
+            "one per newest snapshot accepted"
+        );
+        let collected = Repository::open(dst.backend())
+            .await
+            .unwrap()
+            .gc(&cairn_store::ops::gc::GcOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(collected.state_objects_removed, 1, "{collected:?}");
+        assert_eq!(states(dst.backend()).await, 1);
+
         // A copy of the source as it was after its first snapshot (the
         // same repository, rolled back) is refused: the replica remembers.
         if let Some(old) = rolled_back {

@@ -167,6 +167,9 @@ pub struct GcReport {
     pub skipped: Vec<Skipped>,
     /// Unreferenced data this run leaves in packs, and what would free it.
     pub unused_left: Option<crate::plan::gc::UnusedLeft>,
+    /// Objects of expired leases and superseded replica states removed
+    /// (what append-only writers leave behind).
+    pub state_objects_removed: u64,
 }
 
 /// Copies of live blobs that an index says a pack holds, but whose bytes
@@ -525,6 +528,10 @@ impl Repository {
 
         // Phase 1: decide.
         let now = store_now(backend).await?;
+        if !options.dry_run {
+            report.state_objects_removed = crate::lease::remove_expired(backend, now).await?
+                + crate::ops::replicate::prune_states(backend).await?;
+        }
         let leases = list_leases(backend).await?;
         for l in &leases {
             if let Some(e) = &l.damaged {

@@ -737,6 +737,44 @@ async fn accepted(destination: &Backend, source: &Repository) -> Result<Option<R
     Ok(newest)
 }
 
+/// Removes the replica states an append-only writer created that a newer
+/// one of the same source supersedes (only the newest counts, §12.3), so
+/// each replication does not read one more every night. A state that does
+/// not parse is left for a person. Returns how many went.
+pub async fn prune_states(backend: &Backend) -> Result<u64> {
+    let mut by_source: std::collections::HashMap<String, Vec<(ObjectKey, Timestamp)>> =
+        Default::default();
+    for o in backend.list(ObjectDir::Replicas).await? {
+        let ObjectKey::Replica(name) = &o.key else {
+            continue;
+        };
+        let base = name.split_once('.').map_or(name.as_str(), |(b, _)| b);
+        let Ok(bytes) = backend.get(&o.key).await else {
+            continue;
+        };
+        if let Ok(state) = serde_json::from_slice::<ReplicaState>(&bytes) {
+            by_source
+                .entry(base.to_string())
+                .or_default()
+                .push((o.key, state.newest_time));
+        }
+    }
+    let mut removed = 0;
+    for (base, mut states) in by_source {
+        let Some(newest) = states.iter().map(|(_, t)| *t).max() else {
+            continue;
+        };
+        // The overwritten state of a plain writer stays; of the created
+        // ones, those older than the newest go.
+        states.retain(|(k, t)| *t < newest && *k != ObjectKey::Replica(base.clone()));
+        for (key, _) in states {
+            backend.delete(&key).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Records the newest snapshot accepted from `source`: rewrites its state,
 /// or on an append-only store creates one named by the snapshot.
 async fn remember(destination: &Backend, source: &Repository, newest: &Snapshot) -> Result<()> {
