@@ -161,15 +161,18 @@ fn the_create_only_credential_replicates_append_only_and_cannot_delete() {
     assert_same_snapshots(&src, &offsite);
 
     // What a compromised node4 would try next, with the same credential.
-    let mut forget = cairn_args([
-        "forget",
-        "--repo",
-        &offsite,
-        "--keep-last",
-        "1",
-        "--group-by",
-        "host",
-    ]);
+    let forget_all_but_one = || {
+        cairn_args([
+            "forget",
+            "--repo",
+            &offsite,
+            "--keep-last",
+            "1",
+            "--group-by",
+            "host",
+        ])
+    };
+    let mut forget = forget_all_but_one();
     as_replica(&mut forget);
     run(&mut forget).expect_code(10);
     let mut gc = cairn_args(["gc", "--repo", &offsite]);
@@ -181,15 +184,7 @@ fn the_create_only_credential_replicates_append_only_and_cannot_delete() {
         "nothing was deleted"
     );
     // The admin's credential (off node4) may.
-    ok(&mut cairn_args([
-        "forget",
-        "--repo",
-        &offsite,
-        "--keep-last",
-        "1",
-        "--group-by",
-        "host",
-    ]));
+    ok(&mut forget_all_but_one());
     assert_eq!(snapshot_ids(&offsite).len(), 1);
 }
 

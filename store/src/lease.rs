@@ -569,6 +569,16 @@ mod append_only_tests {
     use super::*;
     use crate::backend::fault::{Counters, FaultStore};
 
+    async fn lock_names(backend: &Backend) -> Vec<String> {
+        backend
+            .list(ObjectDir::Locks)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.to_string())
+            .collect()
+    }
+
     #[tokio::test]
     async fn an_append_only_lease_renews_by_new_objects_and_deletes_nothing() {
         let store = FaultStore::new(Arc::new(object_store::memory::InMemory::new()));
@@ -579,13 +589,7 @@ mod append_only_tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
         lease.check().unwrap();
-        let names: Vec<String> = backend
-            .list(ObjectDir::Locks)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key.to_string())
-            .collect();
+        let names = lock_names(&backend).await;
         let id = lease.id().to_string();
         for beat in ["alive-1", "alive-2", "alive-3"] {
             assert!(
@@ -646,13 +650,7 @@ mod append_only_tests {
             removed >= 2,
             "the start object and its heartbeats: {removed}"
         );
-        let names: Vec<String> = backend
-            .list(ObjectDir::Locks)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key.to_string())
-            .collect();
+        let names = lock_names(&backend).await;
         assert!(names.iter().all(|n| !n.contains("replicate-")), "{names:?}");
         assert!(names.iter().any(|n| n.ends_with(live.id())), "{names:?}");
         assert!(names.iter().any(|n| n == "lock gc"), "{names:?}");
