@@ -584,13 +584,21 @@ mod append_only_tests {
         let store = FaultStore::new(Arc::new(object_store::memory::InMemory::new()));
         store.create_only();
         let backend = Backend::new(store.clone(), "memory:").append_only();
-        let lease = Lease::acquire(&backend, "replicate", Duration::from_millis(800))
+        let lease = Lease::acquire(&backend, "replicate", Duration::from_secs(2))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        lease.check().unwrap();
-        let names = lock_names(&backend).await;
         let id = lease.id().to_string();
+        // Renewed every half second: the third heartbeat, however busy
+        // the machine.
+        let mut names = lock_names(&backend).await;
+        for _ in 0..200 {
+            if names.iter().any(|n| n.ends_with(&format!("{id}.alive-3"))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            names = lock_names(&backend).await;
+        }
+        lease.check().unwrap();
         for beat in ["alive-1", "alive-2", "alive-3"] {
             assert!(
                 names.iter().any(|n| n.ends_with(&format!("{id}.{beat}"))),
