@@ -154,3 +154,61 @@ async fn a_pack_condemned_at_the_destination_is_never_taken_as_present() {
         "no snapshot may name a condemned pack"
     );
 }
+
+/// ... but a condemned pack whose live blobs gc already repacked into a
+/// pack it keeps is no obstacle: the copy there is used, and the run goes
+/// on (an admin's gc with repacking must not stall the replica).
+#[tokio::test]
+async fn blobs_repacked_at_the_destination_are_used_not_refused() {
+    use cairn_store::ops::forget::ForgetOptions;
+    let src = Place::new(Kind::Local);
+    init(&src).await;
+    let whole = random_bytes(12 << 20, 12);
+    let big = backup_bytes(&src.backend(), "x", whole.clone()).await;
+    let small = backup_bytes(&src.backend(), "x", whole[..3 << 20].to_vec()).await;
+    let dst = Place::new(Kind::Local);
+    let source = Repository::open(src.backend()).await.unwrap();
+    source
+        .replicate(dst.backend(), &ReplicateOptions::default())
+        .await
+        .unwrap();
+    let dest = Repository::open(dst.backend()).await.unwrap();
+    let trust = dest.trust(&[]);
+    let forget = |id: cairn_store::id::SnapshotId| ForgetOptions {
+        ids: vec![id.to_hex()],
+        ..ForgetOptions::default()
+    };
+    // The admin forgets the big one there; gc repacks what the small one
+    // still needs and condemns the old packs, to delete them an hour later.
+    dest.forget(&trust, &forget(big.snapshot)).await.unwrap();
+    let collected = dest
+        .gc(&cairn_store::ops::gc::GcOptions {
+            grace: std::time::Duration::from_secs(3600),
+            max_repack_pct: 100.0,
+            ..cairn_store::ops::gc::GcOptions::default()
+        })
+        .await
+        .unwrap();
+    assert!(collected.repacked_into > 0, "{collected:?}");
+    // Then the small one is forgotten there too, and replicated again: its
+    // blobs are in the source's old packs, condemned there, and repacked.
+    dest.forget(&trust, &forget(small.snapshot)).await.unwrap();
+    let report = source
+        .replicate(
+            dst.backend(),
+            &ReplicateOptions {
+                selection: cairn_store::ops::replicate::Selection::Ids(vec![
+                    small.snapshot.to_hex(),
+                ]),
+                ..ReplicateOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.snapshots_copied, [small.snapshot]);
+    let copied = snapshots(&dst.backend()).await;
+    assert_eq!(
+        restore_bytes(&dst.backend(), &copied[0]).await.unwrap(),
+        whole[..3 << 20]
+    );
+}

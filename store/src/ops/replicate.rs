@@ -287,16 +287,13 @@ impl Repository {
             _ => None,
         })
         .await?;
+        // A pack there that a gc condemned is neither present nor to be sent
+        // (its name is taken): its blobs must be found in packs gc keeps
+        // (repacked there, say), else the run is refused below.
         let (present, missing): (Vec<u32>, Vec<u32>) = needed
             .into_iter()
+            .filter(|p| !condemned.contains(&index.pack(*p).id))
             .partition(|p| at_destination.contains(&index.pack(*p).id));
-        if let Some(p) = present
-            .iter()
-            .map(|p| index.pack(*p).id)
-            .find(|id| condemned.contains(id))
-        {
-            return Err(condemned_needed(p, destination));
-        }
         report.packs_present = present.len() as u64;
         report.bytes_skipped = present.iter().map(|p| index.pack(*p).len).sum();
         // Packs an interrupted run copied but did not yet index: checked
@@ -395,13 +392,21 @@ impl Repository {
             }
             let mut retry: Vec<PackId> = Vec::new();
             for blob in uncovered {
-                let next = index
-                    .locations(blob)
-                    .map(|loc| loc.pack)
-                    .find(|p| !bad.contains(p) && !fetched.contains(&index.pack(*p).id));
+                let usable = |p: &u32| {
+                    let id = index.pack(*p).id;
+                    !bad.contains(p) && !fetched.contains(&id) && !condemned.contains(&id)
+                };
+                let next = index.locations(blob).map(|loc| loc.pack).find(usable);
                 match next {
                     Some(p) => retry.push(index.pack(p).id),
                     None => {
+                        if let Some(id) = index
+                            .locations(blob)
+                            .map(|loc| index.pack(loc.pack).id)
+                            .find(|id| condemned.contains(id))
+                        {
+                            return Err(condemned_needed(id, destination));
+                        }
                         let seen = first_damage
                             .as_ref()
                             .map(|e| format!("; the first damaged copy: {e}"))
@@ -424,9 +429,6 @@ impl Repository {
             retry.dedup();
             for id in retry {
                 fetched.insert(id);
-                if condemned.contains(&id) {
-                    return Err(condemned_needed(id, destination));
-                }
                 if at_destination.contains(&id) {
                     // There already (an earlier run's): checked where it is.
                     let bytes = destination.get(&ObjectKey::Pack(id)).await?;
