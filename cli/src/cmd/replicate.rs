@@ -104,13 +104,10 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
             Err(e) => crate::exit::store_error(e)
                 .map_or(crate::exit::INTERNAL, |s| crate::exit::code_for(s.kind())),
         };
+        // The run's own time, not the listing read for the metrics.
+        let seconds = started.elapsed().as_secs_f64();
         let newest = newest_at(&args).await;
-        let samples = crate::metrics::replica_samples(
-            &args.metrics_name,
-            code,
-            started.elapsed().as_secs_f64(),
-            newest,
-        );
+        let samples = crate::metrics::replica_samples(&args.metrics_name, code, seconds, newest);
         if let Err(e) = crate::metrics::write_textfile(path, &samples) {
             let e = anyhow::Error::new(e)
                 .context(format!("writing the metrics file {}", path.display()));
