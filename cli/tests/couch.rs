@@ -87,7 +87,7 @@ plain_and_couchdb3!(
     transient_failures_are_retried_big_batches_split_and_a_403_stops,
     several_databases_at_once_and_a_refusing_target_exits_16,
     every_database_is_listed_page_by_page_and_changes_to_the_list_are_named,
-    unchanged_databases_cost_five_requests_and_restore_whole,
+    unchanged_databases_cost_a_few_requests_and_restore_whole,
 );
 
 /// `--all-dbs` lists the server's databases a page at a time, and the
@@ -138,9 +138,9 @@ fn every_database_is_listed_page_by_page_and_changes_to_the_list_are_named(couch
 
 /// A database unchanged since the last backup (the same counts, no change
 /// since its sequence, the same `_security`, `_revs_limit` and `_local`
-/// documents) is taken from it unread, with five requests; one whose documents or `_security` changed is backed up as
+/// documents) is taken from it unread, with four or five requests; one whose documents or `_security` changed is backed up as
 /// usual; every snapshot still restores whole.
-fn unchanged_databases_cost_five_requests_and_restore_whole(couch: &Couch) {
+fn unchanged_databases_cost_a_few_requests_and_restore_whole(couch: &Couch) {
     let f = Fixture::new();
     let dbs: Vec<String> = (0..12)
         .map(|i| couch.new_db(&format!("still{i}")))
@@ -173,10 +173,14 @@ fn unchanged_databases_cost_five_requests_and_restore_whole(couch: &Couch) {
 
     let second = ok(&mut backup(&f, &couch.url, &args)).json();
     assert_eq!(unchanged(&second), vec![true; 12], "{second}");
-    // Per database: the existence check of --db, `GET /db`, `_changes`,
-    // `_security`, `_revs_limit`, `_local_docs`.
+    // Per database: the existence check of --db, `GET /db`, `_changes`
+    // (not where the update sequence is the very same, as pouchdb-server's
+    // numbers are; CouchDB 3's opaque ones differ per node), `_security`,
+    // `_revs_limit`, `_local_docs`.
+    let (_, info) = couch.req("GET", &dbs[0], None);
+    let per_db = if info["update_seq"].is_number() { 5 } else { 6 };
     let requests = second["requests"].as_u64().unwrap();
-    assert!(requests <= 12 * 6 + 2, "{requests} requests: {second}");
+    assert!(requests <= 12 * per_db + 2, "{requests} requests: {second}");
     assert!(
         requests < first["requests"].as_u64().unwrap(),
         "{requests} vs {}",
