@@ -226,7 +226,10 @@ struct SourceFile {
 /// `command = "pg_dump -Fc lms | gzip"` (a shell line) or
 /// `command = ["pg_dump", "-Fc", "lms"]` (no shell: images without one).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a command: a string (run with sh -c) or an array of strings (its words, no shell)"
+)]
 enum CommandSpec {
     Shell(String),
     Argv(Vec<String>),
@@ -835,6 +838,11 @@ mod tests {
         assert_eq!(
             *command,
             CommandLine::Argv(vec!["pg_dump".into(), "-Fc".into(), "lms".into()])
+        );
+        let e = error(&MINIMAL.replace("\"pg_dump -Fc lms\"", "3"));
+        assert!(
+            e.contains("a string (run with sh -c) or an array of strings"),
+            "{e}"
         );
         for empty in ["[]", "[\"\"]", "\" \""] {
             let e = error(&MINIMAL.replace("\"pg_dump -Fc lms\"", empty));

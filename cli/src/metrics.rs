@@ -27,18 +27,6 @@ pub struct Sample {
 /// Every metric: its name, help and type.
 pub const METRICS: &[(&str, &str)] = &[
     (
-        "cairn_replica_last_attempt_timestamp_seconds",
-        "When `cairn replicate --metrics-file` last ran.",
-    ),
-    (
-        "cairn_replica_last_attempt_exit_code",
-        "Its exit code (0: success; the README lists the others).",
-    ),
-    (
-        "cairn_replica_duration_seconds",
-        "How long that replication took.",
-    ),
-    (
         "cairn_run_timestamp_seconds",
         "When the last cairn run started.",
     ),
@@ -85,6 +73,18 @@ pub const METRICS: &[(&str, &str)] = &[
     (
         "cairn_source_snapshots",
         "Snapshots of the source kept in the repository.",
+    ),
+    (
+        "cairn_replica_last_attempt_timestamp_seconds",
+        "When `cairn replicate --metrics-file` last ran.",
+    ),
+    (
+        "cairn_replica_last_attempt_exit_code",
+        "Its exit code (0: success; the README lists the others).",
+    ),
+    (
+        "cairn_replica_duration_seconds",
+        "How long that replication took.",
     ),
     (
         "cairn_replica_last_attempt_success",

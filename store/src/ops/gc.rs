@@ -528,11 +528,14 @@ impl Repository {
 
         // Phase 1: decide.
         let now = store_now(backend).await?;
+        let mut leases = list_leases(backend).await?;
         if !options.dry_run {
-            report.state_objects_removed = crate::lease::remove_expired(backend, now).await?
+            report.state_objects_removed = crate::lease::remove_expired(backend, &leases, now)
+                .await?
                 + crate::ops::replicate::prune_states(backend).await?;
+            // What went was not alive; gc's own lease stays whatever it says.
+            leases.retain(|l| l.id == crate::lease::GC_LEASE || l.is_alive(now));
         }
-        let leases = list_leases(backend).await?;
         for l in &leases {
             if let Some(e) = &l.damaged {
                 report.skip(Skipped {
