@@ -88,7 +88,86 @@ plain_and_couchdb3!(
     several_databases_at_once_and_a_refusing_target_exits_16,
     every_database_is_listed_page_by_page_and_changes_to_the_list_are_named,
     unchanged_databases_cost_a_few_requests_and_restore_whole,
+    a_target_that_loses_or_gains_documents_fails_the_restore_check,
 );
+
+/// The check at the end of a restore, either kind: a document the server
+/// lost (it answered as if stored) is named missing; a document someone
+/// else wrote meanwhile is named extra. Either fails the restore.
+fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch) {
+    let f = Fixture::new();
+    let db = couch.new_db("checked");
+    couch.create_db(&db);
+    let docs: Vec<Value> = (0..700).map(|i| couch::body(i, 0)).collect();
+    couch.write(&db, &docs);
+    let (_, deleted) = couch.req("PUT", &format!("{db}/gone"), Some(&json!({"x": 1})));
+    couch.req(
+        "DELETE",
+        &format!("{db}/gone?rev={}", deleted["rev"].as_str().unwrap()),
+        None,
+    );
+    ok(&mut backup(&f, &couch.url, &["--db", &db]));
+    let upstream = reqwest::Url::parse(&couch.url).unwrap();
+    let proxy = faulty::Proxy::start(format!(
+        "{}:{}",
+        upstream.host_str().unwrap(),
+        upstream.port().unwrap()
+    ));
+    let url = proxy.url(&couch.url);
+    let lost = docs[123]["_id"].as_str().unwrap().to_string();
+    for check in ["present", "leaves"] {
+        let copy = format!("{db}_{check}");
+        // A document lost on the way.
+        *proxy.faults.lose_doc.lock().unwrap() = Some(lost.clone());
+        let r = run(&mut restore(
+            &f,
+            "latest",
+            &url,
+            &["--db", &format!("{db}:{copy}"), "--check", check],
+        ));
+        let report = r
+            .expect_code(16)
+            .stderr_has(&["1 documents missing", &lost])
+            .json();
+        let restored = &report["databases"][0];
+        assert_eq!(restored["check"], check, "{report}");
+        assert_eq!(restored["comparison"]["missing"], 1, "{report}");
+        assert_eq!(restored["comparison"]["extra"], 0, "{report}");
+        assert_eq!(restored["comparison"]["ids"], 701, "{report}");
+        couch.delete_db(&copy);
+        // A document written by someone else during the restore.
+        *proxy.faults.lose_doc.lock().unwrap() = None;
+        *proxy.faults.add_doc.lock().unwrap() = Some("zz-intruder".into());
+        let r = run(&mut restore(
+            &f,
+            "latest",
+            &url,
+            &["--db", &format!("{db}:{copy}"), "--check", check],
+        ));
+        let report = r
+            .expect_code(16)
+            .stderr_has(&["1 documents not in the snapshot"])
+            .json();
+        assert_eq!(
+            report["databases"][0]["comparison"]["missing"], 0,
+            "{report}"
+        );
+        assert_eq!(report["databases"][0]["comparison"]["extra"], 1, "{report}");
+        couch.delete_db(&copy);
+        // And nothing wrong: clean.
+        let report = ok(&mut restore(
+            &f,
+            "latest",
+            &url,
+            &["--db", &format!("{db}:{copy}"), "--check", check],
+        ))
+        .json();
+        assert_eq!(report["clean"], true, "{report}");
+        assert_eq!(report["databases"][0]["comparison"]["ids"], 701, "{report}");
+        couch.delete_db(&copy);
+    }
+    couch.delete_db(&db);
+}
 
 /// `--all-dbs` lists the server's databases a page at a time, and the
 /// next backup names the ones that appeared and vanished since.

@@ -24,6 +24,9 @@ pub(crate) struct Group {
     pub in_base: bool,
     /// The lines come from an overlay.
     pub from_delta: bool,
+    /// Some leaf is not a deletion (CouchDB counts the document in
+    /// `doc_count`, else in `doc_del_count`).
+    pub live: bool,
 }
 
 #[derive(Deserialize)]
@@ -32,8 +35,9 @@ struct Gone {
     gone: bool,
 }
 
-/// One line: its id, its revision (`None` for a removal), its bytes.
-type Line = (String, Option<String>, Vec<u8>);
+/// One line: its id, its revision (`None` for a removal), whether that is
+/// a deletion, its bytes.
+type Line = (String, Option<String>, bool, Vec<u8>);
 
 /// Groups of one sorted stream of lines.
 pub(crate) struct GroupReader<R> {
@@ -69,31 +73,32 @@ impl<R: BufRead> GroupReader<R> {
             return Ok(None);
         }
         let n = self.lines.number;
-        let (id, rev) = match format::parse_doc_line(&self.buf) {
-            Ok(line) => (line.id.into_owned(), Some(line.rev.into_owned())),
+        let (id, rev, del) = match format::parse_doc_line(&self.buf) {
+            Ok(line) => (line.id.into_owned(), Some(line.rev.into_owned()), line.del),
             Err(e) => match serde_json::from_slice::<Gone>(&self.buf) {
-                Ok(g) if g.gone => (g.id, None),
+                Ok(g) if g.gone => (g.id, None, false),
                 _ => return Err(invalid(&self.what, n, e)),
             },
         };
         let mut line = self.buf.clone();
         line.push(b'\n');
-        Ok(Some((id, rev, line)))
+        Ok(Some((id, rev, del, line)))
     }
 
     /// The next group; ids must ascend.
     pub fn next_group(&mut self) -> io::Result<Option<Group>> {
-        let Some((id, rev, line)) = self.next_line()? else {
+        let Some((id, rev, del, line)) = self.next_line()? else {
             return Ok(None);
         };
         let mut group = Group {
             id,
+            live: rev.is_some() && !del,
             gone: rev.is_none(),
             revs: rev.into_iter().collect(),
             lines: line,
             ..Group::default()
         };
-        while let Some((id, rev, line)) = self.next_line()? {
+        while let Some((id, rev, del, line)) = self.next_line()? {
             if id != group.id {
                 if id.as_bytes() < group.id.as_bytes() {
                     return Err(invalid(
@@ -102,11 +107,14 @@ impl<R: BufRead> GroupReader<R> {
                         format!("id {id:?} comes after {:?}: not sorted", group.id),
                     ));
                 }
-                self.pending = Some((id, rev, line));
+                self.pending = Some((id, rev, del, line));
                 break;
             }
             match rev {
-                Some(rev) if !group.gone => group.revs.push(rev),
+                Some(rev) if !group.gone => {
+                    group.live |= !del;
+                    group.revs.push(rev);
+                }
                 _ => {
                     return Err(invalid(
                         &self.what,

@@ -235,6 +235,13 @@ pub struct CouchRestoreArgs {
     /// many nodes; else the target's default).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     n: Option<u64>,
+    /// How each restored database is checked: `present` asks the target
+    /// for every leaf of the snapshot (`_revs_diff`) and compares its
+    /// document counts; `leaves` lists the target's every id and leaf and
+    /// compares them (also finds leaves others added meanwhile; slower,
+    /// on pouchdb-server slower than the restore itself).
+    #[arg(long, value_enum, default_value_t = CheckArg::Present)]
+    check: CheckArg,
     /// Documents per `_bulk_docs` request.
     #[arg(long, default_value_t = 500, value_name = "N")]
     batch_docs: usize,
@@ -247,6 +254,13 @@ pub struct CouchRestoreArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// `--check`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CheckArg {
+    Present,
+    Leaves,
 }
 
 /// `NAME` or `NAME:TARGET`.
@@ -275,6 +289,10 @@ pub async fn restore(args: CouchRestoreArgs) -> anyhow::Result<ExitCode> {
         requests: args.server.requests.max(1),
         q: args.q,
         n: args.n,
+        check: match args.check {
+            CheckArg::Present => cairn_couch::restore::Check::Present,
+            CheckArg::Leaves => cairn_couch::restore::Check::Leaves,
+        },
         ..CouchRestoreOptions::default()
     };
     let bar = Bar::bytes(None, args.quiet || args.json);

@@ -246,6 +246,9 @@ async fn drill(
                 "--url".into(),
                 url.clone(),
                 "--quiet".into(),
+                // The drill's promise: every leaf compared.
+                "--check".into(),
+                "leaves".into(),
             ];
             args.extend(repo_flags(c));
             for (db, target) in dbs.iter().zip(&targets) {

@@ -29,6 +29,13 @@ pub struct Faults {
     /// (a test's own, on a server other tests share), paged as CouchDB
     /// pages it (`limit`, `start_key`).
     pub only_dbs: std::sync::Mutex<Option<String>>,
+    /// A server that loses a write: the document with this id is taken out
+    /// of every `_bulk_docs` before it reaches the server (which then
+    /// answers as if it were all stored).
+    pub lose_doc: std::sync::Mutex<Option<String>>,
+    /// A writer beside the restore: a document with this id (revision
+    /// `1-…`, `new_edits:false`) is added to the first `_bulk_docs`.
+    pub add_doc: std::sync::Mutex<Option<String>>,
     /// Requests seen, and answered by the proxy itself.
     pub seen: AtomicUsize,
     pub injected: AtomicUsize,
@@ -81,6 +88,45 @@ impl Proxy {
         u.set_port(Some(self.port)).unwrap();
         u.to_string().trim_end_matches('/').to_string()
     }
+}
+
+/// Applies [`Faults::lose_doc`] and [`Faults::add_doc`] to a `_bulk_docs`
+/// body, and sets the request's `Content-Length` to match.
+fn tamper_bulk_docs(faults: &Faults, head: &mut Vec<u8>, body: &mut Vec<u8>) {
+    let lose = faults.lose_doc.lock().unwrap().clone();
+    let add = faults.add_doc.lock().unwrap().take();
+    if lose.is_none() && add.is_none() {
+        return;
+    }
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let Some(docs) = value.get_mut("docs").and_then(|d| d.as_array_mut()) else {
+        return;
+    };
+    if let Some(id) = lose {
+        docs.retain(|d| d["_id"] != id.as_str());
+    }
+    if let Some(id) = add {
+        docs.push(serde_json::json!({
+            "_id": id,
+            "_rev": "1-0123456789abcdef0123456789abcdef",
+            "written": "by someone else"
+        }));
+    }
+    *body = serde_json::to_vec(&value).unwrap();
+    let text = String::from_utf8_lossy(head).into_owned();
+    let lines: Vec<String> = text
+        .split_inclusive("\r\n")
+        .map(|l| {
+            if l.to_ascii_lowercase().starts_with("content-length:") {
+                format!("Content-Length: {}\r\n", body.len())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    *head = lines.concat().into_bytes();
 }
 
 fn answer(mut client: TcpStream, status: &str, body: &str) -> std::io::Result<()> {
@@ -172,6 +218,9 @@ fn serve(
             "413 Payload Too Large",
             r#"{"error":"too_large","reason":"the request entity is too large"}"#,
         );
+    }
+    if request_line.contains("/_bulk_docs ") {
+        tamper_bulk_docs(faults, &mut head, &mut body);
     }
     let request = Request::parse(&request_line, &header_lines, &body);
     if request.path == "/_all_dbs" && faults.only_dbs.lock().unwrap().is_some() {
