@@ -93,12 +93,14 @@ plain_and_couchdb3!(
 
 /// The check at the end of a restore, either kind: a document the server
 /// lost (it answered as if stored) is named missing; a document someone
-/// else wrote meanwhile is named extra. Either fails the restore.
+/// else wrote meanwhile is named extra. Either fails the restore. The
+/// default check asks `_revs_diff` in batches (2,101 ids: three), and a
+/// server that answers it without looking is refused.
 fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch) {
     let f = Fixture::new();
     let db = couch.new_db("checked");
     couch.create_db(&db);
-    let docs: Vec<Value> = (0..700).map(|i| couch::body(i, 0)).collect();
+    let docs: Vec<Value> = (0..2100).map(|i| couch::body(i, 0)).collect();
     couch.write(&db, &docs);
     let (_, deleted) = couch.req("PUT", &format!("{db}/gone"), Some(&json!({"x": 1})));
     couch.req(
@@ -114,8 +116,13 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
         upstream.port().unwrap()
     ));
     let url = proxy.url(&couch.url);
-    let lost = docs[123]["_id"].as_str().unwrap().to_string();
-    for check in ["present", "leaves"] {
+    // The id that sorts last: in the last `_revs_diff` batch.
+    let lost = docs
+        .iter()
+        .map(|d| d["_id"].as_str().unwrap().to_string())
+        .max()
+        .unwrap();
+    for (check, says) in [("present", "lacks leaves"), ("leaves", "missing")] {
         let copy = format!("{db}_{check}");
         // A document lost on the way.
         *proxy.faults.lose_doc.lock().unwrap() = Some(lost.clone());
@@ -127,13 +134,13 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
         ));
         let report = r
             .expect_code(16)
-            .stderr_has(&["1 documents missing", &lost])
+            .stderr_has(&["1 documents missing", &lost, says])
             .json();
         let restored = &report["databases"][0];
         assert_eq!(restored["check"], check, "{report}");
         assert_eq!(restored["comparison"]["missing"], 1, "{report}");
         assert_eq!(restored["comparison"]["extra"], 0, "{report}");
-        assert_eq!(restored["comparison"]["ids"], 701, "{report}");
+        assert_eq!(restored["comparison"]["ids"], 2101, "{report}");
         couch.delete_db(&copy);
         // A document written by someone else during the restore.
         *proxy.faults.lose_doc.lock().unwrap() = None;
@@ -163,9 +170,29 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
         ))
         .json();
         assert_eq!(report["clean"], true, "{report}");
-        assert_eq!(report["databases"][0]["comparison"]["ids"], 701, "{report}");
+        assert_eq!(
+            report["databases"][0]["comparison"]["ids"], 2101,
+            "{report}"
+        );
         couch.delete_db(&copy);
     }
+    // A server that answers `_revs_diff` with `{}` whatever it is asked,
+    // here while it lost a document: refused, not reported clean.
+    *proxy.faults.lose_doc.lock().unwrap() = Some(lost.clone());
+    proxy
+        .faults
+        .blank_revs_diff
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let copy = format!("{db}_blank");
+    run(&mut restore(
+        &f,
+        "latest",
+        &url,
+        &["--db", &format!("{db}:{copy}")],
+    ))
+    .expect_code(15)
+    .stderr_has(&["did not name revision", "--check leaves"]);
+    couch.delete_db(&copy);
     couch.delete_db(&db);
 }
 

@@ -357,6 +357,21 @@ impl CouchClient {
         self.request_with(method, path, body, Ask::json()).await
     }
 
+    /// [`CouchClient::request`] with an answer of at most `max_len` bytes.
+    pub(crate) async fn request_bounded(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Body>,
+        max_len: u64,
+    ) -> Result<Response> {
+        let ask = Ask {
+            max_len,
+            gzip: false,
+        };
+        self.request_with(method, path, body, ask).await
+    }
+
     /// GET of an attachment, as the server stores it: gzip-encoded
     /// attachments come encoded (`Accept-Encoding: gzip`), so their bytes
     /// can be checked against the digest (see `couch::attachment`). At most

@@ -12,8 +12,10 @@
 //! 3. design documents (after the data, so `validate_doc_update` cannot
 //!    reject it), then `_local` documents (not replication checkpoints);
 //! 4. `_security` last, so members see the database only when complete;
-//! 5. verify: the target's (id, leaf revisions) equal the snapshot's and
-//!    `_security` matches; then the marker is removed.
+//! 5. check: the target holds every leaf of the snapshot (`_revs_diff`) and
+//!    no other document (`doc_count`, `doc_del_count`), or, with `--check
+//!    leaves`, its (id, leaf revisions) equal the snapshot's; `_security`
+//!    matches; then the marker is removed.
 //!
 //! Every write is idempotent, so a restore killed at any point and run again
 //! finds its marker, resumes, and ends with the same database.
@@ -964,26 +966,36 @@ impl Driver {
         (live, deleted): (u64, u64),
         security: &serde_json::Value,
     ) -> Result<Comparison> {
-        use futures::StreamExt;
+        use futures::{StreamExt, TryStreamExt};
         let mut c = Comparison::default();
         let path = format!("{}/_revs_diff", db_path(db));
         let io = |e| Error::io("sorting document ids", e);
-        // Batches of ids and their leaves, read as they are sent.
+        // Batches of ids and their leaves, read as they are sent. The first
+        // also asks for a revision no database holds, which the server must
+        // name missing: a server (or proxy) that answers `{}` to anything
+        // does not pass for one that holds everything.
         let mut records = expected;
         let mut failed: Option<Error> = None;
+        let mut canary: Option<String> = None;
+        let mut counted = (0u64, 0u64);
         let batches = std::iter::from_fn(|| {
-            let mut batch = serde_json::Map::new();
+            let mut batch: Vec<(String, Vec<String>)> = Vec::new();
             while batch.len() < REVS_DIFF_IDS {
                 match records.next() {
                     None => break,
                     Some(Ok((id, revs))) => {
-                        let revs: Vec<serde_json::Value> = revs
+                        let id = String::from_utf8_lossy(&id).into_owned();
+                        let mut revs: Vec<String> = revs
                             .split(|&b| b == b'\n')
-                            .map(|r| String::from_utf8_lossy(r).into_owned().into())
+                            .map(|r| String::from_utf8_lossy(r).into_owned())
                             .collect();
-                        c.ids += 1;
-                        c.leaves += revs.len() as u64;
-                        batch.insert(String::from_utf8_lossy(&id).into_owned(), revs.into());
+                        counted.0 += 1;
+                        counted.1 += revs.len() as u64;
+                        if canary.is_none() {
+                            canary = Some(id.clone());
+                            revs.push(CANARY_REV.to_string());
+                        }
+                        batch.push((id, revs));
                     }
                     Some(Err(e)) => {
                         failed = Some(io(e));
@@ -998,36 +1010,83 @@ impl Driver {
             #[serde(default)]
             missing: Vec<String>,
         }
-        let answers: Vec<Result<HashMap<String, Missing>>> = self.block_on(
-            futures::stream::iter(batches)
-                .map(|batch| {
-                    let body = serde_json::Value::Object(batch).to_string();
-                    let path = &path;
-                    async move {
-                        let r = self
-                            .client
-                            .request(Method::POST, path, Some(Body::json(body)))
-                            .await?;
-                        if !r.status.is_success() {
-                            return Err(self.client.rejected(path, "asking _revs_diff", &r));
+        let mut lacking: Vec<(String, Vec<String>)> = Vec::new();
+        let mut canary_seen = false;
+        let asked = futures::stream::iter(batches)
+            .map(|batch| {
+                let body: serde_json::Map<String, serde_json::Value> = batch
+                    .iter()
+                    .map(|(id, revs)| (id.clone(), revs.clone().into()))
+                    .collect();
+                let body = serde_json::Value::Object(body).to_string();
+                // An answer names at most what was asked, and a little more.
+                let max_len = body.len() as u64 * 2 + 4096;
+                let path = &path;
+                async move {
+                    let r = self
+                        .client
+                        .request_bounded(Method::POST, path, Some(Body::json(body)), max_len)
+                        .await?;
+                    if !r.status.is_success() {
+                        let mut e = self.client.rejected(path, "asking _revs_diff", &r);
+                        if is_unsupported(r.status)
+                            && let Error::Rejected { hint, .. } = &mut e
+                        {
+                            *hint = "this server lacks _revs_diff: restore with \
+                                     `--check leaves`"
+                                .into();
                         }
-                        r.json(&self.client.url_of(path), "_revs_diff")
+                        return Err(e);
                     }
-                })
-                .buffered(self.options.requests.max(1))
-                .collect(),
-        );
+                    let answer: HashMap<String, Missing> =
+                        r.json(&self.client.url_of(path), "_revs_diff")?;
+                    Ok((batch, answer))
+                }
+            })
+            .buffered(self.options.requests.max(1))
+            .try_for_each(|(batch, mut answer)| {
+                // Only what was asked counts, in the order asked.
+                for (id, revs) in batch {
+                    let Some(m) = answer.remove(&id) else {
+                        continue;
+                    };
+                    let mut gone: Vec<String> =
+                        m.missing.into_iter().filter(|r| revs.contains(r)).collect();
+                    canary_seen |= gone.iter().any(|r| r == CANARY_REV);
+                    gone.retain(|r| r != CANARY_REV);
+                    if !gone.is_empty() && lacking.len() < 5 {
+                        gone.truncate(3);
+                        lacking.push((id, gone));
+                    } else if !gone.is_empty() {
+                        lacking.push((String::new(), Vec::new()));
+                    }
+                }
+                futures::future::ready(Ok(()))
+            });
+        self.block_on(asked)?;
         if let Some(e) = failed {
             return Err(e);
         }
-        for answer in answers {
-            let mut lacking: Vec<(String, Missing)> = answer?.into_iter().collect();
-            lacking.sort_by(|a, b| a.0.cmp(&b.0));
-            for (id, m) in lacking {
-                c.missing += 1;
+        (c.ids, c.leaves) = counted;
+        if canary.is_some() && !canary_seen {
+            return Err(Error::Rejected {
+                url: self.client.url_of(&path),
+                what: "asking _revs_diff".into(),
+                detail: format!(
+                    "the server did not name revision {CANARY_REV} missing, which no \
+                     database holds: its answers cannot be trusted"
+                ),
+                hint: "check that this is a CouchDB server (and what stands in front of \
+                       it), or restore with `--check leaves`"
+                    .into(),
+            });
+        }
+        for (id, revs) in &lacking {
+            c.missing += 1;
+            if !id.is_empty() {
                 note(
                     &mut c.examples,
-                    format!("{id} lacks leaves {}", m.missing.join(",")),
+                    format!("{id:?} lacks leaves {}", revs.join(",")),
                 );
             }
         }
@@ -1038,6 +1097,14 @@ impl Driver {
                 hint: "it was there a moment ago: is someone deleting it?".into(),
             })?;
         let count = |k: &str| info.get(k).and_then(serde_json::Value::as_u64);
+        if count("doc_count").is_none() {
+            return Err(Error::Rejected {
+                url: self.client.url_of(&db_path(db)),
+                what: "reading the database's document count".into(),
+                detail: "the answer has no doc_count".into(),
+                hint: "is this a CouchDB server? restore with `--check leaves`".into(),
+            });
+        }
         // A count above the snapshot's is a document it lacks. One below it,
         // with every leaf there, is the server's own miscount (the
         // pouchdb-server couchbackup needs says `doc_del_count: 0`).
@@ -1191,6 +1258,11 @@ fn expect(expected: &mut Expected, group: &Group) -> Result<()> {
 
 /// Ids per `_revs_diff` request.
 const REVS_DIFF_IDS: usize = 1000;
+
+/// A revision no database holds (a generation-1 revision's hash is the MD5
+/// of its content; this one names nothing), asked for with the first id so
+/// that `_revs_diff` must answer something.
+const CANARY_REV: &str = "1-cafebabecafebabecafebabecafebabe";
 
 fn count_revs(revs: &[u8]) -> u64 {
     revs.split(|&b| b == b'\n').count() as u64

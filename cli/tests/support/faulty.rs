@@ -36,6 +36,9 @@ pub struct Faults {
     /// A writer beside the restore: a document with this id (revision
     /// `1-…`, `new_edits:false`) is added to the first `_bulk_docs`.
     pub add_doc: std::sync::Mutex<Option<String>>,
+    /// Answer every `_revs_diff` with `{}` ("nothing missing"), as a server
+    /// that answers without looking would.
+    pub blank_revs_diff: AtomicBool,
     /// Requests seen, and answered by the proxy itself.
     pub seen: AtomicUsize,
     pub injected: AtomicUsize,
@@ -211,6 +214,9 @@ fn serve(
                 r#"{"error":"unauthorized","reason":"session expired"}"#,
             );
         }
+    }
+    if request_line.contains("/_revs_diff ") && faults.blank_revs_diff.load(Ordering::SeqCst) {
+        return inject("200 OK", "{}");
     }
     let max = faults.max_body.load(Ordering::SeqCst);
     if max > 0 && body.len() > max {
