@@ -24,8 +24,11 @@ use crate::repo::IndexedRepository;
 const COALESCE_GAP: u64 = 256 * 1024;
 /// Work on fewer bytes than this is done on the calling thread.
 const INLINE_LEN: usize = 64 * 1024;
-/// No single range read is longer than this.
-const MAX_RANGE_LEN: u64 = 16 << 20;
+/// No single range read is longer than this. Below jemalloc's "oversize"
+/// threshold (8 MiB), whose allocations are returned to the system when
+/// freed: restoring day 14 of the dump workload with 16 MiB reads spent
+/// 5 % more wall time, the pages faulted in afresh for every read.
+const MAX_RANGE_LEN: u64 = 4 << 20;
 
 type FrameKey = (u32, u32);
 
