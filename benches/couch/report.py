@@ -227,6 +227,23 @@ def main():
             if r and r["rc"] == 0:
                 row(f"{t} / server ingest limit, in docs/s",
                     ratio(rate(r["docs"], r["secs"]), rate(lim["docs"], best_ingest["secs"])))
+    pre = by.get("limits_before", [None])[0]
+    if pre and pre.get("read"):
+        r0 = pre["read"][0]
+        row("server read limit measured right before the last day's backups (2 in flight), docs/s",
+            fr(rate(pre["docs"], r0["secs"])))
+        for t, r in (("couchbackup", p), ("Cairn", c)):
+            if r and r["rc"] == 0:
+                row(f"{t} backup (last day) / that read limit, in docs/s",
+                    ratio(rate(r["docs"], r["secs"]), rate(pre["docs"], r0["secs"])))
+    if pre and pre.get("ingest"):
+        i0 = pre["ingest"][0]
+        row(f"server ingest limit measured before the backups and restores ({i0['batch']} per request × {i0['conc']}), docs/s",
+            fr(rate(pre["docs"], i0["secs"])))
+        for t, r in (("couchrestore", rp), ("Cairn restore", rc)):
+            if r and r["rc"] == 0:
+                row(f"{t} / that ingest limit, in docs/s",
+                    ratio(rate(r["docs"], r["secs"]), rate(pre["docs"], i0["secs"])))
     ld = by.get("load", [{}])[0]
     if best_ingest and ld.get("secs"):
         row("initial load with normal edits / server ingest limit (new_edits:false), in docs/s",

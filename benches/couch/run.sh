@@ -230,6 +230,13 @@ for ((d = 1; d <= DAYS; d++)); do
   rec "{\"kind\":\"churn\",\"day\":$d,$(echo "$C" | sed 's/^{//')"
   N=$(echo "$C" | python3 -c 'import json,sys; print(json.load(sys.stdin)["doc_count"])')
   say "day $d: $C"
+  # The server's limits on the state the last backups and the restores
+  # meet (the full sweep at the end meets a server settled since).
+  if ((LIMITS && d == DAYS)); then
+    say "server limits before the last backups (read: 2 in flight; ingest: 1000 per request x 2)"
+    LIM=$(python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB" --read-concs 2 --batches 1000 --concs 2)
+    rec "{\"kind\":\"limits_before\",\"docs\":$N,$(echo "$LIM" | sed 's/^{//')"
+  fi
   # Alternate the order, so neither tool always finds the server's caches warmed by the other.
   if ((d % 2)); then
     ((PEER)) && backup_peer "$d" "$N"
