@@ -17,7 +17,16 @@
 //!   `?partitioned=true`) and `doc_del_count`;
 //! - `GET /_membership` names the nodes: one (a single node);
 //! - `_revs_limit` (GET and PUT) and `_local_docs` (of the `_local`
-//!   documents written through the proxy), which pouchdb-server lacks.
+//!   documents written through the proxy), which pouchdb-server lacks;
+//! - `GET /` welcomes as CouchDB 3.5.0, and `POST /_dbs_info` answers for
+//!   up to 100 databases at once;
+//! - its storage engine (`couch_bt_engine`): a write of `_security` or
+//!   `_revs_limit` advances the update sequence, and every write (of
+//!   documents, `_local` documents, settings) appends to the database's
+//!   file, so `sizes.file` in `GET /db` grows.
+//!
+//! Sequences differ per coordinator as on a cluster, unless
+//! [`Couch3::single_node`] is set: then every request sees the same one.
 //!
 //! pouchdb-server stores identity bytes and hashes them; the proxy fetches an
 //! attachment's bytes from it to compute the digest CouchDB 3 would show.
@@ -27,7 +36,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -55,6 +64,15 @@ pub struct Couch3 {
     pub damaged: Mutex<Vec<String>>,
     /// Attachment answers sent gzip-encoded.
     pub gzip_answers: AtomicUsize,
+    /// Bytes written to each database through the proxy, and writes of its
+    /// `_security` or `_revs_limit` (each advances its update sequence).
+    written: Mutex<HashMap<String, (u64, u64)>>,
+    /// `doc_del_count` by database (and `instance_start_time`), with the
+    /// update sequence it was counted at.
+    deleted: Mutex<HashMap<(String, String), (u64, usize)>>,
+    /// One node coordinates every request (a single node): sequences are
+    /// the same from one request to the next.
+    pub single_node: AtomicBool,
 }
 
 /// A request as the proxy read it.
@@ -173,8 +191,25 @@ impl Couch3 {
 
     /// Rewrites the server's answer as CouchDB 3 would have given it.
     pub fn rewrite_response(&self, request: &Request, upstream: &str, response: &mut Response) {
-        let node = self.requests.fetch_add(1, Ordering::SeqCst) % 3;
+        let node = match self.single_node.load(Ordering::SeqCst) {
+            true => 0,
+            false => self.requests.fetch_add(1, Ordering::SeqCst) % 3,
+        };
         let s = request.segments();
+        self.count_write(request, &s, &response.status_line);
+        if request.method == "GET" && s.is_empty() {
+            *response = json_response(json!({
+                "couchdb": "Welcome",
+                "version": "3.5.0",
+                "vendor": {"name": "The Apache Software Foundation"},
+                "features": ["partitioned", "pluggable-storage-engines", "scheduler"],
+            }));
+            return;
+        }
+        if request.method == "POST" && s == ["_dbs_info"] {
+            *response = self.dbs_info(request, upstream, node);
+            return;
+        }
         if s.len() == 2 && s[1] == "_revs_limit" {
             let db = s[0].to_string();
             let body = match request.method.as_str() {
@@ -297,37 +332,21 @@ impl Couch3 {
         };
         let mut changed = false;
         if request.method == "GET" && s.len() == 1 && value.get("db_name").is_some() {
-            let (q, n, instance) = self.shape(&db);
-            value["cluster"] = json!({"q": q, "n": n, "w": n.min(2), "r": n.min(2)});
-            // CouchDB counts the ids whose winning leaf is deleted.
-            let changes = fetch(upstream, &request.auth, &format!("/{db}/_changes"));
-            let changes: Value = serde_json::from_slice(&changes).unwrap();
-            let deleted = changes["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|r| r["deleted"] == true)
-                .count();
-            value["doc_del_count"] = json!(deleted);
-            if self.partitioned.lock().unwrap().contains(&db) {
-                value["props"] = json!({"partitioned": true});
-            }
-            if let Some(seq) = value.get("update_seq").and_then(Value::as_u64) {
-                value["update_seq"] = json!(opaque(seq, instance, node));
-            }
+            self.db_info(&db, &mut value, upstream, &request.auth, node);
             changed = true;
         }
         if s.get(1) == Some(&"_changes") {
             let instance = self.shape(&db).2;
+            let settings = self.written(&db).1;
             if let Some(rows) = value.get_mut("results").and_then(Value::as_array_mut) {
                 for row in rows {
                     if let Some(seq) = row.get("seq").and_then(Value::as_u64) {
-                        row["seq"] = json!(opaque(seq, instance, node));
+                        row["seq"] = json!(opaque(seq, instance, node, settings));
                     }
                 }
             }
             if let Some(seq) = value.get("last_seq").and_then(Value::as_u64) {
-                value["last_seq"] = json!(opaque(seq, instance, node));
+                value["last_seq"] = json!(opaque(seq, instance, node, settings));
             }
             changed = true;
         }
@@ -391,6 +410,113 @@ impl Couch3 {
             _ => {}
         }
         changed
+    }
+
+    /// `GET /db` of pouchdb-server (`value`) as CouchDB 3 answers it.
+    fn db_info(&self, db: &str, value: &mut Value, upstream: &str, auth: &[String], node: usize) {
+        let (q, n, instance) = self.shape(db);
+        value["cluster"] = json!({"q": q, "n": n, "w": n.min(2), "r": n.min(2)});
+        // CouchDB counts the ids whose winning leaf is deleted; counted
+        // again when the database changed.
+        let key = (db.to_string(), value["instance_start_time"].to_string());
+        let seq = value.get("update_seq").and_then(Value::as_u64);
+        let known = self.deleted.lock().unwrap().get(&key).copied();
+        let deleted = match known {
+            Some((at, deleted)) if Some(at) == seq => deleted,
+            _ => {
+                let changes = fetch(upstream, auth, &format!("/{db}/_changes"));
+                let changes: Value = serde_json::from_slice(&changes).unwrap();
+                let deleted = changes["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["deleted"] == true)
+                    .count();
+                if let Some(seq) = seq {
+                    self.deleted.lock().unwrap().insert(key, (seq, deleted));
+                }
+                deleted
+            }
+        };
+        value["doc_del_count"] = json!(deleted);
+        if self.partitioned.lock().unwrap().contains(&db.to_string()) {
+            value["props"] = json!({"partitioned": true});
+        }
+        let (bytes, settings) = self.written(db);
+        if let Some(seq) = value.get("update_seq").and_then(Value::as_u64) {
+            value["update_seq"] = json!(opaque(seq, instance, node, settings));
+        }
+        let file = 16_384 + bytes;
+        value["sizes"] = json!({"file": file, "external": bytes / 2, "active": bytes / 2 + 4096});
+    }
+
+    /// `POST /_dbs_info {"keys": [...]}`: each database's `GET /db`, or
+    /// `not_found`; more than 100 names are refused, as CouchDB's default
+    /// `max_db_number_for_dbs_info_req` does.
+    fn dbs_info(&self, request: &Request, upstream: &str, node: usize) -> Response {
+        let keys: Vec<String> = serde_json::from_slice::<Value>(&request.body)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["keys"].clone()).ok())
+            .unwrap_or_default();
+        if keys.len() > 100 {
+            let mut r = json_response(json!({"error": "bad_request",
+                "reason": "`keys` member must be less than or equal to 100"}));
+            r.status_line = "HTTP/1.1 400 Bad Request".into();
+            return r;
+        }
+        let rows: Vec<Value> = keys
+            .into_iter()
+            .map(|key| {
+                let path = format!("/{}", percent_encode(&key));
+                match try_fetch(upstream, &request.auth, &path) {
+                    Some(body) => {
+                        let mut info: Value = serde_json::from_slice(&body).unwrap();
+                        self.db_info(&key, &mut info, upstream, &request.auth, node);
+                        json!({"key": key, "info": info})
+                    }
+                    None => json!({"key": key, "error": "not_found"}),
+                }
+            })
+            .collect();
+        json_response(json!(rows))
+    }
+
+    /// Bytes written to `db` through the proxy, and settings written.
+    fn written(&self, db: &str) -> (u64, u64) {
+        self.written
+            .lock()
+            .unwrap()
+            .get(db)
+            .copied()
+            .unwrap_or((0, 0))
+    }
+
+    /// Grows the file of the database `request` wrote to (as CouchDB's
+    /// append-only storage does), and counts a settings write (which
+    /// CouchDB gives an update sequence of its own). A database created
+    /// anew starts empty.
+    fn count_write(&self, request: &Request, s: &[&str], status_line: &str) {
+        let Some(db) = s.first().filter(|d| !d.starts_with('_')) else {
+            return;
+        };
+        let mut written = self.written.lock().unwrap();
+        if request.method == "PUT" && s.len() == 1 {
+            written.remove(*db);
+            return;
+        }
+        let settings = s.len() == 2 && matches!(s[1], "_security" | "_revs_limit");
+        // `_revs_limit` is the emulation's own: pouchdb-server's answer is moot.
+        let succeeded = status_line.contains(" 20") || (settings && s[1] == "_revs_limit");
+        let writes = match request.method.as_str() {
+            "PUT" | "DELETE" => s.len() >= 2,
+            "POST" => s.len() == 1 || matches!(s[1], "_bulk_docs" | "_purge"),
+            _ => false,
+        };
+        if writes && succeeded {
+            let entry = written.entry(db.to_string()).or_default();
+            entry.0 += request.body.len() as u64 + 4096;
+            entry.1 += u64::from(settings);
+        }
     }
 
     /// A database's `q`, `n` and instance (defaults for one created
@@ -527,11 +653,13 @@ pub fn md5_digest(data: &[u8]) -> String {
 }
 
 /// A sequence of a database `instance` as a CouchDB 3 coordinator `node`
-/// would show it.
-fn opaque(seq: u64, instance: usize, node: usize) -> String {
-    let tail = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("node{node}@127.0.0.1 shards-of-{instance} {seq}"));
-    format!("{seq}-g1AAAA{tail}")
+/// would show it after `seq` document updates and `settings` writes of
+/// `_security` or `_revs_limit` (each takes a sequence number too).
+fn opaque(seq: u64, instance: usize, node: usize, settings: u64) -> String {
+    let tail = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "node{node}@127.0.0.1 shards-of-{instance} {seq} {settings}"
+    ));
+    format!("{}-g1AAAA{tail}", seq + settings)
 }
 
 /// The sequence number and database instance of an opaque sequence.
@@ -590,8 +718,8 @@ fn attachment_path(db: &str, id: &str, name: &str, rev: &str) -> String {
     )
 }
 
-/// GET `path` from the server itself (identity bytes).
-fn fetch(upstream: &str, auth: &[String], path: &str) -> Vec<u8> {
+/// GET `path` from the server itself: its body if it answered 200.
+fn try_fetch(upstream: &str, auth: &[String], path: &str) -> Option<Vec<u8>> {
     let mut up = TcpStream::connect(upstream).unwrap();
     let mut head = format!("GET {path} HTTP/1.1\r\nHost: {upstream}\r\nConnection: close\r\n");
     for line in auth {
@@ -603,12 +731,15 @@ fn fetch(upstream: &str, auth: &[String], path: &str) -> Vec<u8> {
     let mut raw = Vec::new();
     up.read_to_end(&mut raw).unwrap();
     let response = Response::parse(&raw).unwrap();
-    assert!(
-        response.status_line.contains(" 200"),
-        "the emulation could not read {path}: {}",
-        response.status_line
-    );
-    response.body
+    response
+        .status_line
+        .contains(" 200")
+        .then_some(response.body)
+}
+
+/// GET `path` from the server itself (identity bytes).
+fn fetch(upstream: &str, auth: &[String], path: &str) -> Vec<u8> {
+    try_fetch(upstream, auth, path).unwrap_or_else(|| panic!("the emulation could not read {path}"))
 }
 
 /// A 200 answer with a JSON body.
