@@ -6,15 +6,19 @@
 # bytes received and stored) and writes WORK/many-dbs.md.
 #
 # Usage: benches/couch/many-dbs.sh [--dbs N] [--docs D] [--changed K] [--cairn BIN] [--work DIR]
+#                                   [--couchdb3]
 #   --dbs N      databases [default: 2000]
 #   --docs D     documents in each [default: 5]
 #   --changed K  databases changed before the third backup [default: 20]
 #   --cairn BIN  the cairn binary [default: target/release/cairn]
 #   --work DIR   scratch directory, wiped first [default: .ci/many-dbs]
+#   --couchdb3   talk to pouchdb-server through the test suite's CouchDB 3 emulation
+#                (one node: `_dbs_info`, opaque sequences, growing `sizes.file`), built
+#                as `cargo build --release -p cairn-cli --example couch3_proxy`
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-DBS=2000 DOCS=5 CHANGED=20 CAIRN=$ROOT/target/release/cairn WORK=$ROOT/.ci/many-dbs
+DBS=2000 DOCS=5 CHANGED=20 CAIRN=$ROOT/target/release/cairn WORK=$ROOT/.ci/many-dbs COUCH3=0
 while (($#)); do
   case $1 in
     --dbs) DBS=$2; shift 2 ;;
@@ -22,6 +26,7 @@ while (($#)); do
     --changed) CHANGED=$2; shift 2 ;;
     --cairn) CAIRN=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
+    --couchdb3) COUCH3=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "many-dbs.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -34,6 +39,17 @@ source tests/services.sh
 start_pouchdb
 URL=$CAIRN_TEST_COUCH
 rm -rf "$WORK"; mkdir -p "$WORK"
+SERVER="pouchdb-server, in memory"
+if ((COUCH3)); then
+  cargo build --quiet --release -p cairn-cli --example couch3_proxy
+  PROXY=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/couch3_proxy
+  UP=${URL##*@}
+  "$PROXY" "$UP" --single-node >"$WORK/proxy.port" &
+  CLEANUPS+=("kill $! 2>/dev/null")
+  for _ in $(seq 100); do [[ -s $WORK/proxy.port ]] && break; sleep 0.1; done
+  URL=${URL%:*}:$(head -1 "$WORK/proxy.port")
+  SERVER="pouchdb-server, in memory, through the CouchDB 3 emulation of one node"
+fi
 export XDG_CACHE_HOME=$WORK/cache XDG_CONFIG_HOME=$WORK/cache
 
 # The databases, eight requests at a time.
@@ -81,10 +97,10 @@ for i in range(changed):
 PY
 run changed
 
-python3 - "$WORK" "$DBS" "$DOCS" "$CHANGED" <<'PY' | tee "$WORK/many-dbs.md"
+python3 - "$WORK" "$DBS" "$DOCS" "$CHANGED" "$SERVER" <<'PY' | tee "$WORK/many-dbs.md"
 import json, sys
-work, dbs, docs, changed = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-print(f"{dbs} databases of {docs} documents (pouchdb-server, in memory); the third backup after {changed} changed.\n")
+work, dbs, docs, changed, server = sys.argv[1:6]
+print(f"{dbs} databases of {docs} documents ({server}); the third backup after {changed} changed.\n")
 print("| backup | wall s | CPU s | peak RSS MB | requests | received MB | stored MB |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 rows = {}

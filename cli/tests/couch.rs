@@ -316,17 +316,7 @@ fn unchanged_databases_cost_a_few_requests_and_restore_whole(couch: &Couch) {
     // `_revs_limit` and `_local` documents, which `_changes` does not show.
     let (status, _) = couch.req("GET", &format!("{}/_revs_limit", dbs[3]), None);
     if status == 200 {
-        let limit = reqwest::blocking::Client::new()
-            .put(format!("{}/{}/_revs_limit", couch.url, dbs[3]))
-            .body("500")
-            .send()
-            .unwrap();
-        assert!(limit.status().is_success());
-        couch.ok(
-            "PUT",
-            &format!("{}/_local/prefs", dbs[4]),
-            Some(&json!({"theme": "light"})),
-        );
+        set_revs_limit_and_local(couch, &dbs[3], &dbs[4]);
         let fourth = ok(&mut backup(&f, &couch.url, &args)).json();
         let mut want = vec![true; 12];
         (want[3], want[4]) = (false, false);
@@ -351,6 +341,94 @@ fn unchanged_databases_cost_a_few_requests_and_restore_whole(couch: &Couch) {
         assert_eq!(stats["unchanged"], false, "{stats}");
         assert_eq!(stats["previous"], Value::Null, "{stats}");
     }
+    for db in &dbs {
+        couch.delete_db(db);
+    }
+}
+
+/// Sets `_revs_limit` of `limited` to 500 and writes `_local/prefs` in
+/// `local`: the two changes `_changes` does not show.
+fn set_revs_limit_and_local(couch: &Couch, limited: &str, local: &str) {
+    let limit = reqwest::blocking::Client::new()
+        .put(format!("{}/{limited}/_revs_limit", couch.url))
+        .body("500")
+        .send()
+        .unwrap();
+    assert!(limit.status().is_success());
+    couch.ok(
+        "PUT",
+        &format!("{local}/_local/prefs"),
+        Some(&json!({"theme": "light"})),
+    );
+}
+
+/// On CouchDB 3 (one node), one `POST /_dbs_info` per hundred databases
+/// tells which are untouched since the last backup: the same update
+/// sequence (which a write of `_security` or `_revs_limit` advances too)
+/// and file size (which a write of a `_local` document grows). 150
+/// databases take two; each kind of change is still seen, and so is a
+/// database deleted and created again with the same documents.
+#[test]
+fn untouched_databases_on_couchdb3_cost_one_request_per_hundred() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(server) = Couch::from_env() else {
+        return;
+    };
+    let (couch, proxy) = server.couchdb3_proxy();
+    proxy
+        .couch3
+        .as_ref()
+        .unwrap()
+        .single_node
+        .store(true, SeqCst);
+    let prefix = format!("{}_", couch.new_db("solo"));
+    *proxy.faults.only_dbs.lock().unwrap() = Some(prefix.clone());
+    let f = Fixture::new();
+    let dbs: Vec<String> = (0..150).map(|i| format!("{prefix}{i:03}")).collect();
+    for (i, db) in dbs.iter().enumerate() {
+        couch.create_db(db);
+        couch.write(db, &[couch::body(i, 0), couch::body(i + 500, 0)]);
+    }
+    let unchanged = |summary: &Value| -> Vec<bool> {
+        dbs.iter()
+            .map(|db| db_stats(summary, db)["unchanged"].as_bool().unwrap())
+            .collect()
+    };
+    let first = ok(&mut backup(&f, &couch.url, &["--all-dbs"])).json();
+    assert_eq!(unchanged(&first), vec![false; 150]);
+
+    let second = ok(&mut backup(&f, &couch.url, &["--all-dbs"])).json();
+    assert_eq!(unchanged(&second), vec![true; 150]);
+    // The login, `GET /`, `_all_dbs`, two `_dbs_info`.
+    assert_eq!(second["requests"], 5);
+    assert_eq!(second["new_blobs"], 0);
+
+    couch.write(&dbs[0], &[couch::body(9, 1)]);
+    couch.ok(
+        "PUT",
+        &format!("{}/_security", dbs[1]),
+        Some(&json!({"admins": {"names": ["head"], "roles": []}, "members": {"names": [], "roles": []}})),
+    );
+    set_revs_limit_and_local(&couch, &dbs[2], &dbs[3]);
+    couch.delete_db(&dbs[4]);
+    couch.create_db(&dbs[4]);
+    couch.write(&dbs[4], &[couch::body(4, 0), couch::body(504, 0)]);
+    let third = ok(&mut backup(&f, &couch.url, &["--all-dbs"])).json();
+    let mut want = vec![true; 150];
+    want[..5].fill(false);
+    assert_eq!(unchanged(&third), want);
+    for db in &dbs[..5] {
+        assert_restores_as_now(&f, &couch, "latest", db, "after a change");
+    }
+    let meta = |db: &str| -> Value {
+        let item = format!("couchdb/{db}/meta.json");
+        serde_json::from_slice(&f.restore_stdout("latest", Some(&item))).unwrap()
+    };
+    assert_eq!(meta(&dbs[2])["revs_limit"], 500);
+    assert_eq!(
+        meta(&dbs[1])["security"]["admins"]["names"],
+        json!(["head"])
+    );
     for db in &dbs {
         couch.delete_db(db);
     }

@@ -120,7 +120,8 @@ pub struct DbBackupStats {
     /// Nothing changed since the previous snapshot of this server (the same
     /// document and purge counts, no change in `_changes` since its sequence,
     /// the same `_security`, `_revs_limit` and `_local` documents): its dump
-    /// was taken as it is, unread, with four or five requests.
+    /// was taken as it is, unread, with four or five requests (on CouchDB 3,
+    /// one `_dbs_info` per hundred databases).
     pub unchanged: bool,
 }
 
@@ -225,7 +226,7 @@ pub async fn backup_couchdb(
     let mut unchanged = if options.full {
         HashMap::new()
     } else {
-        unchanged_dbs(&client, session.repo(), &flat, &dbs).await
+        unchanged_dbs(&client, &server, session.repo(), &flat, &dbs).await
     };
     let failure = FirstFailure::default();
     let mut entries = Vec::new();
@@ -456,15 +457,17 @@ impl PreviousDb {
 const CHECKS_AT_ONCE: usize = 8;
 
 /// The databases of `dbs` that did not change since their newest dump in
-/// `flat` (a dump of this server, whose overlays are not due to be folded):
-/// the same document and purge counts, no change in `_changes` since its
-/// sequence (which any node of a cluster answers), the same `_security`,
-/// `_revs_limit` and `_local` documents (which `_changes` does not show). Each comes as
-/// its dump's entries, to be taken unread, and its statistics. A database
-/// whose check fails for any reason is backed up as usual (which reports
-/// the failure).
+/// `flat` (a dump of this server, whose overlays are not due to be folded).
+/// Each comes as its dump's entries, to be taken unread, and its
+/// statistics. A database whose check fails for any reason is backed up as
+/// usual (which reports the failure).
+///
+/// On CouchDB 3, one `POST /_dbs_info` per hundred databases tells most of
+/// them (see [`untouched`]); the others, and every database on other
+/// servers, are asked one by one (see [`unchanged_since`]).
 async fn unchanged_dbs(
     client: &Arc<CouchClient>,
+    server: &serde_json::Value,
     repo: &IndexedRepository,
     flat: &[Flat],
     dbs: &[String],
@@ -475,9 +478,19 @@ async fn unchanged_dbs(
         .filter_map(|db| previous_of(repo, flat, db).map(|p| (db.clone(), p)))
         .filter(|(_, p)| !p.due_for_new_base())
         .collect();
+    let infos = if couchdb3_or_later(server) {
+        let names: Vec<&str> = candidates.iter().map(|(db, _)| db.as_str()).collect();
+        dbs_info(client, &names).await.unwrap_or_else(|e| {
+            tracing::debug!("_dbs_info: {e}; asking each database");
+            HashMap::new()
+        })
+    } else {
+        HashMap::new()
+    };
+    let infos = &infos;
     futures::stream::iter(candidates)
         .map(|(db, previous)| async move {
-            match unchanged_since(client, &db, &previous).await {
+            match unchanged_since(client, &db, &previous, infos.get(&db)).await {
                 Ok(Some(meta)) => {
                     let entries = previous.stored_entries()?;
                     let counts = meta.counts;
@@ -506,11 +519,101 @@ async fn unchanged_dbs(
         .await
 }
 
-/// The previous dump's metadata when `db` has not changed since it.
+/// Whether `server` (its `GET /`) is Apache CouchDB 3 or later, whose
+/// storage engine [`untouched`] relies on.
+fn couchdb3_or_later(server: &serde_json::Value) -> bool {
+    let major = server
+        .get("version")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    server.get("couchdb").and_then(serde_json::Value::as_str) == Some("Welcome")
+        && major.is_some_and(|m| m >= 3)
+}
+
+/// Names asked about in one `POST /_dbs_info` (CouchDB's default
+/// `max_db_number_for_dbs_info_req`), and such requests in flight.
+const DBS_INFO_KEYS: usize = 100;
+const DBS_INFO_AT_ONCE: usize = 4;
+
+/// The longest `_dbs_info` answer read: 16 KiB a database (CouchDB's
+/// are under 1 KiB).
+const MAX_DBS_INFO_LEN: u64 = DBS_INFO_KEYS as u64 * (16 << 10);
+
+/// `POST /_dbs_info` of `dbs`, a hundred at a time: the `GET /db` of each
+/// the server found, by name. Answers for names not asked are ignored.
+async fn dbs_info(
+    client: &CouchClient,
+    dbs: &[&str],
+) -> Result<HashMap<String, serde_json::Value>> {
+    use futures::{StreamExt, TryStreamExt};
+    #[derive(Deserialize)]
+    struct Row {
+        key: String,
+        #[serde(default)]
+        info: Option<serde_json::Value>,
+    }
+    let pages: Vec<Vec<Row>> = futures::stream::iter(dbs.chunks(DBS_INFO_KEYS))
+        .map(|keys| async move {
+            let body = serde_json::to_vec(&serde_json::json!({ "keys": keys }))
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            let response = client
+                .request_bounded(
+                    Method::POST,
+                    "_dbs_info",
+                    Some(Body::json(body)),
+                    MAX_DBS_INFO_LEN,
+                )
+                .await?;
+            if !response.status.is_success() {
+                return Err(Error::invalid(format!(
+                    "_dbs_info answered {}",
+                    response.reason()
+                )));
+            }
+            response.json::<Vec<Row>>(&client.url_of("_dbs_info"), "_dbs_info")
+        })
+        .buffered(DBS_INFO_AT_ONCE)
+        .try_collect()
+        .await?;
+    let asked: std::collections::HashSet<&str> = dbs.iter().copied().collect();
+    Ok(pages
+        .into_iter()
+        .flatten()
+        .filter(|row| asked.contains(row.key.as_str()))
+        .filter_map(|row| Some((row.key, row.info?)))
+        .collect())
+}
+
+/// Whether a database whose `GET /db` was `before` when it was dumped and
+/// is `now` is certainly untouched since, on CouchDB 3: the very same
+/// update sequence, file size, document, deleted-document and purge
+/// counts. CouchDB's storage engine (`couch_bt_engine`) gives every write
+/// of a document, of `_security` and of `_revs_limit` a new update
+/// sequence, and appends every write (of `_local` documents too, which
+/// take no sequence) to the database's file, which only a compaction
+/// shrinks (and a compaction changes its size). On a cluster, where the
+/// sequence and sizes come from whichever copies of the shards answer,
+/// they often differ without a change: the database is then asked as
+/// elsewhere.
+fn untouched(before: &serde_json::Value, now: &serde_json::Value) -> bool {
+    let file = |v: &serde_json::Value| v.pointer("/sizes/file").and_then(serde_json::Value::as_u64);
+    same_database(before, now)
+        && before
+            .get("update_seq")
+            .is_some_and(|seq| Some(seq) == now.get("update_seq"))
+        && file(before).is_some_and(|f| Some(f) == file(now))
+}
+
+/// The previous dump's metadata when `db` has not changed since it: the
+/// same document and purge counts, no change in `_changes` since its
+/// sequence (which any node of a cluster answers), the same `_security`,
+/// `_revs_limit` and `_local` documents (which `_changes` does not show),
+/// unless `info` (its `_dbs_info` on CouchDB 3) shows it [`untouched`].
 async fn unchanged_since(
     client: &CouchClient,
     db: &str,
     previous: &PreviousDb,
+    info: Option<&serde_json::Value>,
 ) -> Result<Option<Meta>> {
     let Some(bytes) = read_previous(previous, &previous.meta, MAX_META_LEN).await? else {
         return Ok(None);
@@ -520,14 +623,21 @@ async fn unchanged_since(
     if meta.method != "changes" || meta.last_seq.is_null() {
         return Ok(None);
     }
+    if info.is_some_and(|now| couchdb3_or_later(&meta.server) && untouched(&meta.db_info, now)) {
+        return Ok(Some(meta));
+    }
     // The same database, as many documents: a database deleted and created
     // again under the name (its sequence restarted, or replays from the
     // start on CouchDB 3) or purged shows here.
-    let Some(info) = client
-        .get_json::<serde_json::Value>(&db_path(db), "database info")
-        .await?
-    else {
-        return Ok(None);
+    let info = match info {
+        Some(info) => info.clone(),
+        None => match client
+            .get_json::<serde_json::Value>(&db_path(db), "database info")
+            .await?
+        {
+            Some(info) => info,
+            None => return Ok(None),
+        },
     };
     if !same_database(&meta.db_info, &info) {
         return Ok(None);
