@@ -1223,6 +1223,7 @@ impl Producer<'_> {
         let revs_limit = self.optional_get(&format!("{base}/_revs_limit"))?;
 
         let mut plan = self.plan(&info, compact);
+        let started = std::time::Instant::now();
         let (mut sorted, mut design, mut last_seq, listed) = self.enumerate(plan.since.clone())?;
         if plan.since.is_some() && server_ids(&info).is_some_and(|ids| listed >= ids) {
             // As many changes as the database has documents: it was deleted
@@ -1244,8 +1245,16 @@ impl Producer<'_> {
         let [overlay_ws @ .., atts_w, local_w, meta_w] = rest else {
             return Err(Error::invalid("a database has at least five streams"));
         };
+        tracing::debug!(
+            "database {db:?}: {listed} changes listed in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
         self.write_design(design, design_w)?;
         self.write_docs(sorted, plan, docs_w, overlay_ws)?;
+        tracing::debug!(
+            "database {db:?}: documents written after {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
         self.write_attachments(atts_w)?;
         let local_listed = self.write_local(local_w)?;
 
