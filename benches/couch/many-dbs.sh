@@ -13,7 +13,7 @@
 #   --cairn BIN  the cairn binary [default: target/release/cairn]
 #   --work DIR   scratch directory, wiped first [default: .ci/many-dbs]
 #   --couchdb3   talk to pouchdb-server through the test suite's CouchDB 3 emulation
-#                (one node: `_dbs_info`, opaque sequences, growing `sizes.file`), built
+#                (one node: `_dbs_info`, opaque sequences, `_local_docs`), built
 #                as `cargo build --release -p cairn-cli --example couch3_proxy`
 set -euo pipefail
 

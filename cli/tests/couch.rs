@@ -363,13 +363,13 @@ fn set_revs_limit_and_local(couch: &Couch, limited: &str, local: &str) {
 }
 
 /// On CouchDB 3 (one node), one `POST /_dbs_info` per hundred databases
-/// tells which are untouched since the last backup: the same update
-/// sequence (which a write of `_security` or `_revs_limit` advances too)
-/// and file size (which a write of a `_local` document grows). 150
-/// databases take two; each kind of change is still seen, and so is a
+/// tells which hold the same documents, `_security` and `_revs_limit` as
+/// at the last backup (the same update sequence, which a write of either
+/// setting advances too); each is then asked only its `_local` documents,
+/// which take no sequence. Each kind of change is still seen, and so is a
 /// database deleted and created again with the same documents.
 #[test]
-fn untouched_databases_on_couchdb3_cost_one_request_per_hundred() {
+fn unchanged_databases_on_couchdb3_cost_one_request_each() {
     use std::sync::atomic::Ordering::SeqCst;
     let Some(server) = Couch::from_env() else {
         return;
@@ -389,6 +389,10 @@ fn untouched_databases_on_couchdb3_cost_one_request_per_hundred() {
         couch.create_db(db);
         couch.write(db, &[couch::body(i, 0), couch::body(i + 500, 0)]);
     }
+    // Three copies of each shard: its sequence is of whichever answered.
+    let copies = format!("{prefix}n3");
+    couch.ok("PUT", &format!("{copies}?n=3"), None);
+    couch.write(&copies, &[couch::body(1, 0)]);
     let unchanged = |summary: &Value| -> Vec<bool> {
         dbs.iter()
             .map(|db| db_stats(summary, db)["unchanged"].as_bool().unwrap())
@@ -399,8 +403,11 @@ fn untouched_databases_on_couchdb3_cost_one_request_per_hundred() {
 
     let second = ok(&mut backup(&f, &couch.url, &["--all-dbs"])).json();
     assert_eq!(unchanged(&second), vec![true; 150]);
-    // The login, `GET /`, `_all_dbs`, two `_dbs_info`.
-    assert_eq!(second["requests"], 5);
+    assert_eq!(db_stats(&second, &copies)["unchanged"], true);
+    // The login, `GET /`, `_all_dbs`, two `_dbs_info`, 150 `_local_docs`;
+    // for the one with three copies `_security`, `_revs_limit` and
+    // `_local_docs` (its sequence is the very same: no `_changes`).
+    assert_eq!(second["requests"], 158);
     assert_eq!(second["new_blobs"], 0);
 
     couch.write(&dbs[0], &[couch::body(9, 1)]);
@@ -429,6 +436,7 @@ fn untouched_databases_on_couchdb3_cost_one_request_per_hundred() {
         meta(&dbs[1])["security"]["admins"]["names"],
         json!(["head"])
     );
+    couch.delete_db(&copies);
     for db in &dbs {
         couch.delete_db(db);
     }

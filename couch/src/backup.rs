@@ -522,11 +522,10 @@ async fn unchanged_dbs(
 /// Whether `server` (its `GET /`) is Apache CouchDB 3 or later, whose
 /// storage engine [`untouched`] relies on.
 fn couchdb3_or_later(server: &serde_json::Value) -> bool {
-    let major = server
-        .get("version")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|v| v.split('.').next()?.parse::<u32>().ok());
-    server.get("couchdb").and_then(serde_json::Value::as_str) == Some("Welcome")
+    let text = |pointer: &str| server.pointer(pointer).and_then(serde_json::Value::as_str);
+    let major = text("/version").and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    text("/couchdb") == Some("Welcome")
+        && text("/vendor/name") == Some("The Apache Software Foundation")
         && major.is_some_and(|m| m >= 3)
 }
 
@@ -539,8 +538,9 @@ const DBS_INFO_AT_ONCE: usize = 4;
 /// are under 1 KiB).
 const MAX_DBS_INFO_LEN: u64 = DBS_INFO_KEYS as u64 * (16 << 10);
 
-/// `POST /_dbs_info` of `dbs`, a hundred at a time: the `GET /db` of each
-/// the server found, by name. Answers for names not asked are ignored.
+/// `POST /_dbs_info` of `dbs`, a hundred at a time: the fields the
+/// checks compare of each database the server found, by name. Answers for
+/// names a request did not ask are ignored.
 async fn dbs_info(
     client: &CouchClient,
     dbs: &[&str],
@@ -552,56 +552,74 @@ async fn dbs_info(
         #[serde(default)]
         info: Option<serde_json::Value>,
     }
-    let pages: Vec<Vec<Row>> = futures::stream::iter(dbs.chunks(DBS_INFO_KEYS))
-        .map(|keys| async move {
-            let body = serde_json::to_vec(&serde_json::json!({ "keys": keys }))
-                .map_err(|e| Error::invalid(e.to_string()))?;
-            let response = client
-                .request_bounded(
-                    Method::POST,
-                    "_dbs_info",
-                    Some(Body::json(body)),
-                    MAX_DBS_INFO_LEN,
-                )
-                .await?;
-            if !response.status.is_success() {
-                return Err(Error::invalid(format!(
-                    "_dbs_info answered {}",
-                    response.reason()
-                )));
-            }
-            response.json::<Vec<Row>>(&client.url_of("_dbs_info"), "_dbs_info")
-        })
-        .buffered(DBS_INFO_AT_ONCE)
-        .try_collect()
-        .await?;
-    let asked: std::collections::HashSet<&str> = dbs.iter().copied().collect();
-    Ok(pages
+    let pages: Vec<Vec<(String, serde_json::Value)>> =
+        futures::stream::iter(dbs.chunks(DBS_INFO_KEYS))
+            .map(|keys| async move {
+                let body = serde_json::to_vec(&serde_json::json!({ "keys": keys }))
+                    .map_err(|e| Error::invalid(e.to_string()))?;
+                let response = client
+                    .request_bounded(
+                        Method::POST,
+                        "_dbs_info",
+                        Some(Body::json(body)),
+                        MAX_DBS_INFO_LEN,
+                    )
+                    .await?;
+                if !response.status.is_success() {
+                    return Err(Error::invalid(format!(
+                        "_dbs_info answered {}",
+                        response.reason()
+                    )));
+                }
+                let rows: Vec<Row> = response.json(&client.url_of("_dbs_info"), "_dbs_info")?;
+                Ok(rows
+                    .into_iter()
+                    .filter(|row| keys.contains(&row.key.as_str()))
+                    .filter_map(|row| Some((row.key, compared_fields(&row.info?))))
+                    .collect())
+            })
+            .buffered(DBS_INFO_AT_ONCE)
+            .try_collect()
+            .await?;
+    Ok(pages.into_iter().flatten().collect())
+}
+
+/// The fields of a `GET /db` the checks compare: all that is kept of
+/// each database's `_dbs_info`, so memory stays small with many databases.
+fn compared_fields(info: &serde_json::Value) -> serde_json::Value {
+    let fields = [
+        "update_seq",
+        "doc_count",
+        "doc_del_count",
+        "purge_seq",
+        "cluster",
+    ];
+    fields
         .into_iter()
-        .flatten()
-        .filter(|row| asked.contains(row.key.as_str()))
-        .filter_map(|row| Some((row.key, row.info?)))
-        .collect())
+        .filter_map(|k| Some((k.to_string(), info.get(k)?.clone())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Whether a database whose `GET /db` was `before` when it was dumped and
-/// is `now` is certainly untouched since, on CouchDB 3: the very same
-/// update sequence, file size, document, deleted-document and purge
-/// counts. CouchDB's storage engine (`couch_bt_engine`) gives every write
-/// of a document, of `_security` and of `_revs_limit` a new update
-/// sequence, and appends every write (of `_local` documents too, which
-/// take no sequence) to the database's file, which only a compaction
-/// shrinks (and a compaction changes its size). On a cluster, where the
-/// sequence and sizes come from whichever copies of the shards answer,
-/// they often differ without a change: the database is then asked as
-/// elsewhere.
+/// is `now` holds the same documents, `_security` and `_revs_limit`, on
+/// CouchDB 3: the very same update sequence and document, deleted-document
+/// and purge counts. CouchDB's storage engine (`couch_bt_engine`) gives
+/// every write of a document, of `_security` and of `_revs_limit` a new
+/// update sequence; `_local` documents take none (they are compared apart).
+/// Only where each shard has one copy (`cluster.n` 1): with more, the
+/// sequence is of whichever copies answered, and one that missed a write
+/// can answer as before.
 fn untouched(before: &serde_json::Value, now: &serde_json::Value) -> bool {
-    let file = |v: &serde_json::Value| v.pointer("/sizes/file").and_then(serde_json::Value::as_u64);
-    same_database(before, now)
+    let one_copy = now
+        .pointer("/cluster/n")
+        .and_then(serde_json::Value::as_u64)
+        == Some(1);
+    one_copy
+        && same_database(before, now)
         && before
             .get("update_seq")
             .is_some_and(|seq| Some(seq) == now.get("update_seq"))
-        && file(before).is_some_and(|f| Some(f) == file(now))
 }
 
 /// The previous dump's metadata when `db` has not changed since it: the
@@ -624,7 +642,8 @@ async fn unchanged_since(
         return Ok(None);
     }
     if info.is_some_and(|now| couchdb3_or_later(&meta.server) && untouched(&meta.db_info, now)) {
-        return Ok(Some(meta));
+        let same = same_local(client, db, previous, &meta).await?;
+        return Ok(same.then_some(meta));
     }
     // The same database, as many documents: a database deleted and created
     // again under the name (its sequence restarted, or replays from the
@@ -662,20 +681,27 @@ async fn unchanged_since(
     if revs_limit != meta.revs_limit {
         return Ok(None);
     }
+    let same = same_local(client, db, previous, &meta).await?;
+    Ok(same.then_some(meta))
+}
+
+/// Whether `db` lists the same `_local` documents as its previous dump.
+async fn same_local(
+    client: &CouchClient,
+    db: &str,
+    previous: &PreviousDb,
+    meta: &Meta,
+) -> Result<bool> {
     let local = optional_json(client, &local_docs_path(db)).await?;
     if local.is_some() != meta.local_listed {
-        return Ok(None);
+        return Ok(false);
     }
-    if let Some(listed) = &local {
-        let (lines, _) = local_lines(listed).map_err(|e| Error::invalid(e.to_string()))?;
-        let Some(before) = read_previous(previous, &previous.local, MAX_LOCAL_LEN).await? else {
-            return Ok(None);
-        };
-        if lines != before {
-            return Ok(None);
-        }
-    }
-    Ok(Some(meta))
+    let Some(listed) = &local else {
+        return Ok(true);
+    };
+    let (lines, _) = local_lines(listed).map_err(|e| Error::invalid(e.to_string()))?;
+    let before = read_previous(previous, &previous.local, MAX_LOCAL_LEN).await?;
+    Ok(before.is_some_and(|before| before == lines))
 }
 
 /// Whether `_changes` lists anything after `last_seq` (or cannot say).

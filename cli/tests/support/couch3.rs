@@ -21,9 +21,8 @@
 //! - `GET /` welcomes as CouchDB 3.5.0, and `POST /_dbs_info` answers for
 //!   up to 100 databases at once;
 //! - its storage engine (`couch_bt_engine`): a write of `_security` or
-//!   `_revs_limit` advances the update sequence, and every write (of
-//!   documents, `_local` documents, settings) appends to the database's
-//!   file, so `sizes.file` in `GET /db` grows.
+//!   `_revs_limit` advances the update sequence (a `_local` document takes
+//!   none).
 //!
 //! Sequences differ per coordinator as on a cluster, unless
 //! [`Couch3::single_node`] is set: then every request sees the same one.
@@ -64,9 +63,9 @@ pub struct Couch3 {
     pub damaged: Mutex<Vec<String>>,
     /// Attachment answers sent gzip-encoded.
     pub gzip_answers: AtomicUsize,
-    /// Bytes written to each database through the proxy, and writes of its
-    /// `_security` or `_revs_limit` (each advances its update sequence).
-    written: Mutex<HashMap<String, (u64, u64)>>,
+    /// Writes of each database's `_security` or `_revs_limit` through the
+    /// proxy (each advances its update sequence).
+    settings: Mutex<HashMap<String, u64>>,
     /// `doc_del_count` by database (and `instance_start_time`), with the
     /// update sequence it was counted at.
     deleted: Mutex<HashMap<(String, String), (u64, usize)>>,
@@ -189,6 +188,19 @@ impl Couch3 {
         }
     }
 
+    /// Whether the emulation answers `request` wholly itself, so the
+    /// server need not be asked (its answer would be replaced anyway; the
+    /// proxy sends [`Response::placeholder`] to [`Couch3::rewrite_response`]
+    /// instead). The server's authentication is not applied to these.
+    pub fn answers_itself(&self, request: &Request) -> bool {
+        let s = request.segments();
+        let get = request.method == "GET";
+        (get && (s.is_empty() || s == ["_membership"]))
+            || (request.method == "POST" && s == ["_dbs_info"])
+            || (s.len() == 2 && s[1] == "_revs_limit")
+            || (get && s.len() == 2 && s[1] == "_local_docs")
+    }
+
     /// Rewrites the server's answer as CouchDB 3 would have given it.
     pub fn rewrite_response(&self, request: &Request, upstream: &str, response: &mut Response) {
         let node = match self.single_node.load(Ordering::SeqCst) {
@@ -196,7 +208,7 @@ impl Couch3 {
             false => self.requests.fetch_add(1, Ordering::SeqCst) % 3,
         };
         let s = request.segments();
-        self.count_write(request, &s, &response.status_line);
+        self.count_settings(request, &s, &response.status_line);
         if request.method == "GET" && s.is_empty() {
             *response = json_response(json!({
                 "couchdb": "Welcome",
@@ -337,7 +349,7 @@ impl Couch3 {
         }
         if s.get(1) == Some(&"_changes") {
             let instance = self.shape(&db).2;
-            let settings = self.written(&db).1;
+            let settings = self.settings_of(&db);
             if let Some(rows) = value.get_mut("results").and_then(Value::as_array_mut) {
                 for row in rows {
                     if let Some(seq) = row.get("seq").and_then(Value::as_u64) {
@@ -442,12 +454,10 @@ impl Couch3 {
         if self.partitioned.lock().unwrap().contains(&db.to_string()) {
             value["props"] = json!({"partitioned": true});
         }
-        let (bytes, settings) = self.written(db);
+        let settings = self.settings_of(db);
         if let Some(seq) = value.get("update_seq").and_then(Value::as_u64) {
             value["update_seq"] = json!(opaque(seq, instance, node, settings));
         }
-        let file = 16_384 + bytes;
-        value["sizes"] = json!({"file": file, "external": bytes / 2, "active": bytes / 2 + 4096});
     }
 
     /// `POST /_dbs_info {"keys": [...]}`: each database's `GET /db`, or
@@ -481,41 +491,30 @@ impl Couch3 {
         json_response(json!(rows))
     }
 
-    /// Bytes written to `db` through the proxy, and settings written.
-    fn written(&self, db: &str) -> (u64, u64) {
-        self.written
-            .lock()
-            .unwrap()
-            .get(db)
-            .copied()
-            .unwrap_or((0, 0))
+    /// Writes of `db`'s `_security` or `_revs_limit` so far.
+    fn settings_of(&self, db: &str) -> u64 {
+        self.settings.lock().unwrap().get(db).copied().unwrap_or(0)
     }
 
-    /// Grows the file of the database `request` wrote to (as CouchDB's
-    /// append-only storage does), and counts a settings write (which
-    /// CouchDB gives an update sequence of its own). A database created
-    /// anew starts empty.
-    fn count_write(&self, request: &Request, s: &[&str], status_line: &str) {
+    /// Counts a write of `_security` or `_revs_limit`, which CouchDB gives
+    /// an update sequence of its own. A database created anew starts at 0.
+    fn count_settings(&self, request: &Request, s: &[&str], status_line: &str) {
         let Some(db) = s.first().filter(|d| !d.starts_with('_')) else {
             return;
         };
-        let mut written = self.written.lock().unwrap();
+        let mut settings = self.settings.lock().unwrap();
         if request.method == "PUT" && s.len() == 1 {
-            written.remove(*db);
+            settings.remove(*db);
             return;
         }
-        let settings = s.len() == 2 && matches!(s[1], "_security" | "_revs_limit");
         // `_revs_limit` is the emulation's own: pouchdb-server's answer is moot.
-        let succeeded = status_line.contains(" 20") || (settings && s[1] == "_revs_limit");
-        let writes = match request.method.as_str() {
-            "PUT" | "DELETE" => s.len() >= 2,
-            "POST" => s.len() == 1 || matches!(s[1], "_bulk_docs" | "_purge"),
+        let written = match s.get(1) {
+            Some(&"_revs_limit") => true,
+            Some(&"_security") => status_line.contains(" 20"),
             _ => false,
         };
-        if writes && succeeded {
-            let entry = written.entry(db.to_string()).or_default();
-            entry.0 += request.body.len() as u64 + 4096;
-            entry.1 += u64::from(settings);
+        if request.method == "PUT" && s.len() == 2 && written {
+            *settings.entry(db.to_string()).or_default() += 1;
         }
     }
 
@@ -545,6 +544,11 @@ impl Couch3 {
 }
 
 impl Response {
+    /// The answer the emulation replaces, for requests it answers itself.
+    pub fn placeholder() -> Response {
+        json_response(json!({}))
+    }
+
     /// Parses a whole HTTP/1.1 response (chunked bodies decoded).
     pub fn parse(raw: &[u8]) -> Option<Response> {
         let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
