@@ -237,6 +237,15 @@ apt_install() {
       $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
 }
 
+# Tools the tests use on files: setfattr/getfattr (Debian's attr) for
+# extended attributes.
+install_file_tools() {
+  if ! command -v setfattr >/dev/null || ! command -v getfattr >/dev/null; then
+    log "installing attr (Debian)"
+    apt_install attr
+  fi
+}
+
 install_postgres() {
   if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || [ ! -x /usr/bin/pg_dump ]; then
     log "installing postgresql (Debian)"
