@@ -214,36 +214,28 @@ def main():
     if rp and rc and rp["rc"] == 0 and rc["rc"] == 0:
         row("restore time, Cairn / couchrestore", ratio(rc["secs"], rp["secs"]))
         row("restore peak RSS, Cairn / couchrestore", ratio(rc["rss_kb"], rp["rss_kb"]))
+    def against(label, limit_docs, limit_secs, tools, what):
+        """The limit's row, then each tool's docs/s as a share of it."""
+        row(label, fr(rate(limit_docs, limit_secs)))
+        for t, r in tools:
+            if r and r["rc"] == 0:
+                row(f"{t} / {what}, in docs/s", ratio(rate(r["docs"], r["secs"]), rate(limit_docs, limit_secs)))
+    backups = (("couchbackup backup (last day)", p), ("Cairn backup (last day)", c))
+    restores = (("couchrestore", rp), ("Cairn restore", rc))
     if best_read:
-        row(f"server read limit (best: {best_read['conc']} in flight), docs/s", fr(rate(lim["docs"], best_read["secs"])))
-        for t, r in (("couchbackup", p), ("Cairn", c)):
-            if r and r["rc"] == 0:
-                row(f"{t} backup (last day) / server read limit, in docs/s",
-                    ratio(rate(r["docs"], r["secs"]), rate(lim["docs"], best_read["secs"])))
+        against(f"server read limit (best: {best_read['conc']} in flight), docs/s",
+                lim["docs"], best_read["secs"], backups, "server read limit")
     if best_ingest:
-        row(f"server ingest limit (best: {best_ingest['batch']} per request × {best_ingest['conc']}), docs/s",
-            fr(rate(lim["docs"], best_ingest["secs"])))
-        for t, r in (("couchrestore", rp), ("Cairn restore", rc)):
-            if r and r["rc"] == 0:
-                row(f"{t} / server ingest limit, in docs/s",
-                    ratio(rate(r["docs"], r["secs"]), rate(lim["docs"], best_ingest["secs"])))
+        against(f"server ingest limit (best: {best_ingest['batch']} per request × {best_ingest['conc']}), docs/s",
+                lim["docs"], best_ingest["secs"], restores, "server ingest limit")
     pre = by.get("limits_before", [None])[0]
     if pre and pre.get("read"):
-        r0 = pre["read"][0]
-        row("server read limit measured right before the last day's backups (2 in flight), docs/s",
-            fr(rate(pre["docs"], r0["secs"])))
-        for t, r in (("couchbackup", p), ("Cairn", c)):
-            if r and r["rc"] == 0:
-                row(f"{t} backup (last day) / that read limit, in docs/s",
-                    ratio(rate(r["docs"], r["secs"]), rate(pre["docs"], r0["secs"])))
+        against("server read limit measured right before the last day's backups (2 in flight), docs/s",
+                pre["docs"], pre["read"][0]["secs"], backups, "that read limit")
     if pre and pre.get("ingest"):
         i0 = pre["ingest"][0]
-        row(f"server ingest limit measured before the backups and restores ({i0['batch']} per request × {i0['conc']}), docs/s",
-            fr(rate(pre["docs"], i0["secs"])))
-        for t, r in (("couchrestore", rp), ("Cairn restore", rc)):
-            if r and r["rc"] == 0:
-                row(f"{t} / that ingest limit, in docs/s",
-                    ratio(rate(r["docs"], r["secs"]), rate(pre["docs"], i0["secs"])))
+        against(f"server ingest limit measured before the backups and restores ({i0['batch']} per request × {i0['conc']}), docs/s",
+                pre["docs"], i0["secs"], restores, "that ingest limit")
     ld = by.get("load", [{}])[0]
     if best_ingest and ld.get("secs"):
         row("initial load with normal edits / server ingest limit (new_edits:false), in docs/s",

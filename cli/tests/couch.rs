@@ -109,12 +109,7 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
         None,
     );
     ok(&mut backup(&f, &couch.url, &["--db", &db]));
-    let upstream = reqwest::Url::parse(&couch.url).unwrap();
-    let proxy = faulty::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap()
-    ));
+    let proxy = faulty::Proxy::start(couch.upstream());
     let url = proxy.url(&couch.url);
     // The id that sorts last: in the last `_revs_diff` batch.
     let lost = docs
@@ -124,14 +119,23 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
         .unwrap();
     for (check, says) in [("present", "lacks leaves"), ("leaves", "missing")] {
         let copy = format!("{db}_{check}");
+        let into_copy = [
+            "--db".to_string(),
+            format!("{db}:{copy}"),
+            "--check".into(),
+            check.into(),
+        ];
+        let restore_copy = || {
+            restore(
+                &f,
+                "latest",
+                &url,
+                &into_copy.each_ref().map(String::as_str),
+            )
+        };
         // A document lost on the way.
         *proxy.faults.lose_doc.lock().unwrap() = Some(lost.clone());
-        let r = run(&mut restore(
-            &f,
-            "latest",
-            &url,
-            &["--db", &format!("{db}:{copy}"), "--check", check],
-        ));
+        let r = run(&mut restore_copy());
         let report = r
             .expect_code(16)
             .stderr_has(&["1 documents missing", &lost, says])
@@ -145,12 +149,7 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
         // A document written by someone else during the restore.
         *proxy.faults.lose_doc.lock().unwrap() = None;
         *proxy.faults.add_doc.lock().unwrap() = Some("zz-intruder".into());
-        let r = run(&mut restore(
-            &f,
-            "latest",
-            &url,
-            &["--db", &format!("{db}:{copy}"), "--check", check],
-        ));
+        let r = run(&mut restore_copy());
         let report = r
             .expect_code(16)
             .stderr_has(&["1 documents not in the snapshot"])
@@ -162,13 +161,7 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
         assert_eq!(report["databases"][0]["comparison"]["extra"], 1, "{report}");
         couch.delete_db(&copy);
         // And nothing wrong: clean.
-        let report = ok(&mut restore(
-            &f,
-            "latest",
-            &url,
-            &["--db", &format!("{db}:{copy}"), "--check", check],
-        ))
-        .json();
+        let report = ok(&mut restore_copy()).json();
         assert_eq!(report["clean"], true, "{report}");
         assert_eq!(
             report["databases"][0]["comparison"]["ids"], 2101,
@@ -199,12 +192,7 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
 /// `--all-dbs` lists the server's databases a page at a time, and the
 /// next backup names the ones that appeared and vanished since.
 fn every_database_is_listed_page_by_page_and_changes_to_the_list_are_named(couch: &Couch) {
-    let upstream = reqwest::Url::parse(&couch.url).unwrap();
-    let proxy = faulty::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap()
-    ));
+    let proxy = faulty::Proxy::start(couch.upstream());
     // Other tests share the server: the proxy lists only this test's.
     let prefix = format!("{}_", couch.new_db("many"));
     *proxy.faults.only_dbs.lock().unwrap() = Some(prefix.clone());
@@ -329,12 +317,7 @@ fn unchanged_databases_cost_a_few_requests_and_restore_whole(couch: &Couch) {
     }
     // The same names on another server (here: another URL) are other
     // databases: nothing is taken from this server's dumps.
-    let upstream = reqwest::Url::parse(&couch.url).unwrap();
-    let other = faulty::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap()
-    ));
+    let other = faulty::Proxy::start(couch.upstream());
     let elsewhere = ok(&mut backup(&f, &other.url(&couch.url), &args)).json();
     for db in &dbs {
         let stats = db_stats(&elsewhere, db);
@@ -981,12 +964,7 @@ fn transient_failures_are_retried_big_batches_split_and_a_403_stops(couch: &Couc
     let docs: Vec<Value> = (0..1500).map(|i| couch::body(i, 0)).collect();
     couch.write(&db, &docs);
     let want = couch.fingerprint(&db);
-    let upstream = reqwest::Url::parse(&couch.url).unwrap();
-    let proxy = faulty::Proxy::start(format!(
-        "{}:{}",
-        upstream.host_str().unwrap(),
-        upstream.port().unwrap()
-    ));
+    let proxy = faulty::Proxy::start(couch.upstream());
     let url = proxy.url(&couch.url);
 
     // 503s and dropped connections while backing up: retried.

@@ -648,17 +648,21 @@ async fn unchanged_since(
     // The same database, as many documents: a database deleted and created
     // again under the name (its sequence restarted, or replays from the
     // start on CouchDB 3) or purged shows here.
+    let fetched;
     let info = match info {
-        Some(info) => info.clone(),
+        Some(info) => info,
         None => match client
             .get_json::<serde_json::Value>(&db_path(db), "database info")
             .await?
         {
-            Some(info) => info,
+            Some(got) => {
+                fetched = got;
+                &fetched
+            }
             None => return Ok(None),
         },
     };
-    if !same_database(&meta.db_info, &info) {
+    if !same_database(&meta.db_info, info) {
         return Ok(None);
     }
     // The very same update sequence (a number, or the same opaque string)

@@ -627,10 +627,11 @@ impl Driver {
             self.options.check
         };
         report.comparison = if report.check == Check::Leaves {
-            self.compare(db, expected, &plan.meta.security)?
+            self.compare(db, expected)?
         } else {
-            self.check_present(db, expected, counts, &plan.meta.security)?
+            self.check_present(db, expected, counts)?
         };
+        report.comparison.security_matches = self.same_security(db, &plan.meta.security)?;
         report.verify_secs = started.elapsed().as_secs_f64();
         if report.is_clean(self.options.merge) {
             self.clear_marker(db, marker)?;
@@ -964,7 +965,6 @@ impl Driver {
         db: &str,
         expected: Sorted,
         (live, deleted): (u64, u64),
-        security: &serde_json::Value,
     ) -> Result<Comparison> {
         use futures::{StreamExt, TryStreamExt};
         let mut c = Comparison::default();
@@ -1010,19 +1010,18 @@ impl Driver {
             #[serde(default)]
             missing: Vec<String>,
         }
-        let mut lacking: Vec<(String, Vec<String>)> = Vec::new();
         let mut canary_seen = false;
         let asked = futures::stream::iter(batches)
             .map(|batch| {
-                let body: serde_json::Map<String, serde_json::Value> = batch
-                    .iter()
-                    .map(|(id, revs)| (id.clone(), revs.clone().into()))
-                    .collect();
-                let body = serde_json::Value::Object(body).to_string();
-                // An answer names at most what was asked, and a little more.
-                let max_len = body.len() as u64 * 2 + 4096;
+                let asked: HashMap<&str, &Vec<String>> =
+                    batch.iter().map(|(id, revs)| (id.as_str(), revs)).collect();
+                let body = serde_json::to_string(&asked);
                 let path = &path;
                 async move {
+                    let body =
+                        body.map_err(|e| Error::invalid(format!("encoding _revs_diff: {e}")))?;
+                    // An answer names at most what was asked, and a little more.
+                    let max_len = body.len() as u64 * 2 + 4096;
                     let r = self
                         .client
                         .request_bounded(Method::POST, path, Some(Body::json(body)), max_len)
@@ -1054,11 +1053,13 @@ impl Driver {
                         m.missing.into_iter().filter(|r| revs.contains(r)).collect();
                     canary_seen |= gone.iter().any(|r| r == CANARY_REV);
                     gone.retain(|r| r != CANARY_REV);
-                    if !gone.is_empty() && lacking.len() < 5 {
+                    if !gone.is_empty() {
+                        c.missing += 1;
                         gone.truncate(3);
-                        lacking.push((id, gone));
-                    } else if !gone.is_empty() {
-                        lacking.push((String::new(), Vec::new()));
+                        note(
+                            &mut c.examples,
+                            format!("{id:?} lacks leaves {}", gone.join(",")),
+                        );
                     }
                 }
                 futures::future::ready(Ok(()))
@@ -1080,15 +1081,6 @@ impl Driver {
                        it), or restore with `--check leaves`"
                     .into(),
             });
-        }
-        for (id, revs) in &lacking {
-            c.missing += 1;
-            if !id.is_empty() {
-                note(
-                    &mut c.examples,
-                    format!("{id:?} lacks leaves {}", revs.join(",")),
-                );
-            }
         }
         let info: serde_json::Value = self
             .block_on(self.client.get_json(&db_path(db), "database info"))?
@@ -1120,21 +1112,20 @@ impl Driver {
                 _ => {}
             }
         }
+        Ok(c)
+    }
+
+    /// Whether the target's `_security` is `security`.
+    fn same_security(&self, db: &str, security: &serde_json::Value) -> Result<bool> {
         let path = format!("{}/_security", db_path(db));
         let current: serde_json::Value = self
             .block_on(self.client.get_json(&path, "_security"))?
             .unwrap_or_else(|| serde_json::json!({}));
-        c.security_matches = security_equal(&current, security);
-        Ok(c)
+        Ok(security_equal(&current, security))
     }
 
-    /// Compares the target's leaves with `expected`, and its `_security`.
-    fn compare(
-        &self,
-        db: &str,
-        expected: Sorted,
-        security: &serde_json::Value,
-    ) -> Result<Comparison> {
+    /// Compares the target's leaves with `expected`.
+    fn compare(&self, db: &str, expected: Sorted) -> Result<Comparison> {
         let actual = self.target_leaves(db)?;
         let mut c = Comparison::default();
         let mut expected = expected.peekable();
@@ -1208,11 +1199,6 @@ impl Driver {
                 }
             }
         }
-        let path = format!("{}/_security", db_path(db));
-        let current: serde_json::Value = self
-            .block_on(self.client.get_json(&path, "_security"))?
-            .unwrap_or_else(|| serde_json::json!({}));
-        c.security_matches = security_equal(&current, security);
         Ok(c)
     }
 

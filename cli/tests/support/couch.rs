@@ -56,17 +56,18 @@ impl Couch {
 
     /// [`Couch::couchdb3`], and the proxy (to damage what it serves).
     pub fn couchdb3_proxy(&self) -> (Couch, crate::faulty::Proxy) {
-        let upstream = reqwest::Url::parse(&self.url).unwrap();
-        let proxy = crate::faulty::Proxy::couchdb3(format!(
-            "{}:{}",
-            upstream.host_str().unwrap(),
-            upstream.port().unwrap()
-        ));
+        let proxy = crate::faulty::Proxy::couchdb3(self.upstream());
         let couch = Couch {
             url: proxy.url(&self.url),
             http: self.http.clone(),
         };
         (couch, proxy)
+    }
+
+    /// The server's `host:port`, for a proxy in front of it.
+    pub fn upstream(&self) -> String {
+        let url = reqwest::Url::parse(&self.url).unwrap();
+        format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
     }
 
     /// A fresh database name.

@@ -188,39 +188,38 @@ impl Couch3 {
         }
     }
 
-    /// Whether the emulation answers `request` wholly itself, so the
-    /// server need not be asked (its answer would be replaced anyway; the
-    /// proxy sends [`Response::placeholder`] to [`Couch3::rewrite_response`]
-    /// instead). The server's authentication is not applied to these.
-    pub fn answers_itself(&self, request: &Request) -> bool {
-        let s = request.segments();
-        let get = request.method == "GET";
-        (get && (s.is_empty() || s == ["_membership"]))
-            || (request.method == "POST" && s == ["_dbs_info"])
-            || (s.len() == 2 && s[1] == "_revs_limit")
-            || (get && s.len() == 2 && s[1] == "_local_docs")
-    }
-
-    /// Rewrites the server's answer as CouchDB 3 would have given it.
-    pub fn rewrite_response(&self, request: &Request, upstream: &str, response: &mut Response) {
-        let node = match self.single_node.load(Ordering::SeqCst) {
+    /// The coordinating node of the next request: always the same on a
+    /// single node, else each in turn.
+    fn node(&self) -> usize {
+        match self.single_node.load(Ordering::SeqCst) {
             true => 0,
             false => self.requests.fetch_add(1, Ordering::SeqCst) % 3,
-        };
+        }
+    }
+
+    /// The emulation's own answer to what pouchdb-server lacks or answers
+    /// otherwise in whole (the welcome, `_dbs_info`, `_membership`,
+    /// `_revs_limit`, `_local_docs`): the proxy sends it without asking the
+    /// server, whose authentication is then not applied.
+    pub fn own_answer(&self, request: &Request, upstream: &str) -> Option<Response> {
         let s = request.segments();
-        self.count_settings(request, &s, &response.status_line);
-        if request.method == "GET" && s.is_empty() {
-            *response = json_response(json!({
+        let get = request.method == "GET";
+        if get && s.is_empty() {
+            return Some(json_response(json!({
                 "couchdb": "Welcome",
                 "version": "3.5.0",
                 "vendor": {"name": "The Apache Software Foundation"},
                 "features": ["partitioned", "pluggable-storage-engines", "scheduler"],
-            }));
-            return;
+            })));
         }
         if request.method == "POST" && s == ["_dbs_info"] {
-            *response = self.dbs_info(request, upstream, node);
-            return;
+            return Some(self.dbs_info(request, upstream, self.node()));
+        }
+        if get && s == ["_membership"] {
+            let nodes = json!(["couchdb@127.0.0.1"]);
+            return Some(json_response(
+                json!({"all_nodes": nodes, "cluster_nodes": nodes}),
+            ));
         }
         if s.len() == 2 && s[1] == "_revs_limit" {
             let db = s[0].to_string();
@@ -230,7 +229,9 @@ impl Couch3 {
                         .trim()
                         .parse()
                         .unwrap_or(1000);
-                    self.revs_limits.lock().unwrap().insert(db, limit);
+                    self.revs_limits.lock().unwrap().insert(db.clone(), limit);
+                    // Its own update sequence, as `_security`'s.
+                    *self.settings.lock().unwrap().entry(db).or_default() += 1;
                     json!({"ok": true})
                 }
                 _ => json!(
@@ -242,24 +243,9 @@ impl Couch3 {
                         .unwrap_or(1000)
                 ),
             };
-            *response = json_response(body);
-            return;
+            return Some(json_response(body));
         }
-        if s.len() == 3 && s[1] == "_local" && response.status_line.contains(" 20") {
-            let mut locals = self.locals.lock().unwrap();
-            let ids = locals.entry(s[0].to_string()).or_default();
-            let id = format!("_local/{}", percent_decode(s[2]));
-            match request.method.as_str() {
-                "PUT" => {
-                    ids.insert(id);
-                }
-                "DELETE" => {
-                    ids.remove(&id);
-                }
-                _ => {}
-            }
-        }
-        if request.method == "GET" && s.len() == 2 && s[1] == "_local_docs" {
+        if get && s.len() == 2 && s[1] == "_local_docs" {
             let ids: Vec<String> = self
                 .locals
                 .lock()
@@ -280,19 +266,31 @@ impl Couch3 {
                     json!({"id": id, "key": id, "value": {"rev": doc["_rev"]}, "doc": doc})
                 })
                 .collect();
-            *response = json_response(json!({"total_rows": null, "offset": null, "rows": rows}));
-            return;
+            return Some(json_response(
+                json!({"total_rows": null, "offset": null, "rows": rows}),
+            ));
         }
-        if request.method == "GET" && s == ["_membership"] {
-            let nodes = json!(["couchdb@127.0.0.1"]);
-            *response = Response {
-                status_line: "HTTP/1.1 200 OK".into(),
-                headers: vec![("Content-Type".into(), "application/json".into())],
-                body: json!({"all_nodes": nodes, "cluster_nodes": nodes})
-                    .to_string()
-                    .into_bytes(),
-            };
-            return;
+        None
+    }
+
+    /// Rewrites the server's answer as CouchDB 3 would have given it.
+    pub fn rewrite_response(&self, request: &Request, upstream: &str, response: &mut Response) {
+        let node = self.node();
+        let s = request.segments();
+        self.count_settings(request, &s, &response.status_line);
+        if s.len() == 3 && s[1] == "_local" && response.status_line.contains(" 20") {
+            let mut locals = self.locals.lock().unwrap();
+            let ids = locals.entry(s[0].to_string()).or_default();
+            let id = format!("_local/{}", percent_decode(s[2]));
+            match request.method.as_str() {
+                "PUT" => {
+                    ids.insert(id);
+                }
+                "DELETE" => {
+                    ids.remove(&id);
+                }
+                _ => {}
+            }
         }
         let created = response.status_line.contains(" 201");
         if created && request.method == "PUT" && s.len() == 1 && !s[0].starts_with('_') {
@@ -496,8 +494,9 @@ impl Couch3 {
         self.settings.lock().unwrap().get(db).copied().unwrap_or(0)
     }
 
-    /// Counts a write of `_security` or `_revs_limit`, which CouchDB gives
-    /// an update sequence of its own. A database created anew starts at 0.
+    /// Counts a write of `_security`, which CouchDB gives an update
+    /// sequence of its own (as `_revs_limit`'s, in [`Couch3::own_answer`]).
+    /// A database created anew starts at 0.
     fn count_settings(&self, request: &Request, s: &[&str], status_line: &str) {
         let Some(db) = s.first().filter(|d| !d.starts_with('_')) else {
             return;
@@ -505,15 +504,10 @@ impl Couch3 {
         let mut settings = self.settings.lock().unwrap();
         if request.method == "PUT" && s.len() == 1 {
             settings.remove(*db);
-            return;
-        }
-        // `_revs_limit` is the emulation's own: pouchdb-server's answer is moot.
-        let written = match s.get(1) {
-            Some(&"_revs_limit") => true,
-            Some(&"_security") => status_line.contains(" 20"),
-            _ => false,
-        };
-        if request.method == "PUT" && s.len() == 2 && written {
+        } else if request.method == "PUT"
+            && s.get(1) == Some(&"_security")
+            && status_line.contains(" 20")
+        {
             *settings.entry(db.to_string()).or_default() += 1;
         }
     }
@@ -544,11 +538,6 @@ impl Couch3 {
 }
 
 impl Response {
-    /// The answer the emulation replaces, for requests it answers itself.
-    pub fn placeholder() -> Response {
-        json_response(json!({}))
-    }
-
     /// Parses a whole HTTP/1.1 response (chunked bodies decoded).
     pub fn parse(raw: &[u8]) -> Option<Response> {
         let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;

@@ -237,11 +237,7 @@ fn serve(
         let line = c3.rewrite_request(&request, &request_line);
         head.splice(..request_line.len(), line.into_bytes());
     }
-    if let Some(c3) = couch3
-        && c3.answers_itself(&request)
-    {
-        let mut response = Response::placeholder();
-        c3.rewrite_response(&request, upstream, &mut response);
+    if let Some(response) = couch3.and_then(|c3| c3.own_answer(&request, upstream)) {
         let mut client = client;
         return client.write_all(&response.to_bytes());
     }
