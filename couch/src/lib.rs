@@ -47,7 +47,7 @@ use cairn_store::ops::restore::NoRestoreProgress;
 use cairn_store::ops::session::WriteSession;
 use cairn_store::ops::source::{Entry, Prepared, Source};
 use cairn_store::repo::IndexedRepository;
-use pipe::{Lines, PipeReader, PipeWriter, pipe, spill_pipe};
+use pipe::{Lines, PipeReader, PipeWriter, pipe};
 
 /// The streams of one database's files: entries for the backup to read,
 /// and, in the same order, the writers its producer fills.
@@ -58,16 +58,11 @@ pub(crate) fn streams(
 ) -> (Vec<Entry>, Vec<PipeWriter>) {
     files
         .iter()
-        .enumerate()
-        .map(|(i, file)| {
-            // The backup reads a database's files in name order (the
-            // snapshot's tree), the producer writes them in `files` order:
-            // a file some later-written one precedes would block the
-            // producer while the backup waits for that later one, so it
-            // spills to disk instead (design and documents, read after
-            // the attachments that only they name).
-            let read_later = files[i + 1..].iter().any(|later| later < file);
-            let (writer, reader) = if read_later { spill_pipe() } else { pipe(16) };
+        .map(|file| {
+            // The backup reads a prepared source's contents in the order
+            // given, which is the order the producer writes them: bounded
+            // pipes never wait on each other.
+            let (writer, reader) = pipe(16);
             let entry = Entry::reader(
                 format::item_name(db, file),
                 format::chunker_for(file, policy),

@@ -2,10 +2,7 @@
 //! broken one: the writer must say [`PipeWriter::finish`], so a writer that
 //! failed or vanished is an error at the reader, never a silent short read.
 
-use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
-use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -14,8 +11,6 @@ const CHUNK_LEN: usize = 256 * 1024;
 
 enum Msg {
     Data(Bytes),
-    /// Bytes `len` at `offset` of the pipe's spill file.
-    Spilled(Arc<File>, u64, usize),
     End,
     Fail(String),
 }
@@ -27,7 +22,6 @@ pub(crate) fn pipe(chunks: usize) -> (PipeWriter, PipeReader) {
         PipeWriter {
             tx: Some(tx),
             buf: Vec::with_capacity(CHUNK_LEN),
-            spill: None,
         },
         PipeReader {
             rx,
@@ -35,39 +29,12 @@ pub(crate) fn pipe(chunks: usize) -> (PipeWriter, PipeReader) {
             done: false,
         },
     )
-}
-
-/// Creates a pipe that never blocks its writer: what the reader has not
-/// taken yet waits in an anonymous temporary file (created on the first
-/// chunk, gone when both ends are), only offsets in memory. For a stream
-/// the reader reads after another one that the same writer fills later.
-pub(crate) fn spill_pipe() -> (PipeWriter, PipeReader) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    (
-        PipeWriter {
-            tx: Some(tx),
-            buf: Vec::with_capacity(CHUNK_LEN),
-            spill: Some(Spill { file: None, len: 0 }),
-        },
-        PipeReader {
-            rx,
-            current: Bytes::new(),
-            done: false,
-        },
-    )
-}
-
-/// A spilling writer's file and how much it holds.
-struct Spill {
-    file: Option<Arc<File>>,
-    len: u64,
 }
 
 /// The sending end; implements [`Write`].
 pub(crate) struct PipeWriter {
     tx: Option<crossbeam_channel::Sender<Msg>>,
     buf: Vec<u8>,
-    spill: Option<Spill>,
 }
 
 /// Fails a pipe from elsewhere (a task that owns the writer by then).
@@ -133,20 +100,6 @@ impl Write for PipeWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Some(spill) = &mut self.spill {
-            self.tx
-                .as_ref()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "pipe already closed"))?;
-            let file = match &spill.file {
-                Some(f) => Arc::clone(f),
-                None => Arc::clone(spill.file.insert(Arc::new(tempfile::tempfile()?))),
-            };
-            file.write_all_at(&self.buf, spill.len)?;
-            let msg = Msg::Spilled(file, spill.len, self.buf.len());
-            spill.len += self.buf.len() as u64;
-            self.buf.clear();
-            return self.send(msg);
-        }
         let chunk = Bytes::from(std::mem::replace(
             &mut self.buf,
             Vec::with_capacity(CHUNK_LEN),
@@ -167,11 +120,6 @@ impl PipeReader {
         while self.current.is_empty() && !self.done {
             match self.rx.recv() {
                 Ok(Msg::Data(b)) => self.current = b,
-                Ok(Msg::Spilled(file, offset, len)) => {
-                    let mut chunk = vec![0; len];
-                    file.read_exact_at(&mut chunk, offset)?;
-                    self.current = Bytes::from(chunk);
-                }
                 Ok(Msg::End) => self.done = true,
                 Ok(Msg::Fail(detail)) => return Err(io::Error::other(detail)),
                 Err(_) => {
@@ -269,43 +217,6 @@ impl<R: BufRead> Lines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A spilling pipe takes everything before its reader starts (no
-    /// thread: a bounded pipe would block here), in order, then ends or fails
-    /// as a bounded one does.
-    #[test]
-    fn spill_pipes_never_block_their_writer() {
-        let (mut w, mut r) = spill_pipe();
-        let data: Vec<u8> = (0..5 * CHUNK_LEN + 123)
-            .map(|i| u8::try_from(i % 251).unwrap_or_default())
-            .collect();
-        for piece in data.chunks(10_000) {
-            w.write_all(piece).unwrap();
-        }
-        w.finish().unwrap();
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).unwrap();
-        assert!(got == data, "same bytes, in order");
-
-        let (mut w, mut r) = spill_pipe();
-        w.write_all(&data).unwrap();
-        w.flush().unwrap();
-        w.fail("boom".into());
-        let mut got = Vec::new();
-        let e = r.read_to_end(&mut got).unwrap_err();
-        assert!(e.to_string().contains("boom"), "{e}");
-        assert_eq!(got.len(), data.len(), "what came before the failure");
-
-        let (mut w, mut r) = spill_pipe();
-        w.write_all(b"partial").unwrap();
-        w.flush().unwrap();
-        drop(w);
-        let mut s = String::new();
-        assert_eq!(
-            r.read_to_string(&mut s).unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
-    }
 
     #[test]
     fn finished_streams_end_and_broken_ones_fail() {

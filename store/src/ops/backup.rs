@@ -218,8 +218,9 @@ impl WriteSession {
         let parent_time = parent
             .as_ref()
             .map(|p| Time::from_timestamp(p.manifest.started()));
+        let prepared = matches!(source, Source::Prepared(_));
         let ingest = tokio::task::spawn_blocking(move || {
-            let entries = source.into_tree(&exclude)?;
+            let mut entries = source.into_tree(&exclude)?;
             let mut ingest = Ingest::new(
                 &config,
                 &index,
@@ -229,6 +230,11 @@ impl WriteSession {
                 force_reread,
                 pack_tx,
             )?;
+            if prepared {
+                let mut listed = entries.collect::<Result<Vec<_>>>()?;
+                ingest.contents_in_given_order(&mut listed, progress.as_ref())?;
+                entries = Box::new(listed.into_iter().map(Ok));
+            }
             for entry in entries {
                 ingest.entry(entry?, progress.as_ref())?;
             }
@@ -666,6 +672,60 @@ impl<'a> Ingest<'a> {
         }
     }
 
+    /// Stores the contents of a prepared source's entries (listed in tree
+    /// order) in the order the caller gave them, filling in their nodes;
+    /// [`Self::entry`] then only places them in the tree.
+    fn contents_in_given_order(
+        &mut self,
+        entries: &mut [SourceEntry],
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let mut order: Vec<usize> = (0..entries.len())
+            .filter(|&i| entries[i].content.is_some())
+            .collect();
+        order.sort_by_key(|&i| entries[i].given);
+        for i in order {
+            let e = &mut entries[i];
+            let Some(content) = e.content.take() else {
+                continue;
+            };
+            // Stored content is taken as it is: no parent entry needed.
+            let previous = match content {
+                Content::Stored(_) => None,
+                _ => self.parent_lookup(&e.path),
+            };
+            progress.item(&e.path, Some(e.entry.size));
+            self.file(
+                &e.path,
+                &mut e.entry,
+                content,
+                e.chunker,
+                previous,
+                progress,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The parent's entry at `path`, looked up from its root; `None` (with
+    /// a warning) when it cannot be read.
+    fn parent_lookup(&self, path: &str) -> Option<DirEntry> {
+        let parent = self.parent_tree.as_ref()?;
+        match self
+            .parents
+            .runtime
+            .block_on(parent.lookup(path.as_bytes()))
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(
+                    "{path}: cannot read it in the parent snapshot ({e}); reading it whole"
+                );
+                None
+            }
+        }
+    }
+
     /// Stores one entry (a file's content, a directory's nodes once it is complete).
     fn entry(&mut self, source: SourceEntry, progress: &dyn Progress) -> Result<()> {
         let SourceEntry {
@@ -674,6 +734,7 @@ impl<'a> Ingest<'a> {
             mut entry,
             content,
             chunker,
+            ..
         } = source;
         let previous = self.parent_entry(depth, &entry.name, &path);
         match (&entry.node, content) {

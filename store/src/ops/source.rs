@@ -123,8 +123,8 @@ pub enum Source {
         /// The content.
         reader: Box<dyn Read + Send>,
     },
-    /// Entries made by the caller (CouchDB dumps), stored in the order
-    /// given and listed by name in the manifest.
+    /// Entries made by the caller (CouchDB dumps): contents read in the
+    /// order given, listed by name in the tree.
     Prepared(Prepared),
 }
 
@@ -135,8 +135,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// A source that stores `entries`, in the order given, and records
-    /// `info` as its description in the manifest.
+    /// A source that stores `entries` and records `info` as its
+    /// description in the manifest. Contents are read one after another in
+    /// the order given (whatever their names), so a producer that fills
+    /// its streams in that order never waits for one the backup has not
+    /// reached; the tree lists them by name.
     pub fn new(info: SourceInfo, entries: Vec<Entry>) -> Prepared {
         Prepared { info, entries }
     }
@@ -373,14 +376,18 @@ pub(crate) struct SourceEntry {
     pub content: Option<Content>,
     /// Chunking for a new item of this name (else the policy decides).
     pub chunker: Option<ChunkerParams>,
+    /// A prepared source's entry: its place in the caller's list, which is
+    /// the order contents are read in (see [`Prepared::new`]).
+    pub given: Option<usize>,
 }
 
 /// Sorts named entries into tree order, adding a bare directory for every
 /// ancestor not listed.
 fn tree_order(entries: Vec<Entry>) -> Result<Vec<SourceEntry>> {
-    let mut entries: Vec<(Vec<String>, Entry)> = entries
+    let mut entries: Vec<(Vec<String>, Entry, usize)> = entries
         .into_iter()
-        .map(|e| (e.name.split('/').map(str::to_string).collect(), e))
+        .enumerate()
+        .map(|(i, e)| (e.name.split('/').map(str::to_string).collect(), e, i))
         .collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
@@ -391,7 +398,7 @@ fn tree_order(entries: Vec<Entry>) -> Result<Vec<SourceEntry>> {
     }
     let mut out = Vec::with_capacity(entries.len());
     let mut open: Vec<String> = Vec::new();
-    for (parts, e) in entries {
+    for (parts, e, given) in entries {
         let (name, parents) = parts
             .split_last()
             .ok_or_else(|| Error::invalid("an empty name"))?;
@@ -409,6 +416,7 @@ fn tree_order(entries: Vec<Entry>) -> Result<Vec<SourceEntry>> {
                 ),
                 content: None,
                 chunker: None,
+                given: None,
             });
             open.push(part.clone());
         }
@@ -434,6 +442,7 @@ fn tree_order(entries: Vec<Entry>) -> Result<Vec<SourceEntry>> {
             },
             content: e.content,
             chunker: e.chunker,
+            given: Some(given),
         });
     }
     Ok(out)
@@ -717,6 +726,7 @@ impl FsWalker {
             entry,
             content,
             chunker: None,
+            given: None,
         }))
     }
 
