@@ -20,6 +20,9 @@ use crate::format::index::{BlobLocation, Index};
 use crate::id::BlobId;
 use crate::repo::IndexedRepository;
 
+mod scatter;
+pub use scatter::{Placement, Sink, Tiles};
+
 /// Frames closer than this in one pack are fetched in one range read.
 const COALESCE_GAP: u64 = 256 * 1024;
 /// Work on fewer bytes than this is done on the calling thread.
@@ -383,31 +386,7 @@ impl BlobReader {
     async fn fetch_frames(&self, mut keys: Vec<FrameKey>) -> Result<Vec<(FrameKey, FrameResult)>> {
         let index = self.repo.index();
         keys.sort_unstable();
-        let mut reads: Vec<RangeRead> = Vec::new();
-        for (pack, frame) in keys {
-            let f = index.pack(pack).frames[frame as usize];
-            let (start, end) = (
-                u64::from(f.offset),
-                u64::from(f.offset) + u64::from(f.stored_len),
-            );
-            match reads.last_mut() {
-                Some(r)
-                    if r.pack == pack
-                        && start >= r.end
-                        && start - r.end <= COALESCE_GAP
-                        && end - r.start <= MAX_RANGE_LEN =>
-                {
-                    r.end = end;
-                    r.frames.push(frame);
-                }
-                _ => reads.push(RangeRead {
-                    pack,
-                    start,
-                    end,
-                    frames: vec![frame],
-                }),
-            }
-        }
+        let reads = range_reads(index, &keys);
         let backend = self.repo.backend().clone();
         let decoded: Vec<Vec<(FrameKey, FrameResult)>> = futures::stream::iter(reads)
             .map(|read| {
@@ -444,6 +423,38 @@ impl BlobReader {
             .await?;
         Ok(decoded.into_iter().flatten().collect())
     }
+}
+
+/// The range reads that fetch the frames `keys` (sorted): neighbours in a
+/// pack closer than [`COALESCE_GAP`] share a read of at most
+/// [`MAX_RANGE_LEN`].
+fn range_reads(index: &Index, keys: &[FrameKey]) -> Vec<RangeRead> {
+    let mut reads: Vec<RangeRead> = Vec::new();
+    for &(pack, frame) in keys {
+        let f = index.pack(pack).frames[frame as usize];
+        let (start, end) = (
+            u64::from(f.offset),
+            u64::from(f.offset) + u64::from(f.stored_len),
+        );
+        match reads.last_mut() {
+            Some(r)
+                if r.pack == pack
+                    && start >= r.end
+                    && start - r.end <= COALESCE_GAP
+                    && end - r.start <= MAX_RANGE_LEN =>
+            {
+                r.end = end;
+                r.frames.push(frame);
+            }
+            _ => reads.push(RangeRead {
+                pack,
+                start,
+                end,
+                frames: vec![frame],
+            }),
+        }
+    }
+    reads
 }
 
 /// A decoded frame, or why it could not be had.

@@ -127,6 +127,26 @@ async fn assert_precise(f: &Fixture, report: &VerifyReport, kind: ErrorKind, a_i
     assert_eq!(err.kind(), kind);
     assert_eq!(restore_of(f, f.b, "b.bin").await.unwrap(), f.data[1]);
     assert_eq!(restore_of(f, f.c, "c.bin").await.unwrap(), f.data[2]);
+    // The same into a directory, where large files are written at offsets.
+    let snapshot = |id| async move {
+        let all = snapshots(&f.backend).await;
+        all.into_iter().find(|s| s.id == id).unwrap()
+    };
+    let err = restore_dir_item(&f.backend, &snapshot(f.a).await, "a.bin")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), kind, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(a_item) && message.contains(&f.a.short()),
+        "{message}"
+    );
+    let err = restore_dir_item(&f.backend, &snapshot(f.c).await, "a.bin")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), kind, "{err}");
+    let b = restore_dir_item(&f.backend, &snapshot(f.b).await, "b.bin").await;
+    assert!(b.unwrap() == f.data[1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

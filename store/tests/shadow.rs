@@ -102,6 +102,12 @@ async fn a_shadowing_index_does_not_stop_restore_and_verify_names_it() {
             "restore: {:?}",
             restored.map(|r| r.len())
         );
+        let restored = restore_dir_item(&backend, &snapshot, "a.bin").await;
+        assert!(
+            restored.as_ref().is_ok_and(|r| *r == data),
+            "restore into a directory: {:?}",
+            restored.map(|r| r.len())
+        );
 
         let report = verify(&backend, ReadData::All).await;
         // Every blob has an intact copy: no snapshot is damaged.
@@ -218,20 +224,26 @@ async fn when_every_copy_fails_the_error_names_each_one() {
         let place = Place::new(kind);
         init(&place).await;
         let backend = place.backend();
-        backup_bytes(&backend, "a.bin", random_bytes(1 << 20, 4)).await;
+        backup_bytes(&backend, "a.bin", random_bytes(3 << 20, 4)).await;
         let real = keys(&backend, ObjectDir::Packs).await;
         let (fake_pack, _) = forge(&backend, Order::First).await;
+        let snapshot = snapshots(&backend).await.pop().unwrap();
         for key in &real {
             backend.delete(key).await.unwrap();
         }
-        let snapshot = snapshots(&backend).await.pop().unwrap();
-        let err = restore_bytes(&backend, &snapshot).await.unwrap_err();
-        assert_eq!(err.kind(), cairn_store::ErrorKind::Corrupt, "{err}");
-        let message = err.to_string();
-        assert!(message.contains("copies failed"), "{message}");
-        assert!(message.contains(&fake_pack.to_string()), "{message}");
-        for key in &real {
-            assert!(message.contains(&format!("{key} is missing")), "{message}");
+        for err in [
+            restore_bytes(&backend, &snapshot).await.unwrap_err(),
+            restore_dir_item(&backend, &snapshot, "a.bin")
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), cairn_store::ErrorKind::Corrupt, "{err}");
+            let message = err.to_string();
+            assert!(message.contains("copies failed"), "{message}");
+            assert!(message.contains(&fake_pack.to_string()), "{message}");
+            for key in &real {
+                assert!(message.contains(&format!("{key} is missing")), "{message}");
+            }
         }
         // verify agrees: the snapshot is damaged, both copies named.
         let report = verify(&backend, ReadData::All).await;

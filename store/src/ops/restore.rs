@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use serde::Serialize;
 
-use crate::blob_reader::BlobReader;
+use crate::blob_reader::{BlobReader, Placement, Sink, Tiles};
 use crate::error::{Error, Result};
 use crate::format::dir::{DirEntry, Node};
 use crate::format::manifest::{Item, Snapshot};
@@ -34,6 +36,17 @@ use crate::repo::IndexedRepository;
 
 /// Content fetched per window.
 const WINDOW_LEN: u64 = 8 << 20;
+/// Content restored per window when a file is written at offsets: the
+/// frames of a window are decoded once each, so the larger the window the
+/// fewer frames decoded twice (a frame holds chunks from all over a file
+/// that changed a little every day); bounded by the window's list of
+/// chunks, about 60 bytes a chunk.
+const SCATTER_WINDOW_LEN: u64 = 128 << 20;
+/// The first window of a file written at offsets: small, so that writing
+/// starts while the rest of its chunk list is read.
+const FIRST_WINDOW_LEN: u64 = 8 << 20;
+/// Decoded frames queued for the thread writing a file at offsets.
+const TILES_QUEUED: usize = 16;
 /// Windows fetched at once for a large file.
 const WINDOWS_IN_FLIGHT: usize = 2;
 /// Files up to this size are restored without a writer thread.
@@ -210,6 +223,99 @@ impl IndexedRepository {
             )));
         }
         Ok((writer, written_len))
+    }
+
+    /// Writes a large file's content into `file` at its offsets, a window
+    /// of chunks at a time: each window's frames are fetched, decoded and
+    /// checked once, in parallel, and written where their chunks go
+    /// ([`BlobReader::scatter`]). Returns the file and the byte count.
+    async fn restore_file_at(
+        &self,
+        reader: &BlobReader,
+        snapshot: &SnapshotId,
+        name: &str,
+        content: FileContent,
+        file: File,
+        progress: &dyn RestoreProgress,
+    ) -> Result<(File, u64)> {
+        let FileContent {
+            root,
+            one_chunk,
+            len,
+            chunks,
+        } = content;
+        // One thread writes: writers of one file only queue on its lock.
+        let (tx, rx) = crossbeam_channel::bounded::<Tiles>(TILES_QUEUED);
+        let writer_thread = std::thread::spawn(move || -> std::io::Result<(File, u64)> {
+            let mut written = 0u64;
+            for tiles in rx {
+                for (at, range) in tiles.runs {
+                    let bytes = tiles.bytes.get(range).unwrap_or_default();
+                    file.write_all_at(bytes, at)?;
+                    written += bytes.len() as u64;
+                }
+            }
+            Ok((file, written))
+        });
+        let sink: Sink = Arc::new(move |tiles| {
+            tx.send(tiles)
+                .map_err(|_| Error::io("writing", std::io::ErrorKind::BrokenPipe.into()))
+        });
+        let written: Result<u64> = async {
+            let mut walker = TreeWalker::open(reader, root, len, one_chunk).await?;
+            let (mut at, mut written) = (0u64, 0u64);
+            // A small first window, so that writing starts early; each next
+            // window is walked while the one before it is written.
+            let mut window = Vec::new();
+            walker.next_window(FIRST_WINDOW_LEN, &mut window).await?;
+            while !window.is_empty() {
+                let mut placements = Vec::with_capacity(window.len());
+                for e in &window {
+                    placements.push(Placement {
+                        id: e.id,
+                        at,
+                        len: e.len,
+                    });
+                    at = at.saturating_add(e.len);
+                }
+                let (n, next) = futures::join!(reader.scatter(&placements, &sink), async {
+                    let mut next = Vec::new();
+                    walker
+                        .next_window(SCATTER_WINDOW_LEN, &mut next)
+                        .await
+                        .map(|()| next)
+                });
+                let n = n?;
+                window = next?;
+                written += n;
+                progress.written(n);
+            }
+            let seen = walker.chunks_seen;
+            if chunks.is_some_and(|c| c != seen) || at != len || written != len {
+                return Err(Error::corrupt(
+                    format!("tree {root}"),
+                    format!(
+                        "lists {seen} chunks of {at} bytes, the snapshot says {chunks:?} of {len}"
+                    ),
+                ));
+            }
+            Ok(written)
+        }
+        .await;
+        drop(sink);
+        let wrote = writer_thread
+            .join()
+            .map_err(|_| Error::Bug("the restore writer thread panicked".into()))?
+            .map_err(|e| Error::io(format!("writing {name}"), e));
+        // The writer's error is the cause of a broken sink.
+        let (file, wrote) = wrote?;
+        let written = written.map_err(|e| in_item(e, snapshot, name))?;
+        if wrote != written {
+            return Err(Error::Bug(format!(
+                "{name}: {written} bytes were handed to the writer, {wrote} written"
+            )));
+        }
+        Ok((file, written))
     }
 
     /// [`Self::restore_content`] for a small file: fetched and written on
@@ -649,25 +755,37 @@ impl Restoring<'_> {
                 len: entry.size,
                 chunks: Some(chunks),
             };
-            let writer = SparseWriter::new(file, entry.sparse);
-            let done = self
-                .repo
-                .restore_content(
-                    self.reader,
-                    self.snapshot,
-                    &display,
-                    content,
-                    writer,
-                    entry.sparse,
-                    self.progress,
-                )
-                .await
-                .and_then(|(w, n)| {
-                    let file = w
-                        .finish()
-                        .map_err(|e| Error::io(format!("writing {display}"), e))?;
-                    Ok((file, n))
-                });
+            let done = if entry.sparse || entry.size <= INLINE_MAX_LEN {
+                let writer = SparseWriter::new(file, entry.sparse);
+                self.repo
+                    .restore_content(
+                        self.reader,
+                        self.snapshot,
+                        &display,
+                        content,
+                        writer,
+                        entry.sparse,
+                        self.progress,
+                    )
+                    .await
+                    .and_then(|(w, n)| {
+                        let file = w
+                            .finish()
+                            .map_err(|e| Error::io(format!("writing {display}"), e))?;
+                        Ok((file, n))
+                    })
+            } else {
+                self.repo
+                    .restore_file_at(
+                        self.reader,
+                        self.snapshot,
+                        &display,
+                        content,
+                        file,
+                        self.progress,
+                    )
+                    .await
+            };
             let (file, len) = match done {
                 Ok(done) => done,
                 Err(e) => {

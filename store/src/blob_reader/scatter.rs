@@ -1,0 +1,393 @@
+//! Reading many blobs straight to where they go in an output, frame by
+//! frame: each frame a call needs is fetched and decoded once, however many
+//! of its blobs the call wants and wherever they go, its blobs are
+//! hash-checked in the task that decoded it, and the frame goes to the sink
+//! with its runs: blobs adjacent both in the frame and in the output, each
+//! run with its offset in the output. Frames are served in parallel and in
+//! no particular order, so the sink writes at offsets (restore hands them to
+//! one thread that writes the file with `pwrite`: writers of one file would
+//! only queue on its lock). Nothing is copied between decoding and the write.
+//!
+//! A copy that fails a check is remembered as bad and its blobs are read
+//! again through [`BlobReader::read_blobs`], which tries the other copies
+//! and names each one when all fail.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{BlobReader, FailedCopy, Failure, FrameKey, RangeRead, next_copy, range_reads};
+use crate::backend::ObjectKey;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::frame::{Codec, decode_frame_into};
+use crate::format::index::{BlobLocation, Index};
+use crate::id::BlobId;
+
+/// Where one blob's bytes go in an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The blob.
+    pub id: BlobId,
+    /// Its offset in the output.
+    pub at: u64,
+    /// Its length, as the tree that lists it says.
+    pub len: u64,
+}
+
+/// Checked bytes for the output: runs of `bytes`, each going to its offset.
+#[derive(Debug)]
+pub struct Tiles {
+    /// A decoded frame (or one blob).
+    pub bytes: Bytes,
+    /// (offset in the output, range of `bytes`).
+    pub runs: Vec<(u64, std::ops::Range<usize>)>,
+}
+
+/// Takes checked bytes for the output (from any thread, in any order).
+pub type Sink = Arc<dyn Fn(Tiles) -> Result<()> + Send + Sync>;
+
+/// A placement and the copy it is served from.
+type Wanted = (Placement, BlobLocation);
+
+/// What serving one range read gave: bytes written, and the placements
+/// whose copy failed (with why).
+#[derive(Default)]
+struct Served {
+    written: u64,
+    failed: Vec<(Placement, FailedCopy)>,
+}
+
+impl BlobReader {
+    /// Reads the blobs of `placements`, each checked against its id and its
+    /// length, and hands their bytes to `sink`; returns the bytes handed.
+    /// Errors as [`Self::read_blobs`]'s, and the sink's.
+    pub async fn scatter(&self, placements: &[Placement], sink: &Sink) -> Result<u64> {
+        let index = Arc::clone(self.repo.index());
+        let mut by_frame: std::collections::HashMap<FrameKey, Vec<Wanted>> =
+            std::collections::HashMap::new();
+        // No usable copy, or one whose length is not the tree's: read the
+        // slow way, which reports it.
+        let mut again: Vec<Placement> = Vec::new();
+        {
+            let bad = self.bad();
+            for p in placements {
+                match next_copy(&index, &bad, &p.id, &[]) {
+                    Some(loc) if u64::from(loc.len) == p.len => {
+                        by_frame
+                            .entry((loc.pack, loc.frame))
+                            .or_default()
+                            .push((*p, loc));
+                    }
+                    _ => again.push(*p),
+                }
+            }
+        }
+        let mut keys: Vec<FrameKey> = by_frame.keys().copied().collect();
+        keys.sort_unstable();
+        let tasks: Vec<(RangeRead, Vec<Vec<Wanted>>)> = range_reads(&index, &keys)
+            .into_iter()
+            .map(|read| {
+                let wanted = read
+                    .frames
+                    .iter()
+                    .map(|&f| by_frame.remove(&(read.pack, f)).unwrap_or_default())
+                    .collect();
+                (read, wanted)
+            })
+            .collect();
+        let backend = self.repo.backend().clone();
+        let served: Vec<Served> = futures::stream::iter(tasks)
+            .map(|(read, wanted)| {
+                let backend = backend.clone();
+                let index = Arc::clone(&index);
+                let sink = Arc::clone(sink);
+                async move {
+                    let key = ObjectKey::Pack(index.pack(read.pack).id);
+                    match backend.get_range(&key, read.start..read.end).await {
+                        Ok(bytes) => {
+                            crate::cpu::run(move || {
+                                serve_range(&index, &read, &bytes, wanted, &sink)
+                            })
+                            .await
+                        }
+                        Err(e) if e.kind() == ErrorKind::Corrupt => {
+                            Ok(read_failed(&read, wanted, &FailedCopy::of_read(e)))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .try_collect()
+            .await?;
+        let mut written = 0;
+        {
+            let mut bad = self.bad();
+            for s in served {
+                written += s.written;
+                for (p, failure) in s.failed {
+                    bad.remember(p.id, &failure);
+                    again.push(p);
+                }
+            }
+        }
+        if !again.is_empty() {
+            let ids: Vec<BlobId> = again.iter().map(|p| p.id).collect();
+            let blobs = self.read_blobs(&ids).await?;
+            for (p, bytes) in again.iter().zip(blobs) {
+                if bytes.len() as u64 != p.len {
+                    return Err(Error::corrupt(
+                        format!("chunk {}", p.id),
+                        format!("is {} bytes, the tree says {}", bytes.len(), p.len),
+                    ));
+                }
+                let len = bytes.len();
+                sink(Tiles {
+                    bytes,
+                    runs: vec![(p.at, 0..len)],
+                })?;
+                written += p.len;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Decode buffers kept for reuse, and the largest kept: frames decoded on
+/// one thread and written on another would otherwise each fault in fresh
+/// pages (the allocator hands freed ones back to the system).
+const POOLED_BUFFERS: usize = 32;
+const POOLED_MAX_LEN: usize = 1 << 20;
+
+/// The pool's two ends.
+type Pool = (
+    crossbeam_channel::Sender<Vec<u8>>,
+    crossbeam_channel::Receiver<Vec<u8>>,
+);
+
+fn pool() -> &'static Pool {
+    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| crossbeam_channel::bounded(POOLED_BUFFERS))
+}
+
+/// A buffer from the pool, or a new one.
+fn pooled_buffer() -> Vec<u8> {
+    pool().1.try_recv().unwrap_or_default()
+}
+
+/// Decoded bytes that go back to the pool when the last `Bytes` of them is
+/// dropped.
+struct Pooled(Vec<u8>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        if buf.capacity() <= POOLED_MAX_LEN {
+            let _ = pool().0.try_send(buf);
+        }
+    }
+}
+
+/// Every placement of a range read that could not be read, failed alike.
+fn read_failed(read: &RangeRead, wanted: Vec<Vec<Wanted>>, failure: &FailedCopy) -> Served {
+    let mut served = Served::default();
+    for (&frame, wanted) in read.frames.iter().zip(wanted) {
+        for (p, loc) in wanted {
+            let mut f = failure.clone();
+            f.loc = BlobLocation { frame, ..loc };
+            served.failed.push((p, f));
+        }
+    }
+    served
+}
+
+/// Decodes each frame of one range read, checks the blobs wanted from it
+/// and hands them to the sink in runs; an error only from the sink.
+fn serve_range(
+    index: &Index,
+    read: &RangeRead,
+    bytes: &Bytes,
+    wanted: Vec<Vec<Wanted>>,
+    sink: &Sink,
+) -> Result<Served> {
+    let pack = index.pack(read.pack);
+    let mut served = Served::default();
+    for (&frame, mut wanted) in read.frames.iter().zip(wanted) {
+        let f = pack.frames[frame as usize];
+        let fail = |what: Failure, object: String, detail: String, loc: BlobLocation| FailedCopy {
+            loc,
+            what,
+            object,
+            detail,
+        };
+        let frame_object = || format!("pack {} frame {frame}", pack.id);
+        let start = usize::try_from(u64::from(f.offset) - read.start).unwrap_or(usize::MAX);
+        let Some(stored) = start
+            .checked_add(f.stored_len as usize)
+            .and_then(|end| bytes.get(start..end))
+        else {
+            let detail = format!(
+                "range read returned {} bytes, short of the frame",
+                bytes.len()
+            );
+            for (p, loc) in wanted {
+                served
+                    .failed
+                    .push((p, fail(Failure::Frame, frame_object(), detail.clone(), loc)));
+            }
+            continue;
+        };
+        // In frame order, so that runs adjacent in both are found.
+        wanted.sort_unstable_by_key(|(p, loc)| (loc.offset, p.at));
+        let decoded = match f.codec {
+            // Raw: the range read's own bytes, not a copy.
+            Codec::Raw if stored.len() == f.raw_len as usize => {
+                Ok(bytes.slice(start..start + stored.len()))
+            }
+            _ => {
+                let mut buf = pooled_buffer();
+                decode_frame_into(f.codec, stored, f.raw_len, &mut buf)
+                    .map(|()| Bytes::from_owner(Pooled(buf)))
+            }
+        };
+        match decoded {
+            Err(detail) => {
+                for (p, loc) in wanted {
+                    served
+                        .failed
+                        .push((p, fail(Failure::Frame, frame_object(), detail.clone(), loc)));
+                }
+            }
+            Ok(raw) => {
+                let (written, failed) = serve_frame(raw, &wanted, sink)?;
+                served.written += written;
+                for (i, detail) in failed {
+                    let (p, loc) = wanted[i];
+                    let object = format!("chunk {} (pack {}, frame {frame})", p.id, pack.id);
+                    served
+                        .failed
+                        .push((p, fail(Failure::Blob, object, detail.into(), loc)));
+                }
+            }
+        }
+    }
+    Ok(served)
+}
+
+/// Checks the blobs `wanted` (in frame order) in one decoded frame and
+/// hands the good ones to the sink, a run of neighbours at a time; returns
+/// the bytes written and which placements failed, with why.
+fn serve_frame(
+    raw: Bytes,
+    wanted: &[Wanted],
+    sink: &Sink,
+) -> Result<(u64, Vec<(usize, &'static str)>)> {
+    let mut failed = Vec::new();
+    let mut good: Vec<usize> = Vec::with_capacity(wanted.len());
+    // The same blob wanted at several places is hashed once.
+    let mut checked: Option<(u32, BlobId, bool)> = None;
+    for (i, (p, loc)) in wanted.iter().enumerate() {
+        let (start, end) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
+        let Some(blob) = raw.get(start..end) else {
+            failed.push((i, "lies beyond the end of its frame"));
+            continue;
+        };
+        let ok = match checked {
+            Some((offset, id, ok)) if offset == loc.offset && id == p.id => ok,
+            _ => {
+                let ok = BlobId::of(blob) == p.id;
+                checked = Some((loc.offset, p.id, ok));
+                ok
+            }
+        };
+        if ok {
+            good.push(i);
+        } else {
+            failed.push((i, "its bytes do not hash to its id"));
+        }
+    }
+    let mut written = 0;
+    let runs: Vec<(u64, std::ops::Range<usize>)> = runs(&good, wanted)
+        .into_iter()
+        .map(|(first, last)| {
+            let (a, b) = (wanted[first].1, wanted[last].1);
+            let range = a.offset as usize..b.offset as usize + b.len as usize;
+            written += range.len() as u64;
+            (wanted[first].0.at, range)
+        })
+        .collect();
+    if !runs.is_empty() {
+        sink(Tiles { bytes: raw, runs })?;
+    }
+    Ok((written, failed))
+}
+
+/// Splits `good` (indices into `wanted`, in frame order) into runs whose
+/// blobs follow each other both in the frame and in the output: (first,
+/// last) index pairs.
+fn runs(good: &[usize], wanted: &[Wanted]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &i in good {
+        let (p, loc) = wanted[i];
+        if let Some(run) = out.last_mut() {
+            let (q, prev) = wanted[run.1];
+            if u64::from(loc.offset) == u64::from(prev.offset) + u64::from(prev.len)
+                && Some(p.at) == q.at.checked_add(q.len)
+            {
+                run.1 = i;
+                continue;
+            }
+        }
+        out.push((i, i));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(at: u64, offset: u32, len: u32) -> Wanted {
+        (
+            Placement {
+                id: BlobId([0; 32]),
+                at,
+                len: u64::from(len),
+            },
+            BlobLocation {
+                pack: 0,
+                frame: 0,
+                offset,
+                len,
+            },
+        )
+    }
+
+    #[test]
+    fn runs_join_blobs_adjacent_in_the_frame_and_in_the_output() {
+        let w = [
+            wanted(100, 0, 10), // 0: starts a run
+            wanted(110, 10, 5), // 1: follows 0 in both
+            wanted(200, 15, 5), // 2: follows 1 in the frame only
+            wanted(205, 30, 5), // 3: follows 2 in the output only
+            wanted(0, 30, 5),   // 4: the same blob again, elsewhere
+            wanted(5, 35, 1),   // 5: follows 4 in both
+        ];
+        assert_eq!(
+            runs(&[0, 1, 2, 3, 4, 5], &w),
+            vec![(0, 1), (2, 2), (3, 3), (4, 5)]
+        );
+        // A blob left out (it failed) between two good ones breaks the run.
+        let w = [wanted(0, 0, 10), wanted(10, 10, 10), wanted(20, 20, 10)];
+        assert_eq!(runs(&[0, 1, 2], &w), vec![(0, 2)]);
+        assert_eq!(runs(&[0, 2], &w), vec![(0, 0), (2, 2)]);
+        assert_eq!(runs(&[], &w), Vec::<(usize, usize)>::new());
+    }
+}
