@@ -356,3 +356,83 @@ async fn a_damaged_index_object_is_reported_and_backups_still_work() {
         assert!(restore_bytes(&f.backend, &s).await.unwrap() == f.data[0]);
     }
 }
+
+/// Large files are written two at a time: when one of them fails, neither
+/// is left behind under its temporary name, and the failure names the
+/// damaged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_fails_leaves_no_partial_file_behind() {
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["a.bin", "b.bin", "c.bin"];
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(dir.path().join(name), random_bytes(3 << 20, 10 + i as u64)).unwrap();
+    }
+    let back_up_all = || async {
+        let session = writer(backend.clone()).await;
+        let source = cairn_store::ops::source::Source::Paths(
+            names.iter().map(|n| dir.path().join(n)).collect(),
+        );
+        let id = back_up(&session, source).await.unwrap().snapshot;
+        session.finish().await.unwrap();
+        id
+    };
+    back_up_all().await;
+    let before = keys(&backend, ObjectDir::Packs).await;
+    // b.bin changes: the next backup's packs hold its content only.
+    std::fs::write(dir.path().join("b.bin"), random_bytes(3 << 20, 20)).unwrap();
+    let id = back_up_all().await;
+    let mut new: Vec<(usize, ObjectKey)> = Vec::new();
+    for key in keys(&backend, ObjectDir::Packs).await {
+        if !before.contains(&key) {
+            new.push((backend.get(&key).await.unwrap().len(), key));
+        }
+    }
+    new.sort_by_key(|(len, _)| *len);
+    let (_, pack) = new.pop().unwrap();
+    // One byte of b.bin's content flipped, in the middle of its largest pack.
+    let mut bytes = backend.get(&pack).await.unwrap().to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    raw_put(&backend, &pack, bytes).await;
+    let snapshot = snapshots(&backend)
+        .await
+        .into_iter()
+        .find(|s| s.id == id)
+        .unwrap();
+    let err = restore_dir_item(&backend, &snapshot, "b.bin")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("\"b.bin\""), "{err}");
+    // What is left: whole files written before the failure, nothing else.
+    let repo = Repository::open(backend.clone())
+        .await
+        .unwrap()
+        .load_index()
+        .await
+        .unwrap();
+    let listed = Repository::open(backend.clone()).await.unwrap();
+    let trust = listed.trust(&[]);
+    let snapshots = listed.load_snapshots(&trust).await.unwrap();
+    let snapshot = snapshots.snapshots.iter().find(|s| s.id == id).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let target = target.path().join("t");
+    let noted = cairn_store::ops::restore::NoRestoreProgress;
+    assert!(
+        repo.restore_to_dir(snapshot, &target, None, &noted)
+            .await
+            .is_err()
+    );
+    for entry in std::fs::read_dir(&target).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(name == "a.bin" || name == "c.bin", "{name} left behind");
+        let bytes = std::fs::read(target.join(&name)).unwrap();
+        assert!(
+            bytes == std::fs::read(dir.path().join(&name)).unwrap(),
+            "{name} whole"
+        );
+    }
+}

@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 mod support;
 
+use cairn_store::ops::restore::NoRestoreProgress;
+use cairn_store::repo::Repository;
 use support::*;
 
 /// Random letters: text that barely compresses, so the smallest chunks.
@@ -324,4 +326,51 @@ async fn a_large_file_of_repeated_chunks_restores_into_a_directory() {
         .unwrap();
     assert_eq!(restored.len(), data.len());
     assert!(restored == data);
+}
+
+/// Large files are written two at a time; a further name of one still
+/// being written waits for it, and the restore keeps them one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_to_large_files_written_at_once_stay_links() {
+    use std::os::unix::fs::MetadataExt;
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    let backend = place.backend();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("vol");
+    std::fs::create_dir(&root).unwrap();
+    for (name, seed) in [("a.bin", 1), ("c.bin", 2), ("m.bin", 3)] {
+        std::fs::write(root.join(name), random_bytes(3 << 20, seed)).unwrap();
+    }
+    std::fs::hard_link(root.join("a.bin"), root.join("b.bin")).unwrap();
+    std::fs::hard_link(root.join("c.bin"), root.join("z.bin")).unwrap();
+    let session = writer(backend.clone()).await;
+    let source = cairn_store::ops::source::Source::Paths(vec![root.clone()]);
+    let id = back_up(&session, source).await.unwrap().snapshot;
+    session.finish().await.unwrap();
+    let repo = Repository::open(backend.clone()).await.unwrap();
+    let trust = repo.trust(&[]);
+    let list = repo.load_snapshots(&trust).await.unwrap();
+    let snapshot = list.snapshots.iter().find(|s| s.id == id).unwrap().clone();
+    let repo = repo.load_index().await.unwrap();
+    let target = dir.path().join("restored");
+    let summary = repo
+        .restore_to_dir(&snapshot, &target, None, &NoRestoreProgress)
+        .await
+        .unwrap();
+    assert_eq!((summary.files, summary.hard_links), (3, 2));
+    let out = target.join("vol");
+    let ino = |n: &str| std::fs::metadata(out.join(n)).unwrap().ino();
+    assert_eq!(ino("a.bin"), ino("b.bin"));
+    assert_eq!(ino("c.bin"), ino("z.bin"));
+    assert_ne!(ino("a.bin"), ino("c.bin"));
+    for name in ["a.bin", "b.bin", "c.bin", "m.bin", "z.bin"] {
+        let restored = std::fs::read(out.join(name)).unwrap();
+        assert!(
+            restored == std::fs::read(root.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(left.len(), 5);
 }
