@@ -44,9 +44,11 @@ def main():
     w(f"Cairn ({env.get('cairn') or 'not run'}) vs @cloudant/couchbackup {env['couchbackup']} "
       f"(`couchbackup --mode full` / `couchrestore`, defaults: 500 docs per request, 5 in flight) "
       f"on one pouchdb-server 4.2.0 (patched for couchbackup, storage: "
-      f"{'LevelDB on disk' if env['storage'] == 'dir' else 'in memory'}), {env['cpus']} CPUs shared by "
-      f"server and client, Node {env['node']}. Produced by `benches/couch/run.sh --only {env['only']} "
-      f"--docs {env['docs_target']} --days {env['days']} --storage {env['storage']}`.")
+      f"{'LevelDB on disk' if env['storage'] == 'dir' else 'in memory'}), {env['cpus']} CPUs "
+      f"{'split: the server on CPU 0, every client on CPU 1 (as on separate machines)' if env.get('pinned') else 'shared by server and client'}"
+      f", Node {env['node']}. Produced by `benches/couch/run.sh --only {env['only']} "
+      f"--docs {env['docs_target']} --days {env['days']} --storage {env['storage']}"
+      f"{' --pin' if env.get('pinned') else ''}`.")
     w("")
     w("docs/s = the database's `doc_count` (live documents) divided by the wall time. RSS = peak "
       "resident set of the tool's process (`/usr/bin/time` %M).")

@@ -5,7 +5,7 @@
 #
 # Usage: benches/couch/run.sh [--only all|peer|cairn] [--docs N] [--days N] [--storage dir|memory]
 #                             [--work DIR] [--cairn BIN] [--no-limits] [--zstd19 all|last|none]
-#                             [--results FILE]
+#                             [--results FILE] [--pin]
 #   --only peer    couchbackup/couchrestore and the server limits only (no Cairn)
 #   --only cairn   Cairn only (no couchbackup, no limits)
 #   --docs N       documents in the initial load [default: $DOCS or 100000]
@@ -18,6 +18,9 @@
 #                  100,000 docs), last = the last day's file, its ratio applied to the raw
 #                  total of all days (an estimate, marked so), none [default: last]
 #   --results F    the Markdown results file [default: benches/couch/results-YYYY-MM-DD.md]
+#   --pin          the server on CPU 0, every client (Cairn, couchbackup/couchrestore, the
+#                  limit and load scripts) on CPU 1, as on separate machines: unpinned, the
+#                  single-threaded server and a client's bursts share the cores unevenly
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -25,7 +28,7 @@ HERE=$ROOT/benches/couch
 BENCH=$ROOT/.ci/couch-bench
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 ONLY=all DOCS=${DOCS:-100000} DAYS=7 STORAGE=dir WORK=$BENCH/work CAIRN=$TARGET/release/cairn
-LIMITS=1 ZSTD19=last RESULTS=""
+LIMITS=1 ZSTD19=last RESULTS="" PIN=0
 while (($#)); do
   case $1 in
     --only) ONLY=$2; shift 2 ;;
@@ -37,6 +40,7 @@ while (($#)); do
     --no-limits) LIMITS=0; shift ;;
     --zstd19) ZSTD19=$2; shift 2 ;;
     --results) RESULTS=$2; shift 2 ;;
+    --pin) PIN=1; shift ;;
     -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -50,6 +54,10 @@ PEER=0 CAIRN_ON=0
 [[ $ONLY == peer ]] || CAIRN_ON=1
 [[ $ONLY != cairn ]] || LIMITS=0
 
+SRV_PIN=() CLI_PIN=()
+if ((PIN)); then SRV_PIN=(taskset -c 0) CLI_PIN=(taskset -c 1); fi
+# Every client command runs through this (pinned to CPU 1 with --pin).
+client() { "${CLI_PIN[@]}" "$@"; }
 say() { printf '[couch-bench %s] %s\n' "$(date -u +%T)" "$*" >&2; }
 die() { say "FATAL: $*"; exit 1; }
 
@@ -108,7 +116,7 @@ start_server() {
   PORT=16984
   for attempt in 1 2 3; do
     PORT=$(free_port "$PORT")
-    (cd "$dir" && exec "$PS" --host 127.0.0.1 --port "$PORT" "${store[@]}" \
+    (cd "$dir" && exec "${SRV_PIN[@]}" "$PS" --host 127.0.0.1 --port "$PORT" "${store[@]}" \
       --config "$dir/config.json" --no-stdout-logs > "$dir/stdout.txt" 2>&1) &
     SERVER_PID=$!
     local i
@@ -138,14 +146,14 @@ measure() {
   local name=$1 out=$2; shift 2
   local tf=$WORK/logs/$name.time
   set +e
-  /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" > "$out" 2> "$WORK/logs/$name.err"
+  /usr/bin/time -f '%e %U %S %M' -o "$tf" "${CLI_PIN[@]}" "$@" > "$out" 2> "$WORK/logs/$name.err"
   M_RC=$?
   set -e
   read -r M_SECS M_USER M_SYS M_RSS < <(tail -1 "$tf") || true
   if [[ ! $M_SECS =~ ^[0-9.]+$ ]]; then M_SECS=0 M_USER=0 M_SYS=0 M_RSS=0; fi
 }
 
-doc_count() { python3 "$HERE/couchbench.py" info --url "$URL" --db "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["doc_count"])'; }
+doc_count() { client python3 "$HERE/couchbench.py" info --url "$URL" --db "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["doc_count"])'; }
 
 server_rss() {  # current and peak RSS of the server, KiB
   awk '/^VmRSS/{r=$2} /^VmHWM/{h=$2} END{print r+0, h+0}' "/proc/$SERVER_PID/status" 2>/dev/null || echo "0 0"
@@ -184,14 +192,14 @@ say "generating the workload: $DOCS documents (scale $SCALE), $((DAYS + 1)) stat
 dayd() { printf '%s/wl/day%02d/couchdb' "$WORK" "$1"; }
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-rec "$(python3 -c 'import json,sys,platform,os; print(json.dumps({"kind":"env","date":sys.argv[1],"docs_target":int(sys.argv[2]),"days":int(sys.argv[3]),"storage":sys.argv[4],"couchbackup":sys.argv[5],"cairn":sys.argv[6],"cpus":os.cpu_count(),"node":sys.argv[7],"only":sys.argv[8],"kernel":platform.release(),"loadavg_start":sys.argv[9]}))' \
-  "$(date -u +%FT%TZ)" "$DOCS" "$DAYS" "$STORAGE" "$CB_VER" "$CAIRN_VER" "$(node --version)" "$ONLY" "$LOAD0")"
+rec "$(python3 -c 'import json,sys,platform,os; print(json.dumps({"kind":"env","date":sys.argv[1],"docs_target":int(sys.argv[2]),"days":int(sys.argv[3]),"storage":sys.argv[4],"couchbackup":sys.argv[5],"cairn":sys.argv[6],"cpus":os.cpu_count(),"node":sys.argv[7],"only":sys.argv[8],"kernel":platform.release(),"loadavg_start":sys.argv[9],"pinned":sys.argv[10]=="1"}))' \
+  "$(date -u +%FT%TZ)" "$DOCS" "$DAYS" "$STORAGE" "$CB_VER" "$CAIRN_VER" "$(node --version)" "$ONLY" "$LOAD0" "$PIN")"
 awk '$1 > 0.7 {print "[couch-bench] warning: load average " $1 " before the start; the machine is busy, the figures will be noisy"}' /proc/loadavg >&2
 
 start_server
 DB=edx
 say "loading day 0 (_bulk_docs, new_edits default, 1000 per request, 2 in flight)"
-L=$(python3 "$HERE/couchbench.py" load --url "$URL" --db "$DB" --day "$(dayd 1)")
+L=$(client python3 "$HERE/couchbench.py" load --url "$URL" --db "$DB" --day "$(dayd 1)")
 rec "{\"kind\":\"load\",$(echo "$L" | sed 's/^{//')"
 say "loaded: $L"
 
@@ -226,7 +234,7 @@ backup_cairn() {  # DAY DOCS
 }
 
 for ((d = 1; d <= DAYS; d++)); do
-  C=$(python3 "$HERE/couchbench.py" day --url "$URL" --db "$DB" --prev "$(dayd "$d")" --cur "$(dayd $((d + 1)))")
+  C=$(client python3 "$HERE/couchbench.py" day --url "$URL" --db "$DB" --prev "$(dayd "$d")" --cur "$(dayd $((d + 1)))")
   rec "{\"kind\":\"churn\",\"day\":$d,$(echo "$C" | sed 's/^{//')"
   N=$(echo "$C" | python3 -c 'import json,sys; print(json.load(sys.stdin)["doc_count"])')
   say "day $d: $C"
@@ -234,7 +242,7 @@ for ((d = 1; d <= DAYS; d++)); do
   # meet (the full sweep at the end meets a server settled since).
   if ((LIMITS && d == DAYS)); then
     say "server limits before the last backups (read: 2 in flight; ingest: 1000 per request x 2)"
-    LIM=$(python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB" --read-concs 2 --batches 1000 --concs 2)
+    LIM=$(client python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB" --read-concs 2 --batches 1000 --concs 2)
     rec "{\"kind\":\"limits_before\",\"docs\":$N,$(echo "$LIM" | sed 's/^{//')"
   fi
   # Alternate the order, so neither tool always finds the server's caches warmed by the other.
@@ -256,7 +264,7 @@ if ((PEER)); then
   measure peer-restore "$WORK/logs/peer-restore.out" sh -c "exec \"\$0\" --url \"\$1\" --db \"\$2\" -q < \"\$3\"" \
     "$CR" "$URL" "${DB}_peer" "$LAST"
   [[ $M_RC == 0 ]] || say "couchrestore failed (rc $M_RC), see $WORK/logs/peer-restore.err"
-  CMP=$(python3 "$HERE/couchbench.py" compare --url "$URL" --db "$DB" --db2 "${DB}_peer" || echo '{}')
+  CMP=$(client python3 "$HERE/couchbench.py" compare --url "$URL" --db "$DB" --db2 "${DB}_peer" || echo '{}')
   rec "{\"kind\":\"restore\",\"tool\":\"couchrestore\",\"docs\":$N_LAST,\"rc\":$M_RC,\"secs\":$M_SECS,\"user\":$M_USER,\"sys\":$M_SYS,\"rss_kb\":$M_RSS,\"compare\":$CMP}"
   say "couchrestore: ${M_SECS} s, RSS ${M_RSS} KiB; compare: $CMP"
   curl -sf -u admin:s3cret -X DELETE "http://127.0.0.1:$PORT/${DB}_peer" > /dev/null || true
@@ -265,7 +273,7 @@ if ((CAIRN_ON)); then
   measure cairn-restore "$WORK/logs/cairn-restore.json" "${CAIRN_ENV[@]}" "$CAIRN" restore couchdb \
     --repo "$REPO" latest --url "$URL" --db "$DB:${DB}_cairn" --json
   [[ $M_RC == 0 ]] || say "cairn restore failed (rc $M_RC): $(tail -3 "$WORK/logs/cairn-restore.err" | tr '\n' ' ')"
-  CMP=$(python3 "$HERE/couchbench.py" compare --url "$URL" --db "$DB" --db2 "${DB}_cairn" 2> "$WORK/logs/cairn-compare.err" || echo '{}')
+  CMP=$(client python3 "$HERE/couchbench.py" compare --url "$URL" --db "$DB" --db2 "${DB}_cairn" 2> "$WORK/logs/cairn-compare.err" || echo '{}')
   rec "{\"kind\":\"restore\",\"tool\":\"cairn\",\"docs\":$N_LAST,\"rc\":$M_RC,\"secs\":$M_SECS,\"user\":$M_USER,\"sys\":$M_SYS,\"rss_kb\":$M_RSS,\"compare\":$CMP}"
   say "cairn restore: ${M_SECS} s, RSS ${M_RSS} KiB; compare: $CMP"
   curl -sf -u admin:s3cret -X DELETE "http://127.0.0.1:$PORT/${DB}_cairn" > /dev/null || true
@@ -274,7 +282,7 @@ fi
 # ---------------------------------------------------------------- server limits
 if ((LIMITS)); then
   say "server limits (read: _changes + _bulk_get; ingest: _bulk_docs new_edits=false)"
-  LIM=$(python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB")
+  LIM=$(client python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB")
   rec "{\"kind\":\"limits\",\"docs\":$N_LAST,$(echo "$LIM" | sed 's/^{//')"
 fi
 read -r S_RSS S_HWM < <(server_rss)
