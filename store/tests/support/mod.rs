@@ -257,31 +257,34 @@ pub async fn restore_item_bytes(
     Ok(out)
 }
 
-/// Restores all of `snapshot` into a fresh directory, as `cairn restore
-/// --target` does (large files written at offsets, frame by frame), and
-/// reads back the file `name`. When the restore fails, checks that nothing
-/// is left under that name, whole or partial, and returns the error.
+/// Restores all of snapshot `id` (as listed: a tree root, not the
+/// flattened items tests compare) into `target`, as `cairn restore
+/// --target` does (large files written at offsets, frame by frame).
+pub async fn restore_into(
+    backend: &Backend,
+    id: cairn_store::id::SnapshotId,
+    target: &std::path::Path,
+) -> cairn_store::Result<cairn_store::ops::restore::RestoreSummary> {
+    let plain = Repository::open(backend.clone()).await?;
+    let trust = plain.trust(&[]);
+    let listed = plain.load_snapshots(&trust).await?;
+    let snapshot = listed.snapshots.iter().find(|s| s.id == id).unwrap();
+    let repo = plain.load_index().await?;
+    repo.restore_to_dir(snapshot, target, None, &NoRestoreProgress)
+        .await
+}
+
+/// [`restore_into`] a fresh directory, then reads back the file `name`.
+/// When the restore fails, checks that nothing is left under that name,
+/// whole or partial, and returns the error.
 pub async fn restore_dir_item(
     backend: &Backend,
     snapshot: &Snapshot,
     name: &str,
 ) -> cairn_store::Result<Vec<u8>> {
-    let plain = Repository::open(backend.clone()).await?;
-    let trust = plain.trust(&[]);
-    // As listed (a tree root, not the flattened items tests compare).
-    let listed = plain.load_snapshots(&trust).await?;
-    let snapshot = listed
-        .snapshots
-        .iter()
-        .find(|s| s.id == snapshot.id)
-        .unwrap();
-    let repo = plain.load_index().await?;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("t");
-    match repo
-        .restore_to_dir(snapshot, &target, None, &NoRestoreProgress)
-        .await
-    {
+    match restore_into(backend, snapshot.id, &target).await {
         Ok(_) => Ok(std::fs::read(target.join(name)).unwrap()),
         Err(e) => {
             for left in [name.to_string(), format!("{name}.cairn-partial")] {
