@@ -47,7 +47,7 @@ use cairn_store::ops::restore::NoRestoreProgress;
 use cairn_store::ops::session::WriteSession;
 use cairn_store::ops::source::{Entry, Prepared, Source};
 use cairn_store::repo::IndexedRepository;
-use pipe::{Lines, PipeReader, PipeWriter, pipe};
+use pipe::{Lines, PipeReader, PipeWriter, pipe, spill_pipe};
 
 /// The streams of one database's files: entries for the backup to read,
 /// and, in the same order, the writers its producer fills.
@@ -60,9 +60,11 @@ pub(crate) fn streams(
         .iter()
         .map(|file| {
             // The backup reads a prepared source's contents in the order
-            // given, which is the order the producer writes them: bounded
-            // pipes never wait on each other.
-            let (writer, reader) = pipe(16);
+            // given, which is the order the producer writes them (the
+            // producer must keep to `files`): the stream being stored never
+            // waits on disk. Another database's producer, started while
+            // this one is stored, runs ahead into a temporary file.
+            let (writer, reader) = spill_pipe(16);
             let entry = Entry::reader(
                 format::item_name(db, file),
                 format::chunker_for(file, policy),

@@ -1,8 +1,12 @@
-//! A bounded byte pipe between threads that tells a finished stream from a
-//! broken one: the writer must say [`PipeWriter::finish`], so a writer that
-//! failed or vanished is an error at the reader, never a silent short read.
+//! A byte pipe between threads that tells a finished stream from a broken
+//! one: the writer must say [`PipeWriter::finish`], so a writer that failed
+//! or vanished is an error at the reader, never a silent short read.
 
+use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
@@ -11,6 +15,8 @@ const CHUNK_LEN: usize = 256 * 1024;
 
 enum Msg {
     Data(Bytes),
+    /// Bytes `len` at `offset` of the pipe's spill file.
+    Spilled(Arc<File>, u64, usize),
     End,
     Fail(String),
 }
@@ -22,19 +28,61 @@ pub(crate) fn pipe(chunks: usize) -> (PipeWriter, PipeReader) {
         PipeWriter {
             tx: Some(tx),
             buf: Vec::with_capacity(CHUNK_LEN),
+            spill: None,
         },
         PipeReader {
             rx,
             current: Bytes::new(),
             done: false,
+            held: None,
         },
     )
+}
+
+/// Creates a pipe that never blocks its writer: up to `chunks` chunks of
+/// 256 KiB wait in memory; past that, what the reader has not taken yet
+/// waits in an anonymous temporary file (created when first needed, gone
+/// when both ends are). For a stream its reader may reach late: a backup
+/// stores one database's streams after another's, and the next database's
+/// producer runs ahead into the file instead of waiting; a stream the reader
+/// keeps up with never touches the disk.
+pub(crate) fn spill_pipe(chunks: usize) -> (PipeWriter, PipeReader) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let held = Arc::new(AtomicUsize::new(0));
+    (
+        PipeWriter {
+            tx: Some(tx),
+            buf: Vec::with_capacity(CHUNK_LEN),
+            spill: Some(Spill {
+                file: None,
+                len: 0,
+                held: Arc::clone(&held),
+                limit: chunks.max(1) * CHUNK_LEN,
+            }),
+        },
+        PipeReader {
+            rx,
+            current: Bytes::new(),
+            done: false,
+            held: Some(held),
+        },
+    )
+}
+
+/// A spilling writer's file, how much it holds, and the bytes in memory.
+struct Spill {
+    file: Option<Arc<File>>,
+    len: u64,
+    /// Bytes sent in memory and not yet taken by the reader.
+    held: Arc<AtomicUsize>,
+    limit: usize,
 }
 
 /// The sending end; implements [`Write`].
 pub(crate) struct PipeWriter {
     tx: Option<crossbeam_channel::Sender<Msg>>,
     buf: Vec<u8>,
+    spill: Option<Spill>,
 }
 
 /// Fails a pipe from elsewhere (a task that owns the writer by then).
@@ -100,6 +148,25 @@ impl Write for PipeWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        if let Some(spill) = &mut self.spill
+            && spill.held.load(Ordering::SeqCst) + self.buf.len() > spill.limit
+        {
+            self.tx
+                .as_ref()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "pipe already closed"))?;
+            let file = match &spill.file {
+                Some(f) => Arc::clone(f),
+                None => Arc::clone(spill.file.insert(Arc::new(tempfile::tempfile()?))),
+            };
+            file.write_all_at(&self.buf, spill.len)?;
+            let msg = Msg::Spilled(file, spill.len, self.buf.len());
+            spill.len += self.buf.len() as u64;
+            self.buf.clear();
+            return self.send(msg);
+        }
+        if let Some(spill) = &self.spill {
+            spill.held.fetch_add(self.buf.len(), Ordering::SeqCst);
+        }
         let chunk = Bytes::from(std::mem::replace(
             &mut self.buf,
             Vec::with_capacity(CHUNK_LEN),
@@ -113,13 +180,25 @@ pub(crate) struct PipeReader {
     rx: crossbeam_channel::Receiver<Msg>,
     current: Bytes,
     done: bool,
+    /// A spilling pipe's count of bytes in memory (see [`spill_pipe`]).
+    held: Option<Arc<AtomicUsize>>,
 }
 
 impl PipeReader {
     fn refill(&mut self) -> io::Result<()> {
         while self.current.is_empty() && !self.done {
             match self.rx.recv() {
-                Ok(Msg::Data(b)) => self.current = b,
+                Ok(Msg::Data(b)) => {
+                    if let Some(held) = &self.held {
+                        held.fetch_sub(b.len(), Ordering::SeqCst);
+                    }
+                    self.current = b;
+                }
+                Ok(Msg::Spilled(file, offset, len)) => {
+                    let mut chunk = vec![0; len];
+                    file.read_exact_at(&mut chunk, offset)?;
+                    self.current = Bytes::from(chunk);
+                }
                 Ok(Msg::End) => self.done = true,
                 Ok(Msg::Fail(detail)) => return Err(io::Error::other(detail)),
                 Err(_) => {
@@ -217,6 +296,48 @@ impl<R: BufRead> Lines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spilling pipe takes everything without a reader (a bounded one
+    /// would block here), keeping past its memory on disk, in order; a
+    /// reader that keeps up never sends a byte to disk; a failure comes
+    /// after what was written before it.
+    #[test]
+    fn spill_pipes_never_block_and_spill_only_what_the_reader_has_not_taken() {
+        let data: Vec<u8> = (0..5 * CHUNK_LEN + 123)
+            .map(|i| u8::try_from(i % 251).unwrap_or_default())
+            .collect();
+        let spilled = |w: &PipeWriter| w.spill.as_ref().is_some_and(|s| s.file.is_some());
+        let (mut w, mut r) = spill_pipe(2);
+        for piece in data.chunks(10_000) {
+            w.write_all(piece).unwrap();
+        }
+        assert!(spilled(&w), "past two chunks, the rest waits on disk");
+        w.finish().unwrap();
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert!(got == data, "same bytes, in order");
+
+        let (mut w, mut r) = spill_pipe(2);
+        let mut got = Vec::new();
+        for piece in data.chunks(CHUNK_LEN) {
+            w.write_all(piece).unwrap();
+            w.flush().unwrap();
+            let mut buf = vec![0; piece.len()];
+            r.read_exact(&mut buf).unwrap();
+            got.extend(buf);
+        }
+        assert!(!spilled(&w), "a reader that keeps up: nothing on disk");
+        assert!(got == data);
+
+        let (mut w, mut r) = spill_pipe(1);
+        w.write_all(&data).unwrap();
+        w.flush().unwrap();
+        w.fail("boom".into());
+        let mut got = Vec::new();
+        let e = r.read_to_end(&mut got).unwrap_err();
+        assert!(e.to_string().contains("boom"), "{e}");
+        assert_eq!(got.len(), data.len(), "what came before the failure");
+    }
 
     #[test]
     fn finished_streams_end_and_broken_ones_fail() {

@@ -132,10 +132,13 @@ impl BlobReader {
                 }
             }
         }
-        if !again.is_empty() {
-            let ids: Vec<BlobId> = again.iter().map(|p| p.id).collect();
+        // A batch at a time, each chunk copied out of its frame: a store
+        // whose first copies all fail (a forged pack) costs time, not a
+        // window's worth of frames in memory.
+        for batch in batches_by_len(&again, FALLBACK_BATCH_LEN) {
+            let ids: Vec<BlobId> = batch.iter().map(|p| p.id).collect();
             let blobs = self.read_blobs(&ids).await?;
-            for (p, bytes) in again.iter().zip(blobs) {
+            for (p, bytes) in batch.iter().zip(blobs) {
                 if bytes.len() as u64 != p.len {
                     return Err(Error::corrupt(
                         format!("chunk {}", p.id),
@@ -144,7 +147,7 @@ impl BlobReader {
                 }
                 let len = bytes.len();
                 sink(Tiles {
-                    bytes,
+                    bytes: Bytes::copy_from_slice(&bytes),
                     runs: vec![(p.at, 0..len)],
                 })?;
                 written += p.len;
@@ -153,6 +156,31 @@ impl BlobReader {
         Ok(written)
     }
 }
+
+/// Chunk bytes re-read at once after their first copies failed.
+const FALLBACK_BATCH_LEN: u64 = 8 << 20;
+
+/// Splits `placements` into runs of at most `max` bytes (at least one each).
+fn batches_by_len(placements: &[Placement], max: u64) -> Vec<&[Placement]> {
+    let mut out = Vec::new();
+    let (mut start, mut len) = (0, 0u64);
+    for (i, p) in placements.iter().enumerate() {
+        if i > start && len.saturating_add(p.len) > max {
+            out.push(&placements[start..i]);
+            (start, len) = (i, 0);
+        }
+        len = len.saturating_add(p.len);
+    }
+    if start < placements.len() {
+        out.push(&placements[start..]);
+    }
+    out
+}
+
+/// A frame goes to the sink whole unless it is larger than this and mostly
+/// unwanted: then its runs are copied out, so that queued writes hold
+/// about what they write.
+const COMPACT_OVER: usize = 1 << 20;
 
 /// Decode buffers kept for reuse, and the largest kept: frames decoded on
 /// one thread and written on another would otherwise each fault in fresh
@@ -323,9 +351,27 @@ fn serve_frame(
             (wanted[first].0.at, range)
         })
         .collect();
-    if !runs.is_empty() {
-        sink(Tiles { bytes: raw, runs })?;
+    if runs.is_empty() {
+        return Ok((written, failed));
     }
+    let tiles = if raw.len() > COMPACT_OVER && written < raw.len() as u64 / 4 {
+        let mut compact = Vec::with_capacity(usize::try_from(written).unwrap_or(0));
+        let runs = runs
+            .into_iter()
+            .map(|(at, range)| {
+                let start = compact.len();
+                compact.extend_from_slice(&raw[range]);
+                (at, start..compact.len())
+            })
+            .collect();
+        Tiles {
+            bytes: Bytes::from(compact),
+            runs,
+        }
+    } else {
+        Tiles { bytes: raw, runs }
+    };
+    sink(tiles)?;
     Ok((written, failed))
 }
 
@@ -368,6 +414,22 @@ mod tests {
                 len,
             },
         )
+    }
+
+    #[test]
+    fn fallback_batches_hold_at_most_their_length_and_at_least_one_chunk() {
+        let p = |len| Placement {
+            id: BlobId([0; 32]),
+            at: 0,
+            len,
+        };
+        let all = [p(5), p(4), p(2), p(20), p(1), p(1)];
+        let lens: Vec<Vec<u64>> = batches_by_len(&all, 10)
+            .iter()
+            .map(|b| b.iter().map(|p| p.len).collect())
+            .collect();
+        assert_eq!(lens, vec![vec![5, 4], vec![2], vec![20], vec![1, 1]]);
+        assert!(batches_by_len(&[], 10).is_empty());
     }
 
     #[test]

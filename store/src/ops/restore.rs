@@ -40,13 +40,14 @@ const WINDOW_LEN: u64 = 8 << 20;
 /// frames of a window are decoded once each, so the larger the window the
 /// fewer frames decoded twice (a frame holds chunks from all over a file
 /// that changed a little every day); bounded by the window's list of
-/// chunks, about 60 bytes a chunk.
+/// chunks, about 150 bytes a chunk, two windows at once (the next is
+/// walked while this one is written): 7 MB for 5 KiB chunks.
 const SCATTER_WINDOW_LEN: u64 = 128 << 20;
 /// The first window of a file written at offsets: small, so that writing
 /// starts while the rest of its chunk list is read.
 const FIRST_WINDOW_LEN: u64 = 8 << 20;
 /// Decoded frames queued for the thread writing a file at offsets.
-const TILES_QUEUED: usize = 16;
+const TILES_QUEUED: usize = 8;
 /// Windows fetched at once for a large file.
 const WINDOWS_IN_FLIGHT: usize = 2;
 /// Files up to this size are restored without a writer thread.
