@@ -183,6 +183,16 @@ impl PackTrailer {
                     frame.stored_len
                 )));
             }
+            // No zstd encoding of the raw bytes is longer: a reader's range
+            // read of one frame stays within 32 MiB and a little.
+            if frame.codec == Codec::Zstd
+                && u64::from(frame.stored_len) > zstd_compress_bound(u64::from(raw_len))
+            {
+                return Err(bad(format!(
+                    "zstd frame {i}: stored {} bytes, more than any encoding of its {raw_len} raw bytes",
+                    frame.stored_len
+                )));
+            }
             frame.raw_len = raw_len;
         }
         Ok(PackTrailer {
@@ -191,6 +201,13 @@ impl PackTrailer {
             blobs,
         })
     }
+}
+
+/// The most bytes zstd encodes `raw` bytes into in one frame
+/// (`ZSTD_COMPRESSBOUND`).
+pub fn zstd_compress_bound(raw: u64) -> u64 {
+    const SMALL: u64 = 128 << 10;
+    raw + (raw >> 8) + if raw < SMALL { (SMALL - raw) >> 11 } else { 0 }
 }
 
 /// The footer: where the trailer is and its hash.
@@ -472,5 +489,38 @@ mod tests {
         assert!(PackTrailer::decode(&bytes, offset, "p").is_err());
         assert!(PackTrailer::decode(&trailer.encode(), offset + 1, "p").is_err());
         assert!(PackTrailer::decode(&trailer.encode(), offset, "p").is_ok());
+        // A zstd frame claiming more stored bytes than any encoding of its
+        // raw bytes (a range read a hostile trailer could make huge).
+        let z = trailer
+            .frames
+            .iter()
+            .position(|f| f.codec == Codec::Zstd)
+            .unwrap();
+        let bound = zstd_compress_bound(u64::from(trailer.frames[z].raw_len));
+        for (extra, ok) in [(0, true), (1, false)] {
+            let mut t = trailer.clone();
+            let stored = u32::try_from(bound + extra).unwrap();
+            let grown = u64::from(stored - t.frames[z].stored_len);
+            t.frames[z].stored_len = stored;
+            let got = PackTrailer::decode(&t.encode(), offset + grown, "p");
+            assert_eq!(got.is_ok(), ok, "{:?}", got.err());
+        }
+    }
+
+    #[test]
+    fn the_compress_bound_is_zstds() {
+        for raw in [
+            0usize,
+            1,
+            100,
+            4096,
+            (128 << 10) - 1,
+            128 << 10,
+            1 << 20,
+            32 << 20,
+        ] {
+            let ours = zstd_compress_bound(raw as u64);
+            assert_eq!(ours, zstd::zstd_safe::compress_bound(raw) as u64, "{raw}");
+        }
     }
 }
