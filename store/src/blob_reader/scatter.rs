@@ -138,6 +138,7 @@ impl BlobReader {
         for batch in batches_by_len(&again, FALLBACK_BATCH_LEN) {
             let ids: Vec<BlobId> = batch.iter().map(|p| p.id).collect();
             let blobs = self.read_blobs(&ids).await?;
+            let mut tiles = Vec::with_capacity(batch.len());
             for (p, bytes) in batch.iter().zip(blobs) {
                 if bytes.len() as u64 != p.len {
                     return Err(Error::corrupt(
@@ -146,12 +147,15 @@ impl BlobReader {
                     ));
                 }
                 let len = bytes.len();
-                sink(Tiles {
+                tiles.push(Tiles {
                     bytes: Bytes::copy_from_slice(&bytes),
                     runs: vec![(p.at, 0..len)],
-                })?;
+                });
                 written += p.len;
             }
+            // The sink may block (a full queue): not on a tokio thread.
+            let sink = Arc::clone(sink);
+            crate::cpu::run(move || tiles.into_iter().try_for_each(|t| sink(t))).await?;
         }
         Ok(written)
     }

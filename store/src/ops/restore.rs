@@ -304,8 +304,10 @@ impl IndexedRepository {
         }
         .await;
         drop(sink);
-        let wrote = writer_thread
-            .join()
+        // Joined off the tokio threads: the writer may still be draining.
+        let wrote = tokio::task::spawn_blocking(move || writer_thread.join())
+            .await
+            .map_err(|e| Error::Bug(format!("waiting for the restore writer: {e}")))?
             .map_err(|_| Error::Bug("the restore writer thread panicked".into()))?
             .map_err(|e| Error::io(format!("writing {name}"), e));
         // The writer's error is the cause of a broken sink.
