@@ -60,10 +60,11 @@ pub(crate) fn streams(
         .iter()
         .map(|file| {
             // The backup reads a prepared source's contents in the order
-            // given, which is the order the producer writes them (the
-            // producer must keep to `files`): the stream being stored never
-            // waits on disk. Another database's producer, started while
-            // this one is stored, runs ahead into a temporary file.
+            // given, which is the order the producer writes them (it keeps
+            // to `files`): the stream being stored passes through memory.
+            // What is written ahead of the reader (another database's
+            // streams, started while this one is stored) waits on disk;
+            // the pipes never block, so no order of writes can hang.
             let (writer, reader) = spill_pipe(16);
             let entry = Entry::reader(
                 format::item_name(db, file),

@@ -69,6 +69,17 @@ pub(crate) fn spill_pipe(chunks: usize) -> (PipeWriter, PipeReader) {
     )
 }
 
+/// What the user sees when what is fetched ahead cannot be kept on disk.
+fn spill_error(e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "keeping what is fetched ahead in a temporary file (in $TMPDIR, else /tmp): {e}; \
+             free space there or point TMPDIR at a larger file system"
+        ),
+    )
+}
+
 /// A spilling writer's file, how much it holds, and the bytes in memory.
 struct Spill {
     file: Option<Arc<File>>,
@@ -148,17 +159,20 @@ impl Write for PipeWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.sender()?;
         if let Some(spill) = &mut self.spill
             && spill.held.load(Ordering::SeqCst) + self.buf.len() > spill.limit
         {
-            self.tx
-                .as_ref()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "pipe already closed"))?;
             let file = match &spill.file {
                 Some(f) => Arc::clone(f),
-                None => Arc::clone(spill.file.insert(Arc::new(tempfile::tempfile()?))),
+                None => Arc::clone(
+                    spill
+                        .file
+                        .insert(Arc::new(tempfile::tempfile().map_err(spill_error)?)),
+                ),
             };
-            file.write_all_at(&self.buf, spill.len)?;
+            file.write_all_at(&self.buf, spill.len)
+                .map_err(spill_error)?;
             let msg = Msg::Spilled(file, spill.len, self.buf.len());
             spill.len += self.buf.len() as u64;
             self.buf.clear();

@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use crate::backend::ObjectKey;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::frame::decode_frame;
-use crate::format::index::{BlobLocation, Index};
-use crate::id::BlobId;
+use crate::format::index::{BlobLocation, FrameLocation, Index};
+use crate::id::{BlobId, PackId};
 use crate::repo::IndexedRepository;
 
 mod scatter;
@@ -295,13 +295,7 @@ impl BlobReader {
     }
 
     fn bad_blob(&self, id: BlobId, loc: BlobLocation, detail: &str) -> FailedCopy {
-        let pack = self.repo.index().pack(loc.pack).id;
-        FailedCopy {
-            loc,
-            what: Failure::Blob,
-            object: format!("chunk {id} (pack {pack}, frame {})", loc.frame),
-            detail: detail.into(),
-        }
+        FailedCopy::blob(self.repo.index().pack(loc.pack).id, id, loc, detail)
     }
 
     /// The frames `keys`, none of them cached: the ones no other call is
@@ -498,6 +492,26 @@ struct FailedCopy {
 }
 
 impl FailedCopy {
+    /// A frame of pack `pack` (at `loc`) that could not be read or decoded.
+    fn frame(pack: PackId, loc: BlobLocation, detail: String) -> FailedCopy {
+        FailedCopy {
+            loc,
+            what: Failure::Frame,
+            object: format!("pack {pack} frame {}", loc.frame),
+            detail,
+        }
+    }
+
+    /// A blob of pack `pack` (at `loc`) that failed its checks.
+    fn blob(pack: PackId, id: BlobId, loc: BlobLocation, detail: &str) -> FailedCopy {
+        FailedCopy {
+            loc,
+            what: Failure::Blob,
+            object: format!("chunk {id} (pack {pack}, frame {})", loc.frame),
+            detail: detail.into(),
+        }
+    }
+
     /// A failed range read (an error of kind [`ErrorKind::Corrupt`]).
     fn of_read(e: Error) -> FailedCopy {
         let loc = BlobLocation {
@@ -618,6 +632,26 @@ fn all_copies_failed(id: BlobId, failed: &[FailedCopy]) -> Error {
     }
 }
 
+/// Where frame `f` of range read `read` is in its `bytes`: the offset and
+/// the stored bytes, or why the read is short of it.
+fn stored_frame<'b>(
+    f: &FrameLocation,
+    read: &RangeRead,
+    bytes: &'b [u8],
+) -> std::result::Result<(usize, &'b [u8]), String> {
+    let start = usize::try_from(u64::from(f.offset) - read.start).unwrap_or(usize::MAX);
+    start
+        .checked_add(f.stored_len as usize)
+        .and_then(|end| bytes.get(start..end))
+        .map(|stored| (start, stored))
+        .ok_or_else(|| {
+            format!(
+                "range read returned {} bytes, short of the frame",
+                bytes.len()
+            )
+        })
+}
+
 /// Decodes the frames of one range read; a frame that does not decode
 /// fails alone.
 fn decode_range(index: &Index, read: &RangeRead, bytes: &Bytes) -> Vec<(FrameKey, FrameResult)> {
@@ -626,28 +660,15 @@ fn decode_range(index: &Index, read: &RangeRead, bytes: &Bytes) -> Vec<(FrameKey
         .par_iter()
         .map(|&frame| {
             let f = pack.frames[frame as usize];
-            let start = usize::try_from(u64::from(f.offset) - read.start).unwrap_or(usize::MAX);
-            let fail = |detail: String| FailedCopy {
-                loc: BlobLocation {
-                    pack: read.pack,
-                    frame,
-                    offset: 0,
-                    len: 0,
-                },
-                what: Failure::Frame,
-                object: format!("pack {} frame {frame}", pack.id),
-                detail,
+            let loc = BlobLocation {
+                pack: read.pack,
+                frame,
+                offset: 0,
+                len: 0,
             };
-            let decoded = match start
-                .checked_add(f.stored_len as usize)
-                .and_then(|end| bytes.get(start..end))
-            {
-                None => Err(fail(format!(
-                    "range read returned {} bytes, short of the frame",
-                    bytes.len()
-                ))),
-                Some(stored) => decode_frame(f.codec, stored, f.raw_len).map_err(fail),
-            };
+            let decoded = stored_frame(&f, read, bytes)
+                .and_then(|(_, stored)| decode_frame(f.codec, stored, f.raw_len))
+                .map_err(|detail| FailedCopy::frame(pack.id, loc, detail));
             (
                 (read.pack, frame),
                 decoded.map(|raw| {

@@ -370,20 +370,12 @@ async fn a_restore_that_fails_leaves_no_partial_file_behind() {
     for (i, name) in names.iter().enumerate() {
         std::fs::write(dir.path().join(name), random_bytes(3 << 20, 10 + i as u64)).unwrap();
     }
-    let back_up_all = || async {
-        let session = writer(backend.clone()).await;
-        let source = cairn_store::ops::source::Source::Paths(
-            names.iter().map(|n| dir.path().join(n)).collect(),
-        );
-        let id = back_up(&session, source).await.unwrap().snapshot;
-        session.finish().await.unwrap();
-        id
-    };
-    back_up_all().await;
+    let paths = || names.iter().map(|n| dir.path().join(n)).collect();
+    back_up_paths(&backend, paths()).await;
     let before = keys(&backend, ObjectDir::Packs).await;
     // b.bin changes: the next backup's packs hold its content only.
     std::fs::write(dir.path().join("b.bin"), random_bytes(3 << 20, 20)).unwrap();
-    let id = back_up_all().await;
+    let id = back_up_paths(&backend, paths()).await;
     let mut new: Vec<(usize, ObjectKey)> = Vec::new();
     for key in keys(&backend, ObjectDir::Packs).await {
         if !before.contains(&key) {

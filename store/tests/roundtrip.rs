@@ -342,10 +342,7 @@ async fn hard_links_to_large_files_stay_links() {
     }
     std::fs::hard_link(root.join("a.bin"), root.join("b.bin")).unwrap();
     std::fs::hard_link(root.join("c.bin"), root.join("z.bin")).unwrap();
-    let session = writer(backend.clone()).await;
-    let source = cairn_store::ops::source::Source::Paths(vec![root.clone()]);
-    let id = back_up(&session, source).await.unwrap().snapshot;
-    session.finish().await.unwrap();
+    let id = back_up_paths(&backend, vec![root.clone()]).await;
     let target = dir.path().join("restored");
     let summary = restore_into(&backend, id, &target).await.unwrap();
     assert_eq!((summary.files, summary.hard_links), (3, 2));

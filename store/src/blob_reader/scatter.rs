@@ -6,7 +6,8 @@
 //! run with its offset in the output. Frames are served in parallel and in
 //! no particular order, so the sink writes at offsets (restore hands them to
 //! one thread that writes the file with `pwrite`: writers of one file would
-//! only queue on its lock). Nothing is copied between decoding and the write.
+//! only queue on its lock). Nothing is copied between decoding and the
+//! write.
 //!
 //! A copy that fails a check is remembered as bad and its blobs are read
 //! again through [`BlobReader::read_blobs`], which tries the other copies
@@ -17,10 +18,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{BlobReader, FailedCopy, Failure, FrameKey, RangeRead, next_copy, range_reads};
+use super::{BlobReader, FailedCopy, FrameKey, RangeRead, next_copy, range_reads, stored_frame};
 use crate::backend::ObjectKey;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::frame::{Codec, decode_frame_into};
+use crate::format::frame::{Codec, decode_frame};
 use crate::format::index::{BlobLocation, Index};
 use crate::id::BlobId;
 
@@ -186,47 +187,6 @@ fn batches_by_len(placements: &[Placement], max: u64) -> Vec<&[Placement]> {
 /// about what they write.
 const COMPACT_OVER: usize = 1 << 20;
 
-/// Decode buffers kept for reuse, and the largest kept: frames decoded on
-/// one thread and written on another would otherwise each fault in fresh
-/// pages (the allocator hands freed ones back to the system).
-const POOLED_BUFFERS: usize = 32;
-const POOLED_MAX_LEN: usize = 1 << 20;
-
-/// The pool's two ends.
-type Pool = (
-    crossbeam_channel::Sender<Vec<u8>>,
-    crossbeam_channel::Receiver<Vec<u8>>,
-);
-
-fn pool() -> &'static Pool {
-    static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| crossbeam_channel::bounded(POOLED_BUFFERS))
-}
-
-/// A buffer from the pool, or a new one.
-fn pooled_buffer() -> Vec<u8> {
-    pool().1.try_recv().unwrap_or_default()
-}
-
-/// Decoded bytes that go back to the pool when the last `Bytes` of them is
-/// dropped.
-struct Pooled(Vec<u8>);
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
-        if buf.capacity() <= POOLED_MAX_LEN {
-            let _ = pool().0.try_send(buf);
-        }
-    }
-}
-
 /// Every placement of a range read that could not be read, failed alike.
 fn read_failed(read: &RangeRead, wanted: Vec<Vec<Wanted>>, failure: &FailedCopy) -> Served {
     let mut served = Served::default();
@@ -253,61 +213,32 @@ fn serve_range(
     let mut served = Served::default();
     for (&frame, mut wanted) in read.frames.iter().zip(wanted) {
         let f = pack.frames[frame as usize];
-        let fail = |what: Failure, object: String, detail: String, loc: BlobLocation| FailedCopy {
-            loc,
-            what,
-            object,
-            detail,
-        };
-        let frame_object = || format!("pack {} frame {frame}", pack.id);
-        let start = usize::try_from(u64::from(f.offset) - read.start).unwrap_or(usize::MAX);
-        let Some(stored) = start
-            .checked_add(f.stored_len as usize)
-            .and_then(|end| bytes.get(start..end))
-        else {
-            let detail = format!(
-                "range read returned {} bytes, short of the frame",
-                bytes.len()
-            );
-            for (p, loc) in wanted {
-                served
-                    .failed
-                    .push((p, fail(Failure::Frame, frame_object(), detail.clone(), loc)));
-            }
-            continue;
-        };
-        // In frame order, so that runs adjacent in both are found.
-        wanted.sort_unstable_by_key(|(p, loc)| (loc.offset, p.at));
-        let decoded = match f.codec {
+        let decoded = stored_frame(&f, read, bytes).and_then(|(start, stored)| match f.codec {
             // Raw: the range read's own bytes, not a copy.
             Codec::Raw if stored.len() == f.raw_len as usize => {
                 Ok(bytes.slice(start..start + stored.len()))
             }
-            _ => {
-                let mut buf = pooled_buffer();
-                decode_frame_into(f.codec, stored, f.raw_len, &mut buf)
-                    .map(|()| Bytes::from_owner(Pooled(buf)))
-            }
-        };
-        match decoded {
+            _ => decode_frame(f.codec, stored, f.raw_len).map(Bytes::from),
+        });
+        let raw = match decoded {
+            Ok(raw) => raw,
             Err(detail) => {
                 for (p, loc) in wanted {
-                    served
-                        .failed
-                        .push((p, fail(Failure::Frame, frame_object(), detail.clone(), loc)));
+                    let failure = FailedCopy::frame(pack.id, loc, detail.clone());
+                    served.failed.push((p, failure));
                 }
+                continue;
             }
-            Ok(raw) => {
-                let (written, failed) = serve_frame(raw, &wanted, sink)?;
-                served.written += written;
-                for (i, detail) in failed {
-                    let (p, loc) = wanted[i];
-                    let object = format!("chunk {} (pack {}, frame {frame})", p.id, pack.id);
-                    served
-                        .failed
-                        .push((p, fail(Failure::Blob, object, detail.into(), loc)));
-                }
-            }
+        };
+        // In frame order, so that runs adjacent in both are found.
+        wanted.sort_unstable_by_key(|(p, loc)| (loc.offset, p.at));
+        let (written, failed) = serve_frame(raw, &wanted, sink)?;
+        served.written += written;
+        for (i, detail) in failed {
+            let (p, loc) = wanted[i];
+            served
+                .failed
+                .push((p, FailedCopy::blob(pack.id, p.id, loc, detail)));
         }
     }
     Ok(served)
@@ -401,6 +332,7 @@ fn runs(good: &[usize], wanted: &[Wanted]) -> Vec<(usize, usize)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // small test frames
 mod tests {
     use super::*;
 
@@ -434,6 +366,76 @@ mod tests {
             .collect();
         assert_eq!(lens, vec![vec![5, 4], vec![2], vec![20], vec![1, 1]]);
         assert!(batches_by_len(&[], 10).is_empty());
+    }
+
+    fn test_frame() -> Vec<u8> {
+        (0..32usize << 16)
+            .map(|i| (i >> 16) as u8 ^ (i % 251) as u8)
+            .collect()
+    }
+
+    /// A frame of 2 MiB: `n` blobs of 64 KiB, each wanted at `at` of its
+    /// own, and what the sink got.
+    fn serve(
+        wanted_blobs: &[(usize, u64)],
+        lie: Option<usize>,
+    ) -> (u64, Vec<(usize, &'static str)>, Vec<Tiles>) {
+        const BLOB: usize = 64 << 10;
+        let raw = test_frame();
+        let wanted: Vec<Wanted> = wanted_blobs
+            .iter()
+            .map(|&(i, at)| {
+                let id = match raw.get(i * BLOB..(i + 1) * BLOB) {
+                    Some(bytes) if lie != Some(i) => BlobId::of(bytes),
+                    _ => BlobId([7; 32]),
+                };
+                let mut w = wanted(at, (i * BLOB) as u32, BLOB as u32);
+                w.0.id = id;
+                w.1.len = BLOB as u32;
+                w
+            })
+            .collect();
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink: Sink = {
+            let got = Arc::clone(&got);
+            Arc::new(move |t| {
+                got.lock().unwrap().push(t);
+                Ok(())
+            })
+        };
+        let (written, failed) = serve_frame(Bytes::from(raw), &wanted, &sink).unwrap();
+        drop(sink);
+        let tiles = Arc::try_unwrap(got).unwrap().into_inner().unwrap();
+        (written, failed, tiles)
+    }
+
+    #[test]
+    fn a_frame_goes_whole_unless_mostly_unwanted_and_bad_blobs_are_named() {
+        const BLOB: u64 = 64 << 10;
+        // Two neighbours in frame and output, and one elsewhere: two runs,
+        // a few of 32 blobs: copied out, the frame not held.
+        let (written, failed, tiles) = serve(&[(3, 0), (4, BLOB), (9, 10 * BLOB)], None);
+        assert_eq!((written, failed.len(), tiles.len()), (3 * BLOB, 0, 1));
+        assert_eq!(tiles[0].bytes.len() as u64, 3 * BLOB, "compacted");
+        let runs: Vec<u64> = tiles[0].runs.iter().map(|(at, _)| *at).collect();
+        assert_eq!(runs, vec![0, 10 * BLOB]);
+        let first = &tiles[0].bytes[tiles[0].runs[0].1.clone()];
+        assert!(first == &test_frame()[3 << 16..5 << 16], "blobs 3 and 4");
+        // Most of the frame wanted: handed over whole, no copy.
+        let most: Vec<(usize, u64)> = (0..20).map(|i| (i, i as u64 * BLOB)).collect();
+        let (written, _, tiles) = serve(&most, None);
+        assert_eq!(written, 20 * BLOB);
+        assert_eq!(tiles[0].bytes.len() as u64, 32 * BLOB);
+        assert_eq!(tiles[0].runs, vec![(0, 0..(20 * BLOB) as usize)]);
+        // A blob that does not hash to its id fails alone and splits the run.
+        let (written, failed, tiles) = serve(&[(3, 0), (4, BLOB), (5, 2 * BLOB)], Some(4));
+        assert_eq!(written, 2 * BLOB);
+        assert_eq!(failed, vec![(1, "its bytes do not hash to its id")]);
+        assert_eq!(tiles[0].runs.len(), 2);
+        // A blob placed beyond the frame's end fails, nothing is read there.
+        let (written, failed, tiles) = serve(&[(32, 0)], None);
+        assert_eq!((written, tiles.len()), (0, 0));
+        assert_eq!(failed, vec![(0, "lies beyond the end of its frame")]);
     }
 
     #[test]

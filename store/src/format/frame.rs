@@ -178,77 +178,37 @@ pub fn decode_frame(
     stored: &[u8],
     raw_len: u32,
 ) -> std::result::Result<Vec<u8>, String> {
-    check_raw_len(raw_len)?;
-    match codec {
-        Codec::Raw => {
-            check_stored_raw(stored, raw_len)?;
-            Ok(stored.to_vec())
-        }
-        Codec::Zstd => {
-            let mut out = Vec::with_capacity(raw_len as usize);
-            zstd_into(stored, raw_len, &mut out)?;
-            Ok(out)
-        }
-    }
-}
-
-fn check_raw_len(raw_len: u32) -> std::result::Result<(), String> {
     if raw_len > MAX_FRAME_RAW_LEN {
         return Err(format!("frame claims {raw_len} raw bytes, over the limit"));
     }
-    Ok(())
-}
-
-fn check_stored_raw(stored: &[u8], raw_len: u32) -> std::result::Result<(), String> {
-    if stored.len() != raw_len as usize {
-        return Err(format!(
-            "raw frame is {} bytes, expected {raw_len}",
-            stored.len()
-        ));
-    }
-    Ok(())
-}
-
-/// [`decode_frame`] into `out` (cleared first, its allocation reused).
-pub fn decode_frame_into(
-    codec: Codec,
-    stored: &[u8],
-    raw_len: u32,
-    out: &mut Vec<u8>,
-) -> std::result::Result<(), String> {
-    check_raw_len(raw_len)?;
     match codec {
         Codec::Raw => {
-            check_stored_raw(stored, raw_len)?;
-            out.clear();
-            out.extend_from_slice(stored);
-            Ok(())
+            if stored.len() != raw_len as usize {
+                return Err(format!(
+                    "raw frame is {} bytes, expected {raw_len}",
+                    stored.len()
+                ));
+            }
+            Ok(stored.to_vec())
         }
-        Codec::Zstd => zstd_into(stored, raw_len, out),
+        Codec::Zstd => ZSTD_DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+            }
+            let d = d.as_mut().ok_or("zstd decompressor")?;
+            let mut out = Vec::with_capacity(raw_len as usize);
+            d.decompress_to_buffer(stored, &mut out)
+                .map_err(|e| format!("zstd: {e}"))?;
+            if out.len() != raw_len as usize {
+                return Err(format!(
+                    "frame decompressed to {} bytes, expected {raw_len}",
+                    out.len()
+                ));
+            }
+            Ok(out)
+        }),
     }
-}
-
-/// Decompresses one zstd frame into `out` (cleared first), which must come
-/// to exactly `raw_len` bytes.
-fn zstd_into(stored: &[u8], raw_len: u32, out: &mut Vec<u8>) -> std::result::Result<(), String> {
-    out.clear();
-    out.reserve(raw_len as usize);
-    ZSTD_DECOMPRESSOR.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.is_none() {
-            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
-        }
-        let d = d.as_mut().ok_or("zstd decompressor")?;
-        d.decompress_to_buffer(stored, out)
-            .map_err(|e| format!("zstd: {e}"))?;
-        if out.len() != raw_len as usize {
-            return Err(format!(
-                "frame decompressed to {} bytes, expected {raw_len}",
-                out.len()
-            ));
-        }
-        Ok(())
-    })
 }
 
 #[cfg(test)]

@@ -192,6 +192,21 @@ pub async fn back_up_with(
         .await
 }
 
+/// Backs up `paths` (files or directories) as one snapshot in a session of
+/// its own; the snapshot's id.
+pub async fn back_up_paths(
+    backend: &Backend,
+    paths: Vec<std::path::PathBuf>,
+) -> cairn_store::id::SnapshotId {
+    let session = writer(backend.clone()).await;
+    let id = back_up(&session, Source::Paths(paths))
+        .await
+        .unwrap()
+        .snapshot;
+    session.finish().await.unwrap();
+    id
+}
+
 /// Opens the repository and verifies it, reading every chunk.
 pub async fn verify_all(backend: &Backend) -> cairn_store::ops::verify::VerifyReport {
     let repo = Repository::open(backend.clone()).await.unwrap();
