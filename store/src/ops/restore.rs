@@ -44,8 +44,14 @@ const WINDOW_LEN: u64 = 8 << 20;
 /// walked while this one is written): 7 MB for 5 KiB chunks.
 const SCATTER_WINDOW_LEN: u64 = 128 << 20;
 /// The first window of a file written at offsets: small, so that writing
-/// starts while the rest of its chunk list is read.
+/// starts while the rest of its chunk list is read. Each next window is at
+/// most [`WINDOW_GROWTH`] times the one before, so that walking it takes
+/// no longer than writing the one before (walking costs by the chunk,
+/// writing by the byte: a 128 MiB window of 4 KiB chunks took longer to
+/// walk than the 8 MiB before it took to write, and the CPUs waited).
 const FIRST_WINDOW_LEN: u64 = 8 << 20;
+/// How much larger each window of a file may be than the one before.
+const WINDOW_GROWTH: u64 = 4;
 /// Decoded frames queued for the thread writing a file at offsets.
 const TILES_QUEUED: usize = 8;
 /// Windows fetched at once for a large file.
@@ -268,7 +274,8 @@ impl IndexedRepository {
             // A small first window, so that writing starts early; each next
             // window is walked while the one before it is written.
             let mut window = Vec::new();
-            walker.next_window(FIRST_WINDOW_LEN, &mut window).await?;
+            let mut budget = FIRST_WINDOW_LEN;
+            walker.next_window(budget, &mut window).await?;
             while !window.is_empty() {
                 let mut placements = Vec::with_capacity(window.len());
                 for e in &window {
@@ -279,12 +286,10 @@ impl IndexedRepository {
                     });
                     at = at.saturating_add(e.len);
                 }
+                budget = (budget * WINDOW_GROWTH).min(SCATTER_WINDOW_LEN);
                 let (n, next) = futures::join!(reader.scatter(&placements, &sink), async {
                     let mut next = Vec::new();
-                    walker
-                        .next_window(SCATTER_WINDOW_LEN, &mut next)
-                        .await
-                        .map(|()| next)
+                    walker.next_window(budget, &mut next).await.map(|()| next)
                 });
                 let n = n?;
                 window = next?;

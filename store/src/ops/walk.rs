@@ -28,8 +28,11 @@ use crate::format::manifest::{Item, ItemKind, Snapshot};
 use crate::format::tree::{TreeEntry, TreeNode};
 use crate::id::{BlobId, IdMap, IdSet};
 
-/// Child nodes fetched at once when expanding a chunk list.
-const NODES_PER_FETCH: usize = 64;
+/// The most child nodes fetched at once when expanding a chunk list (as
+/// many as cover the rest of a window, so that a window of small chunks
+/// costs a few fetches, their frames read and decoded in parallel, not a
+/// fetch per 64 nodes one after another).
+const MAX_NODES_PER_FETCH: usize = 1024;
 
 /// The deepest path a reader follows.
 pub const MAX_DEPTH: usize = 1024;
@@ -625,6 +628,22 @@ pub async fn with_items(reader: Arc<BlobReader>, snapshot: &Snapshot) -> Result<
     Ok(out)
 }
 
+/// How many of `entries` (at least one) to expand to cover `want` bytes,
+/// at most [`MAX_NODES_PER_FETCH`].
+fn nodes_covering(entries: &VecDeque<TreeEntry>, want: u64) -> usize {
+    let mut covered = 0u64;
+    let n = entries
+        .iter()
+        .take(MAX_NODES_PER_FETCH)
+        .take_while(|e| {
+            let more = covered < want;
+            covered = covered.saturating_add(e.len);
+            more
+        })
+        .count();
+    n.max(1).min(entries.len())
+}
+
 /// Walks an item's tree, yielding its chunks in order a window at a time.
 #[derive(Debug)]
 pub struct TreeWalker<'a> {
@@ -706,7 +725,7 @@ impl<'a> TreeWalker<'a> {
             }
             // Expand the next children of an inner node into one level-down run.
             let child_level = *level - 1;
-            let n = entries.len().min(NODES_PER_FETCH);
+            let n = nodes_covering(entries, budget - taken);
             let children: Vec<TreeEntry> = entries.drain(..n).collect();
             let ids: Vec<BlobId> = children.iter().map(|c| c.id).collect();
             let blobs = self.reader.read_blobs(&ids).await?;
@@ -734,5 +753,33 @@ impl<'a> TreeWalker<'a> {
         }
         self.chunks_seen += out.len() as u64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(lens: &[u64]) -> VecDeque<TreeEntry> {
+        lens.iter()
+            .map(|&len| TreeEntry {
+                id: BlobId::of(&len.to_le_bytes()),
+                len,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fetch_expands_the_nodes_that_cover_the_rest_of_the_window() {
+        let e = entries(&[10, 10, 10, 10]);
+        assert_eq!(nodes_covering(&e, 25), 3);
+        assert_eq!(nodes_covering(&e, 20), 2);
+        assert_eq!(nodes_covering(&e, 1), 1);
+        // At least one, and never more than there are.
+        assert_eq!(nodes_covering(&e, 0), 1);
+        assert_eq!(nodes_covering(&e, 1000), 4);
+        // Nodes claiming nothing do not make a fetch unbounded.
+        let empty = entries(&vec![0; MAX_NODES_PER_FETCH + 10]);
+        assert_eq!(nodes_covering(&empty, 1), MAX_NODES_PER_FETCH);
     }
 }
