@@ -94,8 +94,10 @@ plain_and_couchdb3!(
 /// The check at the end of a restore, either kind: a document the server
 /// lost (it answered as if stored) is named missing; a document someone
 /// else wrote meanwhile is named extra. Either fails the restore. The
-/// default check asks `_revs_diff` in batches (2,101 ids: three), and a
-/// server that answers it without looking is refused.
+/// default check confirms documents of one live leaf from `_all_docs` and
+/// asks `_revs_diff` for the rest (here the tombstone); a server that will
+/// not list is asked for everything, in batches (2,101 ids: three); a
+/// server that answers `_revs_diff` without looking is refused.
 fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch) {
     let f = Fixture::new();
     let db = couch.new_db("checked");
@@ -161,14 +163,54 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
         assert_eq!(report["databases"][0]["comparison"]["extra"], 1, "{report}");
         couch.delete_db(&copy);
         // And nothing wrong: clean.
+        proxy
+            .faults
+            .revs_diffs
+            .store(0, std::sync::atomic::Ordering::SeqCst);
         let report = ok(&mut restore_copy()).json();
         assert_eq!(report["clean"], true, "{report}");
+        if check == "present" {
+            // Only the tombstone was asked for: the listing showed the rest.
+            let asked = proxy
+                .faults
+                .revs_diffs
+                .load(std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(asked, 1, "{report}");
+        }
         assert_eq!(
             report["databases"][0]["comparison"]["ids"], 2101,
             "{report}"
         );
         couch.delete_db(&copy);
     }
+    // A server that will not list: every id asked for, the lost one found.
+    let copy = format!("{db}_unlisted");
+    let blank_all_docs = &proxy.faults.blank_all_docs;
+    blank_all_docs.store(true, std::sync::atomic::Ordering::SeqCst);
+    *proxy.faults.lose_doc.lock().unwrap() = Some(lost.clone());
+    proxy
+        .faults
+        .revs_diffs
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let report = run(&mut restore(
+        &f,
+        "latest",
+        &url,
+        &["--db", &format!("{db}:{copy}")],
+    ))
+    .expect_code(16)
+    .stderr_has(&["1 documents missing", &lost, "lacks leaves"])
+    .json();
+    assert_eq!(
+        report["databases"][0]["comparison"]["ids"], 2101,
+        "{report}"
+    );
+    let asked = proxy
+        .faults
+        .revs_diffs
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asked, 3, "{report}");
+    couch.delete_db(&copy);
     // A server that answers `_revs_diff` with `{}` whatever it is asked,
     // here while it lost a document: refused, not reported clean.
     *proxy.faults.lose_doc.lock().unwrap() = Some(lost.clone());

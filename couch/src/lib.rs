@@ -22,6 +22,7 @@ pub mod client;
 mod dumps;
 pub mod format;
 mod import;
+mod listing;
 mod merge;
 mod pipe;
 pub mod restore;

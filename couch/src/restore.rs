@@ -12,7 +12,8 @@
 //! 3. design documents (after the data, so `validate_doc_update` cannot
 //!    reject it), then `_local` documents (not replication checkpoints);
 //! 4. `_security` last, so members see the database only when complete;
-//! 5. check: the target holds every leaf of the snapshot (`_revs_diff`) and
+//! 5. check: the target holds every leaf of the snapshot (`_all_docs` for
+//!    documents of one live leaf, `_revs_diff` for the rest) and
 //!    no other document (`doc_count`, `doc_del_count`), or, with `--check
 //!    leaves`, its (id, leaf revisions) equal the snapshot's; `_security`
 //!    matches; then the marker is removed.
@@ -39,6 +40,7 @@ use cairn_store::repo::IndexedRepository;
 
 use crate::client::{Body, CouchClient, db_path, doc_path};
 use crate::format::{self, AttHeader, Meta};
+use crate::listing::{Listing, PAGE_ROWS};
 use crate::merge::{Group, GroupReader, Merged};
 use crate::pipe::{Lines, PipeReader};
 use crate::sort::{ExternalSorter, Sorted};
@@ -90,9 +92,10 @@ pub struct CouchRestoreOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Check {
-    /// Every leaf of the snapshot asked for with `_revs_diff` (the
-    /// question replication asks: cheap on every server), and the target's
-    /// document counts: nothing missing, no other document. Leaves that
+    /// Every leaf of the snapshot confirmed on the target: a document's
+    /// one live leaf seen as its winner in `_all_docs`, the others asked
+    /// for with `_revs_diff` (the question replication asks); and the
+    /// target's document counts: nothing missing, no other document. Leaves that
     /// others added to restored documents meanwhile are not seen.
     #[default]
     Present,
@@ -955,8 +958,10 @@ impl Driver {
         Ok(())
     }
 
-    /// [`Check::Present`]: asks the target with `_revs_diff` which of the
-    /// snapshot's leaves it lacks, then compares its `doc_count` (and
+    /// [`Check::Present`]: confirms the snapshot's leaves on the target,
+    /// each document with one live leaf from the target's listing
+    /// (`_all_docs`, [`crate::listing`]), the rest by asking `_revs_diff`
+    /// which of them it lacks; then compares its `doc_count` (and
     /// `doc_del_count`, where the server says it) with the snapshot's. With
     /// no leaf missing the target's ids include the snapshot's, so a count
     /// above the snapshot's is a document someone else wrote.
@@ -966,107 +971,51 @@ impl Driver {
         expected: Sorted,
         (live, deleted): (u64, u64),
     ) -> Result<Comparison> {
-        use futures::{StreamExt, TryStreamExt};
         let mut c = Comparison::default();
         let path = format!("{}/_revs_diff", db_path(db));
-        let io = |e| Error::io("sorting document ids", e);
-        // Batches of ids and their leaves, read as they are sent. The first
-        // also asks for a revision no database holds, which the server must
-        // name missing: a server (or proxy) that answers `{}` to anything
-        // does not pass for one that holds everything.
         let mut records = expected;
-        let mut failed: Option<Error> = None;
+        let mut listing = Listing::new(live);
+        // The first batch asked also asks for a revision no database holds,
+        // which the server must name missing: a server (or proxy) that
+        // answers `{}` to anything does not pass for one that holds
+        // everything.
         let mut canary: Option<String> = None;
-        let mut counted = (0u64, 0u64);
-        let batches = std::iter::from_fn(|| {
-            let mut batch: Vec<(String, Vec<String>)> = Vec::new();
-            while batch.len() < REVS_DIFF_IDS {
-                match records.next() {
-                    None => break,
-                    Some(Ok((id, revs))) => {
-                        let id = String::from_utf8_lossy(&id).into_owned();
-                        let mut revs: Vec<String> = revs
-                            .split(|&b| b == b'\n')
-                            .map(|r| String::from_utf8_lossy(r).into_owned())
-                            .collect();
-                        counted.0 += 1;
-                        counted.1 += revs.len() as u64;
-                        if canary.is_none() {
-                            canary = Some(id.clone());
-                            revs.push(CANARY_REV.to_string());
-                        }
-                        batch.push((id, revs));
-                    }
-                    Some(Err(e)) => {
-                        failed = Some(io(e));
-                        break;
-                    }
-                }
-            }
-            (!batch.is_empty()).then_some(batch)
-        });
-        #[derive(Deserialize)]
-        struct Missing {
-            #[serde(default)]
-            missing: Vec<String>,
-        }
         let mut canary_seen = false;
-        let asked = futures::stream::iter(batches)
-            .map(|batch| {
-                let asked: HashMap<&str, &Vec<String>> =
-                    batch.iter().map(|(id, revs)| (id.as_str(), revs)).collect();
-                let body = serde_json::to_string(&asked);
-                let path = &path;
-                async move {
-                    let body =
-                        body.map_err(|e| Error::invalid(format!("encoding _revs_diff: {e}")))?;
-                    // An answer names at most what was asked, and a little more.
-                    let max_len = body.len() as u64 * 2 + 4096;
-                    let r = self
-                        .client
-                        .request_bounded(Method::POST, path, Some(Body::json(body)), max_len)
-                        .await?;
-                    if !r.status.is_success() {
-                        let mut e = self.client.rejected(path, "asking _revs_diff", &r);
-                        if is_unsupported(r.status)
-                            && let Error::Rejected { hint, .. } = &mut e
-                        {
-                            *hint = "this server lacks _revs_diff: restore with \
-                                     `--check leaves`"
-                                .into();
-                        }
-                        return Err(e);
-                    }
-                    let answer: HashMap<String, Missing> =
-                        r.json(&self.client.url_of(path), "_revs_diff")?;
-                    Ok((batch, answer))
+        let mut counted = (0u64, 0u64);
+        // A round of ids at a time: those the listing confirms are counted,
+        // the rest asked for in batches.
+        loop {
+            let mut ask: Vec<(String, Vec<String>)> = Vec::new();
+            let mut taken = 0;
+            while taken < CHECK_ROUND_IDS {
+                let Some(record) = records.next() else { break };
+                let (id, revs) = record.map_err(|e| Error::io("sorting document ids", e))?;
+                taken += 1;
+                let mut revs: Vec<String> = revs
+                    .split(|&b| b == b'\n')
+                    .map(|r| String::from_utf8_lossy(r).into_owned())
+                    .collect();
+                counted.0 += 1;
+                counted.1 += revs.len() as u64;
+                while listing.needs_page(&id) {
+                    let page =
+                        self.block_on(self.client.all_docs_page(db, listing.last(), PAGE_ROWS))?;
+                    listing.add_page(page, PAGE_ROWS);
                 }
-            })
-            .buffered(self.options.requests.max(1))
-            .try_for_each(|(batch, mut answer)| {
-                // Only what was asked counts, in the order asked.
-                for (id, revs) in batch {
-                    let Some(m) = answer.remove(&id) else {
-                        continue;
-                    };
-                    let mut gone: Vec<String> =
-                        m.missing.into_iter().filter(|r| revs.contains(r)).collect();
-                    canary_seen |= gone.iter().any(|r| r == CANARY_REV);
-                    gone.retain(|r| r != CANARY_REV);
-                    if !gone.is_empty() {
-                        c.missing += 1;
-                        gone.truncate(3);
-                        note(
-                            &mut c.examples,
-                            format!("{id:?} lacks leaves {}", gone.join(",")),
-                        );
-                    }
+                if listing.confirms(&id, &revs) {
+                    continue;
                 }
-                futures::future::ready(Ok(()))
-            });
-        self.block_on(asked)?;
-        if let Some(e) = failed {
-            return Err(e);
+                let id = String::from_utf8_lossy(&id).into_owned();
+                if canary.is_none() {
+                    canary = Some(id.clone());
+                    revs.push(CANARY_REV.to_string());
+                }
+                ask.push((id, revs));
+            }
+            if taken == 0 {
+                break;
+            }
+            self.ask_revs_diff(&path, ask, &mut c, &mut canary_seen)?;
         }
         (c.ids, c.leaves) = counted;
         if canary.is_some() && !canary_seen {
@@ -1113,6 +1062,82 @@ impl Driver {
             }
         }
         Ok(c)
+    }
+
+    /// Asks the target with `_revs_diff` which of `ask`'s leaves it lacks,
+    /// [`REVS_DIFF_IDS`] ids a request, several in flight; notes each id
+    /// lacking some in `c`, and whether the canary was named missing.
+    fn ask_revs_diff(
+        &self,
+        path: &str,
+        ask: Vec<(String, Vec<String>)>,
+        c: &mut Comparison,
+        canary_seen: &mut bool,
+    ) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        #[derive(Deserialize)]
+        struct Missing {
+            #[serde(default)]
+            missing: Vec<String>,
+        }
+        let mut ask = ask.into_iter().peekable();
+        let batches = std::iter::from_fn(|| {
+            ask.peek()?;
+            Some(ask.by_ref().take(REVS_DIFF_IDS).collect::<Vec<_>>())
+        });
+        let asked = futures::stream::iter(batches)
+            .map(|batch| {
+                let asked: HashMap<&str, &Vec<String>> =
+                    batch.iter().map(|(id, revs)| (id.as_str(), revs)).collect();
+                let body = serde_json::to_string(&asked);
+                async move {
+                    let body =
+                        body.map_err(|e| Error::invalid(format!("encoding _revs_diff: {e}")))?;
+                    // An answer names at most what was asked, and a little more.
+                    let max_len = body.len() as u64 * 2 + 4096;
+                    let r = self
+                        .client
+                        .request_bounded(Method::POST, path, Some(Body::json(body)), max_len)
+                        .await?;
+                    if !r.status.is_success() {
+                        let mut e = self.client.rejected(path, "asking _revs_diff", &r);
+                        if is_unsupported(r.status)
+                            && let Error::Rejected { hint, .. } = &mut e
+                        {
+                            *hint = "this server lacks _revs_diff: restore with \
+                                     `--check leaves`"
+                                .into();
+                        }
+                        return Err(e);
+                    }
+                    let answer: HashMap<String, Missing> =
+                        r.json(&self.client.url_of(path), "_revs_diff")?;
+                    Ok((batch, answer))
+                }
+            })
+            .buffered(self.options.requests.max(1))
+            .try_for_each(|(batch, mut answer)| {
+                // Only what was asked counts, in the order asked.
+                for (id, revs) in batch {
+                    let Some(m) = answer.remove(&id) else {
+                        continue;
+                    };
+                    let mut gone: Vec<String> =
+                        m.missing.into_iter().filter(|r| revs.contains(r)).collect();
+                    *canary_seen |= gone.iter().any(|r| r == CANARY_REV);
+                    gone.retain(|r| r != CANARY_REV);
+                    if !gone.is_empty() {
+                        c.missing += 1;
+                        gone.truncate(3);
+                        note(
+                            &mut c.examples,
+                            format!("{id:?} lacks leaves {}", gone.join(",")),
+                        );
+                    }
+                }
+                futures::future::ready(Ok(()))
+            });
+        self.block_on(asked)
     }
 
     /// Whether the target's `_security` is `security`.
@@ -1244,6 +1269,8 @@ fn expect(expected: &mut Expected, group: &Group) -> Result<()> {
 
 /// Ids per `_revs_diff` request.
 const REVS_DIFF_IDS: usize = 1000;
+/// Ids judged at once by the presence check (listed, then the rest asked).
+const CHECK_ROUND_IDS: usize = 20_000;
 
 /// A revision no database holds (a generation-1 revision's hash is the MD5
 /// of its content; this one names nothing), asked for with the first id so

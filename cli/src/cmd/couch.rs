@@ -235,9 +235,10 @@ pub struct CouchRestoreArgs {
     /// many nodes; else the target's default).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     n: Option<u64>,
-    /// How each restored database is checked: `present` asks the target
-    /// for every leaf of the snapshot (`_revs_diff`) and compares its
-    /// document counts; `leaves` lists the target's every id and leaf and
+    /// How each restored database is checked: `present` confirms every
+    /// leaf of the snapshot on the target (one live leaf seen as the
+    /// winner in `_all_docs`, the others asked for with `_revs_diff`) and
+    /// compares its document counts; `leaves` lists the target's every id and leaf and
     /// compares them (also finds leaves others added meanwhile; slower,
     /// on pouchdb-server slower than the restore itself).
     #[arg(long, value_enum, default_value_t = CheckArg::Present)]

@@ -39,6 +39,11 @@ pub struct Faults {
     /// Answer every `_revs_diff` with `{}` ("nothing missing"), as a server
     /// that answers without looking would.
     pub blank_revs_diff: AtomicBool,
+    /// Answer every `_all_docs` with no rows, as a server that would not
+    /// list (the restore check then asks `_revs_diff` for everything).
+    pub blank_all_docs: AtomicBool,
+    /// `_revs_diff` requests seen.
+    pub revs_diffs: AtomicUsize,
     /// Requests seen, and answered by the proxy itself.
     pub seen: AtomicUsize,
     pub injected: AtomicUsize,
@@ -215,8 +220,14 @@ fn serve(
             );
         }
     }
-    if request_line.contains("/_revs_diff ") && faults.blank_revs_diff.load(Ordering::SeqCst) {
-        return inject("200 OK", "{}");
+    if request_line.contains("/_revs_diff ") {
+        faults.revs_diffs.fetch_add(1, Ordering::SeqCst);
+        if faults.blank_revs_diff.load(Ordering::SeqCst) {
+            return inject("200 OK", "{}");
+        }
+    }
+    if request_line.contains("/_all_docs") && faults.blank_all_docs.load(Ordering::SeqCst) {
+        return inject("200 OK", r#"{"total_rows":0,"offset":0,"rows":[]}"#);
     }
     let max = faults.max_body.load(Ordering::SeqCst);
     if max > 0 && body.len() > max {
