@@ -185,8 +185,8 @@ fn a_target_that_loses_or_gains_documents_fails_the_restore_check(couch: &Couch)
     }
     // A server that will not list: every id asked for, the lost one found.
     let copy = format!("{db}_unlisted");
-    let blank_all_docs = &proxy.faults.blank_all_docs;
-    blank_all_docs.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refuse_all_docs = &proxy.faults.refuse_all_docs;
+    refuse_all_docs.store(true, std::sync::atomic::Ordering::SeqCst);
     *proxy.faults.lose_doc.lock().unwrap() = Some(lost.clone());
     proxy
         .faults

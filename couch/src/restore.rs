@@ -997,7 +997,7 @@ impl Driver {
                     .collect();
                 counted.0 += 1;
                 counted.1 += revs.len() as u64;
-                while listing.needs_page(&id) {
+                while listing.advance_to(&id) {
                     let page =
                         self.block_on(self.client.all_docs_page(db, listing.last(), PAGE_ROWS))?;
                     listing.add_page(page, PAGE_ROWS);
@@ -1016,6 +1016,9 @@ impl Driver {
                 break;
             }
             self.ask_revs_diff(&path, ask, &mut c, &mut canary_seen)?;
+        }
+        if let Some(why) = listing.cut_short() {
+            tracing::info!("{db}: the listing ended early ({why}); the rest was asked for");
         }
         (c.ids, c.leaves) = counted;
         if canary.is_some() && !canary_seen {

@@ -39,9 +39,9 @@ pub struct Faults {
     /// Answer every `_revs_diff` with `{}` ("nothing missing"), as a server
     /// that answers without looking would.
     pub blank_revs_diff: AtomicBool,
-    /// Answer every `_all_docs` with no rows, as a server that would not
-    /// list (the restore check then asks `_revs_diff` for everything).
-    pub blank_all_docs: AtomicBool,
+    /// Answer every `_all_docs` with 403, as a server (or a proxy) that
+    /// will not list (the restore check then asks `_revs_diff` for all).
+    pub refuse_all_docs: AtomicBool,
     /// `_revs_diff` requests seen.
     pub revs_diffs: AtomicUsize,
     /// Requests seen, and answered by the proxy itself.
@@ -226,8 +226,11 @@ fn serve(
             return inject("200 OK", "{}");
         }
     }
-    if request_line.contains("/_all_docs") && faults.blank_all_docs.load(Ordering::SeqCst) {
-        return inject("200 OK", r#"{"total_rows":0,"offset":0,"rows":[]}"#);
+    if request_line.contains("/_all_docs") && faults.refuse_all_docs.load(Ordering::SeqCst) {
+        return inject(
+            "403 Forbidden",
+            r#"{"error":"forbidden","reason":"no listing here"}"#,
+        );
     }
     let max = faults.max_body.load(Ordering::SeqCst);
     if max > 0 && body.len() > max {
