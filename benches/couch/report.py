@@ -42,7 +42,8 @@ def main():
     w(f"# CouchDB backup/restore benchmark, {env['date'][:10]}")
     w("")
     w(f"Cairn ({env.get('cairn') or 'not run'}) vs @cloudant/couchbackup {env['couchbackup']} "
-      f"(`couchbackup --mode full` / `couchrestore`, defaults: 500 docs per request, 5 in flight) "
+      f"(`couchbackup --mode full` / `couchrestore`, defaults: 500 docs per request, 5 in flight; "
+      f"Cairn's restore with `--requests 2`, see run.sh) "
       f"on one pouchdb-server 4.2.0 (patched for couchbackup, storage: "
       f"{'LevelDB on disk' if env['storage'] == 'dir' else 'in memory'}), {env['cpus']} CPUs "
       f"{'split: the server on CPU 0, every client on CPU 1 (as on separate machines)' if env.get('pinned') else 'shared by server and client'}"
