@@ -167,7 +167,7 @@ def main():
         w("")
         if "cairn" in rs:
             w("Cairn's restore time includes its own verification of the restored database against the "
-              "snapshot (every leaf asked for with `_revs_diff`, document counts compared); couchrestore does no such check. The "
+              "snapshot (every leaf confirmed: one live leaf as the winner listed by `_all_docs`, the rest asked for with `_revs_diff`; document counts compared); couchrestore does no such check. The "
               "comparison columns are the benchmark's own check, run afterwards for both.")
             w("")
 
