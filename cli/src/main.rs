@@ -11,9 +11,10 @@ mod terminal;
 
 use clap::Parser;
 
-/// jemalloc, configured in `.cargo/config.toml`: glibc's malloc kept the
-/// multi-MiB pipeline buffers (freed on other threads than allocated them)
-/// and added ~40 MB to peak memory.
+/// jemalloc, configured in `.cargo/config.toml` (one arena, freed pages
+/// returned after a second): glibc's malloc kept the multi-MiB pipeline
+/// buffers (freed on other threads than allocated them) and added ~40 MB
+/// to peak memory.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
