@@ -95,8 +95,9 @@ pub enum Check {
     /// Every leaf of the snapshot confirmed on the target: a document's
     /// one live leaf seen as its winner in `_all_docs`, the others asked
     /// for with `_revs_diff` (the question replication asks); and the
-    /// target's document counts: nothing missing, no other document. Leaves that
-    /// others added to restored documents meanwhile are not seen.
+    /// target's document counts: nothing missing, no other document.
+    /// Leaves that others added to restored documents meanwhile are not
+    /// seen.
     #[default]
     Present,
     /// The target's every id and leaf listed (`_changes?style=all_docs`)
