@@ -387,13 +387,16 @@ impl BlobReader {
                 let backend = backend.clone();
                 let pack_id = index.pack(read.pack).id;
                 let index = Arc::clone(index);
-                async move {
-                    let key = ObjectKey::Pack(pack_id);
-                    let bytes = match backend.get_range(&key, read.start..read.end).await {
-                        Ok(bytes) => bytes,
+                let range = read.start..read.end;
+                read_then(
+                    backend,
+                    ObjectKey::Pack(pack_id),
+                    range,
+                    move |bytes| match bytes {
+                        Ok(bytes) => Ok(decode_range(&index, &read, &bytes)),
                         Err(e) if e.kind() == ErrorKind::Corrupt => {
                             let failure = FailedCopy::of_read(e);
-                            return Ok(read
+                            Ok(read
                                 .frames
                                 .iter()
                                 .map(|&frame| {
@@ -401,22 +404,44 @@ impl BlobReader {
                                     (f.loc.pack, f.loc.frame) = (read.pack, frame);
                                     ((read.pack, frame), Err(f))
                                 })
-                                .collect());
+                                .collect())
                         }
-                        Err(e) => return Err(e),
-                    };
-                    Ok(if bytes.len() <= INLINE_LEN {
-                        decode_range(&index, &read, &bytes)
-                    } else {
-                        crate::cpu::run(move || decode_range(&index, &read, &bytes)).await
-                    })
-                }
+                        Err(e) => Err(e),
+                    },
+                )
             })
             .buffer_unordered(self.concurrency)
             .try_collect()
             .await?;
         Ok(decoded.into_iter().flatten().collect())
     }
+}
+
+/// Reads `range` of `key` and hands the result to `then` on a CPU thread:
+/// for a local store the read is done there too, so the bytes are used
+/// while still in that CPU's cache (see [`Backend::read_range_here`]).
+async fn read_then<T, F>(
+    backend: crate::backend::Backend,
+    key: ObjectKey,
+    range: std::ops::Range<u64>,
+    then: F,
+) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(Result<Bytes>) -> T + Send + 'static,
+{
+    if backend.reads_here() {
+        return crate::cpu::run(move || {
+            then(backend.read_range_here(&key, range).unwrap_or_else(|| {
+                Err(Error::Bug(format!(
+                    "{key}: a local store stopped being local"
+                )))
+            }))
+        })
+        .await;
+    }
+    let bytes = backend.get_range(&key, range).await;
+    crate::cpu::run(move || then(bytes)).await
 }
 
 /// The range reads that fetch the frames `keys` (sorted): neighbours in a

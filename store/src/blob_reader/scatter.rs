@@ -18,7 +18,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use super::{BlobReader, FailedCopy, FrameKey, RangeRead, next_copy, range_reads, stored_frame};
+use super::{
+    BlobReader, FailedCopy, FrameKey, RangeRead, next_copy, range_reads, read_then, stored_frame,
+};
 use crate::backend::ObjectKey;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::frame::{Codec, decode_frame};
@@ -103,21 +105,11 @@ impl BlobReader {
                 let backend = backend.clone();
                 let index = Arc::clone(&index);
                 let sink = Arc::clone(sink);
-                async move {
-                    let key = ObjectKey::Pack(index.pack(read.pack).id);
-                    match backend.get_range(&key, read.start..read.end).await {
-                        Ok(bytes) => {
-                            crate::cpu::run(move || {
-                                serve_range(&index, &read, &bytes, wanted, &sink)
-                            })
-                            .await
-                        }
-                        Err(e) if e.kind() == ErrorKind::Corrupt => {
-                            Ok(read_failed(&read, wanted, &FailedCopy::of_read(e)))
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
+                let key = ObjectKey::Pack(index.pack(read.pack).id);
+                let range = read.start..read.end;
+                read_then(backend, key, range, move |bytes| {
+                    serve_read(&index, &read, bytes, wanted, &sink)
+                })
             })
             .buffer_unordered(self.concurrency)
             .try_collect()
@@ -198,6 +190,24 @@ fn read_failed(read: &RangeRead, wanted: Vec<Vec<Wanted>>, failure: &FailedCopy)
         }
     }
     served
+}
+
+/// What one range read gave: its frames served, every placement failed
+/// alike when the copy could not be read, or an error that stops all.
+fn serve_read(
+    index: &Index,
+    read: &RangeRead,
+    bytes: Result<Bytes>,
+    wanted: Vec<Vec<Wanted>>,
+    sink: &Sink,
+) -> Result<Served> {
+    match bytes {
+        Ok(bytes) => serve_range(index, read, &bytes, wanted, sink),
+        Err(e) if e.kind() == ErrorKind::Corrupt => {
+            Ok(read_failed(read, wanted, &FailedCopy::of_read(e)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Decodes each frame of one range read, checks the blobs wanted from it
