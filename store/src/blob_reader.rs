@@ -418,8 +418,9 @@ impl BlobReader {
 }
 
 /// Reads `range` of `key` and hands the result to `then` on a CPU thread:
-/// for a local store the read is done there too, so the bytes are used
-/// while still in that CPU's cache (see [`Backend::read_range_here`]).
+/// from a local store whose page cache holds it, the read is done there
+/// too, so the bytes are used while still in that CPU's cache (see
+/// [`Backend::read_range_here`]); otherwise it is read on the runtime.
 async fn read_then<T, F>(
     backend: crate::backend::Backend,
     key: ObjectKey,
@@ -430,16 +431,20 @@ where
     T: Send + 'static,
     F: FnOnce(Result<Bytes>) -> T + Send + 'static,
 {
-    if backend.reads_here() {
-        return crate::cpu::run(move || {
-            then(backend.read_range_here(&key, range).unwrap_or_else(|| {
-                Err(Error::Bug(format!(
-                    "{key}: a local store stopped being local"
-                )))
-            }))
+    let then = if backend.reads_here() {
+        let (b, k, r) = (backend.clone(), key.clone(), range.clone());
+        match crate::cpu::run(move || match b.read_range_here(&k, r) {
+            Some(bytes) => Ok(then(bytes)),
+            None => Err(then),
         })
-        .await;
-    }
+        .await
+        {
+            Ok(done) => return done,
+            Err(then) => then,
+        }
+    } else {
+        then
+    };
     let bytes = backend.get_range(&key, range).await;
     crate::cpu::run(move || then(bytes)).await
 }

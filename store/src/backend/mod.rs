@@ -669,17 +669,19 @@ impl Backend {
         Ok(out.freeze())
     }
 
-    /// For a local repository, reads a byte range of an object on this
-    /// thread (it blocks: call it where CPU work is done, not on an async
-    /// runtime's thread), with [`Backend::get_range`]'s answers; `None` for
-    /// other stores. Restore decodes what it reads while the bytes are
-    /// still in the CPU's cache, and skips a hop to a blocking thread and
-    /// back: day 14 of the dump workload restored in 1.22 s instead of
-    /// 1.29 s (medians of 7). Only regular files are read (a FIFO in an
-    /// object's place fails here; it is not waited on).
+    /// For a local repository whose bytes `range` of `key` are in the page
+    /// cache, reads them on this thread, with [`Backend::get_range`]'s
+    /// answers; `None` for other stores, and for bytes that would have to
+    /// come from the disk (those are read with [`Backend::get_range`], many
+    /// at once, not one per CPU thread). It never waits on the disk
+    /// (`RWF_NOWAIT`), so it may run where CPU work is done: restore
+    /// decodes what it reads while the bytes are still in the CPU's cache,
+    /// without a hop to a blocking thread and back (day 14 of the dump
+    /// workload: 1.34 s instead of 1.47 s, medians of 9). Only regular
+    /// files are read: a FIFO in an object's place fails here.
     pub fn read_range_here(&self, key: &ObjectKey, range: Range<u64>) -> Option<Result<Bytes>> {
         let root = self.local_root.as_ref()?;
-        Some(read_file_range(&root.join(key.path().as_ref()), key, range))
+        read_cached_range(&root.join(key.path().as_ref()), key, range).transpose()
     }
 
     /// Whether [`Backend::read_range_here`] reads (the store is local).
@@ -915,11 +917,11 @@ impl Backend {
     }
 }
 
-/// Bytes `range` of the regular file at `path`, which holds `key`: exactly
-/// them, or `Missing`, `Corrupt` (shorter than the range, not a regular
-/// file) or an I/O error naming `key`.
-fn read_file_range(path: &FsPath, key: &ObjectKey, range: Range<u64>) -> Result<Bytes> {
-    use std::io::{Read, Seek, SeekFrom};
+/// Bytes `range` of the regular file at `path`, which holds `key`, if the
+/// page cache holds them all: exactly them, `None` (not all cached, or the
+/// kernel cannot say), or `Missing`, `Corrupt` (shorter than the range, not
+/// a regular file) or an I/O error naming `key`.
+fn read_cached_range(path: &FsPath, key: &ObjectKey, range: Range<u64>) -> Result<Option<Bytes>> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => Error::Missing {
@@ -928,7 +930,7 @@ fn read_file_range(path: &FsPath, key: &ObjectKey, range: Range<u64>) -> Result<
         },
         _ => Error::io(format!("reading {key}"), e),
     };
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
@@ -948,23 +950,40 @@ fn read_file_range(path: &FsPath, key: &ObjectKey, range: Range<u64>) -> Result<
             ),
         ));
     }
-    let want = range.end.saturating_sub(range.start);
-    file.seek(SeekFrom::Start(range.start)).map_err(io)?;
-    // Read into spare capacity: nothing is zeroed first.
-    let mut bytes = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-    file.take(want).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 != want {
-        return Err(Error::corrupt(
-            key.to_string(),
-            format!(
-                "bytes {}..{} requested, {} read (truncated meanwhile?)",
-                range.start,
-                range.end,
-                bytes.len()
-            ),
-        ));
+    // Its first and last bytes in the page cache (asked without waiting on
+    // the disk): the range is taken to be, and read here.
+    for at in [range.start, range.end.saturating_sub(1).max(range.start)] {
+        let mut probe = [0u8; 1];
+        let mut slice = [std::io::IoSliceMut::new(&mut probe)];
+        match rustix::io::preadv2(&file, &mut slice, at, rustix::io::ReadWriteFlags::NOWAIT) {
+            Ok(_) => {}
+            // Not cached, or no RWF_NOWAIT here: read the usual way.
+            Err(_) => return Ok(None),
+        }
     }
-    Ok(Bytes::from(bytes))
+    let want = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
+    // Read into spare capacity: nothing is zeroed first.
+    let mut bytes: Vec<u8> = Vec::with_capacity(want);
+    while bytes.len() < want {
+        let at = range.start + bytes.len() as u64;
+        match rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut bytes), at) {
+            Ok(0) => {
+                return Err(Error::corrupt(
+                    key.to_string(),
+                    format!(
+                        "bytes {}..{} requested, {} read (truncated meanwhile?)",
+                        range.start,
+                        range.end,
+                        bytes.len()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io(e.into())),
+        }
+    }
+    Ok(Some(Bytes::from(bytes)))
 }
 
 /// Classifies an error by its causes: no space, refused, or unavailable.
@@ -1063,9 +1082,10 @@ mod tests {
         let key = ObjectKey::Pack(PackId::of(b"pack"));
         let path = dir.path().join("pack");
         std::fs::write(&path, b"0123456789").unwrap();
-        let read = |range| read_file_range(&path, &key, range);
-        assert_eq!(&read(2..6).unwrap()[..], b"2345");
-        assert_eq!(&read(0..10).unwrap()[..], b"0123456789");
+        // Just written: in the page cache.
+        let read = |range| read_cached_range(&path, &key, range);
+        assert_eq!(&read(2..6).unwrap().unwrap()[..], b"2345");
+        assert_eq!(&read(0..10).unwrap().unwrap()[..], b"0123456789");
         let short = read(5..11).unwrap_err();
         assert_eq!(short.kind(), crate::error::ErrorKind::Corrupt);
         assert!(short.to_string().contains("truncated"), "{short}");
