@@ -28,11 +28,12 @@ use crate::format::manifest::{Item, ItemKind, Snapshot};
 use crate::format::tree::{TreeEntry, TreeNode};
 use crate::id::{BlobId, IdMap, IdSet};
 
-/// The most child nodes fetched at once when expanding a chunk list (as
-/// many as cover the rest of a window, so that a window of small chunks
-/// costs a few fetches, their frames read and decoded in parallel, not a
-/// fetch per 64 nodes one after another).
-const MAX_NODES_PER_FETCH: usize = 1024;
+/// The most child nodes fetched at once when expanding a chunk list (no
+/// more than cover the rest of a window). A node may hold 65,536 entries
+/// (`tree::MAX_FANOUT`), so a signed but hostile tree makes one fetch hold
+/// up to this many times 2.6 MB: 64 keeps that where it was (1,024 bought
+/// a few milliseconds a window on the dump workload).
+const MAX_NODES_PER_FETCH: usize = 64;
 
 /// The deepest path a reader follows.
 pub const MAX_DEPTH: usize = 1024;
