@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 
-use crate::backend::ObjectKey;
+use crate::backend::{Backend, ObjectKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::frame::decode_frame;
 use crate::format::index::{BlobLocation, FrameLocation, Index};
@@ -23,7 +23,11 @@ use crate::repo::IndexedRepository;
 mod scatter;
 pub use scatter::{Placement, Sink, Tiles};
 
-/// Frames closer than this in one pack are fetched in one range read.
+/// Frames closer than this in one pack are fetched in one range read from
+/// a store across a network, where a request costs more than the bytes
+/// between. A local store's reads take only frames that follow each other:
+/// restoring day 14 of the dump workload read 436 MB with the gap and
+/// 387 MB without, of 397 MB of packs.
 const COALESCE_GAP: u64 = 256 * 1024;
 /// Work on fewer bytes than this is done on the calling thread.
 const INLINE_LEN: usize = 64 * 1024;
@@ -380,8 +384,8 @@ impl BlobReader {
     async fn fetch_frames(&self, mut keys: Vec<FrameKey>) -> Result<Vec<(FrameKey, FrameResult)>> {
         let index = self.repo.index();
         keys.sort_unstable();
-        let reads = range_reads(index, &keys);
         let backend = self.repo.backend().clone();
+        let reads = range_reads(index, &keys, coalesce_gap(&backend));
         let decoded: Vec<Vec<(FrameKey, FrameResult)>> = futures::stream::iter(reads)
             .map(|read| {
                 let backend = backend.clone();
@@ -449,10 +453,19 @@ where
     crate::cpu::run(move || then(bytes)).await
 }
 
+/// The gap between frames that one range read of `backend` spans.
+fn coalesce_gap(backend: &Backend) -> u64 {
+    if backend.reads_here() {
+        0
+    } else {
+        COALESCE_GAP
+    }
+}
+
 /// The range reads that fetch the frames `keys` (sorted): neighbours in a
-/// pack closer than [`COALESCE_GAP`] share a read of at most
+/// pack at most `gap` bytes apart share a read of at most
 /// [`MAX_RANGE_LEN`].
-fn range_reads(index: &Index, keys: &[FrameKey]) -> Vec<RangeRead> {
+fn range_reads(index: &Index, keys: &[FrameKey], gap: u64) -> Vec<RangeRead> {
     let mut reads: Vec<RangeRead> = Vec::new();
     for &(pack, frame) in keys {
         let f = index.pack(pack).frames[frame as usize];
@@ -464,7 +477,7 @@ fn range_reads(index: &Index, keys: &[FrameKey]) -> Vec<RangeRead> {
             Some(r)
                 if r.pack == pack
                     && start >= r.end
-                    && start - r.end <= COALESCE_GAP
+                    && start - r.end <= gap
                     && end - r.start <= MAX_RANGE_LEN =>
             {
                 r.end = end;

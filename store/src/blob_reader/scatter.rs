@@ -19,7 +19,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{
-    BlobReader, FailedCopy, FrameKey, RangeRead, next_copy, range_reads, read_then, stored_frame,
+    BlobReader, FailedCopy, FrameKey, RangeRead, coalesce_gap, next_copy, range_reads, read_then,
+    stored_frame,
 };
 use crate::backend::ObjectKey;
 use crate::error::{Error, ErrorKind, Result};
@@ -88,18 +89,19 @@ impl BlobReader {
         }
         let mut keys: Vec<FrameKey> = by_frame.keys().copied().collect();
         keys.sort_unstable();
-        let tasks: Vec<(RangeRead, Vec<Vec<Wanted>>)> = range_reads(&index, &keys)
-            .into_iter()
-            .map(|read| {
-                let wanted = read
-                    .frames
-                    .iter()
-                    .map(|&f| by_frame.remove(&(read.pack, f)).unwrap_or_default())
-                    .collect();
-                (read, wanted)
-            })
-            .collect();
         let backend = self.repo.backend().clone();
+        let tasks: Vec<(RangeRead, Vec<Vec<Wanted>>)> =
+            range_reads(&index, &keys, coalesce_gap(&backend))
+                .into_iter()
+                .map(|read| {
+                    let wanted = read
+                        .frames
+                        .iter()
+                        .map(|&f| by_frame.remove(&(read.pack, f)).unwrap_or_default())
+                        .collect();
+                    (read, wanted)
+                })
+                .collect();
         let served: Vec<Served> = futures::stream::iter(tasks)
             .map(|(read, wanted)| {
                 let backend = backend.clone();
