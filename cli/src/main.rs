@@ -12,15 +12,19 @@ mod terminal;
 use clap::Parser;
 
 /// jemalloc, configured in `.cargo/config.toml` (one arena, freed pages
-/// returned after a second): glibc's malloc kept the multi-MiB pipeline
-/// buffers (freed on other threads than allocated them) and added ~40 MB
-/// to peak memory.
+/// returned after two seconds, huge pages where the kernel allows them):
+/// glibc's malloc kept the multi-MiB pipeline buffers (freed on other
+/// threads than allocated them) and added ~40 MB to peak memory.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     cmd::run::die_with_parent();
     let cli = cmd::Cli::parse();
+    if !cli.command.reads_in_bulk() {
+        // Where the kernel has no huge pages there is nothing to turn off.
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
     init_logging(cli.verbose);
     // CPU work on rayon, one thread per core; waiting on tokio.
     let _ = rayon::ThreadPoolBuilder::new()

@@ -1263,3 +1263,75 @@ fn the_happy_path_works_against_s3() {
     make_writable(&tmp.path().join("data"));
     make_writable(&target);
 }
+
+// ---------------------------------------------------------------- memory
+
+/// `THP_enabled` of a process: whether its memory may be huge pages.
+fn thp_enabled(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("/proc/PID/status has THP_enabled (Linux 5.0 and later)");
+    line.trim() == "1"
+}
+
+/// The allocator asks for huge pages; a restore (which reads a repository
+/// in bulk) keeps them, a backup (whose peak memory they raise) turns them
+/// off, each seen in `/proc/PID/status` while it waits on a pipe.
+#[test]
+fn restores_keep_huge_pages_and_backups_turn_them_off() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let inherited = thp_enabled(std::process::id());
+    let f = Fixture::new();
+    let data = random_bytes(1 << 20, 11);
+    let big = f.backup_bytes("big", &data, &[]);
+    let big = str_field(&big, "snapshot").to_string();
+    let bin = assert_cmd::cargo::cargo_bin("cairn");
+
+    let mut backup = Command::new(&bin)
+        .arg("backup")
+        .arg("--repo")
+        .arg(&f.repo)
+        .arg("--key")
+        .arg(&f.key)
+        .args(["--host", "test", "-", "--name", "small"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while thp_enabled(backup.id()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let backup_thp = thp_enabled(backup.id());
+    backup.stdin.take().unwrap().write_all(b"x").unwrap();
+    assert!(backup.wait().unwrap().success());
+    assert!(!backup_thp, "a backup runs without huge pages");
+
+    // A restore to a pipe nobody reads yet: it has started writing (past
+    // the point where a command turns huge pages off) and waits.
+    let mut restore = Command::new(&bin)
+        .arg("restore")
+        .arg("--repo")
+        .arg(&f.repo)
+        .args([big.as_str(), "--stdout"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = restore.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    out.read_exact(&mut first).unwrap();
+    let restore_thp = thp_enabled(restore.id());
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+    assert!(restore.wait().unwrap().success());
+    assert_eq!([&first[..], &rest].concat(), data);
+    assert_eq!(
+        restore_thp, inherited,
+        "a restore keeps the huge pages it was started with"
+    );
+}

@@ -71,6 +71,21 @@ pub enum Command {
     Drill(drill::DrillArgs),
 }
 
+impl Command {
+    /// Whether the command reads a repository's data in bulk (every chunk
+    /// of a snapshot, or of all of them), and so keeps the huge pages the
+    /// allocator asks for: a restore's index of 450,000 chunks and its
+    /// decoded frames cost 12 % less CPU in them (the 14-day workload's
+    /// last day, 945 MB). The rest, backups above all, turn them off: a
+    /// backup's peak memory grew by a quarter in them.
+    pub fn reads_in_bulk(&self) -> bool {
+        matches!(
+            self,
+            Command::Restore(_) | Command::Drill(_) | Command::Verify(_)
+        )
+    }
+}
+
 /// Runs a command; the exit code on success (verify may report damage).
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
