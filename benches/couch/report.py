@@ -2,6 +2,7 @@
 """Turns benches/couch/run.sh's records.jsonl into the Markdown results table (stdout)."""
 
 import json
+import statistics
 import os
 import sys
 
@@ -239,6 +240,15 @@ def main():
         i0 = pre["ingest"][0]
         against(f"server ingest limit measured before the backups and restores ({i0['batch']} per request × {i0['conc']}), docs/s",
                 pre["docs"], i0["secs"], restores, "that ingest limit")
+    pairs = [x for x in by.get("pair", []) if x["backup_rc"] == 0 and x["restore_rc"] == 0
+             and x.get("read") and x.get("ingest")]
+    if pairs:
+        rb = [x["read"][0]["secs"] / x["backup_secs"] for x in pairs]
+        ri = [x["ingest"][0]["secs"] / x["restore_secs"] for x in pairs]
+        row(f"paired runs ({len(pairs)}): Cairn first backup / read limit measured beside it, in docs/s, median",
+            f"{statistics.median(rb):.2f} ({', '.join(f'{v:.2f}' for v in rb)})")
+        row(f"paired runs ({len(pairs)}): Cairn restore / ingest limit measured beside it, in docs/s, median",
+            f"{statistics.median(ri):.2f} ({', '.join(f'{v:.2f}' for v in ri)})")
     ld = by.get("load", [{}])[0]
     if best_ingest and ld.get("secs"):
         row("initial load with normal edits / server ingest limit (new_edits:false), in docs/s",
@@ -252,6 +262,22 @@ def main():
              "that one `_changes` enumeration. Cairn's restore also restores the tombstones and "
              "conflicting revisions couchbackup drops, and its time includes its verification pass."
              if c or rc else ""))
+        w("")
+    if by.get("pair"):
+        w("## Paired runs")
+        w("")
+        w("The server's limits (read: 1 in flight; ingest: 500 per request × 1) and a first Cairn "
+          "backup of the last day's database into a new repository, then its restore into a new "
+          "database (`--requests 2`), back to back; odd pairs measure the limits first.")
+        w("")
+        w("| pair | read limit s | Cairn first backup s | backup / limit, docs/s | ingest limit s | Cairn restore s | restore / limit, docs/s |")
+        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for x in by["pair"]:
+            rd, ig = x["read"][0], x["ingest"][0]
+            okb, okr = x["backup_rc"] == 0, x["restore_rc"] == 0
+            w(f"| {x['i']} | {rd['secs']:.2f} | {x['backup_secs'] if okb else 'failed'} | "
+              f"{ratio(rd['secs'], x['backup_secs']) if okb else '–'} | {ig['secs']:.2f} | "
+              f"{x['restore_secs'] if okr else 'failed'} | {ratio(ig['secs'], x['restore_secs']) if okr else '–'} |")
         w("")
     srv = by.get("server", [None])[0]
     tot_s = by.get("total", [{}])[0].get("secs")

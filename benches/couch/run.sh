@@ -14,6 +14,10 @@
 #   --work DIR     scratch directory, wiped first [default: .ci/couch-bench/work]
 #   --cairn BIN    the cairn binary [default: $CARGO_TARGET_DIR or target/release/cairn]
 #   --no-limits    skip the server ingest/read limit measurements
+#   --pairs N      at the end, N times (default 3): the server's read and ingest limits
+#                  (1 in flight, 500 per request) beside a first Cairn backup of the
+#                  last day's database into a new repository and its restore, in turns;
+#                  the report gives each pair's ratios and their median (0: skip)
 #   --zstd19 M     the zstd -19 column: all = every file (slow: ~1-2 MB/s here, 20+ min at
 #                  100,000 docs), last = the last day's file, its ratio applied to the raw
 #                  total of all days (an estimate, marked so), none [default: last]
@@ -28,7 +32,7 @@ HERE=$ROOT/benches/couch
 BENCH=$ROOT/.ci/couch-bench
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 ONLY=all DOCS=${DOCS:-100000} DAYS=7 STORAGE=dir WORK=$BENCH/work CAIRN=$TARGET/release/cairn
-LIMITS=1 ZSTD19=last RESULTS="" PIN=0
+LIMITS=1 PAIRS=3 ZSTD19=last RESULTS="" PIN=0
 while (($#)); do
   case $1 in
     --only) ONLY=$2; shift 2 ;;
@@ -38,6 +42,7 @@ while (($#)); do
     --work) WORK=$2; shift 2 ;;
     --cairn) CAIRN=$2; shift 2 ;;
     --no-limits) LIMITS=0; shift ;;
+    --pairs) PAIRS=$2; shift 2 ;;
     --zstd19) ZSTD19=$2; shift 2 ;;
     --results) RESULTS=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
@@ -288,6 +293,35 @@ if ((LIMITS)); then
   LIM=$(client python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB")
   rec "{\"kind\":\"limits\",\"docs\":$N_LAST,$(echo "$LIM" | sed 's/^{//')"
 fi
+# ---------------------------------------------------------------- paired runs
+# The server's speed drifts by a fifth over a run on a shared machine, so a
+# limit measured once and a Cairn run measured minutes later can differ by
+# that much for no reason of theirs. Each pair measures both back to back
+# (in turns: odd pairs the limits first), and the report takes the median.
+if ((LIMITS && CAIRN_ON && PAIRS > 0)); then
+  PREPO=$WORK/cairn-pair-repo
+  for ((i = 1; i <= PAIRS; i++)); do
+    pair_limits() {
+      PLIM=$(client python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB" --read-concs 1 --batches 500 --concs 1)
+    }
+    pair_cairn() {
+      rm -rf "$PREPO"
+      "${CAIRN_ENV[@]}" "$CAIRN" init --repo "$PREPO" > /dev/null 2>&1 || die "cairn init failed"
+      measure "cairn-pair$i-backup" "$WORK/logs/cairn-pair$i-backup.json" "${CAIRN_ENV[@]}" "$CAIRN" backup couchdb \
+        --repo "$PREPO" --key "$KEY" --url "$URL" --db "$DB" --json
+      PB_RC=$M_RC PB_SECS=$M_SECS
+      measure "cairn-pair$i-restore" "$WORK/logs/cairn-pair$i-restore.json" "${CAIRN_ENV[@]}" "$CAIRN" restore couchdb \
+        --repo "$PREPO" latest --url "$URL" --db "$DB:${DB}_pair" --requests 2 --json
+      PR_RC=$M_RC PR_SECS=$M_SECS
+      curl -sf -u admin:s3cret -X DELETE "http://127.0.0.1:$PORT/${DB}_pair" > /dev/null || true
+    }
+    if ((i % 2)); then pair_limits; pair_cairn; else pair_cairn; pair_limits; fi
+    rec "{\"kind\":\"pair\",\"i\":$i,\"docs\":$N_LAST,\"backup_rc\":$PB_RC,\"backup_secs\":$PB_SECS,\"restore_rc\":$PR_RC,\"restore_secs\":$PR_SECS,$(echo "$PLIM" | sed 's/^{//')"
+    say "pair $i: cairn backup ${PB_SECS} s (rc $PB_RC), restore ${PR_SECS} s (rc $PR_RC); limits $PLIM"
+  done
+  rm -rf "$PREPO"
+fi
+
 read -r S_RSS S_HWM < <(server_rss)
 rec "{\"kind\":\"server\",\"rss_kb\":$S_RSS,\"hwm_kb\":$S_HWM,\"db_dir_bytes\":$(du -sb "$WORK/server" | cut -f1)}"
 stop_server
