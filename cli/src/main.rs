@@ -12,7 +12,7 @@ mod terminal;
 use clap::Parser;
 
 /// jemalloc, configured in `.cargo/config.toml` (one arena, freed pages
-/// returned after two seconds, huge pages where the kernel allows them):
+/// returned after a second, huge pages where the kernel allows them):
 /// glibc's malloc kept the multi-MiB pipeline buffers (freed on other
 /// threads than allocated them) and added ~40 MB to peak memory.
 #[global_allocator]

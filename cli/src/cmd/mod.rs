@@ -75,9 +75,11 @@ impl Command {
     /// Whether the command reads a repository's data in bulk (every chunk
     /// of a snapshot, or of all of them), and so keeps the huge pages the
     /// allocator asks for: a restore's index of 450,000 chunks and its
-    /// decoded frames cost 12 % less CPU in them (the 14-day workload's
-    /// last day, 945 MB). The rest, backups above all, turn them off: a
-    /// backup's peak memory grew by a quarter in them.
+    /// decoded frames then cost 5 % less CPU on a quiet machine and 17 %
+    /// on a busy one (the 14-day workload's last day, 945 MB), and
+    /// `verify --read-data` of that repository took 3.9 s instead of 5.1 s.
+    /// The rest, backups above all, turn them off: a backup's peak memory
+    /// grew by a quarter in them.
     pub fn reads_in_bulk(&self) -> bool {
         matches!(
             self,
