@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 
-use crate::backend::{Backend, ObjectKey};
+use crate::backend::{Backend, ObjectKey, OpenObject};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::frame::decode_frame;
 use crate::format::index::{BlobLocation, FrameLocation, Index};
@@ -57,6 +57,8 @@ pub struct BlobReader {
     /// Frames being fetched by some call, so that a concurrent call waits
     /// for them instead of decoding them a second time.
     in_flight: Mutex<std::collections::HashMap<FrameKey, FrameWaiter>>,
+    /// The packs of a local repository open for reads on CPU threads.
+    open: Arc<OpenPacks>,
 }
 
 /// Receives a frame another call is fetching; `None` until it is there.
@@ -117,6 +119,7 @@ impl BlobReader {
             }),
             bad: Mutex::new(BadCopies::default()),
             in_flight: Mutex::new(std::collections::HashMap::new()),
+            open: Arc::default(),
         }
     }
 
@@ -394,6 +397,7 @@ impl BlobReader {
                 let range = read.start..read.end;
                 read_then(
                     backend,
+                    Arc::clone(&self.open),
                     ObjectKey::Pack(pack_id),
                     range,
                     move |bytes| match bytes {
@@ -423,10 +427,14 @@ impl BlobReader {
 
 /// Reads `range` of `key` and hands the result to `then` on a CPU thread:
 /// from a local store whose page cache holds it, the read is done there
-/// too, so the bytes are used while still in that CPU's cache (see
-/// [`Backend::read_range_here`]); otherwise it is read on the runtime.
+/// too, so the bytes are used while still in that CPU's cache, without a
+/// hop to a blocking thread and back (day 14 of the dump workload: 1.34 s
+/// instead of 1.47 s, medians of 9); otherwise it is read on the runtime.
+/// The file is opened once per pack (on the blocking pool) and kept in
+/// `open`.
 async fn read_then<T, F>(
-    backend: crate::backend::Backend,
+    backend: Backend,
+    open: Arc<OpenPacks>,
     key: ObjectKey,
     range: std::ops::Range<u64>,
     then: F,
@@ -436,10 +444,23 @@ where
     F: FnOnce(Result<Bytes>) -> T + Send + 'static,
 {
     let then = if backend.reads_here() {
-        let (b, k, r) = (backend.clone(), key.clone(), range.clone());
-        match crate::cpu::run(move || match b.read_range_here(&k, r) {
-            Some(bytes) => Ok(then(bytes)),
-            None => Err(then),
+        let file = match open.get(&key) {
+            Some(file) => Ok(Some(file)),
+            None => backend.open_here(&key).await.inspect(|file| {
+                if let Some(file) = file {
+                    open.insert(key.clone(), Arc::clone(file));
+                }
+            }),
+        };
+        let r = range.clone();
+        match crate::cpu::run(move || match file {
+            Ok(Some(file)) => match file.read_cached(r) {
+                Ok(Some(bytes)) => Ok(then(Ok(bytes))),
+                Ok(None) => Err(then),
+                Err(e) => Ok(then(Err(e))),
+            },
+            Ok(None) => Err(then),
+            Err(e) => Ok(then(Err(e))),
         })
         .await
         {
@@ -451,6 +472,39 @@ where
     };
     let bytes = backend.get_range(&key, range).await;
     crate::cpu::run(move || then(bytes)).await
+}
+
+/// The packs of a local repository a reader has open, at most
+/// [`MAX_OPEN_PACKS`] (the oldest closed first); closed with the reader.
+#[derive(Debug, Default)]
+struct OpenPacks(
+    Mutex<(
+        std::collections::HashMap<ObjectKey, Arc<OpenObject>>,
+        VecDeque<ObjectKey>,
+    )>,
+);
+
+/// Packs a reader keeps open.
+const MAX_OPEN_PACKS: usize = 64;
+
+impl OpenPacks {
+    fn get(&self, key: &ObjectKey) -> Option<Arc<OpenObject>> {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.0.get(key).cloned()
+    }
+
+    fn insert(&self, key: ObjectKey, file: Arc<OpenObject>) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (files, order) = &mut *held;
+        if files.insert(key.clone(), file).is_none() {
+            order.push_back(key);
+        }
+        while order.len() > MAX_OPEN_PACKS {
+            if let Some(oldest) = order.pop_front() {
+                files.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// The gap between frames that one range read of `backend` spans.

@@ -317,7 +317,7 @@ pub struct Backend {
     small_reads: usize,
     append_only: bool,
     /// A local repository's directory: its range reads can be done on the
-    /// thread that uses the bytes ([`Backend::read_range_here`]).
+    /// thread that uses the bytes ([`Backend::open_here`]).
     local_root: Option<Arc<PathBuf>>,
 }
 
@@ -669,23 +669,26 @@ impl Backend {
         Ok(out.freeze())
     }
 
-    /// For a local repository whose bytes `range` of `key` are in the page
-    /// cache, reads them on this thread, with [`Backend::get_range`]'s
-    /// answers; `None` for other stores, and for bytes that would have to
-    /// come from the disk (those are read with [`Backend::get_range`], many
-    /// at once, not one per CPU thread). Whether they are cached is asked
-    /// without waiting on the disk (`RWF_NOWAIT`, the range's first and
-    /// last bytes), so it may run where CPU work is done: restore
-    /// decodes what it reads while the bytes are still in the CPU's cache,
-    /// without a hop to a blocking thread and back (day 14 of the dump
-    /// workload: 1.34 s instead of 1.47 s, medians of 9). Only regular
-    /// files are read: a FIFO in an object's place is missing here.
-    pub fn read_range_here(&self, key: &ObjectKey, range: Range<u64>) -> Option<Result<Bytes>> {
-        let root = self.local_root.as_ref()?;
-        read_cached_range(&root.join(key.path().as_ref()), key, range).transpose()
+    /// Opens `key` of a local repository for [`OpenObject::read_cached`],
+    /// which reads ranges of it on the thread that uses the bytes. Opened on
+    /// the blocking pool, as the runtime's reads are: an open may wait on
+    /// the disk or on a network or FUSE file system, which must not stall a
+    /// CPU thread. `Missing` for no such file and for one that is not a
+    /// regular file (a FIFO or a device in an object's place, opened
+    /// without waiting on it); `None` for other stores and for anything
+    /// else, which [`Backend::get_range`] then reads and reports as it
+    /// always has.
+    pub async fn open_here(&self, key: &ObjectKey) -> Result<Option<Arc<OpenObject>>> {
+        let Some(root) = self.local_root.as_ref() else {
+            return Ok(None);
+        };
+        let (path, key) = (root.join(key.path().as_ref()), key.clone());
+        tokio::task::spawn_blocking(move || OpenObject::open(&path, key))
+            .await
+            .map_err(|e| Error::Bug(format!("opening an object: {e}")))?
     }
 
-    /// Whether [`Backend::read_range_here`] reads (the store is local).
+    /// Whether [`Backend::open_here`] opens (the store is local).
     pub fn reads_here(&self) -> bool {
         self.local_root.is_some()
     }
@@ -917,70 +920,98 @@ fn shorter_than_range(key: &ObjectKey, len: u64, range: &Range<u64>) -> Error {
     )
 }
 
-/// Bytes `range` of the regular file at `path`, which holds `key`, if the
-/// page cache holds them (its first and last bytes, asked without waiting
-/// on the disk): exactly them, `Missing` (no such file, or not a regular
-/// file: a FIFO or a device in its place), `Corrupt` (shorter than the
-/// range); `None` for anything else, which [`Backend::get_range`] then
-/// reads and reports as it always has. Between the probe and the read the
-/// middle of the range may have left the page cache: that read waits on
-/// the disk, as the runtime's would have.
-fn read_cached_range(path: &FsPath, key: &ObjectKey, range: Range<u64>) -> Result<Option<Bytes>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let missing = |context: &str| Error::Missing {
-        object: key.to_string(),
-        context: context.to_string(),
-    };
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing("")),
-        Err(_) => return Ok(None),
-    };
-    let Ok(meta) = file.metadata() else {
-        return Ok(None);
-    };
-    if !meta.is_file() {
-        return Err(missing(" (not a regular file)"));
-    }
-    if meta.len() < range.end {
-        return Err(shorter_than_range(key, meta.len(), &range));
-    }
-    for at in [range.start, range.end.saturating_sub(1).max(range.start)] {
-        let mut probe = [0u8; 1];
-        let mut slice = [std::io::IoSliceMut::new(&mut probe)];
-        match rustix::io::preadv2(&file, &mut slice, at, rustix::io::ReadWriteFlags::NOWAIT) {
-            Ok(_) => {}
-            // Not cached, or no RWF_NOWAIT here: read the usual way.
+/// A local object open for reads on CPU threads: a regular file, and its
+/// length when opened.
+#[derive(Debug)]
+pub struct OpenObject {
+    key: ObjectKey,
+    file: std::fs::File,
+    len: u64,
+}
+
+impl OpenObject {
+    /// The regular file at `path`, which holds `key` (see
+    /// [`Backend::open_here`]).
+    fn open(path: &FsPath, key: ObjectKey) -> Result<Option<Arc<OpenObject>>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let missing = |context: &str| Error::Missing {
+            object: key.to_string(),
+            context: context.to_string(),
+        };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing("")),
             Err(_) => return Ok(None),
+        };
+        let Ok(meta) = file.metadata() else {
+            return Ok(None);
+        };
+        if !meta.is_file() {
+            return Err(missing(" (not a regular file)"));
         }
+        Ok(Some(Arc::new(OpenObject {
+            key,
+            file,
+            len: meta.len(),
+        })))
     }
-    let want = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
-    // Read into spare capacity: nothing is zeroed first.
-    let mut bytes: Vec<u8> = Vec::with_capacity(want);
-    while bytes.len() < want {
-        let at = range.start + bytes.len() as u64;
-        match rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut bytes), at) {
-            Ok(0) => {
-                return Err(Error::corrupt(
-                    key.to_string(),
-                    format!(
-                        "bytes {}..{} requested, {} read (truncated meanwhile?)",
-                        range.start,
-                        range.end,
-                        bytes.len()
-                    ),
-                ));
+
+    /// Bytes `range`, if the page cache holds them (their first and last
+    /// bytes, asked without waiting on the disk: `RWF_NOWAIT`), read on
+    /// this thread with [`Backend::get_range`]'s answers: exactly them, or
+    /// `Corrupt` (shorter than the range). `None` for bytes that would come
+    /// from the disk and for any other failure: [`Backend::get_range`] then
+    /// reads them on the runtime, many at once, and reports as it always
+    /// has. Between the probe and the read the middle of the range may have
+    /// left the page cache: that read waits on the disk, as the runtime's
+    /// would have.
+    pub fn read_cached(&self, range: Range<u64>) -> Result<Option<Bytes>> {
+        let key = &self.key;
+        if self.len < range.end {
+            return Err(shorter_than_range(key, self.len, &range));
+        }
+        for at in [range.start, range.end.saturating_sub(1).max(range.start)] {
+            let mut probe = [0u8; 1];
+            let mut slice = [std::io::IoSliceMut::new(&mut probe)];
+            match rustix::io::preadv2(
+                &self.file,
+                &mut slice,
+                at,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(_) => {}
+                // Not cached, or no RWF_NOWAIT here: read the usual way.
+                Err(_) => return Ok(None),
             }
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return Ok(None),
         }
+        let want = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
+        // Read into spare capacity: nothing is zeroed first.
+        let mut bytes: Vec<u8> = Vec::with_capacity(want);
+        while bytes.len() < want {
+            let at = range.start + bytes.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut bytes), at) {
+                Ok(0) => {
+                    return Err(Error::corrupt(
+                        key.to_string(),
+                        format!(
+                            "bytes {}..{} requested, {} read (truncated meanwhile?)",
+                            range.start,
+                            range.end,
+                            bytes.len()
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return Ok(None),
+            }
+        }
+        Ok(Some(Bytes::from(bytes)))
     }
-    Ok(Some(Bytes::from(bytes)))
 }
 
 /// Classifies an error by its causes: no space, refused, or unavailable.
@@ -1081,17 +1112,25 @@ mod tests {
         std::fs::write(&path, b"0123456789").unwrap();
         // Just written, so in the page cache: read here, where the file
         // system can say so without waiting (else left to `get_range`).
-        let read = |range| read_cached_range(&path, &key, range);
+        let open = || OpenObject::open(&path, key.clone()).map(Option::unwrap);
+        let file = open().unwrap();
         for (range, want) in [(2..6, &b"2345"[..]), (0..10, &b"0123456789"[..])] {
-            if let Some(bytes) = read(range).unwrap() {
+            if let Some(bytes) = file.read_cached(range).unwrap() {
                 assert_eq!(&bytes[..], want);
             }
         }
-        let short = read(5..11).unwrap_err();
+        let short = file.read_cached(5..11).unwrap_err();
         assert_eq!(short.kind(), crate::error::ErrorKind::Corrupt);
         assert!(short.to_string().contains("truncated"), "{short}");
+        // Cut short after it was opened: named, not a short answer.
+        std::fs::write(&path, b"0123").unwrap();
+        match file.read_cached(2..8) {
+            Ok(Some(bytes)) => panic!("{} bytes of a cut file read as whole", bytes.len()),
+            Ok(None) => {}
+            Err(cut) => assert!(cut.to_string().contains("truncated"), "{cut}"),
+        }
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(read(0..1), Err(Error::Missing { .. })));
+        assert!(matches!(open(), Err(Error::Missing { .. })));
         // A FIFO in an object's place is refused, not waited on.
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -1101,7 +1140,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let fifo = read(0..1).unwrap_err();
+        let fifo = open().unwrap_err();
         assert!(matches!(fifo, Error::Missing { .. }), "{fifo}");
         assert!(fifo.to_string().contains("not a regular file"), "{fifo}");
     }

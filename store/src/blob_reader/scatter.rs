@@ -109,7 +109,7 @@ impl BlobReader {
                 let sink = Arc::clone(sink);
                 let key = ObjectKey::Pack(index.pack(read.pack).id);
                 let range = read.start..read.end;
-                read_then(backend, key, range, move |bytes| {
+                read_then(backend, Arc::clone(&self.open), key, range, move |bytes| {
                     serve_read(&index, &read, bytes, wanted, &sink)
                 })
             })
