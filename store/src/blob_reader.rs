@@ -477,11 +477,12 @@ where
 /// The packs of a local repository a reader has open, at most
 /// [`MAX_OPEN_PACKS`] (the oldest closed first); closed with the reader.
 #[derive(Debug, Default)]
-struct OpenPacks(
-    Mutex<(
-        std::collections::HashMap<ObjectKey, Arc<OpenObject>>,
-        VecDeque<ObjectKey>,
-    )>,
+struct OpenPacks(Mutex<OpenFiles>);
+
+/// Open files by key, and the keys in the order they were opened.
+type OpenFiles = (
+    std::collections::HashMap<ObjectKey, Arc<OpenObject>>,
+    VecDeque<ObjectKey>,
 );
 
 /// Packs a reader keeps open.
