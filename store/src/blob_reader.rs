@@ -431,7 +431,8 @@ impl BlobReader {
 /// hop to a blocking thread and back (day 14 of the dump workload: 1.34 s
 /// instead of 1.47 s, medians of 9); otherwise it is read on the runtime.
 /// The file is opened once per pack (on the blocking pool) and kept in
-/// `open`.
+/// `open` (closed on the blocking pool too, see [`OpenObject`]); one found
+/// shorter than a range is dropped from it.
 async fn read_then<T, F>(
     backend: Backend,
     open: Arc<OpenPacks>,
@@ -452,12 +453,17 @@ where
                 }
             }),
         };
-        let r = range.clone();
+        let (r, k) = (range.clone(), key.clone());
         match crate::cpu::run(move || match file {
             Ok(Some(file)) => match file.read_cached(r) {
                 Ok(Some(bytes)) => Ok(then(Ok(bytes))),
                 Ok(None) => Err(then),
-                Err(e) => Ok(then(Err(e))),
+                // Found short: opened afresh next time, not judged by the
+                // length it had when opened.
+                Err(e) => {
+                    open.remove(&k);
+                    Ok(then(Err(e)))
+                }
             },
             Ok(None) => Err(then),
             Err(e) => Ok(then(Err(e))),
@@ -492,6 +498,14 @@ impl OpenPacks {
     fn get(&self, key: &ObjectKey) -> Option<Arc<OpenObject>> {
         let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         held.0.get(key).cloned()
+    }
+
+    fn remove(&self, key: &ObjectKey) {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (files, order) = &mut *held;
+        if files.remove(key).is_some() {
+            order.retain(|k| k != key);
+        }
     }
 
     fn insert(&self, key: ObjectKey, file: Arc<OpenObject>) {

@@ -683,7 +683,8 @@ impl Backend {
             return Ok(None);
         };
         let (path, key) = (root.join(key.path().as_ref()), key.clone());
-        tokio::task::spawn_blocking(move || OpenObject::open(&path, key))
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || OpenObject::open(&path, key, Some(runtime)))
             .await
             .map_err(|e| Error::Bug(format!("opening an object: {e}")))?
     }
@@ -921,18 +922,35 @@ fn shorter_than_range(key: &ObjectKey, len: u64, range: &Range<u64>) -> Error {
 }
 
 /// A local object open for reads on CPU threads: a regular file, and its
-/// length when opened.
+/// length when opened. Closed on the runtime's blocking pool, as it was
+/// opened: a close may wait too (FUSE sends the server a flush).
 #[derive(Debug)]
 pub struct OpenObject {
     key: ObjectKey,
-    file: std::fs::File,
+    /// `None` only once dropped.
+    file: Option<std::fs::File>,
     len: u64,
+    /// Where it is closed; `None`: where it is dropped (tests).
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Drop for OpenObject {
+    fn drop(&mut self) {
+        if let (Some(file), Some(runtime)) = (self.file.take(), self.runtime.as_ref()) {
+            // A runtime shutting down drops the task, closing it here.
+            drop(runtime.spawn_blocking(move || drop(file)));
+        }
+    }
 }
 
 impl OpenObject {
     /// The regular file at `path`, which holds `key` (see
-    /// [`Backend::open_here`]).
-    fn open(path: &FsPath, key: ObjectKey) -> Result<Option<Arc<OpenObject>>> {
+    /// [`Backend::open_here`]), to be closed on `runtime`.
+    fn open(
+        path: &FsPath,
+        key: ObjectKey,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Result<Option<Arc<OpenObject>>> {
         use std::os::unix::fs::OpenOptionsExt;
         let missing = |context: &str| Error::Missing {
             object: key.to_string(),
@@ -955,8 +973,9 @@ impl OpenObject {
         }
         Ok(Some(Arc::new(OpenObject {
             key,
-            file,
+            file: Some(file),
             len: meta.len(),
+            runtime,
         })))
     }
 
@@ -971,18 +990,16 @@ impl OpenObject {
     /// would have.
     pub fn read_cached(&self, range: Range<u64>) -> Result<Option<Bytes>> {
         let key = &self.key;
+        let Some(file) = self.file.as_ref() else {
+            return Ok(None);
+        };
         if self.len < range.end {
             return Err(shorter_than_range(key, self.len, &range));
         }
         for at in [range.start, range.end.saturating_sub(1).max(range.start)] {
             let mut probe = [0u8; 1];
             let mut slice = [std::io::IoSliceMut::new(&mut probe)];
-            match rustix::io::preadv2(
-                &self.file,
-                &mut slice,
-                at,
-                rustix::io::ReadWriteFlags::NOWAIT,
-            ) {
+            match rustix::io::preadv2(file, &mut slice, at, rustix::io::ReadWriteFlags::NOWAIT) {
                 Ok(_) => {}
                 // Not cached, or no RWF_NOWAIT here: read the usual way.
                 Err(_) => return Ok(None),
@@ -993,7 +1010,7 @@ impl OpenObject {
         let mut bytes: Vec<u8> = Vec::with_capacity(want);
         while bytes.len() < want {
             let at = range.start + bytes.len() as u64;
-            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut bytes), at) {
+            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut bytes), at) {
                 Ok(0) => {
                     return Err(Error::corrupt(
                         key.to_string(),
@@ -1112,7 +1129,7 @@ mod tests {
         std::fs::write(&path, b"0123456789").unwrap();
         // Just written, so in the page cache: read here, where the file
         // system can say so without waiting (else left to `get_range`).
-        let open = || OpenObject::open(&path, key.clone()).map(Option::unwrap);
+        let open = || OpenObject::open(&path, key.clone(), None).map(Option::unwrap);
         let file = open().unwrap();
         for (range, want) in [(2..6, &b"2345"[..]), (0..10, &b"0123456789"[..])] {
             if let Some(bytes) = file.read_cached(range).unwrap() {
