@@ -430,9 +430,6 @@ impl BlobReader {
 /// too, so the bytes are used while still in that CPU's cache, without a
 /// hop to a blocking thread and back (day 14 of the dump workload: 1.34 s
 /// instead of 1.47 s, medians of 9); otherwise it is read on the runtime.
-/// The file is opened once per pack (on the blocking pool) and kept in
-/// `open` (closed on the blocking pool too, see [`OpenObject`]); one found
-/// shorter than a range is dropped from it.
 async fn read_then<T, F>(
     backend: Backend,
     open: Arc<OpenPacks>,
@@ -444,18 +441,12 @@ where
     T: Send + 'static,
     F: FnOnce(Result<Bytes>) -> T + Send + 'static,
 {
-    let then = if backend.reads_here() {
-        let file = match open.get(&key) {
-            Some(file) => Ok(Some(file)),
-            None => backend.open_here(&key).await.inspect(|file| {
-                if let Some(file) = file {
-                    open.insert(key.clone(), Arc::clone(file));
-                }
-            }),
-        };
-        let (r, k) = (range.clone(), key.clone());
-        match crate::cpu::run(move || match file {
-            Ok(Some(file)) => match file.read_cached(r) {
+    let then = match open.get_or_open(&backend, &key).await {
+        Ok(None) => then,
+        Err(e) => return crate::cpu::run(move || then(Err(e))).await,
+        Ok(Some(file)) => {
+            let (r, k) = (range.clone(), key.clone());
+            let here = crate::cpu::run(move || match file.read_cached(r) {
                 Ok(Some(bytes)) => Ok(then(Ok(bytes))),
                 Ok(None) => Err(then),
                 // Found short: opened afresh next time, not judged by the
@@ -464,30 +455,31 @@ where
                     open.remove(&k);
                     Ok(then(Err(e)))
                 }
-            },
-            Ok(None) => Err(then),
-            Err(e) => Ok(then(Err(e))),
-        })
-        .await
-        {
-            Ok(done) => return done,
-            Err(then) => then,
+            });
+            match here.await {
+                Ok(done) => return done,
+                Err(then) => then,
+            }
         }
-    } else {
-        then
     };
     let bytes = backend.get_range(&key, range).await;
     crate::cpu::run(move || then(bytes)).await
 }
 
-/// The packs of a local repository a reader has open, at most
-/// [`MAX_OPEN_PACKS`] (the oldest closed first); closed with the reader.
+/// The packs of a local repository a reader has open, each opened once
+/// (on the blocking pool, by the first read that needs it; reads that
+/// arrive meanwhile wait for that open), at most [`MAX_OPEN_PACKS`] (the
+/// first opened closed first); closed with the reader, on the blocking
+/// pool too (see [`OpenObject`]).
 #[derive(Debug, Default)]
 struct OpenPacks(Mutex<OpenFiles>);
 
-/// Open files by key, and the keys in the order they were opened.
+/// A pack's file once opened.
+type OpenSlot = Arc<tokio::sync::OnceCell<Arc<OpenObject>>>;
+
+/// Open (or opening) files by key, and the keys in the order they came.
 type OpenFiles = (
-    std::collections::HashMap<ObjectKey, Arc<OpenObject>>,
+    std::collections::HashMap<ObjectKey, OpenSlot>,
     VecDeque<ObjectKey>,
 );
 
@@ -495,29 +487,63 @@ type OpenFiles = (
 const MAX_OPEN_PACKS: usize = 64;
 
 impl OpenPacks {
-    fn get(&self, key: &ObjectKey) -> Option<Arc<OpenObject>> {
-        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        held.0.get(key).cloned()
+    /// `key`'s open file, opened now if need be; `None` where reads are
+    /// not done here (another store, or a file that could not be opened as
+    /// expected: [`Backend::get_range`] reads and reports it), `Missing`
+    /// for no file or not a regular file (not kept: asked again next time).
+    async fn get_or_open(
+        &self,
+        backend: &Backend,
+        key: &ObjectKey,
+    ) -> Result<Option<Arc<OpenObject>>> {
+        if !backend.reads_here() {
+            return Ok(None);
+        }
+        let slot = self.slot(key);
+        let opened = slot
+            .get_or_try_init(|| async {
+                match backend.open_here(key).await {
+                    Ok(Some(file)) => Ok(file),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            })
+            .await;
+        match opened {
+            Ok(file) => Ok(Some(Arc::clone(file))),
+            Err(None) => Ok(None),
+            Err(Some(e)) => Err(e),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, OpenFiles> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `key`'s slot, made if new (the first made dropped beyond
+    /// [`MAX_OPEN_PACKS`]).
+    fn slot(&self, key: &ObjectKey) -> OpenSlot {
+        let mut held = self.held();
+        let (slots, order) = &mut *held;
+        if let Some(slot) = slots.get(key) {
+            return Arc::clone(slot);
+        }
+        let slot = OpenSlot::default();
+        slots.insert(key.clone(), Arc::clone(&slot));
+        order.push_back(key.clone());
+        while order.len() > MAX_OPEN_PACKS {
+            if let Some(oldest) = order.pop_front() {
+                slots.remove(&oldest);
+            }
+        }
+        slot
     }
 
     fn remove(&self, key: &ObjectKey) {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (files, order) = &mut *held;
-        if files.remove(key).is_some() {
+        let mut held = self.held();
+        let (slots, order) = &mut *held;
+        if slots.remove(key).is_some() {
             order.retain(|k| k != key);
-        }
-    }
-
-    fn insert(&self, key: ObjectKey, file: Arc<OpenObject>) {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (files, order) = &mut *held;
-        if files.insert(key.clone(), file).is_none() {
-            order.push_back(key);
-        }
-        while order.len() > MAX_OPEN_PACKS {
-            if let Some(oldest) = order.pop_front() {
-                files.remove(&oldest);
-            }
         }
     }
 }
@@ -792,4 +818,55 @@ fn decode_range(index: &Index, read: &RangeRead, bytes: &Bytes) -> Vec<(FrameKey
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendOptions;
+    use crate::id::PackId;
+
+    #[tokio::test]
+    async fn a_pack_is_opened_once_kept_within_bounds_and_reopened_once_found_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().to_str().unwrap();
+        let backend = Backend::connect(url, &BackendOptions::default(), true).unwrap();
+        let keys: Vec<ObjectKey> = (0..=MAX_OPEN_PACKS)
+            .map(|i| ObjectKey::Pack(PackId::of(&i.to_le_bytes())))
+            .collect();
+        for key in &keys {
+            let path = dir.path().join(key.path().as_ref());
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"0123456789").unwrap();
+        }
+        let open = OpenPacks::default();
+        let file = |r: Result<Option<Arc<OpenObject>>>| r.unwrap().unwrap();
+
+        // Two reads of a pack not yet open share one open.
+        let (a, b) = tokio::join!(
+            open.get_or_open(&backend, &keys[0]),
+            open.get_or_open(&backend, &keys[0])
+        );
+        let (a, b) = (file(a), file(b));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(
+            &a,
+            &file(open.get_or_open(&backend, &keys[0]).await)
+        ));
+        // Dropped (found short): opened afresh.
+        open.remove(&keys[0]);
+        let again = file(open.get_or_open(&backend, &keys[0]).await);
+        assert!(!Arc::ptr_eq(&a, &again));
+        // At most MAX_OPEN_PACKS: the first opened goes first.
+        for key in &keys[1..] {
+            file(open.get_or_open(&backend, key).await);
+        }
+        assert_eq!(open.held().0.len(), MAX_OPEN_PACKS);
+        assert!(!open.held().0.contains_key(&keys[0]));
+        // No such pack: missing, and nothing kept open for it.
+        let gone = ObjectKey::Pack(PackId::of(b"gone"));
+        let missing = open.get_or_open(&backend, &gone).await.unwrap_err();
+        assert!(matches!(missing, Error::Missing { .. }), "{missing}");
+        assert!(open.held().0.get(&gone).is_none_or(|s| s.get().is_none()));
+    }
 }
