@@ -468,3 +468,65 @@ async fn index_objects_written_during_a_backup_index_everything() {
     assert_eq!(restore_bytes(&place.backend(), &snap).await.unwrap(), data);
     assert!(verify_all(&place.backend()).await.is_clean());
 }
+
+/// A signer (compromised, or buggy) says a file is shorter or longer than
+/// the chunks its tree lists: the restore fails naming the tree, and never
+/// writes past the length it was told.
+#[tokio::test]
+async fn a_file_whose_tree_disagrees_with_its_length_is_refused() {
+    use cairn_store::error::ErrorKind;
+    use cairn_store::format::manifest::{Item, ItemKind};
+    let place = Place::new(Kind::Local);
+    init(&place).await;
+    // Large enough to be written at offsets, by the gathering writer.
+    let data = random_bytes(3 << 20, 5);
+    backup_bytes(&place.backend(), "dump", data.clone()).await;
+    let genuine = raw_snapshots(&place.backend()).await.pop().unwrap();
+    let repo = open(place.backend()).await;
+    let tree =
+        cairn_store::ops::walk::SnapshotTree::open(Arc::new(repo.blob_reader()), &genuine).unwrap();
+    let e = tree.lookup(b"dump").await.unwrap().unwrap();
+    let cairn_store::format::dir::Node::File {
+        root,
+        chunks,
+        chunker,
+    } = e.node
+    else {
+        panic!()
+    };
+    for (n, len) in [(1, e.size - 5000), (2, e.size + 5000)] {
+        let mut m = genuine.manifest.clone();
+        as_v1(&mut m);
+        m.time = genuine.manifest.time + jiff::SignedDuration::from_secs(n);
+        m.items = vec![Item {
+            name: "dump".into(),
+            kind: ItemKind::File,
+            len,
+            tree: Some(root),
+            chunks: Some(chunks),
+            chunker: Some(chunker),
+            mode: None,
+            mtime: None,
+            target: None,
+            one_chunk: false,
+        }];
+        let (id, bytes) = m.encode_signed(&key()).unwrap();
+        raw_put(&place.backend(), &ObjectKey::Snapshot(id), bytes).await;
+        let snap = raw_snapshots(&place.backend())
+            .await
+            .into_iter()
+            .find(|x| x.id == id)
+            .unwrap();
+        let repo = open(place.backend()).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("t");
+        let err = repo
+            .restore_to_dir(&snap, &target, None, &NoRestoreProgress)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(err.to_string().contains(&root.to_string()), "{err}");
+        let left = std::fs::metadata(target.join("dump")).map_or(0, |m| m.len());
+        assert!(left <= len, "{left} bytes written, the file is {len}");
+    }
+}

@@ -4,10 +4,12 @@
 //! hash-checked in the task that decoded it, and the frame goes to the sink
 //! with its runs: blobs adjacent both in the frame and in the output, each
 //! run with its offset in the output. Frames are served in parallel and in
-//! no particular order, so the sink writes at offsets (restore hands them to
-//! one thread that writes the file with `pwrite`: writers of one file would
-//! only queue on its lock). Nothing is copied between decoding and the
-//! write.
+//! no particular order, so the sink writes at offsets; they start in the
+//! order of where they first write, so the output fills roughly front to
+//! back. Nothing is copied between decoding and the sink (restore hands the
+//! runs to one thread that gathers them into whole segments of the file,
+//! [`crate::ops::gather`]: writers of one file would only queue on its
+//! lock).
 //!
 //! A copy that fails a check is remembered as bad and its blobs are read
 //! again through [`BlobReader::read_blobs`], which tries the other copies
@@ -90,7 +92,7 @@ impl BlobReader {
         let mut keys: Vec<FrameKey> = by_frame.keys().copied().collect();
         keys.sort_unstable();
         let backend = self.repo.backend().clone();
-        let tasks: Vec<(RangeRead, Vec<Vec<Wanted>>)> =
+        let mut tasks: Vec<(RangeRead, Vec<Vec<Wanted>>)> =
             range_reads(&index, &keys, coalesce_gap(&backend))
                 .into_iter()
                 .map(|read| {
@@ -102,6 +104,17 @@ impl BlobReader {
                     (read, wanted)
                 })
                 .collect();
+        // Served in the order of where they first write, so that the
+        // output fills roughly front to back and a writer gathering it
+        // into whole segments waits on few at once.
+        tasks.sort_by_cached_key(|(_, wanted)| {
+            wanted
+                .iter()
+                .flatten()
+                .map(|(p, _)| p.at)
+                .min()
+                .unwrap_or(u64::MAX)
+        });
         let served: Vec<Served> = futures::stream::iter(tasks)
             .map(|(read, wanted)| {
                 let backend = backend.clone();

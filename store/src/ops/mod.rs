@@ -6,6 +6,7 @@ mod copies;
 pub mod diff;
 pub mod forget;
 pub(crate) mod fsmeta;
+mod gather;
 pub mod gc;
 mod mark;
 mod packer;

@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,6 +29,7 @@ use crate::format::manifest::{Item, Snapshot};
 use crate::format::tree::TreeEntry;
 use crate::id::{BlobId, SnapshotId};
 use crate::ops::fsmeta::{self, ApplyContext, ApplyOptions, SparseWriter};
+use crate::ops::gather::Gather;
 use crate::ops::target::TargetDir;
 use crate::ops::walk::{SnapshotTree, TreeWalker, Walked};
 use crate::repo::IndexedRepository;
@@ -251,18 +251,17 @@ impl IndexedRepository {
             len,
             chunks,
         } = content;
-        // One thread writes: writers of one file only queue on its lock.
+        // One thread writes, gathering runs into whole segments (writers
+        // of one file would only queue on its lock).
         let (tx, rx) = crossbeam_channel::bounded::<Tiles>(TILES_QUEUED);
         let writer_thread = std::thread::spawn(move || -> std::io::Result<(File, u64)> {
-            let mut written = 0u64;
+            let mut gather = Gather::new(file, len);
             for tiles in rx {
                 for (at, range) in tiles.runs {
-                    let bytes = tiles.bytes.get(range).unwrap_or_default();
-                    file.write_all_at(bytes, at)?;
-                    written += bytes.len() as u64;
+                    gather.put(at, tiles.bytes.get(range).unwrap_or_default())?;
                 }
             }
-            Ok((file, written))
+            gather.finish()
         });
         let sink: Sink = Arc::new(move |tiles| {
             tx.send(tiles)
@@ -285,6 +284,13 @@ impl IndexedRepository {
                         len: e.len,
                     });
                     at = at.saturating_add(e.len);
+                }
+                if at > len {
+                    // Before any of it is written: the file is only `len`.
+                    return Err(Error::corrupt(
+                        format!("tree {root}"),
+                        format!("lists more than the {len} bytes the snapshot says"),
+                    ));
                 }
                 budget = (budget * WINDOW_GROWTH).min(SCATTER_WINDOW_LEN);
                 let (n, next) = futures::join!(reader.scatter(&placements, &sink), async {
