@@ -12,7 +12,7 @@
 //! other segment goes straight to the file then, as does every later piece
 //! of that segment, so memory is bounded whatever the order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 
 /// Writes at offsets (a file, or a test's record of calls).
@@ -47,8 +47,9 @@ pub(crate) struct Gather<W> {
     max_waiting: usize,
     waiting: HashMap<u64, Waiting>,
     spare: Vec<Vec<u8>>,
-    /// One bit per segment: its pieces go straight to `out`.
-    direct: Vec<u64>,
+    /// Segments whose pieces go straight to `out` (a set, not a bitmap
+    /// sized by the length a tree claims).
+    direct: HashSet<u64>,
     written: u64,
 }
 
@@ -59,7 +60,6 @@ impl<W: WriteAt> Gather<W> {
     }
 
     fn with_bounds(out: W, len: u64, segment_len: usize, max_waiting: usize) -> Gather<W> {
-        let segments = len.div_ceil(segment_len as u64);
         Gather {
             out,
             len,
@@ -67,7 +67,7 @@ impl<W: WriteAt> Gather<W> {
             max_waiting,
             waiting: HashMap::new(),
             spare: Vec::new(),
-            direct: vec![0; usize::try_from(segments.div_ceil(64)).unwrap_or(0)],
+            direct: HashSet::new(),
             written: 0,
         }
     }
@@ -75,8 +75,10 @@ impl<W: WriteAt> Gather<W> {
     /// Takes `bytes`, which go at `at`; pieces of the file must not
     /// overlap. Writes what completes a segment, or goes straight out.
     pub(crate) fn put(&mut self, mut at: u64, mut bytes: &[u8]) -> io::Result<()> {
-        let end = at.saturating_add(bytes.len() as u64);
-        if end > self.len {
+        let Some(end) = at
+            .checked_add(bytes.len() as u64)
+            .filter(|&end| end <= self.len)
+        else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -85,12 +87,12 @@ impl<W: WriteAt> Gather<W> {
                     self.len
                 ),
             ));
-        }
+        };
         let seg = self.segment_len as u64;
         while !bytes.is_empty() {
             let index = at / seg;
             let start = index * seg;
-            let seg_end = (start + seg).min(self.len);
+            let seg_end = start.saturating_add(seg).min(self.len);
             if at == start && end >= seg_end {
                 // Whole segments: straight out, in one call.
                 let whole = (end - start) / seg * seg;
@@ -130,22 +132,15 @@ impl<W: WriteAt> Gather<W> {
     }
 
     fn put_in_segment(&mut self, index: u64, at: u64, piece: &[u8]) -> io::Result<()> {
-        let (word, bit) = (
-            usize::try_from(index / 64).unwrap_or(usize::MAX),
-            index % 64,
-        );
-        let is_direct = self.direct.get(word).is_some_and(|w| w & (1 << bit) != 0);
-        if is_direct {
+        if self.direct.contains(&index) {
             return self.write(piece, at);
         }
         let seg = self.segment_len as u64;
         let start = index * seg;
-        let seg_len = usize::try_from((start + seg).min(self.len) - start).unwrap_or(0);
+        let seg_len = usize::try_from(start.saturating_add(seg).min(self.len) - start).unwrap_or(0);
         if !self.waiting.contains_key(&index) {
             if self.waiting.len() >= self.max_waiting {
-                if let Some(w) = self.direct.get_mut(word) {
-                    *w |= 1 << bit;
-                }
+                self.direct.insert(index);
                 return self.write(piece, at);
             }
             let mut buf = self.spare.pop().unwrap_or_default();
@@ -211,12 +206,15 @@ mod tests {
 
     impl WriteAt for Recorded {
         fn write_all_at(&mut self, bytes: &[u8], at: u64) -> io::Result<()> {
+            self.calls.push((at, bytes.len()));
+            if at > 1 << 30 {
+                return Ok(()); // a call is all a test of huge offsets needs
+            }
             let end = at as usize + bytes.len();
             if self.bytes.len() < end {
                 self.bytes.resize(end, 0);
             }
             self.bytes[at as usize..end].copy_from_slice(bytes);
-            self.calls.push((at, bytes.len()));
             Ok(())
         }
     }
@@ -300,6 +298,18 @@ mod tests {
         );
         assert_eq!(written, 8192 + 3616 + 808 + 1000);
         assert_eq!(out.bytes[12000..13000], content[12000..13000]);
+    }
+
+    #[test]
+    fn a_length_claimed_by_a_forged_tree_costs_nothing_until_written() {
+        let mut g = Gather::new(Recorded::default(), u64::MAX);
+        g.put(u64::MAX - 10, &[9; 10]).unwrap();
+        assert_eq!(g.waiting.len(), 1);
+        let (out, written) = g.finish().unwrap();
+        assert_eq!((out.calls, written), (vec![(u64::MAX - 10, 10)], 10));
+        let mut g = Gather::new(Recorded::default(), u64::MAX);
+        let e = g.put(u64::MAX - 5, &[9; 10]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]
