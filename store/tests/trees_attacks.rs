@@ -470,15 +470,16 @@ async fn index_objects_written_during_a_backup_index_everything() {
 }
 
 /// A signer (compromised, or buggy) says a file is shorter or longer than
-/// the chunks its tree lists: the restore fails naming the tree, and never
-/// writes past the length it was told.
+/// the chunks its tree lists: the restore fails naming the tree (the root's
+/// length is checked against the item's before anything is written), and
+/// never writes past the length it was told.
 #[tokio::test]
 async fn a_file_whose_tree_disagrees_with_its_length_is_refused() {
     use cairn_store::error::ErrorKind;
     use cairn_store::format::manifest::{Item, ItemKind};
     let place = Place::new(Kind::Local);
     init(&place).await;
-    // Large enough to be written at offsets, by the gathering writer.
+    // Large enough to be written at offsets.
     let data = random_bytes(3 << 20, 5);
     backup_bytes(&place.backend(), "dump", data.clone()).await;
     let genuine = raw_snapshots(&place.backend()).await.pop().unwrap();

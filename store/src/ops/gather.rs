@@ -31,6 +31,9 @@ impl WriteAt for std::fs::File {
 pub(crate) const SEGMENT_LEN: usize = 256 << 10;
 /// Segments waiting for pieces at once (16 MiB of buffers).
 pub(crate) const MAX_WAITING: usize = 64;
+/// Pieces a waiting segment keeps apart (neighbours are joined); past this
+/// it goes straight to the file, so its list stays small (16 KiB).
+const MAX_PIECES: usize = 1024;
 
 /// One segment's buffer and the pieces (start, end) copied into it.
 struct Waiting {
@@ -114,21 +117,28 @@ impl<W: WriteAt> Gather<W> {
     /// Writes what is still waiting, piece by piece (a restore that
     /// stopped early), and returns the writer and the bytes written.
     pub(crate) fn finish(mut self) -> io::Result<(W, u64)> {
-        let seg = self.segment_len as u64;
         let mut waiting: Vec<(u64, Waiting)> = self.waiting.drain().collect();
         waiting.sort_unstable_by_key(|(index, _)| *index);
-        for (index, mut w) in waiting {
-            w.pieces.sort_unstable();
-            for &(a, b) in &w.pieces {
-                Self::write_out(
-                    &mut self.out,
-                    &mut self.written,
-                    &w.buf[a..b],
-                    index * seg + a as u64,
-                )?;
-            }
+        for (index, w) in waiting {
+            self.write_pieces(index, w)?;
         }
         Ok((self.out, self.written))
+    }
+
+    /// Writes a waiting segment's pieces one by one.
+    fn write_pieces(&mut self, index: u64, mut w: Waiting) -> io::Result<()> {
+        let start = index * self.segment_len as u64;
+        w.pieces.sort_unstable();
+        for &(a, b) in &w.pieces {
+            Self::write_out(
+                &mut self.out,
+                &mut self.written,
+                &w.buf[a..b],
+                start + a as u64,
+            )?;
+        }
+        self.spare.push(w.buf);
+        Ok(())
     }
 
     fn put_in_segment(&mut self, index: u64, at: u64, piece: &[u8]) -> io::Result<()> {
@@ -160,7 +170,19 @@ impl<W: WriteAt> Gather<W> {
         let offset = usize::try_from(at - start).unwrap_or(0);
         w.buf[offset..offset + piece.len()].copy_from_slice(piece);
         w.filled += piece.len();
-        w.pieces.push((offset, offset + piece.len()));
+        match w.pieces.last_mut() {
+            Some(last) if last.1 == offset => last.1 += piece.len(),
+            _ => w.pieces.push((offset, offset + piece.len())),
+        }
+        if w.pieces.len() > MAX_PIECES {
+            // Tiny pieces (a forged tree of 1-byte chunks): what is here
+            // goes out now, and the rest of the segment straight after it.
+            if let Some(w) = self.waiting.remove(&index) {
+                self.direct.insert(index);
+                self.write_pieces(index, w)?;
+            }
+            return Ok(());
+        }
         if w.filled < seg_len {
             return Ok(());
         }
@@ -310,6 +332,26 @@ mod tests {
         let mut g = Gather::new(Recorded::default(), u64::MAX);
         let e = g.put(u64::MAX - 5, &[9; 10]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_segment_of_tiny_scattered_pieces_goes_straight_out_past_the_bound() {
+        // Every other byte first, then the rest: 2048 pieces no neighbour joins.
+        let content: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let mut g = Gather::with_bounds(Recorded::default(), 4096, 4096, 64);
+        for at in (0..4096).step_by(2).chain((1..4096).step_by(2)) {
+            g.put(at as u64, &content[at..=at]).unwrap();
+            assert!(g.waiting.values().all(|w| w.pieces.len() <= MAX_PIECES));
+        }
+        let (out, written) = g.finish().unwrap();
+        assert_eq!((out.bytes, written), (content, 4096));
+        assert!(out.calls.len() > MAX_PIECES);
+        // In order, neighbours are joined: one piece, one call.
+        let mut g = Gather::with_bounds(Recorded::default(), 4096, 4096, 64);
+        for at in 0..4096 {
+            g.put(at, &[1]).unwrap();
+        }
+        assert_eq!(g.finish().unwrap().0.calls, vec![(0, 4096)]);
     }
 
     #[test]

@@ -286,7 +286,10 @@ impl IndexedRepository {
                     at = at.saturating_add(e.len);
                 }
                 if at > len {
-                    // Before any of it is written: the file is only `len`.
+                    // Unreachable while the walker checks each node's
+                    // length against its parent's and the root's against
+                    // `len`; kept so that the writer is never handed bytes
+                    // past the file's end.
                     return Err(Error::corrupt(
                         format!("tree {root}"),
                         format!("lists more than the {len} bytes the snapshot says"),
