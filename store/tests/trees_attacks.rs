@@ -28,6 +28,41 @@ async fn backup_paths(
     r
 }
 
+/// The newest snapshot, and its file `name` as a version-1 item (the item
+/// list a v1 manifest carries).
+async fn newest_as_v1_item(
+    place: &Place,
+    name: &str,
+) -> (Snapshot, cairn_store::format::manifest::Item) {
+    use cairn_store::format::manifest::{Item, ItemKind};
+    let genuine = raw_snapshots(&place.backend()).await.pop().unwrap();
+    let repo = open(place.backend()).await;
+    let tree =
+        cairn_store::ops::walk::SnapshotTree::open(Arc::new(repo.blob_reader()), &genuine).unwrap();
+    let e = tree.lookup(name.as_bytes()).await.unwrap().unwrap();
+    let cairn_store::format::dir::Node::File {
+        root,
+        chunks,
+        chunker,
+    } = e.node
+    else {
+        panic!()
+    };
+    let item = Item {
+        name: name.into(),
+        kind: ItemKind::File,
+        len: e.size,
+        tree: Some(root),
+        chunks: Some(chunks),
+        chunker: Some(chunker),
+        mode: None,
+        mtime: None,
+        target: None,
+        one_chunk: false,
+    };
+    (genuine, item)
+}
+
 /// A local user nests 1100 directories: the backup stores the nest down to
 /// the depth readers accept, and everything else restores.
 #[tokio::test]
@@ -119,40 +154,17 @@ async fn an_unchanged_file_whose_content_lost_its_index_is_stored_again() {
 /// stores the real nodes anyway.
 #[tokio::test]
 async fn a_version_1_parents_built_nodes_vouch_for_nothing() {
-    use cairn_store::format::manifest::{Item, ItemKind};
     let place = Place::new(Kind::Local);
     init(&place).await;
     let data = random_bytes(50_000, 3);
     backup_bytes(&place.backend(), "other", data.clone()).await;
-    let genuine = raw_snapshots(&place.backend()).await.pop().unwrap();
-    let repo = open(place.backend()).await;
-    let tree =
-        cairn_store::ops::walk::SnapshotTree::open(Arc::new(repo.blob_reader()), &genuine).unwrap();
-    let e = tree.lookup(b"other").await.unwrap().unwrap();
-    let cairn_store::format::dir::Node::File {
-        root,
-        chunks,
-        chunker,
-    } = e.node
-    else {
-        panic!()
-    };
+    let (genuine, mut item) = newest_as_v1_item(&place, "other").await;
     // The same data as an old version-1 snapshot (the repository before v2).
     let mut m = genuine.manifest.clone();
     as_v1(&mut m);
     m.time = genuine.manifest.time - jiff::SignedDuration::from_hours(1);
-    m.items = vec![Item {
-        name: "dump".into(),
-        kind: ItemKind::File,
-        len: e.size,
-        tree: Some(root),
-        chunks: Some(chunks),
-        chunker: Some(chunker),
-        mode: None,
-        mtime: None,
-        target: None,
-        one_chunk: false,
-    }];
+    item.name = "dump".into();
+    m.items = vec![item];
     let (v1id, bytes) = m.encode_signed(&key()).unwrap();
     raw_put(&place.backend(), &ObjectKey::Snapshot(v1id), bytes).await;
     // Attacker (append role): computes the built tree of the v1 items, plants garbage under its ids.
@@ -476,40 +488,20 @@ async fn index_objects_written_during_a_backup_index_everything() {
 #[tokio::test]
 async fn a_file_whose_tree_disagrees_with_its_length_is_refused() {
     use cairn_store::error::ErrorKind;
-    use cairn_store::format::manifest::{Item, ItemKind};
     let place = Place::new(Kind::Local);
     init(&place).await;
     // Large enough to be written at offsets.
     let data = random_bytes(3 << 20, 5);
     backup_bytes(&place.backend(), "dump", data.clone()).await;
-    let genuine = raw_snapshots(&place.backend()).await.pop().unwrap();
-    let repo = open(place.backend()).await;
-    let tree =
-        cairn_store::ops::walk::SnapshotTree::open(Arc::new(repo.blob_reader()), &genuine).unwrap();
-    let e = tree.lookup(b"dump").await.unwrap().unwrap();
-    let cairn_store::format::dir::Node::File {
-        root,
-        chunks,
-        chunker,
-    } = e.node
-    else {
-        panic!()
-    };
-    for (n, len) in [(1, e.size - 5000), (2, e.size + 5000)] {
+    let (genuine, item) = newest_as_v1_item(&place, "dump").await;
+    let root = item.tree.unwrap();
+    for (n, len) in [(1, item.len - 5000), (2, item.len + 5000)] {
         let mut m = genuine.manifest.clone();
         as_v1(&mut m);
         m.time = genuine.manifest.time + jiff::SignedDuration::from_secs(n);
-        m.items = vec![Item {
-            name: "dump".into(),
-            kind: ItemKind::File,
+        m.items = vec![cairn_store::format::manifest::Item {
             len,
-            tree: Some(root),
-            chunks: Some(chunks),
-            chunker: Some(chunker),
-            mode: None,
-            mtime: None,
-            target: None,
-            one_chunk: false,
+            ..item.clone()
         }];
         let (id, bytes) = m.encode_signed(&key()).unwrap();
         raw_put(&place.backend(), &ObjectKey::Snapshot(id), bytes).await;
