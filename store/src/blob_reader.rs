@@ -469,7 +469,7 @@ where
 /// The packs of a local repository a reader has open, each opened once
 /// (on the blocking pool, by the first read that needs it; reads that
 /// arrive meanwhile wait for that open), at most [`MAX_OPEN_PACKS`] (the
-/// first opened closed first); closed with the reader, on the blocking
+/// least recently used closed first); closed with the reader, on the blocking
 /// pool too (see [`OpenObject`]).
 #[derive(Debug, Default)]
 struct OpenPacks(Mutex<OpenFiles>);
@@ -477,7 +477,8 @@ struct OpenPacks(Mutex<OpenFiles>);
 /// A pack's file once opened.
 type OpenSlot = Arc<tokio::sync::OnceCell<Arc<OpenObject>>>;
 
-/// Open (or opening) files by key, and the keys in the order they came.
+/// Open (or opening) files by key, and the keys from the least recently
+/// used.
 type OpenFiles = (
     std::collections::HashMap<ObjectKey, OpenSlot>,
     VecDeque<ObjectKey>,
@@ -520,12 +521,17 @@ impl OpenPacks {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `key`'s slot, made if new (the first made dropped beyond
-    /// [`MAX_OPEN_PACKS`]).
+    /// `key`'s slot, made if new (the least recently used dropped beyond
+    /// [`MAX_OPEN_PACKS`]: a restore reads its packs in the order of the
+    /// file, not of the packs).
     fn slot(&self, key: &ObjectKey) -> OpenSlot {
         let mut held = self.held();
         let (slots, order) = &mut *held;
         if let Some(slot) = slots.get(key) {
+            if let Some(at) = order.iter().rposition(|k| k == key) {
+                order.remove(at);
+                order.push_back(key.clone());
+            }
             return Arc::clone(slot);
         }
         let slot = OpenSlot::default();
@@ -827,7 +833,7 @@ mod tests {
     use crate::id::PackId;
 
     #[tokio::test]
-    async fn a_pack_is_opened_once_kept_within_bounds_and_reopened_once_found_short() {
+    async fn a_pack_is_opened_once_kept_while_used_and_reopened_once_found_short() {
         let dir = tempfile::tempdir().unwrap();
         let url = dir.path().to_str().unwrap();
         let backend = Backend::connect(url, &BackendOptions::default(), true).unwrap();
@@ -857,12 +863,15 @@ mod tests {
         open.remove(&keys[0]);
         let again = file(open.get_or_open(&backend, &keys[0]).await);
         assert!(!Arc::ptr_eq(&a, &again));
-        // At most MAX_OPEN_PACKS: the first opened goes first.
-        for key in &keys[1..] {
+        // At most MAX_OPEN_PACKS: the least recently used goes first.
+        for key in &keys[1..MAX_OPEN_PACKS] {
             file(open.get_or_open(&backend, key).await);
         }
+        file(open.get_or_open(&backend, &keys[0]).await);
+        file(open.get_or_open(&backend, &keys[MAX_OPEN_PACKS]).await);
         assert_eq!(open.held().0.len(), MAX_OPEN_PACKS);
-        assert!(!open.held().0.contains_key(&keys[0]));
+        assert!(open.held().0.contains_key(&keys[0]));
+        assert!(!open.held().0.contains_key(&keys[1]));
         // No such pack: missing, and nothing kept open for it.
         let gone = ObjectKey::Pack(PackId::of(b"gone"));
         let missing = open.get_or_open(&backend, &gone).await.unwrap_err();
