@@ -8,9 +8,12 @@
 //! that block first (a fifth of the writing thread's time). Pieces are
 //! copied instead into buffers that each hold one aligned segment of the
 //! file, and a segment is written in one call once every byte of it has
-//! arrived. At most a fixed number of segments wait at once: a piece of any
-//! other segment goes straight to the file then, as does every later piece
-//! of that segment, so memory is bounded whatever the order.
+//! arrived. The blob reader serves frames in the order of where they first
+//! write ([`crate::blob_reader::BlobReader::scatter`]), so a segment fills
+//! soon after its first piece comes, while its buffer is still in cache.
+//! At most a fixed number of segments wait at once: a piece of any other
+//! segment goes straight to the file then, as does every later piece of
+//! that segment, so memory is bounded whatever the order.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
