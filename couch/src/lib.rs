@@ -4,7 +4,7 @@
 //! A backup reads every leaf revision (deleted and conflicting ones
 //! included) with its `_revisions` history, design documents, attachments,
 //! `_local` documents, `_security`, `_revs_limit` and the database's
-//! properties, and stores them as five items per database ([`format`]). A
+//! properties, and stores them as five items per database ([`format`](mod@format)). A
 //! restore writes them back with `_bulk_docs` and `new_edits:false`, which
 //! keeps revision ids and is idempotent, so an interrupted restore can
 //! simply run again; it ends by comparing the target with the snapshot.

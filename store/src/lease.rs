@@ -42,7 +42,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(60 * 60);
 /// The longest a lease lives, however often it is renewed: garbage
 /// collection stops waiting for one taken longer ago (by the store's
 /// clock), so an `append` credential renewing a lease for ever cannot hold
-/// it off. A holder stops writing [`AGE_MARGIN`] before, by its own clock.
+/// it off. A holder stops writing `AGE_MARGIN` before, by its own clock.
 pub const MAX_AGE: Duration = Duration::from_secs(72 * 60 * 60);
 /// How long before [`MAX_AGE`] a holder stops trusting its lease.
 const AGE_MARGIN: Duration = Duration::from_secs(60 * 60);

@@ -3,7 +3,7 @@
 //! The layers, each importing only from the ones above it in this list:
 //!
 //! - [`error`], [`id`]: the vocabulary.
-//! - [`format`]: the bytes of every object, pure functions (no I/O):
+//! - [`format`](mod@format): the bytes of every object, pure functions (no I/O):
 //!   chunking, frames, packs, index objects, chunk lists, directory
 //!   trees, signed manifests, keys, the config.
 //! - [`plan`]: pure decisions over what is stored: which snapshots a

@@ -3,7 +3,7 @@
 //! stores. This is how the defaults in `ChunkerParams::DEFAULT` and friends
 //! were chosen (see the README).
 //!
-//! usage: sweep DAYS_DIR [avg_kib|auto:fanout:level[:frame_kib] ...]   e.g. sweep /data/wl auto:8:3 4:64:3
+//! usage: `sweep DAYS_DIR [avg_kib|auto:fanout:level[:frame_kib] ...]`, e.g. `sweep /data/wl auto:8:3 4:64:3`
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::path::PathBuf;

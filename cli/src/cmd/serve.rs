@@ -15,7 +15,7 @@ pub struct ServeArgs {
     /// The repository to serve: a local directory.
     #[arg(long, value_name = "PATH")]
     repo: PathBuf,
-    /// Address to listen on, e.g. 127.0.0.1:8700 or [::]:8700.
+    /// Address to listen on, e.g. 127.0.0.1:8700 or `[::]:8700`.
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
     /// TLS certificate chain (PEM); with --tls-key.
