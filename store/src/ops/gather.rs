@@ -89,33 +89,34 @@ impl<W: WriteAt> Gather<W> {
             .checked_add(bytes.len() as u64)
             .filter(|&end| end <= self.len)
         else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} bytes at {at} go past the file's end at {}",
-                    bytes.len(),
-                    self.len
-                ),
-            ));
+            return Err(bug(format!(
+                "{} bytes at {at} go past the file's end at {}",
+                bytes.len(),
+                self.len
+            )));
         };
         let seg = self.segment_len as u64;
         while !bytes.is_empty() {
             let index = at / seg;
             let start = index * seg;
             let seg_end = start.saturating_add(seg).min(self.len);
-            if at == start && end >= seg_end {
-                // Whole segments: straight out, in one call.
-                let whole = (end - start) / seg * seg;
-                let n = if end == self.len { end - start } else { whole };
-                let n = usize::try_from(n).unwrap_or(bytes.len()).min(bytes.len());
+            let n = if at == start && end >= seg_end {
+                // Whole segments (the file's last may be short): straight
+                // out, in one call.
+                let n = if end == self.len {
+                    bytes.len()
+                } else {
+                    bytes.len() / self.segment_len * self.segment_len
+                };
                 self.write(&bytes[..n], at)?;
-                (at, bytes) = (at + n as u64, &bytes[n..]);
-                continue;
-            }
-            let n = usize::try_from(seg_end - at)
-                .unwrap_or(bytes.len())
-                .min(bytes.len());
-            self.put_in_segment(index, at, &bytes[..n])?;
+                n
+            } else {
+                let n = usize::try_from(seg_end - at)
+                    .unwrap_or(bytes.len())
+                    .min(bytes.len());
+                self.put_in_segment(index, at, &bytes[..n])?;
+                n
+            };
             (at, bytes) = (at + n as u64, &bytes[n..]);
         }
         Ok(())
@@ -149,31 +150,24 @@ impl<W: WriteAt> Gather<W> {
     }
 
     fn put_in_segment(&mut self, index: u64, at: u64, piece: &[u8]) -> io::Result<()> {
-        if self.direct.contains(&index) {
+        let no_room = self.waiting.len() >= self.max_waiting && !self.waiting.contains_key(&index);
+        if no_room || self.direct.contains(&index) {
+            self.direct.insert(index);
             return self.write(piece, at);
         }
         let seg = self.segment_len as u64;
         let start = index * seg;
         let seg_len = usize::try_from(start.saturating_add(seg).min(self.len) - start).unwrap_or(0);
-        if !self.waiting.contains_key(&index) {
-            if self.waiting.len() >= self.max_waiting {
-                self.direct.insert(index);
-                return self.write(piece, at);
+        let (spare, segment_len) = (&mut self.spare, self.segment_len);
+        let w = self.waiting.entry(index).or_insert_with(|| {
+            let mut buf = spare.pop().unwrap_or_default();
+            buf.resize(segment_len, 0);
+            Waiting {
+                buf,
+                filled: 0,
+                pieces: Vec::new(),
             }
-            let mut buf = self.spare.pop().unwrap_or_default();
-            buf.resize(self.segment_len, 0);
-            self.waiting.insert(
-                index,
-                Waiting {
-                    buf,
-                    filled: 0,
-                    pieces: Vec::new(),
-                },
-            );
-        }
-        let Some(w) = self.waiting.get_mut(&index) else {
-            return Ok(());
-        };
+        });
         let offset = usize::try_from(at - start).unwrap_or(0);
         w.buf[offset..offset + piece.len()].copy_from_slice(piece);
         w.filled += piece.len();
@@ -181,29 +175,25 @@ impl<W: WriteAt> Gather<W> {
             Some(last) if last.1 == offset => last.1 += piece.len(),
             _ => w.pieces.push((offset, offset + piece.len())),
         }
-        if w.pieces.len() > MAX_PIECES {
-            // Tiny pieces (a forged tree of 1-byte chunks): what is here
-            // goes out now, and the rest of the segment straight after it.
-            if let Some(w) = self.waiting.remove(&index) {
-                self.direct.insert(index);
-                self.write_pieces(index, w)?;
-            }
-            return Ok(());
-        }
-        if w.filled < seg_len {
+        // Tiny pieces (a forged tree of 1-byte chunks): what is here goes
+        // out now, and the rest of the segment straight after it.
+        let split_too_far = w.pieces.len() > MAX_PIECES;
+        if !split_too_far && w.filled < seg_len {
             return Ok(());
         }
         let Some(mut w) = self.waiting.remove(&index) else {
             return Ok(());
         };
+        if split_too_far {
+            self.direct.insert(index);
+            return self.write_pieces(index, w);
+        }
         w.pieces.sort_unstable();
         let tiles = w.pieces.windows(2).all(|p| p[0].1 == p[1].0)
             && w.pieces.first().is_some_and(|p| p.0 == 0)
             && w.pieces.last().is_some_and(|p| p.1 == seg_len);
         if !tiles {
-            return Err(io::Error::other(format!(
-                "pieces of the segment at {start} overlap"
-            )));
+            return Err(bug(format!("pieces of the segment at {start} overlap")));
         }
         let result = Self::write_out(&mut self.out, &mut self.written, &w.buf[..seg_len], start);
         self.spare.push(w.buf);
@@ -219,6 +209,15 @@ impl<W: WriteAt> Gather<W> {
         *written += bytes.len() as u64;
         Ok(())
     }
+}
+
+/// A promise of the caller broken (its trees are checked before any byte
+/// is handed here): said so, since it is reported as a failed write.
+fn bug(what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what} (a bug in Cairn; please report it)"),
+    )
 }
 
 #[cfg(test)]

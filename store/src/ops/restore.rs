@@ -285,16 +285,6 @@ impl IndexedRepository {
                     });
                     at = at.saturating_add(e.len);
                 }
-                if at > len {
-                    // Unreachable while the walker checks each node's
-                    // length against its parent's and the root's against
-                    // `len`; kept so that the writer is never handed bytes
-                    // past the file's end.
-                    return Err(Error::corrupt(
-                        format!("tree {root}"),
-                        format!("lists more than the {len} bytes the snapshot says"),
-                    ));
-                }
                 budget = (budget * WINDOW_GROWTH).min(SCATTER_WINDOW_LEN);
                 let (n, next) = futures::join!(reader.scatter(&placements, &sink), async {
                     let mut next = Vec::new();
