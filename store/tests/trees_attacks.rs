@@ -18,6 +18,17 @@ async fn raw_snapshots(backend: &cairn_store::backend::Backend) -> Vec<Snapshot>
     repo.load_snapshots(&trust).await.unwrap().snapshots
 }
 
+async fn raw_snapshot(
+    backend: &cairn_store::backend::Backend,
+    id: cairn_store::id::SnapshotId,
+) -> Snapshot {
+    raw_snapshots(backend)
+        .await
+        .into_iter()
+        .find(|x| x.id == id)
+        .unwrap()
+}
+
 async fn backup_paths(
     place: &Place,
     p: &std::path::Path,
@@ -174,11 +185,7 @@ async fn a_version_1_parents_built_nodes_vouch_for_nothing() {
     put_index_where(&place.backend(), &[pack], |_| true).await;
     // The owner's first v2 backup of the same stream, parent = the v1 snapshot.
     let s = backup_bytes(&place.backend(), "dump", data.clone()).await;
-    let snap = raw_snapshots(&place.backend())
-        .await
-        .into_iter()
-        .find(|x| x.id == s.snapshot)
-        .unwrap();
+    let snap = raw_snapshot(&place.backend(), s.snapshot).await;
     assert_eq!(snap.manifest.root, Some(built_root));
     let repo = open(place.backend()).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -472,11 +479,7 @@ async fn index_objects_written_during_a_backup_index_everything() {
         s.packs,
         "one index object per pack here"
     );
-    let snap = raw_snapshots(&place.backend())
-        .await
-        .into_iter()
-        .find(|x| x.id == s.snapshot)
-        .unwrap();
+    let snap = raw_snapshot(&place.backend(), s.snapshot).await;
     assert_eq!(restore_bytes(&place.backend(), &snap).await.unwrap(), data);
     assert!(verify_all(&place.backend()).await.is_clean());
 }
@@ -505,11 +508,7 @@ async fn a_file_whose_tree_disagrees_with_its_length_is_refused() {
         }];
         let (id, bytes) = m.encode_signed(&key()).unwrap();
         raw_put(&place.backend(), &ObjectKey::Snapshot(id), bytes).await;
-        let snap = raw_snapshots(&place.backend())
-            .await
-            .into_iter()
-            .find(|x| x.id == id)
-            .unwrap();
+        let snap = raw_snapshot(&place.backend(), id).await;
         let repo = open(place.backend()).await;
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("t");
