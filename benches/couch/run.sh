@@ -5,7 +5,7 @@
 #
 # Usage: benches/couch/run.sh [--only all|peer|cairn] [--docs N] [--days N] [--storage dir|memory]
 #                             [--work DIR] [--cairn BIN] [--no-limits] [--zstd19 all|last|none]
-#                             [--results FILE] [--pin]
+#                             [--results FILE] [--pin] [--pairs N]
 #   --only peer    couchbackup/couchrestore and the server limits only (no Cairn)
 #   --only cairn   Cairn only (no couchbackup, no limits)
 #   --docs N       documents in the initial load [default: $DOCS or 100000]
@@ -300,21 +300,21 @@ fi
 # (in turns: odd pairs the limits first), and the report takes the median.
 if ((LIMITS && CAIRN_ON && PAIRS > 0)); then
   PREPO=$WORK/cairn-pair-repo
+  pair_limits() {
+    PLIM=$(client python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB" --read-concs 1 --batches 500 --concs 1)
+  }
+  pair_cairn() {
+    rm -rf "$PREPO"
+    "${CAIRN_ENV[@]}" "$CAIRN" init --repo "$PREPO" > /dev/null 2>&1 || die "cairn init failed"
+    measure "cairn-pair$i-backup" "$WORK/logs/cairn-pair$i-backup.json" "${CAIRN_ENV[@]}" "$CAIRN" backup couchdb \
+      --repo "$PREPO" --key "$KEY" --url "$URL" --db "$DB" --json
+    PB_RC=$M_RC PB_SECS=$M_SECS
+    measure "cairn-pair$i-restore" "$WORK/logs/cairn-pair$i-restore.json" "${CAIRN_ENV[@]}" "$CAIRN" restore couchdb \
+      --repo "$PREPO" latest --url "$URL" --db "$DB:${DB}_pair" --requests 2 --json
+    PR_RC=$M_RC PR_SECS=$M_SECS
+    curl -sf -u admin:s3cret -X DELETE "http://127.0.0.1:$PORT/${DB}_pair" > /dev/null || true
+  }
   for ((i = 1; i <= PAIRS; i++)); do
-    pair_limits() {
-      PLIM=$(client python3 "$HERE/couchbench.py" limits --url "$URL" --db "$DB" --read-concs 1 --batches 500 --concs 1)
-    }
-    pair_cairn() {
-      rm -rf "$PREPO"
-      "${CAIRN_ENV[@]}" "$CAIRN" init --repo "$PREPO" > /dev/null 2>&1 || die "cairn init failed"
-      measure "cairn-pair$i-backup" "$WORK/logs/cairn-pair$i-backup.json" "${CAIRN_ENV[@]}" "$CAIRN" backup couchdb \
-        --repo "$PREPO" --key "$KEY" --url "$URL" --db "$DB" --json
-      PB_RC=$M_RC PB_SECS=$M_SECS
-      measure "cairn-pair$i-restore" "$WORK/logs/cairn-pair$i-restore.json" "${CAIRN_ENV[@]}" "$CAIRN" restore couchdb \
-        --repo "$PREPO" latest --url "$URL" --db "$DB:${DB}_pair" --requests 2 --json
-      PR_RC=$M_RC PR_SECS=$M_SECS
-      curl -sf -u admin:s3cret -X DELETE "http://127.0.0.1:$PORT/${DB}_pair" > /dev/null || true
-    }
     if ((i % 2)); then pair_limits; pair_cairn; else pair_cairn; pair_limits; fi
     rec "{\"kind\":\"pair\",\"i\":$i,\"docs\":$N_LAST,\"backup_rc\":$PB_RC,\"backup_secs\":$PB_SECS,\"restore_rc\":$PR_RC,\"restore_secs\":$PR_SECS,$(echo "$PLIM" | sed 's/^{//')"
     say "pair $i: cairn backup ${PB_SECS} s (rc $PB_RC), restore ${PR_SECS} s (rc $PR_RC); limits $PLIM"

@@ -226,6 +226,17 @@ check_restored() {  # TOOL DAY TARGET
   record "$(printf '{"kind":"restore_check","tool":"%s","day":%d,"identical":%s}' "$1" "$2" "$ok")"
 }
 
+# restore_once TOOL DAY BYTES [check]: a timed restore into a fresh target, compared with
+# the input when asked, then removed.
+restore_once() {
+  local target=$RESTORE/$1
+  rm -rf "$target"; mkdir -p "$target"
+  if tool_restore "$1" "$2" "$3" "$target" && [[ ${4:-} == check ]]; then
+    check_restored "$1" "$2" "$target"
+  fi
+  rm -rf "$target"
+}
+
 # Not timed: keeps `backup --json`'s summary and checks `snapshots --json` (newest last).
 cairn_sanity() {  # TOOL DAY
   [[ $1 != cairn* ]] || cairn_cmd "$1"
@@ -281,10 +292,7 @@ for ((i = 0; i < NDAYS; i++)); do
   if ((day == 1 || day == NDAYS)); then
     for t in "${RUN[@]}"; do
       active "$t" || continue
-      target=$RESTORE/$t
-      rm -rf "$target"; mkdir -p "$target"
-      tool_restore "$t" "$day" "$bytes" "$target" && check_restored "$t" "$day" "$target"
-      rm -rf "$target"
+      restore_once "$t" "$day" "$bytes" check
       tool_check "$t" "$day" || true
     done
   fi
@@ -294,10 +302,7 @@ for ((i = 0; i < NDAYS; i++)); do
       for ((k = 0; k < ${#RUN[@]}; k++)); do
         t=${RUN[$(((k + r) % ${#RUN[@]}))]}
         active "$t" || continue
-        target=$RESTORE/$t
-        rm -rf "$target"; mkdir -p "$target"
-        tool_restore "$t" "$day" "$bytes" "$target" || true
-        rm -rf "$target"
+        restore_once "$t" "$day" "$bytes"
       done
     done
   fi
