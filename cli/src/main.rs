@@ -23,6 +23,8 @@ fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse();
     if !cli.command.reads_in_bulk() {
         // Where the kernel has no huge pages there is nothing to turn off.
+        // The setting passes to the commands a backup runs (pg_dump): they
+        // stream, and lose nothing by it.
         let _ = rustix::thread::disable_transparent_huge_pages(true);
     }
     init_logging(cli.verbose);
